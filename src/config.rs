@@ -1,0 +1,85 @@
+//! Server configuration as the library sees it: plain values, already
+//! validated. `main.rs` fills it from flags, the originals' environment
+//! variables and an optional TOML file; tests build it directly.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::model::Catalog;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on (`HOST`, `PORT`).
+    pub listen: SocketAddr,
+    /// Number of shards; `None` = one per CPU this process may use.
+    pub shards: Option<usize>,
+    /// Pin each shard's thread to a CPU.
+    pub pin: bool,
+    /// `ENVIRONMENT` of the originals, reported on /health.
+    pub environment: String,
+    /// Healthy while the last heartbeat is younger (`HEARTBEAT_TIMEOUT_SECONDS`).
+    pub heartbeat_timeout: Duration,
+    /// Removed when the last heartbeat is older (`WORKER_TIMEOUT_SECONDS`).
+    pub worker_timeout: Duration,
+    /// Interval told to agents at registration.
+    pub heartbeat_interval_secs: u64,
+    /// `API_KEY`: required as `X-API-Key` on `/api/*` when set.
+    pub api_key: Option<String>,
+    /// Also require the key on /health and /metrics.
+    pub protect_metrics: bool,
+    /// `ALLOWED_ORIGINS` for CORS; `*` allows any origin.
+    pub allowed_origins: Vec<String>,
+    /// URL agents should use to reach us; derived from `Host` when unset.
+    pub public_url: Option<String>,
+    /// `DATABASE_PATH` (used by the store; accepted and reported for now).
+    pub database_path: Option<PathBuf>,
+    pub catalog: Catalog,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_connections_per_shard: usize,
+    /// Close a connection with no request in progress after this long.
+    pub idle_timeout: Duration,
+    /// Close a connection whose request head takes longer than this.
+    pub header_timeout: Duration,
+    /// Give up on a request body that takes longer than this.
+    pub body_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+    /// How long a shard waits for another shard's answer.
+    pub gather_timeout: Duration,
+    /// Depth of each mesh channel.
+    pub mesh_capacity: usize,
+    /// Serve a fixed hello-world instead of the API (benchmark baseline).
+    pub baseline_hello: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080),
+            shards: None,
+            pin: true,
+            environment: "production".into(),
+            heartbeat_timeout: Duration::from_secs(120),
+            worker_timeout: Duration::from_secs(600),
+            heartbeat_interval_secs: 30,
+            api_key: None,
+            protect_metrics: false,
+            allowed_origins: Vec::new(),
+            public_url: None,
+            database_path: None,
+            catalog: Catalog::default(),
+            max_body_bytes: 1 << 20,
+            max_header_bytes: 64 << 10,
+            max_connections_per_shard: 10_000,
+            idle_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+            gather_timeout: Duration::from_secs(5),
+            mesh_capacity: 1024,
+            baseline_hello: false,
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The HTTP layer's error type and the one place errors become responses.
+//!
+//! Bodies are `{"detail": "..."}` like FastAPI's, because agents read
+//! `detail`. Lower layers' errors convert here and nowhere else.
+
+use hyper::StatusCode;
+
+use crate::shard::ShardError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("Method Not Allowed")]
+    MethodNotAllowed { allow: &'static str },
+    /// Validation failed; the message names the field.
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Request body too large (limit {limit} bytes)")]
+    PayloadTooLarge { limit: usize },
+    #[error("Request body not received in time")]
+    RequestTimeout,
+    #[error("Missing API key (header X-API-Key)")]
+    MissingApiKey,
+    #[error("Invalid API key")]
+    InvalidApiKey,
+    /// Nobody can take the request right now (e.g. no capable worker).
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("Internal shard communication failed: {0}")]
+    Shard(#[from] ShardError),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::MissingApiKey => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidApiKey => StatusCode::FORBIDDEN,
+            ApiError::Unavailable(_) | ApiError::Shard(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// `{"detail": "<message>"}`.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "detail": self.to_string() }))
+            .unwrap_or_else(|_| br#"{"detail":"error"}"#.to_vec())
+    }
+
+    pub fn field(field: &str, msg: impl std::fmt::Display) -> Self {
+        ApiError::Unprocessable(format!("{field}: {msg}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detail_shape() {
+        let e = ApiError::NotFound("Worker not found".into());
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        assert_eq!(e.body(), br#"{"detail":"Worker not found"}"#.to_vec());
+        let e = ApiError::field("worker_id", "field required");
+        assert_eq!(e.status().as_u16(), 422);
+        assert_eq!(e.to_string(), "worker_id: field required");
+    }
+}

@@ -1,0 +1,124 @@
+//! Admin routes: every worker, services, stats, health, gaps. All fan out
+//! to every shard and merge.
+
+use hyper::{Response, StatusCode};
+use serde_json::json as j;
+
+use super::super::error::ApiError;
+use super::super::{json, Body, Ctx};
+use super::{list_request, listing, put, put_raw, summary};
+use crate::model::time::now_iso8601;
+use crate::shard::msg::ListKind;
+
+pub async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let (items, l) = listing(&ctx, list_request(ListKind::Admin)).await?;
+    let mut out = Vec::with_capacity(items.len() + 64);
+    out.push(b'{');
+    put_raw(&mut out, "workers", &items);
+    put(&mut out, "total", &l.count);
+    put(&mut out, "healthy", &l.healthy);
+    out.push(b'}');
+    Ok(json(StatusCode::OK, out))
+}
+
+pub async fn services(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let s = summary(&ctx).await?;
+    let mut names: Vec<&String> = s.services.keys().collect();
+    names.sort();
+    let list: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let mut ids = s.services[*n].clone();
+            ids.sort();
+            j!({"name": n, "worker_count": ids.len(), "workers": ids})
+        })
+        .collect();
+    let out = j!({"services": list, "total_services": names.len()});
+    Ok(json(StatusCode::OK, out.to_string().into_bytes()))
+}
+
+/// Tier buckets as the service coordinator names them.
+const TIER_KEYS: [(usize, &str); 3] = [
+    (1, "gpu_workers"),
+    (2, "service_workers"),
+    (3, "data_workers"),
+];
+
+pub async fn stats(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let s = summary(&ctx).await?;
+    let mut by_tier = serde_json::Map::new();
+    let mut load = serde_json::Map::new();
+    for (t, k) in TIER_KEYS {
+        by_tier.insert(k.into(), j!(s.tier_count[t]));
+        let avg = if s.tier_count[t] > 0 {
+            s.tier_load[t] / s.tier_count[t] as f64
+        } else {
+            0.0
+        };
+        load.insert(k.into(), j!(avg));
+    }
+    let out = j!({
+        "total_workers": s.total,
+        "healthy_workers": s.healthy,
+        "workers_by_tier": by_tier,
+        "average_load_by_tier": load,
+        "total_tasks_completed": s.tasks_completed,
+        "timestamp": now_iso8601(),
+    });
+    Ok(json(StatusCode::OK, out.to_string().into_bytes()))
+}
+
+pub async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let s = summary(&ctx).await?;
+    let gpu = s.tier_count[1] > 0;
+    let service = s.tier_count[2] > 0;
+    let out = j!({
+        "overall_status": if gpu && service { "healthy" } else { "degraded" },
+        "workers_by_status": s.by_status,
+        "has_minimum_workers": {"gpu_workers": gpu, "service_workers": service},
+        "total_workers": s.total,
+        "healthy_workers": s.healthy,
+        "timestamp": now_iso8601(),
+    });
+    Ok(json(StatusCode::OK, out.to_string().into_bytes()))
+}
+
+pub async fn gaps(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let s = summary(&ctx).await?;
+    let cfg = &ctx.shard.cfg;
+    let mut critical = Vec::new();
+    let mut warning = Vec::new();
+    let list: Vec<_> = cfg
+        .catalog
+        .services()
+        .iter()
+        .map(|svc| {
+            let n = s.services.get(&svc.name).map_or(0, Vec::len);
+            let status = match n {
+                0 => {
+                    critical.push(svc.name.clone());
+                    "critical"
+                }
+                1 => {
+                    warning.push(svc.name.clone());
+                    "warning"
+                }
+                _ => "ok",
+            };
+            j!({
+                "service": svc.name,
+                "tier": svc.tier,
+                "requires": svc.requires,
+                "healthy_workers": n,
+                "status": status,
+            })
+        })
+        .collect();
+    let out = j!({
+        "gaps": list,
+        "critical": critical,
+        "warning": warning,
+        "timestamp": now_iso8601(),
+    });
+    Ok(json(StatusCode::OK, out.to_string().into_bytes()))
+}

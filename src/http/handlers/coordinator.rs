@@ -1,0 +1,71 @@
+//! Edge-facing routes: the healthy worker list and job broadcast.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+
+use super::super::error::ApiError;
+use super::super::request::{parse_object, read_body};
+use super::super::{json, Body, Ctx};
+use super::{list_request, listing, put, put_raw};
+use crate::model::time::now_iso8601;
+use crate::model::wire::BroadcastRequest;
+use crate::shard::msg::{BroadcastJob, ListKind, Request as ShardRequest};
+
+pub async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let (items, l) = listing(&ctx, list_request(ListKind::Healthy)).await?;
+    let mut out = Vec::with_capacity(items.len() + 64);
+    out.push(b'{');
+    put_raw(&mut out, "workers", &items);
+    put(&mut out, "count", &l.count);
+    put(&mut out, "timestamp", &now_iso8601());
+    out.push(b'}');
+    Ok(json(StatusCode::OK, out))
+}
+
+pub async fn broadcast(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let cfg = ctx.shard.cfg.clone();
+    let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
+    let b: BroadcastRequest = parse_object(&body)?;
+    let job = Arc::new(BroadcastJob {
+        id_prefix: format!("job-{:016x}", fastrand::u64(..)),
+        created_at: now_iso8601(),
+        job_type: b.job_type,
+        job_data: b.job_data,
+        required_capability: b.required_capability,
+    });
+    let mut delivered = Vec::new();
+    for r in ctx
+        .shard
+        .fan_out(|| ShardRequest::Broadcast(job.clone()))
+        .await?
+    {
+        delivered.extend(r.delivered()?);
+    }
+    if delivered.is_empty() {
+        return Err(ApiError::Unavailable(format!(
+            "No capable workers available for job type: {}",
+            job.job_type
+        )));
+    }
+    delivered.sort();
+    let workers: Vec<_> = delivered
+        .iter()
+        .map(|(w, t)| {
+            serde_json::json!({
+                "worker_id": w,
+                "task_id": t,
+                "status": "success",
+                "message": "Job queued for the worker",
+            })
+        })
+        .collect();
+    let out = serde_json::json!({
+        "job_type": job.job_type,
+        "broadcasted_to": delivered.len(),
+        "successful": delivered.len(),
+        "workers": workers,
+    });
+    Ok(json(StatusCode::OK, out.to_string().into_bytes()))
+}

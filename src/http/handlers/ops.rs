@@ -1,0 +1,49 @@
+//! Operations routes: liveness summary and Prometheus metrics.
+
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde_json::json as j;
+
+use super::super::error::ApiError;
+use super::super::{json, Body, Ctx, ROUTE_NAMES};
+use super::summary;
+use crate::metrics::{encode, Gauges};
+use crate::model::time::now_iso8601;
+use crate::shard::msg::Request as ShardRequest;
+
+pub async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let s = summary(&ctx).await?;
+    let cfg = &ctx.shard.cfg;
+    let out = j!({
+        "status": "healthy",
+        "coordinator": "rma-coordinator-rs",
+        "version": env!("CARGO_PKG_VERSION"),
+        "environment": cfg.environment,
+        "shards": ctx.shard.count,
+        "timestamp": now_iso8601(),
+        "workers": {"total": s.total, "active": s.healthy, "stale": s.stale},
+    });
+    Ok(json(StatusCode::OK, out.to_string().into_bytes()))
+}
+
+pub async fn metrics(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let (s, snaps) = futures::join!(summary(&ctx), ctx.shard.fan_out(|| ShardRequest::Metrics));
+    let s = s?;
+    let mut shards = Vec::with_capacity(ctx.shard.count);
+    for r in snaps? {
+        shards.push(*r.metrics()?);
+    }
+    let gauges = Gauges {
+        workers_total: s.total,
+        workers_active: s.healthy,
+        services_total: s.services.values().filter(|ids| !ids.is_empty()).count() as u64,
+        tasks_completed: s.tasks_completed,
+    };
+    let text = encode(&ROUTE_NAMES, &shards, &gauges);
+    let mut r = json(StatusCode::OK, text.into_bytes());
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(r)
+}

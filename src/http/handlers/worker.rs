@@ -1,0 +1,261 @@
+//! Worker-facing routes: register, heartbeat, unregister, task pull and
+//! completion. Each operates on one worker and runs on its owner shard.
+
+use std::collections::VecDeque;
+use std::time::{Instant, SystemTime};
+
+use hyper::body::Incoming;
+use hyper::header::HOST;
+use hyper::{Request, Response, StatusCode};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::super::error::ApiError;
+use super::super::request::{parse_json, parse_object, query_param, read_body, valid_id};
+use super::super::{json, json_static, Body, Ctx};
+use crate::model::wire::{HeartbeatRequest, RegisterRequest, TaskCompleteBody};
+use crate::model::{classify, ServiceSpec};
+use crate::shard::msg::{Coverage, Request as ShardRequest};
+use crate::shard::registry::{ContainerConfig, ReportedState, ServiceConfig, WorkerRecord};
+
+const HEARTBEAT_OK: &[u8] = br#"{"status":"ok","message":"Heartbeat received"}"#;
+
+fn worker_not_found() -> ApiError {
+    ApiError::NotFound("Worker not found".into())
+}
+
+async fn body(ctx: &Ctx, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
+    let cfg = &ctx.shard.cfg;
+    read_body(req, cfg.max_body_bytes, cfg.body_timeout).await
+}
+
+#[derive(Serialize)]
+struct Registered<'a> {
+    status: &'static str,
+    worker_id: &'a str,
+    worker_type: crate::model::WorkerType,
+    tier: u8,
+    assigned_services: &'a [String],
+    service_configs: &'a [ServiceConfig],
+    assigned_containers: &'a [ContainerConfig],
+    heartbeat_url: &'static str,
+    heartbeat_interval: u64,
+    coordinator_url: String,
+    tunnel_url: Option<&'a str>,
+    endpoint: Option<&'a str>,
+    message: String,
+}
+
+pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let body = body(&ctx, req).await?;
+    let r: RegisterRequest = parse_object(&body)?;
+    let worker_id = match r.worker_id {
+        Some(id) => {
+            valid_id("worker_id", &id)?;
+            id
+        }
+        None => format!("worker-{:08x}", fastrand::u32(..)),
+    };
+    let capabilities = r.capabilities.unwrap_or_default();
+    let class = classify(&capabilities);
+
+    // Assignment balances against what the whole cluster already covers.
+    let mut coverage = Coverage::default();
+    let exclude = worker_id.clone();
+    for c in ctx
+        .shard
+        .fan_out(|| ShardRequest::Coverage {
+            exclude: Some(exclude.clone()),
+        })
+        .await?
+    {
+        let c = c.coverage()?;
+        for (k, v) in c.per_service {
+            *coverage.per_service.entry(k).or_default() += v;
+        }
+        for (t, n) in c.per_tier.iter().enumerate() {
+            coverage.per_tier[t] += n;
+        }
+    }
+    let cfg = ctx.shard.cfg.clone();
+    let in_tier = coverage
+        .per_tier
+        .get(class.tier as usize)
+        .copied()
+        .unwrap_or(0);
+    let assigned: Vec<&ServiceSpec> = cfg.catalog.assign(
+        class.worker_type,
+        &|name| coverage.per_service.get(name).copied().unwrap_or(0),
+        in_tier,
+    );
+
+    let now = SystemTime::now();
+    let ip_address = r
+        .ip_address
+        .filter(|s| !s.is_empty())
+        .or_else(|| ctx.peer.map(|p| p.ip().to_string()));
+    let rec = WorkerRecord {
+        worker_id: worker_id.clone(),
+        worker_type: class.worker_type,
+        tier: class.tier,
+        tunnel_url: r.tunnel_url.filter(|s| !s.is_empty()),
+        ip_address,
+        capabilities,
+        services: r.services.unwrap_or_default(),
+        containers: r.containers.unwrap_or_default(),
+        assigned_services: assigned.iter().map(|s| s.name.clone()).collect(),
+        service_configs: assigned
+            .iter()
+            .map(|s| ServiceConfig {
+                name: s.name.clone(),
+                port: s.port,
+                priority: s.priority,
+            })
+            .collect(),
+        assigned_containers: assigned
+            .iter()
+            .map(|s| ContainerConfig {
+                name: s.name.clone(),
+                image: s.image.clone(),
+                port: s.port,
+                env: s.env.clone(),
+            })
+            .collect(),
+        registered_at: now,
+        last_heartbeat_at: now,
+        last_seen: Instant::now(),
+        state: ReportedState {
+            status: "healthy".into(),
+            services_status: Map::new(),
+            ..Default::default()
+        },
+        pending: VecDeque::new(),
+        tasks_completed: 0,
+    };
+    let reply = Registered {
+        status: "registered",
+        worker_id: &worker_id,
+        worker_type: rec.worker_type,
+        tier: rec.tier,
+        assigned_services: &rec.assigned_services,
+        service_configs: &rec.service_configs,
+        assigned_containers: &rec.assigned_containers,
+        heartbeat_url: "/api/worker/heartbeat",
+        heartbeat_interval: cfg.heartbeat_interval_secs,
+        coordinator_url: cfg
+            .public_url
+            .clone()
+            .or_else(|| host.map(|h| format!("http://{h}")))
+            .unwrap_or_default(),
+        tunnel_url: rec.tunnel_url.as_deref(),
+        endpoint: rec.endpoint(),
+        message: format!(
+            "Worker registered as tier {} ({}) with {} service(s)",
+            rec.tier,
+            rec.worker_type.as_str(),
+            rec.assigned_services.len()
+        ),
+    };
+    let out = serde_json::to_vec(&reply).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let owner = ctx.shard.owner_of(&worker_id);
+    let replaced = ctx
+        .shard
+        .call(owner, ShardRequest::Register(Box::new(rec)))
+        .await?
+        .registered()?;
+    tracing::info!(worker_id, tier = class.tier, replaced, "worker registered");
+    Ok(json(StatusCode::OK, out))
+}
+
+pub async fn heartbeat(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let body = body(&ctx, req).await?;
+    let hb: HeartbeatRequest = parse_object(&body)?;
+    valid_id("worker_id", &hb.worker_id)?;
+    let owner = ctx.shard.owner_of(&hb.worker_id);
+    let found = ctx
+        .shard
+        .call(owner, ShardRequest::Heartbeat(Box::new(hb)))
+        .await?
+        .found()?;
+    if found {
+        Ok(json_static(HEARTBEAT_OK))
+    } else {
+        Err(worker_not_found())
+    }
+}
+
+pub async fn unregister(ctx: Ctx, raw_id: String) -> Result<Response<Body>, ApiError> {
+    let id = super::super::request::percent_decode(&raw_id, false)
+        .ok_or_else(|| ApiError::field("worker_id", "invalid percent-encoding"))?;
+    valid_id("worker_id", &id)?;
+    let owner = ctx.shard.owner_of(&id);
+    let found = ctx
+        .shard
+        .call(owner, ShardRequest::Unregister(id.clone()))
+        .await?
+        .found()?;
+    if !found {
+        return Err(worker_not_found());
+    }
+    tracing::info!(worker_id = id, "worker unregistered");
+    let out = serde_json::json!({"status": "ok", "message": format!("Worker {id} unregistered")});
+    Ok(json(StatusCode::OK, out.to_string().into_bytes()))
+}
+
+fn required_query(req: &Request<Incoming>, name: &str) -> Result<String, ApiError> {
+    let v = query_param(req.uri().query(), name)
+        .ok_or_else(|| ApiError::field(name, "field required"))?;
+    valid_id(name, &v)?;
+    Ok(v)
+}
+
+pub async fn tasks(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let id = required_query(&req, "worker_id")?;
+    let owner = ctx.shard.owner_of(&id);
+    let jobs = ctx
+        .shard
+        .call(owner, ShardRequest::TakeJobs(id))
+        .await?
+        .jobs()?
+        .ok_or_else(worker_not_found)?;
+    let out = serde_json::json!({ "tasks": jobs });
+    Ok(json(StatusCode::OK, out.to_string().into_bytes()))
+}
+
+pub async fn task_complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = req.uri().query().map(str::to_string);
+    let q_worker = query_param(q.as_deref(), "worker_id");
+    let q_task = query_param(q.as_deref(), "task_id");
+    let body = body(&ctx, req).await?;
+    // Service shape: ids in the query, the body is the result (any JSON or
+    // nothing). Client shape: everything in the body.
+    let (worker_id, task_id) = if q_worker.is_some() {
+        if !body.iter().all(u8::is_ascii_whitespace) {
+            parse_json::<Value>(&body)?;
+        }
+        (q_worker, q_task)
+    } else {
+        let b: TaskCompleteBody = parse_object(&body)?;
+        (b.worker_id, b.task_id.or(q_task))
+    };
+    let worker_id = worker_id.ok_or_else(|| ApiError::field("worker_id", "field required"))?;
+    let task_id = task_id.ok_or_else(|| ApiError::field("task_id", "field required"))?;
+    valid_id("worker_id", &worker_id)?;
+    valid_id("task_id", &task_id)?;
+    let owner = ctx.shard.owner_of(&worker_id);
+    let found = ctx
+        .shard
+        .call(owner, ShardRequest::CompleteTask(worker_id))
+        .await?
+        .found()?;
+    if !found {
+        return Err(worker_not_found());
+    }
+    let out = serde_json::json!({"status": "ok", "message": "Task completion recorded", "task_id": task_id});
+    Ok(json(StatusCode::OK, out.to_string().into_bytes()))
+}

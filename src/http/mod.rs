@@ -1,0 +1,264 @@
+//! The HTTP front of a shard: accept loop, connection lifecycle, dispatch.
+//!
+//! Owns: hyper connection setup over the runtime's IO adapter, connection
+//! caps and timeouts (idle, slow headers, slow bodies), graceful shutdown,
+//! routing to handlers, CORS and API-key checks, metrics per route, and the
+//! mapping of every error to a JSON response. Handlers live one file per
+//! API area under `handlers/`.
+//!
+//! Must not: touch another shard's state (go through `Shard::call` /
+//! `fan_out`), block, or panic on any input.
+
+mod auth;
+mod cors;
+pub mod error;
+mod handlers;
+pub mod request;
+pub mod router;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{select, Either};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+
+use crate::runtime::{self, ConnActivity, HyperIo, Listener, Shutdown, TaskGroup, TcpConn};
+use crate::shard::Shard;
+pub use error::ApiError;
+pub use router::{Route, ROUTE_NAMES};
+
+/// Response body type for every route.
+pub type Body = Full<Bytes>;
+
+/// Which shard answered: lets operators and tests see the sharding at work.
+pub const SHARD_HEADER: &str = "x-coordinator-shard";
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// What a handler sees besides the request.
+pub struct Ctx {
+    pub shard: Rc<Shard>,
+    pub peer: Option<SocketAddr>,
+}
+
+/// Accepts connections until shutdown, then drains in-flight requests.
+pub async fn serve(shard: Rc<Shard>, listener: Listener, shutdown: Shutdown) {
+    let cfg = shard.cfg.clone();
+    let mut builder = http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .max_headers(100);
+    let builder = Rc::new(builder);
+    let conns = Rc::new(TaskGroup::default());
+    loop {
+        let accepted = {
+            let accept = pin!(listener.accept());
+            let stop = pin!(shutdown.wait());
+            match select(accept, stop).await {
+                Either::Left((r, _)) => r,
+                Either::Right(_) => break,
+            }
+        };
+        let accepted = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                runtime::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        {
+            let mut m = shard.metrics.borrow_mut();
+            if m.connections_open as usize >= cfg.max_connections_per_shard {
+                m.connections_rejected += 1;
+                drop(m);
+                runtime::spawn(reject(accepted.stream));
+                continue;
+            }
+            m.connections_accepted += 1;
+            m.connections_open += 1;
+        }
+        let task = connection(
+            shard.clone(),
+            builder.clone(),
+            accepted.stream,
+            accepted.peer,
+            shutdown.clone(),
+        );
+        if !conns.spawn(task) {
+            break;
+        }
+    }
+    drop(listener);
+    if runtime::timeout(cfg.shutdown_timeout, conns.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            shard = shard.id,
+            "shutdown timeout: dropping remaining connections"
+        );
+    }
+}
+
+/// Over the per-shard cap: say so and close, rather than leave the client
+/// hanging in the backlog.
+async fn reject(stream: TcpConn) {
+    use futures::AsyncWriteExt;
+    let mut stream = stream;
+    let body = br#"{"detail":"Too many connections"}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = runtime::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(body).await;
+        let _ = stream.close().await;
+    })
+    .await;
+}
+
+async fn connection(
+    shard: Rc<Shard>,
+    builder: Rc<http1::Builder>,
+    stream: TcpConn,
+    peer: Option<SocketAddr>,
+    shutdown: Shutdown,
+) {
+    let cfg = shard.cfg.clone();
+    let activity = Rc::new(ConnActivity::new());
+    let io = HyperIo::new(stream, activity.clone());
+    let svc = {
+        let shard = shard.clone();
+        let activity = activity.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let ctx = Ctx {
+                shard: shard.clone(),
+                peer,
+            };
+            let activity = activity.clone();
+            async move {
+                activity.begin_request();
+                let _done = EndRequest(&activity);
+                Ok::<_, Infallible>(dispatch(ctx, req).await)
+            }
+        })
+    };
+    let mut conn = pin!(builder.serve_connection(io, svc));
+    let mut timed_out = false;
+    {
+        let watchdog = pin!(watchdog(&activity, cfg.idle_timeout, cfg.header_timeout));
+        let stop = pin!(shutdown.wait());
+        match select(conn.as_mut(), select(watchdog, stop)).await {
+            Either::Left(_) => {}
+            Either::Right((Either::Left(_), _)) => timed_out = true,
+            Either::Right((Either::Right(_), _)) => {
+                // Finish the request in progress, then close.
+                conn.as_mut().graceful_shutdown();
+                let _ = runtime::timeout(cfg.shutdown_timeout, conn.as_mut()).await;
+            }
+        }
+    }
+    let mut m = shard.metrics.borrow_mut();
+    m.connections_open -= 1;
+    if timed_out {
+        m.connections_timed_out += 1;
+    }
+}
+
+struct EndRequest<'a>(&'a ConnActivity);
+
+impl Drop for EndRequest<'_> {
+    fn drop(&mut self) {
+        self.0.end_request();
+    }
+}
+
+/// Resolves when the connection should be closed: idle too long with no
+/// request in progress, or a request head arriving too slowly.
+async fn watchdog(act: &ConnActivity, idle: Duration, header: Duration) {
+    loop {
+        let now = Instant::now();
+        let deadline = if act.in_flight() > 0 {
+            // Handlers bound their own work (body timeout, gather timeout).
+            now + idle
+        } else if let Some(started) = act.request_started() {
+            started + header
+        } else {
+            act.last_io() + idle
+        };
+        if deadline <= now {
+            return;
+        }
+        runtime::sleep(deadline - now).await;
+    }
+}
+
+/// Routes, checks, runs the handler, and turns the outcome into a response.
+async fn dispatch(ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let shard = ctx.shard.clone();
+    let cfg = shard.cfg.clone();
+    let path = req.uri().path().to_string();
+    let matched = router::route(req.method(), &path);
+    let route = matched.route;
+    let origin = req.headers().get(hyper::header::ORIGIN).cloned();
+
+    let result = if cfg.baseline_hello {
+        Ok(json(StatusCode::OK, b"{\"hello\":\"world\"}".to_vec()))
+    } else if route == Route::Preflight {
+        cors::preflight(&cfg, origin.as_ref(), req.headers(), matched.allow)
+    } else if let Err(e) = auth::check(&cfg, &path, req.headers()) {
+        Err(e)
+    } else {
+        let param = matched.param.map(str::to_string);
+        handlers::handle(ctx, route, param, matched.allow, req).await
+    };
+
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let mut r = json(e.status(), e.body());
+            if let ApiError::MethodNotAllowed { allow } = e {
+                r.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            r
+        }
+    };
+    cors::decorate(&cfg, origin.as_ref(), resp.headers_mut());
+    resp.headers_mut()
+        .insert(SHARD_HEADER, HeaderValue::from(shard.id as u64));
+    shard
+        .metrics
+        .borrow_mut()
+        .record(route.index(), resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+/// A JSON response with the given status.
+pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, JSON);
+    r
+}
+
+/// A 200 JSON response from a static body (no allocation for the bytes).
+pub fn json_static(body: &'static [u8]) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body)));
+    r.headers_mut().insert(CONTENT_TYPE, JSON);
+    r
+}

@@ -1,0 +1,222 @@
+//! Reading requests safely: bounded bodies, JSON with field-named errors,
+//! query parameters and path segments with percent-decoding.
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::CONTENT_LENGTH;
+use hyper::Request;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::runtime;
+
+/// Oversized bodies up to this size are drained so the 413 reaches the client.
+const DRAIN_LIMIT: u64 = 16 << 20;
+
+/// Reads the whole body, refusing more than `limit` bytes (413) or a body
+/// that dribbles in for longer than `within` (408).
+///
+/// An oversized body (declared or discovered while reading) is read and
+/// dropped up to `DRAIN_LIMIT` before answering: closing a socket with
+/// unread data makes the kernel send RST, and the client would see
+/// "connection reset" instead of our 413. Past that we stop reading.
+pub async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    within: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut body = req.into_body();
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<u8> = Vec::new();
+    let mut total: u64 = 0;
+    let over = |total: u64| total > limit as u64 || declared.is_some_and(|n| n > limit as u64);
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ApiError::BadRequest(format!("could not read request body: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            total += data.len() as u64;
+            if over(total) {
+                if total > DRAIN_LIMIT {
+                    break;
+                }
+                continue;
+            }
+            match first.take() {
+                None if rest.is_empty() => first = Some(data),
+                prev => {
+                    if let Some(p) = prev {
+                        rest.extend_from_slice(&p);
+                    }
+                    rest.extend_from_slice(&data);
+                }
+            }
+        }
+        Ok::<_, ApiError>(())
+    };
+    match runtime::timeout(within, read).await {
+        Err(_) => return Err(ApiError::RequestTimeout),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(())) => {}
+    }
+    if over(total) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    Ok(match first {
+        Some(b) => b,
+        None => Bytes::from(rest),
+    })
+}
+
+/// Parses a JSON object body into `T`. serde would also accept an array
+/// for a struct (as a tuple), which no agent means, so that is refused.
+pub fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None | Some(b'{') => parse_json(body),
+        Some(_) => Err(ApiError::field("body", "expected a JSON object")),
+    }
+}
+
+/// Parses JSON; on failure re-parses with path tracking so the 422 names
+/// the field (the fast path pays nothing for this).
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::field(
+            "body",
+            "field required (empty request body)",
+        ));
+    }
+    match serde_json::from_slice::<T>(body) {
+        Ok(v) => Ok(v),
+        Err(first) => {
+            if first.is_syntax() || first.is_eof() {
+                return Err(ApiError::field("body", format!("invalid JSON: {first}")));
+            }
+            let de = &mut serde_json::Deserializer::from_slice(body);
+            match serde_path_to_error::deserialize::<_, T>(de) {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    let path = e.path().to_string();
+                    let inner = e.into_inner();
+                    let msg = strip_position(&inner.to_string());
+                    // serde names a missing field itself, at the parent path.
+                    if path == "." || path.is_empty() {
+                        Err(ApiError::field("body", msg))
+                    } else {
+                        Err(ApiError::field(&path, msg))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// The first value of query parameter `name`, percent-decoded.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k, true).as_deref() == Some(name)).then(|| percent_decode(v, true))?
+    })
+}
+
+/// Decodes `%XX` (and `+` as space in query strings); None on bad escapes
+/// or invalid UTF-8.
+pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Ids we accept from agents: non-empty, bounded, printable.
+pub fn valid_id(field: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() {
+        return Err(ApiError::field(field, "must not be empty"));
+    }
+    if id.len() > 256 {
+        return Err(ApiError::field(field, "longer than 256 bytes"));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(ApiError::field(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::wire::HeartbeatRequest;
+
+    #[test]
+    fn query_params_decode() {
+        assert_eq!(
+            query_param(Some("a=1&worker_id=w%2F1+x"), "worker_id").as_deref(),
+            Some("w/1 x")
+        );
+        assert_eq!(
+            query_param(Some("worker_id"), "worker_id").as_deref(),
+            Some("")
+        );
+        assert_eq!(query_param(Some("x=1"), "worker_id"), None);
+        assert_eq!(query_param(None, "worker_id"), None);
+        assert_eq!(percent_decode("%zz", false), None);
+        assert_eq!(percent_decode("%4", false), None);
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = parse_json::<HeartbeatRequest>(br#"{"worker_id":"w","current_load":"high"}"#)
+            .unwrap_err();
+        assert!(e.to_string().starts_with("current_load: "), "{e}");
+        let e = parse_json::<HeartbeatRequest>(br#"{"status":"ok"}"#).unwrap_err();
+        assert!(e.to_string().contains("worker_id"), "{e}");
+        let e = parse_json::<HeartbeatRequest>(b"{nope").unwrap_err();
+        assert!(e.to_string().starts_with("body: invalid JSON"), "{e}");
+        let e = parse_json::<HeartbeatRequest>(b"").unwrap_err();
+        assert_eq!(e.status().as_u16(), 422);
+    }
+
+    #[test]
+    fn ids_are_bounded() {
+        assert!(valid_id("worker_id", "w-1").is_ok());
+        assert!(valid_id("worker_id", "").is_err());
+        assert!(valid_id("worker_id", &"x".repeat(300)).is_err());
+        assert!(valid_id("worker_id", "a\nb").is_err());
+    }
+}

@@ -1,0 +1,171 @@
+//! Maps (method, path) to a route. Pure: no shard, no IO.
+//!
+//! The route is also the metrics label, so every answer (including 404 and
+//! 405) is counted under a fixed, bounded set of names.
+
+use hyper::Method;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Register,
+    Heartbeat,
+    Unregister,
+    Tasks,
+    TaskComplete,
+    CoordinatorWorkers,
+    Broadcast,
+    AdminWorkers,
+    AdminServices,
+    AdminStats,
+    AdminHealth,
+    AdminGaps,
+    Discover,
+    ServicesList,
+    Health,
+    Metrics,
+    Preflight,
+    NotFound,
+    MethodNotAllowed,
+}
+
+/// Metric labels, indexed by `Route as usize`.
+pub const ROUTE_NAMES: [&str; 19] = [
+    "register",
+    "heartbeat",
+    "unregister",
+    "tasks",
+    "task_complete",
+    "coordinator_workers",
+    "broadcast",
+    "admin_workers",
+    "admin_services",
+    "admin_stats",
+    "admin_health",
+    "admin_gaps",
+    "discover",
+    "services_list",
+    "health",
+    "metrics",
+    "preflight",
+    "not_found",
+    "method_not_allowed",
+];
+
+impl Route {
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        ROUTE_NAMES[self.index()]
+    }
+}
+
+/// The outcome of routing: the route, its path parameter (raw, still
+/// percent-encoded) and, for 405, the methods the path does allow.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Matched<'a> {
+    pub route: Route,
+    pub param: Option<&'a str>,
+    pub allow: &'static str,
+}
+
+pub fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
+    let (expected, route, param): (&'static str, Route, Option<&'a str>) = match path {
+        "/api/worker/register" => ("POST", Route::Register, None),
+        "/api/worker/heartbeat" => ("POST", Route::Heartbeat, None),
+        "/api/worker/tasks" => ("GET", Route::Tasks, None),
+        "/api/worker/task-complete" => ("POST", Route::TaskComplete, None),
+        "/api/coordinator/workers" => ("GET", Route::CoordinatorWorkers, None),
+        "/api/coordinator/broadcast-job" => ("POST", Route::Broadcast, None),
+        "/api/admin/workers" => ("GET", Route::AdminWorkers, None),
+        "/api/admin/services" => ("GET", Route::AdminServices, None),
+        "/api/admin/stats" => ("GET", Route::AdminStats, None),
+        "/api/admin/health" => ("GET", Route::AdminHealth, None),
+        "/api/admin/gaps" => ("GET", Route::AdminGaps, None),
+        "/api/services/list" => ("GET", Route::ServicesList, None),
+        "/health" => ("GET", Route::Health, None),
+        "/metrics" => ("GET", Route::Metrics, None),
+        _ => {
+            if let Some(id) = tail(path, "/api/worker/unregister/") {
+                ("DELETE", Route::Unregister, Some(id))
+            } else if let Some(s) = tail(path, "/api/services/discover/") {
+                ("GET", Route::Discover, Some(s))
+            } else {
+                return Matched {
+                    route: Route::NotFound,
+                    param: None,
+                    allow: "",
+                };
+            }
+        }
+    };
+    let ok = method.as_str() == expected || (expected == "GET" && method == Method::HEAD);
+    if ok {
+        Matched {
+            route,
+            param,
+            allow: expected,
+        }
+    } else if method == Method::OPTIONS {
+        Matched {
+            route: Route::Preflight,
+            param: None,
+            allow: expected,
+        }
+    } else {
+        Matched {
+            route: Route::MethodNotAllowed,
+            param: None,
+            allow: expected,
+        }
+    }
+}
+
+/// The single non-empty path segment after `prefix`.
+fn tail<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
+    (!rest.is_empty() && !rest.contains('/')).then_some(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_params() {
+        assert_eq!(
+            route(&Method::POST, "/api/worker/heartbeat").route,
+            Route::Heartbeat
+        );
+        let m = route(&Method::DELETE, "/api/worker/unregister/w%201");
+        assert_eq!((m.route, m.param), (Route::Unregister, Some("w%201")));
+        assert_eq!(
+            route(&Method::GET, "/api/worker/unregister/a/b").route,
+            Route::NotFound
+        );
+        assert_eq!(
+            route(&Method::GET, "/api/worker/unregister/").route,
+            Route::NotFound
+        );
+        assert_eq!(route(&Method::GET, "/nope").route, Route::NotFound);
+        assert_eq!(route(&Method::HEAD, "/health").route, Route::Health);
+    }
+
+    #[test]
+    fn wrong_method_and_preflight() {
+        let m = route(&Method::GET, "/api/worker/heartbeat");
+        assert_eq!((m.route, m.allow), (Route::MethodNotAllowed, "POST"));
+        assert_eq!(
+            route(&Method::OPTIONS, "/api/worker/register").route,
+            Route::Preflight
+        );
+    }
+
+    #[test]
+    fn names_line_up_with_variants() {
+        assert_eq!(Route::MethodNotAllowed.name(), "method_not_allowed");
+        assert_eq!(Route::Register.name(), "register");
+        assert_eq!(Route::Metrics.name(), "metrics");
+    }
+}

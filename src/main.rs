@@ -1,0 +1,254 @@
+//! `coordinator`: command line, environment and config file -> `Config`,
+//! logging, signals; everything else lives in the library.
+//!
+//! Precedence: flag > environment variable > `--config` TOML file > default.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use coordinator::model::Catalog;
+use coordinator::{Config, Server};
+
+/// Declares the CLI flags and the TOML file keys from one list, so the two
+/// cannot drift apart. Every option is optional here; defaults come from
+/// `Config::default()` after merging.
+macro_rules! options {
+    ($( $(#[$doc:meta])* $name:ident : $ty:ty, env = $env:literal ;)*) => {
+        #[derive(Parser, Debug)]
+        #[command(name = "coordinator", version, about = "Thread-per-core coordinator for pools of AI worker machines (drop-in for the RMA coordinators)")]
+        struct Cli {
+            /// TOML file with any of the options below (keys use underscores).
+            #[arg(long, env = "COORDINATOR_CONFIG")]
+            config: Option<PathBuf>,
+            /// Log as JSON lines instead of text.
+            #[arg(long)]
+            log_json: bool,
+            /// Do not pin shard threads to CPUs.
+            #[arg(long)]
+            no_pin: bool,
+            /// Also require the API key on /health and /metrics.
+            #[arg(long)]
+            protect_metrics: bool,
+            /// Serve a fixed hello-world on every path (benchmark baseline on the same runtime).
+            #[arg(long)]
+            baseline_hello: bool,
+            $( $(#[$doc])* #[arg(long, env = $env)] $name: Option<$ty>, )*
+        }
+
+        #[derive(Deserialize, Default, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct FileOptions {
+            #[serde(default)]
+            log_json: bool,
+            #[serde(default)]
+            no_pin: bool,
+            #[serde(default)]
+            protect_metrics: bool,
+            $( $name: Option<$ty>, )*
+        }
+
+        impl Cli {
+            /// Fills options not given by flag or environment from the file.
+            fn merge(mut self, file: FileOptions) -> Self {
+                $( if self.$name.is_none() { self.$name = file.$name; } )*
+                self.log_json |= file.log_json;
+                self.no_pin |= file.no_pin;
+                self.protect_metrics |= file.protect_metrics;
+                self
+            }
+        }
+    };
+}
+
+options! {
+    /// Address to bind [default: 0.0.0.0]
+    host: IpAddr, env = "HOST";
+    /// Port to listen on [default: 8080]
+    port: u16, env = "PORT";
+    /// Number of shards (threads) [default: CPUs this process may use]
+    shards: usize, env = "SHARDS";
+    /// Environment name reported on /health [default: production]
+    environment: String, env = "ENVIRONMENT";
+    /// Seconds without heartbeat before a worker is unhealthy [default: 120]
+    heartbeat_timeout: f64, env = "HEARTBEAT_TIMEOUT_SECONDS";
+    /// Seconds without heartbeat before a worker is removed [default: 600]
+    worker_timeout: f64, env = "WORKER_TIMEOUT_SECONDS";
+    /// Heartbeat interval told to agents, seconds [default: 30]
+    heartbeat_interval: u64, env = "HEARTBEAT_INTERVAL_SECONDS";
+    /// Require this key in header X-API-Key on /api/* [default: none]
+    api_key: String, env = "API_KEY";
+    /// CORS origins, comma separated; * allows any [default: none]
+    allowed_origins: String, env = "ALLOWED_ORIGINS";
+    /// URL agents should use to reach this coordinator [default: from the Host header]
+    public_url: String, env = "COORDINATOR_URL";
+    /// SQLite database path (persistence) [default: none]
+    db: PathBuf, env = "DATABASE_PATH";
+    /// Service catalog file, TOML or .json [default: built-in table]
+    catalog: PathBuf, env = "CATALOG_PATH";
+    /// Largest accepted request body in bytes [default: 1048576]
+    max_body_bytes: usize, env = "MAX_BODY_BYTES";
+    /// Largest accepted request head in bytes [default: 65536]
+    max_header_bytes: usize, env = "MAX_HEADER_BYTES";
+    /// Open connections allowed per shard [default: 10000]
+    max_connections: usize, env = "MAX_CONNECTIONS_PER_SHARD";
+    /// Close idle keep-alive connections after this many seconds [default: 60]
+    idle_timeout: f64, env = "IDLE_TIMEOUT_SECONDS";
+    /// Close connections whose request head takes longer, seconds [default: 10]
+    header_timeout: f64, env = "HEADER_TIMEOUT_SECONDS";
+    /// Answer 408 when a request body takes longer, seconds [default: 30]
+    body_timeout: f64, env = "BODY_TIMEOUT_SECONDS";
+    /// On SIGINT/SIGTERM, wait this long for in-flight requests, seconds [default: 10]
+    shutdown_timeout: f64, env = "SHUTDOWN_TIMEOUT_SECONDS";
+    /// Log filter, e.g. info or coordinator=debug [default: info]
+    log_level: String, env = "RUST_LOG";
+}
+
+fn secs(name: &str, v: Option<f64>, default: Duration) -> Result<Duration, String> {
+    match v {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        Some(s) => Err(format!(
+            "--{name} must be a positive number of seconds, got {s}"
+        )),
+    }
+}
+
+fn build_config(cli: &Cli) -> Result<Config, String> {
+    let d = Config::default();
+    let catalog = match &cli.catalog {
+        Some(p) => Catalog::load(p).map_err(|e| e.to_string())?,
+        None => Catalog::default(),
+    };
+    if cli.shards == Some(0) {
+        return Err("--shards must be at least 1".into());
+    }
+    let cfg = Config {
+        listen: SocketAddr::new(
+            cli.host.unwrap_or(d.listen.ip()),
+            cli.port.unwrap_or(d.listen.port()),
+        ),
+        shards: cli.shards,
+        pin: !cli.no_pin,
+        environment: cli.environment.clone().unwrap_or(d.environment),
+        heartbeat_timeout: secs(
+            "heartbeat-timeout",
+            cli.heartbeat_timeout,
+            d.heartbeat_timeout,
+        )?,
+        worker_timeout: secs("worker-timeout", cli.worker_timeout, d.worker_timeout)?,
+        heartbeat_interval_secs: cli.heartbeat_interval.unwrap_or(d.heartbeat_interval_secs),
+        api_key: cli.api_key.clone().filter(|k| !k.is_empty()),
+        protect_metrics: cli.protect_metrics,
+        allowed_origins: cli
+            .allowed_origins
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        public_url: cli.public_url.clone(),
+        database_path: cli.db.clone(),
+        catalog,
+        max_body_bytes: cli.max_body_bytes.unwrap_or(d.max_body_bytes),
+        max_header_bytes: cli.max_header_bytes.unwrap_or(d.max_header_bytes),
+        max_connections_per_shard: cli
+            .max_connections
+            .unwrap_or(d.max_connections_per_shard)
+            .max(1),
+        idle_timeout: secs("idle-timeout", cli.idle_timeout, d.idle_timeout)?,
+        header_timeout: secs("header-timeout", cli.header_timeout, d.header_timeout)?,
+        body_timeout: secs("body-timeout", cli.body_timeout, d.body_timeout)?,
+        shutdown_timeout: secs("shutdown-timeout", cli.shutdown_timeout, d.shutdown_timeout)?,
+        baseline_hello: cli.baseline_hello,
+        ..d
+    };
+    if cfg.worker_timeout < cfg.heartbeat_timeout {
+        return Err("--worker-timeout must not be shorter than --heartbeat-timeout".into());
+    }
+    Ok(cfg)
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(cli.log_level.as_deref().unwrap_or("info"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    if let Some(path) = cli.config.clone() {
+        let file = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|s| toml::from_str::<FileOptions>(&s).map_err(|e| e.to_string()));
+        match file {
+            Ok(f) => cli = cli.merge(f),
+            Err(e) => {
+                eprintln!("coordinator: config file {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    init_logging(&cli);
+    let cfg = match build_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match Server::start(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!(
+        "coordinator listening on http://{} with {} shard(s)",
+        server.addr(),
+        server.shards()
+    );
+
+    // Signals are taken on a plain thread; it only flips the shards'
+    // shutdown triggers, which then drain on their own cores.
+    let stopper = server.stopper();
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("coordinator: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "shutting down: finishing in-flight requests");
+            if let Some(s) = stopper {
+                s.stop();
+            }
+        }
+    });
+    let failed = server.wait();
+    if failed > 0 {
+        eprintln!("coordinator: {failed} shard(s) failed");
+        return ExitCode::from(1);
+    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,331 @@
+//! Per-shard metrics, merged on scrape.
+//!
+//! Each shard owns plain counters and fixed-bucket histograms (no atomics,
+//! no locks: only its own thread touches them). A scrape asks every shard
+//! for a snapshot over the mesh, adds them up and encodes the Prometheus
+//! text format here. The `prometheus` crate's collectors are atomic and
+//! registry-based, which is exactly the sharing this design avoids, so the
+//! (small) text encoder lives here and is checked by a real parser in tests.
+//!
+//! This module must not know about HTTP routing or the registry: callers
+//! pass route names and registry gauges in.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency buckets: 10 us to 1 s, so
+/// sub-millisecond latency is visible.
+pub const LATENCY_BUCKETS: [f64; 17] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A cumulative-on-encode histogram with fixed buckets.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Non-cumulative counts; the last slot is +Inf.
+    counts: [u64; LATENCY_BUCKETS.len() + 1],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = LATENCY_BUCKETS.partition_point(|b| *b < s);
+        self.counts[i] += 1;
+        self.sum += s;
+        self.count += 1;
+    }
+
+    pub fn merge(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
+            *a += b;
+        }
+        self.sum += o.sum;
+        self.count += o.count;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+/// Counters for one route.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMetrics {
+    /// (status code, count); a handful of codes per route, so a Vec.
+    pub by_status: Vec<(u16, u64)>,
+    pub latency: Histogram,
+}
+
+/// One shard's metrics. Everything is owned by the shard's thread.
+#[derive(Debug, Clone, Default)]
+pub struct ShardMetrics {
+    pub routes: Vec<RouteMetrics>,
+    pub connections_accepted: u64,
+    pub connections_open: u64,
+    pub connections_rejected: u64,
+    pub connections_timed_out: u64,
+    pub mesh_sent: u64,
+    pub mesh_received: u64,
+    pub workers_removed: u64,
+}
+
+impl ShardMetrics {
+    pub fn new(n_routes: usize) -> Self {
+        Self {
+            routes: vec![RouteMetrics::default(); n_routes],
+            ..Default::default()
+        }
+    }
+
+    pub fn record(&mut self, route: usize, status: u16, elapsed: Duration) {
+        let Some(r) = self.routes.get_mut(route) else {
+            return;
+        };
+        match r.by_status.iter_mut().find(|(s, _)| *s == status) {
+            Some((_, n)) => *n += 1,
+            None => r.by_status.push((status, 1)),
+        }
+        r.latency.observe(elapsed);
+    }
+}
+
+/// What one shard reports on a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSnapshot {
+    pub shard: usize,
+    pub metrics: ShardMetrics,
+    pub workers: u64,
+}
+
+/// Registry-wide gauges, computed by the scraping shard from a fan-out.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    pub workers_total: u64,
+    pub workers_active: u64,
+    pub services_total: u64,
+    pub tasks_completed: u64,
+}
+
+/// Encodes merged snapshots in the Prometheus text format (version 0.0.4).
+pub fn encode(route_names: &[&str], shards: &[MetricsSnapshot], g: &Gauges) -> String {
+    let mut out = String::with_capacity(8 << 10);
+    gauge(
+        &mut out,
+        "coordinator_workers_total",
+        "Registered workers.",
+        g.workers_total,
+    );
+    gauge(
+        &mut out,
+        "coordinator_workers_active",
+        "Healthy workers.",
+        g.workers_active,
+    );
+    gauge(
+        &mut out,
+        "coordinator_services_total",
+        "Services with at least one healthy worker.",
+        g.services_total,
+    );
+    header(
+        &mut out,
+        "coordinator_tasks_completed_total",
+        "Task completions reported by workers.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "coordinator_tasks_completed_total {}",
+        g.tasks_completed
+    );
+
+    // Routes: summed over shards.
+    let mut routes = vec![RouteMetrics::default(); route_names.len()];
+    for s in shards {
+        for (acc, r) in routes.iter_mut().zip(&s.metrics.routes) {
+            for &(code, n) in &r.by_status {
+                match acc.by_status.iter_mut().find(|(c, _)| *c == code) {
+                    Some((_, m)) => *m += n,
+                    None => acc.by_status.push((code, n)),
+                }
+            }
+            acc.latency.merge(&r.latency);
+        }
+    }
+    header(
+        &mut out,
+        "coordinator_http_requests_total",
+        "HTTP requests by route and status.",
+        "counter",
+    );
+    for (name, r) in route_names.iter().zip(&routes) {
+        let mut codes = r.by_status.clone();
+        codes.sort_unstable();
+        for (code, n) in codes {
+            let _ = writeln!(
+                out,
+                "coordinator_http_requests_total{{route=\"{name}\",status=\"{code}\"}} {n}"
+            );
+        }
+    }
+    header(
+        &mut out,
+        "coordinator_http_request_duration_seconds",
+        "Time from request head to response, by route.",
+        "histogram",
+    );
+    for (name, r) in route_names.iter().zip(&routes) {
+        if r.latency.count == 0 {
+            continue;
+        }
+        let mut cum = 0;
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            cum += r.latency.counts[i];
+            let _ = writeln!(
+                out,
+                "coordinator_http_request_duration_seconds_bucket{{route=\"{name}\",le=\"{le}\"}} {cum}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "coordinator_http_request_duration_seconds_bucket{{route=\"{name}\",le=\"+Inf\"}} {}",
+            r.latency.count
+        );
+        let _ = writeln!(
+            out,
+            "coordinator_http_request_duration_seconds_sum{{route=\"{name}\"}} {}",
+            r.latency.sum
+        );
+        let _ = writeln!(
+            out,
+            "coordinator_http_request_duration_seconds_count{{route=\"{name}\"}} {}",
+            r.latency.count
+        );
+    }
+
+    let per_shard: [PerShard; 8] = [
+        (
+            "coordinator_shard_workers",
+            "Workers owned by each shard.",
+            "gauge",
+            |s| s.workers,
+        ),
+        (
+            "coordinator_connections_accepted_total",
+            "Connections accepted.",
+            "counter",
+            |s| s.metrics.connections_accepted,
+        ),
+        (
+            "coordinator_connections_open",
+            "Connections open now.",
+            "gauge",
+            |s| s.metrics.connections_open,
+        ),
+        (
+            "coordinator_connections_rejected_total",
+            "Connections refused at the per-shard cap.",
+            "counter",
+            |s| s.metrics.connections_rejected,
+        ),
+        (
+            "coordinator_connections_timed_out_total",
+            "Connections closed for idleness or slow headers.",
+            "counter",
+            |s| s.metrics.connections_timed_out,
+        ),
+        (
+            "coordinator_mesh_sent_total",
+            "Messages sent to other shards.",
+            "counter",
+            |s| s.metrics.mesh_sent,
+        ),
+        (
+            "coordinator_mesh_received_total",
+            "Messages received from other shards.",
+            "counter",
+            |s| s.metrics.mesh_received,
+        ),
+        (
+            "coordinator_workers_removed_total",
+            "Workers removed after WORKER_TIMEOUT_SECONDS of silence.",
+            "counter",
+            |s| s.metrics.workers_removed,
+        ),
+    ];
+    for (name, help, kind, get) in per_shard {
+        header(&mut out, name, help, kind);
+        for s in shards {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, get(s));
+        }
+    }
+    out
+}
+
+/// (name, help, type, value of one shard).
+type PerShard = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&MetricsSnapshot) -> u64,
+);
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
+    header(out, name, help, "gauge");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_upper_inclusive() {
+        let mut h = Histogram::default();
+        h.observe(Duration::from_micros(10));
+        h.observe(Duration::from_micros(11));
+        h.observe(Duration::from_secs(5));
+        assert_eq!(h.counts[0], 1);
+        assert_eq!(h.counts[1], 1);
+        assert_eq!(h.counts[LATENCY_BUCKETS.len()], 1);
+        assert_eq!(h.count(), 3);
+    }
+
+    #[test]
+    fn encode_sums_routes_over_shards() {
+        let mut a = ShardMetrics::new(2);
+        a.record(0, 200, Duration::from_micros(30));
+        let mut b = ShardMetrics::new(2);
+        b.record(0, 200, Duration::from_micros(300));
+        b.record(0, 404, Duration::from_micros(300));
+        let snaps = vec![
+            MetricsSnapshot {
+                shard: 0,
+                metrics: a,
+                workers: 1,
+            },
+            MetricsSnapshot {
+                shard: 1,
+                metrics: b,
+                workers: 2,
+            },
+        ];
+        let text = encode(&["hb", "list"], &snaps, &Gauges::default());
+        assert!(text.contains("coordinator_http_requests_total{route=\"hb\",status=\"200\"} 2\n"));
+        assert!(text.contains("coordinator_http_requests_total{route=\"hb\",status=\"404\"} 1\n"));
+        assert!(text.contains(
+            "coordinator_http_request_duration_seconds_bucket{route=\"hb\",le=\"0.00005\"} 1\n"
+        ));
+        assert!(text.contains("coordinator_http_request_duration_seconds_count{route=\"hb\"} 3\n"));
+        assert!(text.contains("coordinator_shard_workers{shard=\"1\"} 2\n"));
+        assert!(!text.contains("route=\"list\",le"));
+    }
+}

@@ -1,0 +1,184 @@
+//! Starting one executor thread per shard and wiring them together.
+//!
+//! Each shard gets: its own listening socket (all bound to the same port with
+//! SO_REUSEPORT, so the kernel spreads connections), its ends of the channel
+//! mesh, a shutdown signal, and its shard id. The shard id is the executor's
+//! index in the mesh, so "shard i" and "mesh peer i" are the same thing.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+
+use super::mesh::{split, Inbox, Mesh};
+use super::net::Listener;
+use super::notify::{shutdown_pair, Shutdown, ShutdownTrigger};
+
+/// What a pool of shards needs to start.
+pub struct PoolSpec {
+    /// One entry per shard: the CPU it is pinned to, or `None` for unpinned.
+    pub cpus: Vec<Option<usize>>,
+    /// Listening sockets, one per shard (see [`super::bind_reuseport`]).
+    pub listeners: Vec<std::net::TcpListener>,
+    /// Depth of each directed mesh channel.
+    pub mesh_capacity: usize,
+    /// Thread name prefix.
+    pub name: String,
+}
+
+/// Everything a shard's main future receives.
+pub struct ShardEnv<M: Send + 'static> {
+    pub id: usize,
+    pub count: usize,
+    pub mesh: Mesh<M>,
+    pub inbox: Inbox<M>,
+    pub listener: Listener,
+    pub shutdown: Shutdown,
+}
+
+/// Handle on a running pool: trigger shutdown, wait for the threads.
+pub struct PoolHandle {
+    threads: Vec<ExecutorJoinHandle<()>>,
+    stopper: Stopper,
+}
+
+/// Requests shutdown of every shard; cloneable and usable from any thread
+/// (a signal-handling thread, a test). Touched only at shutdown.
+#[derive(Clone)]
+pub struct Stopper(Arc<Mutex<Vec<ShutdownTrigger>>>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        let triggers = match self.0.lock() {
+            Ok(mut g) => std::mem::take(&mut *g),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        for t in triggers {
+            t.fire();
+        }
+    }
+}
+
+impl PoolHandle {
+    /// Asks every shard to stop accepting and drain.
+    pub fn shutdown(&mut self) {
+        self.stopper.stop();
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Waits for every shard thread; returns the number that failed.
+    pub fn join(mut self) -> usize {
+        let mut failed = 0;
+        for t in self.threads.drain(..) {
+            if let Err(e) = t.join() {
+                tracing::error!(error = %e, "shard executor failed");
+                failed += 1;
+            }
+        }
+        failed
+    }
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// CPUs this process may run on (sched_getaffinity, which respects cgroup
+/// cpusets and `taskset`; /sys "online" does not).
+pub fn allowed_cpus() -> Vec<usize> {
+    let mut ids: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Shard count and pinning: `shards` defaults to the CPUs we may run on; with
+/// more shards than CPUs the CPUs are reused round-robin (useful in tests).
+pub fn plan_cpus(shards: Option<usize>, pin: bool) -> Vec<Option<usize>> {
+    let cpus = allowed_cpus();
+    let n = shards.unwrap_or(cpus.len()).max(1);
+    (0..n)
+        .map(|i| {
+            if pin && !cpus.is_empty() {
+                Some(cpus[i % cpus.len()])
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Starts one executor thread per shard and runs `shard_main` on each.
+///
+/// Returns once every thread is spawned; the shards join the mesh
+/// concurrently. An executor that cannot start (io_uring refused) surfaces
+/// as an error from its thread; call [`super::preflight`] first to turn the
+/// common causes into clear messages.
+pub fn start_pool<M, F, Fut>(spec: PoolSpec, shard_main: F) -> std::io::Result<PoolHandle>
+where
+    M: Send + 'static,
+    F: Fn(ShardEnv<M>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let count = spec.cpus.len();
+    assert_eq!(count, spec.listeners.len(), "one listener per shard");
+    let mesh_builder = MeshBuilder::<M, _>::full(count, spec.mesh_capacity);
+    let mut threads = Vec::with_capacity(count);
+    let mut triggers = Vec::with_capacity(count);
+    for (i, (cpu, listener)) in spec.cpus.into_iter().zip(spec.listeners).enumerate() {
+        let placement = match cpu {
+            Some(c) => Placement::Fixed(c),
+            None => Placement::Unbound,
+        };
+        let (trigger, shutdown) = shutdown_pair();
+        triggers.push(trigger);
+        let builder = mesh_builder.clone();
+        let shard_main = shard_main.clone();
+        let ex = LocalExecutorBuilder::new(placement)
+            .name(&format!("{}-{i}", spec.name))
+            // glommio registers 10 MiB of io memory by default; we do no
+            // file IO on shards, and smaller registrations fit common
+            // RLIMIT_MEMLOCK settings (8 MiB) without warnings.
+            .io_memory(512 << 10)
+            .preempt_timer(Duration::from_millis(10))
+            .spawn(move || async move {
+                let (senders, receivers) = match builder.join().await {
+                    Ok(ends) => ends,
+                    Err(e) => {
+                        tracing::error!(error = %e, "shard could not join the mesh");
+                        return;
+                    }
+                };
+                let id = senders.peer_id();
+                let (mesh, inbox) = split(senders, receivers);
+                let env = ShardEnv {
+                    id,
+                    count,
+                    mesh,
+                    inbox,
+                    listener: Listener::from_std(listener),
+                    shutdown,
+                };
+                shard_main(env).await;
+            })
+            .map_err(std::io::Error::from)?;
+        threads.push(ex);
+    }
+    Ok(PoolHandle {
+        threads,
+        stopper: Stopper(Arc::new(Mutex::new(triggers))),
+    })
+}

@@ -1,0 +1,67 @@
+//! Listening sockets: bound up front on the calling thread, handed to shards.
+//!
+//! Binding before the executors start gives a clear error for a busy port
+//! and resolves port 0 once, so every shard listens on the same ephemeral port.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Binds `n` listening sockets to `addr` with SO_REUSEPORT; returns them and
+/// the address actually bound (port 0 resolved).
+pub fn bind_reuseport(
+    addr: SocketAddr,
+    n: usize,
+    backlog: i32,
+) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let mut out = Vec::with_capacity(n);
+    let mut bound = addr;
+    for _ in 0..n.max(1) {
+        let domain = if bound.is_ipv6() {
+            Domain::IPV6
+        } else {
+            Domain::IPV4
+        };
+        let sk = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        sk.set_reuse_address(true)?;
+        sk.set_reuse_port(true)?;
+        sk.bind(&bound.into())?;
+        sk.listen(backlog)?;
+        if bound.port() == 0 {
+            bound = sk
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| io::Error::other("listener has no IP address"))?;
+        }
+        out.push(std::net::TcpListener::from(sk));
+    }
+    Ok((out, bound))
+}
+
+/// An accepted TCP connection (futures-io `AsyncRead + AsyncWrite`).
+pub type TcpConn = glommio::net::TcpStream;
+
+/// A shard's listening socket.
+pub struct Listener(glommio::net::TcpListener);
+
+/// An accepted connection: the IO half for hyper plus its peer address.
+pub struct Accepted {
+    pub stream: TcpConn,
+    pub peer: Option<SocketAddr>,
+}
+
+impl Listener {
+    pub(crate) fn from_std(l: std::net::TcpListener) -> Self {
+        // SAFETY: the fd comes from a listening std socket we own and give up.
+        Self(unsafe { glommio::net::TcpListener::from_raw_fd(l.into_raw_fd()) })
+    }
+
+    pub async fn accept(&self) -> io::Result<Accepted> {
+        let stream = self.0.accept().await.map_err(io::Error::from)?;
+        let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok();
+        Ok(Accepted { stream, peer })
+    }
+}

@@ -1,0 +1,99 @@
+//! Starting and stopping a whole coordinator: preflight checks, sockets,
+//! one shard per executor. Used by `main.rs` and by the tests, which run
+//! real servers on ephemeral loopback ports.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::runtime::{self, PoolHandle, PoolSpec, Stopper};
+use crate::shard;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Preflight(#[from] runtime::PreflightError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start shard threads: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// A running coordinator. Dropping it shuts it down and waits.
+pub struct Server {
+    addr: SocketAddr,
+    shards: usize,
+    pool: Option<PoolHandle>,
+}
+
+impl Server {
+    pub fn start(cfg: Config) -> Result<Server, StartError> {
+        runtime::preflight()?;
+        let cpus = runtime::plan_cpus(cfg.shards, cfg.pin);
+        let n = cpus.len();
+        let (listeners, addr) =
+            runtime::bind_reuseport(cfg.listen, n, 1024).map_err(|source| StartError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let cfg = Arc::new(cfg);
+        let spec = PoolSpec {
+            cpus: cpus.clone(),
+            listeners,
+            mesh_capacity: cfg.mesh_capacity,
+            name: "shard".into(),
+        };
+        let pool = runtime::start_pool(spec, move |env| shard::run(env, cfg.clone()))
+            .map_err(StartError::Spawn)?;
+        tracing::info!(%addr, shards = n, pinned = ?cpus, "coordinator listening");
+        Ok(Server {
+            addr,
+            shards: n,
+            pool: Some(pool),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// Stops accepting, lets in-flight requests finish (bounded), returns
+    /// when every shard has stopped. Returns the number of shards that failed.
+    pub fn stop(mut self) -> usize {
+        self.stop_inner()
+    }
+
+    /// Blocks until the shards stop (after [`Server::trigger_shutdown`] from
+    /// another thread, e.g. a signal handler).
+    pub fn wait(mut self) -> usize {
+        self.pool.take().map_or(0, |p| p.join())
+    }
+
+    /// A handle another thread (a signal handler) can use to request shutdown.
+    pub fn stopper(&self) -> Option<Stopper> {
+        self.pool.as_ref().map(PoolHandle::stopper)
+    }
+
+    fn stop_inner(&mut self) -> usize {
+        match self.pool.take() {
+            Some(mut p) => {
+                p.shutdown();
+                p.join()
+            }
+            None => 0,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}

@@ -1,0 +1,351 @@
+//! One shard: a registry slice, its mesh endpoint, and cross-shard calls.
+//!
+//! A worker belongs to shard `owner_of(worker_id, count)`. Operations on one
+//! worker run on its owner: locally when this shard owns it, otherwise the
+//! request is forwarded over the mesh and the answer comes back on a
+//! oneshot. Operations on all workers fan out to every shard (the local one
+//! inline) and the caller merges the replies, as Seastar's `map_reduce` does.
+//!
+//! Every operation is a synchronous function of the shard's own state
+//! (`Shard::handle`), so a forwarded request is answered right in the mesh
+//! receive loop without spawning, and no borrow is ever held across an
+//! await. This module must not parse HTTP or know about routes.
+
+pub mod msg;
+pub mod registry;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::channel::oneshot;
+use futures::future::join_all;
+
+use crate::config::Config;
+use crate::metrics::{MetricsSnapshot, ShardMetrics};
+use crate::model::truthy;
+use crate::runtime::{self, Mesh, ShardEnv};
+use msg::{BroadcastJob, Coverage, Envelope, ListKind, Listing, Reply, Request, Summary};
+use registry::{Liveness, Registry, WorkerRecord};
+
+/// Fixed seeds: a worker id maps to the same shard in every run of the same
+/// binary, which keeps placement reproducible across restarts.
+const OWNER_SEEDS: [u64; 4] = [
+    0x9e37_79b9_7f4a_7c15,
+    0x6a09_e667_f3bc_c908,
+    0xbb67_ae85_84ca_a73b,
+    0x3c6e_f372_fe94_f82b,
+];
+
+/// The shard that owns `worker_id` when there are `shards` shards.
+pub fn owner_of(worker_id: &str, shards: usize) -> usize {
+    let h = ahash::RandomState::with_seeds(
+        OWNER_SEEDS[0],
+        OWNER_SEEDS[1],
+        OWNER_SEEDS[2],
+        OWNER_SEEDS[3],
+    )
+    .hash_one(worker_id);
+    (h % shards.max(1) as u64) as usize
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard {0} is unavailable")]
+    Unavailable(usize),
+    #[error("shard {0} did not answer in time")]
+    Timeout(usize),
+    #[error("shard answered with an unexpected reply (wanted {0})")]
+    Unexpected(&'static str),
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub count: usize,
+    pub cfg: Arc<Config>,
+    live: Liveness,
+    registry: RefCell<Registry>,
+    pub metrics: RefCell<ShardMetrics>,
+    mesh: Mesh<Envelope>,
+}
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        count: usize,
+        cfg: Arc<Config>,
+        mesh: Mesh<Envelope>,
+        n_routes: usize,
+    ) -> Self {
+        Self {
+            id,
+            count,
+            live: Liveness {
+                heartbeat_timeout: cfg.heartbeat_timeout,
+                worker_timeout: cfg.worker_timeout,
+            },
+            cfg,
+            registry: RefCell::new(Registry::default()),
+            metrics: RefCell::new(ShardMetrics::new(n_routes)),
+            mesh,
+        }
+    }
+
+    pub fn owner_of(&self, worker_id: &str) -> usize {
+        owner_of(worker_id, self.count)
+    }
+
+    /// Runs `req` on shard `to`: inline when it is us, else over the mesh.
+    pub async fn call(&self, to: usize, req: Request) -> Result<Reply, ShardError> {
+        if to == self.id {
+            return Ok(self.handle(req));
+        }
+        let (tx, rx) = oneshot::channel();
+        let env = Envelope {
+            from: self.id,
+            request: req,
+            reply: tx,
+        };
+        self.metrics.borrow_mut().mesh_sent += 1;
+        let exchange = async {
+            self.mesh
+                .send(to, env)
+                .await
+                .map_err(|_| ShardError::Unavailable(to))?;
+            rx.await.map_err(|_| ShardError::Unavailable(to))
+        };
+        runtime::timeout(self.cfg.gather_timeout, exchange)
+            .await
+            .map_err(|_| ShardError::Timeout(to))?
+    }
+
+    /// Runs the request built by `make` on every shard and returns the replies.
+    pub async fn fan_out(&self, make: impl Fn() -> Request) -> Result<Vec<Reply>, ShardError> {
+        let calls = (0..self.count).map(|to| self.call(to, make()));
+        join_all(calls).await.into_iter().collect()
+    }
+
+    /// Answers a request from another shard (called by the mesh loop).
+    pub fn serve_remote(&self, env: Envelope) {
+        self.metrics.borrow_mut().mesh_received += 1;
+        let _ = env.from;
+        // The requester may have timed out and gone; nothing to do then.
+        let _ = env.reply.send(self.handle(env.request));
+    }
+
+    /// Executes one operation against this shard's state.
+    pub fn handle(&self, req: Request) -> Reply {
+        let now = Instant::now();
+        match req {
+            Request::Register(rec) => Reply::Registered {
+                replaced: self.registry.borrow_mut().insert(*rec),
+            },
+            Request::Heartbeat(hb) => Reply::Found(self.registry.borrow_mut().heartbeat(
+                *hb,
+                now,
+                SystemTime::now(),
+            )),
+            Request::Unregister(id) => {
+                Reply::Found(self.registry.borrow_mut().remove(&id).is_some())
+            }
+            Request::TakeJobs(id) => Reply::Jobs(self.registry.borrow_mut().take_jobs(&id)),
+            Request::CompleteTask(id) => {
+                Reply::Found(self.registry.borrow_mut().complete_task(&id))
+            }
+            Request::Coverage { exclude } => {
+                Reply::Coverage(self.coverage(now, exclude.as_deref()))
+            }
+            Request::List(kind) => Reply::Listing(self.listing(now, kind, None)),
+            Request::Discover(service) => {
+                Reply::Listing(self.listing(now, ListKind::Healthy, Some(&service)))
+            }
+            Request::Summary => Reply::Summary(Box::new(self.summary(now))),
+            Request::Broadcast(job) => Reply::Delivered(self.broadcast(now, &job)),
+            Request::Metrics => Reply::Metrics(Box::new(MetricsSnapshot {
+                shard: self.id,
+                metrics: self.metrics.borrow().clone(),
+                workers: self.registry.borrow().len() as u64,
+            })),
+        }
+    }
+
+    fn coverage(&self, now: Instant, exclude: Option<&str>) -> Coverage {
+        let reg = self.registry.borrow();
+        let mut c = Coverage::default();
+        for w in reg.workers() {
+            if Some(w.worker_id.as_str()) == exclude || !w.is_healthy(now, &self.live) {
+                continue;
+            }
+            if let Some(n) = c.per_tier.get_mut(w.tier as usize) {
+                *n += 1;
+            }
+            for key in w.index_keys() {
+                *c.per_service.entry(key.to_string()).or_default() += 1;
+            }
+        }
+        c
+    }
+
+    fn listing(&self, now: Instant, kind: ListKind, service: Option<&str>) -> Listing {
+        let reg = self.registry.borrow();
+        let mut out = Listing::default();
+        let mut best: Option<(f64, &WorkerRecord)> = None;
+        let write = |w: &WorkerRecord, out: &mut Listing| {
+            if out.count > 0 {
+                out.items.push(b',');
+            }
+            w.write_json(&mut out.items, now, &self.live, kind == ListKind::Admin);
+            out.count += 1;
+        };
+        match service {
+            Some(s) => {
+                let ids = reg
+                    .service_index()
+                    .find(|(k, _)| *k == s)
+                    .map(|(_, ids)| ids);
+                for w in ids.into_iter().flatten().filter_map(|id| reg.get(id)) {
+                    if w.is_healthy(now, &self.live) {
+                        write(w, &mut out);
+                        out.healthy += 1;
+                        let load = w.state.current_load;
+                        if best.is_none_or(|(b, _)| load < b) {
+                            best = Some((load, w));
+                        }
+                    }
+                }
+            }
+            None => {
+                for w in reg.workers() {
+                    let healthy = w.is_healthy(now, &self.live);
+                    if healthy {
+                        out.healthy += 1;
+                    }
+                    if healthy || kind == ListKind::Admin {
+                        write(w, &mut out);
+                    }
+                }
+            }
+        }
+        out.best = best.map(|(load, w)| {
+            let mut buf = Vec::new();
+            w.write_json(&mut buf, now, &self.live, false);
+            (load, buf)
+        });
+        out
+    }
+
+    fn summary(&self, now: Instant) -> Summary {
+        let reg = self.registry.borrow();
+        let mut s = Summary {
+            total: reg.len() as u64,
+            tasks_completed: reg.tasks_completed(),
+            ..Default::default()
+        };
+        for w in reg.workers() {
+            let fresh = w.age(now) <= self.live.heartbeat_timeout;
+            let status = if fresh {
+                w.state.status.as_str()
+            } else {
+                "stale"
+            };
+            *s.by_status.entry(status.to_string()).or_default() += 1;
+            if !fresh {
+                s.stale += 1;
+            }
+            if w.is_healthy(now, &self.live) {
+                s.healthy += 1;
+                let t = (w.tier as usize).min(4);
+                s.tier_count[t] += 1;
+                s.tier_load[t] += w.state.current_load;
+            }
+        }
+        let mut services: HashMap<String, Vec<String>> = HashMap::new();
+        for (name, ids) in reg.service_index() {
+            let healthy = ids
+                .iter()
+                .filter(|id| reg.get(id).is_some_and(|w| w.is_healthy(now, &self.live)))
+                .cloned()
+                .collect();
+            services.insert(name.to_string(), healthy);
+        }
+        s.services = services;
+        s
+    }
+
+    fn broadcast(&self, now: Instant, job: &BroadcastJob) -> Vec<(String, String)> {
+        let mut reg = self.registry.borrow_mut();
+        let capable: Vec<String> = reg
+            .workers()
+            .filter(|w| w.is_healthy(now, &self.live) && w.tier <= 2)
+            .filter(|w| match &job.required_capability {
+                Some(cap) => w.capabilities.get(cap).is_some_and(truthy),
+                None => true,
+            })
+            .map(|w| w.worker_id.clone())
+            .collect();
+        capable
+            .into_iter()
+            .map(|id| {
+                let task_id = format!("{}-{}", job.id_prefix, id);
+                let task = serde_json::json!({
+                    "task_id": task_id,
+                    "job_type": job.job_type,
+                    "job_data": job.job_data,
+                    "created_at": job.created_at,
+                });
+                reg.push_job(&id, task);
+                (id, task_id)
+            })
+            .collect()
+    }
+
+    /// Removes workers that have been silent too long.
+    fn sweep(&self) {
+        let removed = self.registry.borrow_mut().sweep(Instant::now(), &self.live);
+        if !removed.is_empty() {
+            self.metrics.borrow_mut().workers_removed += removed.len() as u64;
+            tracing::info!(shard = self.id, count = removed.len(), workers = ?removed, "removed silent workers");
+        }
+    }
+}
+
+/// How often each shard sweeps: often enough that removal lags the timeout
+/// by a small fraction of it, rarely enough to cost nothing.
+fn sweep_interval(cfg: &Config) -> Duration {
+    (cfg.worker_timeout.min(cfg.heartbeat_timeout) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(5))
+}
+
+/// A shard's main: serve the mesh, sweep, and serve HTTP until shutdown.
+pub async fn run(env: ShardEnv<Envelope>, cfg: Arc<Config>) {
+    let ShardEnv {
+        id,
+        count,
+        mesh,
+        inbox,
+        listener,
+        shutdown,
+    } = env;
+    let n_routes = crate::http::ROUTE_NAMES.len();
+    let shard = Rc::new(Shard::new(id, count, cfg.clone(), mesh, n_routes));
+    {
+        let shard = shard.clone();
+        inbox.serve(move |env| shard.serve_remote(env));
+    }
+    {
+        let shard = shard.clone();
+        let shutdown = shutdown.clone();
+        let every = sweep_interval(&cfg);
+        runtime::spawn(async move {
+            while !shutdown.is_requested() {
+                runtime::sleep(every).await;
+                shard.sweep();
+            }
+        });
+    }
+    tracing::debug!(shard = id, shards = count, "shard started");
+    crate::http::serve(shard.clone(), listener, shutdown).await;
+    tracing::debug!(shard = id, "shard stopped");
+}

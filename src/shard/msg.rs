@@ -1,0 +1,165 @@
+//! Messages between shards.
+//!
+//! Every operation on a shard is a `Request` answered by a `Reply`. The same
+//! enum serves local calls (handled inline) and remote ones (sent over the
+//! mesh with a oneshot for the answer), so there is one code path per
+//! operation. Replies carry pre-serialised JSON where the merging shard only
+//! concatenates, so serialisation work is spread over the owning shards.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::channel::oneshot;
+use serde_json::Value;
+
+use super::registry::WorkerRecord;
+use crate::metrics::MetricsSnapshot;
+use crate::model::wire::HeartbeatRequest;
+
+/// Which records a worker listing wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    /// Healthy workers, plain records (`/api/coordinator/workers`).
+    Healthy,
+    /// Every worker, with `age_seconds` and `is_healthy` (`/api/admin/workers`).
+    Admin,
+}
+
+/// A job fanned out to every shard by broadcast.
+#[derive(Debug)]
+pub struct BroadcastJob {
+    pub job_type: String,
+    pub job_data: Value,
+    pub required_capability: Option<String>,
+    /// Prefix for per-worker task ids (unique per broadcast).
+    pub id_prefix: String,
+    pub created_at: String,
+}
+
+#[derive(Debug)]
+pub enum Request {
+    Register(Box<WorkerRecord>),
+    Heartbeat(Box<HeartbeatRequest>),
+    Unregister(String),
+    TakeJobs(String),
+    CompleteTask(String),
+    /// Healthy-coverage counts for assignment, not counting `exclude`.
+    Coverage {
+        exclude: Option<String>,
+    },
+    List(ListKind),
+    /// Healthy workers indexed under a service.
+    Discover(String),
+    Summary,
+    Broadcast(Arc<BroadcastJob>),
+    Metrics,
+}
+
+/// Healthy coverage on one shard.
+#[derive(Debug, Default, Clone)]
+pub struct Coverage {
+    pub per_service: HashMap<String, u32>,
+    /// Healthy workers per tier (index = tier, 0 unused).
+    pub per_tier: [u32; 5],
+}
+
+/// One shard's worker listing: `items` is a comma-separated run of JSON
+/// objects (no brackets), ready to be spliced into an array.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub items: Vec<u8>,
+    pub count: usize,
+    /// Healthy workers among those this shard looked at.
+    pub healthy: usize,
+    /// For discovery: the least-loaded healthy worker's (load, record JSON).
+    pub best: Option<(f64, Vec<u8>)>,
+}
+
+/// Aggregates for stats / health / services / gaps, mergeable by addition.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub total: u64,
+    pub healthy: u64,
+    pub stale: u64,
+    /// Index = tier (0 unused): worker count and summed load, healthy only.
+    pub tier_count: [u64; 5],
+    pub tier_load: [f64; 5],
+    /// Reported status of fresh workers, "stale" for the rest.
+    pub by_status: HashMap<String, u64>,
+    /// Service -> healthy worker ids.
+    pub services: HashMap<String, Vec<String>>,
+    pub tasks_completed: u64,
+}
+
+impl Summary {
+    pub fn merge(&mut self, o: Summary) {
+        self.total += o.total;
+        self.healthy += o.healthy;
+        self.stale += o.stale;
+        for t in 0..5 {
+            self.tier_count[t] += o.tier_count[t];
+            self.tier_load[t] += o.tier_load[t];
+        }
+        for (k, v) in o.by_status {
+            *self.by_status.entry(k).or_default() += v;
+        }
+        for (k, mut v) in o.services {
+            self.services.entry(k).or_default().append(&mut v);
+        }
+        self.tasks_completed += o.tasks_completed;
+    }
+}
+
+#[derive(Debug)]
+pub enum Reply {
+    /// Register: whether it replaced an existing record.
+    Registered {
+        replaced: bool,
+    },
+    /// Heartbeat / unregister / complete: whether the worker was known.
+    Found(bool),
+    Jobs(Option<Vec<Value>>),
+    Coverage(Coverage),
+    Listing(Listing),
+    Summary(Box<Summary>),
+    /// Broadcast: (worker id, task id) of each worker that got the job.
+    Delivered(Vec<(String, String)>),
+    Metrics(Box<MetricsSnapshot>),
+}
+
+/// A request travelling to another shard.
+pub struct Envelope {
+    pub from: usize,
+    pub request: Request,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// Typed accessors: a shard answers each request with one reply variant; a
+/// different one is a bug, reported as an error rather than a panic.
+macro_rules! accessor {
+    ($name:ident, $variant:ident, $ty:ty) => {
+        pub fn $name(self) -> Result<$ty, super::ShardError> {
+            match self {
+                Reply::$variant(v) => Ok(v),
+                _ => Err(super::ShardError::Unexpected(stringify!($variant))),
+            }
+        }
+    };
+}
+
+impl Reply {
+    accessor!(found, Found, bool);
+    accessor!(jobs, Jobs, Option<Vec<Value>>);
+    accessor!(coverage, Coverage, Coverage);
+    accessor!(listing, Listing, Listing);
+    accessor!(summary, Summary, Box<Summary>);
+    accessor!(delivered, Delivered, Vec<(String, String)>);
+    accessor!(metrics, Metrics, Box<MetricsSnapshot>);
+
+    pub fn registered(self) -> Result<bool, super::ShardError> {
+        match self {
+            Reply::Registered { replaced } => Ok(replaced),
+            _ => Err(super::ShardError::Unexpected("Registered")),
+        }
+    }
+}

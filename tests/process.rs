@@ -1,0 +1,152 @@
+//! The real binary: flags, environment, start-up errors, signals.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn coordinator");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // "coordinator listening on http://127.0.0.1:PORT with N shard(s)"
+    let url = line.split_whitespace().nth(3).expect("address line");
+    let addr = url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("socket address");
+    (child, addr)
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
+    let end = std::time::Instant::now() + within;
+    while std::time::Instant::now() < end {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+#[test]
+fn env_vars_configure_and_sigterm_exits_cleanly() {
+    let (mut child, addr) = spawn(
+        &["--shards", "2", "--no-pin"],
+        &[
+            ("HOST", "127.0.0.1"),
+            ("PORT", "0"),
+            ("API_KEY", "secret"),
+            ("HEARTBEAT_INTERVAL_SECONDS", "7"),
+        ],
+    );
+    assert_eq!(get(addr, "/health").json()["shards"], 2);
+    assert_eq!(get(addr, "/api/admin/stats").status, 401);
+    let body = serde_json::to_vec(&cpu_worker("p1")).unwrap();
+    let r = Conn::open(addr).request(
+        "POST",
+        "/api/worker/register",
+        &[("X-API-Key", "secret")],
+        Some(&body),
+    );
+    assert_eq!(r.json()["heartbeat_interval"], 7);
+    // SIGTERM: stop accepting, drain, exit 0.
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)), Some(0));
+    assert!(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err());
+}
+
+#[test]
+fn flags_win_over_environment() {
+    let (mut child, addr) = spawn(
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--shards",
+            "3",
+            "--no-pin",
+        ],
+        &[("SHARDS", "2"), ("PORT", "1")],
+    );
+    assert_eq!(get(addr, "/health").json()["shards"], 3);
+    signal(&child, libc::SIGINT);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)), Some(0));
+}
+
+#[test]
+fn bad_configuration_exits_with_a_message() {
+    for (args, needle) in [
+        (vec!["--shards", "0"], "shards"),
+        (vec!["--catalog", "/nonexistent/catalog.toml"], "catalog"),
+        (
+            vec!["--heartbeat-timeout", "100", "--worker-timeout", "10"],
+            "worker-timeout",
+        ),
+        (vec!["--config", "/nonexistent.toml"], "config"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+            .args(&args)
+            .args(["--port", "0", "--host", "127.0.0.1"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // A busy port is a start-up error naming the address, not a panic.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["--host", "127.0.0.1", "--port", &port])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
+}
+
+#[test]
+fn config_file_supplies_defaults_under_env_and_flags() {
+    let dir = std::env::temp_dir().join(format!("coord-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(
+        &path,
+        "host = \"127.0.0.1\"\nport = 0\nshards = 2\nno_pin = true\nenvironment = \"staging\"\n",
+    )
+    .unwrap();
+    let (mut child, addr) = spawn(
+        &["--config", path.to_str().unwrap()],
+        &[("ENVIRONMENT", "from-env")],
+    );
+    let h = get(addr, "/health").json();
+    assert_eq!(h["shards"], 2);
+    assert_eq!(h["environment"], "from-env");
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)), Some(0));
+    std::fs::write(&path, "bogus_key = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_key"));
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
