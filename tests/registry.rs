@@ -258,6 +258,9 @@ fn stale_then_unhealthy_then_removed() {
         get(s.addr, "/health").json()["workers"],
         json!({"total": 2, "active": 2, "stale": 0})
     );
+    // Served once while healthy: the quiet worker's shard must not keep
+    // serving that answer after the worker goes stale.
+    assert_eq!(get(s.addr, "/api/coordinator/workers").json()["count"], 2);
     let beat = || assert_eq!(heartbeat(s.addr, &json!({"worker_id": chatty})).status, 200);
     // Past the heartbeat timeout: listed as unhealthy, not served to the edge.
     for _ in 0..4 {
@@ -370,4 +373,67 @@ fn discover_and_gaps() {
         .as_array()
         .unwrap()
         .contains(&json!("redis")));
+}
+
+#[test]
+fn worker_list_reflects_every_change_since_it_was_last_served() {
+    // Listings reuse each worker's JSON until the worker changes; prove
+    // that heartbeats, broadcasts, re-registration and unregistration all
+    // show up in the very next list, whichever shard answers.
+    let s = start(2, |_| {});
+    let ids: Vec<String> = (0..2).map(|sh| id_on_shard("cache", sh, 2)).collect();
+    for id in &ids {
+        register(s.addr, &gpu_worker(id));
+    }
+    let find = |id: &str| -> serde_json::Value {
+        let j = get(s.addr, "/api/coordinator/workers").json();
+        j["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["worker_id"] == id)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    };
+    for id in &ids {
+        assert_eq!(find(id)["current_load"], 0.0);
+        for (i, load) in [0.25, 0.5, 0.75].iter().enumerate() {
+            let hb = json!({"worker_id": id, "status": "busy", "current_load": load,
+                            "loaded_models": [format!("m{i}")]});
+            assert_eq!(heartbeat(s.addr, &hb).status, 200);
+            let w = find(id);
+            assert_eq!(w["current_load"], *load);
+            assert_eq!(w["status"], "busy");
+            assert_eq!(w["loaded_models"], json!([format!("m{i}")]));
+        }
+        let d = get(s.addr, "/api/services/discover/llm").json();
+        assert!(d["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["worker_id"] == id.as_str()));
+    }
+    let r = post(
+        s.addr,
+        "/api/coordinator/broadcast-job",
+        &json!({"job_type": "warmup", "job_data": {}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for id in &ids {
+        assert_eq!(find(id)["pending_tasks"], 1);
+    }
+    let mut cpu = cpu_worker(&ids[0]);
+    cpu["tunnel_url"] = json!("http://moved.example:9000");
+    register(s.addr, &cpu);
+    assert_eq!(find(&ids[0])["tunnel_url"], "http://moved.example:9000");
+    assert_eq!(find(&ids[0])["worker_type"], "cpu");
+    let r = call(
+        s.addr,
+        "DELETE",
+        &format!("/api/worker/unregister/{}", ids[1]),
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert!(find(&ids[1]).is_null());
+    assert_eq!(get(s.addr, "/api/coordinator/workers").json()["count"], 1);
 }

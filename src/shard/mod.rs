@@ -28,7 +28,7 @@ use crate::metrics::{MetricsSnapshot, ShardMetrics};
 use crate::model::truthy;
 use crate::runtime::{self, Mesh, ShardEnv};
 use msg::{BroadcastJob, Coverage, Envelope, ListKind, Listing, Reply, Request, Summary};
-use registry::{Liveness, Registry, WorkerRecord};
+use registry::{Liveness, Registry};
 
 /// Fixed seeds: a worker id maps to the same shard in every run of the same
 /// binary, which keeps placement reproducible across restarts.
@@ -69,6 +69,39 @@ pub struct Shard {
     registry: RefCell<Registry>,
     pub metrics: RefCell<ShardMetrics>,
     mesh: Mesh<Envelope>,
+    list_cache: RefCell<ListCache>,
+}
+
+/// This shard's part of the healthy worker list, kept while it is true.
+///
+/// Edge caches poll the whole list; between two polls usually only a few
+/// workers heartbeat. The part is reused until the registry changes
+/// (`Registry::generation`) or one of the listed workers goes stale; a
+/// rebuild reuses each unchanged worker's JSON (see `Registry::listed`), so
+/// a poll costs a copy, not a re-encoding.
+#[derive(Default)]
+struct ListCache {
+    part: Option<(bytes::Bytes, usize, u64, Option<Instant>)>,
+    /// Size of the last listing, to allocate the next one once.
+    hint: usize,
+}
+
+impl ListCache {
+    fn get(&self, generation: u64, now: Instant) -> Option<Listing> {
+        let (items, count, gen, valid_until) = self.part.as_ref()?;
+        let fresh = *gen == generation && valid_until.is_none_or(|v| now <= v);
+        fresh.then(|| Listing {
+            items: items.clone(),
+            count: *count,
+            healthy: *count,
+            best: None,
+        })
+    }
+
+    fn put(&mut self, l: &Listing, generation: u64, valid_until: Option<Instant>) {
+        self.hint = l.items.len() + l.items.len() / 8;
+        self.part = Some((l.items.clone(), l.count, generation, valid_until));
+    }
 }
 
 impl Shard {
@@ -90,6 +123,7 @@ impl Shard {
             registry: RefCell::new(Registry::default()),
             metrics: RefCell::new(ShardMetrics::new(n_routes)),
             mesh,
+            list_cache: RefCell::new(ListCache::default()),
         }
     }
 
@@ -189,51 +223,56 @@ impl Shard {
     }
 
     fn listing(&self, now: Instant, kind: ListKind, service: Option<&str>) -> Listing {
-        let reg = self.registry.borrow();
-        let mut out = Listing::default();
-        let mut best: Option<(f64, &WorkerRecord)> = None;
-        let write = |w: &WorkerRecord, out: &mut Listing| {
-            if out.count > 0 {
-                out.items.push(b',');
-            }
-            w.write_json(&mut out.items, now, &self.live, kind == ListKind::Admin);
-            out.count += 1;
-        };
-        match service {
-            Some(s) => {
-                let ids = reg
-                    .service_index()
-                    .find(|(k, _)| *k == s)
-                    .map(|(_, ids)| ids);
-                for w in ids.into_iter().flatten().filter_map(|id| reg.get(id)) {
-                    if w.is_healthy(now, &self.live) {
-                        write(w, &mut out);
-                        out.healthy += 1;
-                        let load = w.state.current_load;
-                        if best.is_none_or(|(b, _)| load < b) {
-                            best = Some((load, w));
-                        }
-                    }
+        if kind == ListKind::Admin {
+            // Admin records carry their age, so they are encoded fresh.
+            let reg = self.registry.borrow();
+            let mut items = Vec::with_capacity(self.list_cache.borrow().hint);
+            let (mut count, mut healthy) = (0, 0);
+            for w in reg.workers() {
+                if count > 0 {
+                    items.push(b',');
+                }
+                w.write_json(&mut items, now, &self.live, true);
+                count += 1;
+                if w.is_healthy(now, &self.live) {
+                    healthy += 1;
                 }
             }
-            None => {
-                for w in reg.workers() {
-                    let healthy = w.is_healthy(now, &self.live);
-                    if healthy {
-                        out.healthy += 1;
-                    }
-                    if healthy || kind == ListKind::Admin {
-                        write(w, &mut out);
-                    }
-                }
+            return Listing {
+                items: items.into(),
+                count,
+                healthy,
+                best: None,
+            };
+        }
+        let mut reg = self.registry.borrow_mut();
+        let mut cache = self.list_cache.borrow_mut();
+        if service.is_none() {
+            if let Some(hit) = cache.get(reg.generation(), now) {
+                return hit;
             }
         }
-        out.best = best.map(|(load, w)| {
-            let mut buf = Vec::new();
-            w.write_json(&mut buf, now, &self.live, false);
-            (load, buf)
-        });
-        out
+        let mut best: Option<(f64, Vec<u8>)> = None;
+        let mut items = Vec::with_capacity(if service.is_none() { cache.hint } else { 4096 });
+        let (n, valid_until) =
+            reg.write_healthy(service, now, &self.live, &mut items, |w, json| {
+                if service.is_some() {
+                    let load = w.state.current_load;
+                    if best.as_ref().is_none_or(|(b, _)| load < *b) {
+                        best = Some((load, json.to_vec()));
+                    }
+                }
+            });
+        let listing = Listing {
+            items: items.into(),
+            count: n,
+            healthy: n,
+            best,
+        };
+        if service.is_none() {
+            cache.put(&listing, reg.generation(), valid_until);
+        }
+        listing
     }
 
     fn summary(&self, now: Instant) -> Summary {

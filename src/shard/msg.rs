@@ -67,7 +67,7 @@ pub struct Coverage {
 /// objects (no brackets), ready to be spliced into an array.
 #[derive(Debug, Default)]
 pub struct Listing {
-    pub items: Vec<u8>,
+    pub items: bytes::Bytes,
     pub count: usize,
     /// Healthy workers among those this shard looked at.
     pub healthy: usize,

@@ -194,6 +194,16 @@ struct WorkerView<'a> {
 pub struct Registry {
     workers: HashMap<String, WorkerRecord, Hasher>,
     by_service: HashMap<String, HashSet<String, Hasher>, Hasher>,
+    /// Each worker's JSON for the healthy listing, made on the first listing
+    /// after the record last changed. Edge caches poll the full list far
+    /// more often than any one worker heartbeats, and serialising a record
+    /// costs microseconds, so a 1,000-worker list would otherwise spend
+    /// milliseconds re-encoding what has not changed. Every mutation of a
+    /// record must drop its entry (`changed`).
+    listed: HashMap<String, Box<[u8]>, Hasher>,
+    /// Bumped by every mutation, so a shard can tell whether a listing it
+    /// built earlier still describes the registry.
+    generation: u64,
     tasks_completed: u64,
 }
 
@@ -223,11 +233,23 @@ impl Registry {
         self.by_service.iter().map(|(k, v)| (k.as_str(), v))
     }
 
+    /// Changes with every mutation of the registry.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Every mutation of worker `id`'s record goes through here first.
+    fn changed(&mut self, id: &str) {
+        self.listed.remove(id);
+        self.generation += 1;
+    }
+
     /// Inserts or replaces a record; returns true when it replaced one.
     /// Pending jobs of a replaced record are kept: a re-registering agent
     /// has not received them yet.
     pub fn insert(&mut self, mut rec: WorkerRecord) -> bool {
         let old = self.remove(&rec.worker_id);
+        self.changed(&rec.worker_id);
         let replaced = old.is_some();
         if let Some(old) = old {
             let mut pending = old.pending;
@@ -248,6 +270,7 @@ impl Registry {
     /// Removes a worker and every index entry naming it.
     pub fn remove(&mut self, id: &str) -> Option<WorkerRecord> {
         let rec = self.workers.remove(id)?;
+        self.changed(id);
         for key in rec.index_keys() {
             if let Some(set) = self.by_service.get_mut(key) {
                 set.remove(id);
@@ -264,6 +287,9 @@ impl Registry {
         let Some(rec) = self.workers.get_mut(&hb.worker_id) else {
             return false;
         };
+        // `changed`, spelled out: the record is already borrowed.
+        self.listed.remove(&hb.worker_id);
+        self.generation += 1;
         rec.last_seen = now;
         rec.last_heartbeat_at = wall;
         let st = &mut rec.state;
@@ -292,6 +318,68 @@ impl Registry {
         true
     }
 
+    /// Appends the healthy-listing JSON of every healthy worker (of
+    /// `service`, when given) to `out`, comma-separated, and calls `seen`
+    /// with each such record and its JSON. Returns how many were written
+    /// and until when the result stays true without a mutation (the moment
+    /// the first of them goes stale).
+    pub fn write_healthy(
+        &mut self,
+        service: Option<&str>,
+        now: Instant,
+        live: &Liveness,
+        out: &mut Vec<u8>,
+        mut seen: impl FnMut(&WorkerRecord, &[u8]),
+    ) -> (usize, Option<Instant>) {
+        let mut valid_until: Option<Instant> = None;
+        let Self {
+            workers,
+            by_service,
+            listed,
+            ..
+        } = self;
+        let mut emit = |w: &WorkerRecord, out: &mut Vec<u8>, n: &mut usize| {
+            if !w.is_healthy(now, live) {
+                return;
+            }
+            let stale_at = w.last_seen + live.heartbeat_timeout;
+            if valid_until.is_none_or(|v| stale_at < v) {
+                valid_until = Some(stale_at);
+            }
+            if !listed.contains_key(w.worker_id.as_str()) {
+                let mut buf = Vec::with_capacity(1024);
+                w.write_json(&mut buf, now, live, false);
+                listed.insert(w.worker_id.clone(), buf.into_boxed_slice());
+            }
+            let json = &listed[w.worker_id.as_str()];
+            if *n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(json);
+            seen(w, json);
+            *n += 1;
+        };
+        let mut n = 0;
+        match service {
+            Some(s) => {
+                for w in by_service
+                    .get(s)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| workers.get(id))
+                {
+                    emit(w, out, &mut n);
+                }
+            }
+            None => {
+                for w in workers.values() {
+                    emit(w, out, &mut n);
+                }
+            }
+        }
+        (n, valid_until)
+    }
+
     /// Removes workers silent for longer than `worker_timeout`; returns their ids.
     pub fn sweep(&mut self, now: Instant, live: &Liveness) -> Vec<String> {
         let dead: Vec<String> = self
@@ -308,6 +396,7 @@ impl Registry {
 
     /// Queues a job for a worker; false when unknown.
     pub fn push_job(&mut self, id: &str, job: Value) -> bool {
+        self.changed(id);
         match self.workers.get_mut(id) {
             Some(w) => {
                 w.pending.push_back(job);
@@ -319,6 +408,7 @@ impl Registry {
 
     /// Takes every pending job of a worker; None when unknown.
     pub fn take_jobs(&mut self, id: &str) -> Option<Vec<Value>> {
+        self.changed(id);
         self.workers
             .get_mut(id)
             .map(|w| w.pending.drain(..).collect())
@@ -326,6 +416,7 @@ impl Registry {
 
     /// Counts a completed task; false when the worker is unknown.
     pub fn complete_task(&mut self, id: &str) -> bool {
+        self.changed(id);
         match self.workers.get_mut(id) {
             Some(w) => {
                 w.tasks_completed += 1;

@@ -6,15 +6,15 @@ use serde_json::json as j;
 
 use super::super::error::ApiError;
 use super::super::{json, Body, Ctx};
-use super::{list_request, listing, put, put_raw, summary};
+use super::{list_request, listing, put, put_items, summary};
 use crate::model::time::now_iso8601;
 use crate::shard::msg::ListKind;
 
 pub async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let (items, l) = listing(&ctx, list_request(ListKind::Admin)).await?;
-    let mut out = Vec::with_capacity(items.len() + 64);
+    let mut out = Vec::with_capacity(items.array_len() + 64);
     out.push(b'{');
-    put_raw(&mut out, "workers", &items);
+    put_items(&mut out, "workers", &items);
     put(&mut out, "total", &l.count);
     put(&mut out, "healthy", &l.healthy);
     out.push(b'}');

@@ -8,16 +8,16 @@ use hyper::{Request, Response, StatusCode};
 use super::super::error::ApiError;
 use super::super::request::{parse_object, read_body};
 use super::super::{json, Body, Ctx};
-use super::{list_request, listing, put, put_raw};
+use super::{list_request, listing, put, put_items};
 use crate::model::time::now_iso8601;
 use crate::model::wire::BroadcastRequest;
 use crate::shard::msg::{BroadcastJob, ListKind, Request as ShardRequest};
 
 pub async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let (items, l) = listing(&ctx, list_request(ListKind::Healthy)).await?;
-    let mut out = Vec::with_capacity(items.len() + 64);
+    let mut out = Vec::with_capacity(items.array_len() + 96);
     out.push(b'{');
-    put_raw(&mut out, "workers", &items);
+    put_items(&mut out, "workers", &items);
     put(&mut out, "count", &l.count);
     put(&mut out, "timestamp", &now_iso8601());
     out.push(b'}');

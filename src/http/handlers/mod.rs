@@ -52,23 +52,37 @@ async fn summary(ctx: &Ctx) -> Result<Summary, ApiError> {
     Ok(total)
 }
 
-/// Worker listings from every shard, spliced into one JSON array.
-async fn listing(
-    ctx: &Ctx,
-    make: impl Fn() -> ShardRequest,
-) -> Result<(Vec<u8>, Listing), ApiError> {
+/// Worker JSON from every shard, spliced into one array only when the
+/// response is written, so each byte is copied once.
+struct Items(Vec<bytes::Bytes>);
+
+impl Items {
+    /// Length of the JSON array `[a,b,...]`.
+    fn array_len(&self) -> usize {
+        let parts = self.0.iter().filter(|p| !p.is_empty());
+        2 + parts.clone().map(|p| p.len()).sum::<usize>() + parts.count().saturating_sub(1)
+    }
+
+    fn write_array(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        for (i, p) in self.0.iter().filter(|p| !p.is_empty()).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(p);
+        }
+        out.push(b']');
+    }
+}
+
+/// Worker listings from every shard and their merged counts.
+async fn listing(ctx: &Ctx, make: impl Fn() -> ShardRequest) -> Result<(Items, Listing), ApiError> {
     let parts = ctx.shard.fan_out(make).await?;
-    let mut items = Vec::with_capacity(2);
+    let mut items = Vec::with_capacity(parts.len());
     let mut merged = Listing::default();
-    items.push(b'[');
     for p in parts {
         let l = p.listing()?;
-        if l.count > 0 {
-            if merged.count > 0 {
-                items.push(b',');
-            }
-            items.extend_from_slice(&l.items);
-        }
+        items.push(l.items);
         merged.count += l.count;
         merged.healthy += l.healthy;
         if let Some((load, rec)) = l.best {
@@ -77,24 +91,33 @@ async fn listing(
             }
         }
     }
-    items.push(b']');
-    Ok((items, merged))
+    Ok((Items(items), merged))
 }
 
 fn list_request(kind: ListKind) -> impl Fn() -> ShardRequest {
     move || ShardRequest::List(kind)
 }
 
-/// Appends `"key":` then a JSON value, for responses assembled from
-/// pre-serialised parts.
-fn put_raw(out: &mut Vec<u8>, key: &str, raw: &[u8]) {
+/// Appends `"key":` for responses assembled from pre-serialised parts.
+fn put_key(out: &mut Vec<u8>, key: &str) {
     if out.len() > 1 {
         out.push(b',');
     }
     out.push(b'"');
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b"\":");
+}
+
+/// Appends `"key":` then raw JSON.
+fn put_raw(out: &mut Vec<u8>, key: &str, raw: &[u8]) {
+    put_key(out, key);
     out.extend_from_slice(raw);
+}
+
+/// Appends `"key":[...]` with the workers of every shard.
+fn put_items(out: &mut Vec<u8>, key: &str, items: &Items) {
+    put_key(out, key);
+    items.write_array(out);
 }
 
 fn put<T: serde::Serialize>(out: &mut Vec<u8>, key: &str, v: &T) {

@@ -6,7 +6,7 @@ use serde_json::json as j;
 use super::super::error::ApiError;
 use super::super::request::percent_decode;
 use super::super::{json, Body, Ctx};
-use super::{listing, put, put_raw, summary};
+use super::{listing, put, put_items, put_raw, summary};
 use crate::model::time::now_iso8601;
 use crate::shard::msg::Request as ShardRequest;
 
@@ -27,10 +27,10 @@ pub async fn discover(ctx: Ctx, raw: String) -> Result<Response<Body>, ApiError>
             "No healthy workers available for service: {service}"
         )));
     };
-    let mut out = Vec::with_capacity(items.len() + best.len() + 64);
+    let mut out = Vec::with_capacity(items.array_len() + best.len() + 64);
     out.push(b'{');
     put(&mut out, "service", &service);
-    put_raw(&mut out, "workers", &items);
+    put_items(&mut out, "workers", &items);
     put(&mut out, "count", &l.count);
     put_raw(&mut out, "recommended", &best);
     out.push(b'}');
