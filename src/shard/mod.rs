@@ -173,6 +173,15 @@ impl Shard {
     pub fn handle(&self, req: Request) -> Reply {
         let now = Instant::now();
         match req {
+            Request::RegisterNew(rec) => {
+                if self.registry.borrow().get(&rec.worker_id).is_some() {
+                    Reply::IdTaken(rec)
+                } else {
+                    Reply::Registered {
+                        replaced: self.registry.borrow_mut().insert(*rec),
+                    }
+                }
+            }
             Request::Register(rec) => Reply::Registered {
                 replaced: self.registry.borrow_mut().insert(*rec),
             },

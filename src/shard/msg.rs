@@ -39,6 +39,8 @@ pub struct BroadcastJob {
 #[derive(Debug)]
 pub enum Request {
     Register(Box<WorkerRecord>),
+    /// Register under a generated id: refused (`IdTaken`) if it exists.
+    RegisterNew(Box<WorkerRecord>),
     Heartbeat(Box<HeartbeatRequest>),
     Unregister(String),
     TakeJobs(String),
@@ -116,6 +118,8 @@ pub enum Reply {
     Registered {
         replaced: bool,
     },
+    /// RegisterNew: the id is in use; the record comes back for a retry.
+    IdTaken(Box<WorkerRecord>),
     /// Heartbeat / unregister / complete: whether the worker was known.
     Found(bool),
     Jobs(Option<Vec<Value>>),

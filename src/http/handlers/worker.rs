@@ -15,7 +15,7 @@ use super::super::request::{parse_json, parse_object, query_param, read_body, va
 use super::super::{json, json_static, Body, Ctx};
 use crate::model::wire::{HeartbeatRequest, RegisterRequest, TaskCompleteBody};
 use crate::model::{classify, ServiceSpec};
-use crate::shard::msg::{Coverage, Request as ShardRequest};
+use crate::shard::msg::{Coverage, Reply, Request as ShardRequest};
 use crate::shard::registry::{ContainerConfig, ReportedState, ServiceConfig, WorkerRecord};
 
 const HEARTBEAT_OK: &[u8] = br#"{"status":"ok","message":"Heartbeat received"}"#;
@@ -54,12 +54,13 @@ pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
         .map(str::to_string);
     let body = body(&ctx, req).await?;
     let r: RegisterRequest = parse_object(&body)?;
+    let generated = r.worker_id.is_none();
     let worker_id = match r.worker_id {
         Some(id) => {
             valid_id("worker_id", &id)?;
             id
         }
-        None => format!("worker-{:08x}", fastrand::u32(..)),
+        None => generate_id(),
     };
     let capabilities = r.capabilities.unwrap_or_default();
     let class = classify(&capabilities);
@@ -161,15 +162,62 @@ pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
             rec.assigned_services.len()
         ),
     };
-    let out = serde_json::to_vec(&reply).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let owner = ctx.shard.owner_of(&worker_id);
-    let replaced = ctx
-        .shard
-        .call(owner, ShardRequest::Register(Box::new(rec)))
-        .await?
-        .registered()?;
+    let mut out = serde_json::to_vec(&reply).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut rec = Box::new(rec);
+    let mut worker_id = worker_id;
+    let replaced = if generated {
+        // 32 random bits collide after ~65k registrations at even odds, and
+        // a collision would silently replace another machine's record: the
+        // owner refuses a taken id and we draw again.
+        let mut tries = 0;
+        loop {
+            let owner = ctx.shard.owner_of(&worker_id);
+            match ctx
+                .shard
+                .call(owner, ShardRequest::RegisterNew(rec))
+                .await?
+            {
+                Reply::Registered { replaced } => break replaced,
+                Reply::IdTaken(back) if tries < 16 => {
+                    tries += 1;
+                    rec = back;
+                    let new_id = generate_id();
+                    out = respell_id(&out, &worker_id, &new_id);
+                    rec.worker_id = new_id.clone();
+                    worker_id = new_id;
+                }
+                _ => {
+                    return Err(ApiError::Unavailable(
+                        "Could not allocate a free worker id".into(),
+                    ))
+                }
+            }
+        }
+    } else {
+        let owner = ctx.shard.owner_of(&worker_id);
+        ctx.shard
+            .call(owner, ShardRequest::Register(rec))
+            .await?
+            .registered()?
+    };
     tracing::info!(worker_id, tier = class.tier, replaced, "worker registered");
     Ok(json(StatusCode::OK, out))
+}
+
+/// `worker-` + 8 hex digits, the service original's format.
+fn generate_id() -> String {
+    format!("worker-{:08x}", fastrand::u32(..))
+}
+
+/// The reply with a redrawn generated id: it appears only as the
+/// `worker_id` value, and both ids are `worker-` + 8 hex digits, so a
+/// byte substitution is exact.
+fn respell_id(out: &[u8], old: &str, new: &str) -> Vec<u8> {
+    let from = format!("\"worker_id\":\"{old}\"");
+    let to = format!("\"worker_id\":\"{new}\"");
+    String::from_utf8_lossy(out)
+        .replacen(&from, &to, 1)
+        .into_bytes()
 }
 
 pub async fn heartbeat(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -258,4 +306,30 @@ pub async fn task_complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
     }
     let out = serde_json::json!({"status": "ok", "message": "Task completion recorded", "task_id": task_id});
     Ok(json(StatusCode::OK, out.to_string().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_have_the_original_format() {
+        for _ in 0..100 {
+            let id = generate_id();
+            assert_eq!(id.len(), 15);
+            assert!(id.starts_with("worker-"));
+            assert!(id[7..].bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+    }
+
+    #[test]
+    fn respelling_replaces_only_the_worker_id_value() {
+        let out =
+            br#"{"status":"registered","worker_id":"worker-0000abcd","message":"worker-0000abcd"}"#;
+        let got = respell_id(out, "worker-0000abcd", "worker-12345678");
+        assert_eq!(
+            got,
+            br#"{"status":"registered","worker_id":"worker-12345678","message":"worker-0000abcd"}"#
+        );
+    }
 }
