@@ -168,6 +168,11 @@ pub fn run(plan: Plan) {
                 } else if due <= now {
                     start(c, &plan, due, now, &mut tally, &in_window);
                     step(c, &plan, now, &mut tally, &mut scratch, &in_window);
+                    if c.flight.is_none() {
+                        // Lost to a connect error: look at the schedule
+                        // again right away instead of sleeping.
+                        wake = now;
+                    }
                 } else {
                     wake = wake.min(due);
                 }
