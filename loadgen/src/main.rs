@@ -1,1 +1,588 @@
-fn main() {}
+//! `loadgen`: an open-loop HTTP/1.1 load generator for the coordinator.
+//!
+//! Layout: `schedule` (when requests are due), `http` (request bytes and
+//! response framing), `scenario` (what is sent), `driver` (one load thread:
+//! non-blocking sockets + ppoll), `report` (histograms, merge, table,
+//! JSON), `check` (`--check` bounds), `client` (blocking calls for setup
+//! and scrapes). This file: the command line and the run's timeline.
+//!
+//! Honest numbers: request i of a connection is due at t0 + i/rate_per_conn
+//! and its latency is measured from that due time, so a server stall shows
+//! as latency rather than as a politely reduced load; the achieved rate is
+//! reported next to the target, and a run that misses it fails `rate>=`.
+
+mod check;
+mod client;
+mod driver;
+mod http;
+mod report;
+mod scenario;
+mod schedule;
+
+use std::io::IsTerminal;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+
+use crate::client::BlockingConn;
+use crate::driver::{Msg, Plan};
+use crate::report::{Meta, Report, ServerHistogram, Tally};
+use crate::scenario::{Kind, Mix};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// POST /api/worker/heartbeat, spread over --workers pre-registered workers.
+    Heartbeat,
+    /// POST /api/worker/register, rotating over --workers ids (replaces, never grows).
+    Register,
+    /// GET /api/coordinator/workers with --workers registered (the edge cache's poll).
+    Workers,
+    /// POST /api/coordinator/broadcast-job (queues a job on every gpu worker).
+    Broadcast,
+    /// Weighted mix of the above (--mix).
+    Mixed,
+    /// GET --path: any URL, e.g. the --baseline-hello server for a baseline.
+    Get,
+    /// Memory: registers --workers workers and reports the server's RSS
+    /// growth per worker (/proc/<--pid>/status VmRSS). No latency run.
+    Rss,
+}
+
+/// Open-loop HTTP/1.1 load generator for the coordinator.
+///
+/// Open loop (default): --rate requests/s over --connections keep-alive
+/// connections; request i of a connection is due at t0 + i/rate_per_conn
+/// and latency is measured from that due time (no coordinated omission).
+/// Closed loop (--max): every connection sends its next request as soon as
+/// the previous answer arrives; gives peak throughput, and its latencies
+/// are labelled as such. Runs warm up, measure for --duration, and stop by
+/// themselves. Only loopback targets unless --allow-remote.
+///
+/// Exit status: 0 ok, 1 a --check bound failed, 2 bad usage or setup.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, verbatim_doc_comment)]
+struct Cli {
+    /// What to send.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Server address, host:port (http:// prefix allowed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    target: String,
+    /// Target rate, requests/s over all connections (open loop).
+    #[arg(long, conflicts_with = "max")]
+    rate: Option<f64>,
+    /// Closed loop: send as fast as answers come back (peak throughput).
+    #[arg(long)]
+    max: bool,
+    /// Load threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// CPUs to pin load threads to, round robin: "1", "0,1", "2-3".
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Keep-alive connections over all threads.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Measured time (after warm-up): 10s, 500ms, 1m.
+    #[arg(long, default_value = "10s", value_parser = parse_dur)]
+    duration: Duration,
+    /// Warm-up, sent at the same rate but not measured.
+    #[arg(long, default_value = "2s", value_parser = parse_dur)]
+    warmup: Duration,
+    /// Per-request timeout (counted as a `timeout` error; the connection is
+    /// replaced).
+    #[arg(long, default_value = "2s", value_parser = parse_dur)]
+    timeout: Duration,
+    /// Workers to pre-register (heartbeat/workers/broadcast/mixed; 0 = none),
+    /// ids to rotate over (register) or to register (rss).
+    #[arg(long, default_value_t = 1000)]
+    workers: usize,
+    /// Weights for `mixed`, e.g. heartbeat=90,workers=8,register=2.
+    #[arg(long, default_value = "heartbeat=90,workers=8,register=2")]
+    mix: String,
+    /// Path for `get`.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Worker id prefix (keeps concurrent or repeated runs apart).
+    #[arg(long, default_value = "lg")]
+    prefix: String,
+    /// Skip pre-registration (the workers are already there).
+    #[arg(long)]
+    no_setup: bool,
+    /// Also scrape the server's /metrics at the start and end of the
+    /// measurement window and print its latency histogram for the route
+    /// next to loadgen's.
+    #[arg(long)]
+    compare_metrics: bool,
+    /// Bounds that must hold, e.g. 'p99<1ms,p999<2ms,errors=0,rate>=0.99'
+    /// (p50..p9999, max, mean with us/ms/s; errors; rate = achieved/target;
+    /// rps = achieved req/s). A failed bound is named and exits 1.
+    #[arg(long)]
+    check: Option<String>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Server process id (rss scenario).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Allow a non-loopback target. Only load machines you are allowed to.
+    #[arg(long)]
+    allow_remote: bool,
+}
+
+fn parse_dur(s: &str) -> Result<Duration, String> {
+    check::parse_duration(s).ok_or_else(|| format!("bad duration {s:?} (e.g. 10s, 500ms, 1m)"))
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("loadgen: {msg}");
+    ExitCode::from(2)
+}
+
+/// "1", "0,1", "2-3" -> CPU ids, each checked against the CPUs we may use.
+fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("bad CPU list {s:?}");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("empty CPU list {s:?}"));
+    }
+    Ok(out)
+}
+
+/// Resolves the target and refuses anything but loopback unless allowed.
+fn resolve(target: &str, allow_remote: bool) -> Result<(SocketAddr, String), String> {
+    let t = target
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let addrs: Vec<SocketAddr> = t
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {t:?}: {e} (expected host:port)"))?
+        .collect();
+    let addr = *addrs
+        .first()
+        .ok_or_else(|| format!("{t:?} resolves to nothing"))?;
+    if !allow_remote {
+        if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+            return Err(format!(
+                "refusing non-loopback target {t} ({}): pass --allow-remote to load another machine",
+                a.ip()
+            ));
+        }
+    }
+    Ok((addr, t))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (addr, host) = match resolve(&cli.target, cli.allow_remote) {
+        Ok(x) => x,
+        Err(e) => return fail(e),
+    };
+    if cli.threads == 0 || cli.connections == 0 {
+        return fail("--threads and --connections must be at least 1");
+    }
+    if cli.connections < cli.threads {
+        return fail("need at least one connection per thread (--connections >= --threads)");
+    }
+    if let Some(r) = cli.rate {
+        if !(r.is_finite() && r > 0.0) {
+            return fail("--rate must be a positive number");
+        }
+    }
+    if cli.duration.is_zero() {
+        return fail("--duration must be positive");
+    }
+    let bounds = match cli.check.as_deref().map(check::parse_checks).transpose() {
+        Ok(b) => b,
+        Err(e) => return fail(format!("--check: {e}")),
+    };
+    let cpus = match cli.cpus.as_deref().map(parse_cpus).transpose() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if let Some(cpus) = &cpus {
+        let allowed: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        if let Some(c) = cpus.iter().find(|c| !allowed.contains(c)) {
+            return fail(format!("CPU {c} is not available (allowed: {allowed:?})"));
+        }
+    }
+    if cli.scenario == Scenario::Rss {
+        return rss(&cli, addr, &host);
+    }
+    if cli.rate.is_none() && !cli.max {
+        return fail("give --rate R (open loop) or --max (closed loop)");
+    }
+
+    // What to send.
+    let kinds: Vec<(Kind, u32)> = match cli.scenario {
+        Scenario::Heartbeat => vec![(Kind::Heartbeat, 1)],
+        Scenario::Register => vec![(Kind::Register, 1)],
+        Scenario::Workers => vec![(Kind::Workers, 1)],
+        Scenario::Broadcast => vec![(Kind::Broadcast, 1)],
+        Scenario::Get => vec![(Kind::Get, 1)],
+        Scenario::Mixed => match scenario::parse_mix(&cli.mix) {
+            Ok(m) => m,
+            Err(e) => return fail(format!("--mix: {e}")),
+        },
+        Scenario::Rss => unreachable!("handled above"),
+    };
+    let mix = Arc::new(Mix::new(
+        kinds
+            .iter()
+            .map(|(k, w)| {
+                (
+                    scenario::pool(*k, &host, &cli.prefix, cli.workers, &cli.path),
+                    *w,
+                )
+            })
+            .collect(),
+    ));
+
+    // Setup: the workers heartbeats and lists need.
+    let needs_workers = kinds
+        .iter()
+        .any(|(k, _)| matches!(k, Kind::Heartbeat | Kind::Workers | Kind::Broadcast));
+    if needs_workers && !cli.no_setup && cli.workers > 0 {
+        let started = Instant::now();
+        if let Err(e) = register_workers(addr, &host, &cli.prefix, cli.workers, cli.threads.max(4))
+        {
+            return fail(format!("pre-registering {} workers: {e}", cli.workers));
+        }
+        eprintln!(
+            "loadgen: registered {} workers in {:.1} s",
+            cli.workers,
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    // The route whose server-side histogram we compare with ours.
+    let route = match kinds.as_slice() {
+        [(k, _)] => k.route(),
+        _ => None,
+    };
+    if cli.compare_metrics && route.is_none() {
+        eprintln!("loadgen: --compare-metrics needs a single-route scenario; skipped");
+    }
+
+    let report = run_load(&cli, addr, &host, mix, cpus, route);
+    print!("{}", report.table());
+    if let Some(path) = &cli.json {
+        let text = serde_json::to_string_pretty(&report).expect("report serialises");
+        if let Err(e) = std::fs::write(path, text + "\n") {
+            return fail(format!("writing {}: {e}", path.display()));
+        }
+    }
+    if let Some(bounds) = bounds {
+        let failed = check::failures(&bounds, &report);
+        if !failed.is_empty() {
+            for f in &failed {
+                println!("CHECK FAILED: {f}");
+            }
+            return ExitCode::from(1);
+        }
+        println!("check passed: {}", cli.check.as_deref().unwrap_or_default());
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_load(
+    cli: &Cli,
+    addr: SocketAddr,
+    host: &str,
+    mix: Arc<Mix>,
+    cpus: Option<Vec<usize>>,
+    route: Option<&'static str>,
+) -> Report {
+    let rate = if cli.max { None } else { cli.rate };
+    let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+    let progress = std::io::stderr().is_terminal();
+    let t0 = Instant::now() + Duration::from_millis(300);
+    let window = (cli.warmup, cli.warmup + cli.duration);
+    let groups = schedule::split_connections(cli.connections, cli.threads);
+    let mut handles = Vec::new();
+    for (thread, conns) in groups.into_iter().enumerate() {
+        let plan = Plan {
+            thread,
+            conns,
+            total_conns: cli.connections,
+            rate,
+            addr,
+            mix: mix.clone(),
+            t0,
+            window,
+            timeout: cli.timeout,
+            cpu: cpus.as_ref().map(|c| c[thread % c.len()]),
+            progress,
+            tx: tx.clone(),
+        };
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("loadgen-{thread}"))
+                .spawn(move || driver::run(plan))
+                .expect("spawn load thread"),
+        );
+    }
+    drop(tx);
+
+    // The server's histogram at the start of the window.
+    let scrape = (cli.compare_metrics && route.is_some()).then(|| {
+        let host = host.to_string();
+        let at = t0 + window.0;
+        std::thread::spawn(move || {
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            scrape_metrics(addr, &host, route.unwrap_or_default())
+        })
+    });
+
+    // Collect, with a progress line when stderr is a terminal.
+    let mut latest: Vec<Option<Tally>> = vec![None; cli.threads];
+    let mut done: Vec<Option<Tally>> = vec![None; cli.threads];
+    let mut last_shown = (Instant::now(), 0u64);
+    while done.iter().any(Option::is_none) {
+        match rx.recv() {
+            Ok(Msg::Progress(t, tally)) => {
+                latest[t] = Some(*tally);
+                if t == cli.threads - 1 {
+                    let mut sum = Tally::default();
+                    for l in latest.iter().flatten() {
+                        sum.merge(l);
+                    }
+                    let now = Instant::now();
+                    let n = sum.latency.len();
+                    let secs = now.duration_since(last_shown.0).as_secs_f64().max(1e-3);
+                    let p99 = if n == 0 {
+                        0
+                    } else {
+                        sum.latency.value_at_quantile(0.99)
+                    };
+                    eprint!(
+                        "\r[{:>5.1}s] {:>8.0} req/s  errors {:<6} p99 {:>7} us   ",
+                        now.saturating_duration_since(t0 + window.0).as_secs_f64(),
+                        n.saturating_sub(last_shown.1) as f64 / secs,
+                        sum.errors_total(),
+                        p99
+                    );
+                    last_shown = (now, n);
+                }
+            }
+            Ok(Msg::Done(t, tally)) => done[t] = Some(*tally),
+            Err(_) => break,
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    let mut total = Tally::default();
+    for t in done.iter().flatten() {
+        total.merge(t);
+    }
+    let server = scrape.and_then(|h| {
+        let before = h.join().ok().flatten();
+        let after = scrape_metrics(addr, host, route.unwrap_or_default())?;
+        Some(report::histogram_delta(after, before.as_ref()))
+    });
+    let meta = Meta {
+        scenario: cli_scenario_name(cli),
+        target: host.to_string(),
+        threads: cli.threads,
+        connections: cli.connections,
+        warmup_s: cli.warmup.as_secs_f64(),
+        target_rate: rate,
+    };
+    report::build(meta, &total, cli.duration, server)
+}
+
+fn cli_scenario_name(cli: &Cli) -> String {
+    match cli.scenario {
+        Scenario::Mixed => format!("mixed ({})", cli.mix),
+        Scenario::Get => format!("get {}", cli.path),
+        s => format!("{s:?}").to_lowercase(),
+    }
+}
+
+fn scrape_metrics(addr: SocketAddr, host: &str, route: &str) -> Option<ServerHistogram> {
+    let req = http::build_request("GET", host, "/metrics", None);
+    let (status, body) = BlockingConn::new(addr).call(&req).ok()?;
+    if status != 200 {
+        eprintln!("loadgen: /metrics answered {status}");
+        return None;
+    }
+    report::parse_server_histogram(&String::from_utf8_lossy(&body), route)
+}
+
+/// Registers workers `prefix-000000..` over `parallel` connections.
+fn register_workers(
+    addr: SocketAddr,
+    host: &str,
+    prefix: &str,
+    n: usize,
+    parallel: usize,
+) -> Result<(), String> {
+    let parallel = parallel.clamp(1, n.max(1));
+    let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..parallel)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut conn = BlockingConn::new(addr);
+                    for i in (t..n).step_by(parallel) {
+                        let id = scenario::worker_id(prefix, i);
+                        let req = http::build_request(
+                            "POST",
+                            host,
+                            "/api/worker/register",
+                            Some(&scenario::register_body(&id, i)),
+                        );
+                        match conn.call(&req) {
+                            Ok((200, _)) => {}
+                            Ok((st, body)) => {
+                                return Err(format!(
+                                    "{id}: status {st}: {}",
+                                    String::from_utf8_lossy(&body)
+                                ))
+                            }
+                            Err(e) => return Err(format!("{id}: {e}")),
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+/// VmRSS of a process, in bytes.
+fn vm_rss(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| format!("no VmRSS in {path}"))
+}
+
+fn health_total(addr: SocketAddr, host: &str) -> Option<u64> {
+    let req = http::build_request("GET", host, "/health", None);
+    let (_, body) = BlockingConn::new(addr).call(&req).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    v["workers"]["total"].as_u64()
+}
+
+/// The rss scenario: server memory per registered worker.
+fn rss(cli: &Cli, addr: SocketAddr, host: &str) -> ExitCode {
+    let Some(pid) = cli.pid else {
+        return fail("rss needs --pid <server pid> (the server must run on this machine)");
+    };
+    let before = match vm_rss(pid) {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let workers_before = health_total(addr, host).unwrap_or(0);
+    let started = Instant::now();
+    if let Err(e) = register_workers(addr, host, &cli.prefix, cli.workers, cli.connections.min(8)) {
+        return fail(format!("registering: {e}"));
+    }
+    let took = started.elapsed();
+    // Let the allocator settle (freed request buffers) before measuring.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = match vm_rss(pid) {
+        Ok(a) => a,
+        Err(e) => return fail(e),
+    };
+    let workers_after = health_total(addr, host).unwrap_or(0);
+    let added = workers_after.saturating_sub(workers_before);
+    let per = if added == 0 {
+        0.0
+    } else {
+        after.saturating_sub(before) as f64 / added as f64
+    };
+    println!(
+        "loadgen rss: {} registrations in {:.1} s ({:.0}/s) -> {host}",
+        cli.workers,
+        took.as_secs_f64(),
+        cli.workers as f64 / took.as_secs_f64()
+    );
+    println!("workers:     {workers_before} before, {workers_after} after ({added} added)");
+    println!(
+        "VmRSS:       {:.1} MiB before, {:.1} MiB after",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
+    println!("per worker:  {per:.0} bytes");
+    if let Some(path) = &cli.json {
+        let v = serde_json::json!({
+            "scenario": "rss", "target": host, "registrations": cli.workers,
+            "workers_before": workers_before, "workers_after": workers_after,
+            "rss_before_bytes": before, "rss_after_bytes": after,
+            "bytes_per_worker": per, "seconds": took.as_secs_f64(),
+        });
+        if let Err(e) = std::fs::write(path, format!("{v:#}\n")) {
+            return fail(format!("writing {}: {e}", path.display()));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpus("1").unwrap(), vec![1]);
+        assert_eq!(parse_cpus("0, 2").unwrap(), vec![0, 2]);
+        assert_eq!(parse_cpus("2-4").unwrap(), vec![2, 3, 4]);
+        assert!(parse_cpus("4-2").is_err());
+        assert!(parse_cpus("x").is_err());
+        assert!(parse_cpus("").is_err());
+    }
+
+    #[test]
+    fn only_loopback_without_permission() {
+        assert!(resolve("127.0.0.1:8080", false).is_ok());
+        assert_eq!(
+            resolve("http://127.0.0.1:9/", false).unwrap().1,
+            "127.0.0.1:9"
+        );
+        assert!(resolve("[::1]:8080", false).is_ok());
+        let e = resolve("10.1.2.3:80", false).unwrap_err();
+        assert!(e.contains("--allow-remote"), "{e}");
+        assert!(resolve("10.1.2.3:80", true).is_ok());
+        assert!(resolve("no-port", false).is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,357 @@
+//! Criterion benches of the request-path building blocks (docs/performance.md
+//! has the figures and how to run them):
+//!
+//! - JSON decode/encode of real register and heartbeat bodies: the server's
+//!   parser (serde_json) against simd-json's serde path, which needs a
+//!   mutable copy of the body and reusable buffers;
+//! - a registry heartbeat update;
+//! - building and serialising the worker list for 100 / 1k / 10k workers;
+//! - the size parser, the tier rules and catalog assignment.
+//!
+//! Bodies are what real agents send (shared/reference/compat.md), the same
+//! shapes loadgen sends.
+
+use std::collections::VecDeque;
+use std::hint::black_box;
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use serde_json::{json, Map, Value};
+
+use coordinator::http::request::parse_object;
+use coordinator::model::size::parse_size;
+use coordinator::model::time::now_iso8601;
+use coordinator::model::wire::{HeartbeatRequest, RegisterRequest};
+use coordinator::model::{classify, Catalog, ServiceSpec, WorkerType};
+use coordinator::shard::registry::{
+    ContainerConfig, Liveness, Registry, ReportedState, ServiceConfig, WorkerRecord,
+};
+
+fn gpu_register(id: &str) -> Value {
+    json!({
+        "worker_id": id,
+        "tunnel_url": format!("https://{id}.tunnel.example.net"),
+        "vpn_ip": "10.8.0.17",
+        "capabilities": {
+            "hostname": id, "cpu_cores": 16, "has_gpu": true, "gpu_type": "NVIDIA RTX 4090",
+            "gpu_memory": "24GB", "worker_type": "gpu", "has_public_ip": false,
+            "low_latency": true, "latency_ms": 12, "ram": "64GB"
+        },
+        "services": [{"name": "llm-inference", "port": 8105}],
+        "containers": []
+    })
+}
+
+fn cpu_register(id: &str) -> Value {
+    json!({
+        "worker_id": id,
+        "tunnel_url": format!("https://{id}.tunnel.example.net"),
+        "capabilities": {
+            "hostname": id, "cpu_cores": 8, "has_gpu": false, "worker_type": "cpu",
+            "has_public_ip": false, "ram": "16GB"
+        }
+    })
+}
+
+fn service_register() -> Value {
+    json!({
+        "ip_address": "10.9.0.4",
+        "capabilities": {
+            "cpu_cores": 32, "ram": "128 GiB", "gpu_memory": "24576MB",
+            "gpu_type": "NVIDIA A10", "gpu_driver": "550.54", "storage": "2TB",
+            "network_bandwidth": "10Gbps"
+        }
+    })
+}
+
+fn heartbeat(id: &str) -> Value {
+    json!({
+        "worker_id": id,
+        "status": "healthy",
+        "current_load": 0.42,
+        "available_memory": "12.5GB",
+        "loaded_models": ["llama3-8b-instruct", "nomic-embed-text"],
+        "active_requests": 3,
+        "gpu_utilization": 57.0,
+        "services_status": {"llm-inference": "running", "rag-embeddings": "running"},
+        "specialization": "general"
+    })
+}
+
+/// A record as the register handler builds it.
+fn record(body: &Value, catalog: &Catalog) -> WorkerRecord {
+    let r: RegisterRequest = serde_json::from_value(body.clone()).expect("valid body");
+    let caps = r.capabilities.unwrap_or_default();
+    let class = classify(&caps);
+    let assigned: Vec<&ServiceSpec> = catalog.assign(class.worker_type, &|_| 1, 3);
+    let now = SystemTime::now();
+    WorkerRecord {
+        worker_id: r.worker_id.expect("id"),
+        worker_type: class.worker_type,
+        tier: class.tier,
+        tunnel_url: r.tunnel_url,
+        ip_address: Some("127.0.0.1".into()),
+        capabilities: caps,
+        services: r.services.unwrap_or_default(),
+        containers: r.containers.unwrap_or_default(),
+        assigned_services: assigned.iter().map(|s| s.name.clone()).collect(),
+        service_configs: assigned
+            .iter()
+            .map(|s| ServiceConfig {
+                name: s.name.clone(),
+                port: s.port,
+                priority: s.priority,
+            })
+            .collect(),
+        assigned_containers: assigned
+            .iter()
+            .map(|s| ContainerConfig {
+                name: s.name.clone(),
+                image: s.image.clone(),
+                port: s.port,
+                env: s.env.clone(),
+            })
+            .collect(),
+        registered_at: now,
+        last_heartbeat_at: now,
+        last_seen: Instant::now(),
+        state: ReportedState {
+            status: "healthy".into(),
+            services_status: Map::new(),
+            ..Default::default()
+        },
+        pending: VecDeque::new(),
+        tasks_completed: 0,
+    }
+}
+
+fn registry_of(n: usize) -> Registry {
+    let catalog = Catalog::default();
+    let mut reg = Registry::default();
+    for i in 0..n {
+        let id = format!("w-{i:06}");
+        let body = if i % 4 == 0 {
+            gpu_register(&id)
+        } else {
+            cpu_register(&id)
+        };
+        reg.insert(record(&body, &catalog));
+    }
+    reg
+}
+
+const LIVE: Liveness = Liveness {
+    heartbeat_timeout: Duration::from_secs(120),
+    worker_timeout: Duration::from_secs(600),
+};
+
+/// What GET /api/coordinator/workers does for one shard's registry: the
+/// healthy records serialised into one body.
+fn worker_list(reg: &Registry) -> Vec<u8> {
+    let now = Instant::now();
+    let mut items = Vec::with_capacity(1024 * reg.len() + 64);
+    let mut count = 0usize;
+    items.extend_from_slice(b"{\"workers\":[");
+    for w in reg.workers() {
+        if !w.is_healthy(now, &LIVE) {
+            continue;
+        }
+        if count > 0 {
+            items.push(b',');
+        }
+        w.write_json(&mut items, now, &LIVE, false);
+        count += 1;
+    }
+    items.extend_from_slice(b"],\"count\":");
+    items.extend_from_slice(count.to_string().as_bytes());
+    items.extend_from_slice(b",\"timestamp\":");
+    items.extend_from_slice(
+        serde_json::to_string(&now_iso8601())
+            .expect("string")
+            .as_bytes(),
+    );
+    items.push(b'}');
+    items
+}
+
+fn json_codecs(c: &mut Criterion) {
+    let bodies = [
+        (
+            "register_gpu",
+            serde_json::to_vec(&gpu_register("w-000001")).unwrap(),
+        ),
+        (
+            "register_cpu",
+            serde_json::to_vec(&cpu_register("w-000002")).unwrap(),
+        ),
+        (
+            "register_service",
+            serde_json::to_vec(&service_register()).unwrap(),
+        ),
+    ];
+    let hb = serde_json::to_vec(&heartbeat("w-000001")).unwrap();
+
+    let mut g = c.benchmark_group("decode");
+    for (name, body) in &bodies {
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::new("serde_json", name), body, |b, body| {
+            b.iter(|| parse_object::<RegisterRequest>(black_box(body)).unwrap())
+        });
+        g.bench_with_input(BenchmarkId::new("simd_json", name), body, |b, body| {
+            // The server would need a mutable copy of the (immutable) body
+            // and per-shard reusable buffers: both are part of the cost.
+            let mut scratch = Vec::with_capacity(body.len());
+            let mut buffers = simd_json::Buffers::new(body.len());
+            b.iter(|| {
+                scratch.clear();
+                scratch.extend_from_slice(black_box(body));
+                simd_json::serde::from_slice_with_buffers::<RegisterRequest>(
+                    &mut scratch,
+                    &mut buffers,
+                )
+                .unwrap()
+            })
+        });
+    }
+    g.throughput(Throughput::Bytes(hb.len() as u64));
+    g.bench_with_input(
+        BenchmarkId::new("serde_json", "heartbeat"),
+        &hb,
+        |b, body| b.iter(|| parse_object::<HeartbeatRequest>(black_box(body)).unwrap()),
+    );
+    g.bench_with_input(
+        BenchmarkId::new("simd_json", "heartbeat"),
+        &hb,
+        |b, body| {
+            let mut scratch = Vec::with_capacity(body.len());
+            let mut buffers = simd_json::Buffers::new(body.len());
+            b.iter(|| {
+                scratch.clear();
+                scratch.extend_from_slice(black_box(body));
+                simd_json::serde::from_slice_with_buffers::<HeartbeatRequest>(
+                    &mut scratch,
+                    &mut buffers,
+                )
+                .unwrap()
+            })
+        },
+    );
+    g.finish();
+
+    // Encoding: the same documents from a serde value tree.
+    let mut g = c.benchmark_group("encode");
+    let docs = [
+        ("register_gpu", gpu_register("w-000001")),
+        ("heartbeat", heartbeat("w-000001")),
+    ];
+    for (name, v) in &docs {
+        g.bench_with_input(BenchmarkId::new("serde_json", name), v, |b, v| {
+            let mut out = Vec::with_capacity(1024);
+            b.iter(|| {
+                out.clear();
+                serde_json::to_writer(&mut out, black_box(v)).unwrap();
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("simd_json", name), v, |b, v| {
+            let mut out = Vec::with_capacity(1024);
+            b.iter(|| {
+                out.clear();
+                simd_json::serde::to_writer(&mut out, black_box(v)).unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+fn registry_ops(c: &mut Criterion) {
+    let mut reg = registry_of(1000);
+    let hb: HeartbeatRequest =
+        serde_json::from_value(heartbeat("w-000500")).expect("valid heartbeat");
+    c.bench_function("registry/heartbeat_update_1k", |b| {
+        b.iter_batched(
+            || HeartbeatRequest {
+                worker_id: hb.worker_id.clone(),
+                status: hb.status.clone(),
+                current_load: hb.current_load,
+                available_memory: hb.available_memory.clone(),
+                loaded_models: hb.loaded_models.clone(),
+                active_requests: hb.active_requests,
+                gpu_utilization: hb.gpu_utilization,
+                services_status: hb.services_status.clone(),
+                specialization: hb.specialization.clone(),
+            },
+            |hb| assert!(reg.heartbeat(hb, Instant::now(), SystemTime::now())),
+            BatchSize::SmallInput,
+        )
+    });
+    // Decode + update, as the heartbeat handler does per request.
+    let body = serde_json::to_vec(&heartbeat("w-000500")).unwrap();
+    c.bench_function("registry/heartbeat_decode_and_update_1k", |b| {
+        b.iter(|| {
+            let hb: HeartbeatRequest = parse_object(black_box(&body)).unwrap();
+            assert!(reg.heartbeat(hb, Instant::now(), SystemTime::now()));
+        })
+    });
+
+    let mut g = c.benchmark_group("worker_list");
+    for n in [100usize, 1_000, 10_000] {
+        let reg = registry_of(n);
+        let size = worker_list(&reg).len();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_with_input(
+            BenchmarkId::new("build_and_serialise", n),
+            &reg,
+            |b, reg| b.iter(|| black_box(worker_list(reg))),
+        );
+        eprintln!("worker_list/{n}: body {size} bytes");
+    }
+    g.finish();
+}
+
+fn model_rules(c: &mut Criterion) {
+    let mut g = c.benchmark_group("size_parse");
+    for s in ["64GB", "24576MB", "7.5 GiB", "Unknown (AMD)"] {
+        g.bench_with_input(BenchmarkId::from_parameter(s), s, |b, s| {
+            b.iter(|| parse_size(black_box(s)))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("classify");
+    let caps = |v: Value| -> Map<String, Value> {
+        v["capabilities"].as_object().cloned().expect("object")
+    };
+    for (name, m) in [
+        ("flags_gpu", caps(gpu_register("w"))),
+        ("flags_cpu", caps(cpu_register("w"))),
+        ("sizes", caps(service_register())),
+        ("empty", Map::new()),
+    ] {
+        g.bench_with_input(BenchmarkId::from_parameter(name), &m, |b, m| {
+            b.iter(|| classify(black_box(m)))
+        });
+    }
+    g.finish();
+
+    let catalog = Catalog::default();
+    let mut g = c.benchmark_group("catalog_assign");
+    for (name, t, in_tier) in [
+        ("gpu_first", WorkerType::Gpu, 0u32),
+        ("gpu_covered", WorkerType::Gpu, 50),
+        ("cpu_10_in_tier", WorkerType::Cpu, 10),
+        ("storage_first", WorkerType::Storage, 0),
+    ] {
+        let covered = move |s: &str| if in_tier == 0 { 0 } else { s.len() as u32 % 3 };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                catalog
+                    .assign(black_box(t), &covered, black_box(in_tier))
+                    .len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, json_codecs, registry_ops, model_rules);
+criterion_main!(benches);

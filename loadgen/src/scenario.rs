@@ -1,0 +1,352 @@
+//! Scenarios: which requests a run sends, with realistic bodies (the
+//! capability and heartbeat fields real agents send, see
+//! `shared/reference/compat.md`). Every request is serialised once, before
+//! the run, and replayed as bytes: the client spends its time on the
+//! network, not on formatting JSON.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde_json::json;
+
+use crate::http::build_request;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Heartbeat,
+    Register,
+    Workers,
+    Broadcast,
+    Get,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Heartbeat => "heartbeat",
+            Kind::Register => "register",
+            Kind::Workers => "workers",
+            Kind::Broadcast => "broadcast",
+            Kind::Get => "get",
+        }
+    }
+
+    /// The server's route label for this kind in `/metrics`.
+    pub fn route(self) -> Option<&'static str> {
+        match self {
+            Kind::Heartbeat => Some("heartbeat"),
+            Kind::Register => Some("register"),
+            Kind::Workers => Some("coordinator_workers"),
+            Kind::Broadcast => Some("broadcast"),
+            Kind::Get => None,
+        }
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.trim() {
+            "heartbeat" | "hb" => Kind::Heartbeat,
+            "register" => Kind::Register,
+            "workers" | "list" => Kind::Workers,
+            "broadcast" => Kind::Broadcast,
+            "get" => Kind::Get,
+            other => {
+                return Err(format!(
+                    "unknown request kind {other:?} (heartbeat, register, workers, broadcast, get)"
+                ))
+            }
+        })
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parses `heartbeat=90,workers=8,register=2` into kinds with weights.
+pub fn parse_mix(s: &str) -> Result<Vec<(Kind, u32)>, String> {
+    let mut out: Vec<(Kind, u32)> = Vec::new();
+    for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let (k, w) = term
+            .split_once('=')
+            .ok_or_else(|| format!("{term:?}: expected kind=weight"))?;
+        let kind: Kind = k.parse()?;
+        let w: u32 = w
+            .trim()
+            .parse()
+            .map_err(|_| format!("{term:?}: weight must be a whole number"))?;
+        if out.iter().any(|(x, _)| *x == kind) {
+            return Err(format!("{kind} listed twice in the mix"));
+        }
+        if w > 0 {
+            out.push((kind, w));
+        }
+    }
+    if out.is_empty() {
+        return Err("the mix has no kind with a weight > 0".into());
+    }
+    Ok(out)
+}
+
+/// Worker id `n` of a run (`prefix` keeps runs and kinds apart).
+pub fn worker_id(prefix: &str, n: usize) -> String {
+    format!("{prefix}-{n:06}")
+}
+
+/// A registration body for worker `n`: gpu, cpu and storage agents in the
+/// local shape and, one in four, size-only capabilities as the service
+/// coordinator's agents send (with an id, so re-runs replace rather than
+/// grow the registry).
+pub fn register_body(id: &str, n: usize) -> Vec<u8> {
+    let v = match n % 4 {
+        0 => json!({
+            "worker_id": id,
+            "tunnel_url": format!("https://{id}.tunnel.example.net"),
+            "vpn_ip": format!("10.8.{}.{}", (n / 250) % 250, n % 250 + 1),
+            "capabilities": {
+                "hostname": id, "cpu_cores": 16, "has_gpu": true, "gpu_type": "NVIDIA RTX 4090",
+                "gpu_memory": "24GB", "worker_type": "gpu", "has_public_ip": false,
+                "low_latency": true, "latency_ms": 12, "ram": "64GB"
+            },
+            "services": [{"name": "llm-inference", "port": 8105}],
+            "containers": []
+        }),
+        1 | 2 => json!({
+            "worker_id": id,
+            "tunnel_url": format!("https://{id}.tunnel.example.net"),
+            "capabilities": {
+                "hostname": id, "cpu_cores": 8, "has_gpu": false, "worker_type": "cpu",
+                "has_public_ip": false, "ram": "16GB"
+            }
+        }),
+        _ => json!({
+            "worker_id": id,
+            "ip_address": format!("10.9.{}.{}", (n / 250) % 250, n % 250 + 1),
+            "capabilities": {
+                "cpu_cores": 32, "ram": "128 GiB", "gpu_memory": "24576MB",
+                "gpu_type": "NVIDIA A10", "gpu_driver": "550.54", "storage": "2TB",
+                "network_bandwidth": "10Gbps"
+            }
+        }),
+    };
+    serde_json::to_vec(&v).expect("JSON value serialises")
+}
+
+/// A heartbeat body for worker `id`; `n` varies the reported figures.
+pub fn heartbeat_body(id: &str, n: usize) -> Vec<u8> {
+    let v = json!({
+        "worker_id": id,
+        "status": if n % 10 == 9 { "busy" } else { "healthy" },
+        "current_load": (n % 100) as f64 / 100.0,
+        "available_memory": format!("{}.5GB", 4 + n % 12),
+        "loaded_models": ["llama3-8b-instruct", "nomic-embed-text"],
+        "active_requests": n % 7,
+        "gpu_utilization": (n % 97) as f64,
+        "services_status": {"llm-inference": "running", "rag-embeddings": "running"},
+        "specialization": "general"
+    });
+    serde_json::to_vec(&v).expect("JSON value serialises")
+}
+
+pub fn broadcast_body(n: usize) -> Vec<u8> {
+    let v = json!({
+        "job_type": "model_update",
+        "job_data": {"model": "llama3-8b-instruct", "revision": n},
+        "required_capability": "has_gpu"
+    });
+    serde_json::to_vec(&v).expect("JSON value serialises")
+}
+
+/// Requests of one kind, ready to send; a connection cycles through them.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub kind: Kind,
+    pub requests: Vec<Vec<u8>>,
+}
+
+/// Builds the request pool of a kind.
+///
+/// `workers` is how many pre-registered workers heartbeats spread over
+/// (ids `prefix-000000..`); registrations rotate over as many ids of their
+/// own (`prefix-r-..`) so a long register run replaces, not grows.
+pub fn pool(kind: Kind, host: &str, prefix: &str, workers: usize, path: &str) -> Pool {
+    let workers = workers.max(1);
+    let requests = match kind {
+        Kind::Heartbeat => (0..workers)
+            .map(|n| {
+                let id = worker_id(prefix, n);
+                build_request(
+                    "POST",
+                    host,
+                    "/api/worker/heartbeat",
+                    Some(&heartbeat_body(&id, n)),
+                )
+            })
+            .collect(),
+        Kind::Register => (0..workers)
+            .map(|n| {
+                let id = worker_id(&format!("{prefix}-r"), n);
+                build_request(
+                    "POST",
+                    host,
+                    "/api/worker/register",
+                    Some(&register_body(&id, n)),
+                )
+            })
+            .collect(),
+        Kind::Workers => vec![build_request("GET", host, "/api/coordinator/workers", None)],
+        Kind::Broadcast => (0..16)
+            .map(|n| {
+                build_request(
+                    "POST",
+                    host,
+                    "/api/coordinator/broadcast-job",
+                    Some(&broadcast_body(n)),
+                )
+            })
+            .collect(),
+        Kind::Get => vec![build_request("GET", host, path, None)],
+    };
+    Pool { kind, requests }
+}
+
+/// A weighted choice among pools, driven by a per-connection generator.
+#[derive(Debug, Clone)]
+pub struct Mix {
+    pools: Vec<Pool>,
+    /// Cumulative weights, same order as `pools`.
+    cumulative: Vec<u32>,
+}
+
+impl Mix {
+    pub fn new(weighted: Vec<(Pool, u32)>) -> Self {
+        let mut acc = 0;
+        let mut pools = Vec::new();
+        let mut cumulative = Vec::new();
+        for (p, w) in weighted {
+            acc += w;
+            pools.push(p);
+            cumulative.push(acc);
+        }
+        Self { pools, cumulative }
+    }
+
+    #[cfg(test)]
+    pub fn single(p: Pool) -> Self {
+        Self::new(vec![(p, 1)])
+    }
+
+    /// Picks a request for draw `r` (any u64) and sequence number `seq`:
+    /// (pool index, request index).
+    pub fn pick_index(&self, r: u64, seq: u64) -> (usize, usize) {
+        let total = *self.cumulative.last().unwrap_or(&1) as u64;
+        let x = (r % total) as u32;
+        let i = self
+            .cumulative
+            .partition_point(|c| *c <= x)
+            .min(self.pools.len() - 1);
+        let n = self.pools[i].requests.len() as u64;
+        (i, (seq % n) as usize)
+    }
+
+    /// The kind and bytes of a picked request.
+    pub fn get(&self, pool: usize, req: usize) -> (Kind, &[u8]) {
+        let p = &self.pools[pool];
+        (p.kind, &p.requests[req])
+    }
+
+    /// Kind and bytes for draw `r` and sequence number `seq`.
+    #[cfg(test)]
+    pub fn pick(&self, r: u64, seq: u64) -> (Kind, &[u8]) {
+        let (p, q) = self.pick_index(r, seq);
+        self.get(p, q)
+    }
+}
+
+/// xorshift64*: a cheap per-connection generator for the mix.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix_parses_and_rejects() {
+        assert_eq!(
+            parse_mix("heartbeat=90, workers=8,register=2").unwrap(),
+            vec![
+                (Kind::Heartbeat, 90),
+                (Kind::Workers, 8),
+                (Kind::Register, 2)
+            ]
+        );
+        assert!(parse_mix("heartbeat").is_err());
+        assert!(parse_mix("heartbeat=x").is_err());
+        assert!(parse_mix("fly=1").is_err());
+        assert!(parse_mix("heartbeat=0").is_err());
+        assert!(parse_mix("heartbeat=1,hb=2").is_err());
+    }
+
+    #[test]
+    fn mix_follows_weights() {
+        let p = |k| Pool {
+            kind: k,
+            requests: vec![k.name().as_bytes().to_vec()],
+        };
+        let m = Mix::new(vec![(p(Kind::Heartbeat), 90), (p(Kind::Workers), 10)]);
+        let mut rng = Rng::new(7);
+        let n = 100_000;
+        let hb = (0..n)
+            .filter(|i| m.pick(rng.next_u64(), *i).0 == Kind::Heartbeat)
+            .count();
+        let share = hb as f64 / n as f64;
+        assert!((0.88..0.92).contains(&share), "{share}");
+        // Exact boundaries: draws 0..89 heartbeat, 90..99 workers.
+        assert_eq!(m.pick(89, 0).0, Kind::Heartbeat);
+        assert_eq!(m.pick(90, 0).0, Kind::Workers);
+        assert_eq!(m.pick(199, 0).0, Kind::Workers);
+    }
+
+    #[test]
+    fn bodies_are_what_agents_send() {
+        let hb: serde_json::Value = serde_json::from_slice(&heartbeat_body("w-1", 9)).unwrap();
+        assert_eq!(hb["worker_id"], "w-1");
+        assert_eq!(hb["status"], "busy");
+        let kinds: Vec<serde_json::Value> = (0..4)
+            .map(|n| serde_json::from_slice(&register_body("w", n)).unwrap())
+            .collect();
+        assert_eq!(kinds[0]["capabilities"]["has_gpu"], true);
+        assert_eq!(kinds[1]["capabilities"]["worker_type"], "cpu");
+        assert_eq!(kinds[3]["capabilities"]["gpu_memory"], "24576MB");
+        assert!(kinds.iter().all(|k| k["worker_id"] == "w"));
+    }
+
+    #[test]
+    fn pools_cycle_over_workers() {
+        let p = pool(Kind::Heartbeat, "h", "lg", 3, "/");
+        assert_eq!(p.requests.len(), 3);
+        let m = Mix::single(p);
+        let (_, r) = m.pick(0, 4);
+        assert!(String::from_utf8_lossy(r).contains("lg-000001"));
+    }
+}
