@@ -212,6 +212,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let shutdown_limit = cfg.shutdown_timeout + Duration::from_secs(5);
     let server = match Server::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -244,6 +245,11 @@ fn main() -> ExitCode {
             if let Some(s) = stopper {
                 s.stop();
             }
+            // The shards drain within --shutdown-timeout; should one miss
+            // the request (see runtime::notify), exit rather than hang.
+            std::thread::sleep(shutdown_limit);
+            eprintln!("coordinator: shards did not stop within {shutdown_limit:?}; exiting");
+            std::process::exit(1);
         }
     });
     let failed = server.wait();

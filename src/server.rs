@@ -27,6 +27,8 @@ pub struct Server {
     addr: SocketAddr,
     shards: usize,
     pool: Option<PoolHandle>,
+    /// How long `stop` waits for the shards: their drain time plus slack.
+    stop_limit: std::time::Duration,
 }
 
 impl Server {
@@ -39,6 +41,7 @@ impl Server {
                 addr: cfg.listen,
                 source,
             })?;
+        let stop_limit = cfg.shutdown_timeout + std::time::Duration::from_secs(5);
         let cfg = Arc::new(cfg);
         let spec = PoolSpec {
             cpus: cpus.clone(),
@@ -53,6 +56,7 @@ impl Server {
             addr,
             shards: n,
             pool: Some(pool),
+            stop_limit,
         })
     }
 
@@ -85,7 +89,7 @@ impl Server {
         match self.pool.take() {
             Some(mut p) => {
                 p.shutdown();
-                p.join()
+                p.join_within(self.stop_limit)
             }
             None => 0,
         }

@@ -31,7 +31,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 
-use crate::runtime::{self, ConnActivity, HyperIo, Listener, Shutdown, TaskGroup, TcpConn};
+use crate::runtime::{
+    self, ConnActivity, HyperIo, Listener, LocalShutdown, Shutdown, TaskGroup, TcpConn,
+};
 use crate::shard::Shard;
 pub use error::ApiError;
 pub use router::{Route, ROUTE_NAMES};
@@ -60,6 +62,9 @@ pub async fn serve(shard: Rc<Shard>, listener: Listener, shutdown: Shutdown) {
         .max_headers(100);
     let builder = Rc::new(builder);
     let conns = Rc::new(TaskGroup::default());
+    // Connections learn of shutdown from this shard, not from the other
+    // thread that requested it (see `runtime::notify`).
+    let (stop_conns, conns_stop) = runtime::local_shutdown();
     loop {
         let accepted = {
             let accept = pin!(listener.accept());
@@ -94,13 +99,14 @@ pub async fn serve(shard: Rc<Shard>, listener: Listener, shutdown: Shutdown) {
             builder.clone(),
             accepted.stream,
             accepted.peer,
-            shutdown.clone(),
+            conns_stop.clone(),
         );
         if !conns.spawn(task) {
             break;
         }
     }
     drop(listener);
+    stop_conns.fire();
     if runtime::timeout(cfg.shutdown_timeout, conns.close())
         .await
         .is_err()
@@ -115,19 +121,12 @@ pub async fn serve(shard: Rc<Shard>, listener: Listener, shutdown: Shutdown) {
 /// Over the per-shard cap: say so and close, rather than leave the client
 /// hanging in the backlog.
 async fn reject(stream: TcpConn) {
-    use futures::AsyncWriteExt;
-    let mut stream = stream;
-    let body = br#"{"detail":"Too many connections"}"#;
-    let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
+    const BODY: &str = r#"{"detail":"Too many connections"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
     );
-    let _ = runtime::timeout(Duration::from_secs(1), async {
-        let _ = stream.write_all(head.as_bytes()).await;
-        let _ = stream.write_all(body).await;
-        let _ = stream.close().await;
-    })
-    .await;
+    runtime::answer_and_close(stream, answer.as_bytes(), Duration::from_secs(2)).await;
 }
 
 async fn connection(
@@ -135,7 +134,7 @@ async fn connection(
     builder: Rc<http1::Builder>,
     stream: TcpConn,
     peer: Option<SocketAddr>,
-    shutdown: Shutdown,
+    shutdown: LocalShutdown,
 ) {
     let cfg = shard.cfg.clone();
     let activity = Rc::new(ConnActivity::new());

@@ -6,7 +6,13 @@
 //! (two full queues pointing at each other would deadlock), so it spawns a
 //! task per message instead.
 
+use std::time::Duration;
+
 use glommio::channels::channel_mesh::{Receivers, Senders};
+
+/// Backstop for a lost cross-thread wake-up on a mesh channel (see
+/// `notify`): an idle receive loop costs one timer wake-up per period.
+const RECHECK: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
@@ -39,8 +45,9 @@ impl<M: Send + 'static> Mesh<M> {
         if to >= self.senders.nr_consumers() || to == self.senders.peer_id() {
             return Err(MeshError::NoSuchShard(to));
         }
-        self.senders
-            .send_to(to, msg)
+        // Waits only while the channel is full; the peer's wake-up when it
+        // drains may be lost (see `notify`), so re-check on our own.
+        super::poll_from_thread(self.senders.send_to(to, msg), RECHECK)
             .await
             .map_err(|_| MeshError::Closed(to))
     }
@@ -60,7 +67,7 @@ impl<M: Send + 'static> Inbox<M> {
         for (_peer, rx) in self.receivers.streams() {
             let on_msg = on_msg.clone();
             super::spawn(async move {
-                while let Some(msg) = rx.recv().await {
+                while let Some(msg) = super::poll_from_thread(rx.recv(), RECHECK).await {
                     on_msg(msg);
                 }
             });

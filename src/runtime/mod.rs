@@ -19,8 +19,11 @@ mod time;
 pub use executor::{allowed_cpus, plan_cpus, start_pool, PoolHandle, PoolSpec, ShardEnv, Stopper};
 pub use io::{ConnActivity, HyperIo};
 pub use mesh::{Inbox, Mesh, MeshError};
-pub use net::{bind_reuseport, Accepted, Listener, TcpConn};
-pub use notify::{Shutdown, ShutdownTrigger};
+pub use net::{answer_and_close, bind_reuseport, Accepted, Listener, TcpConn};
+pub use notify::{
+    local_shutdown, poll_from_thread, reply_from_thread, LocalShutdown, LocalTrigger, Shutdown,
+    ShutdownTrigger,
+};
 pub use preflight::{preflight, PreflightError};
 pub use time::{sleep, timeout, Elapsed};
 

@@ -65,3 +65,40 @@ impl Listener {
         Ok(Accepted { stream, peer })
     }
 }
+
+/// Answers one request with `bytes` and closes, without a reset: reads the
+/// request head first (the client expects an answer to what it sent, and
+/// closing a socket with unread input makes the kernel send RST, which can
+/// destroy our answer in flight), writes, shuts the write half, and drains
+/// until the client closes. All of it within `within`; a client that sends
+/// nothing is closed without an answer when that passes.
+pub async fn answer_and_close(mut stream: TcpConn, bytes: &[u8], within: std::time::Duration) {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    let _ = super::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        let mut seen: Vec<u8> = Vec::new();
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") || seen.len() > 16 << 10 {
+                        break;
+                    }
+                }
+            }
+        }
+        if stream.write_all(bytes).await.is_err() || stream.flush().await.is_err() {
+            return;
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Write).await;
+        let mut drained = 0;
+        while drained < 64 << 10 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+}
