@@ -52,6 +52,16 @@ pub struct Config {
     pub mesh_capacity: usize,
     /// Serve a fixed hello-world instead of the API (benchmark baseline).
     pub baseline_hello: bool,
+    /// How long a pulled task stays leased to the worker.
+    pub task_lease: Duration,
+    /// Leases handed out before an unanswered task is dead-lettered.
+    pub task_max_attempts: u32,
+    /// Longest long-poll (`wait`) a worker may ask for.
+    pub task_max_wait: Duration,
+    /// Tasks a pull returns when it does not say `max`.
+    pub task_pull_max: usize,
+    /// Finished tasks kept per shard for `GET /api/tasks/{id}`.
+    pub task_retention: usize,
 }
 
 impl Default for Config {
@@ -80,6 +90,11 @@ impl Default for Config {
             gather_timeout: Duration::from_secs(5),
             mesh_capacity: 1024,
             baseline_hello: false,
+            task_lease: Duration::from_secs(300),
+            task_max_attempts: 3,
+            task_max_wait: Duration::from_secs(60),
+            task_pull_max: 10,
+            task_retention: 10_000,
         }
     }
 }

@@ -23,13 +23,16 @@ pub enum Route {
     ServicesList,
     Health,
     Metrics,
+    TaskSubmit,
+    TaskGet,
+    AdminTasks,
     Preflight,
     NotFound,
     MethodNotAllowed,
 }
 
 /// Metric labels, indexed by `Route as usize`.
-pub const ROUTE_NAMES: [&str; 19] = [
+pub const ROUTE_NAMES: [&str; 22] = [
     "register",
     "heartbeat",
     "unregister",
@@ -46,6 +49,9 @@ pub const ROUTE_NAMES: [&str; 19] = [
     "services_list",
     "health",
     "metrics",
+    "task_submit",
+    "task_get",
+    "admin_tasks",
     "preflight",
     "not_found",
     "method_not_allowed",
@@ -86,11 +92,15 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         "/api/services/list" => ("GET", Route::ServicesList, None),
         "/health" => ("GET", Route::Health, None),
         "/metrics" => ("GET", Route::Metrics, None),
+        "/api/tasks" => ("POST", Route::TaskSubmit, None),
+        "/api/admin/tasks" => ("GET", Route::AdminTasks, None),
         _ => {
             if let Some(id) = tail(path, "/api/worker/unregister/") {
                 ("DELETE", Route::Unregister, Some(id))
             } else if let Some(s) = tail(path, "/api/services/discover/") {
                 ("GET", Route::Discover, Some(s))
+            } else if let Some(id) = tail(path, "/api/tasks/") {
+                ("GET", Route::TaskGet, Some(id))
             } else {
                 return Matched {
                     route: Route::NotFound,

@@ -5,6 +5,7 @@ mod admin;
 mod coordinator;
 mod ops;
 mod services;
+mod tasks;
 mod worker;
 
 use hyper::body::Incoming;
@@ -25,8 +26,11 @@ pub async fn handle(
         Route::Register => worker::register(ctx, req).await,
         Route::Heartbeat => worker::heartbeat(ctx, req).await,
         Route::Unregister => worker::unregister(ctx, param.unwrap_or_default()).await,
-        Route::Tasks => worker::tasks(ctx, req).await,
-        Route::TaskComplete => worker::task_complete(ctx, req).await,
+        Route::Tasks => tasks::pull(ctx, req).await,
+        Route::TaskComplete => tasks::complete(ctx, req).await,
+        Route::TaskSubmit => tasks::submit(ctx, req).await,
+        Route::TaskGet => tasks::get(ctx, param.unwrap_or_default()).await,
+        Route::AdminTasks => tasks::admin_list(ctx, req).await,
         Route::CoordinatorWorkers => coordinator::workers(ctx).await,
         Route::Broadcast => coordinator::broadcast(ctx, req).await,
         Route::AdminWorkers => admin::workers(ctx).await,
