@@ -14,7 +14,7 @@
 //!
 //! Semantics (at-least-once delivery, leases, retries) are in docs/tasks.md.
 
-// pub mod route;
+pub mod route;
 pub mod table;
 pub mod task;
 
