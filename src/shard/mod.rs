@@ -73,6 +73,7 @@ pub struct Shard {
     live: Liveness,
     registry: RefCell<Registry>,
     pub tasks: RefCell<TaskTable>,
+    pub proxy: Rc<crate::tasks::proxy::ProxyState>,
     pub metrics: RefCell<ShardMetrics>,
     mesh: Mesh<Envelope>,
 }
@@ -96,6 +97,7 @@ impl Shard {
             cfg,
             registry: RefCell::new(Registry::default()),
             tasks: RefCell::new(TaskTable::new(retention)),
+            proxy: Rc::default(),
             metrics: RefCell::new(ShardMetrics::new(n_routes)),
             mesh,
         }
@@ -103,6 +105,10 @@ impl Shard {
 
     pub fn owner_of(&self, worker_id: &str) -> usize {
         owner_of(worker_id, self.count)
+    }
+
+    pub fn is_healthy(&self, w: &WorkerRecord, now: Instant) -> bool {
+        w.is_healthy(now, &self.live)
     }
 
     /// Read access for other modules' synchronous operations (tasks).
@@ -180,6 +186,9 @@ impl Shard {
                 shard: self.id,
                 metrics: self.metrics.borrow().clone(),
                 workers: self.registry.borrow().len() as u64,
+                tasks: self.tasks.borrow().counters(),
+                queues: self.tasks.borrow().queue_depths(),
+                proxy: self.proxy.counters(),
             })),
         }
     }

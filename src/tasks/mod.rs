@@ -10,10 +10,12 @@
 //! Operations arrive as [`TaskOp`] through `Shard::call` (inline on the
 //! owner, or over the mesh) and run synchronously against the shard's
 //! [`TaskTable`]; every state change goes through the table's one recording
-//! method (see `table.rs`). This module must not parse HTTP.
+//! method (see `table.rs`). The task part must not parse HTTP; `proxy`
+//! is the one place that speaks HTTP to workers.
 //!
 //! Semantics (at-least-once delivery, leases, retries) are in docs/tasks.md.
 
+pub mod proxy;
 pub mod route;
 pub mod table;
 pub mod task;
@@ -61,6 +63,13 @@ pub enum TaskOp {
     },
     Get(String),
     List(Filter),
+    /// Healthy workers of a service on this shard (for the proxy).
+    Candidates(String),
+    /// Set (Some) or clear (None) a pin on this shard's replica.
+    SetPin {
+        key: String,
+        workers: Option<Vec<String>>,
+    },
 }
 
 #[derive(Debug)]
@@ -73,6 +82,8 @@ pub enum TaskReply {
     Extended(usize),
     Task(Option<Value>),
     Listing(Box<TaskListing>),
+    Upstreams(Vec<proxy::Upstream>),
+    Done,
 }
 
 /// The queues a worker takes work from, in priority order: its own, then
@@ -149,6 +160,25 @@ pub fn handle(shard: &Shard, op: TaskOp) -> TaskReply {
             let mut tb = shard.tasks.borrow_mut();
             tb.expire(now);
             TaskReply::Listing(Box::new(tb.list(&f)))
+        }
+        TaskOp::Candidates(service) => {
+            let reg = shard.registry();
+            let ids = reg
+                .service_index()
+                .find(|(k, _)| *k == service)
+                .map(|(_, ids)| ids);
+            let ups = ids
+                .into_iter()
+                .flatten()
+                .filter_map(|id| reg.get(id))
+                .filter(|w| shard.is_healthy(w, now))
+                .map(|w| proxy::Upstream::of(w, &service))
+                .collect();
+            TaskReply::Upstreams(ups)
+        }
+        TaskOp::SetPin { key, workers } => {
+            shard.proxy.set_pin(key, workers);
+            TaskReply::Done
         }
     }
 }

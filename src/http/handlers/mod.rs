@@ -3,6 +3,7 @@
 
 mod admin;
 mod coordinator;
+mod inference;
 mod ops;
 mod services;
 mod tasks;
@@ -31,6 +32,12 @@ pub async fn handle(
         Route::TaskSubmit => tasks::submit(ctx, req).await,
         Route::TaskGet => tasks::get(ctx, param.unwrap_or_default()).await,
         Route::AdminTasks => tasks::admin_list(ctx, req).await,
+        Route::InferenceLlm => inference::llm(ctx, req).await,
+        Route::InferenceVision => inference::vision(ctx, req).await,
+        Route::InferenceRag => inference::rag(ctx, req).await,
+        Route::InferenceGraph => inference::graph(ctx, req).await,
+        Route::ServiceProxy => inference::service(ctx, param.unwrap_or_default(), req).await,
+        Route::AdminPins => inference::pins(ctx, req).await,
         Route::CoordinatorWorkers => coordinator::workers(ctx).await,
         Route::Broadcast => coordinator::broadcast(ctx, req).await,
         Route::AdminWorkers => admin::workers(ctx).await,
