@@ -344,3 +344,70 @@ fn bad_task_requests_get_clear_4xx() {
     // Still serving.
     assert_eq!(get(s.addr, "/health").status, 200);
 }
+
+fn metric_sum(addr: SocketAddr, prefix: &str) -> f64 {
+    get(addr, "/metrics")
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn task_metrics_show_states_events_queues_and_waiters() {
+    let s = start(2, |c| {
+        c.task_lease = Duration::from_millis(200);
+        c.task_max_attempts = 1;
+    });
+    let w = id_on_shard("mt", 1, 2);
+    register(s.addr, &worker_with_service(&w, "svc-mt"));
+    for _ in 0..3 {
+        submit(s.addr, json!({"type": "x", "service": "svc-mt"}));
+    }
+    assert_eq!(
+        metric_sum(s.addr, "coordinator_tasks{state=\"queued\"}"),
+        3.0
+    );
+    assert_eq!(
+        metric_sum(
+            s.addr,
+            "coordinator_task_queue_depth{queue=\"service:svc-mt\"}"
+        ),
+        3.0
+    );
+    assert_eq!(pull(s.addr, &w, "&max=3").len(), 3);
+    // Unanswered on their only attempt: dead-lettered.
+    assert!(eventually(Duration::from_secs(3), || metric_sum(
+        s.addr,
+        "coordinator_tasks{state=\"dead\"}"
+    ) == 3.0));
+    assert_eq!(
+        metric_sum(
+            s.addr,
+            "coordinator_task_events_total{event=\"dead_lettered\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric_sum(
+            s.addr,
+            "coordinator_task_events_total{event=\"lease_expired\"}"
+        ),
+        3.0
+    );
+    // A parked long-poll is visible as a waiter until it is answered.
+    let addr = s.addr;
+    let wid = w.clone();
+    let poller = std::thread::spawn(move || pull(addr, &wid, "&wait=5"));
+    assert!(eventually(Duration::from_secs(3), || metric_sum(
+        s.addr,
+        "coordinator_task_waiters{"
+    ) >= 1.0));
+    submit(s.addr, json!({"type": "x", "service": "svc-mt"}));
+    assert_eq!(poller.join().unwrap().len(), 1);
+    assert!(eventually(Duration::from_secs(3), || metric_sum(
+        s.addr,
+        "coordinator_task_waiters{"
+    ) == 0.0));
+}
