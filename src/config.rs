@@ -52,6 +52,35 @@ pub struct Config {
     pub mesh_capacity: usize,
     /// Serve a fixed hello-world instead of the API (benchmark baseline).
     pub baseline_hello: bool,
+    /// How long a pulled task stays leased to the worker.
+    pub task_lease: Duration,
+    /// Leases handed out before an unanswered task is dead-lettered.
+    pub task_max_attempts: u32,
+    /// Longest long-poll (`wait`) a worker may ask for.
+    pub task_max_wait: Duration,
+    /// Tasks a pull returns when it does not say `max`.
+    pub task_pull_max: usize,
+    /// Finished tasks kept per shard for `GET /api/tasks/{id}`.
+    pub task_retention: usize,
+    /// Proxy: connecting to a worker.
+    pub proxy_connect_timeout: Duration,
+    /// Proxy: from sending the request to the worker's response head.
+    pub proxy_request_timeout: Duration,
+    /// Proxy: a worker that failed is avoided this long (per shard).
+    pub route_cooldown: Duration,
+    /// Proxy: how long a shard reuses a service's worker list.
+    pub route_cache_ttl: Duration,
+}
+
+impl Config {
+    pub fn proxy(&self) -> crate::tasks::proxy::ProxyConfig {
+        crate::tasks::proxy::ProxyConfig {
+            connect_timeout: self.proxy_connect_timeout,
+            request_timeout: self.proxy_request_timeout,
+            cooldown: self.route_cooldown,
+            cache_ttl: self.route_cache_ttl,
+        }
+    }
 }
 
 impl Default for Config {
@@ -80,6 +109,15 @@ impl Default for Config {
             gather_timeout: Duration::from_secs(5),
             mesh_capacity: 1024,
             baseline_hello: false,
+            task_lease: Duration::from_secs(300),
+            task_max_attempts: 3,
+            task_max_wait: Duration::from_secs(60),
+            task_pull_max: 10,
+            task_retention: 10_000,
+            proxy_connect_timeout: Duration::from_secs(2),
+            proxy_request_timeout: Duration::from_secs(120),
+            route_cooldown: Duration::from_secs(10),
+            route_cache_ttl: Duration::from_millis(250),
         }
     }
 }

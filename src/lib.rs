@@ -13,6 +13,8 @@
 //!   handlers (one file per API area), CORS, API key, errors as JSON.
 //! - [`model`]: wire types and the pure domain rules: size parsing, worker
 //!   type and tier, the service catalog and assignment.
+//! - [`tasks`]: task queues (one shard per queue), leases, long-poll, and
+//!   routing/proxying of inference requests to workers.
 //! - [`metrics`]: per-shard counters and histograms, merged and encoded on
 //!   scrape.
 //! - [`config`]: the validated configuration the library runs with.
@@ -31,6 +33,7 @@ pub mod model;
 pub mod runtime;
 pub mod server;
 pub mod shard;
+pub mod tasks;
 
 pub use config::Config;
 pub use server::{Server, StartError};

@@ -104,6 +104,18 @@ options! {
     body_timeout: f64, env = "BODY_TIMEOUT_SECONDS";
     /// On SIGINT/SIGTERM, wait this long for in-flight requests, seconds [default: 10]
     shutdown_timeout: f64, env = "SHUTDOWN_TIMEOUT_SECONDS";
+    /// Seconds a pulled task stays leased to its worker [default: 300]
+    task_lease_seconds: f64, env = "TASK_LEASE_SECONDS";
+    /// Leases before an unanswered task is dead-lettered [default: 3]
+    task_max_attempts: u32, env = "TASK_MAX_ATTEMPTS";
+    /// Longest long-poll a worker may ask for with wait=, seconds [default: 60]
+    task_max_wait: f64, env = "TASK_MAX_WAIT_SECONDS";
+    /// Proxy: seconds to connect to a worker [default: 2]
+    proxy_connect_timeout: f64, env = "PROXY_CONNECT_TIMEOUT_SECONDS";
+    /// Proxy: seconds to wait for a worker's response head [default: 120]
+    proxy_request_timeout: f64, env = "PROXY_REQUEST_TIMEOUT_SECONDS";
+    /// Proxy: seconds a failed worker is avoided [default: 10]
+    route_cooldown: f64, env = "ROUTE_COOLDOWN_SECONDS";
     /// Log filter, e.g. info or coordinator=debug [default: info]
     log_level: String, env = "RUST_LOG";
 }
@@ -167,6 +179,20 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         body_timeout: secs("body-timeout", cli.body_timeout, d.body_timeout)?,
         shutdown_timeout: secs("shutdown-timeout", cli.shutdown_timeout, d.shutdown_timeout)?,
         baseline_hello: cli.baseline_hello,
+        task_lease: secs("task-lease-seconds", cli.task_lease_seconds, d.task_lease)?,
+        task_max_attempts: cli.task_max_attempts.unwrap_or(d.task_max_attempts).max(1),
+        task_max_wait: secs("task-max-wait", cli.task_max_wait, d.task_max_wait)?,
+        proxy_connect_timeout: secs(
+            "proxy-connect-timeout",
+            cli.proxy_connect_timeout,
+            d.proxy_connect_timeout,
+        )?,
+        proxy_request_timeout: secs(
+            "proxy-request-timeout",
+            cli.proxy_request_timeout,
+            d.proxy_request_timeout,
+        )?,
+        route_cooldown: secs("route-cooldown", cli.route_cooldown, d.route_cooldown)?,
         ..d
     };
     if cfg.worker_timeout < cfg.heartbeat_timeout {

@@ -98,6 +98,10 @@ pub struct MetricsSnapshot {
     pub shard: usize,
     pub metrics: ShardMetrics,
     pub workers: u64,
+    pub tasks: crate::tasks::TaskCounters,
+    /// Queue key -> queued tasks (non-empty queues).
+    pub queues: Vec<(String, u64)>,
+    pub proxy: crate::tasks::proxy::ProxyCounters,
 }
 
 /// Registry-wide gauges, computed by the scraping shard from a fan-out.
@@ -262,7 +266,182 @@ pub fn encode(route_names: &[&str], shards: &[MetricsSnapshot], g: &Gauges) -> S
             let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, get(s));
         }
     }
+    encode_tasks(&mut out, shards);
+    encode_proxy(&mut out, shards);
     out
+}
+
+fn encode_tasks(out: &mut String, shards: &[MetricsSnapshot]) {
+    use crate::tasks::TaskState;
+    header(
+        out,
+        "coordinator_tasks",
+        "Tasks held now, by state.",
+        "gauge",
+    );
+    for st in TaskState::ALL {
+        let n: u64 = shards.iter().map(|s| s.tasks.by_state[st.index()]).sum();
+        let _ = writeln!(out, "coordinator_tasks{{state=\"{}\"}} {n}", st.as_str());
+    }
+    // Worker queues are one per worker: summed into one series to keep
+    // the label set bounded; service and capability queues are named.
+    let mut depth: std::collections::BTreeMap<&str, u64> = Default::default();
+    for s in shards {
+        for (k, n) in &s.queues {
+            let key = if k.starts_with("worker:") {
+                "workers"
+            } else {
+                k.as_str()
+            };
+            *depth.entry(key).or_default() += n;
+        }
+    }
+    header(
+        out,
+        "coordinator_task_queue_depth",
+        "Queued tasks per service/capability queue (all worker queues summed as \"workers\").",
+        "gauge",
+    );
+    for (k, n) in depth {
+        let _ = writeln!(
+            out,
+            "coordinator_task_queue_depth{{queue=\"{}\"}} {n}",
+            escape(k)
+        );
+    }
+    header(
+        out,
+        "coordinator_task_events_total",
+        "Task state changes by kind (lease_expired includes dead_lettered).",
+        "counter",
+    );
+    type Get = fn(&crate::tasks::TaskCounters) -> u64;
+    let events: [(&str, Get); 8] = [
+        ("submitted", |c| c.submitted),
+        ("leased", |c| c.leased),
+        ("completed", |c| c.completed),
+        ("failed", |c| c.failed),
+        ("retried", |c| c.retried),
+        ("lease_expired", |c| c.lease_expiries),
+        ("dead_lettered", |c| c.dead_lettered),
+        ("lease_extended", |c| c.extended),
+    ];
+    for (name, get) in events {
+        let n: u64 = shards.iter().map(|s| get(&s.tasks)).sum();
+        let _ = writeln!(out, "coordinator_task_events_total{{event=\"{name}\"}} {n}");
+    }
+    header(
+        out,
+        "coordinator_task_waiters",
+        "Long-polls parked on each shard's queues.",
+        "gauge",
+    );
+    for s in shards {
+        let _ = writeln!(
+            out,
+            "coordinator_task_waiters{{shard=\"{}\"}} {}",
+            s.shard, s.tasks.waiters
+        );
+    }
+}
+
+fn encode_proxy(out: &mut String, shards: &[MetricsSnapshot]) {
+    let mut routed: std::collections::BTreeMap<(String, &str), u64> = Default::default();
+    let mut attempts: std::collections::BTreeMap<(String, &str), u64> = Default::default();
+    let mut lat = Histogram::default();
+    for s in shards {
+        for ((svc, o), n) in &s.proxy.routed {
+            *routed.entry((svc.clone(), o)).or_default() += n;
+        }
+        for ((w, o), n) in &s.proxy.attempts {
+            *attempts.entry((w.clone(), o)).or_default() += n;
+        }
+        lat.merge(&s.proxy.upstream_latency);
+    }
+    header(
+        out,
+        "coordinator_routed_requests_total",
+        "Proxied requests by service and outcome.",
+        "counter",
+    );
+    for ((svc, o), n) in routed {
+        let _ = writeln!(
+            out,
+            "coordinator_routed_requests_total{{service=\"{}\",outcome=\"{o}\"}} {n}",
+            escape(&svc)
+        );
+    }
+    header(
+        out,
+        "coordinator_upstream_attempts_total",
+        "Attempts to reach a worker, by worker and outcome.",
+        "counter",
+    );
+    for ((w, o), n) in attempts {
+        let _ = writeln!(
+            out,
+            "coordinator_upstream_attempts_total{{worker=\"{}\",outcome=\"{o}\"}} {n}",
+            escape(&w)
+        );
+    }
+    header(
+        out,
+        "coordinator_upstream_latency_seconds",
+        "Time from sending a proxied request to the worker's response head.",
+        "histogram",
+    );
+    let mut cum = 0;
+    for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+        cum += lat.counts[i];
+        let _ = writeln!(
+            out,
+            "coordinator_upstream_latency_seconds_bucket{{le=\"{le}\"}} {cum}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "coordinator_upstream_latency_seconds_bucket{{le=\"+Inf\"}} {}",
+        lat.count
+    );
+    let _ = writeln!(out, "coordinator_upstream_latency_seconds_sum {}", lat.sum);
+    let _ = writeln!(
+        out,
+        "coordinator_upstream_latency_seconds_count {}",
+        lat.count
+    );
+    let per_shard: [PerShard; 3] = [
+        (
+            "coordinator_route_cooldowns",
+            "Workers in cooldown on each shard now.",
+            "gauge",
+            |s| s.proxy.cooldowns,
+        ),
+        (
+            "coordinator_proxy_retries_total",
+            "Proxied requests retried on another worker.",
+            "counter",
+            |s| s.proxy.retries,
+        ),
+        (
+            "coordinator_proxy_connections_opened_total",
+            "Upstream connections opened (the rest reused keep-alive).",
+            "counter",
+            |s| s.proxy.connections_opened,
+        ),
+    ];
+    for (name, help, kind, get) in per_shard {
+        header(out, name, help, kind);
+        for s in shards {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, get(s));
+        }
+    }
+}
+
+/// Label values come from workers and clients: escape per the text format.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// (name, help, type, value of one shard).
@@ -311,11 +490,13 @@ mod tests {
                 shard: 0,
                 metrics: a,
                 workers: 1,
+                ..Default::default()
             },
             MetricsSnapshot {
                 shard: 1,
                 metrics: b,
                 workers: 2,
+                ..Default::default()
             },
         ];
         let text = encode(&["hb", "list"], &snaps, &Gauges::default());

@@ -1,4 +1,5 @@
-//! Broadcast fan-out, task pull and completion over real HTTP.
+//! Broadcast fan-out (one task per capable worker), task pull and
+//! completion in both request shapes, over real HTTP.
 
 mod common;
 
@@ -48,12 +49,30 @@ fn broadcast_reaches_every_capable_worker_on_every_shard_exactly_once() {
         assert_eq!(tasks[0]["task_id"], w["task_id"]);
         assert_eq!(tasks[0]["job_type"], "reload");
         assert_eq!(tasks[0]["job_data"], json!({"model": "m"}));
-        // Taken once: the next pull is empty.
+        // Leased: the next pull is empty.
         assert_eq!(
             get(s.addr, &format!("/api/worker/tasks?worker_id={id}")).json(),
             json!({"tasks": []})
         );
+        // The reply's id can be followed, from any shard.
+        let tid = w["task_id"].as_str().unwrap();
+        let t = get(s.addr, &format!("/api/tasks/{tid}")).json();
+        assert_eq!(
+            (t["state"].as_str(), t["worker_id"].as_str()),
+            (Some("leased"), Some(id))
+        );
+        let r = post(
+            s.addr,
+            "/api/worker/task-complete",
+            &json!({"worker_id": id, "task_id": tid, "result": {"reloaded": true}}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let t = get(s.addr, &format!("/api/tasks/{tid}")).json();
+        assert_eq!(t["state"], "completed");
+        assert_eq!(t["result"], json!({"reloaded": true}));
     }
+    let a = get(s.addr, "/api/admin/tasks").json();
+    assert_eq!(a["counts"]["completed"], 8, "{a}");
     for id in &incapable {
         assert_eq!(
             get(s.addr, &format!("/api/worker/tasks?worker_id={id}")).json(),
@@ -107,21 +126,46 @@ fn task_pull_and_completion_in_both_shapes() {
     assert_eq!(r.status, 422);
     assert!(r.detail().contains("worker_id"), "{}", r.detail());
     assert_eq!(get(s.addr, "/api/worker/tasks?worker_id=ghost").status, 404);
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let r = post(
+            s.addr,
+            "/api/tasks",
+            &json!({"type": "echo", "payload": {"n": n}, "worker_id": id}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        ids.push(r.json()["task_id"].as_str().unwrap().to_string());
+    }
+    let pulled = get(s.addr, &format!("/api/worker/tasks?worker_id={id}")).json();
+    let got: Vec<&str> = pulled["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ids, "FIFO order");
     // Client shape: everything in the body.
     let r = post(
         s.addr,
         "/api/worker/task-complete",
-        &json!({"worker_id": id, "task_id": "t1", "result": {"ok": true}}),
+        &json!({"worker_id": id, "task_id": ids[0], "result": {"ok": true}}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
     // Service shape: ids in the query, the body is the result.
     let r = post(
         s.addr,
-        &format!("/api/worker/task-complete?worker_id={id}&task_id=t2"),
+        &format!(
+            "/api/worker/task-complete?worker_id={id}&task_id={}",
+            ids[1]
+        ),
         &json!({"answer": 42}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["task_id"], "t2");
+    assert_eq!(r.json()["task_id"], ids[1].as_str());
+    assert_eq!(
+        get(s.addr, &format!("/api/tasks/{}", ids[1])).json()["result"],
+        json!({"answer": 42})
+    );
     let r = post(
         s.addr,
         "/api/worker/task-complete",
@@ -132,9 +176,10 @@ fn task_pull_and_completion_in_both_shapes() {
     let r = post(
         s.addr,
         "/api/worker/task-complete",
-        &json!({"worker_id": "ghost", "task_id": "t"}),
+        &json!({"worker_id": id, "task_id": "t1"}),
     );
     assert_eq!(r.status, 404);
+    assert_eq!(r.detail(), "Task not found");
     assert_eq!(
         get(s.addr, "/api/admin/stats").json()["total_tasks_completed"],
         2

@@ -51,7 +51,7 @@ pub fn preflight(
     let is_preflight = origin.is_some() && req.contains_key(ACCESS_CONTROL_REQUEST_METHOD);
     if !is_preflight {
         // A plain OPTIONS: say what the path allows.
-        let mut r = Response::new(Body::default());
+        let mut r = Response::new(super::full(bytes::Bytes::new()));
         r.headers_mut()
             .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
         return Ok(r);

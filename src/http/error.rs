@@ -29,6 +29,15 @@ pub enum ApiError {
     /// Nobody can take the request right now (e.g. no capable worker).
     #[error("{0}")]
     Unavailable(String),
+    /// The request conflicts with the resource's state (stale task lease).
+    #[error("{0}")]
+    Conflict(String),
+    /// The upstream worker failed.
+    #[error("{0}")]
+    BadGateway(String),
+    /// The upstream worker did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
     #[error("Internal shard communication failed: {0}")]
     Shard(#[from] ShardError),
 }
@@ -45,6 +54,9 @@ impl ApiError {
             ApiError::MissingApiKey => StatusCode::UNAUTHORIZED,
             ApiError::InvalidApiKey => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) | ApiError::Shard(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{select, Either};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -38,8 +38,19 @@ use crate::shard::Shard;
 pub use error::ApiError;
 pub use router::{Route, ROUTE_NAMES};
 
-/// Response body type for every route.
-pub type Body = Full<Bytes>;
+/// Response body type for every route: boxed so a handler can answer with
+/// a complete buffer or stream a worker's response frame by frame.
+/// Not `Send`: shard-local streams (the proxy's pooled connections) live
+/// on one thread, and hyper's HTTP/1 server does not need `Send` bodies.
+pub type Body = std::pin::Pin<Box<dyn hyper::body::Body<Data = Bytes, Error = BoxError>>>;
+
+/// Error type of streamed bodies (hyper accepts anything convertible).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A complete response body.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Box::pin(Full::new(b.into()).map_err(|never| match never {}))
+}
 
 /// Which shard answered: lets operators and tests see the sharding at work.
 pub const SHARD_HEADER: &str = "x-coordinator-shard";
@@ -252,7 +263,7 @@ async fn dispatch(ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
 
 /// A JSON response with the given status.
 pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, JSON);
     r
@@ -260,7 +271,7 @@ pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 
 /// A 200 JSON response from a static body (no allocation for the bytes).
 pub fn json_static(body: &'static [u8]) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body)));
+    let mut r = Response::new(full(Bytes::from_static(body)));
     r.headers_mut().insert(CONTENT_TYPE, JSON);
     r
 }

@@ -23,13 +23,22 @@ pub enum Route {
     ServicesList,
     Health,
     Metrics,
+    TaskSubmit,
+    TaskGet,
+    AdminTasks,
+    InferenceLlm,
+    InferenceVision,
+    InferenceRag,
+    InferenceGraph,
+    ServiceProxy,
+    AdminPins,
     Preflight,
     NotFound,
     MethodNotAllowed,
 }
 
 /// Metric labels, indexed by `Route as usize`.
-pub const ROUTE_NAMES: [&str; 19] = [
+pub const ROUTE_NAMES: [&str; 28] = [
     "register",
     "heartbeat",
     "unregister",
@@ -46,6 +55,15 @@ pub const ROUTE_NAMES: [&str; 19] = [
     "services_list",
     "health",
     "metrics",
+    "task_submit",
+    "task_get",
+    "admin_tasks",
+    "inference_llm",
+    "inference_vision",
+    "inference_rag",
+    "inference_graph",
+    "service_proxy",
+    "admin_pins",
     "preflight",
     "not_found",
     "method_not_allowed",
@@ -71,6 +89,33 @@ pub struct Matched<'a> {
 }
 
 pub fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
+    // Routes that take more than one method.
+    if let Some(rest) = path.strip_prefix("/service/") {
+        // Any method is forwarded; OPTIONS stays ours (CORS preflight).
+        let route = if method == Method::OPTIONS {
+            Route::Preflight
+        } else {
+            Route::ServiceProxy
+        };
+        return Matched {
+            route,
+            param: Some(rest),
+            allow: "GET, POST, PUT, PATCH, DELETE, HEAD",
+        };
+    }
+    if path == "/api/admin/pins" {
+        let allow = "GET, PUT, DELETE";
+        let route = match *method {
+            Method::GET | Method::HEAD | Method::PUT | Method::DELETE => Route::AdminPins,
+            Method::OPTIONS => Route::Preflight,
+            _ => Route::MethodNotAllowed,
+        };
+        return Matched {
+            route,
+            param: None,
+            allow,
+        };
+    }
     let (expected, route, param): (&'static str, Route, Option<&'a str>) = match path {
         "/api/worker/register" => ("POST", Route::Register, None),
         "/api/worker/heartbeat" => ("POST", Route::Heartbeat, None),
@@ -86,11 +131,19 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         "/api/services/list" => ("GET", Route::ServicesList, None),
         "/health" => ("GET", Route::Health, None),
         "/metrics" => ("GET", Route::Metrics, None),
+        "/api/tasks" => ("POST", Route::TaskSubmit, None),
+        "/api/admin/tasks" => ("GET", Route::AdminTasks, None),
+        "/api/inference/llm" => ("POST", Route::InferenceLlm, None),
+        "/api/inference/vision" => ("POST", Route::InferenceVision, None),
+        "/api/inference/rag/query" => ("POST", Route::InferenceRag, None),
+        "/api/inference/graph/extract" => ("POST", Route::InferenceGraph, None),
         _ => {
             if let Some(id) = tail(path, "/api/worker/unregister/") {
                 ("DELETE", Route::Unregister, Some(id))
             } else if let Some(s) = tail(path, "/api/services/discover/") {
                 ("GET", Route::Discover, Some(s))
+            } else if let Some(id) = tail(path, "/api/tasks/") {
+                ("GET", Route::TaskGet, Some(id))
             } else {
                 return Matched {
                     route: Route::NotFound,
@@ -163,9 +216,39 @@ mod tests {
     }
 
     #[test]
+    fn multi_method_routes() {
+        let m = route(&Method::PATCH, "/service/ocr/v1/x");
+        assert_eq!((m.route, m.param), (Route::ServiceProxy, Some("ocr/v1/x")));
+        assert_eq!(
+            route(&Method::OPTIONS, "/service/ocr/x").route,
+            Route::Preflight
+        );
+        assert_eq!(
+            route(&Method::PUT, "/api/admin/pins").route,
+            Route::AdminPins
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/api/admin/pins").route,
+            Route::AdminPins
+        );
+        let m = route(&Method::POST, "/api/admin/pins");
+        assert_eq!(
+            (m.route, m.allow),
+            (Route::MethodNotAllowed, "GET, PUT, DELETE")
+        );
+        assert_eq!(
+            route(&Method::POST, "/api/inference/llm").route,
+            Route::InferenceLlm
+        );
+        assert_eq!(route(&Method::GET, "/api/tasks/t-1").route, Route::TaskGet);
+    }
+
+    #[test]
     fn names_line_up_with_variants() {
         assert_eq!(Route::MethodNotAllowed.name(), "method_not_allowed");
         assert_eq!(Route::Register.name(), "register");
         assert_eq!(Route::Metrics.name(), "metrics");
+        assert_eq!(Route::AdminPins.name(), "admin_pins");
+        assert_eq!(Route::TaskSubmit.name(), "task_submit");
     }
 }

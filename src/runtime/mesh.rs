@@ -6,13 +6,7 @@
 //! (two full queues pointing at each other would deadlock), so it spawns a
 //! task per message instead.
 
-use std::time::Duration;
-
 use glommio::channels::channel_mesh::{Receivers, Senders};
-
-/// Backstop for a lost cross-thread wake-up on a mesh channel (see
-/// `notify`): an idle receive loop costs one timer wake-up per period.
-const RECHECK: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
@@ -45,9 +39,8 @@ impl<M: Send + 'static> Mesh<M> {
         if to >= self.senders.nr_consumers() || to == self.senders.peer_id() {
             return Err(MeshError::NoSuchShard(to));
         }
-        // Waits only while the channel is full; the peer's wake-up when it
-        // drains may be lost (see `notify`), so re-check on our own.
-        super::poll_from_thread(self.senders.send_to(to, msg), RECHECK)
+        self.senders
+            .send_to(to, msg)
             .await
             .map_err(|_| MeshError::Closed(to))
     }
@@ -67,7 +60,10 @@ impl<M: Send + 'static> Inbox<M> {
         for (_peer, rx) in self.receivers.streams() {
             let on_msg = on_msg.clone();
             super::spawn(async move {
-                while let Some(msg) = super::poll_from_thread(rx.recv(), RECHECK).await {
+                // No timer re-poll here: each pending poll of a glommio
+                // channel queues one more waker until data arrives, and a
+                // task's waker count is an i16 that asserts on overflow.
+                while let Some(msg) = rx.recv().await {
                     on_msg(msg);
                 }
             });

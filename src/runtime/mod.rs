@@ -21,8 +21,7 @@ pub use io::{ConnActivity, HyperIo};
 pub use mesh::{Inbox, Mesh, MeshError};
 pub use net::{answer_and_close, bind_reuseport, Accepted, Listener, TcpConn};
 pub use notify::{
-    local_shutdown, poll_from_thread, reply_from_thread, LocalShutdown, LocalTrigger, Shutdown,
-    ShutdownTrigger,
+    local_shutdown, reply_from_thread, LocalShutdown, LocalTrigger, Shutdown, ShutdownTrigger,
 };
 pub use preflight::{preflight, PreflightError};
 pub use time::{sleep, timeout, Elapsed};

@@ -12,7 +12,6 @@
 //! faster. Wake-ups within one shard (local timers, local channels) are
 //! used as they are.
 
-use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -125,19 +124,6 @@ pub async fn reply_from_thread<T>(mut rx: oneshot::Receiver<T>) -> Result<T, one
         let tick = pin!(super::sleep(REPLY_RECHECK));
         match select(&mut rx, tick).await {
             Either::Left((r, _)) => return r,
-            Either::Right(_) => continue,
-        }
-    }
-}
-
-/// Runs `fut`, a wait that ends by a wake-up from another thread, polling
-/// it again every `recheck` even without a wake-up (see the module docs).
-pub async fn poll_from_thread<F: Future>(fut: F, recheck: Duration) -> F::Output {
-    let mut fut = pin!(fut);
-    loop {
-        let tick = pin!(super::sleep(recheck));
-        match select(fut.as_mut(), tick).await {
-            Either::Left((out, _)) => return out,
             Either::Right(_) => continue,
         }
     }

@@ -27,8 +27,9 @@ use crate::config::Config;
 use crate::metrics::{MetricsSnapshot, ShardMetrics};
 use crate::model::truthy;
 use crate::runtime::{self, Mesh, ShardEnv};
+use crate::tasks::{Target, Task, TaskTable};
 use msg::{BroadcastJob, Coverage, Envelope, ListKind, Listing, Reply, Request, Summary};
-use registry::{Liveness, Registry};
+use registry::{Liveness, Registry, WorkerRecord};
 
 /// Fixed seeds: a worker id maps to the same shard in every run of the same
 /// binary, which keeps placement reproducible across restarts.
@@ -39,16 +40,20 @@ const OWNER_SEEDS: [u64; 4] = [
     0x3c6e_f372_fe94_f82b,
 ];
 
-/// The shard that owns `worker_id` when there are `shards` shards.
-pub fn owner_of(worker_id: &str, shards: usize) -> usize {
-    let h = ahash::RandomState::with_seeds(
+/// A shard-count-independent hash placing `key` (a worker id, a queue key).
+pub fn placement_hash(key: &str) -> u64 {
+    ahash::RandomState::with_seeds(
         OWNER_SEEDS[0],
         OWNER_SEEDS[1],
         OWNER_SEEDS[2],
         OWNER_SEEDS[3],
     )
-    .hash_one(worker_id);
-    (h % shards.max(1) as u64) as usize
+    .hash_one(key)
+}
+
+/// The shard that owns `worker_id` when there are `shards` shards.
+pub fn owner_of(worker_id: &str, shards: usize) -> usize {
+    (placement_hash(worker_id) % shards.max(1) as u64) as usize
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +72,8 @@ pub struct Shard {
     pub cfg: Arc<Config>,
     live: Liveness,
     registry: RefCell<Registry>,
+    pub tasks: RefCell<TaskTable>,
+    pub proxy: Rc<crate::tasks::proxy::ProxyState>,
     pub metrics: RefCell<ShardMetrics>,
     mesh: Mesh<Envelope>,
     list_cache: RefCell<ListCache>,
@@ -112,6 +119,7 @@ impl Shard {
         mesh: Mesh<Envelope>,
         n_routes: usize,
     ) -> Self {
+        let retention = cfg.task_retention;
         Self {
             id,
             count,
@@ -121,6 +129,8 @@ impl Shard {
             },
             cfg,
             registry: RefCell::new(Registry::default()),
+            tasks: RefCell::new(TaskTable::new(retention)),
+            proxy: Rc::default(),
             metrics: RefCell::new(ShardMetrics::new(n_routes)),
             mesh,
             list_cache: RefCell::new(ListCache::default()),
@@ -129,6 +139,15 @@ impl Shard {
 
     pub fn owner_of(&self, worker_id: &str) -> usize {
         owner_of(worker_id, self.count)
+    }
+
+    pub fn is_healthy(&self, w: &WorkerRecord, now: Instant) -> bool {
+        w.is_healthy(now, &self.live)
+    }
+
+    /// Read access for other modules' synchronous operations (tasks).
+    pub fn registry(&self) -> std::cell::Ref<'_, Registry> {
+        self.registry.borrow()
     }
 
     /// Runs `req` on shard `to`: inline when it is us, else over the mesh.
@@ -195,7 +214,7 @@ impl Shard {
             Request::Unregister(id) => {
                 Reply::Found(self.registry.borrow_mut().remove(&id).is_some())
             }
-            Request::TakeJobs(id) => Reply::Jobs(self.registry.borrow_mut().take_jobs(&id)),
+            Request::Task(op) => Reply::Task(crate::tasks::handle(self, op)),
             Request::CompleteTask(id) => {
                 Reply::Found(self.registry.borrow_mut().complete_task(&id))
             }
@@ -212,6 +231,9 @@ impl Shard {
                 shard: self.id,
                 metrics: self.metrics.borrow().clone(),
                 workers: self.registry.borrow().len() as u64,
+                tasks: self.tasks.borrow().counters(),
+                queues: self.tasks.borrow().queue_depths(),
+                proxy: self.proxy.counters(),
             })),
         }
     }
@@ -324,8 +346,10 @@ impl Shard {
         s
     }
 
+    /// One task per capable worker, queued on the worker's own queue (which
+    /// is on this shard, its owner).
     fn broadcast(&self, now: Instant, job: &BroadcastJob) -> Vec<(String, String)> {
-        let mut reg = self.registry.borrow_mut();
+        let reg = self.registry.borrow();
         let capable: Vec<String> = reg
             .workers()
             .filter(|w| w.is_healthy(now, &self.live) && w.tier <= 2)
@@ -335,17 +359,20 @@ impl Shard {
             })
             .map(|w| w.worker_id.clone())
             .collect();
+        drop(reg);
+        let mut tasks = self.tasks.borrow_mut();
         capable
             .into_iter()
             .map(|id| {
-                let task_id = format!("{}-{}", job.id_prefix, id);
-                let task = serde_json::json!({
-                    "task_id": task_id,
-                    "job_type": job.job_type,
-                    "job_data": job.job_data,
-                    "created_at": job.created_at,
-                });
-                reg.push_job(&id, task);
+                let target = Target::Worker(id.clone());
+                let task_id = crate::tasks::task::new_task_id(&target.queue_key());
+                tasks.submit(Task::new(
+                    task_id.clone(),
+                    job.job_type.clone(),
+                    job.job_data.clone(),
+                    target,
+                    self.cfg.task_max_attempts,
+                ));
                 (id, task_id)
             })
             .collect()
@@ -395,6 +422,7 @@ pub async fn run(env: ShardEnv<Envelope>, cfg: Arc<Config>) {
             }
         });
     }
+    crate::tasks::spawn_housekeeping(shard.clone(), shutdown.clone());
     tracing::debug!(shard = id, shards = count, "shard started");
     crate::http::serve(shard.clone(), listener, shutdown).await;
     tracing::debug!(shard = id, "shard stopped");

@@ -43,7 +43,7 @@ pub enum Request {
     RegisterNew(Box<WorkerRecord>),
     Heartbeat(Box<HeartbeatRequest>),
     Unregister(String),
-    TakeJobs(String),
+    Task(crate::tasks::TaskOp),
     CompleteTask(String),
     /// Healthy-coverage counts for assignment, not counting `exclude`.
     Coverage {
@@ -122,7 +122,7 @@ pub enum Reply {
     IdTaken(Box<WorkerRecord>),
     /// Heartbeat / unregister / complete: whether the worker was known.
     Found(bool),
-    Jobs(Option<Vec<Value>>),
+    Task(crate::tasks::TaskReply),
     Coverage(Coverage),
     Listing(Listing),
     Summary(Box<Summary>),
@@ -153,7 +153,7 @@ macro_rules! accessor {
 
 impl Reply {
     accessor!(found, Found, bool);
-    accessor!(jobs, Jobs, Option<Vec<Value>>);
+    accessor!(task, Task, crate::tasks::TaskReply);
     accessor!(coverage, Coverage, Coverage);
     accessor!(listing, Listing, Listing);
     accessor!(summary, Summary, Box<Summary>);

@@ -3,8 +3,10 @@
 
 mod admin;
 mod coordinator;
+mod inference;
 mod ops;
 mod services;
+mod tasks;
 mod worker;
 
 use hyper::body::Incoming;
@@ -25,8 +27,17 @@ pub async fn handle(
         Route::Register => worker::register(ctx, req).await,
         Route::Heartbeat => worker::heartbeat(ctx, req).await,
         Route::Unregister => worker::unregister(ctx, param.unwrap_or_default()).await,
-        Route::Tasks => worker::tasks(ctx, req).await,
-        Route::TaskComplete => worker::task_complete(ctx, req).await,
+        Route::Tasks => tasks::pull(ctx, req).await,
+        Route::TaskComplete => tasks::complete(ctx, req).await,
+        Route::TaskSubmit => tasks::submit(ctx, req).await,
+        Route::TaskGet => tasks::get(ctx, param.unwrap_or_default()).await,
+        Route::AdminTasks => tasks::admin_list(ctx, req).await,
+        Route::InferenceLlm => inference::llm(ctx, req).await,
+        Route::InferenceVision => inference::vision(ctx, req).await,
+        Route::InferenceRag => inference::rag(ctx, req).await,
+        Route::InferenceGraph => inference::graph(ctx, req).await,
+        Route::ServiceProxy => inference::service(ctx, param.unwrap_or_default(), req).await,
+        Route::AdminPins => inference::pins(ctx, req).await,
         Route::CoordinatorWorkers => coordinator::workers(ctx).await,
         Route::Broadcast => coordinator::broadcast(ctx, req).await,
         Route::AdminWorkers => admin::workers(ctx).await,

@@ -1,5 +1,6 @@
-//! Worker-facing routes: register, heartbeat, unregister, task pull and
-//! completion. Each operates on one worker and runs on its owner shard.
+//! Worker-facing routes: register, heartbeat, unregister. Each operates on
+//! one worker and runs on its owner shard. (Task pull and completion live
+//! in `tasks.rs`.)
 
 use std::collections::VecDeque;
 use std::time::{Instant, SystemTime};
@@ -8,12 +9,12 @@ use hyper::body::Incoming;
 use hyper::header::HOST;
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Map;
 
 use super::super::error::ApiError;
-use super::super::request::{parse_json, parse_object, query_param, read_body, valid_id};
+use super::super::request::{parse_object, read_body, valid_id};
 use super::super::{json, json_static, Body, Ctx};
-use crate::model::wire::{HeartbeatRequest, RegisterRequest, TaskCompleteBody};
+use crate::model::wire::{HeartbeatRequest, RegisterRequest};
 use crate::model::{classify, ServiceSpec};
 use crate::shard::msg::{Coverage, Reply, Request as ShardRequest};
 use crate::shard::registry::{ContainerConfig, ReportedState, ServiceConfig, WorkerRecord};
@@ -225,12 +226,14 @@ pub async fn heartbeat(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body
     let hb: HeartbeatRequest = parse_object(&body)?;
     valid_id("worker_id", &hb.worker_id)?;
     let owner = ctx.shard.owner_of(&hb.worker_id);
+    let worker_id = hb.worker_id.clone();
     let found = ctx
         .shard
         .call(owner, ShardRequest::Heartbeat(Box::new(hb)))
         .await?
         .found()?;
     if found {
+        super::tasks::extend_from_heartbeat(&ctx, &worker_id, &body).await?;
         Ok(json_static(HEARTBEAT_OK))
     } else {
         Err(worker_not_found())
@@ -254,60 +257,6 @@ pub async fn unregister(ctx: Ctx, raw_id: String) -> Result<Response<Body>, ApiE
     let out = serde_json::json!({"status": "ok", "message": format!("Worker {id} unregistered")});
     Ok(json(StatusCode::OK, out.to_string().into_bytes()))
 }
-
-fn required_query(req: &Request<Incoming>, name: &str) -> Result<String, ApiError> {
-    let v = query_param(req.uri().query(), name)
-        .ok_or_else(|| ApiError::field(name, "field required"))?;
-    valid_id(name, &v)?;
-    Ok(v)
-}
-
-pub async fn tasks(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let id = required_query(&req, "worker_id")?;
-    let owner = ctx.shard.owner_of(&id);
-    let jobs = ctx
-        .shard
-        .call(owner, ShardRequest::TakeJobs(id))
-        .await?
-        .jobs()?
-        .ok_or_else(worker_not_found)?;
-    let out = serde_json::json!({ "tasks": jobs });
-    Ok(json(StatusCode::OK, out.to_string().into_bytes()))
-}
-
-pub async fn task_complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let q = req.uri().query().map(str::to_string);
-    let q_worker = query_param(q.as_deref(), "worker_id");
-    let q_task = query_param(q.as_deref(), "task_id");
-    let body = body(&ctx, req).await?;
-    // Service shape: ids in the query, the body is the result (any JSON or
-    // nothing). Client shape: everything in the body.
-    let (worker_id, task_id) = if q_worker.is_some() {
-        if !body.iter().all(u8::is_ascii_whitespace) {
-            parse_json::<Value>(&body)?;
-        }
-        (q_worker, q_task)
-    } else {
-        let b: TaskCompleteBody = parse_object(&body)?;
-        (b.worker_id, b.task_id.or(q_task))
-    };
-    let worker_id = worker_id.ok_or_else(|| ApiError::field("worker_id", "field required"))?;
-    let task_id = task_id.ok_or_else(|| ApiError::field("task_id", "field required"))?;
-    valid_id("worker_id", &worker_id)?;
-    valid_id("task_id", &task_id)?;
-    let owner = ctx.shard.owner_of(&worker_id);
-    let found = ctx
-        .shard
-        .call(owner, ShardRequest::CompleteTask(worker_id))
-        .await?
-        .found()?;
-    if !found {
-        return Err(worker_not_found());
-    }
-    let out = serde_json::json!({"status": "ok", "message": "Task completion recorded", "task_id": task_id});
-    Ok(json(StatusCode::OK, out.to_string().into_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

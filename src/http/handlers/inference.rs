@@ -1,0 +1,338 @@
+//! Inference routes (the service coordinator's `/api/inference/*`), the
+//! local coordinator's generic `ANY /service/{service}/{path}` proxy, and
+//! the admin pins that steer them. Worker choice, failover and streaming
+//! are in `tasks::proxy`; this file turns HTTP requests into `Outbound`s
+//! and proxy outcomes into responses.
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use super::super::error::ApiError;
+use super::super::request::{parse_object, percent_decode, query_param, read_body};
+use super::super::{json, Body, Ctx};
+use crate::shard::msg::Request as ShardRequest;
+use crate::tasks::proxy::{self, Outbound, ProxyError, Upstream};
+use crate::tasks::{TaskOp, TaskReply};
+
+const SESSION_HEADER: &str = "x-session-id";
+
+fn session(h: &HeaderMap) -> Option<String> {
+    h.get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// The catalog name for a service or its short alias (`llm`, `ocr`, ...).
+fn service_name(ctx: &Ctx, s: &str) -> String {
+    ctx.shard
+        .cfg
+        .catalog
+        .resolve(s)
+        .map(|spec| spec.name.clone())
+        .unwrap_or_else(|| s.to_string())
+}
+
+/// Healthy workers of `service` from every shard.
+async fn fetch(ctx: &Ctx, service: &str) -> Result<Vec<Upstream>, ApiError> {
+    let mut all = Vec::new();
+    for r in ctx
+        .shard
+        .fan_out(|| ShardRequest::Task(TaskOp::Candidates(service.to_string())))
+        .await?
+    {
+        match r.task()? {
+            TaskReply::Upstreams(u) => all.extend(u),
+            _ => {
+                return Err(ApiError::Shard(crate::shard::ShardError::Unexpected(
+                    "Upstreams",
+                )))
+            }
+        }
+    }
+    // Same order on every shard, so the routing inputs do not depend on
+    // which shard answered first.
+    all.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+    Ok(all)
+}
+
+async fn forward(ctx: &Ctx, out: Outbound) -> Result<Response<Body>, ApiError> {
+    let state = ctx.shard.proxy.clone();
+    let cfg = ctx.shard.cfg.proxy();
+    let service = out.service.clone();
+    match proxy::forward(&state, &cfg, out, || fetch(ctx, &service)).await? {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            Ok(Response::from_parts(parts, proxy::boxed(body)))
+        }
+        Err(ProxyError::NoWorker(s)) => Err(ApiError::Unavailable(format!(
+            "No healthy worker available for service: {s}"
+        ))),
+        Err(e @ ProxyError::BadGateway(_)) => Err(ApiError::BadGateway(e.to_string())),
+        Err(e @ ProxyError::Timeout(_)) => Err(ApiError::GatewayTimeout(e.to_string())),
+    }
+}
+
+fn json_headers(h: &HeaderMap, ctx: &Ctx) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    out.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(v) = h.get(hyper::header::ACCEPT) {
+        out.insert(hyper::header::ACCEPT, v.clone());
+    }
+    if let Some(v) = h.get(hyper::header::AUTHORIZATION) {
+        out.insert(hyper::header::AUTHORIZATION, v.clone());
+    }
+    proxy::upstream_headers(out, ctx.peer.map(|p| p.ip()))
+}
+
+/// `{model, prompt, max_tokens=512, temperature=0.7, stream?}` with the
+/// original defaults; unknown fields pass through to the worker.
+fn inference_body(o: &Map<String, Value>) -> Result<(String, Map<String, Value>), ApiError> {
+    let model = match o.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => return Err(ApiError::field("model", "field required")),
+    };
+    match o.get("prompt") {
+        Some(Value::String(_)) => {}
+        _ => return Err(ApiError::field("prompt", "field required")),
+    }
+    let mut b = o.clone();
+    b.entry("max_tokens").or_insert(json!(512));
+    b.entry("temperature").or_insert(json!(0.7));
+    Ok((model, b))
+}
+
+async fn read_json_object(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+) -> Result<Map<String, Value>, ApiError> {
+    let cfg = &ctx.shard.cfg;
+    let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
+    parse_object(&body)
+}
+
+/// `POST /api/inference/llm` -> worker `POST /v1/completions` (OpenAI style).
+pub async fn llm(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let headers = json_headers(req.headers(), &ctx);
+    let sess = session(req.headers());
+    let o = read_json_object(&ctx, req).await?;
+    let (model, body) = inference_body(&o)?;
+    let out = Outbound {
+        service: service_name(&ctx, "llm"),
+        model: Some(model),
+        session: sess,
+        method: Method::POST,
+        path_and_query: "/v1/completions".into(),
+        headers,
+        body: Bytes::from(Value::Object(body).to_string()),
+    };
+    forward(&ctx, out).await
+}
+
+/// `POST /api/inference/vision` -> worker `POST /api/generate` (Ollama style).
+pub async fn vision(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let headers = json_headers(req.headers(), &ctx);
+    let sess = session(req.headers());
+    let o = read_json_object(&ctx, req).await?;
+    let (model, b) = inference_body(&o)?;
+    let mut body = json!({
+        "model": model,
+        "prompt": b["prompt"],
+        "stream": b.get("stream").cloned().unwrap_or(json!(false)),
+        "options": {"temperature": b["temperature"], "num_predict": b["max_tokens"]},
+    });
+    if let Some(images) = b.get("images") {
+        body["images"] = images.clone();
+    }
+    let out = Outbound {
+        service: service_name(&ctx, "ocr"),
+        model: Some(model),
+        session: sess,
+        method: Method::POST,
+        path_and_query: "/api/generate".into(),
+        headers,
+        body: Bytes::from(body.to_string()),
+    };
+    forward(&ctx, out).await
+}
+
+/// Re-encodes chosen query parameters for the worker.
+fn query(params: &[(&str, Option<String>)]) -> String {
+    let enc = |s: &str| {
+        let mut o = String::with_capacity(s.len());
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    o.push(b as char)
+                }
+                _ => o.push_str(&format!("%{b:02X}")),
+            }
+        }
+        o
+    };
+    params
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// `POST /api/inference/rag/query?query=..&context=..` -> worker `POST /query?...`.
+pub async fn rag(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = req.uri().query();
+    let text = query_param(q, "query").ok_or_else(|| ApiError::field("query", "field required"))?;
+    let qs = query(&[
+        ("query", Some(text)),
+        ("context", query_param(q, "context")),
+    ]);
+    let headers = json_headers(req.headers(), &ctx);
+    let sess = session(req.headers());
+    let out = Outbound {
+        service: service_name(&ctx, "rag"),
+        model: None,
+        session: sess,
+        method: Method::POST,
+        path_and_query: format!("/query?{qs}"),
+        headers,
+        body: Bytes::new(),
+    };
+    forward(&ctx, out).await
+}
+
+/// `POST /api/inference/graph/extract?text=..` -> worker `POST /extract?text=..`.
+pub async fn graph(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = req.uri().query();
+    let text = query_param(q, "text").ok_or_else(|| ApiError::field("text", "field required"))?;
+    let headers = json_headers(req.headers(), &ctx);
+    let sess = session(req.headers());
+    let out = Outbound {
+        service: service_name(&ctx, "ner"),
+        model: None,
+        session: sess,
+        method: Method::POST,
+        path_and_query: format!("/extract?{}", query(&[("text", Some(text))])),
+        headers,
+        body: Bytes::new(),
+    };
+    forward(&ctx, out).await
+}
+
+/// `ANY /service/{service}/{path}`: method, path, query, headers (minus
+/// hop-by-hop, plus X-Forwarded-For) and body go to a worker of the service.
+pub async fn service(
+    ctx: Ctx,
+    rest: String,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (svc, path) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
+    let svc = percent_decode(svc, false)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::NotFound("Not Found".into()))?;
+    let mut path_and_query = format!("/{path}");
+    if let Some(q) = req.uri().query() {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    let method = req.method().clone();
+    let sess = session(req.headers());
+    let model = req
+        .headers()
+        .get("x-model")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let headers = proxy::upstream_headers(req.headers().clone(), ctx.peer.map(|p| p.ip()));
+    let cfg = ctx.shard.cfg.clone();
+    let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
+    let out = Outbound {
+        service: service_name(&ctx, &svc),
+        model,
+        session: sess,
+        method,
+        path_and_query,
+        headers,
+        body,
+    };
+    forward(&ctx, out).await
+}
+
+/// `GET|PUT|DELETE /api/admin/pins`. PUT `{service | model, workers: [..]}`
+/// pins a service or a model to those workers (when any of them is a
+/// healthy candidate); DELETE `?service=..` or `?model=..` removes it.
+/// Pins are replicated to every shard.
+pub async fn pins(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let method = req.method().clone();
+    if method == Method::GET || method == Method::HEAD {
+        return Ok(pins_view(&ctx));
+    }
+    let (key, workers) = if method == Method::PUT {
+        let o = read_json_object(&ctx, req).await?;
+        let key = pin_key(
+            o.get("service").and_then(Value::as_str).map(str::to_string),
+            o.get("model").and_then(Value::as_str).map(str::to_string),
+            &ctx,
+        )?;
+        let workers: Vec<String> = match o.get("workers") {
+            Some(Value::Array(a)) if !a.is_empty() => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .ok_or_else(|| ApiError::field("workers", "expected a list of worker ids"))?,
+            _ => {
+                return Err(ApiError::field(
+                    "workers",
+                    "expected a non-empty list of worker ids",
+                ))
+            }
+        };
+        (key, Some(workers))
+    } else {
+        let q = req.uri().query();
+        let key = pin_key(query_param(q, "service"), query_param(q, "model"), &ctx)?;
+        if !ctx.shard.proxy.pins().contains_key(&key) {
+            return Err(ApiError::NotFound("Pin not found".into()));
+        }
+        (key, None)
+    };
+    ctx.shard
+        .fan_out(|| {
+            ShardRequest::Task(TaskOp::SetPin {
+                key: key.clone(),
+                workers: workers.clone(),
+            })
+        })
+        .await?;
+    Ok(pins_view(&ctx))
+}
+
+fn pin_key(service: Option<String>, model: Option<String>, ctx: &Ctx) -> Result<String, ApiError> {
+    match (service, model) {
+        (Some(s), None) if !s.is_empty() => Ok(format!("service:{}", service_name(ctx, &s))),
+        (None, Some(m)) if !m.is_empty() => Ok(format!("model:{m}")),
+        _ => Err(ApiError::field(
+            "service",
+            "give exactly one of service, model",
+        )),
+    }
+}
+
+fn pins_view(ctx: &Ctx) -> Response<Body> {
+    let pins: Vec<Value> = ctx
+        .shard
+        .proxy
+        .pins()
+        .into_iter()
+        .map(|(k, w)| {
+            let (kind, name) = k.split_once(':').unwrap_or(("service", k.as_str()));
+            json!({"kind": kind, "name": name, "workers": w})
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        json!({"pins": pins, "count": pins.len()})
+            .to_string()
+            .into_bytes(),
+    )
+}

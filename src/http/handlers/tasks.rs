@@ -1,0 +1,417 @@
+//! Task routes: submit, look up, admin listing, worker pull (with
+//! long-poll) and completion. Each task operation runs on the shard that
+//! holds the task's queue; the task id says which (see `tasks::task`).
+
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use futures::future::select_all;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use super::super::error::ApiError;
+use super::super::request::{parse_object, query_param, read_body, valid_id};
+use super::super::{json, Body, Ctx};
+use crate::runtime;
+use crate::shard::msg::Request as ShardRequest;
+use crate::tasks::task::{new_task_id, shard_of_key, shard_of_task};
+use crate::tasks::{
+    CompleteError, Filter, Outcome, Target, Task, TaskListing, TaskOp, TaskReply, TaskState,
+};
+
+/// Upper bound on `max` per pull and on admin listing size.
+const MAX_PULL: usize = 1000;
+const MAX_LIST: usize = 10_000;
+
+async fn task_op(ctx: &Ctx, shard: usize, op: TaskOp) -> Result<TaskReply, ApiError> {
+    Ok(ctx
+        .shard
+        .call(shard, ShardRequest::Task(op))
+        .await?
+        .task()?)
+}
+
+fn unexpected() -> ApiError {
+    ApiError::Shard(crate::shard::ShardError::Unexpected("Task"))
+}
+
+fn ok_json(status: StatusCode, v: &Value) -> Response<Body> {
+    json(status, v.to_string().into_bytes())
+}
+
+fn str_field(o: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+    match o.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(ApiError::field(name, "expected a string")),
+    }
+}
+
+/// `POST /api/tasks` `{type, payload, worker_id | service | capability, max_attempts?}`.
+pub async fn submit(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let cfg = ctx.shard.cfg.clone();
+    let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
+    let o: Map<String, Value> = parse_object(&body)?;
+    let task_type = match str_field(&o, "type")?
+        .or(str_field(&o, "task_type")?)
+        .or(str_field(&o, "job_type")?)
+    {
+        Some(t) if !t.is_empty() => t,
+        _ => return Err(ApiError::field("type", "field required")),
+    };
+    let payload = o
+        .get("payload")
+        .or_else(|| o.get("job_data"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut targets = Vec::new();
+    if let Some(w) = str_field(&o, "worker_id")? {
+        valid_id("worker_id", &w)?;
+        targets.push(Target::Worker(w));
+    }
+    if let Some(s) = str_field(&o, "service")? {
+        valid_id("service", &s)?;
+        targets.push(Target::Service(s));
+    }
+    if let Some(c) = str_field(&o, "capability")? {
+        valid_id("capability", &c)?;
+        targets.push(Target::Capability(c));
+    }
+    if targets.len() != 1 {
+        return Err(ApiError::field(
+            "target",
+            "give exactly one of worker_id, service, capability",
+        ));
+    }
+    let target = targets.remove(0);
+    let max_attempts = match o.get("max_attempts") {
+        None | Some(Value::Null) => cfg.task_max_attempts,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=100).contains(&n) => n as u32,
+            _ => return Err(ApiError::field("max_attempts", "expected 1..=100")),
+        },
+    };
+    let key = target.queue_key();
+    let id = new_task_id(&key);
+    let shard = shard_of_key(&key, ctx.shard.count);
+    let task = Task::new(id.clone(), task_type, payload, target.clone(), max_attempts);
+    match task_op(&ctx, shard, TaskOp::Submit(Box::new(task))).await? {
+        TaskReply::Submitted(true) => {}
+        TaskReply::Submitted(false) => return Err(ApiError::NotFound("Worker not found".into())),
+        _ => return Err(unexpected()),
+    }
+    Ok(ok_json(
+        StatusCode::CREATED,
+        &json!({
+            "task_id": id,
+            "state": "queued",
+            "target": {"kind": target.kind(), "name": target.name()},
+            "max_attempts": max_attempts,
+        }),
+    ))
+}
+
+/// `GET /api/tasks/{id}`.
+pub async fn get(ctx: Ctx, raw: String) -> Result<Response<Body>, ApiError> {
+    let id = super::super::request::percent_decode(&raw, false)
+        .ok_or_else(|| ApiError::field("task_id", "invalid percent-encoding"))?;
+    let not_found = || ApiError::NotFound("Task not found".into());
+    let shard = shard_of_task(&id, ctx.shard.count).ok_or_else(not_found)?;
+    match task_op(&ctx, shard, TaskOp::Get(id)).await? {
+        TaskReply::Task(Some(v)) => Ok(ok_json(StatusCode::OK, &v)),
+        TaskReply::Task(None) => Err(not_found()),
+        _ => Err(unexpected()),
+    }
+}
+
+/// `GET /api/admin/tasks?state=&service=&worker=&limit=`: merged from every shard.
+pub async fn admin_list(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = req.uri().query();
+    let state = match query_param(q, "state") {
+        Some(s) => Some(TaskState::parse(&s).ok_or_else(|| {
+            ApiError::field(
+                "state",
+                "expected queued, leased, completed, failed or dead",
+            )
+        })?),
+        None => None,
+    };
+    let limit = match query_param(q, "limit") {
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= MAX_LIST)
+            .ok_or_else(|| ApiError::field("limit", format!("expected 0..={MAX_LIST}")))?,
+        None => 100,
+    };
+    let filter = Filter {
+        state,
+        service: query_param(q, "service"),
+        worker: query_param(q, "worker").or_else(|| query_param(q, "worker_id")),
+        limit,
+    };
+    let mut merged = TaskListing::default();
+    for r in ctx
+        .shard
+        .fan_out(|| ShardRequest::Task(TaskOp::List(filter.clone())))
+        .await?
+    {
+        let TaskReply::Listing(l) = r.task()? else {
+            return Err(unexpected());
+        };
+        merged.tasks.extend(l.tasks);
+        merged.matched += l.matched;
+        for (a, b) in merged.counts.iter_mut().zip(l.counts) {
+            *a += b;
+        }
+        merged.queues.extend(l.queues);
+    }
+    // Newest first across shards, then the limit.
+    merged.tasks.sort_by(|a, b| {
+        b["created_at"]
+            .as_str()
+            .cmp(&a["created_at"].as_str())
+            .then_with(|| a["task_id"].as_str().cmp(&b["task_id"].as_str()))
+    });
+    merged.tasks.truncate(limit);
+    merged.queues.sort();
+    let counts: Map<String, Value> = TaskState::ALL
+        .iter()
+        .map(|s| {
+            (
+                s.as_str().to_string(),
+                Value::from(merged.counts[s.index()]),
+            )
+        })
+        .collect();
+    let queues: Vec<Value> = merged
+        .queues
+        .iter()
+        .map(|(k, n)| json!({"queue": k, "depth": n}))
+        .collect();
+    Ok(ok_json(
+        StatusCode::OK,
+        &json!({
+            "tasks": merged.tasks,
+            "count": merged.matched,
+            "counts": counts,
+            "queues": queues,
+        }),
+    ))
+}
+
+fn parse_wait(q: Option<&str>, max: Duration) -> Result<Duration, ApiError> {
+    match query_param(q, "wait") {
+        None => Ok(Duration::ZERO),
+        Some(s) => match s.parse::<f64>() {
+            // Longer asks are served up to the configured bound.
+            Ok(w) if w.is_finite() && w >= 0.0 => Ok(Duration::from_secs_f64(w).min(max)),
+            _ => Err(ApiError::field("wait", "expected a number of seconds >= 0")),
+        },
+    }
+}
+
+/// `GET /api/worker/tasks?worker_id=..&wait=S&max=N` -> `{"tasks": [...]}`.
+///
+/// Leases up to N tasks from the worker's queues (own, services',
+/// capabilities'), asking each shard that holds one of them. With `wait`,
+/// when nothing is available every asked shard parks a waiter in the same
+/// step that found nothing, so an enqueue in between cannot be missed; the
+/// handler then sleeps on those waiters (no polling) until one fires or the
+/// deadline passes, and asks again. If the client goes away, hyper drops
+/// this future: the waiters' receivers go with it, and nothing was leased.
+pub async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let cfg = ctx.shard.cfg.clone();
+    let q = req.uri().query();
+    let worker_id = query_param(q, "worker_id")
+        .ok_or_else(|| ApiError::field("worker_id", "field required"))?;
+    valid_id("worker_id", &worker_id)?;
+    let wait = parse_wait(q, cfg.task_max_wait)?;
+    let max = match query_param(q, "max") {
+        None => cfg.task_pull_max,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PULL).contains(n))
+            .ok_or_else(|| ApiError::field("max", format!("expected 1..={MAX_PULL}")))?,
+    };
+    drop(req);
+    let owner = ctx.shard.owner_of(&worker_id);
+    let keys = match task_op(&ctx, owner, TaskOp::Keys(worker_id.clone())).await? {
+        TaskReply::Keys(Some(k)) => k,
+        TaskReply::Keys(None) => return Err(ApiError::NotFound("Worker not found".into())),
+        _ => return Err(unexpected()),
+    };
+    // Group keys by shard, keeping priority order: the owner (own queue)
+    // first, other shards in the order their first key appears.
+    let mut groups: Vec<(usize, Vec<String>)> = Vec::new();
+    for k in keys {
+        let s = shard_of_key(&k, ctx.shard.count);
+        match groups.iter_mut().find(|(g, _)| *g == s) {
+            Some((_, v)) => v.push(k),
+            None => groups.push((s, vec![k])),
+        }
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        let waiting = Instant::now() < deadline;
+        let mut got: Vec<Value> = Vec::new();
+        let mut wakeups = Vec::new();
+        for (shard, keys) in &groups {
+            let need = max - got.len();
+            if need == 0 {
+                break;
+            }
+            let waiter = if waiting {
+                let (tx, rx) = oneshot::channel::<()>();
+                wakeups.push(rx);
+                Some(tx)
+            } else {
+                None
+            };
+            let op = TaskOp::Lease {
+                worker_id: worker_id.clone(),
+                keys: keys.clone(),
+                max: need,
+                waiter,
+            };
+            match task_op(&ctx, *shard, op).await? {
+                TaskReply::Leased(t) => got.extend(t),
+                _ => return Err(unexpected()),
+            }
+        }
+        if !got.is_empty() || !waiting || wakeups.is_empty() {
+            return Ok(ok_json(StatusCode::OK, &json!({ "tasks": got })));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if runtime::timeout(left, select_all(wakeups)).await.is_err() {
+            return Ok(ok_json(StatusCode::OK, &json!({ "tasks": [] })));
+        }
+    }
+}
+
+/// `POST /api/worker/task-complete`, both shapes:
+/// - client: `{worker_id, task_id, result?, status?, error?, retry?}` in the body;
+/// - service: `?worker_id=..&task_id=..` with the result as the body
+///   (`&status=failed` makes the body the error).
+///
+/// `status: "failed"` reports a failure: the task is retried while attempts
+/// remain (unless `retry: false`), else it ends `failed`.
+pub async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let cfg = ctx.shard.cfg.clone();
+    let q = req.uri().query().map(str::to_string);
+    let q = q.as_deref();
+    let q_worker = query_param(q, "worker_id");
+    let q_task = query_param(q, "task_id");
+    let q_status = query_param(q, "status");
+    let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
+    let (worker_id, task_id, status, result, error, retry) = if q_worker.is_some() {
+        let v = if body.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            super::super::request::parse_json::<Value>(&body)?
+        };
+        (q_worker, q_task, q_status, v.clone(), v, true)
+    } else {
+        let o: Map<String, Value> = parse_object(&body)?;
+        let retry = match o.get("retry") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(ApiError::field("retry", "expected a boolean")),
+        };
+        (
+            str_field(&o, "worker_id")?,
+            str_field(&o, "task_id")?.or(q_task),
+            str_field(&o, "status")?.or(q_status),
+            o.get("result").cloned().unwrap_or(Value::Null),
+            o.get("error").cloned().unwrap_or(Value::Null),
+            retry,
+        )
+    };
+    let worker_id = worker_id.ok_or_else(|| ApiError::field("worker_id", "field required"))?;
+    let task_id = task_id.ok_or_else(|| ApiError::field("task_id", "field required"))?;
+    valid_id("worker_id", &worker_id)?;
+    valid_id("task_id", &task_id)?;
+    let outcome = match status.as_deref() {
+        Some("failed") | Some("error") => Outcome::Failed { error, retry },
+        _ => Outcome::Done(result),
+    };
+    let not_found = || ApiError::NotFound("Task not found".into());
+    let shard = shard_of_task(&task_id, ctx.shard.count).ok_or_else(not_found)?;
+    let op = TaskOp::Complete {
+        task_id: task_id.clone(),
+        worker_id: worker_id.clone(),
+        outcome,
+    };
+    let done = match task_op(&ctx, shard, op).await? {
+        TaskReply::Completed(Ok(c)) => c,
+        TaskReply::Completed(Err(CompleteError::NotFound)) => return Err(not_found()),
+        TaskReply::Completed(Err(CompleteError::Conflict(m))) => return Err(ApiError::Conflict(m)),
+        _ => return Err(unexpected()),
+    };
+    if done.state == TaskState::Completed && !done.duplicate {
+        // Per-worker tally on the worker's record (it may be gone: fine).
+        let owner = ctx.shard.owner_of(&worker_id);
+        ctx.shard
+            .call(owner, ShardRequest::CompleteTask(worker_id))
+            .await?;
+    }
+    Ok(ok_json(
+        StatusCode::OK,
+        &json!({
+            "status": "ok",
+            "message": if done.duplicate { "Task completion already recorded" } else { "Task completion recorded" },
+            "task_id": task_id,
+            "state": done.state.as_str(),
+        }),
+    ))
+}
+
+/// Heartbeat progress: `task_ids: [..]` (or `active_tasks`) in a heartbeat
+/// extends the leases this worker holds on those tasks.
+pub async fn extend_from_heartbeat(
+    ctx: &Ctx,
+    worker_id: &str,
+    body: &[u8],
+) -> Result<(), ApiError> {
+    // The common heartbeat carries no task list: skip a second parse.
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    if !has(b"\"task_ids\"") && !has(b"\"active_tasks\"") {
+        return Ok(());
+    }
+    let o: Map<String, Value> = parse_object(body)?;
+    let ids: Vec<String> = o
+        .get("task_ids")
+        .or_else(|| o.get("active_tasks"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut by_shard: Vec<(usize, Vec<String>)> = Vec::new();
+    for id in ids {
+        let Some(s) = shard_of_task(&id, ctx.shard.count) else {
+            continue;
+        };
+        match by_shard.iter_mut().find(|(g, _)| *g == s) {
+            Some((_, v)) => v.push(id),
+            None => by_shard.push((s, vec![id])),
+        }
+    }
+    for (s, task_ids) in by_shard {
+        task_op(
+            ctx,
+            s,
+            TaskOp::Extend {
+                worker_id: worker_id.to_string(),
+                task_ids,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}

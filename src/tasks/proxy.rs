@@ -1,0 +1,700 @@
+//! Forwarding a request to a worker: the per-shard outbound HTTP/1.1 client
+//! (hyper over the runtime's glommio sockets, one keep-alive pool per
+//! worker address), worker choice (`route::choose`), cooldowns, failover and
+//! streaming the answer back frame by frame.
+//!
+//! Everything here is shard-local: the pool, the in-flight counts and the
+//! cooldowns belong to one shard (a worker failing on one shard is cooled
+//! there; other shards learn on their own). The candidate list comes from
+//! every shard's registry (a fan-out) and is cached for a short time.
+//! Pins are replicated to every shard by the admin route.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, HOST};
+use hyper::{Method, Request, Response};
+
+use super::route::{self, Ask, Candidate};
+use crate::runtime::{self, HyperIo};
+use crate::shard::registry::WorkerRecord;
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// Idle keep-alive connections kept per worker address.
+const MAX_IDLE: usize = 32;
+
+/// A healthy worker serving a service, as the registry reports it.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub worker_id: String,
+    pub endpoint: Option<String>,
+    /// The service's port on that worker (catalog or declared), used when
+    /// the endpoint is a bare address.
+    pub port: Option<u16>,
+    pub loaded_models: Vec<String>,
+    pub active_requests: u64,
+    pub current_load: f64,
+}
+
+impl Upstream {
+    pub fn of(w: &WorkerRecord, service: &str) -> Upstream {
+        let declared = w.services.iter().find_map(|s| {
+            let o = s.as_object()?;
+            (o.get("name")?.as_str()? == service)
+                .then(|| o.get("port")?.as_u64())
+                .flatten()
+        });
+        let port = w
+            .service_configs
+            .iter()
+            .find(|c| c.name == service)
+            .map(|c| c.port)
+            .or(declared.and_then(|p| u16::try_from(p).ok()));
+        Upstream {
+            worker_id: w.worker_id.clone(),
+            endpoint: w.endpoint().map(str::to_string),
+            port,
+            loaded_models: w.state.loaded_models.clone(),
+            active_requests: w.state.active_requests,
+            current_load: w.state.current_load,
+        }
+    }
+}
+
+/// Where to send: socket address, Host header, path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub prefix: String,
+}
+
+/// Parses a worker endpoint (`http://ip:port/prefix`, `ip`, `localhost`).
+/// Only plain HTTP to an IP literal or localhost: resolving names would
+/// block the shard, and there is no TLS client (docs/routing.md).
+pub fn parse_endpoint(endpoint: &str, default_port: Option<u16>) -> Result<Target, String> {
+    let (rest, scheme_port) = if let Some(r) = endpoint.strip_prefix("http://") {
+        (r, 80)
+    } else if endpoint.starts_with("https://") {
+        return Err("https worker endpoints are not supported by the proxy".into());
+    } else if endpoint.contains("://") {
+        return Err(format!("unsupported endpoint scheme in {endpoint:?}"));
+    } else {
+        (endpoint, default_port.unwrap_or(80))
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    let (host, port) = if let Some(h) = authority.strip_prefix('[') {
+        let (h, tail) = h.split_once(']').ok_or("bad IPv6 literal")?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("bad port in {endpoint:?}"))?,
+            None => scheme_port,
+        };
+        (h, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse().map_err(|_| format!("bad port in {endpoint:?}"))?,
+            ),
+            None => (authority, scheme_port),
+        }
+    };
+    let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.parse().map_err(|_| {
+            format!("endpoint host {host:?} is not an IP address (no DNS in the proxy)")
+        })?
+    };
+    Ok(Target {
+        addr: SocketAddr::new(ip, port),
+        host: authority.to_string(),
+        prefix: path.to_string(),
+    })
+}
+
+/// How forwarding ended, for metrics and the HTTP error.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("No healthy worker available for service: {0}")]
+    NoWorker(String),
+    #[error("Worker request failed: {0}")]
+    BadGateway(String),
+    #[error("Worker request timed out: {0}")]
+    Timeout(String),
+}
+
+/// Per-shard counters, merged on scrape.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyCounters {
+    /// (service, outcome) -> requests.
+    pub routed: BTreeMap<(String, &'static str), u64>,
+    /// (worker, outcome) -> attempts.
+    pub attempts: BTreeMap<(String, &'static str), u64>,
+    pub upstream_latency: crate::metrics::Histogram,
+    pub cooldowns: u64,
+    pub retries: u64,
+    pub connections_opened: u64,
+}
+
+/// A request to forward.
+pub struct Outbound {
+    pub service: String,
+    pub model: Option<String>,
+    pub session: Option<String>,
+    pub method: Method,
+    /// Path and query on the worker (the endpoint's prefix is prepended).
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Settings the proxy runs with.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyConfig {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub cooldown: Duration,
+    pub cache_ttl: Duration,
+}
+
+/// A service's worker list and when it was fetched.
+type Cached = (Instant, Rc<Vec<Upstream>>);
+
+#[derive(Default)]
+pub struct ProxyState {
+    pools: RefCell<HashMap<SocketAddr, Vec<Sender>>>,
+    inflight: RefCell<HashMap<String, u32>>,
+    cooldown: RefCell<HashMap<String, Instant>>,
+    /// "service:<name>" / "model:<name>" -> pinned worker ids.
+    pins: RefCell<BTreeMap<String, Vec<String>>>,
+    cache: RefCell<HashMap<String, Cached>>,
+    counters: RefCell<ProxyCounters>,
+}
+
+impl ProxyState {
+    pub fn counters(&self) -> ProxyCounters {
+        let mut c = self.counters.borrow().clone();
+        let now = Instant::now();
+        c.cooldowns = self
+            .cooldown
+            .borrow()
+            .values()
+            .filter(|until| **until > now)
+            .count() as u64;
+        c
+    }
+
+    pub fn set_pin(&self, key: String, workers: Option<Vec<String>>) {
+        let mut pins = self.pins.borrow_mut();
+        match workers {
+            Some(w) if !w.is_empty() => {
+                pins.insert(key, w);
+            }
+            _ => {
+                pins.remove(&key);
+            }
+        }
+    }
+
+    pub fn pins(&self) -> BTreeMap<String, Vec<String>> {
+        self.pins.borrow().clone()
+    }
+
+    fn cached(&self, service: &str, ttl: Duration) -> Option<Rc<Vec<Upstream>>> {
+        let cache = self.cache.borrow();
+        let (at, list) = cache.get(service)?;
+        (at.elapsed() < ttl).then(|| list.clone())
+    }
+
+    pub fn store(&self, service: &str, list: Vec<Upstream>) -> Rc<Vec<Upstream>> {
+        let list = Rc::new(list);
+        self.cache
+            .borrow_mut()
+            .insert(service.to_string(), (Instant::now(), list.clone()));
+        list
+    }
+
+    fn pinned(&self, service: &str, model: Option<&str>) -> Vec<String> {
+        let pins = self.pins.borrow();
+        model
+            .and_then(|m| pins.get(&format!("model:{m}")))
+            .or_else(|| pins.get(&format!("service:{service}")))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn cool(&self, worker: &str, cfg: &ProxyConfig) {
+        self.cooldown
+            .borrow_mut()
+            .insert(worker.to_string(), Instant::now() + cfg.cooldown);
+    }
+
+    fn count(&self, service: &str, worker: Option<&str>, outcome: &'static str) {
+        let mut c = self.counters.borrow_mut();
+        *c.routed.entry((service.to_string(), outcome)).or_default() += 1;
+        if let Some(w) = worker {
+            *c.attempts.entry((w.to_string(), outcome)).or_default() += 1;
+        }
+    }
+
+    fn count_attempt(&self, worker: &str, outcome: &'static str) {
+        let mut c = self.counters.borrow_mut();
+        *c.attempts.entry((worker.to_string(), outcome)).or_default() += 1;
+    }
+
+    fn candidates(&self, ups: &[Upstream]) -> Vec<Candidate> {
+        let now = Instant::now();
+        let inflight = self.inflight.borrow();
+        let cooldown = self.cooldown.borrow();
+        ups.iter()
+            .map(|u| Candidate {
+                worker_id: u.worker_id.clone(),
+                loaded_models: u.loaded_models.clone(),
+                inflight: inflight.get(&u.worker_id).copied().unwrap_or(0),
+                active_requests: u.active_requests,
+                current_load: u.current_load,
+                cooling: cooldown.get(&u.worker_id).is_some_and(|t| *t > now),
+            })
+            .collect()
+    }
+
+    async fn checkout(
+        &self,
+        addr: SocketAddr,
+        cfg: &ProxyConfig,
+    ) -> Result<(Sender, bool), String> {
+        loop {
+            let idle = self.pools.borrow_mut().get_mut(&addr).and_then(Vec::pop);
+            match idle {
+                Some(s) if s.is_ready() && !s.is_closed() => return Ok((s, true)),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let io = HyperIo::connect(addr, cfg.connect_timeout)
+            .await
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("handshake with {addr}: {e}"))?;
+        runtime::spawn(async move {
+            let _ = conn.await;
+        });
+        self.counters.borrow_mut().connections_opened += 1;
+        Ok((sender, false))
+    }
+
+    fn checkin(&self, addr: SocketAddr, s: Sender) {
+        if s.is_closed() {
+            return;
+        }
+        let mut pools = self.pools.borrow_mut();
+        let idle = pools.entry(addr).or_default();
+        if idle.len() < MAX_IDLE {
+            idle.push(s);
+        }
+    }
+}
+
+/// Counts a request in flight to a worker until dropped (at the end of the
+/// streamed body, or on any failure).
+struct InFlight {
+    state: Rc<ProxyState>,
+    worker: String,
+}
+
+impl InFlight {
+    fn new(state: Rc<ProxyState>, worker: &str) -> Self {
+        *state
+            .inflight
+            .borrow_mut()
+            .entry(worker.to_string())
+            .or_default() += 1;
+        Self {
+            state,
+            worker: worker.to_string(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut m = self.state.inflight.borrow_mut();
+        if let Some(n) = m.get_mut(&self.worker) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.worker);
+            }
+        }
+    }
+}
+
+/// The worker's response body, passed through frame by frame. When it
+/// ends cleanly the connection goes back to the pool.
+pub struct Streamed {
+    inner: Incoming,
+    back: Option<(SocketAddr, Sender)>,
+    _inflight: InFlight,
+}
+
+impl HttpBody for Streamed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        let ended = match &r {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            if let Some((addr, s)) = self.back.take() {
+                self._inflight.state.checkin(addr, s);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) plus what we set ourselves.
+const HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<String> = h
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for n in HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+        h.remove(n);
+    }
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The upstream answered (any status): stream it back.
+pub type Forwarded = Response<Streamed>;
+
+/// Picks a worker, sends, fails over once, and returns the worker's
+/// response with its body still streaming. `fetch` supplies the healthy
+/// workers of the service when the shard's cache is stale.
+pub async fn forward<F, Fut, E>(
+    state: &Rc<ProxyState>,
+    cfg: &ProxyConfig,
+    req: Outbound,
+    fetch: F,
+) -> Result<Result<Forwarded, ProxyError>, E>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Upstream>, E>>,
+{
+    let ups = match state.cached(&req.service, cfg.cache_ttl) {
+        Some(u) => u,
+        None => state.store(&req.service, fetch().await?),
+    };
+    Ok(forward_to(state, cfg, &req, &ups).await)
+}
+
+async fn forward_to(
+    state: &Rc<ProxyState>,
+    cfg: &ProxyConfig,
+    req: &Outbound,
+    ups: &[Upstream],
+) -> Result<Forwarded, ProxyError> {
+    let pinned = state.pinned(&req.service, req.model.as_deref());
+    let mut tried: Vec<String> = Vec::new();
+    let mut last: Option<ProxyError> = None;
+    for attempt in 0..2 {
+        let cands = state.candidates(ups);
+        let ask = Ask {
+            model: req.model.as_deref(),
+            session: req.session.as_deref(),
+            pinned: &pinned,
+            exclude: &tried,
+        };
+        let Some(i) = route::choose(&cands, &ask, &mut |n| fastrand::usize(..n)) else {
+            break;
+        };
+        let up = &ups[i];
+        tried.push(up.worker_id.clone());
+        if attempt > 0 {
+            state.counters.borrow_mut().retries += 1;
+        }
+        let target = match up
+            .endpoint
+            .as_deref()
+            .ok_or_else(|| "worker has no endpoint".to_string())
+            .and_then(|e| parse_endpoint(e, up.port))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                state.count_attempt(&up.worker_id, "unusable");
+                last = Some(ProxyError::BadGateway(format!("{}: {e}", up.worker_id)));
+                continue;
+            }
+        };
+        match send_once(state, cfg, req, up, &target).await {
+            Ok(resp) if resp.status().is_server_error() => {
+                state.cool(&up.worker_id, cfg);
+                state.count_attempt(&up.worker_id, "upstream_5xx");
+                let err = ProxyError::BadGateway(format!(
+                    "worker {} answered {}",
+                    up.worker_id,
+                    resp.status()
+                ));
+                if attempt == 0 && idempotent(&req.method) {
+                    last = Some(err);
+                    continue;
+                }
+                state.count(&req.service, None, "upstream_5xx");
+                return Err(err);
+            }
+            Ok(resp) => {
+                state.count_attempt(&up.worker_id, "ok");
+                state.count(
+                    &req.service,
+                    None,
+                    if attempt == 0 { "ok" } else { "ok_after_retry" },
+                );
+                return Ok(resp);
+            }
+            Err(Failure { sent, err }) => {
+                state.cool(&up.worker_id, cfg);
+                let label = match err {
+                    ProxyError::Timeout(_) => "timeout",
+                    _ if !sent => "connect_error",
+                    _ => "error",
+                };
+                state.count_attempt(&up.worker_id, label);
+                let retry = !sent || idempotent(&req.method);
+                last = Some(err);
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    let err = last.unwrap_or_else(|| ProxyError::NoWorker(req.service.clone()));
+    let label = match err {
+        ProxyError::NoWorker(_) => "no_worker",
+        ProxyError::Timeout(_) => "timeout",
+        ProxyError::BadGateway(_) => "bad_gateway",
+    };
+    state.count(&req.service, None, label);
+    Err(err)
+}
+
+struct Failure {
+    /// The request may have reached the worker.
+    sent: bool,
+    err: ProxyError,
+}
+
+async fn send_once(
+    state: &Rc<ProxyState>,
+    cfg: &ProxyConfig,
+    req: &Outbound,
+    up: &Upstream,
+    target: &Target,
+) -> Result<Forwarded, Failure> {
+    let inflight = InFlight::new(state.clone(), &up.worker_id);
+    let started = Instant::now();
+    let who = format!("worker {} at {}", up.worker_id, target.addr);
+    let mut fresh_retry = true;
+    loop {
+        let (mut sender, reused) =
+            match runtime::timeout(cfg.connect_timeout, state.checkout(target.addr, cfg)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return Err(Failure {
+                        sent: false,
+                        err: ProxyError::BadGateway(e),
+                    })
+                }
+                Err(_) => {
+                    return Err(Failure {
+                        sent: false,
+                        err: ProxyError::Timeout(format!("connect to {who}")),
+                    })
+                }
+            };
+        let mut b = Request::builder()
+            .method(req.method.clone())
+            .uri(format!("{}{}", target.prefix, req.path_and_query));
+        if let Some(h) = b.headers_mut() {
+            h.clone_from(&req.headers);
+            if let Ok(v) = HeaderValue::from_str(&target.host) {
+                h.insert(HOST, v);
+            }
+        }
+        let out = match b.body(Full::new(req.body.clone())) {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(Failure {
+                    sent: false,
+                    err: ProxyError::BadGateway(format!("cannot build request: {e}")),
+                })
+            }
+        };
+        let sent = runtime::timeout(cfg.request_timeout, sender.send_request(out)).await;
+        match sent {
+            Err(_) => {
+                return Err(Failure {
+                    sent: true,
+                    err: ProxyError::Timeout(format!(
+                        "{who} did not answer within {:?}",
+                        cfg.request_timeout
+                    )),
+                })
+            }
+            Ok(Err(e)) => {
+                // A pooled connection the worker had closed: the request
+                // did not go out; try once more on a fresh connection.
+                if reused
+                    && fresh_retry
+                    && (e.is_canceled() || e.is_closed() || e.is_incomplete_message())
+                {
+                    fresh_retry = false;
+                    continue;
+                }
+                return Err(Failure {
+                    sent: !e.is_canceled(),
+                    err: ProxyError::BadGateway(format!("{who}: {e}")),
+                });
+            }
+            Ok(Ok(resp)) => {
+                state
+                    .counters
+                    .borrow_mut()
+                    .upstream_latency
+                    .observe(started.elapsed());
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                let body = Streamed {
+                    inner: body,
+                    back: Some((target.addr, sender)),
+                    _inflight: inflight,
+                };
+                return Ok(Response::from_parts(parts, body));
+            }
+        }
+    }
+}
+
+/// Request headers to send upstream: the client's minus hop-by-hop, plus
+/// `X-Forwarded-For` (appended to any the client sent).
+pub fn upstream_headers(mut h: HeaderMap, peer: Option<IpAddr>) -> HeaderMap {
+    strip_hop_by_hop(&mut h);
+    h.remove(HOST);
+    h.remove(hyper::header::CONTENT_LENGTH);
+    if let Some(ip) = peer {
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let v = match h.get(&xff).and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(xff, v);
+        }
+    }
+    h
+}
+
+/// Boxes a forwarded body into the HTTP layer's body type.
+pub fn boxed<B>(b: B) -> crate::http::Body
+where
+    B: HttpBody<Data = Bytes> + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    Box::pin(b.map_err(|e| Box::new(e) as crate::http::BoxError))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        let t = parse_endpoint("http://127.0.0.1:8105", None).unwrap();
+        assert_eq!(t.addr, "127.0.0.1:8105".parse().unwrap());
+        assert_eq!((t.host.as_str(), t.prefix.as_str()), ("127.0.0.1:8105", ""));
+        let t = parse_endpoint("http://10.0.0.2/api/", None).unwrap();
+        assert_eq!(t.addr, "10.0.0.2:80".parse().unwrap());
+        assert_eq!(t.prefix, "/api");
+        let t = parse_endpoint("10.0.0.3", Some(8104)).unwrap();
+        assert_eq!(t.addr, "10.0.0.3:8104".parse().unwrap());
+        let t = parse_endpoint("http://localhost:9", None).unwrap();
+        assert_eq!(t.addr, "127.0.0.1:9".parse().unwrap());
+        let t = parse_endpoint("http://[::1]:81", None).unwrap();
+        assert_eq!(t.addr, "[::1]:81".parse().unwrap());
+        assert!(parse_endpoint("https://x.trycloudflare.com", None).is_err());
+        assert!(parse_endpoint("http://gpu1.example:8000", None)
+            .unwrap_err()
+            .contains("DNS"));
+        assert!(parse_endpoint("http://1.2.3.4:notaport", None).is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_xff_is_appended() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.insert("authorization", HeaderValue::from_static("Bearer t"));
+        h.insert("host", HeaderValue::from_static("coordinator"));
+        let out = upstream_headers(h, Some("10.0.0.9".parse().unwrap()));
+        assert!(out.get("connection").is_none() && out.get("x-secret").is_none());
+        assert!(out.get("transfer-encoding").is_none() && out.get("host").is_none());
+        assert_eq!(out["x-forwarded-for"], "1.1.1.1, 10.0.0.9");
+        assert_eq!(out["authorization"], "Bearer t");
+    }
+}

@@ -1,0 +1,740 @@
+//! One shard's task table: its queues, leases, finished tasks and the
+//! long-poll waiters of its queues.
+//!
+//! Plain data, no IO and no async: the shard wraps it in a `RefCell` and
+//! calls it synchronously, so every operation is atomic with respect to the
+//! other tasks of the shard. In particular "nothing to lease, so register a
+//! waiter" is one step ([`TaskTable::lease`]), which is what makes long-poll
+//! wake-ups impossible to miss.
+//!
+//! Every state change ends in [`TaskTable::record`], the one place that
+//! counts it and hands a [`TaskEvent`] to the sink (metrics today; the store
+//! hooks persistence in there).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::channel::oneshot;
+use serde_json::{json, Value};
+
+use super::task::{Lease, Target, Task, TaskState};
+use crate::model::time::iso8601;
+
+type Hasher = ahash::RandomState;
+
+/// Why a task changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Submitted,
+    Leased,
+    /// Lease deadline pushed out (heartbeat progress).
+    Extended,
+    Completed,
+    /// Worker reported failure; requeued when attempts remain.
+    FailedRetry,
+    Failed,
+    /// Lease expired; requeued.
+    Expired,
+    /// Lease expired on the last attempt.
+    Dead,
+    /// A finished task dropped from memory (retention limit).
+    Evicted,
+}
+
+/// A state change, as the persistence hook sees it.
+#[derive(Debug)]
+pub struct TaskEvent<'a> {
+    pub kind: EventKind,
+    pub task: &'a Task,
+}
+
+/// Receives every event; must not block (the store's writer thread is fed
+/// through a non-blocking channel).
+pub type EventSink = Box<dyn FnMut(&TaskEvent<'_>)>;
+
+/// What a worker reports.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Done(Value),
+    Failed { error: Value, retry: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompleteError {
+    #[error("Task not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The answer to a completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub state: TaskState,
+    /// The same worker had already reported this outcome.
+    pub duplicate: bool,
+}
+
+/// Per-shard counters, merged on scrape.
+#[derive(Debug, Clone, Default)]
+pub struct TaskCounters {
+    pub submitted: u64,
+    pub leased: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub lease_expiries: u64,
+    pub dead_lettered: u64,
+    pub extended: u64,
+    /// Tasks in each state now (index = `TaskState::index`).
+    pub by_state: [u64; 5],
+    pub waiters: u64,
+}
+
+/// Admin listing filter.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub state: Option<TaskState>,
+    pub service: Option<String>,
+    pub worker: Option<String>,
+    pub limit: usize,
+}
+
+/// One shard's part of an admin listing.
+#[derive(Debug, Default)]
+pub struct TaskListing {
+    pub tasks: Vec<Value>,
+    /// Matching tasks, before the limit.
+    pub matched: u64,
+    pub counts: [u64; 5],
+    /// Queue key -> queued tasks, non-empty queues only.
+    pub queues: Vec<(String, u64)>,
+}
+
+pub struct TaskTable {
+    tasks: HashMap<String, Task, Hasher>,
+    queues: HashMap<String, VecDeque<String>, Hasher>,
+    /// (deadline, task id) of every live lease.
+    leases: BTreeSet<(Instant, String)>,
+    /// Finished tasks, oldest first, for the retention limit.
+    finished: VecDeque<String>,
+    retention: usize,
+    /// Parked long-polls by id; `by_key` lists the ids waiting on each
+    /// queue. An id in `by_key` whose waiter is gone is skipped and pruned.
+    waiters: HashMap<u64, oneshot::Sender<()>, Hasher>,
+    by_key: HashMap<String, Vec<u64>, Hasher>,
+    next_waiter: u64,
+    counters: TaskCounters,
+    sink: Option<EventSink>,
+}
+
+impl TaskTable {
+    /// `retention`: finished tasks kept for `GET /api/tasks/{id}`.
+    pub fn new(retention: usize) -> Self {
+        Self {
+            tasks: HashMap::default(),
+            queues: HashMap::default(),
+            leases: BTreeSet::new(),
+            finished: VecDeque::new(),
+            retention: retention.max(1),
+            waiters: HashMap::default(),
+            by_key: HashMap::default(),
+            next_waiter: 0,
+            counters: TaskCounters::default(),
+            sink: None,
+        }
+    }
+
+    /// Installs the hook that sees every state change.
+    pub fn set_sink(&mut self, sink: EventSink) {
+        self.sink = Some(sink);
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+
+    pub fn counters(&self) -> TaskCounters {
+        let mut c = self.counters.clone();
+        c.waiters = self.waiters.values().filter(|w| !w.is_canceled()).count() as u64;
+        c
+    }
+
+    /// The one place a state change is accounted for and published.
+    fn record(&mut self, kind: EventKind, id: &str, from: Option<TaskState>) {
+        let Some(task) = self.tasks.get(id) else {
+            return;
+        };
+        let c = &mut self.counters;
+        if let Some(f) = from {
+            c.by_state[f.index()] = c.by_state[f.index()].saturating_sub(1);
+        }
+        if kind != EventKind::Evicted {
+            c.by_state[task.state.index()] += 1;
+        }
+        match kind {
+            EventKind::Submitted => c.submitted += 1,
+            EventKind::Leased => c.leased += 1,
+            EventKind::Extended => c.extended += 1,
+            EventKind::Completed => c.completed += 1,
+            EventKind::FailedRetry => c.retried += 1,
+            EventKind::Failed => c.failed += 1,
+            EventKind::Expired => c.lease_expiries += 1,
+            EventKind::Dead => {
+                c.lease_expiries += 1;
+                c.dead_lettered += 1;
+            }
+            EventKind::Evicted => {}
+        }
+        if let Some(sink) = self.sink.as_mut() {
+            sink(&TaskEvent { kind, task });
+        }
+        if task.state.is_terminal() && kind != EventKind::Evicted {
+            self.finished.push_back(id.to_string());
+            self.evict();
+        }
+    }
+
+    fn evict(&mut self) {
+        while self.finished.len() > self.retention {
+            let Some(old) = self.finished.pop_front() else {
+                break;
+            };
+            // A finished task is never revived, so its id is here once.
+            if self.tasks.get(&old).is_some_and(|t| t.state.is_terminal()) {
+                let from = self.tasks.get(&old).map(|t| t.state);
+                self.record(EventKind::Evicted, &old, from);
+                self.tasks.remove(&old);
+            }
+        }
+    }
+
+    /// Queues a new task and wakes the waiters of its queue.
+    pub fn submit(&mut self, task: Task) {
+        let id = task.id.clone();
+        let key = task.target.queue_key();
+        self.tasks.insert(id.clone(), task);
+        self.queues
+            .entry(key.clone())
+            .or_default()
+            .push_back(id.clone());
+        self.record(EventKind::Submitted, &id, None);
+        self.wake(&key);
+    }
+
+    /// Fires every waiter parked on `key` (all of them: a woken poller may
+    /// find the task taken, or may already be answering with tasks from
+    /// another shard, so waking just one could strand the task).
+    fn wake(&mut self, key: &str) {
+        if let Some(ids) = self.by_key.remove(key) {
+            for id in ids {
+                if let Some(w) = self.waiters.remove(&id) {
+                    let _ = w.send(());
+                }
+            }
+        }
+    }
+
+    /// Drops waiters whose long-poll went away (client disconnected or
+    /// answered from another shard) and the index entries of gone waiters.
+    pub fn prune_waiters(&mut self) {
+        self.waiters.retain(|_, w| !w.is_canceled());
+        let live = &self.waiters;
+        self.by_key.retain(|_, ids| {
+            ids.retain(|id| live.contains_key(id));
+            !ids.is_empty()
+        });
+    }
+
+    /// Leases up to `max` queued tasks from `keys` (in order) to `worker`.
+    /// When none is available and `waiter` is given, it is registered on
+    /// every key and fires at the next enqueue on any of them.
+    pub fn lease(
+        &mut self,
+        worker: &str,
+        keys: &[String],
+        max: usize,
+        lease_for: Duration,
+        now: Instant,
+        waiter: Option<oneshot::Sender<()>>,
+    ) -> Vec<Value> {
+        self.expire(now);
+        let mut out = Vec::new();
+        let wall = SystemTime::now();
+        for key in keys {
+            while out.len() < max {
+                let Some(id) = self.queues.get_mut(key).and_then(VecDeque::pop_front) else {
+                    break;
+                };
+                let Some(t) = self.tasks.get_mut(&id) else {
+                    continue;
+                };
+                if t.state != TaskState::Queued {
+                    continue;
+                }
+                let deadline = now + lease_for;
+                t.state = TaskState::Leased;
+                t.attempts += 1;
+                t.lease = Some(Lease {
+                    worker_id: worker.to_string(),
+                    deadline,
+                    deadline_wall: wall + lease_for,
+                });
+                t.last_worker = Some(worker.to_string());
+                t.updated_at = wall;
+                out.push(delivery_view(t, lease_for));
+                self.leases.insert((deadline, id.clone()));
+                self.record(EventKind::Leased, &id, Some(TaskState::Queued));
+            }
+            if self.queues.get(key).is_some_and(VecDeque::is_empty) {
+                self.queues.remove(key);
+            }
+        }
+        if out.is_empty() {
+            if let Some(w) = waiter {
+                let id = self.next_waiter;
+                self.next_waiter += 1;
+                self.waiters.insert(id, w);
+                for k in keys {
+                    self.by_key.entry(k.clone()).or_default().push(id);
+                }
+            }
+        }
+        out
+    }
+
+    /// Pushes out the lease of `id` held by `worker`; false when `worker`
+    /// does not hold a live lease on it.
+    pub fn extend(&mut self, id: &str, worker: &str, lease_for: Duration, now: Instant) -> bool {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return false;
+        };
+        let Some(lease) = t.lease.as_mut() else {
+            return false;
+        };
+        if t.state != TaskState::Leased || lease.worker_id != worker {
+            return false;
+        }
+        let old = lease.deadline;
+        lease.deadline = now + lease_for;
+        lease.deadline_wall = SystemTime::now() + lease_for;
+        let new = lease.deadline;
+        t.updated_at = SystemTime::now();
+        self.leases.remove(&(old, id.to_string()));
+        self.leases.insert((new, id.to_string()));
+        self.record(EventKind::Extended, id, Some(TaskState::Leased));
+        true
+    }
+
+    /// Requeues (or dead-letters) every task whose lease ended by `now`.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some((deadline, id)) = self.leases.first().cloned() {
+            if deadline > now {
+                break;
+            }
+            self.leases.pop_first();
+            let Some(t) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            if t.state != TaskState::Leased
+                || t.lease.as_ref().map(|l| l.deadline) != Some(deadline)
+            {
+                continue;
+            }
+            t.lease = None;
+            t.updated_at = SystemTime::now();
+            if t.attempts >= t.max_attempts {
+                t.state = TaskState::Dead;
+                t.error = Some(Value::from(format!(
+                    "lease expired on each of {} attempt(s)",
+                    t.attempts
+                )));
+                self.record(EventKind::Dead, &id, Some(TaskState::Leased));
+            } else {
+                t.state = TaskState::Queued;
+                let key = t.target.queue_key();
+                // Front of the queue: it has waited longest.
+                self.queues
+                    .entry(key.clone())
+                    .or_default()
+                    .push_front(id.clone());
+                self.record(EventKind::Expired, &id, Some(TaskState::Leased));
+                self.wake(&key);
+            }
+        }
+    }
+
+    /// A worker's report on a task. Rules (docs/tasks.md):
+    /// - the current lease holder's report is applied;
+    /// - after its lease expired, the last holder's report is still applied
+    ///   as long as no other worker has leased the task since;
+    /// - a repeat of the report that finished the task, from the same
+    ///   worker, is answered again (idempotent) and changes nothing;
+    /// - anything else (the task is leased to, or was finished by, another
+    ///   worker) is a conflict.
+    pub fn complete(
+        &mut self,
+        id: &str,
+        worker: &str,
+        outcome: Outcome,
+        now: Instant,
+    ) -> Result<Completion, CompleteError> {
+        self.expire(now);
+        let Some(t) = self.tasks.get_mut(id) else {
+            return Err(CompleteError::NotFound);
+        };
+        let from = t.state;
+        match from {
+            TaskState::Completed | TaskState::Failed => {
+                let same_outcome = matches!(
+                    (&outcome, from),
+                    (Outcome::Done(_), TaskState::Completed)
+                        | (Outcome::Failed { .. }, TaskState::Failed)
+                );
+                if t.finished_by.as_deref() == Some(worker) && same_outcome {
+                    return Ok(Completion {
+                        state: from,
+                        duplicate: true,
+                    });
+                }
+                return Err(CompleteError::Conflict(format!(
+                    "Task already {} by another report",
+                    from.as_str()
+                )));
+            }
+            TaskState::Leased => {
+                let holder = t.lease.as_ref().map(|l| l.worker_id.as_str());
+                if holder != Some(worker) {
+                    return Err(CompleteError::Conflict(
+                        "Task is leased to another worker (this worker's lease expired)".into(),
+                    ));
+                }
+            }
+            TaskState::Queued | TaskState::Dead => {
+                if t.last_worker.as_deref() != Some(worker) {
+                    return Err(CompleteError::Conflict(
+                        "Task is not leased to this worker".into(),
+                    ));
+                }
+            }
+        }
+        // Applying: take the task out of wherever it is waiting.
+        if let Some(l) = t.lease.take() {
+            self.leases.remove(&(l.deadline, id.to_string()));
+        }
+        if from == TaskState::Queued {
+            let key = t.target.queue_key();
+            if let Some(q) = self.queues.get_mut(&key) {
+                q.retain(|x| x != id);
+            }
+        }
+        let t = self.tasks.get_mut(id).expect("present above");
+        t.updated_at = SystemTime::now();
+        let kind = match outcome {
+            Outcome::Done(result) => {
+                t.state = TaskState::Completed;
+                t.result = Some(result);
+                t.finished_by = Some(worker.to_string());
+                EventKind::Completed
+            }
+            Outcome::Failed { error, retry } => {
+                t.error = Some(error);
+                if retry && t.attempts < t.max_attempts {
+                    t.state = TaskState::Queued;
+                    let key = t.target.queue_key();
+                    self.queues
+                        .entry(key.clone())
+                        .or_default()
+                        .push_back(id.to_string());
+                    self.record(EventKind::FailedRetry, id, Some(from));
+                    self.wake(&key);
+                    return Ok(Completion {
+                        state: TaskState::Queued,
+                        duplicate: false,
+                    });
+                }
+                t.state = TaskState::Failed;
+                t.finished_by = Some(worker.to_string());
+                EventKind::Failed
+            }
+        };
+        let state = self
+            .tasks
+            .get(id)
+            .map(|t| t.state)
+            .unwrap_or(TaskState::Completed);
+        self.record(kind, id, Some(from));
+        Ok(Completion {
+            state,
+            duplicate: false,
+        })
+    }
+
+    /// Tasks matching `f` (newest first, up to `f.limit`) plus counts.
+    pub fn list(&self, f: &Filter) -> TaskListing {
+        let mut out = TaskListing {
+            counts: self.counters.by_state,
+            ..Default::default()
+        };
+        let mut hits: Vec<&Task> = self
+            .tasks
+            .values()
+            .filter(|t| f.state.is_none_or(|s| t.state == s))
+            .filter(|t| {
+                f.service
+                    .as_deref()
+                    .is_none_or(|s| t.target == Target::Service(s.to_string()))
+            })
+            .filter(|t| {
+                f.worker.as_deref().is_none_or(|w| {
+                    t.target == Target::Worker(w.to_string()) || t.last_worker.as_deref() == Some(w)
+                })
+            })
+            .collect();
+        out.matched = hits.len() as u64;
+        hits.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        out.tasks = hits.into_iter().take(f.limit).map(task_view).collect();
+        out.queues = self
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, q)| (k.clone(), q.len() as u64))
+            .collect();
+        out
+    }
+
+    /// Queued tasks per queue key (for metrics).
+    pub fn queue_depths(&self) -> Vec<(String, u64)> {
+        self.queues
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(k, q)| (k.clone(), q.len() as u64))
+            .collect()
+    }
+}
+
+fn wall(t: SystemTime) -> String {
+    iso8601(t)
+}
+
+/// What a worker receives from `GET /api/worker/tasks`. Carries the
+/// broadcast-era names (`job_type`, `job_data`) next to the new ones so
+/// agents written against either find their fields.
+pub fn delivery_view(t: &Task, lease_for: Duration) -> Value {
+    json!({
+        "task_id": t.id,
+        "type": t.task_type,
+        "task_type": t.task_type,
+        "job_type": t.task_type,
+        "payload": t.payload,
+        "job_data": t.payload,
+        "attempt": t.attempts,
+        "max_attempts": t.max_attempts,
+        "lease_seconds": lease_for.as_secs_f64(),
+        "lease_expires_at": t.lease.as_ref().map(|l| wall(l.deadline_wall)),
+        "created_at": wall(t.created_at),
+    })
+}
+
+/// The full record (`GET /api/tasks/{id}`, admin).
+pub fn task_view(t: &Task) -> Value {
+    json!({
+        "task_id": t.id,
+        "type": t.task_type,
+        "payload": t.payload,
+        "target": {"kind": t.target.kind(), "name": t.target.name()},
+        "state": t.state.as_str(),
+        "attempts": t.attempts,
+        "max_attempts": t.max_attempts,
+        "worker_id": t.lease.as_ref().map(|l| l.worker_id.as_str()).or(t.last_worker.as_deref()),
+        "lease_expires_at": t.lease.as_ref().map(|l| wall(l.deadline_wall)),
+        "result": t.result,
+        "error": t.error,
+        "finished_by": t.finished_by,
+        "created_at": wall(t.created_at),
+        "updated_at": wall(t.updated_at),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> TaskTable {
+        TaskTable::new(100)
+    }
+
+    fn submit(tb: &mut TaskTable, id: &str, target: Target, max: u32) {
+        tb.submit(Task::new(id.into(), "t".into(), Value::Null, target, max));
+    }
+
+    fn keys(w: &str) -> Vec<String> {
+        vec![format!("worker:{w}"), "service:s".to_string()]
+    }
+
+    const L: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn lease_complete_and_idempotent_repeat() {
+        let mut tb = table();
+        let now = Instant::now();
+        submit(&mut tb, "a", Target::Service("s".into()), 3);
+        submit(&mut tb, "b", Target::Worker("w1".into()), 3);
+        let got = tb.lease("w1", &keys("w1"), 10, L, now, None);
+        // Own queue first, then the service queue.
+        let ids: Vec<&str> = got.iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["b", "a"]);
+        assert_eq!(tb.counters().by_state[TaskState::Leased.index()], 2);
+        let ok = tb
+            .complete("a", "w1", Outcome::Done(json!(1)), now)
+            .unwrap();
+        assert_eq!(
+            ok,
+            Completion {
+                state: TaskState::Completed,
+                duplicate: false
+            }
+        );
+        let again = tb
+            .complete("a", "w1", Outcome::Done(json!(1)), now)
+            .unwrap();
+        assert!(again.duplicate);
+        assert!(matches!(
+            tb.complete("a", "w2", Outcome::Done(json!(1)), now),
+            Err(CompleteError::Conflict(_))
+        ));
+        assert_eq!(
+            tb.complete("zz", "w1", Outcome::Done(json!(1)), now),
+            Err(CompleteError::NotFound)
+        );
+        assert_eq!(tb.get("a").unwrap().result, Some(json!(1)));
+        let c = tb.counters();
+        assert_eq!(c.by_state[TaskState::Completed.index()], 1);
+        assert_eq!(c.by_state[TaskState::Leased.index()], 1);
+        assert_eq!(c.completed, 1);
+    }
+
+    #[test]
+    fn expiry_requeues_then_dead_letters() {
+        let mut tb = table();
+        let t0 = Instant::now();
+        submit(&mut tb, "a", Target::Service("s".into()), 2);
+        assert_eq!(tb.lease("w1", &keys("w1"), 1, L, t0, None).len(), 1);
+        tb.expire(t0 + L);
+        assert_eq!(tb.get("a").unwrap().state, TaskState::Queued);
+        // The old holder may still finish it while nobody else has it ...
+        // ... but once re-leased elsewhere, it may not.
+        assert_eq!(tb.lease("w2", &keys("w2"), 1, L, t0 + L, None).len(), 1);
+        assert!(matches!(
+            tb.complete("a", "w1", Outcome::Done(Value::Null), t0 + L),
+            Err(CompleteError::Conflict(_))
+        ));
+        tb.expire(t0 + L * 2);
+        let t = tb.get("a").unwrap();
+        assert_eq!((t.state, t.attempts), (TaskState::Dead, 2));
+        let c = tb.counters();
+        assert_eq!((c.lease_expiries, c.dead_lettered), (2, 1));
+        assert!(tb
+            .lease("w3", &keys("w3"), 1, L, t0 + L * 3, None)
+            .is_empty());
+    }
+
+    #[test]
+    fn late_completion_from_last_holder_is_accepted_until_releases() {
+        let mut tb = table();
+        let t0 = Instant::now();
+        submit(&mut tb, "a", Target::Service("s".into()), 3);
+        tb.lease("w1", &keys("w1"), 1, L, t0, None);
+        tb.expire(t0 + L);
+        let c = tb
+            .complete("a", "w1", Outcome::Done(Value::Null), t0 + L)
+            .unwrap();
+        assert_eq!(c.state, TaskState::Completed);
+        // It left the queue.
+        assert!(tb.lease("w2", &keys("w2"), 1, L, t0 + L, None).is_empty());
+    }
+
+    #[test]
+    fn failure_retries_then_fails() {
+        let mut tb = table();
+        let now = Instant::now();
+        submit(&mut tb, "a", Target::Service("s".into()), 2);
+        let fail = || Outcome::Failed {
+            error: json!("boom"),
+            retry: true,
+        };
+        tb.lease("w1", &keys("w1"), 1, L, now, None);
+        assert_eq!(
+            tb.complete("a", "w1", fail(), now).unwrap().state,
+            TaskState::Queued
+        );
+        tb.lease("w1", &keys("w1"), 1, L, now, None);
+        assert_eq!(
+            tb.complete("a", "w1", fail(), now).unwrap().state,
+            TaskState::Failed
+        );
+        assert!(tb.complete("a", "w1", fail(), now).unwrap().duplicate);
+        assert_eq!(tb.get("a").unwrap().error, Some(json!("boom")));
+    }
+
+    #[test]
+    fn extension_moves_the_deadline() {
+        let mut tb = table();
+        let t0 = Instant::now();
+        submit(&mut tb, "a", Target::Worker("w1".into()), 1);
+        tb.lease("w1", &keys("w1"), 1, L, t0, None);
+        assert!(!tb.extend("a", "w2", L, t0));
+        assert!(tb.extend("a", "w1", L, t0 + L / 2));
+        tb.expire(t0 + L);
+        assert_eq!(tb.get("a").unwrap().state, TaskState::Leased);
+        tb.expire(t0 + L * 2);
+        assert_eq!(tb.get("a").unwrap().state, TaskState::Dead);
+    }
+
+    #[test]
+    fn waiter_fires_on_enqueue_and_dropped_waiters_are_pruned() {
+        let mut tb = table();
+        let now = Instant::now();
+        let (tx, mut rx) = oneshot::channel();
+        assert!(tb.lease("w1", &keys("w1"), 1, L, now, Some(tx)).is_empty());
+        assert_eq!(tb.counters().waiters, 1);
+        assert_eq!(rx.try_recv(), Ok(None));
+        submit(&mut tb, "a", Target::Service("s".into()), 1);
+        assert_eq!(rx.try_recv(), Ok(Some(())));
+        let (tx, rx) = oneshot::channel();
+        tb.lease("w1", &keys("w1"), 0, L, now, Some(tx));
+        drop(rx);
+        assert_eq!(tb.counters().waiters, 0);
+        tb.prune_waiters();
+        assert!(tb.waiters.is_empty() && tb.by_key.is_empty());
+    }
+
+    #[test]
+    fn retention_evicts_oldest_finished_and_sink_sees_every_change() {
+        let mut tb = TaskTable::new(1);
+        let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let s2 = seen.clone();
+        tb.set_sink(Box::new(move |e| {
+            s2.borrow_mut().push((e.kind, e.task.id.clone()))
+        }));
+        let now = Instant::now();
+        for id in ["a", "b"] {
+            submit(&mut tb, id, Target::Worker("w".into()), 1);
+            tb.lease("w", &keys("w"), 1, L, now, None);
+            tb.complete(id, "w", Outcome::Done(Value::Null), now)
+                .unwrap();
+        }
+        assert!(tb.get("a").is_none() && tb.get("b").is_some());
+        let kinds: Vec<EventKind> = seen.borrow().iter().map(|(k, _)| *k).collect();
+        use EventKind::*;
+        assert_eq!(
+            kinds,
+            [Submitted, Leased, Completed, Submitted, Leased, Completed, Evicted]
+        );
+        assert_eq!(tb.counters().by_state[TaskState::Completed.index()], 1);
+    }
+}

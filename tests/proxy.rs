@@ -1,0 +1,411 @@
+//! Inference routing and the proxy over real HTTP: a coordinator with
+//! several shards in front of simulated workers (tests/sim) on loopback.
+
+mod common;
+mod sim;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use sim::{Mode, Sim};
+
+fn sims(s: &TestServer, prefix: &str, n: usize, services: &[&str]) -> Vec<Sim> {
+    (0..n)
+        .map(|i| {
+            let sim = Sim::start(&id_on_shard(
+                &format!("{prefix}{i}"),
+                i % s.shards,
+                s.shards,
+            ));
+            register(s.addr, &sim.registration(services));
+            sim
+        })
+        .collect()
+}
+
+fn llm(c: &mut Conn, model: &str, headers: &[(&str, &str)]) -> Resp {
+    let body = serde_json::to_vec(&json!({"model": model, "prompt": "hi"})).unwrap();
+    c.request("POST", "/api/inference/llm", headers, Some(&body))
+}
+
+fn worker_of(r: &Resp) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["worker"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn no_worker_is_503_and_llm_is_model_aware() {
+    let s = start(2, |c| c.route_cache_ttl = Duration::ZERO);
+    let mut c = Conn::open(s.addr);
+    let r = llm(&mut c, "llama3", &[]);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        r.detail(),
+        "No healthy worker available for service: llm-inference"
+    );
+    let ws = sims(&s, "ma", 2, &["llm-inference"]);
+    heartbeat(s.addr, &ws[0].heartbeat(&["llama3"], 3));
+    heartbeat(s.addr, &ws[1].heartbeat(&["mistral"], 0));
+    for _ in 0..20 {
+        let r = llm(&mut c, "llama3", &[]);
+        assert_eq!(worker_of(&r), ws[0].id, "has the model, though busier");
+        let req = &r.json()["request"];
+        assert_eq!(req["max_tokens"], 512);
+        assert_eq!(req["temperature"], 0.7);
+        assert_eq!(worker_of(&llm(&mut c, "mistral", &[])), ws[1].id);
+    }
+    // A model nobody has goes to the least busy.
+    assert_eq!(worker_of(&llm(&mut c, "phi", &[])), ws[1].id);
+    let r = c.request(
+        "POST",
+        "/api/inference/llm",
+        &[],
+        Some(b"{\"prompt\":\"x\"}"),
+    );
+    assert_eq!(r.status, 422);
+    assert!(r.detail().contains("model"));
+}
+
+#[test]
+fn vision_rag_and_graph_reach_their_worker_paths() {
+    let s = start(2, |c| c.route_cache_ttl = Duration::ZERO);
+    let ocr = &sims(&s, "vo", 1, &["vision-ocr"])[0];
+    let rag = &sims(&s, "rg", 1, &["rag-embeddings"])[0];
+    let ner = &sims(&s, "nr", 1, &["ner-extraction"])[0];
+    let mut c = Conn::open(s.addr);
+    let body =
+        serde_json::to_vec(&json!({"model": "llava", "prompt": "what?", "max_tokens": 9})).unwrap();
+    let r = c.request("POST", "/api/inference/vision", &[], Some(&body));
+    assert_eq!(worker_of(&r), ocr.id);
+    assert_eq!(r.json()["request"]["options"]["num_predict"], 9);
+    assert_eq!(r.json()["request"]["stream"], false);
+    let r = c.request(
+        "POST",
+        "/api/inference/rag/query?query=a%20b&context=c",
+        &[],
+        None,
+    );
+    assert_eq!(worker_of(&r), rag.id);
+    assert_eq!(r.json()["path"], "/query");
+    assert_eq!(r.json()["query"], "query=a%20b&context=c");
+    let r = c.request(
+        "POST",
+        "/api/inference/graph/extract?text=Alice+met+Bob",
+        &[],
+        None,
+    );
+    assert_eq!(worker_of(&r), ner.id);
+    assert_eq!(r.json()["path"], "/extract");
+    assert_eq!(r.json()["query"], "text=Alice%20met%20Bob");
+    assert_eq!(
+        c.request("POST", "/api/inference/rag/query", &[], None)
+            .status,
+        422
+    );
+}
+
+#[test]
+fn generic_proxy_forwards_method_query_headers_and_body() {
+    let s = start(2, |c| c.route_cache_ttl = Duration::ZERO);
+    let w = &sims(&s, "gp", 1, &["notes-coa"])[0];
+    let mut c = Conn::open(s.addr);
+    let r = c.request(
+        "PATCH",
+        "/service/notes/v1/items/7?x=1&y=two",
+        &[
+            ("X-Custom", "yes"),
+            ("Connection", "keep-alive, X-Drop"),
+            ("X-Drop", "1"),
+            ("X-Forwarded-For", "9.9.9.9"),
+        ],
+        Some(b"{\"a\":1}"),
+    );
+    assert_eq!(worker_of(&r), w.id);
+    let e = r.json();
+    assert_eq!(e["method"], "PATCH");
+    assert_eq!(e["path"], "/v1/items/7");
+    assert_eq!(e["query"], "x=1&y=two");
+    assert_eq!(e["body"], "{\"a\":1}");
+    assert_eq!(e["headers"]["x-custom"], "yes");
+    assert!(e["headers"].get("x-drop").is_none(), "{e}");
+    assert_eq!(e["headers"]["x-forwarded-for"], "9.9.9.9, 127.0.0.1");
+    assert_eq!(e["headers"]["host"], w.addr.to_string());
+    // Keep-alive through the proxy: many requests, few upstream connections.
+    for _ in 0..20 {
+        assert_eq!(c.get("/service/notes-coa/ping").status, 200);
+    }
+    let m = c.get("/metrics").text();
+    let opened: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("coordinator_proxy_connections_opened_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        (1.0..=2.0).contains(&opened),
+        "21 requests opened {opened} connections"
+    );
+    let r = c.get("/service/nobody-serves-this/x");
+    assert_eq!(r.status, 503);
+}
+
+#[test]
+fn least_outstanding_spreads_within_20_percent_over_1000_requests() {
+    let s = start(2, |_| {});
+    let ws = sims(&s, "lo", 3, &["svc-lo"]);
+    let addr = s.addr;
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Conn::open(addr);
+                let mut seen: HashMap<String, u32> = HashMap::new();
+                for _ in 0..250 {
+                    *seen
+                        .entry(worker_of(&c.get("/service/svc-lo/work")))
+                        .or_default() += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut total: HashMap<String, u32> = HashMap::new();
+    for t in threads {
+        for (k, v) in t.join().unwrap() {
+            *total.entry(k).or_default() += v;
+        }
+    }
+    assert_eq!(total.values().sum::<u32>(), 1000);
+    let mean = 1000.0 / 3.0;
+    for w in &ws {
+        let n = total.get(&w.id).copied().unwrap_or(0) as f64;
+        assert!((n - mean).abs() <= 0.2 * mean, "{total:?}");
+    }
+}
+
+#[test]
+fn a_dying_worker_causes_no_client_errors_for_idempotent_requests() {
+    let s = start(2, |c| c.route_cache_ttl = Duration::from_millis(100));
+    let ws = sims(&s, "fo", 2, &["svc-fo"]);
+    let mut conns: Vec<Conn> = (0..4).map(|_| Conn::open(s.addr)).collect();
+    for i in 0..200 {
+        if i == 50 {
+            ws[0].kill();
+        }
+        let c = &mut conns[i % 4];
+        let r = c.get("/service/svc-fo/item");
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        if i > 60 {
+            assert_eq!(worker_of(&r), ws[1].id);
+        }
+    }
+    // Not sent = safe to retry even for POST: a refused connect fails over.
+    let r = conns[0].request("POST", "/service/svc-fo/create", &[], Some(b"{}"));
+    assert_eq!(worker_of(&r), ws[1].id);
+    ws[1].kill();
+    let r = conns[0].get("/service/svc-fo/item");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.detail().starts_with("Worker request failed"),
+        "{}",
+        r.detail()
+    );
+}
+
+#[test]
+fn a_failing_worker_cools_down_and_comes_back() {
+    let s = start(2, |c| {
+        c.route_cache_ttl = Duration::ZERO;
+        c.route_cooldown = Duration::from_millis(700);
+    });
+    let ws = sims(&s, "cd", 2, &["svc-cd"]);
+    ws[0].set(Mode::Fail);
+    // One connection = one shard (cooldowns are per shard).
+    let mut c = Conn::open(s.addr);
+    while ws[0].hits() == 0 {
+        // GET is idempotent: the 500 is retried on the other worker.
+        assert_eq!(worker_of(&c.get("/service/svc-cd/x")), ws[1].id);
+    }
+    ws[0].set(Mode::Ok);
+    let before = ws[0].hits();
+    for _ in 0..20 {
+        assert_eq!(worker_of(&c.get("/service/svc-cd/x")), ws[1].id);
+    }
+    assert_eq!(ws[0].hits(), before, "cooling worker got traffic");
+    let m = c.get("/metrics").text();
+    assert!(m.contains("coordinator_route_cooldowns{"), "{m}");
+    std::thread::sleep(Duration::from_millis(800));
+    let back = (0..40).any(|_| worker_of(&c.get("/service/svc-cd/x")) == ws[0].id);
+    assert!(back, "worker never came back after its cooldown");
+    // A non-idempotent request that got a 5xx is not retried: 502.
+    ws[0].set(Mode::Fail);
+    ws[1].set(Mode::Fail);
+    let r = c.request("POST", "/service/svc-cd/x", &[], Some(b"{}"));
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.detail().contains("answered 500"), "{}", r.detail());
+}
+
+#[test]
+fn a_stalled_worker_is_a_504() {
+    let s = start(2, |c| {
+        c.route_cache_ttl = Duration::ZERO;
+        c.proxy_request_timeout = Duration::from_millis(300);
+    });
+    let w = &sims(&s, "sl", 1, &["svc-sl"])[0];
+    w.set(Mode::Stall(Duration::from_secs(2)));
+    let r = call(s.addr, "POST", "/service/svc-sl/slow", Some(&json!({})));
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.detail().contains("timed out"), "{}", r.detail());
+}
+
+#[test]
+fn sessions_stick_to_one_worker_across_shards() {
+    let s = start(2, |c| c.route_cache_ttl = Duration::ZERO);
+    let ws = sims(&s, "sa", 3, &["llm-inference"]);
+    let mut homes = std::collections::HashSet::new();
+    for i in 0..12 {
+        let sid = format!("session-{i}");
+        let mut first = None;
+        for shard in 0..2 {
+            let mut c = conn_on_shard(s.addr, shard);
+            for _ in 0..3 {
+                let w = worker_of(&llm(&mut c, "m", &[("X-Session-Id", &sid)]));
+                assert_eq!(first.get_or_insert(w.clone()), &w, "{sid} moved");
+            }
+        }
+        homes.insert(first.unwrap());
+    }
+    assert!(homes.len() >= 2, "sessions all on one worker: {homes:?}");
+    let _ = ws;
+}
+
+#[test]
+fn admin_pins_steer_a_service_and_can_be_removed() {
+    let s = start(2, |c| c.route_cache_ttl = Duration::ZERO);
+    let ws = sims(&s, "pn", 3, &["svc-pn"]);
+    let r = call(
+        s.addr,
+        "PUT",
+        "/api/admin/pins",
+        Some(&json!({"service": "svc-pn", "workers": [ws[2].id]})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for shard in 0..2 {
+        let mut c = conn_on_shard(s.addr, shard);
+        let pins = c.get("/api/admin/pins").json();
+        assert_eq!(pins["pins"][0]["workers"][0], ws[2].id.as_str());
+        for _ in 0..10 {
+            assert_eq!(worker_of(&c.get("/service/svc-pn/x")), ws[2].id);
+        }
+    }
+    let r = call(s.addr, "DELETE", "/api/admin/pins?service=svc-pn", None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["count"], 0);
+    assert_eq!(
+        call(s.addr, "DELETE", "/api/admin/pins?service=svc-pn", None).status,
+        404
+    );
+    let r = call(
+        s.addr,
+        "PUT",
+        "/api/admin/pins",
+        Some(&json!({"service": "x"})),
+    );
+    assert_eq!(r.status, 422);
+    let mut c = Conn::open(s.addr);
+    let spread: std::collections::HashSet<String> = (0..40)
+        .map(|_| worker_of(&c.get("/service/svc-pn/x")))
+        .collect();
+    assert!(spread.len() > 1, "still pinned: {spread:?}");
+}
+
+/// Reads a chunked SSE response, noting when each `data:` event arrived.
+fn read_events(addr: SocketAddr, body: &Value) -> Vec<(Duration, String)> {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let b = serde_json::to_vec(body).unwrap();
+    write!(
+        s,
+        "POST /api/inference/llm HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        b.len()
+    )
+    .unwrap();
+    s.write_all(&b).unwrap();
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match s.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("read: {e}"),
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let events: Vec<String> = text
+            .split("data: ")
+            .skip(1)
+            .map(|e| e.split('\n').next().unwrap_or("").to_string())
+            .collect();
+        while seen.len() < events.len() {
+            seen.push((t0.elapsed(), events[seen.len()].clone()));
+        }
+        if text.contains("[DONE]") && text.ends_with("0\r\n\r\n") {
+            break;
+        }
+    }
+    seen
+}
+
+#[test]
+fn streamed_completions_arrive_token_by_token() {
+    let s = start(2, |c| c.route_cache_ttl = Duration::ZERO);
+    let w = &sims(&s, "sse", 1, &["llm-inference"])[0];
+    let events = read_events(
+        s.addr,
+        &json!({"model": "m", "prompt": "hi", "stream": true}),
+    );
+    let names: Vec<&str> = events.iter().map(|(_, e)| e.as_str()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names[0].contains(&w.id) && names[0].contains("\"token\":0"));
+    assert_eq!(names[3], "[DONE]");
+    // The worker sleeps 150 ms between tokens: had the proxy buffered, all
+    // events would arrive together at the end.
+    let first = events[0].0;
+    let last = events[3].0;
+    assert!(last - first >= Duration::from_millis(300), "{events:?}");
+}
+
+#[test]
+fn proxy_metrics_are_exported() {
+    let s = start(2, |c| c.route_cache_ttl = Duration::ZERO);
+    let _w = sims(&s, "mx", 1, &["svc-mx"]);
+    let mut c = Conn::open(s.addr);
+    for _ in 0..3 {
+        assert_eq!(c.get("/service/svc-mx/a").status, 200);
+    }
+    assert_eq!(c.get("/service/none/a").status, 503);
+    let m = c.get("/metrics").text();
+    let count = |needle: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with(needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        count("coordinator_routed_requests_total{service=\"svc-mx\",outcome=\"ok\"}"),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        count("coordinator_routed_requests_total{service=\"none\",outcome=\"no_worker\"}"),
+        1.0
+    );
+    assert_eq!(count("coordinator_upstream_latency_seconds_count"), 3.0);
+}

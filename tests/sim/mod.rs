@@ -1,0 +1,250 @@
+//! A worker simulator: a real HTTP/1.1 server on loopback (std threads,
+//! keep-alive) that registers with the coordinator, heartbeats with
+//! `loaded_models`, and answers the worker APIs the proxy targets:
+//! `/v1/completions` (JSON or SSE stream), `/api/generate`, `/query`,
+//! `/extract`, and anything else as an echo of what arrived. It can be told
+//! to fail (500), stall, or die (stop accepting and drop its connections).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    Ok,
+    Fail,
+    Stall(Duration),
+}
+
+struct State {
+    id: String,
+    mode: Mutex<Mode>,
+    hits: AtomicU64,
+    dead: AtomicBool,
+}
+
+pub struct Sim {
+    pub id: String,
+    pub addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl Sim {
+    pub fn start(id: &str) -> Sim {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            id: id.to_string(),
+            mode: Mutex::new(Mode::Ok),
+            hits: AtomicU64::new(0),
+            dead: AtomicBool::new(false),
+        });
+        let st = state.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.dead.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let st = st.clone();
+                thread::spawn(move || serve(conn, st));
+            }
+            // Listener dropped here: further connects are refused.
+        });
+        Sim {
+            id: id.to_string(),
+            addr,
+            state,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, m: Mode) {
+        *self.state.mode.lock().unwrap() = m;
+    }
+
+    /// Requests answered (or failed on purpose) so far.
+    pub fn hits(&self) -> u64 {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting and closes every connection at its next request.
+    pub fn kill(&self) {
+        self.state.dead.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag and drops the listener.
+        let _ = TcpStream::connect(self.addr);
+    }
+
+    /// The registration body: a worker serving `services` at our URL. It
+    /// registers as a storage machine so the catalog assigns it only
+    /// storage services, which no proxy test routes to.
+    pub fn registration(&self, services: &[&str]) -> Value {
+        let svcs: Vec<Value> = services
+            .iter()
+            .map(|s| json!({"name": s, "port": self.addr.port()}))
+            .collect();
+        json!({
+            "worker_id": self.id,
+            "tunnel_url": self.url(),
+            "capabilities": {"hostname": self.id, "has_storage": true, "worker_type": "storage", "ram": "16GB"},
+            "services": svcs,
+        })
+    }
+
+    pub fn heartbeat(&self, models: &[&str], active: u64) -> Value {
+        json!({
+            "worker_id": self.id,
+            "status": "healthy",
+            "loaded_models": models,
+            "active_requests": active,
+            "current_load": 0.1,
+        })
+    }
+}
+
+struct Req {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn read_req(r: &mut BufReader<TcpStream>) -> Option<Req> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?.to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some(Req {
+        method,
+        target,
+        headers,
+        body,
+    })
+}
+
+fn respond(w: &mut TcpStream, status: u16, body: &Value) -> std::io::Result<()> {
+    let b = body.to_string();
+    let reason = if status == 200 { "OK" } else { "Error" };
+    write!(
+        w,
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{b}",
+        b.len()
+    )?;
+    w.flush()
+}
+
+fn serve(conn: TcpStream, st: Arc<State>) {
+    let _ = conn.set_nodelay(true);
+    let mut w = match conn.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut r = BufReader::new(conn);
+    while let Some(req) = read_req(&mut r) {
+        if st.dead.load(Ordering::SeqCst) {
+            return;
+        }
+        st.hits.fetch_add(1, Ordering::SeqCst);
+        let mode = *st.mode.lock().unwrap();
+        match mode {
+            Mode::Fail => {
+                if respond(&mut w, 500, &json!({"detail": "simulated failure"})).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Mode::Stall(d) => thread::sleep(d),
+            Mode::Ok => {}
+        }
+        let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+        let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+        let ok = match path {
+            "/v1/completions" if body["stream"] == json!(true) => stream(&mut w, &st.id),
+            "/v1/completions" => respond(
+                &mut w,
+                200,
+                &json!({"worker": st.id, "object": "text_completion", "request": body,
+                        "choices": [{"text": "hello"}]}),
+            ),
+            "/api/generate" => respond(
+                &mut w,
+                200,
+                &json!({"worker": st.id, "response": "a cat", "request": body}),
+            ),
+            "/query" | "/extract" => respond(
+                &mut w,
+                200,
+                &json!({"worker": st.id, "path": path, "query": query, "method": req.method}),
+            ),
+            _ => {
+                let headers: serde_json::Map<String, Value> = req
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                    .collect();
+                respond(
+                    &mut w,
+                    200,
+                    &json!({"worker": st.id, "method": req.method, "path": path, "query": query,
+                            "headers": headers, "body": String::from_utf8_lossy(&req.body)}),
+                )
+            }
+        };
+        if ok.is_err() {
+            return;
+        }
+    }
+}
+
+/// An SSE token stream: three events 150 ms apart, then `[DONE]`.
+fn stream(w: &mut TcpStream, id: &str) -> std::io::Result<()> {
+    write!(
+        w,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )?;
+    w.flush()?;
+    let chunk = |w: &mut TcpStream, s: &str| -> std::io::Result<()> {
+        write!(w, "{:x}\r\n{s}\r\n", s.len())?;
+        w.flush()
+    };
+    for i in 0..3 {
+        chunk(
+            w,
+            &format!("data: {{\"worker\":\"{id}\",\"token\":{i}}}\n\n"),
+        )?;
+        thread::sleep(Duration::from_millis(150));
+    }
+    chunk(w, "data: [DONE]\n\n")?;
+    write!(w, "0\r\n\r\n")?;
+    w.flush()
+}
