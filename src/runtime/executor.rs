@@ -9,24 +9,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
-use super::mesh::{split, Inbox, Mesh};
+use super::mesh::{self, Inbox, Mesh};
 use super::net::Listener;
 use super::notify::{shutdown_pair, Shutdown, ShutdownTrigger};
-
-/// Every shard wakes at least this often, even when idle.
-///
-/// glommio 0.9 on this kernel (6.18) has left shards stuck on a loaded
-/// machine: a test server's shard never saw its shutdown request, or never
-/// answered a request forwarded from the other shard (the asker timed out),
-/// while its thread slept in `io_uring_enter`. The precise fault was not
-/// pinned down (see docs/architecture.md, "Runtime caveat"). Measured on
-/// one test under two CPU hogs: 6 hangs in 50 runs with a timer alone,
-/// 1 in 50 with the re-checks in `notify` alone, 0 in 160 with both. The
-/// cost is one timer wake-up per shard per period.
-const TICK: Duration = Duration::from_millis(10);
 
 /// What a pool of shards needs to start.
 pub struct PoolSpec {
@@ -179,8 +166,8 @@ pub fn plan_cpus(shards: Option<usize>, pin: bool) -> Vec<Option<usize>> {
 
 /// Starts one executor thread per shard and runs `shard_main` on each.
 ///
-/// Returns once every thread is spawned; the shards join the mesh
-/// concurrently. An executor that cannot start (io_uring refused) surfaces
+/// Returns once every thread is spawned; each shard gets its mesh ends
+/// ready-made, so none waits for another to start. An executor that cannot start (io_uring refused) surfaces
 /// as an error from its thread; call [`super::preflight`] first to turn the
 /// common causes into clear messages.
 pub fn start_pool<M, F, Fut>(spec: PoolSpec, shard_main: F) -> std::io::Result<PoolHandle>
@@ -191,7 +178,7 @@ where
 {
     let count = spec.cpus.len();
     assert_eq!(count, spec.listeners.len(), "one listener per shard");
-    let mesh_builder = MeshBuilder::<M, _>::full(count, spec.mesh_capacity);
+    let mut ends = mesh::build::<M>(count, spec.mesh_capacity).into_iter();
     let mut threads = Vec::with_capacity(count);
     let mut triggers = Vec::with_capacity(count);
     for (i, (cpu, listener)) in spec.cpus.into_iter().zip(spec.listeners).enumerate() {
@@ -201,7 +188,7 @@ where
         };
         let (trigger, shutdown) = shutdown_pair();
         triggers.push(trigger);
-        let builder = mesh_builder.clone();
+        let (mesh, inbox) = ends.next().expect("one mesh end per shard");
         let shard_main = shard_main.clone();
         let ex = LocalExecutorBuilder::new(placement)
             .name(&format!("{}-{i}", spec.name))
@@ -211,24 +198,8 @@ where
             .io_memory(512 << 10)
             .preempt_timer(Duration::from_millis(10))
             .spawn(move || async move {
-                let (senders, receivers) = match builder.join().await {
-                    Ok(ends) => ends,
-                    Err(e) => {
-                        tracing::error!(error = %e, "shard could not join the mesh");
-                        return;
-                    }
-                };
-                // See `TICK`.
-                glommio::spawn_local(async {
-                    loop {
-                        glommio::timer::sleep(TICK).await;
-                    }
-                })
-                .detach();
-                let id = senders.peer_id();
-                let (mesh, inbox) = split(senders, receivers);
                 let env = ShardEnv {
-                    id,
+                    id: i,
                     count,
                     mesh,
                     inbox,

@@ -1,16 +1,14 @@
 //! Signals that cross threads: shutdown from a plain OS thread (signal
 //! handler, test) to the shards, and replies from another thread.
 //!
-//! A glommio 0.9 shard on this machine (kernel 6.18, 2 cores, loaded) has
-//! been seen never to act on a signal from another thread: both shards of
-//! a test server sat in `select(accept, shutdown)` after the trigger had
-//! fired, or a forwarded request's reply never reached its asker. The fault
-//! is in the runtime's cross-thread wake-up path and was not pinned down.
-//! So nothing here relies on such a wake-up alone: each wait also re-checks
-//! on a timer of its own (and every shard wakes periodically, see
-//! `executor::TICK`); the wake-up, when it arrives, only makes the answer
-//! faster. Wake-ups within one shard (local timers, local channels) are
-//! used as they are.
+//! A cross-thread wake-up of a glommio task goes through the runtime's
+//! foreign-wake queue and an eventfd. glommio 0.9 is unmaintained upstream
+//! and its sleep/wake path has open hang reports, so nothing here relies on
+//! such a wake-up alone: each wait also re-checks on a timer of its own,
+//! and the wake-up, when it arrives, only makes the answer faster. (The
+//! hangs first blamed on this path turned out to be glommio's mesh join,
+//! now replaced; see `mesh`.) Wake-ups within one shard are used as they
+//! are.
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -123,7 +123,8 @@ impl Conn {
             out.extend_from_slice(b);
         }
         self.send_raw(&out);
-        self.read_response().expect("response")
+        self.read_response()
+            .unwrap_or_else(|| panic!("no response to {method} {path}"))
     }
 
     pub fn get(&mut self, path: &str) -> Resp {
