@@ -359,7 +359,7 @@ fn run_load(
     // Collect, with a progress line when stderr is a terminal.
     let mut latest: Vec<Option<Tally>> = vec![None; cli.threads];
     let mut done: Vec<Option<Tally>> = vec![None; cli.threads];
-    let mut last_shown = (Instant::now(), 0u64);
+    let mut last_shown = (t0 + window.0, 0u64);
     while done.iter().any(Option::is_none) {
         match rx.recv() {
             Ok(Msg::Progress(t, tally)) => {
