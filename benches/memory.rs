@@ -15,15 +15,18 @@ use coordinator::shard::registry::{Registry, WorkerRecord};
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+static BLOCKS: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size(), Relaxed);
+        BLOCKS.fetch_add(1, Relaxed);
         System.alloc(l)
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size(), Relaxed);
+        BLOCKS.fetch_sub(1, Relaxed);
         System.dealloc(p, l)
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
@@ -74,11 +77,13 @@ fn main() {
 
     // 3. In the registry: records + id map + service index.
     let before = live();
+    let blocks_before = BLOCKS.load(Relaxed);
     let mut reg = Registry::default();
     for b in &bodies {
         reg.insert(common::record(b, &catalog));
     }
     let registry_bytes = live() - before;
+    let registry_blocks = BLOCKS.load(Relaxed) - blocks_before;
     assert_eq!(reg.len(), n);
 
     let per = |b: usize| b as f64 / n as f64;
@@ -102,5 +107,9 @@ fn main() {
     println!(
         "  total in the registry             {:>8.0} bytes",
         per(registry_bytes)
+    );
+    println!(
+        "  live heap blocks                  {:>8.1} per worker",
+        per(registry_blocks)
     );
 }
