@@ -11,134 +11,21 @@
 //! Bodies are what real agents send (shared/reference/compat.md), the same
 //! shapes loadgen sends.
 
-use std::collections::VecDeque;
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
+use common::{cpu_register, gpu_register, heartbeat, registry_of, service_register};
 use coordinator::http::request::parse_object;
 use coordinator::model::size::parse_size;
 use coordinator::model::time::now_iso8601;
 use coordinator::model::wire::{HeartbeatRequest, RegisterRequest};
-use coordinator::model::{classify, Catalog, ServiceSpec, WorkerType};
-use coordinator::shard::registry::{
-    ContainerConfig, Liveness, Registry, ReportedState, ServiceConfig, WorkerRecord,
-};
-
-fn gpu_register(id: &str) -> Value {
-    json!({
-        "worker_id": id,
-        "tunnel_url": format!("https://{id}.tunnel.example.net"),
-        "vpn_ip": "10.8.0.17",
-        "capabilities": {
-            "hostname": id, "cpu_cores": 16, "has_gpu": true, "gpu_type": "NVIDIA RTX 4090",
-            "gpu_memory": "24GB", "worker_type": "gpu", "has_public_ip": false,
-            "low_latency": true, "latency_ms": 12, "ram": "64GB"
-        },
-        "services": [{"name": "llm-inference", "port": 8105}],
-        "containers": []
-    })
-}
-
-fn cpu_register(id: &str) -> Value {
-    json!({
-        "worker_id": id,
-        "tunnel_url": format!("https://{id}.tunnel.example.net"),
-        "capabilities": {
-            "hostname": id, "cpu_cores": 8, "has_gpu": false, "worker_type": "cpu",
-            "has_public_ip": false, "ram": "16GB"
-        }
-    })
-}
-
-fn service_register() -> Value {
-    json!({
-        "ip_address": "10.9.0.4",
-        "capabilities": {
-            "cpu_cores": 32, "ram": "128 GiB", "gpu_memory": "24576MB",
-            "gpu_type": "NVIDIA A10", "gpu_driver": "550.54", "storage": "2TB",
-            "network_bandwidth": "10Gbps"
-        }
-    })
-}
-
-fn heartbeat(id: &str) -> Value {
-    json!({
-        "worker_id": id,
-        "status": "healthy",
-        "current_load": 0.42,
-        "available_memory": "12.5GB",
-        "loaded_models": ["llama3-8b-instruct", "nomic-embed-text"],
-        "active_requests": 3,
-        "gpu_utilization": 57.0,
-        "services_status": {"llm-inference": "running", "rag-embeddings": "running"},
-        "specialization": "general"
-    })
-}
-
-/// A record as the register handler builds it.
-fn record(body: &Value, catalog: &Catalog) -> WorkerRecord {
-    let r: RegisterRequest = serde_json::from_value(body.clone()).expect("valid body");
-    let caps = r.capabilities.unwrap_or_default();
-    let class = classify(&caps);
-    let assigned: Vec<&ServiceSpec> = catalog.assign(class.worker_type, &|_| 1, 3);
-    let now = SystemTime::now();
-    WorkerRecord {
-        worker_id: r.worker_id.expect("id"),
-        worker_type: class.worker_type,
-        tier: class.tier,
-        tunnel_url: r.tunnel_url,
-        ip_address: Some("127.0.0.1".into()),
-        capabilities: caps,
-        services: r.services.unwrap_or_default(),
-        containers: r.containers.unwrap_or_default(),
-        assigned_services: assigned.iter().map(|s| s.name.clone()).collect(),
-        service_configs: assigned
-            .iter()
-            .map(|s| ServiceConfig {
-                name: s.name.clone(),
-                port: s.port,
-                priority: s.priority,
-            })
-            .collect(),
-        assigned_containers: assigned
-            .iter()
-            .map(|s| ContainerConfig {
-                name: s.name.clone(),
-                image: s.image.clone(),
-                port: s.port,
-                env: s.env.clone(),
-            })
-            .collect(),
-        registered_at: now,
-        last_heartbeat_at: now,
-        last_seen: Instant::now(),
-        state: ReportedState {
-            status: "healthy".into(),
-            services_status: Map::new(),
-            ..Default::default()
-        },
-        pending: VecDeque::new(),
-        tasks_completed: 0,
-    }
-}
-
-fn registry_of(n: usize) -> Registry {
-    let catalog = Catalog::default();
-    let mut reg = Registry::default();
-    for i in 0..n {
-        let id = format!("w-{i:06}");
-        let body = if i % 4 == 0 {
-            gpu_register(&id)
-        } else {
-            cpu_register(&id)
-        };
-        reg.insert(record(&body, &catalog));
-    }
-    reg
-}
+use coordinator::model::{classify, Catalog, WorkerType};
+use coordinator::shard::registry::{Liveness, Registry};
 
 const LIVE: Liveness = Liveness {
     heartbeat_timeout: Duration::from_secs(120),

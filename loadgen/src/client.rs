@@ -27,17 +27,29 @@ impl BlockingConn {
         if self.stream.is_none() {
             let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
             s.set_nodelay(true)?;
-            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            // Worker lists of 10k workers take well under a second; a
+            // server that says nothing for 10 s is stuck.
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
             self.stream = Some(s);
         }
         Ok(self.stream.as_mut().expect("just connected"))
     }
 
     /// Sends a serialised request, returns status and body. Reconnects
-    /// once if a kept-alive connection turns out to be closed.
+    /// once if a kept-alive connection turns out to be closed (never after
+    /// a timeout: that would only double the wait on a stuck server).
     pub fn call(&mut self, req: &[u8]) -> io::Result<(u16, Vec<u8>)> {
         match self.call_once(req) {
             Ok(r) => Ok(r),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                self.stream = None;
+                Err(e)
+            }
             Err(_) => {
                 self.stream = None;
                 self.call_once(req)

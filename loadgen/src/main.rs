@@ -47,8 +47,9 @@ enum Scenario {
     Mixed,
     /// GET --path: any URL, e.g. the --baseline-hello server for a baseline.
     Get,
-    /// Memory: registers --workers workers and reports the server's RSS
-    /// growth per worker (/proc/<--pid>/status VmRSS). No latency run.
+    /// Memory: registers --workers workers (stopping at --duration) and
+    /// reports the server's RSS growth per worker (/proc/<--pid>/status
+    /// VmRSS). No latency run.
     Rss,
 }
 
@@ -266,8 +267,14 @@ fn main() -> ExitCode {
         .any(|(k, _)| matches!(k, Kind::Heartbeat | Kind::Workers | Kind::Broadcast));
     if needs_workers && !cli.no_setup && cli.workers > 0 {
         let started = Instant::now();
-        if let Err(e) = register_workers(addr, &host, &cli.prefix, cli.workers, cli.threads.max(4))
-        {
+        if let Err(e) = register_workers(
+            addr,
+            &host,
+            &cli.prefix,
+            cli.workers,
+            cli.threads.max(4),
+            None,
+        ) {
             return fail(format!("pre-registering {} workers: {e}", cli.workers));
         }
         eprintln!(
@@ -359,7 +366,7 @@ fn run_load(
     // Collect, with a progress line when stderr is a terminal.
     let mut latest: Vec<Option<Tally>> = vec![None; cli.threads];
     let mut done: Vec<Option<Tally>> = vec![None; cli.threads];
-    let mut last_shown = (Instant::now(), 0u64);
+    let mut last_shown = (t0 + window.0, 0u64);
     while done.iter().any(Option::is_none) {
         match rx.recv() {
             Ok(Msg::Progress(t, tally)) => {
@@ -435,21 +442,27 @@ fn scrape_metrics(addr: SocketAddr, host: &str, route: &str) -> Option<ServerHis
     report::parse_server_histogram(&String::from_utf8_lossy(&body), route)
 }
 
-/// Registers workers `prefix-000000..` over `parallel` connections.
+/// Registers workers `prefix-000000..` over `parallel` connections, until
+/// done or `deadline`; returns how many were registered.
 fn register_workers(
     addr: SocketAddr,
     host: &str,
     prefix: &str,
     n: usize,
     parallel: usize,
-) -> Result<(), String> {
+    deadline: Option<Instant>,
+) -> Result<usize, String> {
     let parallel = parallel.clamp(1, n.max(1));
-    let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+    let results: Vec<Result<usize, String>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..parallel)
             .map(|t| {
                 s.spawn(move || {
                     let mut conn = BlockingConn::new(addr);
+                    let mut done = 0;
                     for i in (t..n).step_by(parallel) {
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            break;
+                        }
                         let id = scenario::worker_id(prefix, i);
                         let req = http::build_request(
                             "POST",
@@ -458,7 +471,7 @@ fn register_workers(
                             Some(&scenario::register_body(&id, i)),
                         );
                         match conn.call(&req) {
-                            Ok((200, _)) => {}
+                            Ok((200, _)) => done += 1,
                             Ok((st, body)) => {
                                 return Err(format!(
                                     "{id}: status {st}: {}",
@@ -468,7 +481,7 @@ fn register_workers(
                             Err(e) => return Err(format!("{id}: {e}")),
                         }
                     }
-                    Ok(())
+                    Ok(done)
                 })
             })
             .collect();
@@ -476,7 +489,7 @@ fn register_workers(
             .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
             .collect()
     });
-    results.into_iter().collect()
+    results.into_iter().sum()
 }
 
 /// VmRSS of a process, in bytes.
@@ -508,10 +521,28 @@ fn rss(cli: &Cli, addr: SocketAddr, host: &str) -> ExitCode {
     };
     let workers_before = health_total(addr, host).unwrap_or(0);
     let started = Instant::now();
-    if let Err(e) = register_workers(addr, host, &cli.prefix, cli.workers, cli.connections.min(8)) {
-        return fail(format!("registering: {e}"));
-    }
+    // Bounded like every run: registration cost grows with the registry,
+    // so a large --workers may not finish within --duration; then the
+    // figure is for the workers that did register.
+    let registered = match register_workers(
+        addr,
+        host,
+        &cli.prefix,
+        cli.workers,
+        cli.connections.min(8),
+        Some(started + cli.duration),
+    ) {
+        Ok(n) => n,
+        Err(e) => return fail(format!("registering: {e}")),
+    };
     let took = started.elapsed();
+    if registered < cli.workers {
+        eprintln!(
+            "loadgen: --duration {:.0} s reached after {registered} of {} registrations",
+            cli.duration.as_secs_f64(),
+            cli.workers
+        );
+    }
     // Let the allocator settle (freed request buffers) before measuring.
     std::thread::sleep(Duration::from_millis(500));
     let after = match vm_rss(pid) {
@@ -526,10 +557,9 @@ fn rss(cli: &Cli, addr: SocketAddr, host: &str) -> ExitCode {
         after.saturating_sub(before) as f64 / added as f64
     };
     println!(
-        "loadgen rss: {} registrations in {:.1} s ({:.0}/s) -> {host}",
-        cli.workers,
+        "loadgen rss: {registered} registrations in {:.1} s ({:.0}/s) -> {host}",
         took.as_secs_f64(),
-        cli.workers as f64 / took.as_secs_f64()
+        registered as f64 / took.as_secs_f64()
     );
     println!("workers:     {workers_before} before, {workers_after} after ({added} added)");
     println!(
@@ -540,7 +570,7 @@ fn rss(cli: &Cli, addr: SocketAddr, host: &str) -> ExitCode {
     println!("per worker:  {per:.0} bytes");
     if let Some(path) = &cli.json {
         let v = serde_json::json!({
-            "scenario": "rss", "target": host, "registrations": cli.workers,
+            "scenario": "rss", "target": host, "registrations": registered,
             "workers_before": workers_before, "workers_after": workers_after,
             "rss_before_bytes": before, "rss_after_bytes": after,
             "bytes_per_worker": per, "seconds": took.as_secs_f64(),
