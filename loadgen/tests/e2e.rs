@@ -3,28 +3,21 @@
 //! documented. Rates are low so the tests pass on a busy machine; they
 //! check behaviour, not speed.
 
-use std::mem::ManuallyDrop;
 use std::process::Command;
 
 use coordinator::{Config, Server};
 use serde_json::Value;
 
-/// A one-shard server that is never stopped. These tests are about
-/// loadgen, not the server, and on a busy 2-core machine the server
-/// currently has a cross-thread wake-up bug (reported to the core issue,
-/// visible in its own tests): a shard sleeping in `io_uring_wait` can miss
-/// a wake-up from another thread, so with 2 shards a forwarded request
-/// occasionally gets no answer for seconds, and `Server::drop` occasionally
-/// hangs (about one stop in eight here). One shard has no cross-shard
-/// traffic, and the shards die with the test process.
-fn server() -> ManuallyDrop<Server> {
+/// A two-shard server on an ephemeral loopback port, so heartbeats are
+/// forwarded between shards as in production; stopped when dropped.
+fn server() -> Server {
     let cfg = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        shards: Some(1),
+        shards: Some(2),
         pin: false,
         ..Config::default()
     };
-    ManuallyDrop::new(Server::start(cfg).expect("server starts"))
+    Server::start(cfg).expect("server starts")
 }
 
 fn loadgen(args: &[&str]) -> (i32, String, String) {
