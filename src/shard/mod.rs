@@ -218,9 +218,7 @@ impl Shard {
             Request::CompleteTask(id) => {
                 Reply::Found(self.registry.borrow_mut().complete_task(&id))
             }
-            Request::Coverage { exclude } => {
-                Reply::Coverage(self.coverage(now, exclude.as_deref()))
-            }
+            Request::Coverage { exclude } => Reply::Coverage(self.coverage(exclude.as_deref())),
             Request::List(kind) => Reply::Listing(self.listing(now, kind, None)),
             Request::Discover(service) => {
                 Reply::Listing(self.listing(now, ListKind::Healthy, Some(&service)))
@@ -238,21 +236,12 @@ impl Shard {
         }
     }
 
-    fn coverage(&self, now: Instant, exclude: Option<&str>) -> Coverage {
-        let reg = self.registry.borrow();
-        let mut c = Coverage::default();
-        for w in reg.workers() {
-            if Some(w.worker_id.as_str()) == exclude || !w.is_healthy(now, &self.live) {
-                continue;
-            }
-            if let Some(n) = c.per_tier.get_mut(w.tier as usize) {
-                *n += 1;
-            }
-            for key in w.index_keys() {
-                *c.per_service.entry(key.to_string()).or_default() += 1;
-            }
+    fn coverage(&self, exclude: Option<&str>) -> Coverage {
+        let (per_service, per_tier) = self.registry.borrow().coverage(exclude);
+        Coverage {
+            per_service,
+            per_tier,
         }
-        c
     }
 
     fn listing(&self, now: Instant, kind: ListKind, service: Option<&str>) -> Listing {
@@ -380,7 +369,13 @@ impl Shard {
 
     /// Removes workers that have been silent too long.
     fn sweep(&self) {
-        let removed = self.registry.borrow_mut().sweep(Instant::now(), &self.live);
+        let now = Instant::now();
+        let removed = {
+            let mut reg = self.registry.borrow_mut();
+            let removed = reg.sweep(now, &self.live);
+            reg.refresh_coverage(now, &self.live);
+            removed
+        };
         if !removed.is_empty() {
             self.metrics.borrow_mut().workers_removed += removed.len() as u64;
             tracing::info!(shard = self.id, count = removed.len(), workers = ?removed, "removed silent workers");

@@ -114,10 +114,14 @@ impl WorkerRecord {
     /// Fresh heartbeat and not reporting itself down. Any other status
     /// string ("busy", "loading", ...) counts as healthy.
     pub fn is_healthy(&self, now: Instant, live: &Liveness) -> bool {
-        self.age(now) <= live.heartbeat_timeout
-            && !DOWN_STATUSES
-                .iter()
-                .any(|s| self.state.status.eq_ignore_ascii_case(s))
+        self.age(now) <= live.heartbeat_timeout && !self.reports_down()
+    }
+
+    /// The worker's own status says it should get no work.
+    pub fn reports_down(&self) -> bool {
+        DOWN_STATUSES
+            .iter()
+            .any(|s| self.state.status.eq_ignore_ascii_case(s))
     }
 
     /// Serialises the full record (plus `age_seconds`/`is_healthy` for admin
@@ -204,6 +208,17 @@ pub struct Registry {
     /// Bumped by every mutation, so a shard can tell whether a listing it
     /// built earlier still describes the registry.
     generation: u64,
+    /// Healthy coverage (per service, per tier) for service assignment,
+    /// kept up to date by each mutation rather than recounted on every
+    /// registration, which made registering n workers cost O(n^2).
+    /// Mutations judge a worker by its reported status (a worker that has
+    /// just registered or heartbeated is fresh); staleness is applied by
+    /// `refresh_coverage`, which the shard calls on every sweep, so the
+    /// counts may include a worker for up to one sweep interval after it
+    /// went stale. Assignment is a balancing heuristic; that lag is fine.
+    counted: HashSet<String, Hasher>,
+    cov_service: HashMap<String, u32, Hasher>,
+    cov_tier: [u32; 5],
     tasks_completed: u64,
 }
 
@@ -263,12 +278,87 @@ impl Registry {
                 .or_default()
                 .insert(rec.worker_id.clone());
         }
-        self.workers.insert(rec.worker_id.clone(), rec);
+        let id = rec.worker_id.clone();
+        let counts = !rec.reports_down();
+        self.workers.insert(id.clone(), rec);
+        self.set_counted(&id, counts);
         replaced
+    }
+
+    /// Puts worker `id` in or out of the coverage counts.
+    fn set_counted(&mut self, id: &str, on: bool) {
+        if self.counted.contains(id) == on {
+            return;
+        }
+        let Some(rec) = self.workers.get(id) else {
+            return;
+        };
+        let tier = (rec.tier as usize).min(4);
+        let keys: Vec<String> = rec.index_keys().into_iter().map(str::to_string).collect();
+        if on {
+            self.counted.insert(id.to_string());
+            self.cov_tier[tier] += 1;
+            for k in keys {
+                *self.cov_service.entry(k).or_default() += 1;
+            }
+        } else {
+            self.counted.remove(id);
+            self.cov_tier[tier] = self.cov_tier[tier].saturating_sub(1);
+            for k in keys {
+                if let Some(n) = self.cov_service.get_mut(&k) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.cov_service.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Healthy workers per service and per tier (index = tier), leaving
+    /// out `exclude` (a re-registering worker must not count itself).
+    pub fn coverage(&self, exclude: Option<&str>) -> (HashMap<String, u32>, [u32; 5]) {
+        let mut services: HashMap<String, u32> = self
+            .cov_service
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let mut tiers = self.cov_tier;
+        if let Some(rec) = exclude
+            .filter(|id| self.counted.contains(*id))
+            .and_then(|id| self.workers.get(id))
+        {
+            let t = (rec.tier as usize).min(4);
+            tiers[t] = tiers[t].saturating_sub(1);
+            for k in rec.index_keys() {
+                if let Some(n) = services.get_mut(k) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            services.retain(|_, n| *n > 0);
+        }
+        (services, tiers)
+    }
+
+    /// Re-judges every worker's place in the coverage counts by the clock
+    /// (staleness); called on each sweep.
+    pub fn refresh_coverage(&mut self, now: Instant, live: &Liveness) {
+        let flips: Vec<(String, bool)> = self
+            .workers
+            .values()
+            .filter_map(|w| {
+                let on = w.is_healthy(now, live);
+                (self.counted.contains(&w.worker_id) != on).then(|| (w.worker_id.clone(), on))
+            })
+            .collect();
+        for (id, on) in flips {
+            self.set_counted(&id, on);
+        }
     }
 
     /// Removes a worker and every index entry naming it.
     pub fn remove(&mut self, id: &str) -> Option<WorkerRecord> {
+        self.set_counted(id, false);
         let rec = self.workers.remove(id)?;
         self.changed(id);
         for key in rec.index_keys() {
@@ -315,6 +405,8 @@ impl Registry {
         if let Some(v) = hb.specialization {
             st.specialization = Some(v);
         }
+        let on = !rec.reports_down();
+        self.set_counted(&hb.worker_id, on);
         true
     }
 
@@ -492,6 +584,52 @@ mod tests {
         reg.insert(r);
         let keys: Vec<String> = index(&reg).into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, vec!["a", "x", "y"]);
+    }
+
+    #[test]
+    fn coverage_follows_every_mutation_and_staleness() {
+        let live = Liveness {
+            heartbeat_timeout: Duration::from_secs(2),
+            worker_timeout: Duration::from_secs(60),
+        };
+        let cov = |reg: &Registry, ex: Option<&str>| {
+            let (s, t) = reg.coverage(ex);
+            let mut s: Vec<(String, u32)> = s.into_iter().collect();
+            s.sort();
+            (s, t[2])
+        };
+        let mut reg = Registry::default();
+        reg.insert(record("a", &["x", "y"]));
+        reg.insert(record("b", &["x"]));
+        let both = vec![("x".to_string(), 2), ("y".to_string(), 1)];
+        assert_eq!(cov(&reg, None), (both.clone(), 2));
+        // A re-registering worker does not count itself.
+        assert_eq!(cov(&reg, Some("a")), (vec![("x".to_string(), 1)], 1));
+        // Re-registration with other services moves its counts.
+        reg.insert(record("a", &["z"]));
+        assert_eq!(
+            cov(&reg, None),
+            (vec![("x".to_string(), 1), ("z".to_string(), 1)], 2)
+        );
+        // A worker reporting itself offline drops out, and back in.
+        let hb = |id: &str, status: &str| HeartbeatRequest {
+            worker_id: id.into(),
+            status: Some(status.into()),
+            ..Default::default()
+        };
+        let now = Instant::now();
+        reg.heartbeat(hb("b", "offline"), now, SystemTime::now());
+        assert_eq!(cov(&reg, None), (vec![("z".to_string(), 1)], 1));
+        reg.heartbeat(hb("b", "busy"), now, SystemTime::now());
+        assert_eq!(cov(&reg, None).1, 2);
+        // Staleness is applied on refresh (each sweep).
+        let later = now + Duration::from_secs(3);
+        reg.refresh_coverage(later, &live);
+        assert_eq!(cov(&reg, None), (vec![], 0));
+        reg.heartbeat(hb("a", "healthy"), later, SystemTime::now());
+        assert_eq!(cov(&reg, None), (vec![("z".to_string(), 1)], 1));
+        reg.remove("a");
+        assert_eq!(cov(&reg, None), (vec![], 0));
     }
 
     #[test]
