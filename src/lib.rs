@@ -15,6 +15,8 @@
 //!   type and tier, the service catalog and assignment.
 //! - [`metrics`]: per-shard counters and histograms, merged and encoded on
 //!   scrape.
+//! - [`store`]: durable state in SQLite: one writer thread fed by the
+//!   shards over a channel, group commit, migrations, startup recovery.
 //! - [`config`]: the validated configuration the library runs with.
 //! - [`server`]: start a whole coordinator (used by `main.rs` and tests).
 //!
@@ -31,6 +33,7 @@ pub mod model;
 pub mod runtime;
 pub mod server;
 pub mod shard;
+pub mod store;
 
 pub use config::Config;
 pub use server::{Server, StartError};

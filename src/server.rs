@@ -8,6 +8,8 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::runtime::{self, PoolHandle, PoolSpec, Stopper};
 use crate::shard;
+use crate::store::recovery::Boot;
+use crate::store::{Store, StoreError, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -20,6 +22,8 @@ pub enum StartError {
     },
     #[error("cannot start shard threads: {0}")]
     Spawn(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A running coordinator. Dropping it shuts it down and waits.
@@ -27,6 +31,9 @@ pub struct Server {
     addr: SocketAddr,
     shards: usize,
     pool: Option<PoolHandle>,
+    /// The database writer, closed and joined after the shards have
+    /// stopped so it writes everything they queued.
+    writer: Option<(Store, Writer)>,
 }
 
 impl Server {
@@ -39,6 +46,22 @@ impl Server {
                 addr: cfg.listen,
                 source,
             })?;
+        // Bound before the store is opened so a busy port fails fast; the
+        // shards only accept once they hold their recovered state.
+        let (boot, writer) = match &cfg.database_path {
+            Some(path) => {
+                let (store, writer, recovered) = Store::open(path, cfg.sync)?;
+                match Boot::recover(store.clone(), recovered, n, cfg.worker_timeout) {
+                    Ok(boot) => (boot, Some((store, writer))),
+                    Err(e) => {
+                        store.close();
+                        writer.join();
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => (Boot::in_memory(), None),
+        };
         let cfg = Arc::new(cfg);
         let spec = PoolSpec {
             cpus: cpus.clone(),
@@ -46,13 +69,14 @@ impl Server {
             mesh_capacity: cfg.mesh_capacity,
             name: "shard".into(),
         };
-        let pool = runtime::start_pool(spec, move |env| shard::run(env, cfg.clone()))
+        let pool = runtime::start_pool(spec, move |env| shard::run(env, cfg.clone(), boot.clone()))
             .map_err(StartError::Spawn)?;
         tracing::info!(%addr, shards = n, pinned = ?cpus, "coordinator listening");
         Ok(Server {
             addr,
             shards: n,
             pool: Some(pool),
+            writer,
         })
     }
 
@@ -73,7 +97,16 @@ impl Server {
     /// Blocks until the shards stop (after [`Server::trigger_shutdown`] from
     /// another thread, e.g. a signal handler).
     pub fn wait(mut self) -> usize {
-        self.pool.take().map_or(0, |p| p.join())
+        let failed = self.pool.take().map_or(0, |p| p.join());
+        self.join_writer();
+        failed
+    }
+
+    fn join_writer(&mut self) {
+        if let Some((store, writer)) = self.writer.take() {
+            store.close();
+            writer.join();
+        }
     }
 
     /// A handle another thread (a signal handler) can use to request shutdown.
@@ -85,9 +118,14 @@ impl Server {
         match self.pool.take() {
             Some(mut p) => {
                 p.shutdown();
-                p.join()
+                let failed = p.join();
+                self.join_writer();
+                failed
             }
-            None => 0,
+            None => {
+                self.join_writer();
+                0
+            }
         }
     }
 }

@@ -30,7 +30,19 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(String),
     #[error("Internal shard communication failed: {0}")]
-    Shard(#[from] ShardError),
+    Shard(ShardError),
+    /// Applied in memory but not durable (disk full, IO error).
+    #[error("Storage unavailable, the change was not saved: {0}")]
+    Storage(String),
+}
+
+impl From<ShardError> for ApiError {
+    fn from(e: ShardError) -> Self {
+        match e {
+            ShardError::Store(msg) => ApiError::Storage(msg),
+            e => ApiError::Shard(e),
+        }
+    }
 }
 
 impl ApiError {
@@ -44,7 +56,9 @@ impl ApiError {
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::MissingApiKey => StatusCode::UNAUTHORIZED,
             ApiError::InvalidApiKey => StatusCode::FORBIDDEN,
-            ApiError::Unavailable(_) | ApiError::Shard(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Shard(_) | ApiError::Storage(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
