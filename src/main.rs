@@ -216,6 +216,11 @@ fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Its fallback for a failed log write is eprintln!, which panics the
+        // logging thread when stderr is a file on a full disk (or over
+        // RLIMIT_FSIZE): losing a log line must not kill a shard or the
+        // database writer.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     if cli.log_json {
         fmt.json().init();
@@ -225,6 +230,10 @@ fn init_logging(cli: &Cli) {
 }
 
 fn main() -> ExitCode {
+    // A file-size limit (RLIMIT_FSIZE) must surface as a failed database
+    // write (503, retried) rather than kill the process with SIGXFSZ.
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let mut cli = Cli::parse();
     if let Some(path) = cli.config.clone() {
         let file = std::fs::read_to_string(&path)

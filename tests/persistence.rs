@@ -569,3 +569,56 @@ fn store_metrics_are_exported() {
     s.server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sets the file-size limit of a running process (as a full disk would
+/// refuse writes past a point).
+fn set_fsize_limit(pid: u32, bytes: Option<u64>) {
+    let v = bytes.unwrap_or(libc::RLIM_INFINITY);
+    let lim = libc::rlimit {
+        rlim_cur: v,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall on our own child with a valid struct.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_FSIZE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn write_failures_answer_503_keep_reads_and_catch_up_when_space_returns() {
+    let dir = temp_dir("diskfull");
+    let db = dir.join("c.db");
+    let p = start_proc(&db, 2, &[]);
+    register(p.addr, &cpu_worker("df-0"));
+    // No file may grow past its current end any more.
+    set_fsize_limit(p.child.id(), Some(1));
+    let mut refused = None;
+    for i in 1..400 {
+        let id = format!("df-{i}");
+        let r = post(p.addr, "/api/worker/register", &cpu_worker(&id));
+        if r.status == 503 {
+            assert!(r.detail().contains("Storage unavailable"), "{}", r.text());
+            refused = Some(id);
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let refused = refused.expect("a write past the limit is refused with 503");
+    // Reads and heartbeats keep working.
+    assert_eq!(get(p.addr, "/api/admin/workers").status, 200);
+    assert_eq!(get(p.addr, "/health").status, 200);
+    assert_eq!(heartbeat(p.addr, &json!({"worker_id": "df-0"})).status, 200);
+    // Space returns: the refused change (kept in memory) is written by the
+    // writer's retry, and new writes succeed again.
+    set_fsize_limit(p.child.id(), None);
+    assert!(eventually(Duration::from_secs(5), || {
+        post(p.addr, "/api/worker/register", &cpu_worker("df-after")).status == 200
+    }));
+    p.kill9();
+    let p = start_proc(&db, 2, &[]);
+    let present = all_workers(p.addr);
+    for id in ["df-0", "df-after", refused.as_str()] {
+        assert!(present.contains_key(id), "{id} missing after restart");
+    }
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -32,7 +32,7 @@ pub enum ApiError {
     #[error("Internal shard communication failed: {0}")]
     Shard(ShardError),
     /// Applied in memory but not durable (disk full, IO error).
-    #[error("Storage unavailable, the change was not saved: {0}")]
+    #[error("Storage unavailable: the change could not be made durable ({0}); retry later")]
     Storage(String),
 }
 
