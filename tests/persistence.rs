@@ -457,8 +457,7 @@ fn a_version_1_database_is_migrated_and_served() {
         let conn = rusqlite::Connection::open(&db).unwrap();
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
-             CREATE TABLE workers (worker_id TEXT PRIMARY KEY NOT NULL, record TEXT NOT NULL)
-                 WITHOUT ROWID;
+             CREATE TABLE workers (worker_id TEXT PRIMARY KEY NOT NULL, record TEXT NOT NULL);
              PRAGMA user_version = 1;
              PRAGMA application_id = 1380794691;",
         )

@@ -30,8 +30,11 @@ populate() {
 rps() { grep -E "Requests/sec" | awk '{print $2}'; }
 
 echo "== machine: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
-echo "== heartbeat throughput, $WORKERS workers, wrk -t1 -c$CONNS -d$DUR, 2 shards"
-for round in 1 2; do
+ROUNDS=${ROUNDS:-3}
+SECTIONS=${SECTIONS:-heartbeat register recovery}
+if [[ " $SECTIONS " == *" heartbeat "* ]]; then
+echo "== heartbeat throughput, $WORKERS workers, wrk -t1 -c$CONNS -d$DUR, 2 shards, alternating"
+for round in $(seq "$ROUNDS"); do
   for mode in memory full; do
     if [ "$mode" = memory ]; then start --in-memory; else rm -f "$TMP"/hb.db*; start --db "$TMP/hb.db" --sync full; fi
     populate
@@ -40,7 +43,9 @@ for round in 1 2; do
     stop
   done
 done
+fi
 
+if [[ " $SECTIONS " == *" register "* ]]; then
 echo "== register acks/s (every request a new worker), wrk -t1 -c$CONNS -d$DUR"
 for mode in memory full normal off; do
   if [ "$mode" = memory ]; then start --in-memory; else rm -f "$TMP"/reg.db*; start --db "$TMP/reg.db" --sync "$mode"; fi
@@ -50,7 +55,9 @@ for mode in memory full normal off; do
   echo "$mode: $(echo "$out" | rps) acks/s, p50 $(echo "$out" | awk '/ 50%/{print $2}'), p99 $(echo "$out" | awk '/ 99%/{print $2}'), workers registered $n, mean ops per commit $batch"
   stop
 done
+fi
 
+if [[ " $SECTIONS " == *" recovery "* ]]; then
 echo "== recovery: 100k workers + 100k queued jobs"
 rm -f "$TMP"/rec.db*
 start --db "$TMP/rec.db"
@@ -83,3 +90,5 @@ for shards in 2 3; do
   echo "shards $shards: start to first answer $(( (t1 - t0) / 1000000 )) ms, workers $total; $(grep -o 'recovered state.*' "$TMP/err" | sed 's/\x1b\[[0-9;]*m//g')"
   stop
 done
+ls -la "$TMP"/rec.db* | awk '{s+=$5} END{print "database bytes after clean stop:", s}'
+fi
