@@ -621,3 +621,38 @@ fn write_failures_answer_503_keep_reads_and_catch_up_when_space_returns() {
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn workers_silent_past_the_removal_timeout_are_not_restored() {
+    let dir = temp_dir("expiry");
+    let db = dir.join("e.db");
+    let s = start(2, |c| c.database_path = Some(db.clone()));
+    register(s.addr, &cpu_worker("stale-1"));
+    let r = post(
+        s.addr,
+        "/api/coordinator/broadcast-job",
+        &json!({"job_type": "j", "job_data": {}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    s.server.stop();
+    std::thread::sleep(Duration::from_millis(1200));
+    let s = start(2, |c| {
+        c.database_path = Some(db.clone());
+        c.heartbeat_timeout = Duration::from_millis(500);
+        c.worker_timeout = Duration::from_secs(1);
+    });
+    assert!(all_workers(s.addr).is_empty());
+    s.server.stop();
+    // Its row and its queued job are gone from the file too.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rows: i64 = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM workers) + (SELECT count(*) FROM tasks)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(rows, 0);
+    drop(conn);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -48,6 +48,7 @@ impl Boot {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut slices: Vec<ShardSlice> = (0..shards).map(|_| ShardSlice::default()).collect();
         let mut expired = Vec::new();
+        let mut expired_ids = std::collections::HashSet::new();
         let n_rows = rec.workers.len();
         for row in &rec.workers {
             let w = restore(row, now, wall).map_err(|detail| StoreError::Corrupt {
@@ -55,13 +56,20 @@ impl Boot {
                 detail,
             })?;
             if age_at(w.last_heartbeat_at, wall) > worker_timeout {
+                expired_ids.insert(w.worker_id.clone());
                 expired.push(Op::DeleteWorker { id: w.worker_id });
                 continue;
             }
             slices[owner_of(&w.worker_id, shards)].workers.push(w);
         }
-        let n_tasks = rec.tasks.len();
-        for t in rec.tasks {
+        let mut n_tasks = 0;
+        // An expired worker's tasks go with its row (DeleteWorker).
+        for t in rec
+            .tasks
+            .into_iter()
+            .filter(|t| !expired_ids.contains(&t.owner_key))
+        {
+            n_tasks += 1;
             slices[owner_of(&t.owner_key, shards)].tasks.push(t);
         }
         let n_expired = expired.len();
