@@ -52,7 +52,8 @@ for mode in memory full normal off; do
   out=$(wrk -t1 -c"$CONNS" -d"$DUR" --latency -s register.lua "http://127.0.0.1:$PORT")
   n=$(curl -s "http://127.0.0.1:$PORT/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["workers"]["total"])')
   batch=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^coordinator_store_batch_size_sum/{s=$2} /^coordinator_store_batch_size_count/{c=$2} END{if (c>0) printf "%.1f", s/c; else print "-"}')
-  echo "$mode: $(echo "$out" | rps) acks/s, p50 $(echo "$out" | awk '/ 50%/{print $2}'), p99 $(echo "$out" | awk '/ 99%/{print $2}'), workers registered $n, mean ops per commit $batch"
+  commit=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^coordinator_store_commit_duration_seconds_sum/{s=$2} /^coordinator_store_commit_duration_seconds_count/{c=$2} END{if (c>0) printf "%.2f ms", 1000*s/c; else print "-"}')
+  echo "$mode: $(echo "$out" | rps) acks/s, p50 $(echo "$out" | awk '/ 50%/{print $2}'), p99 $(echo "$out" | awk '/ 99%/{print $2}'), workers registered $n, mean ops per commit $batch, mean commit $commit"
   stop
 done
 fi
