@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::model::Catalog;
+use crate::store::SyncMode;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -32,8 +33,14 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// URL agents should use to reach us; derived from `Host` when unset.
     pub public_url: Option<String>,
-    /// `DATABASE_PATH` (used by the store; accepted and reported for now).
+    /// `DATABASE_PATH`: the SQLite store; `None` keeps everything in memory
+    /// (the library default, so tests write nothing; the binary defaults to
+    /// `./data/coordinator.db`).
     pub database_path: Option<PathBuf>,
+    /// When a commit reaches the disk (`--sync`).
+    pub sync: SyncMode,
+    /// Heartbeat state is written at least this often (`--heartbeat-flush-ms`).
+    pub heartbeat_flush: Duration,
     pub catalog: Catalog,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
@@ -98,6 +105,8 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             public_url: None,
             database_path: None,
+            sync: SyncMode::Full,
+            heartbeat_flush: Duration::from_secs(1),
             catalog: Catalog::default(),
             max_body_bytes: 1 << 20,
             max_header_bytes: 64 << 10,

@@ -17,6 +17,8 @@
 //!   routing/proxying of inference requests to workers.
 //! - [`metrics`]: per-shard counters and histograms, merged and encoded on
 //!   scrape.
+//! - [`store`]: durable state in SQLite: one writer thread fed by the
+//!   shards over a channel, group commit, migrations, startup recovery.
 //! - [`config`]: the validated configuration the library runs with.
 //! - [`server`]: start a whole coordinator (used by `main.rs` and tests).
 //!
@@ -33,6 +35,7 @@ pub mod model;
 pub mod runtime;
 pub mod server;
 pub mod shard;
+pub mod store;
 pub mod tasks;
 
 pub use config::Config;

@@ -37,6 +37,9 @@ macro_rules! options {
             /// Serve a fixed hello-world on every path (benchmark baseline on the same runtime).
             #[arg(long)]
             baseline_hello: bool,
+            /// Keep all state in memory: no database, nothing survives a restart.
+            #[arg(long)]
+            in_memory: bool,
             $( $(#[$doc])* #[arg(long, env = $env)] $name: Option<$ty>, )*
         }
 
@@ -49,6 +52,8 @@ macro_rules! options {
             no_pin: bool,
             #[serde(default)]
             protect_metrics: bool,
+            #[serde(default)]
+            in_memory: bool,
             $( $name: Option<$ty>, )*
         }
 
@@ -59,6 +64,7 @@ macro_rules! options {
                 self.log_json |= file.log_json;
                 self.no_pin |= file.no_pin;
                 self.protect_metrics |= file.protect_metrics;
+                self.in_memory |= file.in_memory;
                 self
             }
         }
@@ -86,8 +92,12 @@ options! {
     allowed_origins: String, env = "ALLOWED_ORIGINS";
     /// URL agents should use to reach this coordinator [default: from the Host header]
     public_url: String, env = "COORDINATOR_URL";
-    /// SQLite database path (persistence) [default: none]
+    /// SQLite database path; its directory is created [default: ./data/coordinator.db]
     db: PathBuf, env = "DATABASE_PATH";
+    /// When commits reach the disk: full (fsync each commit), normal, off [default: full]
+    sync: String, env = "DATABASE_SYNC";
+    /// Write coalesced heartbeat state at least this often, ms [default: 1000]
+    heartbeat_flush_ms: u64, env = "HEARTBEAT_FLUSH_MS";
     /// Service catalog file, TOML or .json [default: built-in table]
     catalog: PathBuf, env = "CATALOG_PATH";
     /// Largest accepted request body in bytes [default: 1048576]
@@ -120,6 +130,9 @@ options! {
     log_level: String, env = "RUST_LOG";
 }
 
+/// Where state lives unless `--db` or `--in-memory` says otherwise.
+const DEFAULT_DB_PATH: &str = "./data/coordinator.db";
+
 fn secs(name: &str, v: Option<f64>, default: Duration) -> Result<Duration, String> {
     match v {
         None => Ok(default),
@@ -139,6 +152,19 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     if cli.shards == Some(0) {
         return Err("--shards must be at least 1".into());
     }
+    let sync = match &cli.sync {
+        Some(s) => s.parse().map_err(|e| format!("--{e}"))?,
+        None => d.sync,
+    };
+    let heartbeat_flush = match cli.heartbeat_flush_ms {
+        None => d.heartbeat_flush,
+        Some(ms) if (1..=3_600_000).contains(&ms) => Duration::from_millis(ms),
+        Some(ms) => {
+            return Err(format!(
+                "--heartbeat-flush-ms must be between 1 and 3600000, got {ms}"
+            ))
+        }
+    };
     let cfg = Config {
         listen: SocketAddr::new(
             cli.host.unwrap_or(d.listen.ip()),
@@ -166,7 +192,17 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
             .map(str::to_string)
             .collect(),
         public_url: cli.public_url.clone(),
-        database_path: cli.db.clone(),
+        database_path: if cli.in_memory {
+            None
+        } else {
+            Some(
+                cli.db
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DB_PATH)),
+            )
+        },
+        sync,
+        heartbeat_flush,
         catalog,
         max_body_bytes: cli.max_body_bytes.unwrap_or(d.max_body_bytes),
         max_header_bytes: cli.max_header_bytes.unwrap_or(d.max_header_bytes),
@@ -206,6 +242,11 @@ fn init_logging(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Its fallback for a failed log write is eprintln!, which panics the
+        // logging thread when stderr is a file on a full disk (or over
+        // RLIMIT_FSIZE): losing a log line must not kill a shard or the
+        // database writer.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not for journald or files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -217,6 +258,10 @@ fn init_logging(cli: &Cli) {
 }
 
 fn main() -> ExitCode {
+    // A file-size limit (RLIMIT_FSIZE) must surface as a failed database
+    // write (503, retried) rather than kill the process with SIGXFSZ.
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let mut cli = Cli::parse();
     if let Some(path) = cli.config.clone() {
         let file = std::fs::read_to_string(&path)

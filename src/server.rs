@@ -8,6 +8,8 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::runtime::{self, PoolHandle, PoolSpec, Stopper};
 use crate::shard;
+use crate::store::recovery::Boot;
+use crate::store::{Store, StoreError, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -20,6 +22,8 @@ pub enum StartError {
     },
     #[error("cannot start shard threads: {0}")]
     Spawn(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A running coordinator. Dropping it shuts it down and waits.
@@ -29,6 +33,9 @@ pub struct Server {
     pool: Option<PoolHandle>,
     /// How long `stop` waits for the shards: their drain time plus slack.
     stop_limit: std::time::Duration,
+    /// The database writer, closed and joined after the shards have
+    /// stopped so it writes everything they queued.
+    writer: Option<(Store, Writer)>,
 }
 
 impl Server {
@@ -42,6 +49,22 @@ impl Server {
                 source,
             })?;
         let stop_limit = cfg.shutdown_timeout + std::time::Duration::from_secs(5);
+        // Bound before the store is opened so a busy port fails fast; the
+        // shards only accept once they hold their recovered state.
+        let (boot, writer) = match &cfg.database_path {
+            Some(path) => {
+                let (store, writer, recovered) = Store::open(path, cfg.sync)?;
+                match Boot::recover(store.clone(), recovered, n, cfg.worker_timeout) {
+                    Ok(boot) => (boot, Some((store, writer))),
+                    Err(e) => {
+                        store.close();
+                        writer.join();
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => (Boot::in_memory(), None),
+        };
         let cfg = Arc::new(cfg);
         let spec = PoolSpec {
             cpus: cpus.clone(),
@@ -49,7 +72,7 @@ impl Server {
             mesh_capacity: cfg.mesh_capacity,
             name: "shard".into(),
         };
-        let pool = runtime::start_pool(spec, move |env| shard::run(env, cfg.clone()))
+        let pool = runtime::start_pool(spec, move |env| shard::run(env, cfg.clone(), boot.clone()))
             .map_err(StartError::Spawn)?;
         tracing::info!(%addr, shards = n, pinned = ?cpus, "coordinator listening");
         Ok(Server {
@@ -57,6 +80,7 @@ impl Server {
             shards: n,
             pool: Some(pool),
             stop_limit,
+            writer,
         })
     }
 
@@ -77,7 +101,16 @@ impl Server {
     /// Blocks until the shards stop (after [`Server::trigger_shutdown`] from
     /// another thread, e.g. a signal handler).
     pub fn wait(mut self) -> usize {
-        self.pool.take().map_or(0, |p| p.join())
+        let failed = self.pool.take().map_or(0, |p| p.join());
+        self.join_writer();
+        failed
+    }
+
+    fn join_writer(&mut self) {
+        if let Some((store, writer)) = self.writer.take() {
+            store.close();
+            writer.join();
+        }
     }
 
     /// A handle another thread (a signal handler) can use to request shutdown.
@@ -89,9 +122,14 @@ impl Server {
         match self.pool.take() {
             Some(mut p) => {
                 p.shutdown();
-                p.join_within(self.stop_limit)
+                let failed = p.join_within(self.stop_limit);
+                self.join_writer();
+                failed
             }
-            None => 0,
+            None => {
+                self.join_writer();
+                0
+            }
         }
     }
 }

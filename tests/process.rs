@@ -11,6 +11,8 @@ use common::*;
 
 fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    // These tests are about flags, not persistence: write no database.
+    cmd.arg("--in-memory");
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
@@ -100,7 +102,7 @@ fn bad_configuration_exits_with_a_message() {
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
             .args(&args)
-            .args(["--port", "0", "--host", "127.0.0.1"])
+            .args(["--port", "0", "--host", "127.0.0.1", "--in-memory"])
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -111,7 +113,7 @@ fn bad_configuration_exits_with_a_message() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
-        .args(["--host", "127.0.0.1", "--port", &port])
+        .args(["--host", "127.0.0.1", "--port", &port, "--in-memory"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

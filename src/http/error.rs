@@ -39,7 +39,19 @@ pub enum ApiError {
     #[error("{0}")]
     GatewayTimeout(String),
     #[error("Internal shard communication failed: {0}")]
-    Shard(#[from] ShardError),
+    Shard(ShardError),
+    /// Applied in memory but not durable (disk full, IO error).
+    #[error("Storage unavailable: the change could not be made durable ({0}); retry later")]
+    Storage(String),
+}
+
+impl From<ShardError> for ApiError {
+    fn from(e: ShardError) -> Self {
+        match e {
+            ShardError::Store(msg) => ApiError::Storage(msg),
+            e => ApiError::Shard(e),
+        }
+    }
 }
 
 impl ApiError {
@@ -53,7 +65,9 @@ impl ApiError {
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::MissingApiKey => StatusCode::UNAUTHORIZED,
             ApiError::InvalidApiKey => StatusCode::FORBIDDEN,
-            ApiError::Unavailable(_) | ApiError::Shard(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Shard(_) | ApiError::Storage(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,

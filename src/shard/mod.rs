@@ -15,7 +15,7 @@ pub mod msg;
 pub mod registry;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -27,6 +27,8 @@ use crate::config::Config;
 use crate::metrics::{MetricsSnapshot, ShardMetrics};
 use crate::model::truthy;
 use crate::runtime::{self, Mesh, ShardEnv};
+use crate::store::recovery::Boot;
+use crate::store::{self, Ack, Op, Store};
 use crate::tasks::{Target, Task, TaskTable};
 use msg::{BroadcastJob, Coverage, Envelope, ListKind, Listing, Reply, Request, Summary};
 use registry::{Liveness, Registry, WorkerRecord};
@@ -64,6 +66,9 @@ pub enum ShardError {
     Timeout(usize),
     #[error("shard answered with an unexpected reply (wanted {0})")]
     Unexpected(&'static str),
+    /// The change is applied in memory but could not be made durable.
+    #[error("{0}")]
+    Store(String),
 }
 
 pub struct Shard {
@@ -76,6 +81,10 @@ pub struct Shard {
     pub proxy: Rc<crate::tasks::proxy::ProxyState>,
     pub metrics: RefCell<ShardMetrics>,
     mesh: Mesh<Envelope>,
+    /// Where mutations are made durable; `None` runs in memory only.
+    store: Option<Store>,
+    /// Workers heartbeated since the last flush to the store.
+    dirty: RefCell<HashSet<String, ahash::RandomState>>,
     list_cache: RefCell<ListCache>,
 }
 
@@ -134,7 +143,19 @@ impl Shard {
             metrics: RefCell::new(ShardMetrics::new(n_routes)),
             mesh,
             list_cache: RefCell::new(ListCache::default()),
+            store: None,
+            dirty: RefCell::default(),
         }
+    }
+
+    /// Makes this shard persist its mutations in `store`.
+    pub fn with_store(mut self, store: Option<Store>) -> Self {
+        self.store = store;
+        self
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
     }
 
     pub fn owner_of(&self, worker_id: &str) -> usize {
@@ -153,7 +174,9 @@ impl Shard {
     /// Runs `req` on shard `to`: inline when it is us, else over the mesh.
     pub async fn call(&self, to: usize, req: Request) -> Result<Reply, ShardError> {
         if to == self.id {
-            return Ok(self.handle(req));
+            let (reply, ack) = self.apply(req);
+            self.durable(ack).await?;
+            return Ok(reply);
         }
         let (tx, rx) = oneshot::channel();
         let env = Envelope {
@@ -171,9 +194,25 @@ impl Shard {
                 .await
                 .map_err(|_| ShardError::Unavailable(to))
         };
-        runtime::timeout(self.cfg.gather_timeout, exchange)
+        match runtime::timeout(self.cfg.gather_timeout, exchange)
             .await
-            .map_err(|_| ShardError::Timeout(to))?
+            .map_err(|_| ShardError::Timeout(to))??
+        {
+            Reply::StoreFailed(e) => Err(ShardError::Store(e)),
+            reply => Ok(reply),
+        }
+    }
+
+    /// Waits until the store has committed a mutation of this shard.
+    async fn durable(&self, ack: Option<Ack>) -> Result<(), ShardError> {
+        let Some(ack) = ack else { return Ok(()) };
+        match runtime::timeout(self.cfg.gather_timeout, ack.wait()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ShardError::Store(e.to_string())),
+            Err(_) => Err(ShardError::Store(
+                "database write did not complete in time".into(),
+            )),
+        }
     }
 
     /// Runs the request built by `make` on every shard and returns the replies.
@@ -186,8 +225,131 @@ impl Shard {
     pub fn serve_remote(&self, env: Envelope) {
         self.metrics.borrow_mut().mesh_received += 1;
         let _ = env.from;
-        // The requester may have timed out and gone; nothing to do then.
-        let _ = env.reply.send(self.handle(env.request));
+        let (reply, ack) = self.apply(env.request);
+        match ack {
+            // The requester may have timed out and gone; nothing to do then.
+            None => {
+                let _ = env.reply.send(reply);
+            }
+            // Answer only once durable, without holding up the mesh loop.
+            Some(ack) => {
+                let timeout = self.cfg.gather_timeout;
+                runtime::spawn(async move {
+                    let reply = match runtime::timeout(timeout, ack.wait()).await {
+                        Ok(Ok(())) => reply,
+                        Ok(Err(e)) => Reply::StoreFailed(e.to_string()),
+                        Err(_) => {
+                            Reply::StoreFailed("database write did not complete in time".into())
+                        }
+                    };
+                    let _ = env.reply.send(reply);
+                });
+            }
+        }
+    }
+
+    /// Runs `req` and, with a store, queues the resulting durable changes:
+    /// the reply may only be released once the returned ack resolves. The
+    /// mutation is applied in memory first and queued in the same
+    /// synchronous step, so the store sees each shard's mutations in the
+    /// order memory did. Heartbeats only mark the worker dirty.
+    pub fn apply(&self, req: Request) -> (Reply, Option<Ack>) {
+        let Some(store) = &self.store else {
+            return (self.handle(req), None);
+        };
+        match req {
+            Request::Register(rec) => {
+                let id = rec.worker_id.clone();
+                let reply = self.handle(Request::Register(rec));
+                let op = self.registry.borrow().get(&id).map(store::worker::put_op);
+                (reply, Some(store.submit(op.into_iter().collect())))
+            }
+            Request::RegisterNew(rec) => {
+                let id = rec.worker_id.clone();
+                let reply = self.handle(Request::RegisterNew(rec));
+                if !matches!(reply, Reply::Registered { .. }) {
+                    return (reply, None);
+                }
+                let op = self.registry.borrow().get(&id).map(store::worker::put_op);
+                (reply, Some(store.submit(op.into_iter().collect())))
+            }
+            Request::Heartbeat(hb) => {
+                let id = (!self.dirty.borrow().contains(hb.worker_id.as_str()))
+                    .then(|| hb.worker_id.clone());
+                let reply = self.handle(Request::Heartbeat(hb));
+                if let (Some(id), Reply::Found(true)) = (id, &reply) {
+                    self.dirty.borrow_mut().insert(id);
+                }
+                (reply, None)
+            }
+            Request::Unregister(id) => {
+                let reply = self.handle(Request::Unregister(id.clone()));
+                if !matches!(reply, Reply::Found(true)) {
+                    return (reply, None);
+                }
+                self.dirty.borrow_mut().remove(&id);
+                (reply, Some(store.submit(vec![Op::DeleteWorker { id }])))
+            }
+            Request::CompleteTask(id) => {
+                let reply = self.handle(Request::CompleteTask(id.clone()));
+                let op = self.registry.borrow().get(&id).map(store::worker::put_op);
+                (reply, Some(store.submit(op.into_iter().collect())))
+            }
+            other => (self.handle(other), None),
+        }
+    }
+
+    /// Sends the last heartbeat state of every worker heartbeated since the
+    /// previous flush, as one message.
+    fn flush_heartbeats(&self) -> Option<Ack> {
+        let store = self.store.as_ref()?;
+        let ids = std::mem::take(&mut *self.dirty.borrow_mut());
+        if ids.is_empty() {
+            return None;
+        }
+        let reg = self.registry.borrow();
+        let ops = ids
+            .iter()
+            .filter_map(|id| reg.get(id))
+            .map(store::worker::heartbeat_op)
+            .collect();
+        Some(store.submit(ops))
+    }
+
+    /// Installs the state recovered from the database for this shard.
+    fn restore(&self, slice: store::recovery::ShardSlice) {
+        let mut reg = self.registry.borrow_mut();
+        let workers = slice.workers.len();
+        for w in slice.workers {
+            reg.restore(w);
+        }
+        let (mut attached, mut orphans) = (0usize, 0usize);
+        for t in slice.tasks {
+            let pushed = serde_json::from_str(&t.body)
+                .map(|job| reg.push_job(&t.owner_key, job))
+                .unwrap_or(false);
+            if pushed {
+                attached += 1;
+            } else {
+                orphans += 1;
+            }
+        }
+        if workers + attached + orphans > 0 {
+            tracing::debug!(
+                shard = self.id,
+                workers,
+                jobs = attached,
+                unattached_tasks = orphans,
+                "shard restored"
+            );
+        }
+        if orphans > 0 {
+            tracing::warn!(
+                shard = self.id,
+                count = orphans,
+                "tasks in the database name no restored worker; left in the database"
+            );
+        }
     }
 
     /// Executes one operation against this shard's state.
@@ -377,6 +539,18 @@ impl Shard {
             removed
         };
         if !removed.is_empty() {
+            if let Some(store) = &self.store {
+                let mut dirty = self.dirty.borrow_mut();
+                for id in &removed {
+                    dirty.remove(id);
+                }
+                store.submit_nowait(
+                    removed
+                        .iter()
+                        .map(|id| Op::DeleteWorker { id: id.clone() })
+                        .collect(),
+                );
+            }
             self.metrics.borrow_mut().workers_removed += removed.len() as u64;
             tracing::info!(shard = self.id, count = removed.len(), workers = ?removed, "removed silent workers");
         }
@@ -391,7 +565,7 @@ fn sweep_interval(cfg: &Config) -> Duration {
 }
 
 /// A shard's main: serve the mesh, sweep, and serve HTTP until shutdown.
-pub async fn run(env: ShardEnv<Envelope>, cfg: Arc<Config>) {
+pub async fn run(env: ShardEnv<Envelope>, cfg: Arc<Config>, boot: Arc<Boot>) {
     let ShardEnv {
         id,
         count,
@@ -401,7 +575,10 @@ pub async fn run(env: ShardEnv<Envelope>, cfg: Arc<Config>) {
         shutdown,
     } = env;
     let n_routes = crate::http::ROUTE_NAMES.len();
-    let shard = Rc::new(Shard::new(id, count, cfg.clone(), mesh, n_routes));
+    let shard = Shard::new(id, count, cfg.clone(), mesh, n_routes).with_store(boot.store.clone());
+    shard.restore(boot.take(id));
+    drop(boot);
+    let shard = Rc::new(shard);
     {
         let shard = shard.clone();
         inbox.serve(move |env| shard.serve_remote(env));
@@ -418,7 +595,23 @@ pub async fn run(env: ShardEnv<Envelope>, cfg: Arc<Config>) {
         });
     }
     crate::tasks::spawn_housekeeping(shard.clone(), shutdown.clone());
+    if shard.store.is_some() {
+        let shard = shard.clone();
+        let shutdown = shutdown.clone();
+        let every = cfg.heartbeat_flush;
+        runtime::spawn(async move {
+            while !shutdown.is_requested() {
+                runtime::sleep(every).await;
+                // Not awaited: heartbeat replies never wait for the disk.
+                drop(shard.flush_heartbeats());
+            }
+        });
+    }
     tracing::debug!(shard = id, shards = count, "shard started");
     crate::http::serve(shard.clone(), listener, shutdown).await;
+    // A clean stop loses no heartbeat state at all.
+    if let Err(e) = shard.durable(shard.flush_heartbeats()).await {
+        tracing::warn!(shard = id, error = %e, "final heartbeat flush failed");
+    }
     tracing::debug!(shard = id, "shard stopped");
 }

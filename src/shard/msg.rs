@@ -129,6 +129,8 @@ pub enum Reply {
     /// Broadcast: (worker id, task id) of each worker that got the job.
     Delivered(Vec<(String, String)>),
     Metrics(Box<MetricsSnapshot>),
+    /// The owner applied a mutation but could not make it durable.
+    StoreFailed(String),
 }
 
 /// A request travelling to another shard.

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::model::time::iso8601;
@@ -33,14 +33,14 @@ pub struct Liveness {
 /// Reported statuses that mean "do not send work here" even when fresh.
 const DOWN_STATUSES: [&str; 5] = ["unhealthy", "offline", "error", "stopping", "failed"];
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ServiceConfig {
     pub name: String,
     pub port: u16,
     pub priority: u32,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ContainerConfig {
     pub name: String,
     pub image: String,
@@ -49,7 +49,8 @@ pub struct ContainerConfig {
 }
 
 /// What the latest heartbeat said.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct ReportedState {
     pub status: String,
     pub current_load: f64,
@@ -354,6 +355,13 @@ impl Registry {
         for (id, on) in flips {
             self.set_counted(&id, on);
         }
+    }
+
+    /// Puts back a record read from the database at startup, counting its
+    /// completed tasks into the shard's total.
+    pub fn restore(&mut self, rec: WorkerRecord) {
+        self.tasks_completed += rec.tasks_completed;
+        self.insert(rec);
     }
 
     /// Removes a worker and every index entry naming it.

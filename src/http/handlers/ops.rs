@@ -39,7 +39,10 @@ pub async fn metrics(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         services_total: s.services.values().filter(|ids| !ids.is_empty()).count() as u64,
         tasks_completed: s.tasks_completed,
     };
-    let text = encode(&ROUTE_NAMES, &shards, &gauges);
+    let mut text = encode(&ROUTE_NAMES, &shards, &gauges);
+    if let Some(store) = ctx.shard.store() {
+        store.snapshot().encode(&mut text);
+    }
     let mut r = json(StatusCode::OK, text.into_bytes());
     r.headers_mut().insert(
         CONTENT_TYPE,

@@ -1,0 +1,101 @@
+//! Startup recovery: rows -> records, split by owner shard.
+//!
+//! Placement is recomputed with the current shard count, so a database
+//! written by a run with a different `--shards` still puts every worker on
+//! the shard that `owner_of` will route its requests to. Tasks go to the
+//! shard owning their `owner_key`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::worker::{age_at, restore};
+use super::{Op, Recovered, RecoveredTask, Store, StoreError};
+use crate::shard::owner_of;
+use crate::shard::registry::WorkerRecord;
+
+/// What one shard starts with.
+#[derive(Debug, Default)]
+pub struct ShardSlice {
+    pub workers: Vec<WorkerRecord>,
+    pub tasks: Vec<RecoveredTask>,
+}
+
+/// Handed to every shard at start: the store handle and its slice.
+pub struct Boot {
+    pub store: Option<Store>,
+    slices: Mutex<Vec<Option<ShardSlice>>>,
+}
+
+impl Boot {
+    /// No database: every shard starts empty.
+    pub fn in_memory() -> Arc<Boot> {
+        Arc::new(Boot {
+            store: None,
+            slices: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Rebuilds records and splits them over `shards` shards. Workers whose
+    /// last heartbeat is older than `worker_timeout` are not restored (the
+    /// sweeper would remove them at once); their rows are deleted.
+    pub fn recover(
+        store: Store,
+        rec: Recovered,
+        shards: usize,
+        worker_timeout: Duration,
+    ) -> Result<Arc<Boot>, StoreError> {
+        let started = Instant::now();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut slices: Vec<ShardSlice> = (0..shards).map(|_| ShardSlice::default()).collect();
+        let mut expired = Vec::new();
+        let mut expired_ids = std::collections::HashSet::new();
+        let n_rows = rec.workers.len();
+        for row in &rec.workers {
+            let w = restore(row, now, wall).map_err(|detail| StoreError::Corrupt {
+                path: store.path().to_path_buf(),
+                detail,
+            })?;
+            if age_at(w.last_heartbeat_at, wall) > worker_timeout {
+                expired_ids.insert(w.worker_id.clone());
+                expired.push(Op::DeleteWorker { id: w.worker_id });
+                continue;
+            }
+            slices[owner_of(&w.worker_id, shards)].workers.push(w);
+        }
+        let mut n_tasks = 0;
+        // An expired worker's tasks go with its row (DeleteWorker).
+        for t in rec
+            .tasks
+            .into_iter()
+            .filter(|t| !expired_ids.contains(&t.owner_key))
+        {
+            n_tasks += 1;
+            slices[owner_of(&t.owner_key, shards)].tasks.push(t);
+        }
+        let n_expired = expired.len();
+        store.submit_nowait(expired);
+        tracing::info!(
+            db = %store.path().display(),
+            workers = n_rows - n_expired,
+            expired_workers = n_expired,
+            tasks = n_tasks,
+            shards,
+            read_ms = rec.took.as_secs_f64() * 1e3,
+            rebuild_ms = started.elapsed().as_secs_f64() * 1e3,
+            "recovered state from the database"
+        );
+        Ok(Arc::new(Boot {
+            store: Some(store),
+            slices: Mutex::new(slices.into_iter().map(Some).collect()),
+        }))
+    }
+
+    /// Shard `id`'s slice (once; empty afterwards or without a database).
+    pub fn take(&self, id: usize) -> ShardSlice {
+        let mut g = match self.slices.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.get_mut(id).and_then(Option::take).unwrap_or_default()
+    }
+}
