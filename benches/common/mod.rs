@@ -2,7 +2,6 @@
 //! sends too) and records built the way the register handler builds them.
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
 use std::time::{Instant, SystemTime};
 
 use serde_json::{json, Map, Value};
@@ -120,7 +119,6 @@ pub fn record(body: &Value, catalog: &Catalog) -> WorkerRecord {
             services_status: Map::new(),
             ..Default::default()
         },
-        pending: VecDeque::new(),
         tasks_completed: 0,
     }
 }

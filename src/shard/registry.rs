@@ -1,7 +1,7 @@
 //! One shard's slice of the worker registry.
 //!
 //! Owns the records of the workers whose id hashes to this shard, the
-//! service -> workers index for them, and their pending jobs. It is a plain
+//! service -> workers index for them. (Their tasks live in `tasks::TaskTable`.) It is a plain
 //! data structure: no IO, no async, no knowledge of other shards; the shard
 //! wraps it in a `RefCell` and never holds a borrow across an await.
 //!
@@ -9,7 +9,7 @@
 //! `workers` and `s` is one of `w.index_keys()`. Every mutation goes through
 //! `insert` / `remove`, which maintain it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -80,7 +80,6 @@ pub struct WorkerRecord {
     pub last_heartbeat_at: SystemTime,
     pub last_seen: Instant,
     pub state: ReportedState,
-    pub pending: VecDeque<Value>,
     pub tasks_completed: u64,
 }
 
@@ -151,7 +150,6 @@ impl WorkerRecord {
             services_status: &self.state.services_status,
             specialization: self.state.specialization.as_deref(),
             tasks_completed: self.tasks_completed,
-            pending_tasks: self.pending.len(),
             registered_at: iso8601(self.registered_at),
             last_heartbeat: iso8601(self.last_heartbeat_at),
             age_seconds: admin.then_some(age.as_secs_f64()),
@@ -185,7 +183,6 @@ struct WorkerView<'a> {
     services_status: &'a Map<String, Value>,
     specialization: Option<&'a str>,
     tasks_completed: u64,
-    pending_tasks: usize,
     registered_at: String,
     last_heartbeat: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -261,16 +258,11 @@ impl Registry {
     }
 
     /// Inserts or replaces a record; returns true when it replaced one.
-    /// Pending jobs of a replaced record are kept: a re-registering agent
-    /// has not received them yet.
     pub fn insert(&mut self, mut rec: WorkerRecord) -> bool {
         let old = self.remove(&rec.worker_id);
         self.changed(&rec.worker_id);
         let replaced = old.is_some();
         if let Some(old) = old {
-            let mut pending = old.pending;
-            pending.extend(rec.pending.drain(..));
-            rec.pending = pending;
             rec.tasks_completed += old.tasks_completed;
         }
         for key in rec.index_keys() {
@@ -494,26 +486,6 @@ impl Registry {
         dead
     }
 
-    /// Queues a job for a worker; false when unknown.
-    pub fn push_job(&mut self, id: &str, job: Value) -> bool {
-        self.changed(id);
-        match self.workers.get_mut(id) {
-            Some(w) => {
-                w.pending.push_back(job);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Takes every pending job of a worker; None when unknown.
-    pub fn take_jobs(&mut self, id: &str) -> Option<Vec<Value>> {
-        self.changed(id);
-        self.workers
-            .get_mut(id)
-            .map(|w| w.pending.drain(..).collect())
-    }
-
     /// Counts a completed task; false when the worker is unknown.
     pub fn complete_task(&mut self, id: &str) -> bool {
         self.changed(id);
@@ -553,7 +525,6 @@ mod tests {
                 status: "healthy".into(),
                 ..Default::default()
             },
-            pending: VecDeque::new(),
             tasks_completed: 0,
         }
     }
@@ -685,16 +656,5 @@ mod tests {
             now,
             SystemTime::now()
         ));
-    }
-
-    #[test]
-    fn jobs_survive_reregistration_and_are_taken_once() {
-        let mut reg = Registry::default();
-        reg.insert(record("w", &[]));
-        assert!(reg.push_job("w", Value::from(1)));
-        reg.insert(record("w", &[]));
-        assert_eq!(reg.take_jobs("w"), Some(vec![Value::from(1)]));
-        assert_eq!(reg.take_jobs("w"), Some(vec![]));
-        assert_eq!(reg.take_jobs("x"), None);
     }
 }

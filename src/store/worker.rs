@@ -166,7 +166,6 @@ pub fn restore(
         last_heartbeat_at,
         last_seen: now.checked_sub(age).unwrap_or(now),
         state,
-        pending: Default::default(),
         tasks_completed: row.tasks_completed,
     })
 }
@@ -214,7 +213,6 @@ mod tests {
                 current_load: 0.5,
                 ..Default::default()
             },
-            pending: Default::default(),
             tasks_completed: 3,
         };
         let Op::PutWorker {

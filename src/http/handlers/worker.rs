@@ -2,7 +2,6 @@
 //! one worker and runs on its owner shard. (Task pull and completion live
 //! in `tasks.rs`.)
 
-use std::collections::VecDeque;
 use std::time::{Instant, SystemTime};
 
 use hyper::body::Incoming;
@@ -136,7 +135,6 @@ pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
             services_status: Map::new(),
             ..Default::default()
         },
-        pending: VecDeque::new(),
         tasks_completed: 0,
     };
     let reply = Registered {
