@@ -2,15 +2,11 @@
 //! sends too) and records built the way the register handler builds them.
 #![allow(dead_code)]
 
-use std::time::{Instant, SystemTime};
-
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use coordinator::model::wire::RegisterRequest;
 use coordinator::model::{classify, Catalog, ServiceSpec};
-use coordinator::shard::registry::{
-    ContainerConfig, Registry, ReportedState, ServiceConfig, WorkerRecord,
-};
+use coordinator::shard::registry::{Registration, Registry, WorkerRecord};
 
 pub fn gpu_register(id: &str) -> Value {
     json!({
@@ -83,44 +79,15 @@ pub fn record(body: &Value, catalog: &Catalog) -> WorkerRecord {
     let caps = r.capabilities.unwrap_or_default();
     let class = classify(&caps);
     let assigned: Vec<&ServiceSpec> = catalog.assign(class.worker_type, &|_| 1, 3);
-    let now = SystemTime::now();
-    WorkerRecord {
+    let registration = Registration {
         worker_id: r.worker_id.expect("id"),
-        worker_type: class.worker_type,
-        tier: class.tier,
+        capabilities: caps,
         tunnel_url: r.tunnel_url,
         ip_address: r.ip_address.or_else(|| Some("127.0.0.1".into())),
-        capabilities: caps,
         services: r.services.unwrap_or_default(),
         containers: r.containers.unwrap_or_default(),
-        assigned_services: assigned.iter().map(|s| s.name.clone()).collect(),
-        service_configs: assigned
-            .iter()
-            .map(|s| ServiceConfig {
-                name: s.name.clone(),
-                port: s.port,
-                priority: s.priority,
-            })
-            .collect(),
-        assigned_containers: assigned
-            .iter()
-            .map(|s| ContainerConfig {
-                name: s.name.clone(),
-                image: s.image.clone(),
-                port: s.port,
-                env: s.env.clone(),
-            })
-            .collect(),
-        registered_at: now,
-        last_heartbeat_at: now,
-        last_seen: Instant::now(),
-        state: ReportedState {
-            status: "healthy".into(),
-            services_status: Map::new(),
-            ..Default::default()
-        },
-        tasks_completed: 0,
-    }
+    };
+    WorkerRecord::registered(registration, class, &assigned)
 }
 
 pub fn registry_of(n: usize) -> Registry {

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::model::time::iso8601;
 use crate::model::wire::HeartbeatRequest;
-use crate::model::WorkerType;
+use crate::model::{Classification, ServiceSpec, WorkerType};
 
 type Hasher = ahash::RandomState;
 
@@ -83,7 +83,60 @@ pub struct WorkerRecord {
     pub tasks_completed: u64,
 }
 
+/// What a registering agent says about itself, validated and defaulted
+/// by the HTTP layer.
+pub struct Registration {
+    pub worker_id: String,
+    pub capabilities: Map<String, Value>,
+    pub tunnel_url: Option<String>,
+    pub ip_address: Option<String>,
+    pub services: Vec<Value>,
+    pub containers: Vec<Value>,
+}
+
 impl WorkerRecord {
+    /// A worker that has just registered: what it said, its class, and the
+    /// catalog services it was assigned (with their ports and containers).
+    pub fn registered(r: Registration, class: Classification, assigned: &[&ServiceSpec]) -> Self {
+        let now = SystemTime::now();
+        Self {
+            worker_id: r.worker_id,
+            worker_type: class.worker_type,
+            tier: class.tier,
+            tunnel_url: r.tunnel_url,
+            ip_address: r.ip_address,
+            capabilities: r.capabilities,
+            services: r.services,
+            containers: r.containers,
+            assigned_services: assigned.iter().map(|s| s.name.clone()).collect(),
+            service_configs: assigned
+                .iter()
+                .map(|s| ServiceConfig {
+                    name: s.name.clone(),
+                    port: s.port,
+                    priority: s.priority,
+                })
+                .collect(),
+            assigned_containers: assigned
+                .iter()
+                .map(|s| ContainerConfig {
+                    name: s.name.clone(),
+                    image: s.image.clone(),
+                    port: s.port,
+                    env: s.env.clone(),
+                })
+                .collect(),
+            registered_at: now,
+            last_heartbeat_at: now,
+            last_seen: Instant::now(),
+            state: ReportedState {
+                status: "healthy".into(),
+                ..Default::default()
+            },
+            tasks_completed: 0,
+        }
+    }
+
     /// Where to reach the worker: its tunnel if it has one, else its address.
     pub fn endpoint(&self) -> Option<&str> {
         self.tunnel_url

@@ -2,13 +2,10 @@
 //! one worker and runs on its owner shard. (Task pull and completion live
 //! in `tasks.rs`.)
 
-use std::time::{Instant, SystemTime};
-
 use hyper::body::Incoming;
 use hyper::header::HOST;
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
-use serde_json::Map;
 
 use super::super::error::ApiError;
 use super::super::request::{parse_object, read_body, valid_id};
@@ -16,7 +13,7 @@ use super::super::{json, json_static, Body, Ctx};
 use crate::model::wire::{HeartbeatRequest, RegisterRequest};
 use crate::model::{classify, ServiceSpec};
 use crate::shard::msg::{Coverage, Reply, Request as ShardRequest};
-use crate::shard::registry::{ContainerConfig, ReportedState, ServiceConfig, WorkerRecord};
+use crate::shard::registry::{ContainerConfig, Registration, ServiceConfig, WorkerRecord};
 
 const HEARTBEAT_OK: &[u8] = br#"{"status":"ok","message":"Heartbeat received"}"#;
 
@@ -95,48 +92,19 @@ pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
         in_tier,
     );
 
-    let now = SystemTime::now();
     let ip_address = r
         .ip_address
         .filter(|s| !s.is_empty())
         .or_else(|| ctx.peer.map(|p| p.ip().to_string()));
-    let rec = WorkerRecord {
+    let registration = Registration {
         worker_id: worker_id.clone(),
-        worker_type: class.worker_type,
-        tier: class.tier,
+        capabilities,
         tunnel_url: r.tunnel_url.filter(|s| !s.is_empty()),
         ip_address,
-        capabilities,
         services: r.services.unwrap_or_default(),
         containers: r.containers.unwrap_or_default(),
-        assigned_services: assigned.iter().map(|s| s.name.clone()).collect(),
-        service_configs: assigned
-            .iter()
-            .map(|s| ServiceConfig {
-                name: s.name.clone(),
-                port: s.port,
-                priority: s.priority,
-            })
-            .collect(),
-        assigned_containers: assigned
-            .iter()
-            .map(|s| ContainerConfig {
-                name: s.name.clone(),
-                image: s.image.clone(),
-                port: s.port,
-                env: s.env.clone(),
-            })
-            .collect(),
-        registered_at: now,
-        last_heartbeat_at: now,
-        last_seen: Instant::now(),
-        state: ReportedState {
-            status: "healthy".into(),
-            services_status: Map::new(),
-            ..Default::default()
-        },
-        tasks_completed: 0,
     };
+    let rec = WorkerRecord::registered(registration, class, &assigned);
     let reply = Registered {
         status: "registered",
         worker_id: &worker_id,
