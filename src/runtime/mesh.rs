@@ -14,22 +14,14 @@
 //! task per message when it needs to wait.
 //!
 //! Channels are `futures` channels: the sender's wake-up reaches the
-//! receiving shard from another thread. Both ends also re-check on a timer
-//! (see `notify`), which these channels allow: re-polling one replaces its
-//! single registered waker instead of queueing another.
+//! receiving shard through glommio's foreign-wake queue.
 
 use std::cell::RefCell;
-use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::future::poll_fn;
 use std::task::Poll;
-use std::time::Duration;
 
 use futures::channel::mpsc;
-use futures::future::{select, Either};
 use futures::{Sink, StreamExt};
-
-/// Re-check period for a mesh wait whose cross-thread wake-up is late.
-const RECHECK: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
@@ -71,18 +63,6 @@ pub(crate) fn build<M: Send + 'static>(n: usize, capacity: usize) -> Vec<(Mesh<M
         .collect()
 }
 
-/// Polls `fut` on every wake-up and at least every [`RECHECK`].
-async fn rechecked<F: Future>(fut: F) -> F::Output {
-    let mut fut = pin!(fut);
-    loop {
-        let tick = pin!(super::sleep(RECHECK));
-        match select(fut.as_mut(), tick).await {
-            Either::Left((out, _)) => return out,
-            Either::Right(_) => continue,
-        }
-    }
-}
-
 impl<M: Send + 'static> Mesh<M> {
     /// Sends `msg` to shard `to`, waiting while that channel is full.
     pub async fn send(&self, to: usize, msg: M) -> Result<(), MeshError> {
@@ -108,7 +88,7 @@ impl<M: Send + 'static> Mesh<M> {
                 Poll::Pending => Poll::Pending,
             }
         });
-        rechecked(sent).await
+        sent.await
     }
 
     /// Stops our senders: peers' receive loops end once drained.
@@ -128,7 +108,7 @@ impl<M: Send + 'static> Inbox<M> {
         for mut rx in self.receivers {
             let on_msg = on_msg.clone();
             super::spawn(async move {
-                while let Some(msg) = rechecked(rx.next()).await {
+                while let Some(msg) = rx.next().await {
                     on_msg(msg);
                 }
             });

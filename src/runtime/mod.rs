@@ -20,9 +20,7 @@ pub use executor::{allowed_cpus, plan_cpus, start_pool, PoolHandle, PoolSpec, Sh
 pub use io::{ConnActivity, HyperIo};
 pub use mesh::{Inbox, Mesh, MeshError};
 pub use net::{answer_and_close, bind_reuseport, Accepted, Listener, TcpConn};
-pub use notify::{
-    local_shutdown, reply_from_thread, LocalShutdown, LocalTrigger, Shutdown, ShutdownTrigger,
-};
+pub use notify::{local_shutdown, LocalShutdown, LocalTrigger, Shutdown, ShutdownTrigger};
 pub use preflight::{preflight, PreflightError};
 pub use time::{sleep, timeout, Elapsed};
 

@@ -1,14 +1,11 @@
 //! Signals that cross threads: shutdown from a plain OS thread (signal
 //! handler, test) to the shards, and replies from another thread.
 //!
-//! A cross-thread wake-up of a glommio task goes through the runtime's
-//! foreign-wake queue and an eventfd. glommio 0.9 is unmaintained upstream
-//! and its sleep/wake path has open hang reports, so nothing here relies on
-//! such a wake-up alone: each wait also re-checks on a timer of its own,
-//! and the wake-up, when it arrives, only makes the answer faster. (The
-//! hangs first blamed on this path turned out to be glommio's mesh join,
-//! now replaced; see `mesh`.) Wake-ups within one shard are used as they
-//! are.
+//! The shutdown request comes from a plain OS thread and is seen by one
+//! waiter per shard (its accept loop), which re-checks a flag on a timer
+//! as well as waiting for the wake-up: shutdown must happen even if that
+//! one wake-up is late, and the check costs nothing on the request path.
+//! Connections hear of it from their own shard through [`LocalShutdown`].
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,26 +100,4 @@ impl LocalShutdown {
 pub fn local_shutdown() -> (LocalTrigger, LocalShutdown) {
     let (tx, rx) = oneshot::channel();
     (LocalTrigger(tx), LocalShutdown(rx.shared()))
-}
-
-/// How often a wait for another thread's reply re-checks on its own.
-const REPLY_RECHECK: Duration = Duration::from_millis(2);
-
-/// Awaits a reply sent from another thread (another shard, the store's
-/// writer thread). The sender's wake-up normally ends the wait; if it is
-/// lost (see the module docs) the reply is picked up within
-/// [`REPLY_RECHECK`] instead of never.
-pub async fn reply_from_thread<T>(mut rx: oneshot::Receiver<T>) -> Result<T, oneshot::Canceled> {
-    loop {
-        match rx.try_recv() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => return Err(e),
-        }
-        let tick = pin!(super::sleep(REPLY_RECHECK));
-        match select(&mut rx, tick).await {
-            Either::Left((r, _)) => return r,
-            Either::Right(_) => continue,
-        }
-    }
 }

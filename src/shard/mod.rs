@@ -190,9 +190,7 @@ impl Shard {
                 .send(to, env)
                 .await
                 .map_err(|_| ShardError::Unavailable(to))?;
-            runtime::reply_from_thread(rx)
-                .await
-                .map_err(|_| ShardError::Unavailable(to))
+            rx.await.map_err(|_| ShardError::Unavailable(to))
         };
         match runtime::timeout(self.cfg.gather_timeout, exchange)
             .await
