@@ -558,28 +558,18 @@ mod tests {
     use super::*;
 
     pub(crate) fn record(id: &str, assigned: &[&str]) -> WorkerRecord {
-        let now = SystemTime::now();
-        WorkerRecord {
+        let r = Registration {
             worker_id: id.to_string(),
-            worker_type: WorkerType::Cpu,
-            tier: 2,
+            capabilities: Map::new(),
             tunnel_url: None,
             ip_address: Some("127.0.0.1".into()),
-            capabilities: Map::new(),
             services: vec![],
             containers: vec![],
-            assigned_services: assigned.iter().map(|s| s.to_string()).collect(),
-            service_configs: vec![],
-            assigned_containers: vec![],
-            registered_at: now,
-            last_heartbeat_at: now,
-            last_seen: Instant::now(),
-            state: ReportedState {
-                status: "healthy".into(),
-                ..Default::default()
-            },
-            tasks_completed: 0,
-        }
+        };
+        let mut rec = WorkerRecord::registered(r, WorkerType::Cpu.into(), &[]);
+        // Service names of the tests' own, not catalog entries.
+        rec.assigned_services = assigned.iter().map(|s| s.to_string()).collect();
+        rec
     }
 
     fn index(reg: &Registry) -> Vec<(String, Vec<String>)> {
