@@ -135,12 +135,76 @@ struct Ledger {
     reg_acked: HashSet<String>,
     unreg_attempted: HashSet<String>,
     unreg_acked: HashSet<String>,
+    /// Workers that pull tasks (never unregistered by the load).
+    pullers: HashSet<String>,
+    /// Task submissions by the marker in their payload (ids are the
+    /// server's, known only once acknowledged).
+    submit_attempted: HashSet<String>,
+    submit_acked: HashMap<String, String>,
+    /// Task id -> (puller, attempt) of each acknowledged lease.
+    leased: HashMap<String, (String, u64)>,
+    complete_attempted: HashSet<String>,
+    /// Task id -> result of each acknowledged completion.
+    completed: HashMap<String, Value>,
+}
+
+const TASK_SERVICE: &str = "svc-k9";
+
+/// Checks every task against the ledger.
+fn verify_tasks(addr: SocketAddr, l: &Ledger, round: usize) {
+    let mut conn = Conn::open(addr);
+    for (marker, id) in &l.submit_acked {
+        let r = conn.get(&format!("/api/tasks/{id}"));
+        assert_eq!(r.status, 200, "round {round}: acknowledged task {id} lost");
+        let t = r.json();
+        assert_eq!(t["payload"]["m"], marker.as_str(), "round {round}: {t}");
+        let state = t["state"].as_str().unwrap();
+        if let Some(result) = l.completed.get(id) {
+            assert_eq!(state, "completed", "round {round}: completion of {id} lost");
+            assert_eq!(&t["result"], result);
+        } else if l.complete_attempted.contains(id) && state == "completed" {
+            // A completion in flight at the kill may have landed.
+            assert_eq!(t["result"]["m"], marker.as_str());
+        } else if let Some((worker, attempt)) = l.leased.get(id) {
+            assert_eq!(state, "leased", "round {round}: lease of {id} lost: {t}");
+            assert_eq!(t["worker_id"], worker.as_str());
+            assert_eq!(t["attempts"], *attempt);
+        } else {
+            // Never leased as far as the clients know; a pull in flight at
+            // a kill may have leased it without the answer arriving.
+            assert!(
+                state == "queued" || state == "leased",
+                "round {round}: task {id} is {state}"
+            );
+        }
+    }
+    // Nothing that was never sent, and only in-flight submissions unacked.
+    let r = conn.get("/api/admin/tasks?limit=10000");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let listed = r.json()["tasks"].as_array().unwrap().clone();
+    let mut unacked = 0;
+    for t in &listed {
+        let marker = t["payload"]["m"].as_str().unwrap();
+        assert!(
+            l.submit_attempted.contains(marker),
+            "round {round}: task {marker} was never sent"
+        );
+        if !l.submit_acked.contains_key(marker) {
+            unacked += 1;
+        }
+    }
+    assert!(
+        unacked <= round,
+        "round {round}: {unacked} unacknowledged tasks present"
+    );
+    assert_eq!(listed.len() - unacked, l.submit_acked.len());
 }
 
 /// Checks a restarted server against the ledger; returns the worker ids
 /// present.
 fn verify(addr: SocketAddr, l: &Ledger, round: usize) -> HashSet<String> {
     let present = all_workers(addr);
+    verify_tasks(addr, l, round);
     for id in l.reg_acked.difference(&l.unreg_attempted) {
         let w = present
             .get(id)
@@ -166,17 +230,101 @@ fn verify(addr: SocketAddr, l: &Ledger, round: usize) -> HashSet<String> {
         .filter(|id| !l.reg_acked.contains(*id))
         .count();
     assert!(
-        unacked <= 3 * round,
+        unacked <= 4 * round,
         "round {round}: {unacked} unacknowledged workers present"
     );
     present.into_keys().collect()
 }
 
-/// Drives registrations, unregistrations and broadcasts until the server
-/// dies or `stop` is set, recording every attempt before it is sent and
-/// every acknowledgement after it arrives.
+/// Submits service tasks until the server dies or `stop` is set.
+fn submit_tasks(addr: SocketAddr, round: usize, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) {
+    let Some(mut conn) = try_open(addr) else {
+        return;
+    };
+    for i in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let marker = format!("m{round}-{i}");
+        ledger
+            .lock()
+            .unwrap()
+            .submit_attempted
+            .insert(marker.clone());
+        let body = json!({"type": "k9", "payload": {"m": marker}, "service": TASK_SERVICE});
+        match try_request(&mut conn, "POST", "/api/tasks", Some(&body)) {
+            Some(r) if r.status == 201 => {
+                let id = r.json()["task_id"].as_str().unwrap().to_string();
+                ledger.lock().unwrap().submit_acked.insert(marker, id);
+            }
+            Some(r) => panic!("submit {marker}: {} {}", r.status, r.text()),
+            None => return,
+        }
+    }
+}
+
+/// Registers a puller of the task service, then leases tasks and completes
+/// every other one (the rest stay leased across the kill).
+fn pull_tasks(addr: SocketAddr, round: usize, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) {
+    let Some(mut conn) = try_open(addr) else {
+        return;
+    };
+    let me = format!("kp{round}");
+    let mut body = worker_body(&me);
+    body["services"] = json!([{"name": TASK_SERVICE, "port": 9000}]);
+    {
+        let mut l = ledger.lock().unwrap();
+        l.pullers.insert(me.clone());
+        l.reg_attempted.insert(me.clone());
+    }
+    match try_request(&mut conn, "POST", "/api/worker/register", Some(&body)) {
+        Some(r) if r.status == 200 => ledger.lock().unwrap().reg_acked.insert(me.clone()),
+        Some(r) => panic!("register {me}: {} {}", r.status, r.text()),
+        None => return,
+    };
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let path = format!("/api/worker/tasks?worker_id={me}&max=4&wait=1");
+        let tasks = match try_request(&mut conn, "GET", &path, None) {
+            Some(r) if r.status == 200 => r.json()["tasks"].as_array().unwrap().clone(),
+            Some(r) => panic!("pull: {} {}", r.status, r.text()),
+            None => return,
+        };
+        for t in tasks {
+            let id = t["task_id"].as_str().unwrap().to_string();
+            let attempt = t["attempt"].as_u64().unwrap();
+            ledger
+                .lock()
+                .unwrap()
+                .leased
+                .insert(id.clone(), (me.clone(), attempt));
+            n += 1;
+            if n % 2 == 1 {
+                continue;
+            }
+            let result = json!({"m": t["payload"]["m"], "by": me});
+            ledger.lock().unwrap().complete_attempted.insert(id.clone());
+            let body = json!({"worker_id": me, "task_id": id, "result": result});
+            match try_request(&mut conn, "POST", "/api/worker/task-complete", Some(&body)) {
+                Some(r) if r.status == 200 => {
+                    ledger.lock().unwrap().completed.insert(id, result);
+                }
+                Some(r) => panic!("complete {id}: {} {}", r.status, r.text()),
+                None => return,
+            }
+        }
+    }
+}
+
+/// Drives registrations, unregistrations, task submissions, pulls and
+/// completions until the server dies or `stop` is set, recording every
+/// attempt before it is sent and every acknowledgement after it arrives.
 fn load(addr: SocketAddr, round: usize, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) {
     let mut threads = Vec::new();
+    for f in [submit_tasks, pull_tasks] {
+        let (ledger, stop) = (ledger.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || f(addr, round, ledger, stop)));
+    }
     for t in 0..3 {
         let (ledger, stop) = (ledger.clone(), stop.clone());
         threads.push(std::thread::spawn(move || {
@@ -215,11 +363,13 @@ fn load(addr: SocketAddr, round: usize, ledger: Arc<Mutex<Ledger>>, stop: Arc<At
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(15));
-                // Unregister one acknowledged worker. (Tasks are not in the
-                // store yet, so broadcast jobs are not part of this load.)
+                // Unregister one acknowledged worker (not a puller).
                 let victim = {
                     let l = ledger.lock().unwrap();
-                    l.reg_acked.difference(&l.unreg_attempted).next().cloned()
+                    l.reg_acked
+                        .difference(&l.unreg_attempted)
+                        .find(|id| !l.pullers.contains(*id))
+                        .cloned()
                 };
                 if let Some(id) = victim {
                     ledger.lock().unwrap().unreg_attempted.insert(id.clone());
@@ -276,11 +426,45 @@ fn kill_9_mid_load_loses_nothing_acknowledged() {
         l.reg_acked.len()
     );
     assert!(!l.unreg_acked.is_empty(), "no unregistration acknowledged");
+    assert!(
+        l.submit_acked.len() >= 20 && l.completed.len() >= 5 && l.leased.len() > l.completed.len(),
+        "too little task load to prove anything: {} submitted, {} leased, {} completed",
+        l.submit_acked.len(),
+        l.leased.len(),
+        l.completed.len()
+    );
     let mut conn = Conn::open(p.addr);
     for id in &present {
         let r = conn.post("/api/worker/heartbeat", &json!({"worker_id": id}));
         assert_eq!(r.status, 200, "heartbeat {id} after reshard: {}", r.text());
     }
+    // Every queued task sits in a queue its new shard serves: a fresh
+    // worker of the service drains exactly those.
+    let queued: HashSet<String> = conn.get("/api/admin/tasks?state=queued&limit=10000").json()
+        ["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!queued.is_empty(), "no queued task survived to re-place");
+    let mut body = worker_body("kp-final");
+    body["services"] = json!([{"name": TASK_SERVICE, "port": 9000}]);
+    register(p.addr, &body);
+    let mut pulled = HashSet::new();
+    loop {
+        let r = conn.get("/api/worker/tasks?worker_id=kp-final&max=100");
+        let tasks = r.json()["tasks"].as_array().unwrap().clone();
+        if tasks.is_empty() {
+            break;
+        }
+        pulled.extend(
+            tasks
+                .iter()
+                .map(|t| t["task_id"].as_str().unwrap().to_string()),
+        );
+    }
+    assert_eq!(pulled, queued);
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -29,7 +29,7 @@ use crate::model::truthy;
 use crate::runtime::{self, Mesh, ShardEnv};
 use crate::store::recovery::Boot;
 use crate::store::{self, Ack, Op, Store};
-use crate::tasks::{Target, Task, TaskTable};
+use crate::tasks::{Target, Task, TaskOp, TaskTable};
 use msg::{BroadcastJob, Coverage, Envelope, ListKind, Listing, Reply, Request, Summary};
 use registry::{Liveness, Registry, WorkerRecord};
 
@@ -85,6 +85,10 @@ pub struct Shard {
     store: Option<Store>,
     /// Workers heartbeated since the last flush to the store.
     dirty: RefCell<HashSet<String, ahash::RandomState>>,
+    /// Store operations for task changes not yet handed to the store: the
+    /// task table's sink fills it, and whoever caused the changes drains it
+    /// in the same synchronous step (see [`Shard::apply`]).
+    task_ops: Rc<RefCell<Vec<Op>>>,
     list_cache: RefCell<ListCache>,
 }
 
@@ -145,13 +149,30 @@ impl Shard {
             list_cache: RefCell::new(ListCache::default()),
             store: None,
             dirty: RefCell::default(),
+            task_ops: Rc::default(),
         }
     }
 
     /// Makes this shard persist its mutations in `store`.
     pub fn with_store(mut self, store: Option<Store>) -> Self {
+        if store.is_some() {
+            let pending = self.task_ops.clone();
+            self.tasks.get_mut().set_sink(Box::new(move |ev| {
+                pending.borrow_mut().push(store::task::event_op(ev));
+            }));
+        }
         self.store = store;
         self
+    }
+
+    /// Hands the pending task changes to the store without waiting: for
+    /// changes no client is waiting on (lease expiry in housekeeping,
+    /// recovery). A crash before they commit replays the expiry at the
+    /// next start, so nothing is lost by not waiting.
+    pub fn persist_task_changes(&self) {
+        if let Some(store) = &self.store {
+            store.submit_nowait(std::mem::take(&mut *self.task_ops.borrow_mut()));
+        }
     }
 
     pub fn store(&self) -> Option<&Store> {
@@ -250,26 +271,29 @@ impl Shard {
     /// the reply may only be released once the returned ack resolves. The
     /// mutation is applied in memory first and queued in the same
     /// synchronous step, so the store sees each shard's mutations in the
-    /// order memory did. Heartbeats only mark the worker dirty.
+    /// order memory did. Heartbeats only mark the worker dirty; every task
+    /// change the request caused (the task table's sink collected them) is
+    /// part of the same durable batch, except lease extensions, which are
+    /// not waited for (losing one in a crash only ends that lease sooner).
     pub fn apply(&self, req: Request) -> (Reply, Option<Ack>) {
         let Some(store) = &self.store else {
             return (self.handle(req), None);
         };
-        match req {
+        let wait_for_tasks = !matches!(req, Request::Task(TaskOp::Extend { .. }));
+        let (reply, mut ops) = match req {
             Request::Register(rec) => {
                 let id = rec.worker_id.clone();
                 let reply = self.handle(Request::Register(rec));
-                let op = self.registry.borrow().get(&id).map(store::worker::put_op);
-                (reply, Some(store.submit(op.into_iter().collect())))
+                (reply, self.worker_op(&id))
             }
             Request::RegisterNew(rec) => {
                 let id = rec.worker_id.clone();
                 let reply = self.handle(Request::RegisterNew(rec));
-                if !matches!(reply, Reply::Registered { .. }) {
-                    return (reply, None);
-                }
-                let op = self.registry.borrow().get(&id).map(store::worker::put_op);
-                (reply, Some(store.submit(op.into_iter().collect())))
+                let ops = match reply {
+                    Reply::Registered { .. } => self.worker_op(&id),
+                    _ => Vec::new(),
+                };
+                (reply, ops)
             }
             Request::Heartbeat(hb) => {
                 let id = (!self.dirty.borrow().contains(hb.worker_id.as_str()))
@@ -278,23 +302,45 @@ impl Shard {
                 if let (Some(id), Reply::Found(true)) = (id, &reply) {
                     self.dirty.borrow_mut().insert(id);
                 }
-                (reply, None)
+                (reply, Vec::new())
             }
             Request::Unregister(id) => {
                 let reply = self.handle(Request::Unregister(id.clone()));
-                if !matches!(reply, Reply::Found(true)) {
-                    return (reply, None);
-                }
-                self.dirty.borrow_mut().remove(&id);
-                (reply, Some(store.submit(vec![Op::DeleteWorker { id }])))
+                let ops = if matches!(reply, Reply::Found(true)) {
+                    self.dirty.borrow_mut().remove(&id);
+                    vec![Op::DeleteWorker { id }]
+                } else {
+                    Vec::new()
+                };
+                (reply, ops)
             }
             Request::CompleteTask(id) => {
                 let reply = self.handle(Request::CompleteTask(id.clone()));
-                let op = self.registry.borrow().get(&id).map(store::worker::put_op);
-                (reply, Some(store.submit(op.into_iter().collect())))
+                (reply, self.worker_op(&id))
             }
-            other => (self.handle(other), None),
+            // Every shard holds a replica of the pins; shard 0 writes them.
+            Request::Task(TaskOp::SetPin { key, workers }) => {
+                let op = store::task::pin_op(&key, workers.as_deref());
+                let reply = self.handle(Request::Task(TaskOp::SetPin { key, workers }));
+                (reply, if self.id == 0 { vec![op] } else { Vec::new() })
+            }
+            other => (self.handle(other), Vec::new()),
+        };
+        if !wait_for_tasks {
+            self.persist_task_changes();
         }
+        ops.append(&mut self.task_ops.borrow_mut());
+        if ops.is_empty() {
+            (reply, None)
+        } else {
+            (reply, Some(store.submit(ops)))
+        }
+    }
+
+    /// The store operation for worker `id`'s current record.
+    fn worker_op(&self, id: &str) -> Vec<Op> {
+        let reg = self.registry.borrow();
+        reg.get(id).map(store::worker::put_op).into_iter().collect()
     }
 
     /// Sends the last heartbeat state of every worker heartbeated since the
@@ -316,21 +362,26 @@ impl Shard {
 
     /// Installs the state recovered from the database for this shard.
     fn restore(&self, slice: store::recovery::ShardSlice) {
-        let mut reg = self.registry.borrow_mut();
-        let workers = slice.workers.len();
-        for w in slice.workers {
-            reg.restore(w);
+        let (workers, tasks, pins) = (slice.workers.len(), slice.tasks.len(), slice.pins.len());
+        {
+            let mut reg = self.registry.borrow_mut();
+            for w in slice.workers {
+                reg.restore(w);
+            }
         }
-        if workers > 0 {
-            tracing::debug!(shard = self.id, workers, "shard restored");
+        for (key, workers) in slice.pins {
+            self.proxy.set_pin(key, Some(workers));
         }
-        if !slice.tasks.is_empty() {
-            // Rows written by an earlier build's job list; the task table
-            // is not restored from the store yet (docs/persistence.md).
-            tracing::warn!(
+        let expired = self.tasks.borrow_mut().restore(slice.tasks, Instant::now());
+        self.persist_task_changes();
+        if workers + tasks + pins > 0 {
+            tracing::info!(
                 shard = self.id,
-                count = slice.tasks.len(),
-                "task rows in the database are not restored (tasks are not persisted yet); left in the database"
+                workers,
+                tasks,
+                pins,
+                expired_leases = expired,
+                "shard restored"
             );
         }
     }

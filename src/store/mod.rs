@@ -19,17 +19,16 @@
 //! # API (for the shards and for the tasks module)
 //! Everything is keyed by strings and stores opaque JSON, so other modules
 //! can persist their state without a schema change here:
-//! - [`Store::put_worker`] / [`Store::delete_worker`]: a worker row (the
-//!   JSON of `worker::StoredWorker`); deleting a worker also deletes the
-//!   tasks whose `owner_key` is its id.
+//! - [`Op::PutWorker`] / [`Op::DeleteWorker`]: a worker row ([`worker`]
+//!   converts records).
 //! - [`Store::heartbeats`]: coalesced heartbeat state, no ack (see below).
-//! - [`Store::put_task`]`(task_id, owner_key, json)` / [`Store::delete_task`]:
-//!   an upsert keeps the task's original position (recovery returns tasks
-//!   in first-insertion order). `owner_key` decides which shard gets the
-//!   task back at recovery (`shard::owner_of(owner_key, shards)`), so use the
-//!   worker id or the queue key the owning shard hashes.
+//! - [`Op::PutTask`] / [`Op::DeleteTask`]: a task row ([`task`] converts
+//!   tasks); an upsert keeps the task's original position (recovery returns
+//!   tasks in first-insertion order). `owner_key` is the task's queue key,
+//!   which decides the shard that gets the task back at recovery.
+//! - [`Op::PutPin`] / [`Op::DeletePin`]: admin pins.
 //! - [`Store::submit`]: any list of [`Op`]s, made durable together
-//!   (one ack), e.g. a task state change plus the worker row it touches.
+//!   (one ack), e.g. every task change one request caused.
 //!
 //! Await the [`Ack`] before replying to the client: `Ok` means committed
 //! with the configured sync policy. An `Err` means the write failed (disk
@@ -48,6 +47,7 @@
 pub mod recovery;
 mod schema;
 mod stats;
+pub mod task;
 pub mod worker;
 mod writer;
 
@@ -150,7 +150,8 @@ pub enum Op {
         heartbeat_us: i64,
         state: String,
     },
-    /// Deletes a worker row and every task owned by it.
+    /// Deletes a worker row (not the tasks addressed to it: in memory they
+    /// outlive the worker too).
     DeleteWorker {
         id: String,
     },
@@ -162,6 +163,14 @@ pub enum Op {
     },
     DeleteTask {
         id: String,
+    },
+    /// Insert or replace an admin pin; `workers` is a JSON list of ids.
+    PutPin {
+        key: String,
+        workers: String,
+    },
+    DeletePin {
+        key: String,
     },
 }
 
@@ -198,6 +207,8 @@ impl Ack {
 pub struct Recovered {
     pub workers: Vec<RecoveredWorker>,
     pub tasks: Vec<RecoveredTask>,
+    /// Admin pins: (key, JSON list of worker ids).
+    pub pins: Vec<(String, String)>,
     pub took: Duration,
 }
 
@@ -310,28 +321,8 @@ impl Store {
         });
     }
 
-    pub fn put_worker(&self, op: Op) -> Ack {
-        self.submit(vec![op])
-    }
-
-    pub fn delete_worker(&self, id: &str) -> Ack {
-        self.submit(vec![Op::DeleteWorker { id: id.to_string() }])
-    }
-
     pub fn heartbeats(&self, ops: Vec<Op>) {
         self.submit_nowait(ops)
-    }
-
-    pub fn put_task(&self, id: &str, owner_key: &str, json: String) -> Ack {
-        self.submit(vec![Op::PutTask {
-            id: id.to_string(),
-            owner_key: owner_key.to_string(),
-            body: json,
-        }])
-    }
-
-    pub fn delete_task(&self, id: &str) -> Ack {
-        self.submit(vec![Op::DeleteTask { id: id.to_string() }])
     }
 
     /// The writer's figures for a metrics scrape. The writer updates them
@@ -444,19 +435,62 @@ mod tests {
             heartbeat_us: 1,
             state: "{}".into(),
         };
+        let task = |id: &str, owner: &str, body: &str| Op::PutTask {
+            id: id.into(),
+            owner_key: owner.into(),
+            body: body.into(),
+        };
+        let pin = |key: &str, workers: &str| Op::PutPin {
+            key: key.into(),
+            workers: workers.into(),
+        };
         block(store.submit(vec![put("a"), put("b")]).wait()).unwrap();
-        block(store.put_task("t2", "a", "2".into()).wait()).unwrap();
-        block(store.put_task("t1", "a", "1".into()).wait()).unwrap();
-        block(store.put_task("t3", "b", "3".into()).wait()).unwrap();
+        block(store.submit(vec![task("t2", "worker:a", "2")]).wait()).unwrap();
+        block(store.submit(vec![task("t1", "worker:a", "1")]).wait()).unwrap();
+        block(
+            store
+                .submit(vec![
+                    task("t3", "worker:b", "3"),
+                    task("t4", "service:s", "4"),
+                ])
+                .wait(),
+        )
+        .unwrap();
         // Updating a task keeps its place in the order.
-        block(store.put_task("t2", "a", "22".into()).wait()).unwrap();
+        block(store.submit(vec![task("t2", "worker:a", "22")]).wait()).unwrap();
+        block(
+            store
+                .submit(vec![Op::DeleteTask { id: "t4".into() }])
+                .wait(),
+        )
+        .unwrap();
+        block(
+            store
+                .submit(vec![pin("service:x", "[\"a\"]"), pin("model:m", "[\"b\"]")])
+                .wait(),
+        )
+        .unwrap();
+        block(store.submit(vec![pin("service:x", "[\"b\"]")]).wait()).unwrap();
+        block(
+            store
+                .submit(vec![Op::DeletePin {
+                    key: "model:m".into(),
+                }])
+                .wait(),
+        )
+        .unwrap();
         store.heartbeats(vec![Op::Heartbeat {
             id: "a".into(),
             heartbeat_us: 7,
             state: "{\"status\":\"busy\"}".into(),
         }]);
-        // Deleting a worker deletes its tasks.
-        block(store.delete_worker("b").wait()).unwrap();
+        // Deleting a worker keeps the tasks addressed to it.
+        block(
+            store
+                .submit(vec![Op::DeleteWorker { id: "b".into() }])
+                .wait(),
+        )
+        .unwrap();
         let snap = store.snapshot();
         assert!(snap.stats.commits >= 5);
         store.close();
@@ -475,7 +509,11 @@ mod tests {
             .iter()
             .map(|t| (t.id.as_str(), t.body.as_str()))
             .collect();
-        assert_eq!(tasks, vec![("t2", "22"), ("t1", "1")]);
+        assert_eq!(tasks, vec![("t2", "22"), ("t1", "1"), ("t3", "3")]);
+        assert_eq!(
+            rec.pins,
+            vec![("service:x".to_string(), "[\"b\"]".to_string())]
+        );
         store.close();
         writer.join();
     }

@@ -3,21 +3,26 @@
 //! Placement is recomputed with the current shard count, so a database
 //! written by a run with a different `--shards` still puts every worker on
 //! the shard that `owner_of` will route its requests to. Tasks go to the
-//! shard owning their `owner_key`.
+//! shard owning their queue (`owner_key`), pins to every shard (each keeps
+//! a replica).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::worker::{age_at, restore};
-use super::{Op, Recovered, RecoveredTask, Store, StoreError};
+use super::{task, Op, Recovered, Store, StoreError};
 use crate::shard::owner_of;
 use crate::shard::registry::WorkerRecord;
+use crate::tasks::task::shard_of_key;
+use crate::tasks::Task;
 
 /// What one shard starts with.
 #[derive(Debug, Default)]
 pub struct ShardSlice {
     pub workers: Vec<WorkerRecord>,
-    pub tasks: Vec<RecoveredTask>,
+    /// In first-stored order.
+    pub tasks: Vec<Task>,
+    pub pins: Vec<(String, Vec<String>)>,
 }
 
 /// Handed to every shard at start: the store handle and its slice.
@@ -48,29 +53,30 @@ impl Boot {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut slices: Vec<ShardSlice> = (0..shards).map(|_| ShardSlice::default()).collect();
         let mut expired = Vec::new();
-        let mut expired_ids = std::collections::HashSet::new();
+        let corrupt = |detail| StoreError::Corrupt {
+            path: store.path().to_path_buf(),
+            detail,
+        };
         let n_rows = rec.workers.len();
         for row in &rec.workers {
-            let w = restore(row, now, wall).map_err(|detail| StoreError::Corrupt {
-                path: store.path().to_path_buf(),
-                detail,
-            })?;
+            let w = restore(row, now, wall).map_err(corrupt)?;
             if age_at(w.last_heartbeat_at, wall) > worker_timeout {
-                expired_ids.insert(w.worker_id.clone());
                 expired.push(Op::DeleteWorker { id: w.worker_id });
                 continue;
             }
             slices[owner_of(&w.worker_id, shards)].workers.push(w);
         }
-        let mut n_tasks = 0;
-        // An expired worker's tasks go with its row (DeleteWorker).
-        for t in rec
-            .tasks
-            .into_iter()
-            .filter(|t| !expired_ids.contains(&t.owner_key))
-        {
-            n_tasks += 1;
-            slices[owner_of(&t.owner_key, shards)].tasks.push(t);
+        let n_tasks = rec.tasks.len();
+        for row in &rec.tasks {
+            let t = task::restore(row, now, wall).map_err(corrupt)?;
+            slices[shard_of_key(&row.owner_key, shards)].tasks.push(t);
+        }
+        let n_pins = rec.pins.len();
+        for (key, workers) in &rec.pins {
+            let workers = task::pin_workers(key, workers).map_err(corrupt)?;
+            for s in &mut slices {
+                s.pins.push((key.clone(), workers.clone()));
+            }
         }
         let n_expired = expired.len();
         store.submit_nowait(expired);
@@ -79,6 +85,7 @@ impl Boot {
             workers = n_rows - n_expired,
             expired_workers = n_expired,
             tasks = n_tasks,
+            pins = n_pins,
             shards,
             read_ms = rec.took.as_secs_f64() * 1e3,
             rebuild_ms = started.elapsed().as_secs_f64() * 1e3,

@@ -33,6 +33,17 @@ const MIGRATIONS: &[&str] = &[
          body      TEXT NOT NULL
      );
      CREATE INDEX tasks_by_owner ON tasks (owner_key);",
+    // 3: admin pins. Task rows now key their owner by queue key
+    //    (`worker:<id>`, `service:<name>`, ...); rows of version 2 were an
+    //    unreleased per-worker job list keyed by bare worker id, which no
+    //    build reads, so they go. A worker's deletion no longer cascades to
+    //    its tasks, so the owner index has no use either.
+    "CREATE TABLE pins (
+         pin_key TEXT PRIMARY KEY NOT NULL,
+         workers TEXT NOT NULL
+     );
+     DELETE FROM tasks WHERE instr(owner_key, ':') = 0;
+     DROP INDEX tasks_by_owner;",
 ];
 
 /// The version this binary writes.
@@ -118,6 +129,11 @@ pub fn read_all(conn: &Connection) -> rusqlite::Result<Recovered> {
     })?;
     for t in rows {
         out.tasks.push(t?);
+    }
+    let mut stmt = conn.prepare("SELECT pin_key, workers FROM pins ORDER BY pin_key")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    for p in rows {
+        out.pins.push(p?);
     }
     Ok(out)
 }

@@ -1,7 +1,7 @@
 //! Worker records <-> database rows.
 //!
-//! A row holds everything needed to rebuild a `WorkerRecord` except its
-//! pending jobs (stored as tasks owned by the worker) and `last_seen`, an
+//! A row holds everything needed to rebuild a `WorkerRecord` except
+//! `last_seen`, an
 //! `Instant` that means nothing in another process: it is rebuilt from the
 //! wall-clock time of the last heartbeat, so a worker that was silent for 50
 //! s before a restart is still 50 s old after it and liveness carries on.

@@ -136,13 +136,17 @@ fn write<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a Op>) -> rusqli
             "UPDATE workers SET last_heartbeat_us = ?2, state = ?3 WHERE worker_id = ?1",
         )?;
         let mut del_worker = tx.prepare_cached("DELETE FROM workers WHERE worker_id = ?1")?;
-        let mut del_owned = tx.prepare_cached("DELETE FROM tasks WHERE owner_key = ?1")?;
         let mut put_task = tx.prepare_cached(
             "INSERT INTO tasks (task_id, owner_key, body) VALUES (?1, ?2, ?3)
              ON CONFLICT (task_id) DO UPDATE SET owner_key = excluded.owner_key,
                  body = excluded.body",
         )?;
         let mut del_task = tx.prepare_cached("DELETE FROM tasks WHERE task_id = ?1")?;
+        let mut put_pin = tx.prepare_cached(
+            "INSERT INTO pins (pin_key, workers) VALUES (?1, ?2)
+             ON CONFLICT (pin_key) DO UPDATE SET workers = excluded.workers",
+        )?;
+        let mut del_pin = tx.prepare_cached("DELETE FROM pins WHERE pin_key = ?1")?;
         for op in ops {
             match op {
                 Op::PutWorker {
@@ -162,7 +166,6 @@ fn write<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a Op>) -> rusqli
                 }
                 Op::DeleteWorker { id } => {
                     del_worker.execute([id])?;
-                    del_owned.execute([id])?;
                 }
                 Op::PutTask {
                     id,
@@ -173,6 +176,12 @@ fn write<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a Op>) -> rusqli
                 }
                 Op::DeleteTask { id } => {
                     del_task.execute([id])?;
+                }
+                Op::PutPin { key, workers } => {
+                    put_pin.execute((key, workers))?;
+                }
+                Op::DeletePin { key } => {
+                    del_pin.execute([key])?;
                 }
             }
         }

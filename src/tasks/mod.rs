@@ -34,7 +34,7 @@ pub use table::{
     CompleteError, Completion, EventKind, Filter, Outcome, TaskCounters, TaskEvent, TaskListing,
     TaskTable,
 };
-pub use task::{Target, Task, TaskState};
+pub use task::{Lease, Target, Task, TaskState};
 
 /// A task operation, run on the shard that owns the queue or task.
 #[derive(Debug)]
@@ -196,12 +196,15 @@ pub fn spawn_housekeeping(shard: Rc<Shard>, shutdown: runtime::Shutdown) {
         let mut ticks: u32 = 0;
         while !shutdown.is_requested() {
             runtime::sleep(every).await;
-            let mut tb = shard.tasks.borrow_mut();
-            tb.expire(Instant::now());
-            ticks = ticks.wrapping_add(1);
-            if ticks % 16 == 0 {
-                tb.prune_waiters();
+            {
+                let mut tb = shard.tasks.borrow_mut();
+                tb.expire(Instant::now());
+                ticks = ticks.wrapping_add(1);
+                if ticks % 16 == 0 {
+                    tb.prune_waiters();
+                }
             }
+            shard.persist_task_changes();
         }
     });
 }

@@ -8,8 +8,8 @@
 //! wake-ups impossible to miss.
 //!
 //! Every state change ends in [`TaskTable::record`], the one place that
-//! counts it and hands a [`TaskEvent`] to the sink (metrics today; the store
-//! hooks persistence in there).
+//! counts it and hands a [`TaskEvent`] to the sink (with a database, the
+//! shard's sink turns each event into a store operation).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
@@ -220,6 +220,41 @@ impl TaskTable {
             .push_back(id.clone());
         self.record(EventKind::Submitted, &id, None);
         self.wake(&key);
+    }
+
+    /// Puts back the tasks recovered from the database, in the order they
+    /// were first stored (submission order, so each queue keeps its order).
+    /// Leases that ran out while the process was down are then expired like
+    /// any other (requeued, or dead-lettered on the last attempt), and the
+    /// retention limit applies; both publish their events as usual. Returns
+    /// how many leases were expired.
+    pub fn restore(&mut self, tasks: Vec<Task>, now: Instant) -> usize {
+        let mut finished = Vec::new();
+        for task in tasks {
+            let id = task.id.clone();
+            match task.state {
+                TaskState::Queued => self
+                    .queues
+                    .entry(task.target.queue_key())
+                    .or_default()
+                    .push_back(id.clone()),
+                TaskState::Leased => {
+                    if let Some(l) = &task.lease {
+                        self.leases.insert((l.deadline, id.clone()));
+                    }
+                }
+                _ => finished.push((task.updated_at, id.clone())),
+            }
+            self.counters.by_state[task.state.index()] += 1;
+            self.tasks.insert(id, task);
+        }
+        // Oldest finished first, so the retention limit drops those.
+        finished.sort();
+        self.finished.extend(finished.into_iter().map(|(_, id)| id));
+        let before = self.counters.lease_expiries;
+        self.expire(now);
+        self.evict();
+        (self.counters.lease_expiries - before) as usize
     }
 
     /// Fires every waiter parked on `key` (all of them: a woken poller may
