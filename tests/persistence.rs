@@ -752,17 +752,91 @@ fn workers_silent_past_the_removal_timeout_are_not_restored() {
         c.worker_timeout = Duration::from_secs(1);
     });
     assert!(all_workers(s.addr).is_empty());
+    // The acknowledged task addressed to it is kept, as it would be in
+    // memory: a worker coming back under that id still gets it.
+    let tasks = get(s.addr, "/api/admin/tasks").json();
+    assert_eq!(
+        tasks["tasks"][0]["target"],
+        json!({"kind": "worker", "name": "stale-1"})
+    );
+    assert_eq!(tasks["tasks"][0]["state"], "queued");
     s.server.stop();
-    // Its row and its queued job are gone from the file too.
+    // Its row is gone from the file too.
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let rows: i64 = conn
+    let rows: (i64, i64) = conn
         .query_row(
-            "SELECT (SELECT count(*) FROM workers) + (SELECT count(*) FROM tasks)",
+            "SELECT (SELECT count(*) FROM workers), (SELECT count(*) FROM tasks)",
             [],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!(rows, 0);
+    assert_eq!(rows, (0, 1));
     drop(conn);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn leases_that_ran_out_while_down_requeue_and_pins_survive_a_reshard() {
+    let dir = temp_dir("leases");
+    let db = dir.join("c.db");
+    let lease = ["--task-lease-seconds", "2"];
+    let p = start_proc(&db, 2, &lease);
+    let mut body = cpu_worker("lw-1");
+    body["services"] = json!([{"name": "svc-l", "port": 9000}]);
+    register(p.addr, &body);
+    let mut ids = Vec::new();
+    for (i, max_attempts) in [(0, 3), (1, 1)] {
+        let r = post(
+            p.addr,
+            "/api/tasks",
+            &json!({"type": "t", "payload": {"i": i}, "service": "svc-l",
+                    "max_attempts": max_attempts}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        ids.push(r.json()["task_id"].as_str().unwrap().to_string());
+    }
+    let r = get(p.addr, "/api/worker/tasks?worker_id=lw-1&max=2");
+    assert_eq!(r.json()["tasks"].as_array().unwrap().len(), 2);
+    let r = call(
+        p.addr,
+        "PUT",
+        "/api/admin/pins",
+        Some(&json!({"service": "svc-l", "workers": ["lw-1", "lw-2"]})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    p.kill9();
+    // Both leases run out while the process is down.
+    std::thread::sleep(Duration::from_millis(2300));
+    let p = start_proc(&db, 3, &lease);
+    let t0 = get(p.addr, &format!("/api/tasks/{}", ids[0])).json();
+    assert_eq!(
+        (t0["state"].as_str(), t0["attempts"].as_u64()),
+        (Some("queued"), Some(1))
+    );
+    let t1 = get(p.addr, &format!("/api/tasks/{}", ids[1])).json();
+    assert_eq!(t1["state"], "dead", "{t1}");
+    let pins = get(p.addr, "/api/admin/pins").json();
+    assert_eq!(
+        pins["pins"],
+        json!([{"kind": "service", "name": "svc-l", "workers": ["lw-1", "lw-2"]}])
+    );
+    // The requeued task is delivered again, as attempt 2.
+    let r = get(p.addr, "/api/worker/tasks?worker_id=lw-1&max=5");
+    let got = r.json()["tasks"].as_array().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["task_id"], ids[0].as_str());
+    assert_eq!(got[0]["attempt"], 2);
+    // A removed pin stays removed.
+    let r = call(p.addr, "DELETE", "/api/admin/pins?service=svc-l", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    p.terminate();
+    let p = start_proc(&db, 2, &lease);
+    assert_eq!(get(p.addr, "/api/admin/pins").json()["count"], 0);
+    // The second delivery was durable too.
+    assert_eq!(
+        get(p.addr, &format!("/api/tasks/{}", ids[0])).json()["attempts"],
+        2
+    );
+    drop(p);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -165,6 +165,23 @@ mod tests {
     }
 
     #[test]
+    fn version_2_job_rows_are_dropped_and_task_rows_kept() {
+        let conn = Connection::open_in_memory().unwrap();
+        let path = Path::new(":memory:");
+        migrate_to(&conn, path, 2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO tasks (task_id, owner_key, body) VALUES
+                 ('job-1', 'w1', '{}'), ('t-1', 'worker:w1', '{}'), ('t-2', 'service:s', '{}')",
+        )
+        .unwrap();
+        migrate(&conn, path).unwrap();
+        let rec = read_all(&conn).unwrap();
+        let ids: Vec<_> = rec.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["t-1", "t-2"]);
+        assert!(rec.pins.is_empty());
+    }
+
+    #[test]
     fn refuses_newer_and_foreign_databases() {
         let conn = Connection::open_in_memory().unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();

@@ -772,4 +772,76 @@ mod tests {
         );
         assert_eq!(tb.counters().by_state[TaskState::Completed.index()], 1);
     }
+
+    #[test]
+    fn restore_rebuilds_queues_leases_and_expires_what_ran_out() {
+        let now = Instant::now();
+        let mut src = table();
+        for id in ["q1", "q2", "live", "gone", "last", "done"] {
+            submit(&mut src, id, Target::Service("s".into()), 2);
+        }
+        src.lease("w1", &keys("w1"), 4, L, now, None); // q1 q2 live gone
+        src.complete(
+            "q1",
+            "w1",
+            Outcome::Failed {
+                error: Value::Null,
+                retry: true,
+            },
+            now,
+        )
+        .unwrap();
+        src.complete(
+            "q2",
+            "w1",
+            Outcome::Failed {
+                error: Value::Null,
+                retry: true,
+            },
+            now,
+        )
+        .unwrap();
+        src.lease("w1", &keys("w1"), 2, L, now, None); // last done
+        src.complete("done", "w1", Outcome::Done(json!(7)), now)
+            .unwrap();
+        // What recovery would hand back: "gone" and "last" ran out while
+        // the process was down; "last" was on its final attempt.
+        let mut rows: Vec<Task> = ["q1", "q2", "live", "gone", "last", "done"]
+            .iter()
+            .map(|id| src.get(id).unwrap().clone())
+            .collect();
+        for t in rows.iter_mut().filter(|t| t.id == "gone" || t.id == "last") {
+            t.lease.as_mut().unwrap().deadline = now;
+        }
+        rows.iter_mut().find(|t| t.id == "last").unwrap().attempts = 2;
+        let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let s2 = seen.clone();
+        let mut tb = table();
+        tb.set_sink(Box::new(move |e| {
+            s2.borrow_mut().push((e.kind, e.task.id.clone()))
+        }));
+        assert_eq!(tb.restore(rows, now), 2);
+        assert_eq!(
+            *seen.borrow(),
+            [
+                (EventKind::Expired, "gone".to_string()),
+                (EventKind::Dead, "last".to_string())
+            ]
+        );
+        let c = tb.counters().by_state;
+        assert_eq!(
+            (c[0], c[1], c[2], c[4]),
+            (3, 1, 1, 1),
+            "queued, leased, completed, dead"
+        );
+        assert_eq!(tb.get("done").unwrap().result, Some(json!(7)));
+        // Queue order: the requeued "gone" first (waited longest), then
+        // submission order. The live lease is still held by w1.
+        let got = tb.lease("w2", &keys("w2"), 10, L, now, None);
+        let ids: Vec<&str> = got.iter().map(|t| t["task_id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["gone", "q1", "q2"]);
+        assert!(tb
+            .complete("live", "w1", Outcome::Done(Value::Null), now)
+            .is_ok());
+    }
 }
