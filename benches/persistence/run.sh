@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Persistence benchmarks on loopback: heartbeat throughput with and without
-# the store (same run, alternating), register acks/s per --sync policy, and
-# recovery time for 100k workers + 100k queued jobs. Bounded: ~2 minutes.
+# the store (same run, alternating), register and task-submit acks/s per
+# --sync policy, and recovery time for 100k workers + 100k queued tasks.
+# Bounded: about 3 minutes.
 # Usage: bash benches/persistence/run.sh [target/release/coordinator]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,7 +32,7 @@ rps() { grep -E "Requests/sec" | awk '{print $2}'; }
 
 echo "== machine: $(nproc) CPUs, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 ROUNDS=${ROUNDS:-3}
-SECTIONS=${SECTIONS:-heartbeat register recovery}
+SECTIONS=${SECTIONS:-heartbeat register submit recovery}
 if [[ " $SECTIONS " == *" heartbeat "* ]]; then
 echo "== heartbeat throughput, $WORKERS workers, wrk -t1 -c$CONNS -d$DUR, 2 shards, alternating"
 for round in $(seq "$ROUNDS"); do
@@ -58,26 +59,48 @@ for mode in memory full normal off; do
 done
 fi
 
+if [[ " $SECTIONS " == *" submit "* ]]; then
+echo "== task submit acks/s (every request a new task, 8 service queues), wrk -t1 -c$CONNS -d$DUR"
+for mode in memory full normal; do
+  if [ "$mode" = memory ]; then start --in-memory; else rm -f "$TMP"/sub.db*; start --db "$TMP/sub.db" --sync "$mode"; fi
+  out=$(wrk -t1 -c"$CONNS" -d"$DUR" --latency -s submit.lua "http://127.0.0.1:$PORT")
+  n=$(curl -s "http://127.0.0.1:$PORT/api/admin/tasks?limit=0" | python3 -c 'import json,sys; print(json.load(sys.stdin)["counts"]["queued"])')
+  batch=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^coordinator_store_batch_size_sum/{s=$2} /^coordinator_store_batch_size_count/{c=$2} END{if (c>0) printf "%.1f", s/c; else print "-"}')
+  commit=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '/^coordinator_store_commit_duration_seconds_sum/{s=$2} /^coordinator_store_commit_duration_seconds_count/{c=$2} END{if (c>0) printf "%.2f ms", 1000*s/c; else print "-"}')
+  echo "$mode: $(echo "$out" | rps) acks/s, p50 $(echo "$out" | awk '/ 50%/{print $2}'), p99 $(echo "$out" | awk '/ 99%/{print $2}'), tasks queued $n, mean ops per commit $batch, mean commit $commit, non-2xx: $(echo "$out" | grep -c 'Non-2xx' || true)"
+  stop
+done
+fi
+
 if [[ " $SECTIONS " == *" recovery "* ]]; then
-echo "== recovery: 100k workers + 100k queued jobs"
+echo "== recovery: 100k workers + 100k queued tasks"
 rm -f "$TMP"/rec.db*
 start --db "$TMP/rec.db"
 curl -sf -o /dev/null -XPOST "http://127.0.0.1:$PORT/api/worker/register" -H 'Content-Type: application/json' \
   -d '{"worker_id":"seed","tunnel_url":"http://seed:8000","capabilities":{"cpu_cores":8,"ram":"16GB","has_gpu":true,"gpu_type":"A100","gpu_memory":"40GB"}}'
-curl -sf -o /dev/null -XPOST "http://127.0.0.1:$PORT/api/coordinator/broadcast-job" -H 'Content-Type: application/json' \
-  -d '{"job_type":"warmup","job_data":{"model":"m"}}'
+# One real queued task per service; the copies keep each task's queue hash
+# in their ids (t-<queue hash>-<n>), so every copy routes like a real one.
+for svc in $(seq 0 7); do
+  curl -sf -o /dev/null -XPOST "http://127.0.0.1:$PORT/api/tasks" -H 'Content-Type: application/json' \
+    -d "{\"type\":\"embed\",\"service\":\"svc-b$svc\",\"payload\":{\"text\":\"a paragraph to embed, about this long\"}}"
+done
 stop
 python3 - "$TMP/rec.db" <<'PY'
 import sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1])
 rec, hb, st = db.execute("SELECT record, last_heartbeat_us, state FROM workers WHERE worker_id='seed'").fetchone()
-task_id, body = db.execute("SELECT task_id, body FROM tasks").fetchone()
+seeds = db.execute("SELECT task_id, owner_key, body FROM tasks").fetchall()
 now = int(time.time() * 1e6)
 db.execute("BEGIN")
+db.execute("DELETE FROM tasks")
 db.executemany("INSERT INTO workers (worker_id, record, last_heartbeat_us, state) VALUES (?,?,?,?)",
     ((f"w{i:06d}", rec.replace('"seed"', f'"w{i:06d}"'), now, st) for i in range(100000)))
-db.executemany("INSERT INTO tasks (task_id, owner_key, body) VALUES (?,?,?)",
-    ((f"t{i:06d}", f"w{i:06d}", body.replace(task_id, f"t{i:06d}")) for i in range(100000)))
+def tasks():
+    for i in range(100000):
+        task_id, owner, body = seeds[i % len(seeds)]
+        new_id = f"{task_id[:19]}{i:016x}"
+        yield new_id, owner, body.replace(task_id, new_id)
+db.executemany("INSERT INTO tasks (task_id, owner_key, body) VALUES (?,?,?)", tasks())
 db.commit()
 PY
 ls -la "$TMP"/rec.db* | awk '{s+=$5} END{print "database bytes:", s}'
@@ -88,7 +111,8 @@ for shards in 2 3; do
   until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; do sleep 0.01; done
   t1=$(date +%s%N)
   total=$(curl -s "http://127.0.0.1:$PORT/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["workers"]["total"])')
-  echo "shards $shards: start to first answer $(( (t1 - t0) / 1000000 )) ms, workers $total; $(grep -o 'recovered state.*' "$TMP/err" | sed 's/\x1b\[[0-9;]*m//g')"
+  queued=$(curl -s "http://127.0.0.1:$PORT/api/admin/tasks?limit=0" | python3 -c 'import json,sys; print(json.load(sys.stdin)["counts"]["queued"])')
+  echo "shards $shards: start to first answer $(( (t1 - t0) / 1000000 )) ms, workers $total, queued tasks $queued; $(grep -o 'recovered state.*' "$TMP/err" | sed 's/\x1b\[[0-9;]*m//g')"
   stop
 done
 ls -la "$TMP"/rec.db* | awk '{s+=$5} END{print "database bytes after clean stop:", s}'
