@@ -146,6 +146,9 @@ struct Ledger {
     complete_attempted: HashSet<String>,
     /// Task id -> result of each acknowledged completion.
     completed: HashMap<String, Value>,
+    fail_attempted: HashSet<String>,
+    /// Task id -> error of each acknowledged final failure.
+    failed: HashMap<String, Value>,
 }
 
 const TASK_SERVICE: &str = "svc-k9";
@@ -162,9 +165,14 @@ fn verify_tasks(addr: SocketAddr, l: &Ledger, round: usize) {
         if let Some(result) = l.completed.get(id) {
             assert_eq!(state, "completed", "round {round}: completion of {id} lost");
             assert_eq!(&t["result"], result);
+        } else if let Some(error) = l.failed.get(id) {
+            assert_eq!(state, "failed", "round {round}: failure of {id} lost");
+            assert_eq!(&t["error"], error);
         } else if l.complete_attempted.contains(id) && state == "completed" {
             // A completion in flight at the kill may have landed.
             assert_eq!(t["result"]["m"], marker.as_str());
+        } else if l.fail_attempted.contains(id) && state == "failed" {
+            assert_eq!(t["error"]["m"], marker.as_str());
         } else if let Some((worker, attempt)) = l.leased.get(id) {
             assert_eq!(state, "leased", "round {round}: lease of {id} lost: {t}");
             assert_eq!(t["worker_id"], worker.as_str());
@@ -263,8 +271,9 @@ fn submit_tasks(addr: SocketAddr, round: usize, ledger: Arc<Mutex<Ledger>>, stop
     }
 }
 
-/// Registers a puller of the task service, then leases tasks and completes
-/// every other one (the rest stay leased across the kill).
+/// Registers a puller of the task service, then leases tasks; of every
+/// three it completes one, reports one failed (no retry) and keeps one
+/// leased across the kill.
 fn pull_tasks(addr: SocketAddr, round: usize, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) {
     let Some(mut conn) = try_open(addr) else {
         return;
@@ -299,17 +308,39 @@ fn pull_tasks(addr: SocketAddr, round: usize, ledger: Arc<Mutex<Ledger>>, stop: 
                 .leased
                 .insert(id.clone(), (me.clone(), attempt));
             n += 1;
-            if n % 2 == 1 {
-                continue;
+            let outcome = json!({"m": t["payload"]["m"], "by": me});
+            let (body, fail) = match n % 3 {
+                0 => continue,
+                1 => (
+                    json!({"worker_id": me, "task_id": id, "result": outcome}),
+                    false,
+                ),
+                _ => (
+                    json!({"worker_id": me, "task_id": id, "status": "failed",
+                           "error": outcome, "retry": false}),
+                    true,
+                ),
+            };
+            {
+                let mut l = ledger.lock().unwrap();
+                let attempted = if fail {
+                    &mut l.fail_attempted
+                } else {
+                    &mut l.complete_attempted
+                };
+                attempted.insert(id.clone());
             }
-            let result = json!({"m": t["payload"]["m"], "by": me});
-            ledger.lock().unwrap().complete_attempted.insert(id.clone());
-            let body = json!({"worker_id": me, "task_id": id, "result": result});
             match try_request(&mut conn, "POST", "/api/worker/task-complete", Some(&body)) {
                 Some(r) if r.status == 200 => {
-                    ledger.lock().unwrap().completed.insert(id, result);
+                    let mut l = ledger.lock().unwrap();
+                    let acked = if fail {
+                        &mut l.failed
+                    } else {
+                        &mut l.completed
+                    };
+                    acked.insert(id, outcome);
                 }
-                Some(r) => panic!("complete {id}: {} {}", r.status, r.text()),
+                Some(r) => panic!("report on {id}: {} {}", r.status, r.text()),
                 None => return,
             }
         }
@@ -427,11 +458,15 @@ fn kill_9_mid_load_loses_nothing_acknowledged() {
     );
     assert!(!l.unreg_acked.is_empty(), "no unregistration acknowledged");
     assert!(
-        l.submit_acked.len() >= 20 && l.completed.len() >= 5 && l.leased.len() > l.completed.len(),
-        "too little task load to prove anything: {} submitted, {} leased, {} completed",
+        l.submit_acked.len() >= 20
+            && l.completed.len() >= 5
+            && l.failed.len() >= 5
+            && l.leased.len() > l.completed.len() + l.failed.len(),
+        "too little task load to prove anything: {} submitted, {} leased, {} completed, {} failed",
         l.submit_acked.len(),
         l.leased.len(),
-        l.completed.len()
+        l.completed.len(),
+        l.failed.len()
     );
     let mut conn = Conn::open(p.addr);
     for id in &present {
