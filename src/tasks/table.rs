@@ -781,26 +781,13 @@ mod tests {
             submit(&mut src, id, Target::Service("s".into()), 2);
         }
         src.lease("w1", &keys("w1"), 4, L, now, None); // q1 q2 live gone
-        src.complete(
-            "q1",
-            "w1",
-            Outcome::Failed {
+        for id in ["q1", "q2"] {
+            let retry = Outcome::Failed {
                 error: Value::Null,
                 retry: true,
-            },
-            now,
-        )
-        .unwrap();
-        src.complete(
-            "q2",
-            "w1",
-            Outcome::Failed {
-                error: Value::Null,
-                retry: true,
-            },
-            now,
-        )
-        .unwrap();
+            };
+            src.complete(id, "w1", retry, now).unwrap();
+        }
         src.lease("w1", &keys("w1"), 2, L, now, None); // last done
         src.complete("done", "w1", Outcome::Done(json!(7)), now)
             .unwrap();
