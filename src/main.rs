@@ -120,6 +120,8 @@ options! {
     task_max_attempts: u32, env = "TASK_MAX_ATTEMPTS";
     /// Longest long-poll a worker may ask for with wait=, seconds [default: 60]
     task_max_wait: f64, env = "TASK_MAX_WAIT_SECONDS";
+    /// Finished tasks kept per shard for GET /api/tasks/{id}, oldest dropped first [default: 10000]
+    task_retention: usize, env = "TASK_RETENTION";
     /// Proxy: seconds to connect to a worker [default: 2]
     proxy_connect_timeout: f64, env = "PROXY_CONNECT_TIMEOUT_SECONDS";
     /// Proxy: seconds to wait for a worker's response head [default: 120]
@@ -218,6 +220,7 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         task_lease: secs("task-lease-seconds", cli.task_lease_seconds, d.task_lease)?,
         task_max_attempts: cli.task_max_attempts.unwrap_or(d.task_max_attempts).max(1),
         task_max_wait: secs("task-max-wait", cli.task_max_wait, d.task_max_wait)?,
+        task_retention: cli.task_retention.unwrap_or(d.task_retention).max(1),
         proxy_connect_timeout: secs(
             "proxy-connect-timeout",
             cli.proxy_connect_timeout,

@@ -875,3 +875,49 @@ fn leases_that_ran_out_while_down_requeue_and_pins_survive_a_reshard() {
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn retention_drops_the_oldest_finished_tasks_from_memory_and_file() {
+    let dir = temp_dir("retention");
+    let db = dir.join("c.db");
+    let args = ["--task-retention", "2"];
+    let p = start_proc(&db, 2, &args);
+    register(p.addr, &cpu_worker("rw-1"));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = post(
+            p.addr,
+            "/api/tasks",
+            &json!({"type": "t", "payload": {"i": i}, "worker_id": "rw-1"}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        let id = r.json()["task_id"].as_str().unwrap().to_string();
+        let got = get(p.addr, "/api/worker/tasks?worker_id=rw-1&max=1").json();
+        assert_eq!(got["tasks"][0]["task_id"], id.as_str());
+        let r = post(
+            p.addr,
+            "/api/worker/task-complete",
+            &json!({"worker_id": "rw-1", "task_id": id, "result": i}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        ids.push(id);
+    }
+    // The worker's queue is on one shard, so its retention of 2 applies.
+    let states = |addr| -> Vec<u16> {
+        ids.iter()
+            .map(|id| get(addr, &format!("/api/tasks/{id}")).status)
+            .collect()
+    };
+    assert_eq!(states(p.addr), [404, 200, 200]);
+    p.kill9();
+    let p = start_proc(&db, 2, &args);
+    assert_eq!(states(p.addr), [404, 200, 200]);
+    drop(p);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 2);
+    drop(conn);
+    let _ = std::fs::remove_dir_all(&dir);
+}
