@@ -105,13 +105,14 @@ struct Cli {
     /// Closed loop: send as fast as answers come back (peak throughput).
     #[arg(long)]
     max: bool,
-    /// Load threads.
+    /// Load threads (tasks: unused, one thread per connection and worker).
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// CPUs to pin load threads to, round robin: "1", "0,1", "2-3".
     #[arg(long)]
     cpus: Option<String>,
-    /// Keep-alive connections over all threads.
+    /// Keep-alive connections over all threads (tasks: submitters, each a
+    /// blocking connection on its own thread).
     #[arg(long, default_value_t = 16)]
     connections: usize,
     /// Measured time (after warm-up): 10s, 500ms, 1m.

@@ -172,8 +172,9 @@ fn refuses_remote_targets_and_bad_usage() {
 }
 
 /// A GET on a fresh connection, read with std only (not loadgen's client),
-/// so the server's own view checks loadgen's report independently.
-fn get_json(addr: std::net::SocketAddr, path: &str) -> Value {
+/// so the server's own view checks loadgen's report independently: the
+/// body of a 200.
+fn get_raw(addr: std::net::SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
@@ -185,20 +186,11 @@ fn get_json(addr: std::net::SocketAddr, path: &str) -> Value {
     s.read_to_string(&mut text).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    serde_json::from_str(body).unwrap()
+    body.to_string()
 }
 
-fn metrics(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
+fn get_json(addr: std::net::SocketAddr, path: &str) -> Value {
+    serde_json::from_str(&get_raw(addr, path)).unwrap()
 }
 
 #[test]
@@ -252,7 +244,7 @@ fn proxy_scenario_measures_the_same_requests_direct_and_through_the_coordinator(
     assert!((195..=205).contains(&seen), "server counted {seen}");
     // And it routed them all to a worker: the window plus the one
     // readiness probe that found the worker routable.
-    let m = metrics(srv.addr());
+    let m = get_raw(srv.addr(), "/metrics");
     let ok = m
         .lines()
         .find_map(|l| {
