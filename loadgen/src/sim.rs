@@ -17,9 +17,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::http::{chunked_end, ParseError, MAX_HEAD};
+use crate::scenario::LLM_MODEL;
 
 /// The completion every `/v1/completions` request gets (OpenAI shape).
-const COMPLETION: &str = r#"{"id":"cmpl-loadgen","object":"text_completion","model":"llama3-8b-instruct","choices":[{"index":0,"text":"Hello","finish_reason":"stop"}],"usage":{"prompt_tokens":6,"completion_tokens":1,"total_tokens":7}}"#;
+fn completion_body() -> String {
+    serde_json::json!({
+        "id": "cmpl-loadgen", "object": "text_completion", "model": LLM_MODEL,
+        "choices": [{"index": 0, "text": "Hello", "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 6, "completion_tokens": 1, "total_tokens": 7}
+    })
+    .to_string()
+}
 const NOT_FOUND: &str = r#"{"detail":"Not Found"}"#;
 
 struct Shared {
@@ -96,7 +104,7 @@ fn serve(mut conn: TcpStream, shared: &Shared) {
     let _ = conn.set_nodelay(true);
     // Wakes a blocked read now and then so a dropped worker's threads end.
     let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
-    let ok = response("200 OK", COMPLETION);
+    let ok = response("200 OK", &completion_body());
     let not_found = response("404 Not Found", NOT_FOUND);
     let mut buf: Vec<u8> = Vec::with_capacity(8 << 10);
     let mut scratch = vec![0u8; 16 << 10];
@@ -251,6 +259,7 @@ mod tests {
             assert_eq!(status, 200);
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(v["choices"][0]["text"], "Hello");
+            assert_eq!(v["model"], LLM_MODEL);
         }
         let (status, _) = c.call(&build_request("GET", &host, "/nope", None)).unwrap();
         assert_eq!(status, 404);
