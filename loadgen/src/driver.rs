@@ -385,7 +385,7 @@ fn drive(
 }
 
 /// Error kind names for status codes, without allocating per response.
-fn status_kind(status: u16) -> &'static str {
+pub fn status_kind(status: u16) -> &'static str {
     match status {
         400 => "status_400",
         401 => "status_401",

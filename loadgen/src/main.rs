@@ -4,7 +4,10 @@
 //! response framing), `scenario` (what is sent), `driver` (one load thread:
 //! non-blocking sockets + ppoll), `report` (histograms, merge, table,
 //! JSON), `check` (`--check` bounds), `client` (blocking calls for setup
-//! and scrapes). This file: the command line and the run's timeline.
+//! and scrapes), `sim` (the simulated worker), `proxy` (the proxy scenario:
+//! the same load direct to the worker and through the coordinator),
+//! `tasks` (the stateful submit -> pull -> complete driver). This file: the
+//! command line and the run's timeline.
 //!
 //! Honest numbers: request i of a connection is due at t0 + i/rate_per_conn
 //! and its latency is measured from that due time, so a server stall shows
@@ -15,9 +18,12 @@ mod check;
 mod client;
 mod driver;
 mod http;
+mod proxy;
 mod report;
 mod scenario;
 mod schedule;
+mod sim;
+mod tasks;
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -51,6 +57,26 @@ enum Scenario {
     /// reports the server's RSS growth per worker (/proc/<--pid>/status
     /// VmRSS). No latency run.
     Rss,
+    /// Inference proxy overhead: starts a simulated worker on loopback,
+    /// registers it, then sends the same completion at the same rate first
+    /// straight to the worker (baseline), then through
+    /// POST /api/inference/llm; reports both and the difference.
+    Proxy,
+    /// Task throughput: --connections submitters POST /api/tasks at --rate
+    /// while --task-workers registered workers pull (wait=1, max
+    /// --task-batch) and complete; checks at the end that the server
+    /// completed every task submitted (exit 1 otherwise).
+    Tasks,
+}
+
+/// What the `tasks` scenario's tasks target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TaskTarget {
+    /// One service all pseudo-workers declare (`<prefix>-tasks`): one queue.
+    Service,
+    /// Each task names one pseudo-worker, round robin: one queue per worker,
+    /// spread over the shards.
+    Worker,
 }
 
 /// Open-loop HTTP/1.1 load generator for the coordinator.
@@ -79,13 +105,14 @@ struct Cli {
     /// Closed loop: send as fast as answers come back (peak throughput).
     #[arg(long)]
     max: bool,
-    /// Load threads.
+    /// Load threads (tasks: unused, one thread per connection and worker).
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// CPUs to pin load threads to, round robin: "1", "0,1", "2-3".
     #[arg(long)]
     cpus: Option<String>,
-    /// Keep-alive connections over all threads.
+    /// Keep-alive connections over all threads (tasks: submitters, each a
+    /// blocking connection on its own thread).
     #[arg(long, default_value_t = 16)]
     connections: usize,
     /// Measured time (after warm-up): 10s, 500ms, 1m.
@@ -127,6 +154,15 @@ struct Cli {
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Pseudo-workers pulling and completing tasks (tasks scenario).
+    #[arg(long, default_value_t = 4)]
+    task_workers: usize,
+    /// Most tasks one pull leases (tasks scenario; `max=` of the pull).
+    #[arg(long, default_value_t = 10)]
+    task_batch: usize,
+    /// Whom the tasks target (tasks scenario).
+    #[arg(long, value_enum, default_value_t = TaskTarget::Service)]
+    task_target: TaskTarget,
     /// Server process id (rss scenario).
     #[arg(long)]
     pid: Option<u32>,
@@ -235,6 +271,11 @@ fn main() -> ExitCode {
     if cli.rate.is_none() && !cli.max {
         return fail("give --rate R (open loop) or --max (closed loop)");
     }
+    match cli.scenario {
+        Scenario::Proxy => return proxy::run(&cli, addr, &host, cpus.as_deref(), bounds),
+        Scenario::Tasks => return tasks::run(&cli, addr, &host, cpus.as_deref(), bounds),
+        _ => {}
+    }
 
     // What to send.
     let kinds: Vec<(Kind, u32)> = match cli.scenario {
@@ -247,7 +288,7 @@ fn main() -> ExitCode {
             Ok(m) => m,
             Err(e) => return fail(format!("--mix: {e}")),
         },
-        Scenario::Rss => unreachable!("handled above"),
+        Scenario::Rss | Scenario::Proxy | Scenario::Tasks => unreachable!("handled above"),
     };
     let mix = Arc::new(Mix::new(
         kinds
@@ -293,16 +334,35 @@ fn main() -> ExitCode {
         eprintln!("loadgen: --compare-metrics needs a single-route scenario; skipped");
     }
 
-    let report = run_load(&cli, addr, &host, mix, cpus, route);
-    print!("{}", report.table());
+    let report = run_load(
+        &cli,
+        addr,
+        &host,
+        mix,
+        cpus.as_deref(),
+        route,
+        cli_scenario_name(&cli),
+    );
+    let failed = bounds.map(|b| check::failures(&b, &report));
+    finish(&cli, &report.table(), &report, failed)
+}
+
+/// The end of every latency run: prints the table, writes `--json`, and
+/// turns failed `--check` bounds (None = no `--check`) into exit status 1.
+fn finish(
+    cli: &Cli,
+    table: &str,
+    json: &impl serde::Serialize,
+    failed: Option<Vec<String>>,
+) -> ExitCode {
+    print!("{table}");
     if let Some(path) = &cli.json {
-        let text = serde_json::to_string_pretty(&report).expect("report serialises");
+        let text = serde_json::to_string_pretty(json).expect("report serialises");
         if let Err(e) = std::fs::write(path, text + "\n") {
             return fail(format!("writing {}: {e}", path.display()));
         }
     }
-    if let Some(bounds) = bounds {
-        let failed = check::failures(&bounds, &report);
+    if let Some(failed) = failed {
         if !failed.is_empty() {
             for f in &failed {
                 println!("CHECK FAILED: {f}");
@@ -314,13 +374,16 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// One measured run of `mix` against `addr` with the command line's rate,
+/// connections, threads, warm-up and duration.
 fn run_load(
     cli: &Cli,
     addr: SocketAddr,
     host: &str,
     mix: Arc<Mix>,
-    cpus: Option<Vec<usize>>,
+    cpus: Option<&[usize]>,
     route: Option<&'static str>,
+    scenario: String,
 ) -> Report {
     let rate = if cli.max { None } else { cli.rate };
     let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
@@ -340,7 +403,7 @@ fn run_load(
             t0,
             window,
             timeout: cli.timeout,
-            cpu: cpus.as_ref().map(|c| c[thread % c.len()]),
+            cpu: cpus.map(|c| c[thread % c.len()]),
             progress,
             tx: tx.clone(),
         };
@@ -414,7 +477,7 @@ fn run_load(
         Some(report::histogram_delta(after, before.as_ref()))
     });
     let meta = Meta {
-        scenario: cli_scenario_name(cli),
+        scenario,
         target: host.to_string(),
         threads: cli.threads,
         connections: cli.connections,
@@ -432,14 +495,19 @@ fn cli_scenario_name(cli: &Cli) -> String {
     }
 }
 
-fn scrape_metrics(addr: SocketAddr, host: &str, route: &str) -> Option<ServerHistogram> {
+/// The server's `/metrics` text.
+fn metrics_text(addr: SocketAddr, host: &str) -> Option<String> {
     let req = http::build_request("GET", host, "/metrics", None);
     let (status, body) = BlockingConn::new(addr).call(&req).ok()?;
     if status != 200 {
         eprintln!("loadgen: /metrics answered {status}");
         return None;
     }
-    report::parse_server_histogram(&String::from_utf8_lossy(&body), route)
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+fn scrape_metrics(addr: SocketAddr, host: &str, route: &str) -> Option<ServerHistogram> {
+    report::parse_server_histogram(&metrics_text(addr, host)?, route)
 }
 
 /// Registers workers `prefix-000000..` over `parallel` connections, until

@@ -403,6 +403,16 @@ pub fn parse_server_histogram(text: &str, route: &str) -> Option<ServerHistogram
     })
 }
 
+/// The value of one series (`name{labels}` exactly as exposed) in a
+/// Prometheus text exposition.
+pub fn parse_counter(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
 /// `after - before`, bucket by bucket (a missing `before` is all zeros).
 pub fn histogram_delta(
     after: ServerHistogram,
@@ -485,6 +495,23 @@ mod tests {
         assert!(r.table().contains("errors:      0"));
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["latency"]["p99_us"], 0);
+    }
+
+    #[test]
+    fn counters_by_exact_series() {
+        let text = "# TYPE x counter\n\
+x_total{event=\"submitted\"} 12\n\
+x_total{event=\"submitted_late\"} 99\n\
+x_total{event=\"completed\"} 1e3\n";
+        assert_eq!(
+            parse_counter(text, "x_total{event=\"submitted\"}"),
+            Some(12.0)
+        );
+        assert_eq!(
+            parse_counter(text, "x_total{event=\"completed\"}"),
+            Some(1000.0)
+        );
+        assert_eq!(parse_counter(text, "x_total{event=\"dead\"}"), None);
     }
 
     #[test]

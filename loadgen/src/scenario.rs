@@ -18,6 +18,11 @@ pub enum Kind {
     Workers,
     Broadcast,
     Get,
+    /// `POST /api/inference/llm` through the coordinator (`proxy`).
+    Llm,
+    /// The same completion sent straight to the simulated worker's
+    /// `/v1/completions` (`proxy`'s baseline).
+    Completion,
 }
 
 impl Kind {
@@ -28,6 +33,8 @@ impl Kind {
             Kind::Workers => "workers",
             Kind::Broadcast => "broadcast",
             Kind::Get => "get",
+            Kind::Llm => "llm",
+            Kind::Completion => "completion",
         }
     }
 
@@ -38,7 +45,8 @@ impl Kind {
             Kind::Register => Some("register"),
             Kind::Workers => Some("coordinator_workers"),
             Kind::Broadcast => Some("broadcast"),
-            Kind::Get => None,
+            Kind::Llm => Some("inference_llm"),
+            Kind::Get | Kind::Completion => None,
         }
     }
 }
@@ -152,6 +160,52 @@ pub fn heartbeat_body(id: &str, n: usize) -> Vec<u8> {
     serde_json::to_vec(&v).expect("JSON value serialises")
 }
 
+/// Registration of a worker that really serves `services` at `endpoint`
+/// (the `proxy` scenario's simulated worker, the `tasks` scenario's
+/// pseudo-workers). It registers as a storage machine, as the test
+/// simulator does, so the catalog assigns it nothing it cannot serve; the
+/// declared services make it routable and give it their task queues.
+pub fn serving_register_body(
+    id: &str,
+    endpoint: Option<&str>,
+    services: &[&str],
+    port: Option<u16>,
+) -> Vec<u8> {
+    let services: Vec<serde_json::Value> = services
+        .iter()
+        .map(|name| match port {
+            Some(p) => json!({"name": name, "port": p}),
+            None => json!({"name": name}),
+        })
+        .collect();
+    let mut v = json!({
+        "worker_id": id,
+        "capabilities": {"hostname": id, "has_storage": true, "worker_type": "storage", "ram": "16GB"},
+        "services": services,
+    });
+    if let Some(e) = endpoint {
+        v["tunnel_url"] = json!(e);
+    }
+    serde_json::to_vec(&v).expect("JSON value serialises")
+}
+
+/// The model the `proxy` scenario asks for: one `heartbeat_body` reports as
+/// loaded, so the router's model-aware step keeps the simulated worker.
+pub const LLM_MODEL: &str = "llama3-8b-instruct";
+
+/// A small completion request, with the defaults the coordinator would add
+/// already filled in, so the worker receives the same JSON whether it comes
+/// through the coordinator or straight from loadgen.
+pub fn llm_body() -> Vec<u8> {
+    let v = json!({
+        "model": LLM_MODEL,
+        "prompt": "Say hello in one word.",
+        "max_tokens": 16,
+        "temperature": 0.7
+    });
+    serde_json::to_vec(&v).expect("JSON value serialises")
+}
+
 pub fn broadcast_body(n: usize) -> Vec<u8> {
     let v = json!({
         "job_type": "model_update",
@@ -210,6 +264,18 @@ pub fn pool(kind: Kind, host: &str, prefix: &str, workers: usize, path: &str) ->
             })
             .collect(),
         Kind::Get => vec![build_request("GET", host, path, None)],
+        Kind::Llm => vec![build_request(
+            "POST",
+            host,
+            "/api/inference/llm",
+            Some(&llm_body()),
+        )],
+        Kind::Completion => vec![build_request(
+            "POST",
+            host,
+            "/v1/completions",
+            Some(&llm_body()),
+        )],
     };
     Pool { kind, requests }
 }

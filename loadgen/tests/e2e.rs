@@ -170,3 +170,148 @@ fn refuses_remote_targets_and_bad_usage() {
     assert_eq!(code, 2);
     assert!(stderr.contains("--rate"), "{stderr}");
 }
+
+/// A GET on a fresh connection, read with std only (not loadgen's client),
+/// so the server's own view checks loadgen's report independently: the
+/// body of a 200.
+fn get_raw(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+fn get_json(addr: std::net::SocketAddr, path: &str) -> Value {
+    serde_json::from_str(&get_raw(addr, path)).unwrap()
+}
+
+#[test]
+fn proxy_scenario_measures_the_same_requests_direct_and_through_the_coordinator() {
+    let srv = server();
+    let target = srv.addr().to_string();
+    let dir = std::env::temp_dir().join(format!("loadgen-e2e-proxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("proxy.json");
+    let (code, stdout, stderr) = loadgen(&[
+        "proxy",
+        "--target",
+        &target,
+        "--rate",
+        "200",
+        "--connections",
+        "4",
+        "--threads",
+        "2",
+        "--warmup",
+        "0s",
+        "--duration",
+        "1s",
+        "--compare-metrics",
+        "--check",
+        "errors=0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("proxy overhead (proxied - direct)"),
+        "{stdout}"
+    );
+    let r = report(&json);
+    for phase in ["direct", "proxied"] {
+        assert_eq!(r[phase]["planned"], 200, "{phase}: {r}");
+        assert_eq!(r[phase]["ok"], 200, "{phase}: {r}");
+        assert!(r[phase]["errors"].as_object().unwrap().is_empty(), "{r}");
+        assert!(r[phase]["latency"]["p50_us"].as_u64().unwrap() > 0);
+    }
+    // Every request of each phase reached the simulated worker, once (no
+    // warm-up, so the phase's hits are exactly its measured requests).
+    assert_eq!(r["sim_hits"]["direct"], 200, "{r}");
+    assert_eq!(r["sim_hits"]["proxied"], 200, "{r}");
+    assert!(r["overhead"]["p99_ratio"].as_f64().unwrap() > 0.0, "{r}");
+    // The coordinator's own histogram for the llm route saw the window.
+    let seen = r["proxied"]["server"]["count"]
+        .as_u64()
+        .expect("server histogram");
+    assert!((195..=205).contains(&seen), "server counted {seen}");
+    // And it routed them all to a worker: the window plus the one
+    // readiness probe that found the worker routable.
+    let m = get_raw(srv.addr(), "/metrics");
+    let ok = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "coordinator_routed_requests_total{service=\"llm-inference\",outcome=\"ok\"} ",
+            )
+        })
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("routed counter");
+    assert_eq!(ok, 201.0, "{m}");
+    // The simulated worker was unregistered at the end.
+    assert_eq!(get_json(srv.addr(), "/health")["workers"]["total"], 0);
+}
+
+#[test]
+fn tasks_scenario_completes_every_task_it_submits() {
+    let srv = server();
+    let target = srv.addr().to_string();
+    let dir = std::env::temp_dir().join(format!("loadgen-e2e-tasks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // One service queue, then one queue per worker (spread over shards).
+    for (n, (prefix, target_kind)) in [("svc", "service"), ("wrk", "worker")]
+        .into_iter()
+        .enumerate()
+    {
+        let json = dir.join(format!("{prefix}.json"));
+        let (code, stdout, stderr) = loadgen(&[
+            "tasks",
+            "--target",
+            &target,
+            "--prefix",
+            prefix,
+            "--task-target",
+            target_kind,
+            "--rate",
+            "200",
+            "--connections",
+            "2",
+            "--task-workers",
+            "3",
+            "--task-batch",
+            "5",
+            "--warmup",
+            "0s",
+            "--duration",
+            "1s",
+            "--check",
+            "errors=0,rate>=0.9",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(stdout.contains("verified:"), "{stdout}");
+        let r = report(&json);
+        assert_eq!(r["submitted"], 200, "{r}");
+        assert_eq!(r["completed"], 200, "{r}");
+        assert_eq!(r["tasks"]["planned"], 200, "{r}");
+        assert_eq!(r["tasks"]["ok"], 200, "{r}");
+        assert_eq!(r["verification"]["ok"], true, "{r}");
+        assert!(r["submit_ack"]["p99_us"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["pulls"].as_u64().unwrap() > 0, "{r}");
+        // The server's own counts, read independently of loadgen.
+        let a = get_json(srv.addr(), "/api/admin/tasks?limit=0");
+        let done = 200 * (n as u64 + 1);
+        assert_eq!(a["counts"]["completed"], done, "{a}");
+        for state in ["queued", "leased", "failed", "dead"] {
+            assert_eq!(a["counts"][state], 0, "{state}: {a}");
+        }
+    }
+}
