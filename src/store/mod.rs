@@ -458,6 +458,19 @@ mod tests {
         .unwrap();
         // Updating a task keeps its place in the order.
         block(store.submit(vec![task("t2", "worker:a", "22")]).wait()).unwrap();
+        // So do several states of one task in one batch; the last one wins.
+        block(
+            store
+                .submit(vec![
+                    task("t5", "service:s", "5"),
+                    task("t1", "worker:a", "11"),
+                    task("t5", "service:s", "55"),
+                    Op::DeleteTask { id: "t5".into() },
+                    task("t1", "worker:a", "111"),
+                ])
+                .wait(),
+        )
+        .unwrap();
         block(
             store
                 .submit(vec![Op::DeleteTask { id: "t4".into() }])
@@ -509,7 +522,7 @@ mod tests {
             .iter()
             .map(|t| (t.id.as_str(), t.body.as_str()))
             .collect();
-        assert_eq!(tasks, vec![("t2", "22"), ("t1", "1"), ("t3", "3")]);
+        assert_eq!(tasks, vec![("t2", "22"), ("t1", "111"), ("t3", "3")]);
         assert_eq!(
             rec.pins,
             vec![("service:x".to_string(), "[\"b\"]".to_string())]

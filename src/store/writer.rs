@@ -3,6 +3,7 @@
 //! Runs on its own OS thread and is the only user of the connection. It
 //! must never be called from a shard.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -122,8 +123,42 @@ fn lock(stats: &Mutex<WriterStats>) -> std::sync::MutexGuard<'_, WriterStats> {
     }
 }
 
+/// For each operation, which operation's content to write in its place:
+/// `Some(i)` itself or a later one, `None` to skip it.
+///
+/// Under load one batch often holds several states of the same task (its
+/// submission, its lease, its completion). The transaction is atomic, so
+/// only the last state can ever be seen: write that one, once, at the
+/// position of the first (a row's first insertion fixes its place in the
+/// recovery order). A deletion ends the run, so a later put of the same id
+/// is written as it comes.
+fn coalesce(ops: &[&Op]) -> Vec<Option<usize>> {
+    let mut plan: Vec<Option<usize>> = (0..ops.len()).map(Some).collect();
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            Op::PutTask { id, .. } => match first.get(id.as_str()) {
+                Some(&f) => {
+                    plan[f] = Some(i);
+                    plan[i] = None;
+                }
+                None => {
+                    first.insert(id, i);
+                }
+            },
+            Op::DeleteTask { id } => {
+                first.remove(id.as_str());
+            }
+            _ => {}
+        }
+    }
+    plan
+}
+
 /// Writes `ops` in one transaction.
 fn write<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a Op>) -> rusqlite::Result<()> {
+    let ops: Vec<&Op> = ops.collect();
+    let plan = coalesce(&ops);
     let tx = conn.transaction()?;
     {
         let mut put_worker = tx.prepare_cached(
@@ -147,8 +182,8 @@ fn write<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a Op>) -> rusqli
              ON CONFLICT (pin_key) DO UPDATE SET workers = excluded.workers",
         )?;
         let mut del_pin = tx.prepare_cached("DELETE FROM pins WHERE pin_key = ?1")?;
-        for op in ops {
-            match op {
+        for source in plan.iter().flatten() {
+            match ops[*source] {
                 Op::PutWorker {
                     id,
                     record,
@@ -187,4 +222,35 @@ fn write<'a>(conn: &mut Connection, ops: impl Iterator<Item = &'a Op>) -> rusqli
         }
     }
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(id: &str) -> Op {
+        Op::PutTask {
+            id: id.into(),
+            owner_key: "service:s".into(),
+            body: String::new(),
+        }
+    }
+
+    #[test]
+    fn later_states_of_a_task_are_written_once_in_its_first_place() {
+        let ops = [
+            put("a"),
+            put("b"),
+            Op::DeleteWorker { id: "w".into() },
+            put("a"),
+            put("a"),
+            Op::DeleteTask { id: "b".into() },
+            put("b"),
+        ];
+        let refs: Vec<&Op> = ops.iter().collect();
+        assert_eq!(
+            coalesce(&refs),
+            [Some(4), Some(1), Some(2), None, None, Some(5), Some(6)]
+        );
+    }
 }
