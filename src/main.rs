@@ -234,6 +234,11 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         proxy_ca_file: cli.proxy_ca_file.clone(),
         ..d
     };
+    // Loaded again (once) by the server; checked here so a bad file is a
+    // configuration error like the others, not a start-up failure.
+    if let Some(path) = &cfg.proxy_ca_file {
+        coordinator::tasks::tls::client_config(Some(path)).map_err(|e| e.to_string())?;
+    }
     if cfg.worker_timeout < cfg.heartbeat_timeout {
         return Err("--worker-timeout must not be shorter than --heartbeat-timeout".into());
     }
