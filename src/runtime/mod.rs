@@ -19,7 +19,9 @@ mod preflight;
 mod time;
 
 pub use blocking::off_shard;
-pub use executor::{allowed_cpus, plan_cpus, start_pool, PoolHandle, PoolSpec, ShardEnv, Stopper};
+pub use executor::{
+    allowed_cpus, block_on, plan_cpus, start_pool, PoolHandle, PoolSpec, ShardEnv, Stopper,
+};
 pub use io::{ConnActivity, HyperIo};
 pub use mesh::{Inbox, Mesh, MeshError};
 pub use net::{answer_and_close, bind_reuseport, Accepted, Listener, TcpConn};

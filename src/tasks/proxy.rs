@@ -748,6 +748,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn addresses_are_tried_in_order_until_one_accepts() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let target = parse_endpoint(&format!("http://w.example:{port}"), None).unwrap();
+        // Also loopback, but nothing listens there: refused at once.
+        let refused: IpAddr = "127.0.0.2".parse().unwrap();
+        let open: IpAddr = "127.0.0.1".parse().unwrap();
+        runtime::block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            assert!(connect_any(&[refused, open], &target, deadline)
+                .await
+                .is_ok());
+            match connect_any(&[refused, refused], &target, deadline).await {
+                Err(ProxyError::BadGateway(m)) => {
+                    assert!(
+                        m.contains("http://w.example:") && m.contains("127.0.0.2"),
+                        "{m}"
+                    );
+                    assert_eq!(m.matches("127.0.0.2").count(), 2, "{m}");
+                }
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("connected to a closed port"),
+            }
+        })
+        .unwrap();
+    }
+
+    #[test]
     fn hop_by_hop_headers_go_and_xff_is_appended() {
         let mut h = HeaderMap::new();
         h.insert(

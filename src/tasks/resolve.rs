@@ -240,6 +240,26 @@ mod tests {
     }
 
     #[test]
+    fn answers_and_failures_are_cached_per_shard() {
+        crate::runtime::block_on(async {
+            let r = Resolver::default();
+            let wait = Duration::from_secs(5);
+            let a = r.resolve("localhost", wait).await.unwrap();
+            assert!(a.iter().all(IpAddr::is_loopback), "{a:?}");
+            assert_eq!(r.resolve("localhost", wait).await.unwrap(), a);
+            assert_eq!(r.lookups_started(), 1);
+            let e = r.resolve("no-such-host.invalid", wait).await.unwrap_err();
+            assert!(matches!(e, ResolveError::Failed(_)), "{e:?}");
+            assert_eq!(
+                r.resolve("no-such-host.invalid", wait).await.unwrap_err(),
+                e
+            );
+            assert_eq!(r.lookups_started(), 2);
+        })
+        .unwrap();
+    }
+
+    #[test]
     fn the_system_resolver_answers_for_localhost_and_refuses_invalid() {
         let a = lookup("localhost").unwrap();
         assert!(a.iter().all(IpAddr::is_loopback), "{a:?}");
