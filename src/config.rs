@@ -77,6 +77,9 @@ pub struct Config {
     pub route_cooldown: Duration,
     /// Proxy: how long a shard reuses a service's worker list.
     pub route_cache_ttl: Duration,
+    /// Proxy: PEM file of extra CAs trusted for `https://` workers, on top
+    /// of the bundled Mozilla roots (`PROXY_CA_FILE`).
+    pub proxy_ca_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -127,6 +130,7 @@ impl Default for Config {
             proxy_request_timeout: Duration::from_secs(120),
             route_cooldown: Duration::from_secs(10),
             route_cache_ttl: Duration::from_millis(250),
+            proxy_ca_file: None,
         }
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! - [`runtime`]: the only module that names glommio. Executors pinned one
 //!   per core, SO_REUSEPORT listeners, the cross-shard channel mesh, timers,
-//!   and the hyper IO adapter. Swap the runtime here and nowhere else.
+//!   the hyper IO adapter (plain or client TLS), and blocking calls run off
+//!   the shards. Swap the runtime here and nowhere else.
 //! - [`shard`]: one shard = one core's slice of the registry (workers whose
 //!   id hashes to it). Forwards single-worker operations to the owner shard
 //!   and fans whole-registry operations out to all shards, then merges.
@@ -14,7 +15,8 @@
 //! - [`model`]: wire types and the pure domain rules: size parsing, worker
 //!   type and tier, the service catalog and assignment.
 //! - [`tasks`]: task queues (one shard per queue), leases, long-poll, and
-//!   routing/proxying of inference requests to workers.
+//!   routing/proxying of inference requests to workers (over HTTP or HTTPS,
+//!   to IP addresses or hostnames resolved off the shards).
 //! - [`metrics`]: per-shard counters and histograms, merged and encoded on
 //!   scrape.
 //! - [`store`]: durable state in SQLite: one writer thread fed by the

@@ -128,6 +128,8 @@ options! {
     proxy_request_timeout: f64, env = "PROXY_REQUEST_TIMEOUT_SECONDS";
     /// Proxy: seconds a failed worker is avoided [default: 10]
     route_cooldown: f64, env = "ROUTE_COOLDOWN_SECONDS";
+    /// Proxy: PEM file of extra CA certificates trusted for https:// workers, added to the bundled Mozilla roots [default: none]
+    proxy_ca_file: PathBuf, env = "PROXY_CA_FILE";
     /// Log filter, e.g. info or coordinator=debug [default: info]
     log_level: String, env = "RUST_LOG";
 }
@@ -232,8 +234,14 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
             d.proxy_request_timeout,
         )?,
         route_cooldown: secs("route-cooldown", cli.route_cooldown, d.route_cooldown)?,
+        proxy_ca_file: cli.proxy_ca_file.clone(),
         ..d
     };
+    // Loaded again (once) by the server; checked here so a bad file is a
+    // configuration error like the others, not a start-up failure.
+    if let Some(path) = &cfg.proxy_ca_file {
+        coordinator::tasks::tls::client_config(Some(path)).map_err(|e| e.to_string())?;
+    }
     if cfg.worker_timeout < cfg.heartbeat_timeout {
         return Err("--worker-timeout must not be shorter than --heartbeat-timeout".into());
     }

@@ -409,7 +409,7 @@ fn encode_proxy(out: &mut String, shards: &[MetricsSnapshot]) {
         "coordinator_upstream_latency_seconds_count {}",
         lat.count
     );
-    let per_shard: [PerShard; 3] = [
+    let per_shard: [PerShard; 4] = [
         (
             "coordinator_route_cooldowns",
             "Workers in cooldown on each shard now.",
@@ -427,6 +427,12 @@ fn encode_proxy(out: &mut String, shards: &[MetricsSnapshot]) {
             "Upstream connections opened (the rest reused keep-alive).",
             "counter",
             |s| s.proxy.connections_opened,
+        ),
+        (
+            "coordinator_proxy_dns_lookups_total",
+            "DNS lookups of worker hostnames started (the rest answered from the shard's cache).",
+            "counter",
+            |s| s.proxy.dns_lookups,
         ),
     ];
     for (name, help, kind, get) in per_shard {

@@ -24,6 +24,8 @@ pub enum StartError {
     Spawn(std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    ProxyTls(#[from] crate::tasks::tls::TlsSetupError),
 }
 
 /// A running coordinator. Dropping it shuts it down and waits.
@@ -41,6 +43,8 @@ pub struct Server {
 impl Server {
     pub fn start(cfg: Config) -> Result<Server, StartError> {
         runtime::preflight()?;
+        // Built once for all shards; a bad CA file fails the start here.
+        let proxy_tls = crate::tasks::tls::client_config(cfg.proxy_ca_file.as_deref())?;
         let cpus = runtime::plan_cpus(cfg.shards, cfg.pin);
         let n = cpus.len();
         let (listeners, addr) =
@@ -72,8 +76,10 @@ impl Server {
             mesh_capacity: cfg.mesh_capacity,
             name: "shard".into(),
         };
-        let pool = runtime::start_pool(spec, move |env| shard::run(env, cfg.clone(), boot.clone()))
-            .map_err(StartError::Spawn)?;
+        let pool = runtime::start_pool(spec, move |env| {
+            shard::run(env, cfg.clone(), boot.clone(), proxy_tls.clone())
+        })
+        .map_err(StartError::Spawn)?;
         tracing::info!(%addr, shards = n, pinned = ?cpus, "coordinator listening");
         Ok(Server {
             addr,

@@ -99,6 +99,10 @@ fn bad_configuration_exits_with_a_message() {
             "worker-timeout",
         ),
         (vec!["--config", "/nonexistent.toml"], "config"),
+        (
+            vec!["--proxy-ca-file", "/nonexistent/ca.pem"],
+            "--proxy-ca-file /nonexistent/ca.pem",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
             .args(&args)
@@ -109,6 +113,17 @@ fn bad_configuration_exits_with_a_message() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+    // The CA file from the environment, present but holding no certificate.
+    let not_pem = std::env::temp_dir().join(format!("coord-not-pem-{}", std::process::id()));
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["--port", "0", "--host", "127.0.0.1", "--in-memory"])
+        .env("PROXY_CA_FILE", &not_pem)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&not_pem);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no CERTIFICATE"));
     // A busy port is a start-up error naming the address, not a panic.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();

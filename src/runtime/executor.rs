@@ -216,3 +216,14 @@ where
         stopper: Stopper(Arc::new(Mutex::new(triggers))),
     })
 }
+
+/// Runs `fut` to completion on a one-off executor on the calling thread and
+/// returns its output. For tests of code that needs the runtime (sockets,
+/// timers) without a whole server; the server itself never uses it.
+pub fn block_on<F: Future>(fut: F) -> std::io::Result<F::Output> {
+    let ex = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 << 10)
+        .make()
+        .map_err(std::io::Error::from)?;
+    Ok(ex.run(fut))
+}

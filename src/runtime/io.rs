@@ -5,6 +5,11 @@
 //! records when bytes last moved and whether a request is being read, and the
 //! HTTP layer's watchdog (driven by glommio timers) closes connections that
 //! are idle or slow. The clock is read only when bytes actually move.
+//!
+//! Outbound (proxy) connections may be upgraded to TLS (rustls through
+//! futures-rustls, over the same glommio socket) before hyper sees them.
+//! Which roots to trust and which name to check are the caller's choice;
+//! this file only moves bytes and must not decide either.
 
 use std::cell::Cell;
 use std::io;
@@ -80,9 +85,49 @@ impl Default for ConnActivity {
     }
 }
 
-/// A glommio `TcpStream` seen through hyper's IO traits.
+/// The socket under a [`HyperIo`]: plain, or a client TLS session on it.
+enum Stream {
+    Plain(TcpStream),
+    /// Boxed: a TLS session carries ~1 KiB of state that plain connections
+    /// (every inbound one) should not pay for.
+    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Plain(s) => Pin::new(s).poll_close(cx),
+            // Sends close_notify, then closes the socket.
+            Stream::Tls(s) => Pin::new(&mut **s).poll_close(cx),
+        }
+    }
+}
+
+/// A glommio `TcpStream` (optionally under client TLS) seen through hyper's
+/// IO traits.
 pub struct HyperIo {
-    stream: TcpStream,
+    stream: Stream,
     activity: std::rc::Rc<ConnActivity>,
     scratch: Box<[u8]>,
 }
@@ -90,7 +135,7 @@ pub struct HyperIo {
 impl HyperIo {
     pub fn new(stream: TcpStream, activity: std::rc::Rc<ConnActivity>) -> Self {
         Self {
-            stream,
+            stream: Stream::Plain(stream),
             activity,
             // Reading into our own buffer and copying avoids zero-filling
             // hyper's (much larger) read buffer on every read.
@@ -109,6 +154,26 @@ impl HyperIo {
         let _ = stream.set_nodelay(true);
         Ok(Self::new(stream, std::rc::Rc::new(ConnActivity::new())))
     }
+
+    /// Runs a TLS client handshake on this (plain, just connected) socket,
+    /// checking the peer's certificate for `name` against `tls`'s roots.
+    /// Certificate problems come back as the error's text (rustls says
+    /// e.g. "invalid peer certificate: UnknownIssuer").
+    pub async fn start_tls(
+        self,
+        tls: &futures_rustls::TlsConnector,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<Self> {
+        let Stream::Plain(tcp) = self.stream else {
+            return Err(io::Error::other("connection is already TLS"));
+        };
+        let session = tls.connect(name, tcp).await?;
+        Ok(Self {
+            stream: Stream::Tls(Box::new(session)),
+            activity: self.activity,
+            scratch: self.scratch,
+        })
+    }
 }
 
 impl hyper::rt::Read for HyperIo {
@@ -119,7 +184,7 @@ impl hyper::rt::Read for HyperIo {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let want = buf.remaining().min(this.scratch.len());
-        match Pin::new(&mut this.stream).poll_read(cx, &mut this.scratch[..want]) {
+        match this.stream.poll_read(cx, &mut this.scratch[..want]) {
             Poll::Ready(Ok(n)) => {
                 this.activity.on_read(n);
                 buf.put_slice(&this.scratch[..n]);
@@ -138,7 +203,7 @@ impl hyper::rt::Write for HyperIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.stream).poll_write(cx, buf);
+        let r = this.stream.poll_write(cx, buf);
         if let Poll::Ready(Ok(_)) = r {
             this.activity.on_write();
         }
@@ -146,10 +211,10 @@ impl hyper::rt::Write for HyperIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        self.get_mut().stream.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_close(cx)
+        self.get_mut().stream.poll_close(cx)
     }
 }

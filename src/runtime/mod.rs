@@ -2,12 +2,14 @@
 //!
 //! It owns executors (one pinned thread per shard), listening sockets
 //! (SO_REUSEPORT, one per shard on the same port), the cross-shard channel
-//! mesh, timers, task spawning and the hyper <-> glommio IO adapter.
+//! mesh, timers, task spawning, the hyper <-> glommio IO adapter (plain or
+//! client TLS), and running blocking calls off the shard threads.
 //! Everything above it (shards, HTTP, tasks) speaks in terms of the small
 //! API re-exported here, so swapping the runtime touches only this folder.
 //!
 //! It must not know about workers, routes or JSON.
 
+mod blocking;
 mod executor;
 mod io;
 mod mesh;
@@ -16,7 +18,10 @@ mod notify;
 mod preflight;
 mod time;
 
-pub use executor::{allowed_cpus, plan_cpus, start_pool, PoolHandle, PoolSpec, ShardEnv, Stopper};
+pub use blocking::off_shard;
+pub use executor::{
+    allowed_cpus, block_on, plan_cpus, start_pool, PoolHandle, PoolSpec, ShardEnv, Stopper,
+};
 pub use io::{ConnActivity, HyperIo};
 pub use mesh::{Inbox, Mesh, MeshError};
 pub use net::{answer_and_close, bind_reuseport, Accepted, Listener, TcpConn};
@@ -25,6 +30,8 @@ pub use preflight::{preflight, PreflightError};
 pub use time::{sleep, timeout, Elapsed};
 
 /// Runs `fut` on the current shard, detached: it lives until it finishes.
+/// glommio may poll it before this returns, so callers must not hold a
+/// `RefCell` borrow the future also takes.
 pub fn spawn<F>(fut: F)
 where
     F: std::future::Future + 'static,

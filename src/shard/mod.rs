@@ -131,6 +131,7 @@ impl Shard {
         cfg: Arc<Config>,
         mesh: Mesh<Envelope>,
         n_routes: usize,
+        proxy_tls: Arc<rustls::ClientConfig>,
     ) -> Self {
         let retention = cfg.task_retention;
         Self {
@@ -143,7 +144,7 @@ impl Shard {
             cfg,
             registry: RefCell::new(Registry::default()),
             tasks: RefCell::new(TaskTable::new(retention)),
-            proxy: Rc::default(),
+            proxy: Rc::new(crate::tasks::proxy::ProxyState::new(proxy_tls)),
             metrics: RefCell::new(ShardMetrics::new(n_routes)),
             mesh,
             list_cache: RefCell::new(ListCache::default()),
@@ -599,7 +600,12 @@ fn sweep_interval(cfg: &Config) -> Duration {
 }
 
 /// A shard's main: serve the mesh, sweep, and serve HTTP until shutdown.
-pub async fn run(env: ShardEnv<Envelope>, cfg: Arc<Config>, boot: Arc<Boot>) {
+pub async fn run(
+    env: ShardEnv<Envelope>,
+    cfg: Arc<Config>,
+    boot: Arc<Boot>,
+    proxy_tls: Arc<rustls::ClientConfig>,
+) {
     let ShardEnv {
         id,
         count,
@@ -609,7 +615,8 @@ pub async fn run(env: ShardEnv<Envelope>, cfg: Arc<Config>, boot: Arc<Boot>) {
         shutdown,
     } = env;
     let n_routes = crate::http::ROUTE_NAMES.len();
-    let shard = Shard::new(id, count, cfg.clone(), mesh, n_routes).with_store(boot.store.clone());
+    let shard = Shard::new(id, count, cfg.clone(), mesh, n_routes, proxy_tls)
+        .with_store(boot.store.clone());
     shard.restore(boot.take(id));
     drop(boot);
     let shard = Rc::new(shard);

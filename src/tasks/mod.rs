@@ -11,14 +11,19 @@
 //! owner, or over the mesh) and run synchronously against the shard's
 //! [`TaskTable`]; every state change goes through the table's one recording
 //! method (see `table.rs`). The task part must not parse HTTP; `proxy`
-//! is the one place that speaks HTTP to workers.
+//! is the one place that speaks HTTP to workers (with `endpoint` parsing
+//! their addresses, `resolve` caching DNS and `tls` holding the TLS client
+//! settings).
 //!
 //! Semantics (at-least-once delivery, leases, retries) are in docs/tasks.md.
 
+pub mod endpoint;
 pub mod proxy;
+pub mod resolve;
 pub mod route;
 pub mod table;
 pub mod task;
+pub mod tls;
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};

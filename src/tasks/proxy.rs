@@ -1,7 +1,14 @@
 //! Forwarding a request to a worker: the per-shard outbound HTTP/1.1 client
-//! (hyper over the runtime's glommio sockets, one keep-alive pool per
-//! worker address), worker choice (`route::choose`), cooldowns, failover and
-//! streaming the answer back frame by frame.
+//! (hyper over the runtime's glommio sockets, plain or TLS, one keep-alive
+//! pool per worker origin = scheme, host, port), worker choice
+//! (`route::choose`), cooldowns, failover and streaming the answer back
+//! frame by frame.
+//!
+//! Connecting = resolving the host (`resolve`, skipped for IP literals),
+//! trying its addresses in order, and for `https` a TLS handshake (`tls`
+//! holds the settings); all of it within `--proxy-connect-timeout`, and any
+//! failure in it means the request was not sent. Endpoint parsing lives in
+//! `endpoint`. Nothing here may block the shard: DNS runs off it.
 //!
 //! Everything here is shard-local: the pool, the in-flight counts and the
 //! cooldowns belong to one shard (a worker failing on one shard is cooled
@@ -11,7 +18,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -24,23 +31,28 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, HOST};
 use hyper::{Method, Request, Response};
 
+pub use super::endpoint::{parse_endpoint, Endpoint, Origin, Scheme};
+use super::resolve::{ResolveError, Resolver};
 use super::route::{self, Ask, Candidate};
 use crate::runtime::{self, HyperIo};
 use crate::shard::registry::WorkerRecord;
 
 type Sender = SendRequest<Full<Bytes>>;
 
-/// Idle keep-alive connections kept per worker address.
+/// Idle keep-alive connections kept per worker origin.
 const MAX_IDLE: usize = 32;
+
+/// Grace past the connect timeout before the backstop around a checkout fires.
+const CHECKOUT_SLACK: Duration = Duration::from_millis(50);
 
 /// A healthy worker serving a service, as the registry reports it.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub worker_id: String,
-    pub endpoint: Option<String>,
-    /// The service's port on that worker (catalog or declared), used when
-    /// the endpoint is a bare address.
-    pub port: Option<u16>,
+    /// Where the worker is reached, parsed from its `tunnel_url` /
+    /// `endpoint` (a bare address gets the service's port from the catalog
+    /// or the worker's declared services), or why it cannot be.
+    pub target: Result<Endpoint, String>,
     pub loaded_models: Vec<String>,
     pub active_requests: u64,
     pub current_load: f64,
@@ -60,70 +72,18 @@ impl Upstream {
             .find(|c| c.name == service)
             .map(|c| c.port)
             .or(declared.and_then(|p| u16::try_from(p).ok()));
+        let target = match w.endpoint() {
+            Some(e) => parse_endpoint(e, port),
+            None => Err("worker has no endpoint".to_string()),
+        };
         Upstream {
             worker_id: w.worker_id.clone(),
-            endpoint: w.endpoint().map(str::to_string),
-            port,
+            target,
             loaded_models: w.state.loaded_models.clone(),
             active_requests: w.state.active_requests,
             current_load: w.state.current_load,
         }
     }
-}
-
-/// Where to send: socket address, Host header, path prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub addr: SocketAddr,
-    pub host: String,
-    pub prefix: String,
-}
-
-/// Parses a worker endpoint (`http://ip:port/prefix`, `ip`, `localhost`).
-/// Only plain HTTP to an IP literal or localhost: resolving names would
-/// block the shard, and there is no TLS client (docs/routing.md).
-pub fn parse_endpoint(endpoint: &str, default_port: Option<u16>) -> Result<Target, String> {
-    let (rest, scheme_port) = if let Some(r) = endpoint.strip_prefix("http://") {
-        (r, 80)
-    } else if endpoint.starts_with("https://") {
-        return Err("https worker endpoints are not supported by the proxy".into());
-    } else if endpoint.contains("://") {
-        return Err(format!("unsupported endpoint scheme in {endpoint:?}"));
-    } else {
-        (endpoint, default_port.unwrap_or(80))
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    let (host, port) = if let Some(h) = authority.strip_prefix('[') {
-        let (h, tail) = h.split_once(']').ok_or("bad IPv6 literal")?;
-        let port = match tail.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| format!("bad port in {endpoint:?}"))?,
-            None => scheme_port,
-        };
-        (h, port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse().map_err(|_| format!("bad port in {endpoint:?}"))?,
-            ),
-            None => (authority, scheme_port),
-        }
-    };
-    let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else {
-        host.parse().map_err(|_| {
-            format!("endpoint host {host:?} is not an IP address (no DNS in the proxy)")
-        })?
-    };
-    Ok(Target {
-        addr: SocketAddr::new(ip, port),
-        host: authority.to_string(),
-        prefix: path.to_string(),
-    })
 }
 
 /// How forwarding ended, for metrics and the HTTP error.
@@ -148,6 +108,7 @@ pub struct ProxyCounters {
     pub cooldowns: u64,
     pub retries: u64,
     pub connections_opened: u64,
+    pub dns_lookups: u64,
 }
 
 /// A request to forward.
@@ -174,9 +135,11 @@ pub struct ProxyConfig {
 /// A service's worker list and when it was fetched.
 type Cached = (Instant, Rc<Vec<Upstream>>);
 
-#[derive(Default)]
 pub struct ProxyState {
-    pools: RefCell<HashMap<SocketAddr, Vec<Sender>>>,
+    /// ahash: the origin's host string is hashed on every checkout.
+    pools: RefCell<HashMap<Origin, Vec<Sender>, ahash::RandomState>>,
+    resolver: Resolver,
+    tls: futures_rustls::TlsConnector,
     inflight: RefCell<HashMap<String, u32>>,
     cooldown: RefCell<HashMap<String, Instant>>,
     /// "service:<name>" / "model:<name>" -> pinned worker ids.
@@ -186,8 +149,24 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
+    /// A shard's proxy state; `tls` is the server-wide client TLS
+    /// configuration (see `tasks::tls`).
+    pub fn new(tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        Self {
+            pools: RefCell::default(),
+            resolver: Resolver::default(),
+            tls: futures_rustls::TlsConnector::from(tls),
+            inflight: RefCell::default(),
+            cooldown: RefCell::default(),
+            pins: RefCell::default(),
+            cache: RefCell::default(),
+            counters: RefCell::default(),
+        }
+    }
+
     pub fn counters(&self) -> ProxyCounters {
         let mut c = self.counters.borrow().clone();
+        c.dns_lookups = self.resolver.lookups_started();
         let now = Instant::now();
         c.cooldowns = self
             .cooldown
@@ -272,25 +251,79 @@ impl ProxyState {
             .collect()
     }
 
+    /// A connection to `target`: an idle pooled one (`true`), else a new
+    /// one. The whole connect (DNS, TCP to each address in turn, TLS,
+    /// HTTP/1 handshake) is bounded by the connect timeout; every error here
+    /// means nothing was sent.
     async fn checkout(
         &self,
-        addr: SocketAddr,
+        target: &Endpoint,
         cfg: &ProxyConfig,
-    ) -> Result<(Sender, bool), String> {
+    ) -> Result<(Sender, bool), ProxyError> {
         loop {
-            let idle = self.pools.borrow_mut().get_mut(&addr).and_then(Vec::pop);
+            let idle = self
+                .pools
+                .borrow_mut()
+                .get_mut(&target.origin)
+                .and_then(Vec::pop);
             match idle {
                 Some(s) if s.is_ready() && !s.is_closed() => return Ok((s, true)),
                 Some(_) => continue,
                 None => break,
             }
         }
-        let io = HyperIo::connect(addr, cfg.connect_timeout)
-            .await
-            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let deadline = Instant::now() + cfg.connect_timeout;
+        let origin = &target.origin;
+        let io = match target.ip {
+            // IP literals skip the resolver entirely (and allocate nothing).
+            Some(ip) => connect_any(std::slice::from_ref(&ip), target, deadline).await?,
+            None => {
+                let ips = self
+                    .resolver
+                    .resolve(&origin.host, cfg.connect_timeout)
+                    .await
+                    .map_err(|e| match e {
+                        ResolveError::Failed(why) => {
+                            ProxyError::BadGateway(format!("cannot resolve {}: {why}", origin.host))
+                        }
+                        ResolveError::TimedOut => ProxyError::Timeout(format!(
+                            "resolving {} took longer than {:?}",
+                            origin.host, cfg.connect_timeout
+                        )),
+                    })?;
+                connect_any(&ips, target, deadline).await?
+            }
+        };
+        let io = match origin.scheme {
+            Scheme::Http => io,
+            Scheme::Https => {
+                // SNI and certificate check against the URL's host (an IP
+                // literal becomes an IP-address name, checked against the
+                // certificate's IP SANs).
+                let name =
+                    rustls::pki_types::ServerName::try_from(origin.host.clone()).map_err(|e| {
+                        ProxyError::BadGateway(format!("{origin}: not a TLS server name: {e}"))
+                    })?;
+                let left = deadline.saturating_duration_since(Instant::now());
+                match runtime::timeout(left, io.start_tls(&self.tls, name)).await {
+                    Ok(Ok(io)) => io,
+                    Ok(Err(e)) => {
+                        return Err(ProxyError::BadGateway(format!(
+                            "TLS handshake with {origin}: {e}"
+                        )))
+                    }
+                    Err(_) => {
+                        return Err(ProxyError::Timeout(format!(
+                            "TLS handshake with {origin} took longer than {:?}",
+                            cfg.connect_timeout
+                        )))
+                    }
+                }
+            }
+        };
         let (sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
-            .map_err(|e| format!("handshake with {addr}: {e}"))?;
+            .map_err(|e| ProxyError::BadGateway(format!("handshake with {origin}: {e}")))?;
         runtime::spawn(async move {
             let _ = conn.await;
         });
@@ -298,16 +331,59 @@ impl ProxyState {
         Ok((sender, false))
     }
 
-    fn checkin(&self, addr: SocketAddr, s: Sender) {
+    fn checkin(&self, origin: &Origin, s: Sender) {
         if s.is_closed() {
             return;
         }
         let mut pools = self.pools.borrow_mut();
-        let idle = pools.entry(addr).or_default();
+        // Looked up by reference first: the key is cloned only the first
+        // time an origin gets a pool, not per request.
+        let idle = match pools.get_mut(origin) {
+            Some(v) => v,
+            None => pools.entry(origin.clone()).or_default(),
+        };
         if idle.len() < MAX_IDLE {
             idle.push(s);
         }
     }
+}
+
+/// Connects to the first of `ips` (at the endpoint's port) that accepts,
+/// in order. Each address gets an equal share of the time left, so one
+/// that swallows SYNs cannot use up the budget of those after it.
+async fn connect_any(
+    ips: &[IpAddr],
+    target: &Endpoint,
+    deadline: Instant,
+) -> Result<HyperIo, ProxyError> {
+    let mut errors: Vec<String> = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let share = left / (ips.len() - i) as u32;
+        let addr = SocketAddr::new(*ip, target.origin.port);
+        match HyperIo::connect(addr, share).await {
+            Ok(io) => return Ok(io),
+            Err(e) => errors.push(format!("{addr}: {e}")),
+        }
+    }
+    let origin = &target.origin;
+    if Instant::now() >= deadline {
+        let tried = if errors.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", errors.join("; "))
+        };
+        return Err(ProxyError::Timeout(format!(
+            "connect to {origin} took longer than the connect timeout{tried}"
+        )));
+    }
+    Err(ProxyError::BadGateway(format!(
+        "connect to {origin}: {}",
+        errors.join("; ")
+    )))
 }
 
 /// Counts a request in flight to a worker until dropped (at the end of the
@@ -347,7 +423,9 @@ impl Drop for InFlight {
 /// ends cleanly the connection goes back to the pool.
 pub struct Streamed {
     inner: Incoming,
-    back: Option<(SocketAddr, Sender)>,
+    /// The connection, and the worker list + index whose origin it goes
+    /// back to (holding the list's `Rc` avoids copying the origin per request).
+    back: Option<(Sender, Rc<Vec<Upstream>>, usize)>,
     _inflight: InFlight,
 }
 
@@ -366,8 +444,10 @@ impl HttpBody for Streamed {
             _ => false,
         };
         if ended {
-            if let Some((addr, s)) = self.back.take() {
-                self._inflight.state.checkin(addr, s);
+            if let Some((s, ups, i)) = self.back.take() {
+                if let Ok(t) = &ups[i].target {
+                    self._inflight.state.checkin(&t.origin, s);
+                }
             }
         }
         r
@@ -444,7 +524,7 @@ async fn forward_to(
     state: &Rc<ProxyState>,
     cfg: &ProxyConfig,
     req: &Outbound,
-    ups: &[Upstream],
+    ups: &Rc<Vec<Upstream>>,
 ) -> Result<Forwarded, ProxyError> {
     let pinned = state.pinned(&req.service, req.model.as_deref());
     let mut tried: Vec<String> = Vec::new();
@@ -465,12 +545,7 @@ async fn forward_to(
         if attempt > 0 {
             state.counters.borrow_mut().retries += 1;
         }
-        let target = match up
-            .endpoint
-            .as_deref()
-            .ok_or_else(|| "worker has no endpoint".to_string())
-            .and_then(|e| parse_endpoint(e, up.port))
-        {
+        let target = match &up.target {
             Ok(t) => t,
             Err(e) => {
                 state.count_attempt(&up.worker_id, "unusable");
@@ -478,7 +553,7 @@ async fn forward_to(
                 continue;
             }
         };
-        match send_once(state, cfg, req, up, &target).await {
+        match send_once(state, cfg, req, (ups, i), target).await {
             Ok(resp) if resp.status().is_server_error() => {
                 state.cool(&up.worker_id, cfg);
                 state.count_attempt(&up.worker_id, "upstream_5xx");
@@ -539,27 +614,41 @@ async fn send_once(
     state: &Rc<ProxyState>,
     cfg: &ProxyConfig,
     req: &Outbound,
-    up: &Upstream,
-    target: &Target,
+    (ups, i): (&Rc<Vec<Upstream>>, usize),
+    target: &Endpoint,
 ) -> Result<Forwarded, Failure> {
+    let up = &ups[i];
     let inflight = InFlight::new(state.clone(), &up.worker_id);
     let started = Instant::now();
-    let who = format!("worker {} at {}", up.worker_id, target.addr);
+    let who = format!("worker {} at {}", up.worker_id, target.origin);
     let mut fresh_retry = true;
     loop {
+        // The checkout bounds each of its steps by the connect timeout and
+        // says which one ran out; this outer bound, a little later so those
+        // messages win, is only a backstop.
+        let backstop = cfg.connect_timeout + CHECKOUT_SLACK;
         let (mut sender, reused) =
-            match runtime::timeout(cfg.connect_timeout, state.checkout(target.addr, cfg)).await {
+            match runtime::timeout(backstop, state.checkout(target, cfg)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    return Err(Failure {
-                        sent: false,
-                        err: ProxyError::BadGateway(e),
-                    })
+                    let err = match e {
+                        ProxyError::Timeout(m) => {
+                            ProxyError::Timeout(format!("worker {}: {m}", up.worker_id))
+                        }
+                        ProxyError::BadGateway(m) => {
+                            ProxyError::BadGateway(format!("worker {}: {m}", up.worker_id))
+                        }
+                        other => other,
+                    };
+                    return Err(Failure { sent: false, err });
                 }
                 Err(_) => {
                     return Err(Failure {
                         sent: false,
-                        err: ProxyError::Timeout(format!("connect to {who}")),
+                        err: ProxyError::Timeout(format!(
+                            "connect to {who} took longer than {:?}",
+                            cfg.connect_timeout
+                        )),
                     })
                 }
             };
@@ -568,7 +657,7 @@ async fn send_once(
             .uri(format!("{}{}", target.prefix, req.path_and_query));
         if let Some(h) = b.headers_mut() {
             h.clone_from(&req.headers);
-            if let Ok(v) = HeaderValue::from_str(&target.host) {
+            if let Ok(v) = HeaderValue::from_str(&target.authority) {
                 h.insert(HOST, v);
             }
         }
@@ -617,7 +706,7 @@ async fn send_once(
                 strip_hop_by_hop(&mut parts.headers);
                 let body = Streamed {
                     inner: body,
-                    back: Some((target.addr, sender)),
+                    back: Some((sender, ups.clone(), i)),
                     _inflight: inflight,
                 };
                 return Ok(Response::from_parts(parts, body));
@@ -659,24 +748,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_parse() {
-        let t = parse_endpoint("http://127.0.0.1:8105", None).unwrap();
-        assert_eq!(t.addr, "127.0.0.1:8105".parse().unwrap());
-        assert_eq!((t.host.as_str(), t.prefix.as_str()), ("127.0.0.1:8105", ""));
-        let t = parse_endpoint("http://10.0.0.2/api/", None).unwrap();
-        assert_eq!(t.addr, "10.0.0.2:80".parse().unwrap());
-        assert_eq!(t.prefix, "/api");
-        let t = parse_endpoint("10.0.0.3", Some(8104)).unwrap();
-        assert_eq!(t.addr, "10.0.0.3:8104".parse().unwrap());
-        let t = parse_endpoint("http://localhost:9", None).unwrap();
-        assert_eq!(t.addr, "127.0.0.1:9".parse().unwrap());
-        let t = parse_endpoint("http://[::1]:81", None).unwrap();
-        assert_eq!(t.addr, "[::1]:81".parse().unwrap());
-        assert!(parse_endpoint("https://x.trycloudflare.com", None).is_err());
-        assert!(parse_endpoint("http://gpu1.example:8000", None)
-            .unwrap_err()
-            .contains("DNS"));
-        assert!(parse_endpoint("http://1.2.3.4:notaport", None).is_err());
+    fn addresses_are_tried_in_order_until_one_accepts() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let target = parse_endpoint(&format!("http://w.example:{port}"), None).unwrap();
+        // Also loopback, but nothing listens there: refused at once.
+        let refused: IpAddr = "127.0.0.2".parse().unwrap();
+        let open: IpAddr = "127.0.0.1".parse().unwrap();
+        runtime::block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            assert!(connect_any(&[refused, open], &target, deadline)
+                .await
+                .is_ok());
+            match connect_any(&[refused, refused], &target, deadline).await {
+                Err(ProxyError::BadGateway(m)) => {
+                    assert!(
+                        m.contains("http://w.example:") && m.contains("127.0.0.2"),
+                        "{m}"
+                    );
+                    assert_eq!(m.matches("127.0.0.2").count(), 2, "{m}");
+                }
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("connected to a closed port"),
+            }
+        })
+        .unwrap();
     }
 
     #[test]

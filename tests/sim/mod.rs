@@ -4,6 +4,7 @@
 //! `/v1/completions` (JSON or SSE stream), `/api/generate`, `/query`,
 //! `/extract`, and anything else as an echo of what arrived. It can be told
 //! to fail (500), stall, or die (stop accepting and drop its connections).
+//! `start_tls` serves the same over TLS (rustls, a certificate the test makes).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -33,10 +34,22 @@ pub struct Sim {
     pub id: String,
     pub addr: SocketAddr,
     state: Arc<State>,
+    tls: bool,
 }
 
 impl Sim {
     pub fn start(id: &str) -> Sim {
+        Self::start_with(id, None)
+    }
+
+    /// A simulator speaking HTTPS with `tls` (its URL names `localhost`,
+    /// which the test's certificate must cover).
+    pub fn start_tls(id: &str, tls: Arc<rustls::ServerConfig>) -> Sim {
+        Self::start_with(id, Some(tls))
+    }
+
+    fn start_with(id: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Sim {
+        let is_tls = tls.is_some();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
@@ -52,8 +65,17 @@ impl Sim {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
+                let _ = conn.set_nodelay(true);
                 let st = st.clone();
-                thread::spawn(move || serve(conn, st));
+                match &tls {
+                    None => thread::spawn(move || serve(conn, st)),
+                    Some(cfg) => {
+                        let Ok(session) = rustls::ServerConnection::new(cfg.clone()) else {
+                            continue;
+                        };
+                        thread::spawn(move || serve(rustls::StreamOwned::new(session, conn), st))
+                    }
+                };
             }
             // Listener dropped here: further connects are refused.
         });
@@ -61,11 +83,16 @@ impl Sim {
             id: id.to_string(),
             addr,
             state,
+            tls: is_tls,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     pub fn set(&self, m: Mode) {
@@ -88,13 +115,18 @@ impl Sim {
     /// registers as a storage machine so the catalog assigns it only
     /// storage services, which no proxy test routes to.
     pub fn registration(&self, services: &[&str]) -> Value {
+        self.registration_at(&self.url(), services)
+    }
+
+    /// The registration body with `url` as the worker's tunnel_url.
+    pub fn registration_at(&self, url: &str, services: &[&str]) -> Value {
         let svcs: Vec<Value> = services
             .iter()
             .map(|s| json!({"name": s, "port": self.addr.port()}))
             .collect();
         json!({
             "worker_id": self.id,
-            "tunnel_url": self.url(),
+            "tunnel_url": url,
             "capabilities": {"hostname": self.id, "has_storage": true, "worker_type": "storage", "ram": "16GB"},
             "services": svcs,
         })
@@ -118,7 +150,7 @@ struct Req {
     body: Vec<u8>,
 }
 
-fn read_req(r: &mut BufReader<TcpStream>) -> Option<Req> {
+fn read_req<S: Read>(r: &mut BufReader<S>) -> Option<Req> {
     let mut line = String::new();
     if r.read_line(&mut line).ok()? == 0 {
         return None;
@@ -152,7 +184,7 @@ fn read_req(r: &mut BufReader<TcpStream>) -> Option<Req> {
     })
 }
 
-fn respond(w: &mut TcpStream, status: u16, body: &Value) -> std::io::Result<()> {
+fn respond(w: &mut impl Write, status: u16, body: &Value) -> std::io::Result<()> {
     let b = body.to_string();
     let reason = if status == 200 { "OK" } else { "Error" };
     write!(
@@ -163,14 +195,12 @@ fn respond(w: &mut TcpStream, status: u16, body: &Value) -> std::io::Result<()> 
     w.flush()
 }
 
-fn serve(conn: TcpStream, st: Arc<State>) {
-    let _ = conn.set_nodelay(true);
-    let mut w = match conn.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
+/// Serves one connection. Replies are written through the reader's inner
+/// stream: a TLS session cannot be split into halves like a socket.
+fn serve<S: Read + Write>(conn: S, st: Arc<State>) {
     let mut r = BufReader::new(conn);
     while let Some(req) = read_req(&mut r) {
+        let w = r.get_mut();
         if st.dead.load(Ordering::SeqCst) {
             return;
         }
@@ -178,7 +208,7 @@ fn serve(conn: TcpStream, st: Arc<State>) {
         let mode = *st.mode.lock().unwrap();
         match mode {
             Mode::Fail => {
-                if respond(&mut w, 500, &json!({"detail": "simulated failure"})).is_err() {
+                if respond(w, 500, &json!({"detail": "simulated failure"})).is_err() {
                     return;
                 }
                 continue;
@@ -189,20 +219,20 @@ fn serve(conn: TcpStream, st: Arc<State>) {
         let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
         let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
         let ok = match path {
-            "/v1/completions" if body["stream"] == json!(true) => stream(&mut w, &st.id),
+            "/v1/completions" if body["stream"] == json!(true) => stream(w, &st.id),
             "/v1/completions" => respond(
-                &mut w,
+                w,
                 200,
                 &json!({"worker": st.id, "object": "text_completion", "request": body,
                         "choices": [{"text": "hello"}]}),
             ),
             "/api/generate" => respond(
-                &mut w,
+                w,
                 200,
                 &json!({"worker": st.id, "response": "a cat", "request": body}),
             ),
             "/query" | "/extract" => respond(
-                &mut w,
+                w,
                 200,
                 &json!({"worker": st.id, "path": path, "query": query, "method": req.method}),
             ),
@@ -213,7 +243,7 @@ fn serve(conn: TcpStream, st: Arc<State>) {
                     .map(|(k, v)| (k.clone(), Value::from(v.clone())))
                     .collect();
                 respond(
-                    &mut w,
+                    w,
                     200,
                     &json!({"worker": st.id, "method": req.method, "path": path, "query": query,
                             "headers": headers, "body": String::from_utf8_lossy(&req.body)}),
@@ -227,13 +257,13 @@ fn serve(conn: TcpStream, st: Arc<State>) {
 }
 
 /// An SSE token stream: three events 150 ms apart, then `[DONE]`.
-fn stream(w: &mut TcpStream, id: &str) -> std::io::Result<()> {
+fn stream<W: Write>(w: &mut W, id: &str) -> std::io::Result<()> {
     write!(
         w,
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
     )?;
     w.flush()?;
-    let chunk = |w: &mut TcpStream, s: &str| -> std::io::Result<()> {
+    let chunk = |w: &mut W, s: &str| -> std::io::Result<()> {
         write!(w, "{:x}\r\n{s}\r\n", s.len())?;
         w.flush()
     };
