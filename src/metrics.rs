@@ -49,6 +49,11 @@ impl Histogram {
     pub fn count(&self) -> u64 {
         self.count
     }
+
+    fn encode(&self, out: &mut String, name: &str, labels: &str) {
+        let (counts, sum, count) = (&self.counts, self.sum, self.count);
+        encode_histogram(out, name, labels, &LATENCY_BUCKETS, counts, sum, count);
+    }
 }
 
 /// Counters for one route.
@@ -185,28 +190,10 @@ pub fn encode(route_names: &[&str], shards: &[MetricsSnapshot], g: &Gauges) -> S
         if r.latency.count == 0 {
             continue;
         }
-        let mut cum = 0;
-        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-            cum += r.latency.counts[i];
-            let _ = writeln!(
-                out,
-                "coordinator_http_request_duration_seconds_bucket{{route=\"{name}\",le=\"{le}\"}} {cum}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "coordinator_http_request_duration_seconds_bucket{{route=\"{name}\",le=\"+Inf\"}} {}",
-            r.latency.count
-        );
-        let _ = writeln!(
-            out,
-            "coordinator_http_request_duration_seconds_sum{{route=\"{name}\"}} {}",
-            r.latency.sum
-        );
-        let _ = writeln!(
-            out,
-            "coordinator_http_request_duration_seconds_count{{route=\"{name}\"}} {}",
-            r.latency.count
+        r.latency.encode(
+            &mut out,
+            "coordinator_http_request_duration_seconds",
+            &format!("route=\"{name}\""),
         );
     }
 
@@ -260,12 +247,7 @@ pub fn encode(route_names: &[&str], shards: &[MetricsSnapshot], g: &Gauges) -> S
             |s| s.metrics.workers_removed,
         ),
     ];
-    for (name, help, kind, get) in per_shard {
-        header(&mut out, name, help, kind);
-        for s in shards {
-            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, get(s));
-        }
-    }
+    encode_per_shard(&mut out, shards, &per_shard);
     encode_tasks(&mut out, shards);
     encode_proxy(&mut out, shards);
     out
@@ -390,25 +372,7 @@ fn encode_proxy(out: &mut String, shards: &[MetricsSnapshot]) {
         "Time from sending a proxied request to the worker's response head.",
         "histogram",
     );
-    let mut cum = 0;
-    for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-        cum += lat.counts[i];
-        let _ = writeln!(
-            out,
-            "coordinator_upstream_latency_seconds_bucket{{le=\"{le}\"}} {cum}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "coordinator_upstream_latency_seconds_bucket{{le=\"+Inf\"}} {}",
-        lat.count
-    );
-    let _ = writeln!(out, "coordinator_upstream_latency_seconds_sum {}", lat.sum);
-    let _ = writeln!(
-        out,
-        "coordinator_upstream_latency_seconds_count {}",
-        lat.count
-    );
+    lat.encode(out, "coordinator_upstream_latency_seconds", "");
     let per_shard: [PerShard; 4] = [
         (
             "coordinator_route_cooldowns",
@@ -435,12 +399,7 @@ fn encode_proxy(out: &mut String, shards: &[MetricsSnapshot]) {
             |s| s.proxy.dns_lookups,
         ),
     ];
-    for (name, help, kind, get) in per_shard {
-        header(out, name, help, kind);
-        for s in shards {
-            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, get(s));
-        }
-    }
+    encode_per_shard(out, shards, &per_shard);
 }
 
 /// Label values come from workers and clients: escape per the text format.
@@ -458,14 +417,58 @@ type PerShard = (
     fn(&MetricsSnapshot) -> u64,
 );
 
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+fn encode_per_shard(out: &mut String, shards: &[MetricsSnapshot], series: &[PerShard]) {
+    for (name, help, kind, get) in series {
+        header(out, name, help, kind);
+        for s in shards {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, get(s));
+        }
+    }
+}
+
+pub(crate) fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
-    header(out, name, help, "gauge");
+/// One unlabelled value with its header.
+pub(crate) fn scalar(out: &mut String, name: &str, help: &str, kind: &str, v: u64) {
+    header(out, name, help, kind);
     let _ = writeln!(out, "{name} {v}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
+    scalar(out, name, help, "gauge", v);
+}
+
+/// The sample lines of one histogram series: cumulative buckets over
+/// `bounds` (`counts` is non-cumulative, its last slot +Inf), then sum and
+/// count. `labels` (already formatted, e.g. `route="x"`) go before `le`.
+pub(crate) fn encode_histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[f64],
+    counts: &[u64],
+    sum: f64,
+    count: u64,
+) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut cum = 0;
+    for (le, n) in bounds.iter().zip(counts) {
+        cum += n;
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cum}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+    let braces = |l: &str| {
+        if l.is_empty() {
+            String::new()
+        } else {
+            format!("{{{l}}}")
+        }
+    };
+    let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
+    let _ = writeln!(out, "{name}_count{} {count}", braces(labels));
 }
 
 #[cfg(test)]

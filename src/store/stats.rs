@@ -6,11 +6,10 @@
 //! and a scrape ever take; the queue depth is read straight from the
 //! channel. A scrape therefore never waits for a commit or for the disk.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::metrics::LATENCY_BUCKETS;
+use crate::metrics::{encode_histogram, header, scalar, LATENCY_BUCKETS};
 
 /// Upper bounds of the batch-size buckets (operations per transaction).
 pub const BATCH_BUCKETS: [f64; 13] = [
@@ -48,14 +47,8 @@ impl Hist {
     }
 
     fn encode(&self, out: &mut String, name: &str) {
-        let mut cum = 0;
-        for (le, n) in self.bounds.iter().zip(&self.counts) {
-            cum += n;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cum}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
+        let (counts, sum, count) = (&self.counts, self.sum, self.count);
+        encode_histogram(out, name, "", self.bounds, counts, sum, count);
     }
 }
 
@@ -117,11 +110,6 @@ impl StoreSnapshot {
     /// Appends the store's metrics in the Prometheus text format.
     pub fn encode(&self, out: &mut String) {
         let s = &self.stats;
-        let scalar = |out: &mut String, name: &str, help: &str, kind: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name} {v}");
-        };
         scalar(
             out,
             "coordinator_store_queue_depth",
@@ -176,8 +164,7 @@ impl StoreSnapshot {
                 &s.commit_seconds,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} histogram");
+            header(out, name, help, "histogram");
             h.encode(out, name);
         }
     }
