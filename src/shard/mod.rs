@@ -226,13 +226,9 @@ impl Shard {
     /// Waits until the store has committed a mutation of this shard.
     async fn durable(&self, ack: Option<Ack>) -> Result<(), ShardError> {
         let Some(ack) = ack else { return Ok(()) };
-        match runtime::timeout(self.cfg.gather_timeout, ack.wait()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ShardError::Store(e.to_string())),
-            Err(_) => Err(ShardError::Store(
-                "database write did not complete in time".into(),
-            )),
-        }
+        committed(ack, self.cfg.gather_timeout)
+            .await
+            .map_err(ShardError::Store)
     }
 
     /// Runs the request built by `make` on every shard and returns the replies.
@@ -255,12 +251,9 @@ impl Shard {
             Some(ack) => {
                 let timeout = self.cfg.gather_timeout;
                 runtime::spawn(async move {
-                    let reply = match runtime::timeout(timeout, ack.wait()).await {
-                        Ok(Ok(())) => reply,
-                        Ok(Err(e)) => Reply::StoreFailed(e.to_string()),
-                        Err(_) => {
-                            Reply::StoreFailed("database write did not complete in time".into())
-                        }
+                    let reply = match committed(ack, timeout).await {
+                        Ok(()) => reply,
+                        Err(e) => Reply::StoreFailed(e),
                     };
                     let _ = env.reply.send(reply);
                 });
@@ -281,51 +274,42 @@ impl Shard {
             return (self.handle(req), None);
         };
         let wait_for_tasks = !matches!(req, Request::Task(TaskOp::Extend { .. }));
-        let (reply, mut ops) = match req {
-            Request::Register(rec) => {
-                let id = rec.worker_id.clone();
-                let reply = self.handle(Request::Register(rec));
-                (reply, self.worker_op(&id))
-            }
-            Request::RegisterNew(rec) => {
-                let id = rec.worker_id.clone();
-                let reply = self.handle(Request::RegisterNew(rec));
-                let ops = match reply {
-                    Reply::Registered { .. } => self.worker_op(&id),
-                    _ => Vec::new(),
-                };
-                (reply, ops)
-            }
-            Request::Heartbeat(hb) => {
-                let id = (!self.dirty.borrow().contains(hb.worker_id.as_str()))
-                    .then(|| hb.worker_id.clone());
-                let reply = self.handle(Request::Heartbeat(hb));
-                if let (Some(id), Reply::Found(true)) = (id, &reply) {
-                    self.dirty.borrow_mut().insert(id);
-                }
-                (reply, Vec::new())
-            }
-            Request::Unregister(id) => {
-                let reply = self.handle(Request::Unregister(id.clone()));
-                let ops = if matches!(reply, Reply::Found(true)) {
-                    self.dirty.borrow_mut().remove(&id);
-                    vec![Op::DeleteWorker { id }]
-                } else {
-                    Vec::new()
-                };
-                (reply, ops)
-            }
-            Request::CompleteTask(id) => {
-                let reply = self.handle(Request::CompleteTask(id.clone()));
-                (reply, self.worker_op(&id))
-            }
+        // Decided before `handle` consumes the request.
+        let effect = match &req {
+            Request::Register(r) | Request::RegisterNew(r) => Durable::Worker(r.worker_id.clone()),
+            Request::CompleteTask(id) => Durable::Worker(id.clone()),
+            Request::Unregister(id) => Durable::Removed(id.clone()),
+            Request::Heartbeat(hb) => Durable::Heartbeat(
+                (!self.dirty.borrow().contains(hb.worker_id.as_str()))
+                    .then(|| hb.worker_id.clone()),
+            ),
             // Every shard holds a replica of the pins; shard 0 writes them.
-            Request::Task(TaskOp::SetPin { key, workers }) => {
-                let op = store::task::pin_op(&key, workers.as_deref());
-                let reply = self.handle(Request::Task(TaskOp::SetPin { key, workers }));
-                (reply, if self.id == 0 { vec![op] } else { Vec::new() })
+            Request::Task(TaskOp::SetPin { key, workers }) if self.id == 0 => {
+                Durable::Pin(store::task::pin_op(key, workers.as_deref()))
             }
-            other => (self.handle(other), Vec::new()),
+            _ => Durable::Nothing,
+        };
+        let reply = self.handle(req);
+        let mut ops = match (effect, &reply) {
+            // A generated id that was taken: nothing of ours changed.
+            (Durable::Worker(_), Reply::IdTaken(_)) => Vec::new(),
+            (Durable::Worker(id), _) => {
+                let reg = self.registry.borrow();
+                reg.get(&id)
+                    .map(store::worker::put_op)
+                    .into_iter()
+                    .collect()
+            }
+            (Durable::Removed(id), Reply::Found(true)) => {
+                self.dirty.borrow_mut().remove(&id);
+                vec![Op::DeleteWorker { id }]
+            }
+            (Durable::Heartbeat(Some(id)), Reply::Found(true)) => {
+                self.dirty.borrow_mut().insert(id);
+                Vec::new()
+            }
+            (Durable::Pin(op), _) => vec![op],
+            _ => Vec::new(),
         };
         if !wait_for_tasks {
             self.persist_task_changes();
@@ -336,12 +320,6 @@ impl Shard {
         } else {
             (reply, Some(store.submit(ops)))
         }
-    }
-
-    /// The store operation for worker `id`'s current record.
-    fn worker_op(&self, id: &str) -> Vec<Op> {
-        let reg = self.registry.borrow();
-        reg.get(id).map(store::worker::put_op).into_iter().collect()
     }
 
     /// Sends the last heartbeat state of every worker heartbeated since the
@@ -589,6 +567,30 @@ impl Shard {
             self.metrics.borrow_mut().workers_removed += removed.len() as u64;
             tracing::info!(shard = self.id, count = removed.len(), workers = ?removed, "removed silent workers");
         }
+    }
+}
+
+/// What a request changes in the store, besides the task changes the task
+/// table reports itself (see [`Shard::apply`]).
+enum Durable {
+    Nothing,
+    /// Write this worker's record as it is after the request.
+    Worker(String),
+    /// Delete this worker's row if the request removed it.
+    Removed(String),
+    /// Mark this worker dirty for the next heartbeat flush (`None`: it
+    /// already is).
+    Heartbeat(Option<String>),
+    Pin(Op),
+}
+
+/// Waits for `ack` for at most `timeout`; the error says why the change
+/// is not durable.
+async fn committed(ack: Ack, timeout: Duration) -> Result<(), String> {
+    match runtime::timeout(timeout, ack.wait()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("database write did not complete in time".into()),
     }
 }
 
