@@ -156,17 +156,7 @@ fn registry_ops(c: &mut Criterion) {
         serde_json::from_value(heartbeat("w-000500")).expect("valid heartbeat");
     c.bench_function("registry/heartbeat_update_1k", |b| {
         b.iter_batched(
-            || HeartbeatRequest {
-                worker_id: hb.worker_id.clone(),
-                status: hb.status.clone(),
-                current_load: hb.current_load,
-                available_memory: hb.available_memory.clone(),
-                loaded_models: hb.loaded_models.clone(),
-                active_requests: hb.active_requests,
-                gpu_utilization: hb.gpu_utilization,
-                services_status: hb.services_status.clone(),
-                specialization: hb.specialization.clone(),
-            },
+            || hb.clone(),
             |hb| assert!(reg.heartbeat(hb, Instant::now(), SystemTime::now())),
             BatchSize::SmallInput,
         )

@@ -28,7 +28,7 @@ pub struct RegisterRequest {
 /// `POST /api/worker/heartbeat`. Every field but `worker_id` may be missing
 /// or null; a missing field keeps its previous value, except `status`,
 /// which defaults to "healthy" as in the originals.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct HeartbeatRequest {
     #[serde(deserialize_with = "req_string")]
     pub worker_id: String,
@@ -48,6 +48,14 @@ pub struct HeartbeatRequest {
     pub services_status: Option<Map<String, Value>>,
     #[serde(default, deserialize_with = "opt_string")]
     pub specialization: Option<String>,
+    /// Progress: the tasks the worker is still on (their leases are
+    /// extended). `task_ids`, else `active_tasks`; `Some` whenever the key
+    /// is present, holding the string elements of an array (anything else
+    /// counts as no ids: agents also send `active_tasks` as a count).
+    #[serde(default, deserialize_with = "lenient_ids")]
+    pub task_ids: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "lenient_ids")]
+    pub active_tasks: Option<Vec<String>>,
 }
 
 /// `POST /api/coordinator/broadcast-job`.
@@ -61,23 +69,6 @@ pub struct BroadcastRequest {
     pub required_capability: Option<String>,
 }
 
-/// `POST /api/worker/task-complete` body. The only real client sends all
-/// three fields in the body; the service coordinator took `worker_id` and
-/// `task_id` as query parameters and the whole body as the result.
-#[derive(Debug, Default, Deserialize)]
-pub struct TaskCompleteBody {
-    #[serde(default, deserialize_with = "opt_string")]
-    pub worker_id: Option<String>,
-    #[serde(default, deserialize_with = "opt_string")]
-    pub task_id: Option<String>,
-    #[serde(default)]
-    pub result: Option<Value>,
-    #[serde(default, deserialize_with = "opt_string")]
-    pub status: Option<String>,
-    #[serde(default)]
-    pub error: Option<Value>,
-}
-
 fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     match Option::<Value>::deserialize(d)? {
         None | Some(Value::Null) => Ok(None),
@@ -89,6 +80,20 @@ fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
             kind(&other)
         ))),
     }
+}
+
+fn lenient_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let ids = match Value::deserialize(d)? {
+        Value::Array(a) => a
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(Some(ids))
 }
 
 fn req_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -154,6 +159,18 @@ mod tests {
         assert_eq!(hb.active_requests, Some(3));
         assert_eq!(hb.available_memory.as_deref(), Some("12"));
         assert_eq!(hb.loaded_models, Some(vec!["a".to_string()]));
+    }
+
+    #[test]
+    fn heartbeat_progress_ids_are_lenient() {
+        let hb = |body: &str| serde_json::from_str::<HeartbeatRequest>(body).unwrap();
+        let h = hb(r#"{"worker_id":"w","task_ids":["t1",2,"t3"],"active_tasks":3}"#);
+        assert_eq!(h.task_ids, Some(vec!["t1".to_string(), "t3".to_string()]));
+        assert_eq!(h.active_tasks, Some(vec![]));
+        let h = hb(r#"{"worker_id":"w","task_ids":null}"#);
+        assert_eq!((h.task_ids, h.active_tasks), (Some(vec![]), None));
+        let h = hb(r#"{"worker_id":"w"}"#);
+        assert_eq!((h.task_ids, h.active_tasks), (None, None));
     }
 
     #[test]

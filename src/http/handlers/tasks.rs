@@ -36,6 +36,23 @@ fn unexpected() -> ApiError {
     ApiError::Shard(crate::shard::ShardError::Unexpected("Task"))
 }
 
+/// `items` grouped by the shard `shard_of` names (items it names none for
+/// are dropped), shards in order of first appearance, items in order.
+fn by_shard(
+    items: Vec<String>,
+    shard_of: impl Fn(&str) -> Option<usize>,
+) -> Vec<(usize, Vec<String>)> {
+    let mut groups: Vec<(usize, Vec<String>)> = Vec::new();
+    for item in items {
+        let Some(s) = shard_of(&item) else { continue };
+        match groups.iter_mut().find(|(g, _)| *g == s) {
+            Some((_, v)) => v.push(item),
+            None => groups.push((s, vec![item])),
+        }
+    }
+    groups
+}
+
 fn ok_json(status: StatusCode, v: &Value) -> Response<Body> {
     json(status, v.to_string().into_bytes())
 }
@@ -244,16 +261,9 @@ pub async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Ap
         TaskReply::Keys(None) => return Err(ApiError::NotFound("Worker not found".into())),
         _ => return Err(unexpected()),
     };
-    // Group keys by shard, keeping priority order: the owner (own queue)
-    // first, other shards in the order their first key appears.
-    let mut groups: Vec<(usize, Vec<String>)> = Vec::new();
-    for k in keys {
-        let s = shard_of_key(&k, ctx.shard.count);
-        match groups.iter_mut().find(|(g, _)| *g == s) {
-            Some((_, v)) => v.push(k),
-            None => groups.push((s, vec![k])),
-        }
-    }
+    // Keys keep their priority order: the owner (own queue) first, other
+    // shards in the order their first key appears.
+    let groups = by_shard(keys, |k| Some(shard_of_key(k, ctx.shard.count)));
     let deadline = Instant::now() + wait;
     loop {
         let waiting = Instant::now() < deadline;
@@ -369,40 +379,10 @@ pub async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
     ))
 }
 
-/// Heartbeat progress: `task_ids: [..]` (or `active_tasks`) in a heartbeat
-/// extends the leases this worker holds on those tasks.
-pub async fn extend_from_heartbeat(
-    ctx: &Ctx,
-    worker_id: &str,
-    body: &[u8],
-) -> Result<(), ApiError> {
-    // The common heartbeat carries no task list: skip a second parse.
-    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
-    if !has(b"\"task_ids\"") && !has(b"\"active_tasks\"") {
-        return Ok(());
-    }
-    let o: Map<String, Value> = parse_object(body)?;
-    let ids: Vec<String> = o
-        .get("task_ids")
-        .or_else(|| o.get("active_tasks"))
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut by_shard: Vec<(usize, Vec<String>)> = Vec::new();
-    for id in ids {
-        let Some(s) = shard_of_task(&id, ctx.shard.count) else {
-            continue;
-        };
-        match by_shard.iter_mut().find(|(g, _)| *g == s) {
-            Some((_, v)) => v.push(id),
-            None => by_shard.push((s, vec![id])),
-        }
-    }
-    for (s, task_ids) in by_shard {
+/// Heartbeat progress: extends the leases `worker_id` holds on `ids`
+/// (the heartbeat's `task_ids`, or `active_tasks`).
+pub async fn extend_leases(ctx: &Ctx, worker_id: &str, ids: Vec<String>) -> Result<(), ApiError> {
+    for (s, task_ids) in by_shard(ids, |id| shard_of_task(id, ctx.shard.count)) {
         task_op(
             ctx,
             s,

@@ -189,17 +189,23 @@ fn respell_id(out: &[u8], old: &str, new: &str) -> Vec<u8> {
 
 pub async fn heartbeat(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let body = body(&ctx, req).await?;
-    let hb: HeartbeatRequest = parse_object(&body)?;
+    let mut hb: HeartbeatRequest = parse_object(&body)?;
     valid_id("worker_id", &hb.worker_id)?;
     let owner = ctx.shard.owner_of(&hb.worker_id);
-    let worker_id = hb.worker_id.clone();
+    // Only a heartbeat carrying progress needs its id after the call.
+    let progress = match hb.task_ids.take().or(hb.active_tasks.take()) {
+        Some(ids) if !ids.is_empty() => Some((hb.worker_id.clone(), ids)),
+        _ => None,
+    };
     let found = ctx
         .shard
         .call(owner, ShardRequest::Heartbeat(Box::new(hb)))
         .await?
         .found()?;
     if found {
-        super::tasks::extend_from_heartbeat(&ctx, &worker_id, &body).await?;
+        if let Some((worker_id, ids)) = progress {
+            super::tasks::extend_leases(&ctx, &worker_id, ids).await?;
+        }
         Ok(json_static(HEARTBEAT_OK))
     } else {
         Err(worker_not_found())
