@@ -214,11 +214,27 @@ impl TaskTable {
         let id = task.id.clone();
         let key = task.target.queue_key();
         self.tasks.insert(id.clone(), task);
-        self.queues
-            .entry(key.clone())
-            .or_default()
-            .push_back(id.clone());
-        self.record(EventKind::Submitted, &id, None);
+        self.enqueue(key, &id, false, EventKind::Submitted, None);
+    }
+
+    /// Puts `id` (already in `tasks`, state set) at the back of queue
+    /// `key`, or at the front when it has waited longest, publishes the
+    /// change and wakes the queue's waiters.
+    fn enqueue(
+        &mut self,
+        key: String,
+        id: &str,
+        front: bool,
+        kind: EventKind,
+        from: Option<TaskState>,
+    ) {
+        let q = self.queues.entry(key.clone()).or_default();
+        if front {
+            q.push_front(id.to_string());
+        } else {
+            q.push_back(id.to_string());
+        }
+        self.record(kind, id, from);
         self.wake(&key);
     }
 
@@ -389,12 +405,8 @@ impl TaskTable {
                 t.state = TaskState::Queued;
                 let key = t.target.queue_key();
                 // Front of the queue: it has waited longest.
-                self.queues
-                    .entry(key.clone())
-                    .or_default()
-                    .push_front(id.clone());
-                self.record(EventKind::Expired, &id, Some(TaskState::Leased));
-                self.wake(&key);
+                let from = Some(TaskState::Leased);
+                self.enqueue(key, &id, true, EventKind::Expired, from);
             }
         }
     }
@@ -465,39 +477,27 @@ impl TaskTable {
         }
         let t = self.tasks.get_mut(id).expect("present above");
         t.updated_at = SystemTime::now();
-        let kind = match outcome {
+        let (kind, state) = match outcome {
             Outcome::Done(result) => {
-                t.state = TaskState::Completed;
                 t.result = Some(result);
-                t.finished_by = Some(worker.to_string());
-                EventKind::Completed
+                (EventKind::Completed, TaskState::Completed)
             }
             Outcome::Failed { error, retry } => {
                 t.error = Some(error);
                 if retry && t.attempts < t.max_attempts {
                     t.state = TaskState::Queued;
                     let key = t.target.queue_key();
-                    self.queues
-                        .entry(key.clone())
-                        .or_default()
-                        .push_back(id.to_string());
-                    self.record(EventKind::FailedRetry, id, Some(from));
-                    self.wake(&key);
+                    self.enqueue(key, id, false, EventKind::FailedRetry, Some(from));
                     return Ok(Completion {
                         state: TaskState::Queued,
                         duplicate: false,
                     });
                 }
-                t.state = TaskState::Failed;
-                t.finished_by = Some(worker.to_string());
-                EventKind::Failed
+                (EventKind::Failed, TaskState::Failed)
             }
         };
-        let state = self
-            .tasks
-            .get(id)
-            .map(|t| t.state)
-            .unwrap_or(TaskState::Completed);
+        t.state = state;
+        t.finished_by = Some(worker.to_string());
         self.record(kind, id, Some(from));
         Ok(Completion {
             state,
@@ -533,12 +533,7 @@ impl TaskTable {
                 .then_with(|| a.id.cmp(&b.id))
         });
         out.tasks = hits.into_iter().take(f.limit).map(task_view).collect();
-        out.queues = self
-            .queues
-            .iter()
-            .filter(|(_, q)| !q.is_empty())
-            .map(|(k, q)| (k.clone(), q.len() as u64))
-            .collect();
+        out.queues = self.queue_depths();
         out
     }
 
