@@ -13,6 +13,7 @@
 //! the process was down is therefore already expired at recovery, and the
 //! task table requeues (or dead-letters) it at once.
 
+use std::borrow::Cow;
 use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -22,29 +23,31 @@ use super::worker::{from_us, to_us};
 use super::{Op, RecoveredTask};
 use crate::tasks::{EventKind, Lease, Target, Task, TaskEvent, TaskState};
 
+/// A task row. Borrowed when written (a task's payload and result can be
+/// large, and every state change writes the row), owned when read back.
 #[derive(Serialize, Deserialize)]
-struct Row {
-    id: String,
+struct Row<'a> {
+    id: Cow<'a, str>,
     #[serde(rename = "type")]
-    task_type: String,
-    payload: Value,
-    target_kind: String,
-    target: String,
+    task_type: Cow<'a, str>,
+    payload: Cow<'a, Value>,
+    target_kind: Cow<'a, str>,
+    target: Cow<'a, str>,
     state: TaskState,
     attempts: u32,
     max_attempts: u32,
     #[serde(default)]
-    lease_worker: Option<String>,
+    lease_worker: Option<Cow<'a, str>>,
     #[serde(default)]
     lease_deadline_us: Option<i64>,
     #[serde(default)]
-    last_worker: Option<String>,
+    last_worker: Option<Cow<'a, str>>,
     #[serde(default)]
-    result: Option<Value>,
+    result: Option<Cow<'a, Value>>,
     #[serde(default)]
-    error: Option<Value>,
+    error: Option<Cow<'a, Value>>,
     #[serde(default)]
-    finished_by: Option<String>,
+    finished_by: Option<Cow<'a, str>>,
     created_at_us: i64,
     updated_at_us: i64,
 }
@@ -52,20 +55,23 @@ struct Row {
 /// The operation that stores `t` (insert, or update in place).
 pub fn put_op(t: &Task) -> Op {
     let row = Row {
-        id: t.id.clone(),
-        task_type: t.task_type.clone(),
-        payload: t.payload.clone(),
-        target_kind: t.target.kind().to_string(),
-        target: t.target.name().to_string(),
+        id: Cow::Borrowed(&t.id),
+        task_type: Cow::Borrowed(&t.task_type),
+        payload: Cow::Borrowed(&t.payload),
+        target_kind: Cow::Borrowed(t.target.kind()),
+        target: Cow::Borrowed(t.target.name()),
         state: t.state,
         attempts: t.attempts,
         max_attempts: t.max_attempts,
-        lease_worker: t.lease.as_ref().map(|l| l.worker_id.clone()),
+        lease_worker: t
+            .lease
+            .as_ref()
+            .map(|l| Cow::Borrowed(l.worker_id.as_str())),
         lease_deadline_us: t.lease.as_ref().map(|l| to_us(l.deadline_wall)),
-        last_worker: t.last_worker.clone(),
-        result: t.result.clone(),
-        error: t.error.clone(),
-        finished_by: t.finished_by.clone(),
+        last_worker: t.last_worker.as_deref().map(Cow::Borrowed),
+        result: t.result.as_ref().map(Cow::Borrowed),
+        error: t.error.as_ref().map(Cow::Borrowed),
+        finished_by: t.finished_by.as_deref().map(Cow::Borrowed),
         created_at_us: to_us(t.created_at),
         updated_at_us: to_us(t.updated_at),
     };
@@ -99,10 +105,11 @@ pub fn restore(row: &RecoveredTask, now: Instant, wall: SystemTime) -> Result<Ta
             row.id, r.id
         ));
     }
-    let target = match r.target_kind.as_str() {
-        "worker" => Target::Worker(r.target),
-        "service" => Target::Service(r.target),
-        "capability" => Target::Capability(r.target),
+    let name = r.target.into_owned();
+    let target = match &*r.target_kind {
+        "worker" => Target::Worker(name),
+        "service" => Target::Service(name),
+        "capability" => Target::Capability(name),
         other => return Err(format!("task row {:?} has target kind {other:?}", row.id)),
     };
     let lease = match (r.state, r.lease_worker, r.lease_deadline_us) {
@@ -110,7 +117,7 @@ pub fn restore(row: &RecoveredTask, now: Instant, wall: SystemTime) -> Result<Ta
             let deadline_wall = from_us(us);
             let left = deadline_wall.duration_since(wall).unwrap_or_default();
             Some(Lease {
-                worker_id,
+                worker_id: worker_id.into_owned(),
                 deadline: now + left,
                 deadline_wall,
             })
@@ -121,18 +128,18 @@ pub fn restore(row: &RecoveredTask, now: Instant, wall: SystemTime) -> Result<Ta
         _ => None,
     };
     Ok(Task {
-        id: r.id,
-        task_type: r.task_type,
-        payload: r.payload,
+        id: r.id.into_owned(),
+        task_type: r.task_type.into_owned(),
+        payload: r.payload.into_owned(),
         target,
         state: r.state,
         attempts: r.attempts,
         max_attempts: r.max_attempts.max(1),
         lease,
-        last_worker: r.last_worker,
-        result: r.result,
-        error: r.error,
-        finished_by: r.finished_by,
+        last_worker: r.last_worker.map(Cow::into_owned),
+        result: r.result.map(Cow::into_owned),
+        error: r.error.map(Cow::into_owned),
+        finished_by: r.finished_by.map(Cow::into_owned),
         created_at: from_us(r.created_at_us),
         updated_at: from_us(r.updated_at_us),
     })
