@@ -21,7 +21,7 @@
 //! can persist their state without a schema change here:
 //! - [`Op::PutWorker`] / [`Op::DeleteWorker`]: a worker row ([`worker`]
 //!   converts records).
-//! - [`Store::heartbeats`]: coalesced heartbeat state, no ack (see below).
+//! - [`Op::Heartbeat`]: coalesced heartbeat state (see below).
 //! - [`Op::PutTask`] / [`Op::DeleteTask`]: a task row ([`task`] converts
 //!   tasks); an upsert keeps the task's original position (recovery returns
 //!   tasks in first-insertion order). `owner_key` is the task's queue key,
@@ -289,15 +289,14 @@ impl Store {
             return Ack::done();
         }
         let (ack, rx) = oneshot::channel();
-        match self.tx.send(Msg {
+        // If the writer is gone the sender is dropped with the message, and
+        // the ack resolves to `Closed`.
+        let _ = self.tx.send(Msg {
             ops,
             ack: Some(ack),
             close: false,
-        }) {
-            Ok(()) => Ack(Some(rx)),
-            // The writer is gone; the receiver then resolves to Closed.
-            Err(_) => Ack(Some(rx)),
-        }
+        });
+        Ack(Some(rx))
     }
 
     /// Queues `ops` without waiting for them (coalesced heartbeats, sweeps).
@@ -319,10 +318,6 @@ impl Store {
             ack: None,
             close: true,
         });
-    }
-
-    pub fn heartbeats(&self, ops: Vec<Op>) {
-        self.submit_nowait(ops)
     }
 
     /// The writer's figures for a metrics scrape. The writer updates them
@@ -492,7 +487,7 @@ mod tests {
                 .wait(),
         )
         .unwrap();
-        store.heartbeats(vec![Op::Heartbeat {
+        store.submit_nowait(vec![Op::Heartbeat {
             id: "a".into(),
             heartbeat_us: 7,
             state: "{\"status\":\"busy\"}".into(),
