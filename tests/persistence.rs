@@ -17,6 +17,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
+/// The one value `sql` selects from the database file of a stopped server.
+fn db_value<T: rusqlite::types::FromSql>(db: &Path, sql: &str) -> T {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
 /// A fresh, empty directory for one test.
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("coord-persist-{}-{name}", std::process::id()));
@@ -279,8 +285,7 @@ fn pull_tasks(addr: SocketAddr, round: usize, ledger: Arc<Mutex<Ledger>>, stop: 
         return;
     };
     let me = format!("kp{round}");
-    let mut body = worker_body(&me);
-    body["services"] = json!([{"name": TASK_SERVICE, "port": 9000}]);
+    let body = with_service(worker_body(&me), TASK_SERVICE);
     {
         let mut l = ledger.lock().unwrap();
         l.pullers.insert(me.clone());
@@ -483,9 +488,7 @@ fn kill_9_mid_load_loses_nothing_acknowledged() {
         .map(|t| t["task_id"].as_str().unwrap().to_string())
         .collect();
     assert!(!queued.is_empty(), "no queued task survived to re-place");
-    let mut body = worker_body("kp-final");
-    body["services"] = json!([{"name": TASK_SERVICE, "port": 9000}]);
-    register(p.addr, &body);
+    register(p.addr, &with_service(worker_body("kp-final"), TASK_SERVICE));
     let mut pulled = HashSet::new();
     loop {
         let r = conn.get("/api/worker/tasks?worker_id=kp-final&max=100");
@@ -641,23 +644,16 @@ fn a_version_1_database_is_migrated_and_served() {
         200
     );
     s.server.stop();
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let v: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
+    let v: i64 = db_value(&db, "PRAGMA user_version");
     assert_eq!(v, coordinator::store::SCHEMA_VERSION);
-    let hb: Option<i64> = conn
-        .query_row(
-            "SELECT last_heartbeat_us FROM workers WHERE worker_id = 'old-1'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let hb: Option<i64> = db_value(
+        &db,
+        "SELECT last_heartbeat_us FROM workers WHERE worker_id = 'old-1'",
+    );
     assert!(
         hb.is_some(),
         "the heartbeat was flushed into the new column"
     );
-    drop(conn);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -797,16 +793,11 @@ fn workers_silent_past_the_removal_timeout_are_not_restored() {
     assert_eq!(tasks["tasks"][0]["state"], "queued");
     s.server.stop();
     // Its row is gone from the file too.
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let rows: (i64, i64) = conn
-        .query_row(
-            "SELECT (SELECT count(*) FROM workers), (SELECT count(*) FROM tasks)",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let rows: (i64, i64) = (
+        db_value(&db, "SELECT count(*) FROM workers"),
+        db_value(&db, "SELECT count(*) FROM tasks"),
+    );
     assert_eq!(rows, (0, 1));
-    drop(conn);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -816,9 +807,7 @@ fn leases_that_ran_out_while_down_requeue_and_pins_survive_a_reshard() {
     let db = dir.join("c.db");
     let lease = ["--task-lease-seconds", "2"];
     let p = start_proc(&db, 2, &lease);
-    let mut body = cpu_worker("lw-1");
-    body["services"] = json!([{"name": "svc-l", "port": 9000}]);
-    register(p.addr, &body);
+    register(p.addr, &with_service(cpu_worker("lw-1"), "svc-l"));
     let mut ids = Vec::new();
     for (i, max_attempts) in [(0, 3), (1, 1)] {
         let r = post(
@@ -913,11 +902,7 @@ fn retention_drops_the_oldest_finished_tasks_from_memory_and_file() {
     let p = start_proc(&db, 2, &args);
     assert_eq!(states(p.addr), [404, 200, 200]);
     drop(p);
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let rows: i64 = conn
-        .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
-        .unwrap();
+    let rows: i64 = db_value(&db, "SELECT count(*) FROM tasks");
     assert_eq!(rows, 2);
-    drop(conn);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,9 +11,7 @@ use common::*;
 use serde_json::{json, Value};
 
 fn worker_with_service(id: &str, service: &str) -> Value {
-    let mut w = cpu_worker(id);
-    w["services"] = json!([{"name": service, "port": 9000}]);
-    w
+    with_service(cpu_worker(id), service)
 }
 
 fn submit(addr: SocketAddr, body: Value) -> String {

@@ -248,6 +248,12 @@ pub fn storage_worker(id: &str) -> Value {
 }
 
 /// Registers and asserts 200; returns the reply.
+/// `body` declaring the one service `service` (port 9000).
+pub fn with_service(mut body: Value, service: &str) -> Value {
+    body["services"] = serde_json::json!([{"name": service, "port": 9000}]);
+    body
+}
+
 pub fn register(addr: SocketAddr, body: &Value) -> Value {
     let r = post(addr, "/api/worker/register", body);
     assert_eq!(r.status, 200, "register failed: {}", r.text());
