@@ -13,12 +13,7 @@ fn scrape(addr: std::net::SocketAddr) -> Scrape {
         r.header("content-type"),
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
-    let lines = r
-        .text()
-        .lines()
-        .map(|l| Ok(l.to_string()))
-        .collect::<Vec<_>>();
-    Scrape::parse(lines.into_iter()).expect("valid exposition format")
+    parse_metrics(&r.text())
 }
 
 fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

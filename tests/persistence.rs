@@ -664,11 +664,7 @@ fn store_metrics_are_exported() {
     for i in 0..5 {
         register(s.addr, &cpu_worker(&format!("m-{i}")));
     }
-    let scrape_now = || {
-        let text = get(s.addr, "/metrics").text();
-        let lines = text.lines().map(|l| Ok(l.to_string()));
-        prometheus_parse::Scrape::parse(lines).expect("parses")
-    };
+    let scrape_now = || parse_metrics(&get(s.addr, "/metrics").text());
     let mut scrape = scrape_now();
     // The writer acknowledges before it updates its figures.
     eventually(Duration::from_secs(5), || {

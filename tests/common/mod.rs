@@ -248,6 +248,12 @@ pub fn storage_worker(id: &str) -> Value {
 }
 
 /// Registers and asserts 200; returns the reply.
+/// A `/metrics` text as a Prometheus server reads it; panics if invalid.
+pub fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("valid exposition format")
+}
+
 /// `body` declaring the one service `service` (port 9000).
 pub fn with_service(mut body: Value, service: &str) -> Value {
     body["services"] = serde_json::json!([{"name": service, "port": 9000}]);
