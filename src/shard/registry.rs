@@ -299,6 +299,17 @@ impl Registry {
         self.by_service.iter().map(|(k, v)| (k.as_str(), v))
     }
 
+    /// The records of the workers indexed under `service`.
+    pub fn service_workers<'a>(
+        &'a self,
+        service: &str,
+    ) -> impl Iterator<Item = &'a WorkerRecord> + 'a {
+        let ids = self.by_service.get(service);
+        ids.into_iter()
+            .flatten()
+            .filter_map(|id| self.workers.get(id))
+    }
+
     /// Changes with every mutation of the registry.
     pub fn generation(&self) -> u64 {
         self.generation

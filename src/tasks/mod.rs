@@ -168,14 +168,8 @@ pub fn handle(shard: &Shard, op: TaskOp) -> TaskReply {
         }
         TaskOp::Candidates(service) => {
             let reg = shard.registry();
-            let ids = reg
-                .service_index()
-                .find(|(k, _)| *k == service)
-                .map(|(_, ids)| ids);
-            let ups = ids
-                .into_iter()
-                .flatten()
-                .filter_map(|id| reg.get(id))
+            let ups = reg
+                .service_workers(&service)
                 .filter(|w| shard.is_healthy(w, now))
                 .map(|w| proxy::Upstream::of(w, &service))
                 .collect();
