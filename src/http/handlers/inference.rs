@@ -244,7 +244,9 @@ pub async fn service(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let headers = proxy::upstream_headers(req.headers().clone(), ctx.peer.map(|p| p.ip()));
-    let cfg = ctx.shard.cfg.clone();
+    // Borrowed, not cloned: the config's Arc is shared by every shard, and
+    // cloning it per request would bump a cross-shard atomic.
+    let cfg = &ctx.shard.cfg;
     let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
     let out = Outbound {
         service: service_name(&ctx, &svc),
