@@ -76,6 +76,21 @@ async fn forward(ctx: &Ctx, out: Outbound) -> Result<Response<Body>, ApiError> {
     }
 }
 
+/// A JSON `POST` to `path_and_query` on a worker of `alias`'s service,
+/// carrying the client's session and the headers [`json_headers`] keeps;
+/// callers add the model and body when they have them.
+fn post_to(ctx: &Ctx, h: &HeaderMap, alias: &str, path_and_query: String) -> Outbound {
+    Outbound {
+        service: service_name(ctx, alias),
+        model: None,
+        session: session(h),
+        method: Method::POST,
+        path_and_query,
+        headers: json_headers(h, ctx),
+        body: Bytes::new(),
+    }
+}
+
 fn json_headers(h: &HeaderMap, ctx: &Ctx) -> HeaderMap {
     let mut out = HeaderMap::new();
     out.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -116,26 +131,17 @@ async fn read_json_object(
 
 /// `POST /api/inference/llm` -> worker `POST /v1/completions` (OpenAI style).
 pub async fn llm(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let headers = json_headers(req.headers(), &ctx);
-    let sess = session(req.headers());
+    let mut out = post_to(&ctx, req.headers(), "llm", "/v1/completions".into());
     let o = read_json_object(&ctx, req).await?;
     let (model, body) = inference_body(&o)?;
-    let out = Outbound {
-        service: service_name(&ctx, "llm"),
-        model: Some(model),
-        session: sess,
-        method: Method::POST,
-        path_and_query: "/v1/completions".into(),
-        headers,
-        body: Bytes::from(Value::Object(body).to_string()),
-    };
+    out.model = Some(model);
+    out.body = Bytes::from(Value::Object(body).to_string());
     forward(&ctx, out).await
 }
 
 /// `POST /api/inference/vision` -> worker `POST /api/generate` (Ollama style).
 pub async fn vision(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let headers = json_headers(req.headers(), &ctx);
-    let sess = session(req.headers());
+    let mut out = post_to(&ctx, req.headers(), "ocr", "/api/generate".into());
     let o = read_json_object(&ctx, req).await?;
     let (model, b) = inference_body(&o)?;
     let mut body = json!({
@@ -147,15 +153,8 @@ pub async fn vision(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, 
     if let Some(images) = b.get("images") {
         body["images"] = images.clone();
     }
-    let out = Outbound {
-        service: service_name(&ctx, "ocr"),
-        model: Some(model),
-        session: sess,
-        method: Method::POST,
-        path_and_query: "/api/generate".into(),
-        headers,
-        body: Bytes::from(body.to_string()),
-    };
+    out.model = Some(model);
+    out.body = Bytes::from(body.to_string());
     forward(&ctx, out).await
 }
 
@@ -188,17 +187,7 @@ pub async fn rag(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Api
         ("query", Some(text)),
         ("context", query_param(q, "context")),
     ]);
-    let headers = json_headers(req.headers(), &ctx);
-    let sess = session(req.headers());
-    let out = Outbound {
-        service: service_name(&ctx, "rag"),
-        model: None,
-        session: sess,
-        method: Method::POST,
-        path_and_query: format!("/query?{qs}"),
-        headers,
-        body: Bytes::new(),
-    };
+    let out = post_to(&ctx, req.headers(), "rag", format!("/query?{qs}"));
     forward(&ctx, out).await
 }
 
@@ -206,18 +195,8 @@ pub async fn rag(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Api
 pub async fn graph(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = req.uri().query();
     let text = query_param(q, "text").ok_or_else(|| ApiError::field("text", "field required"))?;
-    let headers = json_headers(req.headers(), &ctx);
-    let sess = session(req.headers());
-    let out = Outbound {
-        service: service_name(&ctx, "ner"),
-        model: None,
-        session: sess,
-        method: Method::POST,
-        path_and_query: format!("/extract?{}", query(&[("text", Some(text))])),
-        headers,
-        body: Bytes::new(),
-    };
-    forward(&ctx, out).await
+    let path = format!("/extract?{}", query(&[("text", Some(text))]));
+    forward(&ctx, post_to(&ctx, req.headers(), "ner", path)).await
 }
 
 /// `ANY /service/{service}/{path}`: method, path, query, headers (minus
