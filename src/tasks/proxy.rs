@@ -235,14 +235,14 @@ impl ProxyState {
         *c.attempts.entry((worker.to_string(), outcome)).or_default() += 1;
     }
 
-    fn candidates(&self, ups: &[Upstream]) -> Vec<Candidate> {
+    fn candidates<'a>(&self, ups: &'a [Upstream]) -> Vec<Candidate<'a>> {
         let now = Instant::now();
         let inflight = self.inflight.borrow();
         let cooldown = self.cooldown.borrow();
         ups.iter()
             .map(|u| Candidate {
-                worker_id: u.worker_id.clone(),
-                loaded_models: u.loaded_models.clone(),
+                worker_id: &u.worker_id,
+                loaded_models: &u.loaded_models,
                 inflight: inflight.get(&u.worker_id).copied().unwrap_or(0),
                 active_requests: u.active_requests,
                 current_load: u.current_load,
@@ -527,7 +527,7 @@ async fn forward_to(
     ups: &Rc<Vec<Upstream>>,
 ) -> Result<Forwarded, ProxyError> {
     let pinned = state.pinned(&req.service, req.model.as_deref());
-    let mut tried: Vec<String> = Vec::new();
+    let mut tried: Vec<&str> = Vec::new();
     let mut last: Option<ProxyError> = None;
     for attempt in 0..2 {
         let cands = state.candidates(ups);
@@ -541,7 +541,7 @@ async fn forward_to(
             break;
         };
         let up = &ups[i];
-        tried.push(up.worker_id.clone());
+        tried.push(&up.worker_id);
         if attempt > 0 {
             state.counters.borrow_mut().retries += 1;
         }
