@@ -74,10 +74,8 @@ pub fn choose(
             .max_by_key(|&i| (rendezvous(s, cands[i].worker_id), std::cmp::Reverse(i)));
     }
     let least = set.iter().map(|&i| cands[i].outstanding()).min()?;
-    let equals: Vec<usize> = set
-        .into_iter()
-        .filter(|&i| cands[i].outstanding() == least)
-        .collect();
+    let mut equals = set;
+    equals.retain(|&i| cands[i].outstanding() == least);
     if equals.len() == 1 {
         return Some(equals[0]);
     }
