@@ -222,12 +222,9 @@ impl ProxyState {
             .insert(worker.to_string(), Instant::now() + cfg.cooldown);
     }
 
-    fn count(&self, service: &str, worker: Option<&str>, outcome: &'static str) {
+    fn count(&self, service: &str, outcome: &'static str) {
         let mut c = self.counters.borrow_mut();
         *c.routed.entry((service.to_string(), outcome)).or_default() += 1;
-        if let Some(w) = worker {
-            *c.attempts.entry((w.to_string(), outcome)).or_default() += 1;
-        }
     }
 
     fn count_attempt(&self, worker: &str, outcome: &'static str) {
@@ -566,14 +563,13 @@ async fn forward_to(
                     last = Some(err);
                     continue;
                 }
-                state.count(&req.service, None, "upstream_5xx");
+                state.count(&req.service, "upstream_5xx");
                 return Err(err);
             }
             Ok(resp) => {
                 state.count_attempt(&up.worker_id, "ok");
                 state.count(
                     &req.service,
-                    None,
                     if attempt == 0 { "ok" } else { "ok_after_retry" },
                 );
                 return Ok(resp);
@@ -600,7 +596,7 @@ async fn forward_to(
         ProxyError::Timeout(_) => "timeout",
         ProxyError::BadGateway(_) => "bad_gateway",
     };
-    state.count(&req.service, None, label);
+    state.count(&req.service, label);
     Err(err)
 }
 
