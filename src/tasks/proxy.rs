@@ -616,7 +616,8 @@ async fn send_once(
     let up = &ups[i];
     let inflight = InFlight::new(state.clone(), &up.worker_id);
     let started = Instant::now();
-    let who = format!("worker {} at {}", up.worker_id, target.origin);
+    // Only failures name the worker: formatted then, not per request.
+    let who = || format!("worker {} at {}", up.worker_id, target.origin);
     let mut fresh_retry = true;
     loop {
         // The checkout bounds each of its steps by the connect timeout and
@@ -642,7 +643,8 @@ async fn send_once(
                     return Err(Failure {
                         sent: false,
                         err: ProxyError::Timeout(format!(
-                            "connect to {who} took longer than {:?}",
+                            "connect to {} took longer than {:?}",
+                            who(),
                             cfg.connect_timeout
                         )),
                     })
@@ -672,7 +674,8 @@ async fn send_once(
                 return Err(Failure {
                     sent: true,
                     err: ProxyError::Timeout(format!(
-                        "{who} did not answer within {:?}",
+                        "{} did not answer within {:?}",
+                        who(),
                         cfg.request_timeout
                     )),
                 })
@@ -689,7 +692,7 @@ async fn send_once(
                 }
                 return Err(Failure {
                     sent: !e.is_canceled(),
-                    err: ProxyError::BadGateway(format!("{who}: {e}")),
+                    err: ProxyError::BadGateway(format!("{}: {e}", who())),
                 });
             }
             Ok(Ok(resp)) => {
