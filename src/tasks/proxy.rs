@@ -209,6 +209,11 @@ impl ProxyState {
 
     fn pinned(&self, service: &str, model: Option<&str>) -> Vec<String> {
         let pins = self.pins.borrow();
+        // Usually nothing is pinned: skip formatting the lookup keys. (The
+        // "kind:name" keys are shared with the admin route and the store.)
+        if pins.is_empty() {
+            return Vec::new();
+        }
         model
             .and_then(|m| pins.get(&format!("model:{m}")))
             .or_else(|| pins.get(&format!("service:{service}")))
