@@ -388,47 +388,57 @@ async fn connect_any(
     )))
 }
 
-/// Counts a request in flight to a worker until dropped (at the end of the
-/// streamed body, or on any failure).
+/// Counts a request in flight to worker `ups[i]` until dropped (at the end
+/// of the streamed body, or on any failure). Holding the list's `Rc` and
+/// an index, not a copy of the id, costs no allocation per request.
 struct InFlight {
     state: Rc<ProxyState>,
-    worker: String,
+    ups: Rc<Vec<Upstream>>,
+    i: usize,
 }
 
 impl InFlight {
-    fn new(state: Rc<ProxyState>, worker: &str) -> Self {
-        *state
-            .inflight
-            .borrow_mut()
-            .entry(worker.to_string())
-            .or_default() += 1;
-        Self {
-            state,
-            worker: worker.to_string(),
+    fn new(state: Rc<ProxyState>, ups: Rc<Vec<Upstream>>, i: usize) -> Self {
+        {
+            let mut m = state.inflight.borrow_mut();
+            let worker = &ups[i].worker_id;
+            // Looked up by reference first: the id is copied only when the
+            // worker has nothing else in flight on this shard.
+            match m.get_mut(worker) {
+                Some(n) => *n += 1,
+                None => {
+                    m.insert(worker.clone(), 1);
+                }
+            }
         }
+        Self { state, ups, i }
+    }
+
+    fn upstream(&self) -> &Upstream {
+        &self.ups[self.i]
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        let worker = &self.ups[self.i].worker_id;
         let mut m = self.state.inflight.borrow_mut();
-        if let Some(n) = m.get_mut(&self.worker) {
+        if let Some(n) = m.get_mut(worker) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                m.remove(&self.worker);
+                m.remove(worker);
             }
         }
     }
 }
 
 /// The worker's response body, passed through frame by frame. When it
-/// ends cleanly the connection goes back to the pool.
+/// ends cleanly the connection goes back to the pool of the worker's origin
+/// (the in-flight guard knows which worker that is).
 pub struct Streamed {
     inner: Incoming,
-    /// The connection, and the worker list + index whose origin it goes
-    /// back to (holding the list's `Rc` avoids copying the origin per request).
-    back: Option<(Sender, Rc<Vec<Upstream>>, usize)>,
-    _inflight: InFlight,
+    sender: Option<Sender>,
+    inflight: InFlight,
 }
 
 impl HttpBody for Streamed {
@@ -446,9 +456,9 @@ impl HttpBody for Streamed {
             _ => false,
         };
         if ended {
-            if let Some((s, ups, i)) = self.back.take() {
-                if let Ok(t) = &ups[i].target {
-                    self._inflight.state.checkin(&t.origin, s);
+            if let Some(s) = self.sender.take() {
+                if let Ok(t) = &self.inflight.upstream().target {
+                    self.inflight.state.checkin(&t.origin, s);
                 }
             }
         }
@@ -619,7 +629,7 @@ async fn send_once(
     target: &Endpoint,
 ) -> Result<Forwarded, Failure> {
     let up = &ups[i];
-    let inflight = InFlight::new(state.clone(), &up.worker_id);
+    let inflight = InFlight::new(state.clone(), ups.clone(), i);
     let started = Instant::now();
     // Only failures name the worker: formatted then, not per request.
     let who = || format!("worker {} at {}", up.worker_id, target.origin);
@@ -710,8 +720,8 @@ async fn send_once(
                 strip_hop_by_hop(&mut parts.headers);
                 let body = Streamed {
                     inner: body,
-                    back: Some((sender, ups.clone(), i)),
-                    _inflight: inflight,
+                    sender: Some(sender),
+                    inflight,
                 };
                 return Ok(Response::from_parts(parts, body));
             }
