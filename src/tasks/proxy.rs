@@ -514,7 +514,8 @@ pub type Forwarded = Response<Streamed>;
 
 /// Picks a worker, sends, fails over once, and returns the worker's
 /// response with its body still streaming. `fetch` supplies the healthy
-/// workers of the service when the shard's cache is stale.
+/// workers of the service (it is given the name) when the shard's cache
+/// is stale.
 pub async fn forward<F, Fut, E>(
     state: &Rc<ProxyState>,
     cfg: &ProxyConfig,
@@ -522,12 +523,12 @@ pub async fn forward<F, Fut, E>(
     fetch: F,
 ) -> Result<Result<Forwarded, ProxyError>, E>
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<Upstream>, E>>,
 {
     let ups = match state.cached(&req.service, cfg.cache_ttl) {
         Some(u) => u,
-        None => state.store(&req.service, fetch().await?),
+        None => state.store(&req.service, fetch(req.service.clone()).await?),
     };
     Ok(forward_to(state, cfg, &req, &ups).await)
 }

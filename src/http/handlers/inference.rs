@@ -37,11 +37,11 @@ fn service_name(ctx: &Ctx, s: &str) -> String {
 }
 
 /// Healthy workers of `service` from every shard.
-async fn fetch(ctx: &Ctx, service: &str) -> Result<Vec<Upstream>, ApiError> {
+async fn fetch(ctx: &Ctx, service: String) -> Result<Vec<Upstream>, ApiError> {
     let mut all = Vec::new();
     for r in ctx
         .shard
-        .fan_out(|| ShardRequest::Task(TaskOp::Candidates(service.to_string())))
+        .fan_out(|| ShardRequest::Task(TaskOp::Candidates(service.clone())))
         .await?
     {
         match r.task()? {
@@ -60,10 +60,8 @@ async fn fetch(ctx: &Ctx, service: &str) -> Result<Vec<Upstream>, ApiError> {
 }
 
 async fn forward(ctx: &Ctx, out: Outbound) -> Result<Response<Body>, ApiError> {
-    let state = ctx.shard.proxy.clone();
     let cfg = ctx.shard.cfg.proxy();
-    let service = out.service.clone();
-    match proxy::forward(&state, &cfg, out, || fetch(ctx, &service)).await? {
+    match proxy::forward(&ctx.shard.proxy, &cfg, out, |service| fetch(ctx, service)).await? {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
             Ok(Response::from_parts(parts, proxy::boxed(body)))
