@@ -66,9 +66,7 @@ async fn forward(ctx: &Ctx, out: Outbound) -> Result<Response<Body>, ApiError> {
             let (parts, body) = resp.into_parts();
             Ok(Response::from_parts(parts, proxy::boxed(body)))
         }
-        Err(ProxyError::NoWorker(s)) => Err(ApiError::Unavailable(format!(
-            "No healthy worker available for service: {s}"
-        ))),
+        Err(e @ ProxyError::NoWorker(_)) => Err(ApiError::Unavailable(e.to_string())),
         Err(e @ ProxyError::BadGateway(_)) => Err(ApiError::BadGateway(e.to_string())),
         Err(e @ ProxyError::Timeout(_)) => Err(ApiError::GatewayTimeout(e.to_string())),
     }
