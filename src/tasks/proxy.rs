@@ -150,12 +150,17 @@ pub struct ProxyState {
 
 impl ProxyState {
     /// A shard's proxy state; `tls` is the server-wide client TLS
-    /// configuration (see `tasks::tls`).
+    /// configuration (see `tasks::tls`). The shard works on its own copy
+    /// with its own session cache: rustls's default resumption store is a
+    /// `Mutex`, and the config's `Arc` is cloned per new connection; shared,
+    /// both would be touched by every shard's handshakes.
     pub fn new(tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        let mut own = (*tls).clone();
+        own.resumption = rustls::client::Resumption::default();
         Self {
             pools: RefCell::default(),
             resolver: Resolver::default(),
-            tls: futures_rustls::TlsConnector::from(tls),
+            tls: futures_rustls::TlsConnector::from(std::sync::Arc::new(own)),
             inflight: RefCell::default(),
             cooldown: RefCell::default(),
             pins: RefCell::default(),
