@@ -135,16 +135,19 @@ pub struct ProxyConfig {
 /// A service's worker list and when it was fetched.
 type Cached = (Instant, Rc<Vec<Upstream>>);
 
+/// ahash, as in the registry and task table: these maps are hashed on every
+/// proxied request (in-flight and cooldown once per candidate per attempt).
+type Hasher = ahash::RandomState;
+
 pub struct ProxyState {
-    /// ahash: the origin's host string is hashed on every checkout.
-    pools: RefCell<HashMap<Origin, Vec<Sender>, ahash::RandomState>>,
+    pools: RefCell<HashMap<Origin, Vec<Sender>, Hasher>>,
     resolver: Resolver,
     tls: futures_rustls::TlsConnector,
-    inflight: RefCell<HashMap<String, u32>>,
-    cooldown: RefCell<HashMap<String, Instant>>,
+    inflight: RefCell<HashMap<String, u32, Hasher>>,
+    cooldown: RefCell<HashMap<String, Instant, Hasher>>,
     /// "service:<name>" / "model:<name>" -> pinned worker ids.
     pins: RefCell<BTreeMap<String, Vec<String>>>,
-    cache: RefCell<HashMap<String, Cached>>,
+    cache: RefCell<HashMap<String, Cached, Hasher>>,
     counters: RefCell<ProxyCounters>,
 }
 
