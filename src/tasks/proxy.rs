@@ -744,17 +744,21 @@ pub fn upstream_headers(mut h: HeaderMap, peer: Option<IpAddr>) -> HeaderMap {
     strip_hop_by_hop(&mut h);
     h.remove(HOST);
     h.remove(hyper::header::CONTENT_LENGTH);
-    if let Some(ip) = peer {
-        let xff = HeaderName::from_static("x-forwarded-for");
-        let v = match h.get(&xff).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(xff, v);
-        }
-    }
+    append_forwarded_for(&mut h, peer);
     h
+}
+
+/// Appends the client's address to `X-Forwarded-For` (or starts it).
+pub fn append_forwarded_for(h: &mut HeaderMap, peer: Option<IpAddr>) {
+    let Some(ip) = peer else { return };
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let v = match h.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.insert(xff, v);
+    }
 }
 
 /// Boxes a forwarded body into the HTTP layer's body type.

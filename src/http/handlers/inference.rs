@@ -87,6 +87,8 @@ fn post_to(ctx: &Ctx, h: &HeaderMap, alias: &str, path_and_query: String) -> Out
     }
 }
 
+/// Built from scratch (only these headers go on), so there is nothing
+/// hop-by-hop to strip: only `X-Forwarded-For` is added.
 fn json_headers(h: &HeaderMap, ctx: &Ctx) -> HeaderMap {
     let mut out = HeaderMap::new();
     out.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -96,7 +98,8 @@ fn json_headers(h: &HeaderMap, ctx: &Ctx) -> HeaderMap {
     if let Some(v) = h.get(hyper::header::AUTHORIZATION) {
         out.insert(hyper::header::AUTHORIZATION, v.clone());
     }
-    proxy::upstream_headers(out, ctx.peer.map(|p| p.ip()))
+    proxy::append_forwarded_for(&mut out, ctx.peer.map(|p| p.ip()));
+    out
 }
 
 /// `{model, prompt, max_tokens=512, temperature=0.7, stream?}` with the
