@@ -5,13 +5,11 @@ mod common;
 mod sim;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use serde_json::{json, Value};
-use sim::{Mode, Sim};
+use serde_json::json;
+use sim::{read_events, worker_of, Mode, Sim};
 
 fn sims(s: &TestServer, prefix: &str, n: usize, services: &[&str]) -> Vec<Sim> {
     (0..n)
@@ -30,11 +28,6 @@ fn sims(s: &TestServer, prefix: &str, n: usize, services: &[&str]) -> Vec<Sim> {
 fn llm(c: &mut Conn, model: &str, headers: &[(&str, &str)]) -> Resp {
     let body = serde_json::to_vec(&json!({"model": model, "prompt": "hi"})).unwrap();
     c.request("POST", "/api/inference/llm", headers, Some(&body))
-}
-
-fn worker_of(r: &Resp) -> String {
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["worker"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -319,48 +312,6 @@ fn admin_pins_steer_a_service_and_can_be_removed() {
         .map(|_| worker_of(&c.get("/service/svc-pn/x")))
         .collect();
     assert!(spread.len() > 1, "still pinned: {spread:?}");
-}
-
-/// Reads a chunked SSE response, noting when each `data:` event arrived.
-fn read_events(addr: SocketAddr, body: &Value) -> Vec<(Duration, String)> {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let b = serde_json::to_vec(body).unwrap();
-    write!(
-        s,
-        "POST /api/inference/llm HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        b.len()
-    )
-    .unwrap();
-    s.write_all(&b).unwrap();
-    let t0 = Instant::now();
-    let mut seen = Vec::new();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = match s.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => panic!("read: {e}"),
-        };
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let events: Vec<String> = text
-            .split("data: ")
-            .skip(1)
-            .map(|e| e.split('\n').next().unwrap_or("").to_string())
-            .collect();
-        while seen.len() < events.len() {
-            seen.push((t0.elapsed(), events[seen.len()].clone()));
-        }
-        if text.contains("[DONE]") && text.ends_with("0\r\n\r\n") {
-            break;
-        }
-    }
-    seen
 }
 
 #[test]

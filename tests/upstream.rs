@@ -7,15 +7,14 @@
 mod common;
 mod sim;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use serde_json::{json, Value};
-use sim::Sim;
+use serde_json::json;
+use sim::{read_events, worker_of, Sim};
 
 /// A CA certificate in a PEM file (removed on drop) and a server
 /// configuration presenting a certificate for `localhost` that it signed.
@@ -63,11 +62,6 @@ impl Drop for TestPki {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.ca_file);
     }
-}
-
-fn worker_of(r: &Resp) -> String {
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["worker"].as_str().unwrap().to_string()
 }
 
 fn llm(c: &mut Conn) -> Resp {
@@ -310,46 +304,4 @@ fn without_the_ca_file_an_https_worker_is_a_502_about_its_certificate() {
     }
     assert!(counter(&mut c, "coordinator_proxy_retries_total") > 0.0);
     assert_eq!(w.hits(), 0);
-}
-
-/// Reads a chunked SSE response, noting when each `data:` event arrived.
-fn read_events(addr: SocketAddr, body: &Value) -> Vec<(Duration, String)> {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let b = serde_json::to_vec(body).unwrap();
-    write!(
-        s,
-        "POST /api/inference/llm HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        b.len()
-    )
-    .unwrap();
-    s.write_all(&b).unwrap();
-    let t0 = Instant::now();
-    let mut seen = Vec::new();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = match s.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => panic!("read: {e}"),
-        };
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let events: Vec<String> = text
-            .split("data: ")
-            .skip(1)
-            .map(|e| e.split('\n').next().unwrap_or("").to_string())
-            .collect();
-        while seen.len() < events.len() {
-            seen.push((t0.elapsed(), events[seen.len()].clone()));
-        }
-        if text.contains("[DONE]") && text.ends_with("0\r\n\r\n") {
-            break;
-        }
-    }
-    seen
 }

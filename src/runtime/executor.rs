@@ -88,7 +88,12 @@ impl PoolHandle {
     /// way because a glommio 0.9 shard has been seen to miss its shutdown
     /// for good (see `notify`); a stop must not hang its caller.
     pub fn join_within(mut self, limit: Duration) -> usize {
-        let threads: Vec<_> = self.threads.drain(..).collect();
+        self.wait_within(limit)
+    }
+
+    /// [`PoolHandle::join_within`] by reference, so `Drop` can use it.
+    fn wait_within(&mut self, limit: Duration) -> usize {
+        let threads = std::mem::take(&mut self.threads);
         let n = threads.len();
         let (tx, rx) = std::sync::mpsc::channel();
         let joiner = std::thread::spawn(move || {
@@ -128,11 +133,7 @@ impl Drop for PoolHandle {
             return;
         }
         self.shutdown();
-        let pool = PoolHandle {
-            threads: self.threads.drain(..).collect(),
-            stopper: self.stopper.clone(),
-        };
-        pool.join_within(Duration::from_secs(30));
+        self.wait_within(Duration::from_secs(30));
     }
 }
 

@@ -75,12 +75,14 @@ pub struct Endpoint {
 /// or bracketed IPv6 literals (a bare unbracketed IPv6 address works too).
 pub fn parse_endpoint(endpoint: &str, default_port: Option<u16>) -> Result<Endpoint, String> {
     let endpoint = endpoint.trim();
-    let (scheme, rest, port_default) = match endpoint.split_once("://") {
-        Some((s, r)) if s.eq_ignore_ascii_case("http") => (Scheme::Http, r, 80),
-        Some((s, r)) if s.eq_ignore_ascii_case("https") => (Scheme::Https, r, 443),
+    // Only a bare address takes the caller's port; a URL's is its scheme's.
+    let (scheme, rest, given) = match endpoint.split_once("://") {
+        Some((s, r)) if s.eq_ignore_ascii_case("http") => (Scheme::Http, r, None),
+        Some((s, r)) if s.eq_ignore_ascii_case("https") => (Scheme::Https, r, None),
         Some((s, _)) => return Err(format!("unsupported endpoint scheme {s:?} in {endpoint:?}")),
-        None => (Scheme::Http, endpoint, default_port.unwrap_or(80)),
+        None => (Scheme::Http, endpoint, default_port),
     };
+    let port_default = given.unwrap_or(scheme.default_port());
     let (authority, path) = match rest.find(['/', '?', '#']) {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),

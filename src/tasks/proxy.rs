@@ -135,27 +135,35 @@ pub struct ProxyConfig {
 /// A service's worker list and when it was fetched.
 type Cached = (Instant, Rc<Vec<Upstream>>);
 
+/// ahash, as in the registry and task table: these maps are hashed on every
+/// proxied request (in-flight and cooldown once per candidate per attempt).
+type Hasher = ahash::RandomState;
+
 pub struct ProxyState {
-    /// ahash: the origin's host string is hashed on every checkout.
-    pools: RefCell<HashMap<Origin, Vec<Sender>, ahash::RandomState>>,
+    pools: RefCell<HashMap<Origin, Vec<Sender>, Hasher>>,
     resolver: Resolver,
     tls: futures_rustls::TlsConnector,
-    inflight: RefCell<HashMap<String, u32>>,
-    cooldown: RefCell<HashMap<String, Instant>>,
+    inflight: RefCell<HashMap<String, u32, Hasher>>,
+    cooldown: RefCell<HashMap<String, Instant, Hasher>>,
     /// "service:<name>" / "model:<name>" -> pinned worker ids.
     pins: RefCell<BTreeMap<String, Vec<String>>>,
-    cache: RefCell<HashMap<String, Cached>>,
+    cache: RefCell<HashMap<String, Cached, Hasher>>,
     counters: RefCell<ProxyCounters>,
 }
 
 impl ProxyState {
     /// A shard's proxy state; `tls` is the server-wide client TLS
-    /// configuration (see `tasks::tls`).
+    /// configuration (see `tasks::tls`). The shard works on its own copy
+    /// with its own session cache: rustls's default resumption store is a
+    /// `Mutex`, and the config's `Arc` is cloned per new connection; shared,
+    /// both would be touched by every shard's handshakes.
     pub fn new(tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        let mut own = (*tls).clone();
+        own.resumption = rustls::client::Resumption::default();
         Self {
             pools: RefCell::default(),
             resolver: Resolver::default(),
-            tls: futures_rustls::TlsConnector::from(tls),
+            tls: futures_rustls::TlsConnector::from(std::sync::Arc::new(own)),
             inflight: RefCell::default(),
             cooldown: RefCell::default(),
             pins: RefCell::default(),
@@ -209,6 +217,11 @@ impl ProxyState {
 
     fn pinned(&self, service: &str, model: Option<&str>) -> Vec<String> {
         let pins = self.pins.borrow();
+        // Usually nothing is pinned: skip formatting the lookup keys. (The
+        // "kind:name" keys are shared with the admin route and the store.)
+        if pins.is_empty() {
+            return Vec::new();
+        }
         model
             .and_then(|m| pins.get(&format!("model:{m}")))
             .or_else(|| pins.get(&format!("service:{service}")))
@@ -222,12 +235,9 @@ impl ProxyState {
             .insert(worker.to_string(), Instant::now() + cfg.cooldown);
     }
 
-    fn count(&self, service: &str, worker: Option<&str>, outcome: &'static str) {
+    fn count(&self, service: &str, outcome: &'static str) {
         let mut c = self.counters.borrow_mut();
         *c.routed.entry((service.to_string(), outcome)).or_default() += 1;
-        if let Some(w) = worker {
-            *c.attempts.entry((w.to_string(), outcome)).or_default() += 1;
-        }
     }
 
     fn count_attempt(&self, worker: &str, outcome: &'static str) {
@@ -235,14 +245,14 @@ impl ProxyState {
         *c.attempts.entry((worker.to_string(), outcome)).or_default() += 1;
     }
 
-    fn candidates(&self, ups: &[Upstream]) -> Vec<Candidate> {
+    fn candidates<'a>(&self, ups: &'a [Upstream]) -> Vec<Candidate<'a>> {
         let now = Instant::now();
         let inflight = self.inflight.borrow();
         let cooldown = self.cooldown.borrow();
         ups.iter()
             .map(|u| Candidate {
-                worker_id: u.worker_id.clone(),
-                loaded_models: u.loaded_models.clone(),
+                worker_id: &u.worker_id,
+                loaded_models: &u.loaded_models,
                 inflight: inflight.get(&u.worker_id).copied().unwrap_or(0),
                 active_requests: u.active_requests,
                 current_load: u.current_load,
@@ -386,47 +396,57 @@ async fn connect_any(
     )))
 }
 
-/// Counts a request in flight to a worker until dropped (at the end of the
-/// streamed body, or on any failure).
+/// Counts a request in flight to worker `ups[i]` until dropped (at the end
+/// of the streamed body, or on any failure). Holding the list's `Rc` and
+/// an index, not a copy of the id, costs no allocation per request.
 struct InFlight {
     state: Rc<ProxyState>,
-    worker: String,
+    ups: Rc<Vec<Upstream>>,
+    i: usize,
 }
 
 impl InFlight {
-    fn new(state: Rc<ProxyState>, worker: &str) -> Self {
-        *state
-            .inflight
-            .borrow_mut()
-            .entry(worker.to_string())
-            .or_default() += 1;
-        Self {
-            state,
-            worker: worker.to_string(),
+    fn new(state: Rc<ProxyState>, ups: Rc<Vec<Upstream>>, i: usize) -> Self {
+        {
+            let mut m = state.inflight.borrow_mut();
+            let worker = &ups[i].worker_id;
+            // Looked up by reference first: the id is copied only when the
+            // worker has nothing else in flight on this shard.
+            match m.get_mut(worker) {
+                Some(n) => *n += 1,
+                None => {
+                    m.insert(worker.clone(), 1);
+                }
+            }
         }
+        Self { state, ups, i }
+    }
+
+    fn upstream(&self) -> &Upstream {
+        &self.ups[self.i]
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        let worker = &self.ups[self.i].worker_id;
         let mut m = self.state.inflight.borrow_mut();
-        if let Some(n) = m.get_mut(&self.worker) {
+        if let Some(n) = m.get_mut(worker) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                m.remove(&self.worker);
+                m.remove(worker);
             }
         }
     }
 }
 
 /// The worker's response body, passed through frame by frame. When it
-/// ends cleanly the connection goes back to the pool.
+/// ends cleanly the connection goes back to the pool of the worker's origin
+/// (the in-flight guard knows which worker that is).
 pub struct Streamed {
     inner: Incoming,
-    /// The connection, and the worker list + index whose origin it goes
-    /// back to (holding the list's `Rc` avoids copying the origin per request).
-    back: Option<(Sender, Rc<Vec<Upstream>>, usize)>,
-    _inflight: InFlight,
+    sender: Option<Sender>,
+    inflight: InFlight,
 }
 
 impl HttpBody for Streamed {
@@ -444,9 +464,9 @@ impl HttpBody for Streamed {
             _ => false,
         };
         if ended {
-            if let Some((s, ups, i)) = self.back.take() {
-                if let Ok(t) = &ups[i].target {
-                    self._inflight.state.checkin(&t.origin, s);
+            if let Some(s) = self.sender.take() {
+                if let Ok(t) = &self.inflight.upstream().target {
+                    self.inflight.state.checkin(&t.origin, s);
                 }
             }
         }
@@ -502,7 +522,8 @@ pub type Forwarded = Response<Streamed>;
 
 /// Picks a worker, sends, fails over once, and returns the worker's
 /// response with its body still streaming. `fetch` supplies the healthy
-/// workers of the service when the shard's cache is stale.
+/// workers of the service (it is given the name) when the shard's cache
+/// is stale.
 pub async fn forward<F, Fut, E>(
     state: &Rc<ProxyState>,
     cfg: &ProxyConfig,
@@ -510,12 +531,12 @@ pub async fn forward<F, Fut, E>(
     fetch: F,
 ) -> Result<Result<Forwarded, ProxyError>, E>
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<Upstream>, E>>,
 {
     let ups = match state.cached(&req.service, cfg.cache_ttl) {
         Some(u) => u,
-        None => state.store(&req.service, fetch().await?),
+        None => state.store(&req.service, fetch(req.service.clone()).await?),
     };
     Ok(forward_to(state, cfg, &req, &ups).await)
 }
@@ -527,7 +548,7 @@ async fn forward_to(
     ups: &Rc<Vec<Upstream>>,
 ) -> Result<Forwarded, ProxyError> {
     let pinned = state.pinned(&req.service, req.model.as_deref());
-    let mut tried: Vec<String> = Vec::new();
+    let mut tried: Vec<&str> = Vec::new();
     let mut last: Option<ProxyError> = None;
     for attempt in 0..2 {
         let cands = state.candidates(ups);
@@ -541,7 +562,7 @@ async fn forward_to(
             break;
         };
         let up = &ups[i];
-        tried.push(up.worker_id.clone());
+        tried.push(&up.worker_id);
         if attempt > 0 {
             state.counters.borrow_mut().retries += 1;
         }
@@ -566,14 +587,13 @@ async fn forward_to(
                     last = Some(err);
                     continue;
                 }
-                state.count(&req.service, None, "upstream_5xx");
+                state.count(&req.service, "upstream_5xx");
                 return Err(err);
             }
             Ok(resp) => {
                 state.count_attempt(&up.worker_id, "ok");
                 state.count(
                     &req.service,
-                    None,
                     if attempt == 0 { "ok" } else { "ok_after_retry" },
                 );
                 return Ok(resp);
@@ -600,7 +620,7 @@ async fn forward_to(
         ProxyError::Timeout(_) => "timeout",
         ProxyError::BadGateway(_) => "bad_gateway",
     };
-    state.count(&req.service, None, label);
+    state.count(&req.service, label);
     Err(err)
 }
 
@@ -618,9 +638,10 @@ async fn send_once(
     target: &Endpoint,
 ) -> Result<Forwarded, Failure> {
     let up = &ups[i];
-    let inflight = InFlight::new(state.clone(), &up.worker_id);
+    let inflight = InFlight::new(state.clone(), ups.clone(), i);
     let started = Instant::now();
-    let who = format!("worker {} at {}", up.worker_id, target.origin);
+    // Only failures name the worker: formatted then, not per request.
+    let who = || format!("worker {} at {}", up.worker_id, target.origin);
     let mut fresh_retry = true;
     loop {
         // The checkout bounds each of its steps by the connect timeout and
@@ -646,7 +667,8 @@ async fn send_once(
                     return Err(Failure {
                         sent: false,
                         err: ProxyError::Timeout(format!(
-                            "connect to {who} took longer than {:?}",
+                            "connect to {} took longer than {:?}",
+                            who(),
                             cfg.connect_timeout
                         )),
                     })
@@ -676,7 +698,8 @@ async fn send_once(
                 return Err(Failure {
                     sent: true,
                     err: ProxyError::Timeout(format!(
-                        "{who} did not answer within {:?}",
+                        "{} did not answer within {:?}",
+                        who(),
                         cfg.request_timeout
                     )),
                 })
@@ -693,7 +716,7 @@ async fn send_once(
                 }
                 return Err(Failure {
                     sent: !e.is_canceled(),
-                    err: ProxyError::BadGateway(format!("{who}: {e}")),
+                    err: ProxyError::BadGateway(format!("{}: {e}", who())),
                 });
             }
             Ok(Ok(resp)) => {
@@ -706,8 +729,8 @@ async fn send_once(
                 strip_hop_by_hop(&mut parts.headers);
                 let body = Streamed {
                     inner: body,
-                    back: Some((sender, ups.clone(), i)),
-                    _inflight: inflight,
+                    sender: Some(sender),
+                    inflight,
                 };
                 return Ok(Response::from_parts(parts, body));
             }
@@ -721,17 +744,21 @@ pub fn upstream_headers(mut h: HeaderMap, peer: Option<IpAddr>) -> HeaderMap {
     strip_hop_by_hop(&mut h);
     h.remove(HOST);
     h.remove(hyper::header::CONTENT_LENGTH);
-    if let Some(ip) = peer {
-        let xff = HeaderName::from_static("x-forwarded-for");
-        let v = match h.get(&xff).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(xff, v);
-        }
-    }
+    append_forwarded_for(&mut h, peer);
     h
+}
+
+/// Appends the client's address to `X-Forwarded-For` (or starts it).
+pub fn append_forwarded_for(h: &mut HeaderMap, peer: Option<IpAddr>) {
+    let Some(ip) = peer else { return };
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let v = match h.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        h.insert(xff, v);
+    }
 }
 
 /// Boxes a forwarded body into the HTTP layer's body type.

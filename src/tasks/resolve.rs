@@ -52,6 +52,7 @@ pub enum ResolveError {
     TimedOut,
 }
 
+#[derive(Default)]
 struct Entry {
     /// The last finished lookup's answer and when it stops being fresh.
     answer: Option<(Answer, Instant)>,
@@ -156,14 +157,7 @@ impl Resolver {
                 }
             });
             let shared = fut.shared();
-            inner
-                .entries
-                .entry(host.to_string())
-                .or_insert(Entry {
-                    answer: None,
-                    pending: None,
-                })
-                .pending = Some(shared.clone());
+            inner.entries.entry(host.to_string()).or_default().pending = Some(shared.clone());
             shared
         };
         let cache = self.inner.clone();
@@ -178,10 +172,7 @@ impl Resolver {
             if let Err(e) = &answer {
                 tracing::warn!(host = %host, error = %e, "worker host does not resolve");
             }
-            let entry = inner.entries.entry(host).or_insert(Entry {
-                answer: None,
-                pending: None,
-            });
+            let entry = inner.entries.entry(host).or_default();
             entry.pending = None;
             entry.answer = Some((answer, now + ttl));
             if inner.entries.len() > MAX_ENTRIES {

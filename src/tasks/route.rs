@@ -17,11 +17,12 @@
 //!    tie-breaker between two random equals (power of two choices), which
 //!    spreads load without herding when every shard sees the same numbers.
 
-/// What routing needs to know about one healthy worker.
+/// What routing needs to know about one healthy worker. Borrowed from the
+/// cached worker list: building the candidates copies no strings.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
-    pub worker_id: String,
-    pub loaded_models: Vec<String>,
+pub struct Candidate<'a> {
+    pub worker_id: &'a str,
+    pub loaded_models: &'a [String],
     /// Requests this shard has in flight to the worker.
     pub inflight: u32,
     /// Reported by the worker's last heartbeat.
@@ -30,7 +31,7 @@ pub struct Candidate {
     pub cooling: bool,
 }
 
-impl Candidate {
+impl Candidate<'_> {
     fn outstanding(&self) -> u64 {
         self.inflight as u64 + self.active_requests
     }
@@ -44,19 +45,21 @@ pub struct Ask<'a> {
     /// Workers an admin pinned this service/model to (empty = no pin).
     pub pinned: &'a [String],
     /// Workers already tried for this request.
-    pub exclude: &'a [String],
+    pub exclude: &'a [&'a str],
 }
 
 /// Picks one of `cands`; `rand(n)` returns a number in `0..n`.
 pub fn choose(
-    cands: &[Candidate],
+    cands: &[Candidate<'_>],
     ask: &Ask<'_>,
     rand: &mut dyn FnMut(usize) -> usize,
 ) -> Option<usize> {
     let mut set: Vec<usize> = (0..cands.len())
         .filter(|&i| !ask.exclude.contains(&cands[i].worker_id))
         .collect();
-    narrow(&mut set, |i| ask.pinned.contains(&cands[i].worker_id));
+    narrow(&mut set, |i| {
+        ask.pinned.iter().any(|p| p == cands[i].worker_id)
+    });
     narrow(&mut set, |i| !cands[i].cooling);
     if let Some(m) = ask.model {
         narrow(&mut set, |i| cands[i].loaded_models.iter().any(|x| x == m));
@@ -68,13 +71,11 @@ pub fn choose(
         return set
             .iter()
             .copied()
-            .max_by_key(|&i| (rendezvous(s, &cands[i].worker_id), std::cmp::Reverse(i)));
+            .max_by_key(|&i| (rendezvous(s, cands[i].worker_id), std::cmp::Reverse(i)));
     }
     let least = set.iter().map(|&i| cands[i].outstanding()).min()?;
-    let equals: Vec<usize> = set
-        .into_iter()
-        .filter(|&i| cands[i].outstanding() == least)
-        .collect();
+    let mut equals = set;
+    equals.retain(|&i| cands[i].outstanding() == least);
     if equals.len() == 1 {
         return Some(equals[0]);
     }
@@ -109,10 +110,10 @@ pub fn rendezvous(key: &str, worker: &str) -> u64 {
 mod tests {
     use super::*;
 
-    fn c(id: &str) -> Candidate {
+    fn c(id: &str) -> Candidate<'_> {
         Candidate {
-            worker_id: id.into(),
-            loaded_models: vec![],
+            worker_id: id,
+            loaded_models: &[],
             inflight: 0,
             active_requests: 0,
             current_load: 0.0,
@@ -125,14 +126,14 @@ mod tests {
         move |n| r.usize(..n)
     }
 
-    fn pick(cands: &[Candidate], ask: &Ask<'_>) -> Option<String> {
-        choose(cands, ask, &mut rng(7)).map(|i| cands[i].worker_id.clone())
+    fn pick(cands: &[Candidate<'_>], ask: &Ask<'_>) -> Option<String> {
+        choose(cands, ask, &mut rng(7)).map(|i| cands[i].worker_id.to_string())
     }
 
     #[test]
     fn empty_and_all_excluded_give_none() {
         assert_eq!(pick(&[], &Ask::default()), None);
-        let ex = vec!["a".to_string()];
+        let ex = ["a"];
         let ask = Ask {
             exclude: &ex,
             ..Default::default()
@@ -175,8 +176,9 @@ mod tests {
 
     #[test]
     fn model_aware_then_fallback() {
+        let llama3 = ["llama3".to_string()];
         let mut a = c("a");
-        a.loaded_models = vec!["llama3".into()];
+        a.loaded_models = &llama3;
         a.inflight = 5;
         let b = c("b");
         let ask = Ask {

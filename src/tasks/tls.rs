@@ -3,9 +3,10 @@
 //! webpki-roots, plus the PEM file given as `--proxy-ca-file`), ring as the
 //! crypto provider, HTTP/1.1 offered over ALPN.
 //!
-//! Built once at server start and shared by every shard (an `Arc`, cloned
-//! per new connection, never per request); a bad CA file stops the start
-//! instead of failing requests later. This file must not open connections:
+//! Built once at server start; each shard takes its own copy (with its own
+//! session cache, see `proxy::ProxyState::new`), so handshakes share no
+//! lock or refcount between shards. A bad CA file stops the start instead
+//! of failing requests later. This file must not open connections:
 //! the handshake itself runs in `runtime::HyperIo::start_tls`.
 
 use std::path::{Path, PathBuf};

@@ -5,6 +5,8 @@
 //! `/extract`, and anything else as an echo of what arrived. It can be told
 //! to fail (500), stall, or die (stop accepting and drop its connections).
 //! `start_tls` serves the same over TLS (rustls, a certificate the test makes).
+//! The client-side readers of those answers through the coordinator
+//! ([`worker_of`], [`read_events`]) live here too, next to what they parse.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,9 +14,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use crate::common::Resp;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
@@ -277,4 +281,53 @@ fn stream<W: Write>(w: &mut W, id: &str) -> std::io::Result<()> {
     chunk(w, "data: [DONE]\n\n")?;
     write!(w, "0\r\n\r\n")?;
     w.flush()
+}
+
+/// The simulator that answered a proxied request (asserting a 200).
+pub fn worker_of(r: &Resp) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["worker"].as_str().unwrap().to_string()
+}
+
+/// POSTs `body` to `/api/inference/llm` and reads the chunked SSE answer
+/// (see [`stream`]), noting when each `data:` event arrived.
+pub fn read_events(addr: SocketAddr, body: &Value) -> Vec<(Duration, String)> {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let b = serde_json::to_vec(body).unwrap();
+    write!(
+        s,
+        "POST /api/inference/llm HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        b.len()
+    )
+    .unwrap();
+    s.write_all(&b).unwrap();
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match s.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("read: {e}"),
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let events: Vec<String> = text
+            .split("data: ")
+            .skip(1)
+            .map(|e| e.split('\n').next().unwrap_or("").to_string())
+            .collect();
+        while seen.len() < events.len() {
+            seen.push((t0.elapsed(), events[seen.len()].clone()));
+        }
+        if text.contains("[DONE]") && text.ends_with("0\r\n\r\n") {
+            break;
+        }
+    }
+    seen
 }

@@ -37,11 +37,11 @@ fn service_name(ctx: &Ctx, s: &str) -> String {
 }
 
 /// Healthy workers of `service` from every shard.
-async fn fetch(ctx: &Ctx, service: &str) -> Result<Vec<Upstream>, ApiError> {
+async fn fetch(ctx: &Ctx, service: String) -> Result<Vec<Upstream>, ApiError> {
     let mut all = Vec::new();
     for r in ctx
         .shard
-        .fan_out(|| ShardRequest::Task(TaskOp::Candidates(service.to_string())))
+        .fan_out(|| ShardRequest::Task(TaskOp::Candidates(service.clone())))
         .await?
     {
         match r.task()? {
@@ -60,22 +60,35 @@ async fn fetch(ctx: &Ctx, service: &str) -> Result<Vec<Upstream>, ApiError> {
 }
 
 async fn forward(ctx: &Ctx, out: Outbound) -> Result<Response<Body>, ApiError> {
-    let state = ctx.shard.proxy.clone();
     let cfg = ctx.shard.cfg.proxy();
-    let service = out.service.clone();
-    match proxy::forward(&state, &cfg, out, || fetch(ctx, &service)).await? {
+    match proxy::forward(&ctx.shard.proxy, &cfg, out, |service| fetch(ctx, service)).await? {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
             Ok(Response::from_parts(parts, proxy::boxed(body)))
         }
-        Err(ProxyError::NoWorker(s)) => Err(ApiError::Unavailable(format!(
-            "No healthy worker available for service: {s}"
-        ))),
+        Err(e @ ProxyError::NoWorker(_)) => Err(ApiError::Unavailable(e.to_string())),
         Err(e @ ProxyError::BadGateway(_)) => Err(ApiError::BadGateway(e.to_string())),
         Err(e @ ProxyError::Timeout(_)) => Err(ApiError::GatewayTimeout(e.to_string())),
     }
 }
 
+/// A JSON `POST` to `path_and_query` on a worker of `alias`'s service,
+/// carrying the client's session and the headers [`json_headers`] keeps;
+/// callers add the model and body when they have them.
+fn post_to(ctx: &Ctx, h: &HeaderMap, alias: &str, path_and_query: String) -> Outbound {
+    Outbound {
+        service: service_name(ctx, alias),
+        model: None,
+        session: session(h),
+        method: Method::POST,
+        path_and_query,
+        headers: json_headers(h, ctx),
+        body: Bytes::new(),
+    }
+}
+
+/// Built from scratch (only these headers go on), so there is nothing
+/// hop-by-hop to strip: only `X-Forwarded-For` is added.
 fn json_headers(h: &HeaderMap, ctx: &Ctx) -> HeaderMap {
     let mut out = HeaderMap::new();
     out.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -85,7 +98,8 @@ fn json_headers(h: &HeaderMap, ctx: &Ctx) -> HeaderMap {
     if let Some(v) = h.get(hyper::header::AUTHORIZATION) {
         out.insert(hyper::header::AUTHORIZATION, v.clone());
     }
-    proxy::upstream_headers(out, ctx.peer.map(|p| p.ip()))
+    proxy::append_forwarded_for(&mut out, ctx.peer.map(|p| p.ip()));
+    out
 }
 
 /// `{model, prompt, max_tokens=512, temperature=0.7, stream?}` with the
@@ -116,26 +130,17 @@ async fn read_json_object(
 
 /// `POST /api/inference/llm` -> worker `POST /v1/completions` (OpenAI style).
 pub async fn llm(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let headers = json_headers(req.headers(), &ctx);
-    let sess = session(req.headers());
+    let mut out = post_to(&ctx, req.headers(), "llm", "/v1/completions".into());
     let o = read_json_object(&ctx, req).await?;
     let (model, body) = inference_body(&o)?;
-    let out = Outbound {
-        service: service_name(&ctx, "llm"),
-        model: Some(model),
-        session: sess,
-        method: Method::POST,
-        path_and_query: "/v1/completions".into(),
-        headers,
-        body: Bytes::from(Value::Object(body).to_string()),
-    };
+    out.model = Some(model);
+    out.body = Bytes::from(Value::Object(body).to_string());
     forward(&ctx, out).await
 }
 
 /// `POST /api/inference/vision` -> worker `POST /api/generate` (Ollama style).
 pub async fn vision(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let headers = json_headers(req.headers(), &ctx);
-    let sess = session(req.headers());
+    let mut out = post_to(&ctx, req.headers(), "ocr", "/api/generate".into());
     let o = read_json_object(&ctx, req).await?;
     let (model, b) = inference_body(&o)?;
     let mut body = json!({
@@ -147,15 +152,8 @@ pub async fn vision(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, 
     if let Some(images) = b.get("images") {
         body["images"] = images.clone();
     }
-    let out = Outbound {
-        service: service_name(&ctx, "ocr"),
-        model: Some(model),
-        session: sess,
-        method: Method::POST,
-        path_and_query: "/api/generate".into(),
-        headers,
-        body: Bytes::from(body.to_string()),
-    };
+    out.model = Some(model);
+    out.body = Bytes::from(body.to_string());
     forward(&ctx, out).await
 }
 
@@ -188,17 +186,7 @@ pub async fn rag(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Api
         ("query", Some(text)),
         ("context", query_param(q, "context")),
     ]);
-    let headers = json_headers(req.headers(), &ctx);
-    let sess = session(req.headers());
-    let out = Outbound {
-        service: service_name(&ctx, "rag"),
-        model: None,
-        session: sess,
-        method: Method::POST,
-        path_and_query: format!("/query?{qs}"),
-        headers,
-        body: Bytes::new(),
-    };
+    let out = post_to(&ctx, req.headers(), "rag", format!("/query?{qs}"));
     forward(&ctx, out).await
 }
 
@@ -206,18 +194,8 @@ pub async fn rag(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Api
 pub async fn graph(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = req.uri().query();
     let text = query_param(q, "text").ok_or_else(|| ApiError::field("text", "field required"))?;
-    let headers = json_headers(req.headers(), &ctx);
-    let sess = session(req.headers());
-    let out = Outbound {
-        service: service_name(&ctx, "ner"),
-        model: None,
-        session: sess,
-        method: Method::POST,
-        path_and_query: format!("/extract?{}", query(&[("text", Some(text))])),
-        headers,
-        body: Bytes::new(),
-    };
-    forward(&ctx, out).await
+    let path = format!("/extract?{}", query(&[("text", Some(text))]));
+    forward(&ctx, post_to(&ctx, req.headers(), "ner", path)).await
 }
 
 /// `ANY /service/{service}/{path}`: method, path, query, headers (minus
@@ -244,7 +222,9 @@ pub async fn service(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let headers = proxy::upstream_headers(req.headers().clone(), ctx.peer.map(|p| p.ip()));
-    let cfg = ctx.shard.cfg.clone();
+    // Borrowed, not cloned: the config's Arc is shared by every shard, and
+    // cloning it per request would bump a cross-shard atomic.
+    let cfg = &ctx.shard.cfg;
     let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
     let out = Outbound {
         service: service_name(&ctx, &svc),
