@@ -65,7 +65,7 @@ pub struct Ctx {
 
 /// Accepts connections until shutdown, then drains in-flight requests.
 pub async fn serve(shard: Rc<Shard>, listener: Listener, shutdown: Shutdown) {
-    let cfg = shard.cfg.clone();
+    let cfg = &shard.cfg;
     let mut builder = http1::Builder::new();
     builder
         .keep_alive(true)
@@ -147,7 +147,9 @@ async fn connection(
     peer: Option<SocketAddr>,
     shutdown: LocalShutdown,
 ) {
-    let cfg = shard.cfg.clone();
+    // Borrowed, never cloned: `cfg` is one `Arc` shared by every shard, and
+    // bumping its count would make all cores write one cache line.
+    let cfg = &shard.cfg;
     let activity = Rc::new(ConnActivity::new());
     let io = HyperIo::new(stream, activity.clone());
     let svc = {
@@ -225,19 +227,18 @@ async fn dispatch(ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
     }
     let started = Instant::now();
     let shard = ctx.shard.clone();
-    let cfg = shard.cfg.clone();
-    let path = req.uri().path().to_string();
-    let matched = router::route(req.method(), &path);
-    let route = matched.route;
+    let cfg = &shard.cfg;
+    let matched = router::route(req.method(), req.uri().path());
+    let (route, allow) = (matched.route, matched.allow);
     let origin = req.headers().get(hyper::header::ORIGIN).cloned();
 
     let result = if route == Route::Preflight {
-        cors::preflight(&cfg, origin.as_ref(), req.headers(), matched.allow)
-    } else if let Err(e) = auth::check(&cfg, &path, req.headers()) {
+        cors::preflight(cfg, origin.as_ref(), req.headers(), allow)
+    } else if let Err(e) = auth::check(cfg, req.uri().path(), req.headers()) {
         Err(e)
     } else {
         let param = matched.param.map(str::to_string);
-        handlers::handle(ctx, route, param, matched.allow, req).await
+        handlers::handle(ctx, route, param, allow, req).await
     };
 
     let mut resp = match result {
@@ -251,7 +252,7 @@ async fn dispatch(ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
             r
         }
     };
-    cors::decorate(&cfg, origin.as_ref(), resp.headers_mut());
+    cors::decorate(cfg, origin.as_ref(), resp.headers_mut());
     resp.headers_mut()
         .insert(SHARD_HEADER, HeaderValue::from(shard.id as u64));
     shard

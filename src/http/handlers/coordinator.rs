@@ -25,7 +25,7 @@ pub async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 }
 
 pub async fn broadcast(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let cfg = ctx.shard.cfg.clone();
+    let cfg = &ctx.shard.cfg;
     let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
     let b: BroadcastRequest = parse_object(&body)?;
     let job = Arc::new(BroadcastJob {

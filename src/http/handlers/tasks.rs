@@ -68,7 +68,7 @@ fn str_field(o: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiEr
 
 /// `POST /api/tasks` `{type, payload, worker_id | service | capability, max_attempts?}`.
 pub async fn submit(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let cfg = ctx.shard.cfg.clone();
+    let cfg = &ctx.shard.cfg;
     let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
     let o: Map<String, Value> = parse_object(&body)?;
     let task_type = match str_field(&o, "type")?
@@ -240,7 +240,7 @@ fn parse_wait(q: Option<&str>, max: Duration) -> Result<Duration, ApiError> {
 /// deadline passes, and asks again. If the client goes away, hyper drops
 /// this future: the waiters' receivers go with it, and nothing was leased.
 pub async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let cfg = ctx.shard.cfg.clone();
+    let cfg = &ctx.shard.cfg;
     let q = req.uri().query();
     let worker_id = query_param(q, "worker_id")
         .ok_or_else(|| ApiError::field("worker_id", "field required"))?;
@@ -310,7 +310,7 @@ pub async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Ap
 /// `status: "failed"` reports a failure: the task is retried while attempts
 /// remain (unless `retry: false`), else it ends `failed`.
 pub async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let cfg = ctx.shard.cfg.clone();
+    let cfg = &ctx.shard.cfg;
     let q = req.uri().query().map(str::to_string);
     let q = q.as_deref();
     let q_worker = query_param(q, "worker_id");

@@ -80,7 +80,7 @@ pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
             coverage.per_tier[t] += n;
         }
     }
-    let cfg = ctx.shard.cfg.clone();
+    let cfg = &ctx.shard.cfg;
     let in_tier = coverage
         .per_tier
         .get(class.tier as usize)
