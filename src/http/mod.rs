@@ -18,14 +18,15 @@ pub mod router;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{select, Either};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -38,18 +39,60 @@ use crate::shard::Shard;
 pub use error::ApiError;
 pub use router::{Route, ROUTE_NAMES};
 
-/// Response body type for every route: boxed so a handler can answer with
-/// a complete buffer or stream a worker's response frame by frame.
-/// Not `Send`: shard-local streams (the proxy's pooled connections) live
-/// on one thread, and hyper's HTTP/1 server does not need `Send` bodies.
-pub type Body = std::pin::Pin<Box<dyn hyper::body::Body<Data = Bytes, Error = BoxError>>>;
+/// Response body type for every route: a complete buffer (nearly every
+/// answer, with no allocation beyond its bytes), or a worker's response
+/// streamed frame by frame. A stream is not `Send`: shard-local streams
+/// (the proxy's pooled connections) live on one thread, and hyper's HTTP/1
+/// server does not need `Send` bodies.
+pub enum Body {
+    Full(Full<Bytes>),
+    Stream(Pin<Box<dyn hyper::body::Body<Data = Bytes, Error = BoxError>>>),
+}
 
 /// Error type of streamed bodies (hyper accepts anything convertible).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A complete response body.
 pub fn full(b: impl Into<Bytes>) -> Body {
-    Box::pin(Full::new(b.into()).map_err(|never| match never {}))
+    Body::Full(Full::new(b.into()))
+}
+
+/// A streamed response body.
+pub fn streamed<B>(b: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    Body::Stream(Box::pin(b.map_err(|e| Box::new(e) as BoxError)))
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            Body::Stream(b) => b.as_mut().poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(b) => b.is_end_stream(),
+            Body::Stream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(b) => b.size_hint(),
+            Body::Stream(b) => b.size_hint(),
+        }
+    }
 }
 
 /// Which shard answered: lets operators and tests see the sharding at work.

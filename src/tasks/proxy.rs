@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, HOST};
@@ -759,15 +759,6 @@ pub fn append_forwarded_for(h: &mut HeaderMap, peer: Option<IpAddr>) {
     if let Ok(v) = HeaderValue::from_str(&v) {
         h.insert(xff, v);
     }
-}
-
-/// Boxes a forwarded body into the HTTP layer's body type.
-pub fn boxed<B>(b: B) -> crate::http::Body
-where
-    B: HttpBody<Data = Bytes> + 'static,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    Box::pin(b.map_err(|e| Box::new(e) as crate::http::BoxError))
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ async fn forward(ctx: &Ctx, out: Outbound) -> Result<Response<Body>, ApiError> {
     match proxy::forward(&ctx.shard.proxy, &cfg, out, |service| fetch(ctx, service)).await? {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
-            Ok(Response::from_parts(parts, proxy::boxed(body)))
+            Ok(Response::from_parts(parts, crate::http::streamed(body)))
         }
         Err(e @ ProxyError::NoWorker(_)) => Err(ApiError::Unavailable(e.to_string())),
         Err(e @ ProxyError::BadGateway(_)) => Err(ApiError::BadGateway(e.to_string())),
