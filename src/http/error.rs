@@ -6,6 +6,7 @@
 use hyper::StatusCode;
 
 use crate::shard::ShardError;
+use crate::tasks::proxy::ProxyError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -50,6 +51,17 @@ impl From<ShardError> for ApiError {
         match e {
             ShardError::Store(msg) => ApiError::Storage(msg),
             e => ApiError::Shard(e),
+        }
+    }
+}
+
+impl From<ProxyError> for ApiError {
+    fn from(e: ProxyError) -> Self {
+        let detail = e.to_string();
+        match e {
+            ProxyError::NoWorker(_) => ApiError::Unavailable(detail),
+            ProxyError::BadGateway(_) => ApiError::BadGateway(detail),
+            ProxyError::Timeout(_) => ApiError::GatewayTimeout(detail),
         }
     }
 }

@@ -230,9 +230,12 @@ impl ProxyState {
     }
 
     fn cool(&self, worker: &str, cfg: &ProxyConfig) {
-        self.cooldown
-            .borrow_mut()
-            .insert(worker.to_string(), Instant::now() + cfg.cooldown);
+        let now = Instant::now();
+        let mut cooling = self.cooldown.borrow_mut();
+        // Ended cooldowns have no effect; dropping them here keeps the map
+        // to the workers cooling now, not every worker that ever failed.
+        cooling.retain(|_, until| *until > now);
+        cooling.insert(worker.to_string(), now + cfg.cooldown);
     }
 
     fn count(&self, service: &str, outcome: &'static str) {

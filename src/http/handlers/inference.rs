@@ -14,7 +14,7 @@ use super::super::error::ApiError;
 use super::super::request::{parse_object, percent_decode, query_param, read_body};
 use super::super::{json, Body, Ctx};
 use crate::shard::msg::Request as ShardRequest;
-use crate::tasks::proxy::{self, Outbound, ProxyError, Upstream};
+use crate::tasks::proxy::{self, Outbound, Upstream};
 use crate::tasks::{TaskOp, TaskReply};
 
 const SESSION_HEADER: &str = "x-session-id";
@@ -61,15 +61,9 @@ async fn fetch(ctx: &Ctx, service: String) -> Result<Vec<Upstream>, ApiError> {
 
 async fn forward(ctx: &Ctx, out: Outbound) -> Result<Response<Body>, ApiError> {
     let cfg = ctx.shard.cfg.proxy();
-    match proxy::forward(&ctx.shard.proxy, &cfg, out, |service| fetch(ctx, service)).await? {
-        Ok(resp) => {
-            let (parts, body) = resp.into_parts();
-            Ok(Response::from_parts(parts, crate::http::streamed(body)))
-        }
-        Err(e @ ProxyError::NoWorker(_)) => Err(ApiError::Unavailable(e.to_string())),
-        Err(e @ ProxyError::BadGateway(_)) => Err(ApiError::BadGateway(e.to_string())),
-        Err(e @ ProxyError::Timeout(_)) => Err(ApiError::GatewayTimeout(e.to_string())),
-    }
+    let resp = proxy::forward(&ctx.shard.proxy, &cfg, out, |service| fetch(ctx, service)).await??;
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, crate::http::streamed(body)))
 }
 
 /// A JSON `POST` to `path_and_query` on a worker of `alias`'s service,
