@@ -132,11 +132,7 @@ fn generic_proxy_forwards_method_query_headers_and_body() {
         assert_eq!(c.get("/service/notes-coa/ping").status, 200);
     }
     let m = c.get("/metrics").text();
-    let opened: f64 = m
-        .lines()
-        .filter(|l| l.starts_with("coordinator_proxy_connections_opened_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let opened = sum_samples(&m, "coordinator_proxy_connections_opened_total{");
     assert!(
         (1.0..=2.0).contains(&opened),
         "21 requests opened {opened} connections"
@@ -343,12 +339,7 @@ fn proxy_metrics_are_exported() {
     }
     assert_eq!(c.get("/service/none/a").status, 503);
     let m = c.get("/metrics").text();
-    let count = |needle: &str| -> f64 {
-        m.lines()
-            .filter(|l| l.starts_with(needle))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let count = |needle: &str| sum_samples(&m, needle);
     assert_eq!(
         count("coordinator_routed_requests_total{service=\"svc-mx\",outcome=\"ok\"}"),
         3.0,

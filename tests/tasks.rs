@@ -344,12 +344,7 @@ fn bad_task_requests_get_clear_4xx() {
 }
 
 fn metric_sum(addr: SocketAddr, prefix: &str) -> f64 {
-    get(addr, "/metrics")
-        .text()
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sum_samples(&get(addr, "/metrics").text(), prefix)
 }
 
 #[test]

@@ -70,12 +70,7 @@ fn llm(c: &mut Conn) -> Resp {
 
 /// Sum of a per-shard counter over all shards.
 fn counter(c: &mut Conn, name: &str) -> f64 {
-    c.get("/metrics")
-        .text()
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sum_samples(&c.get("/metrics").text(), &format!("{name}{{"))
 }
 
 #[test]

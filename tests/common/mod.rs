@@ -254,6 +254,15 @@ pub fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(lines).expect("valid exposition format")
 }
 
+/// The sum of the values of every sample line of a `/metrics` text that
+/// starts with `prefix` (a series summed over its shards or labels).
+pub fn sum_samples(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// `body` declaring the one service `service` (port 9000).
 pub fn with_service(mut body: Value, service: &str) -> Value {
     body["services"] = serde_json::json!([{"name": service, "port": 9000}]);
