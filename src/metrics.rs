@@ -332,11 +332,15 @@ fn encode_proxy(out: &mut String, shards: &[MetricsSnapshot]) {
     let mut attempts: std::collections::BTreeMap<(String, &str), u64> = Default::default();
     let mut lat = Histogram::default();
     for s in shards {
-        for ((svc, o), n) in &s.proxy.routed {
-            *routed.entry((svc.clone(), o)).or_default() += n;
+        for (svc, per) in &s.proxy.routed {
+            for (o, n) in per {
+                *routed.entry((svc.clone(), o)).or_default() += n;
+            }
         }
-        for ((w, o), n) in &s.proxy.attempts {
-            *attempts.entry((w.clone(), o)).or_default() += n;
+        for (w, per) in &s.proxy.attempts {
+            for (o, n) in per {
+                *attempts.entry((w.clone(), o)).or_default() += n;
+            }
         }
         lat.merge(&s.proxy.upstream_latency);
     }

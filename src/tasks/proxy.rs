@@ -100,15 +100,28 @@ pub enum ProxyError {
 /// Per-shard counters, merged on scrape.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyCounters {
-    /// (service, outcome) -> requests.
-    pub routed: BTreeMap<(String, &'static str), u64>,
-    /// (worker, outcome) -> attempts.
-    pub attempts: BTreeMap<(String, &'static str), u64>,
+    /// service -> outcome -> requests.
+    pub routed: ByOutcome,
+    /// worker -> outcome -> attempts.
+    pub attempts: ByOutcome,
     pub upstream_latency: crate::metrics::Histogram,
     pub cooldowns: u64,
     pub retries: u64,
     pub connections_opened: u64,
     pub dns_lookups: u64,
+}
+
+/// Name -> outcome -> count. Nested rather than keyed by `(name, outcome)`
+/// so that counting a request looks the name up by `&str` and copies it
+/// only the first time it is seen.
+pub type ByOutcome = BTreeMap<String, BTreeMap<&'static str, u64>>;
+
+fn bump(map: &mut ByOutcome, name: &str, outcome: &'static str) {
+    let per = match map.get_mut(name) {
+        Some(per) => per,
+        None => map.entry(name.to_string()).or_default(),
+    };
+    *per.entry(outcome).or_default() += 1;
 }
 
 /// A request to forward.
@@ -239,13 +252,11 @@ impl ProxyState {
     }
 
     fn count(&self, service: &str, outcome: &'static str) {
-        let mut c = self.counters.borrow_mut();
-        *c.routed.entry((service.to_string(), outcome)).or_default() += 1;
+        bump(&mut self.counters.borrow_mut().routed, service, outcome);
     }
 
     fn count_attempt(&self, worker: &str, outcome: &'static str) {
-        let mut c = self.counters.borrow_mut();
-        *c.attempts.entry((worker.to_string(), outcome)).or_default() += 1;
+        bump(&mut self.counters.borrow_mut().attempts, worker, outcome);
     }
 
     fn candidates<'a>(&self, ups: &'a [Upstream]) -> Vec<Candidate<'a>> {
