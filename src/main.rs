@@ -12,6 +12,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use coordinator::model::Catalog;
+use coordinator::server::StartError;
 use coordinator::{Config, Server};
 
 /// Declares the CLI flags and the TOML file keys from one list, so the two
@@ -237,11 +238,6 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         proxy_ca_file: cli.proxy_ca_file.clone(),
         ..d
     };
-    // Loaded again (once) by the server; checked here so a bad file is a
-    // configuration error like the others, not a start-up failure.
-    if let Some(path) = &cfg.proxy_ca_file {
-        coordinator::tasks::tls::client_config(Some(path)).map_err(|e| e.to_string())?;
-    }
     if cfg.worker_timeout < cfg.heartbeat_timeout {
         return Err("--worker-timeout must not be shorter than --heartbeat-timeout".into());
     }
@@ -299,7 +295,10 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("coordinator: {e}");
-            return ExitCode::from(1);
+            // A CA file that cannot be used is a configuration error like
+            // the others (the server loads it once, first thing).
+            let config = matches!(e, StartError::ProxyTls(_));
+            return ExitCode::from(if config { 2 } else { 1 });
         }
     };
     println!(
