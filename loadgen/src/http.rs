@@ -200,6 +200,8 @@ pub fn chunked_end(buf: &[u8]) -> Result<Option<usize>, ParseError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Complete {
     pub status: u16,
+    /// Where the body starts (the head's length).
+    pub body_start: usize,
     /// Bytes the response occupies (head and body).
     pub len: usize,
     pub close: bool,
@@ -239,6 +241,7 @@ impl ResponseReader {
         match body_len {
             Some(n) => Ok(Some(Complete {
                 status: head.status,
+                body_start: head.len,
                 len: head.len + n,
                 close: head.close,
             })),
