@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::http::ResponseReader;
-use crate::report::{Tally, MAX_US};
+use crate::report::{us, Tally};
 use crate::scenario::{Mix, Rng};
 use crate::schedule::ConnSchedule;
 
@@ -76,10 +76,6 @@ fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     s.set_nodelay(true)?;
     s.set_nonblocking(true)?;
     Ok(s)
-}
-
-fn us(d: Duration) -> u64 {
-    (d.as_micros() as u64).clamp(1, MAX_US)
 }
 
 /// Runs one thread's share of the load; sends `Msg::Done` at the end.

@@ -442,11 +442,7 @@ fn run_load(
                     let now = Instant::now();
                     let n = sum.latency.len();
                     let secs = now.duration_since(last_shown.0).as_secs_f64().max(1e-3);
-                    let p99 = if n == 0 {
-                        0
-                    } else {
-                        sum.latency.value_at_quantile(0.99)
-                    };
+                    let p99 = report::quantile(&sum.latency, 0.99);
                     eprint!(
                         "\r[{:>5.1}s] {:>8.0} req/s  errors {:<6} p99 {:>7} us   ",
                         now.saturating_duration_since(t0 + window.0).as_secs_f64(),

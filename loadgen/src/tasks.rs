@@ -38,7 +38,7 @@ use crate::check::Bound;
 use crate::client::{BlockingConn, Heartbeats};
 use crate::driver::status_kind;
 use crate::http::build_request;
-use crate::report::{self, new_histogram, Latency, Meta, Report, Tally, MAX_US};
+use crate::report::{self, new_histogram, us, Latency, Meta, Report, Tally};
 use crate::schedule::ConnSchedule;
 use crate::{check, fail, finish, metrics_text, scenario, Cli, TaskTarget};
 
@@ -50,10 +50,6 @@ const DRAIN: Duration = Duration::from_secs(10);
 const PULL_WAIT_S: u32 = 1;
 /// The server's bound on `max` per pull.
 const MAX_BATCH: usize = 1000;
-
-fn us(d: Duration) -> u64 {
-    (d.as_micros() as u64).clamp(1, MAX_US)
-}
 
 fn pin(cpus: Option<&[usize]>, i: usize) {
     if let Some(c) = cpus {
