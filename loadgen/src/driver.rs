@@ -273,8 +273,9 @@ fn start(
     });
 }
 
-/// Drives `c` and, when its connection failed, counts the error and drops
-/// the connection (the next request reconnects).
+/// Drives `c` and, when its connection failed or its request outlived the
+/// timeout, counts the error and drops the connection (the next request
+/// reconnects).
 fn step(
     c: &mut Conn,
     plan: &Plan,
@@ -286,7 +287,14 @@ fn step(
     if c.flight.is_none() {
         return;
     }
-    if let Err(kind) = drive(c, plan, now, tally, scratch, in_window) {
+    let outcome = drive(c, plan, tally, scratch, in_window).and_then(|()| {
+        // Still waiting for (part of) the answer: not past the timeout.
+        match &c.flight {
+            Some(f) if now.saturating_duration_since(f.sent) > plan.timeout => Err("timeout"),
+            _ => Ok(()),
+        }
+    });
+    if let Err(kind) = outcome {
         if let Some(f) = c.flight.take() {
             if in_window(f.intended) {
                 tally.error(kind);
@@ -300,11 +308,11 @@ fn step(
 }
 
 /// Writes what is left of the request, reads what arrived, completes the
-/// response. Err(kind) means the connection is unusable.
+/// response. Err(kind) means the connection is unusable; the timeout is
+/// `step`'s.
 fn drive(
     c: &mut Conn,
     plan: &Plan,
-    now: Instant,
     tally: &mut Tally,
     scratch: &mut [u8],
     in_window: &impl Fn(Instant) -> bool,
@@ -329,9 +337,6 @@ fn drive(
     // Read only when the last poll said so: right after a write the answer
     // is not there yet, and a read would just cost a syscall.
     if f.written < bytes.len() || !c.ready {
-        if now.saturating_duration_since(f.sent) > plan.timeout {
-            return Err("timeout");
-        }
         return Ok(());
     }
     c.ready = false;
@@ -369,13 +374,6 @@ fn drive(
             Ok(None) => {}
             Err(_) => return Err("parse"),
         }
-        if eof {
-            return Err("io");
-        }
-    }
-    let f = c.flight.as_ref().expect("a request is in flight");
-    if now.saturating_duration_since(f.sent) > plan.timeout {
-        return Err("timeout");
     }
     Ok(())
 }
