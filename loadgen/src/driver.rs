@@ -78,12 +78,22 @@ fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
-/// Runs one thread's share of the load; sends `Msg::Done` at the end.
-pub fn run(plan: Plan) {
-    if let Some(cpu) = plan.cpu {
+/// The CPU of load thread `slot`: `cpus` round robin.
+pub fn cpu_for(cpus: Option<&[usize]>, slot: usize) -> Option<usize> {
+    cpus.map(|c| c[slot % c.len()])
+}
+
+/// Pins the calling thread to `cpu`, if any.
+pub fn pin(cpu: Option<usize>) {
+    if let Some(cpu) = cpu {
         // Best effort: an unavailable CPU was already rejected by main.
         core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
     }
+}
+
+/// Runs one thread's share of the load; sends `Msg::Done` at the end.
+pub fn run(plan: Plan) {
+    pin(plan.cpu);
     let open = plan.rate.is_some();
     let mut conns: Vec<Conn> = plan
         .conns

@@ -403,7 +403,7 @@ fn run_load(
             t0,
             window,
             timeout: cli.timeout,
-            cpu: cpus.map(|c| c[thread % c.len()]),
+            cpu: driver::cpu_for(cpus, thread),
             progress,
             tx: tx.clone(),
         };

@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 
 use crate::check::Bound;
 use crate::client::{BlockingConn, Heartbeats};
-use crate::driver::status_kind;
+use crate::driver::{cpu_for, pin, status_kind};
 use crate::http::build_request;
 use crate::report::{self, new_histogram, us, Latency, Meta, Report, Tally};
 use crate::schedule::ConnSchedule;
@@ -50,12 +50,6 @@ const DRAIN: Duration = Duration::from_secs(10);
 const PULL_WAIT_S: u32 = 1;
 /// The server's bound on `max` per pull.
 const MAX_BATCH: usize = 1000;
-
-fn pin(cpus: Option<&[usize]>, i: usize) {
-    if let Some(c) = cpus {
-        core_affinity::set_for_current(core_affinity::CoreId { id: c[i % c.len()] });
-    }
-}
 
 /// Counters shared by all threads of a run (client side only).
 #[derive(Default)]
@@ -434,11 +428,11 @@ pub fn run(
         .map(|(i, id)| {
             let (run, id, batch) = (run.clone(), id.clone(), cli.task_batch);
             // CPUs round robin over submitters first, then workers.
-            let (cpus, slot) = (cpus_owned(cpus), cli.connections + i);
+            let cpu = cpu_for(cpus, cli.connections + i);
             std::thread::Builder::new()
                 .name(format!("loadgen-tw-{i}"))
                 .spawn(move || {
-                    pin(cpus.as_deref(), slot);
+                    pin(cpu);
                     worker_loop(run, id, batch)
                 })
                 .expect("spawn task worker")
@@ -448,11 +442,11 @@ pub fn run(
         .map(|c| {
             let (run, target, conns) = (run.clone(), target.clone(), cli.connections);
             let sched = ConnSchedule::new(rate, conns, c);
-            let cpus = cpus_owned(cpus);
+            let cpu = cpu_for(cpus, c);
             std::thread::Builder::new()
                 .name(format!("loadgen-submit-{c}"))
                 .spawn(move || {
-                    pin(cpus.as_deref(), c);
+                    pin(cpu);
                     submit_loop(run, sched, c, conns, target)
                 })
                 .expect("spawn submitter")
@@ -569,10 +563,6 @@ pub fn run(
         },
     };
     finish(cli, &table, &report, failed)
-}
-
-fn cpus_owned(cpus: Option<&[usize]>) -> Option<Vec<usize>> {
-    cpus.map(<[usize]>::to_vec)
 }
 
 #[cfg(test)]
