@@ -160,14 +160,11 @@ fn worker_loop(run: Run, worker_id: String, batch: usize) -> WorkerTally {
     // a task this worker leased is always completed.
     while !run.progress.stop.load(Ordering::Relaxed) {
         let tasks = match conn.call(&pull) {
-            Ok((200, body)) => match serde_json::from_slice::<Value>(&body) {
-                Ok(Value::Object(mut o)) => match o.remove("tasks") {
-                    Some(Value::Array(t)) => t,
-                    _ => {
-                        out.tally.error("pull_parse");
-                        continue;
-                    }
-                },
+            Ok((200, body)) => match serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|mut v| v.get_mut("tasks").map(Value::take))
+            {
+                Some(Value::Array(t)) => t,
                 _ => {
                     out.tally.error("pull_parse");
                     continue;
