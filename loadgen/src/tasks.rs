@@ -94,16 +94,8 @@ fn submit_loop(
         if offset >= run.window.1 {
             break;
         }
-        let due = run.t0 + offset;
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        }
-        let measured = run.measured(offset);
-        let sent = Instant::now();
-        if measured {
-            tally.send_lag.saturating_record(us(sent - due));
-        }
+        // The request is built before its due time, so formatting it is
+        // not part of the measured latency.
         let n = i as usize * conns + conn_index;
         let mut body = json!({
             "type": "loadgen",
@@ -114,7 +106,19 @@ fn submit_loop(
             Target::Workers(ws) => body["worker_id"] = json!(ws[n % ws.len()]),
         }
         let bytes = serde_json::to_vec(&body).expect("JSON value serialises");
-        match conn.json("POST", &run.host, "/api/tasks", Some(&bytes)) {
+        let req = build_request("POST", &run.host, "/api/tasks", Some(&bytes));
+        let due = run.t0 + offset;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let measured = run.measured(offset);
+        let sent = Instant::now();
+        if measured {
+            tally.send_lag.saturating_record(us(sent - due));
+        }
+        // Only the ack's status matters; its body is not parsed.
+        match conn.call(&req) {
             Ok((201, _)) => {
                 run.progress.submitted.fetch_add(1, Ordering::Relaxed);
                 if measured {
