@@ -568,9 +568,9 @@ fn vm_rss(pid: u32) -> Result<u64, String> {
 }
 
 fn health_total(addr: SocketAddr, host: &str) -> Option<u64> {
-    let req = http::build_request("GET", host, "/health", None);
-    let (_, body) = BlockingConn::new(addr).call(&req).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let (_, v) = BlockingConn::new(addr)
+        .json("GET", host, "/health", None)
+        .ok()?;
     v["workers"]["total"].as_u64()
 }
 
@@ -620,30 +620,23 @@ fn rss(cli: &Cli, addr: SocketAddr, host: &str) -> ExitCode {
     } else {
         after.saturating_sub(before) as f64 / added as f64
     };
-    println!(
-        "loadgen rss: {registered} registrations in {:.1} s ({:.0}/s) -> {host}",
+    let table = format!(
+        "loadgen rss: {registered} registrations in {:.1} s ({:.0}/s) -> {host}\n\
+         workers:     {workers_before} before, {workers_after} after ({added} added)\n\
+         VmRSS:       {:.1} MiB before, {:.1} MiB after\n\
+         per worker:  {per:.0} bytes\n",
         took.as_secs_f64(),
-        registered as f64 / took.as_secs_f64()
-    );
-    println!("workers:     {workers_before} before, {workers_after} after ({added} added)");
-    println!(
-        "VmRSS:       {:.1} MiB before, {:.1} MiB after",
+        registered as f64 / took.as_secs_f64(),
         before as f64 / 1048576.0,
         after as f64 / 1048576.0
     );
-    println!("per worker:  {per:.0} bytes");
-    if let Some(path) = &cli.json {
-        let v = serde_json::json!({
-            "scenario": "rss", "target": host, "registrations": registered,
-            "workers_before": workers_before, "workers_after": workers_after,
-            "rss_before_bytes": before, "rss_after_bytes": after,
-            "bytes_per_worker": per, "seconds": took.as_secs_f64(),
-        });
-        if let Err(e) = std::fs::write(path, format!("{v:#}\n")) {
-            return fail(format!("writing {}: {e}", path.display()));
-        }
-    }
-    ExitCode::SUCCESS
+    let json = serde_json::json!({
+        "scenario": "rss", "target": host, "registrations": registered,
+        "workers_before": workers_before, "workers_after": workers_after,
+        "rss_before_bytes": before, "rss_after_bytes": after,
+        "bytes_per_worker": per, "seconds": took.as_secs_f64(),
+    });
+    finish(cli, &table, &json, None)
 }
 
 #[cfg(test)]
