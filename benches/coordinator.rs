@@ -16,7 +16,11 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use common::{cpu_register, gpu_register, heartbeat, registry_of, service_register};
@@ -61,6 +65,26 @@ fn worker_list(reg: &Registry) -> Vec<u8> {
     items
 }
 
+/// Decodes `body` as a `T` with the server's parser (serde_json) and with
+/// simd-json's serde path.
+fn decode_both<T: DeserializeOwned>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, body: &[u8]) {
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_with_input(BenchmarkId::new("serde_json", name), body, |b, body| {
+        b.iter(|| parse_object::<T>(black_box(body)).unwrap())
+    });
+    g.bench_with_input(BenchmarkId::new("simd_json", name), body, |b, body| {
+        // The server would need a mutable copy of the (immutable) body
+        // and per-shard reusable buffers: both are part of the cost.
+        let mut scratch = Vec::with_capacity(body.len());
+        let mut buffers = simd_json::Buffers::new(body.len());
+        b.iter(|| {
+            scratch.clear();
+            scratch.extend_from_slice(black_box(body));
+            simd_json::serde::from_slice_with_buffers::<T>(&mut scratch, &mut buffers).unwrap()
+        })
+    });
+}
+
 fn json_codecs(c: &mut Criterion) {
     let bodies = [
         (
@@ -80,49 +104,9 @@ fn json_codecs(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("decode");
     for (name, body) in &bodies {
-        g.throughput(Throughput::Bytes(body.len() as u64));
-        g.bench_with_input(BenchmarkId::new("serde_json", name), body, |b, body| {
-            b.iter(|| parse_object::<RegisterRequest>(black_box(body)).unwrap())
-        });
-        g.bench_with_input(BenchmarkId::new("simd_json", name), body, |b, body| {
-            // The server would need a mutable copy of the (immutable) body
-            // and per-shard reusable buffers: both are part of the cost.
-            let mut scratch = Vec::with_capacity(body.len());
-            let mut buffers = simd_json::Buffers::new(body.len());
-            b.iter(|| {
-                scratch.clear();
-                scratch.extend_from_slice(black_box(body));
-                simd_json::serde::from_slice_with_buffers::<RegisterRequest>(
-                    &mut scratch,
-                    &mut buffers,
-                )
-                .unwrap()
-            })
-        });
+        decode_both::<RegisterRequest>(&mut g, name, body);
     }
-    g.throughput(Throughput::Bytes(hb.len() as u64));
-    g.bench_with_input(
-        BenchmarkId::new("serde_json", "heartbeat"),
-        &hb,
-        |b, body| b.iter(|| parse_object::<HeartbeatRequest>(black_box(body)).unwrap()),
-    );
-    g.bench_with_input(
-        BenchmarkId::new("simd_json", "heartbeat"),
-        &hb,
-        |b, body| {
-            let mut scratch = Vec::with_capacity(body.len());
-            let mut buffers = simd_json::Buffers::new(body.len());
-            b.iter(|| {
-                scratch.clear();
-                scratch.extend_from_slice(black_box(body));
-                simd_json::serde::from_slice_with_buffers::<HeartbeatRequest>(
-                    &mut scratch,
-                    &mut buffers,
-                )
-                .unwrap()
-            })
-        },
-    );
+    decode_both::<HeartbeatRequest>(&mut g, "heartbeat", &hb);
     g.finish();
 
     // Encoding: the same documents from a serde value tree.

@@ -105,11 +105,7 @@ impl BlockingConn {
                 .poll(&self.buf, n == 0)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
             if let Some(c) = done {
-                let head = crate::http::parse_head(&self.buf)
-                    .ok()
-                    .flatten()
-                    .map_or(0, |h| h.len);
-                let body = self.buf[head.min(c.len)..c.len].to_vec();
+                let body = self.buf[c.body_start..c.len].to_vec();
                 if c.close {
                     self.stream = None;
                 }

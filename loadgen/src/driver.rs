@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::http::ResponseReader;
-use crate::report::{Tally, MAX_US};
+use crate::report::{us, Tally};
 use crate::scenario::{Mix, Rng};
 use crate::schedule::ConnSchedule;
 
@@ -78,16 +78,22 @@ fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
-fn us(d: Duration) -> u64 {
-    (d.as_micros() as u64).clamp(1, MAX_US)
+/// The CPU of load thread `slot`: `cpus` round robin.
+pub fn cpu_for(cpus: Option<&[usize]>, slot: usize) -> Option<usize> {
+    cpus.map(|c| c[slot % c.len()])
+}
+
+/// Pins the calling thread to `cpu`, if any.
+pub fn pin(cpu: Option<usize>) {
+    if let Some(cpu) = cpu {
+        // Best effort: an unavailable CPU was already rejected by main.
+        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
+    }
 }
 
 /// Runs one thread's share of the load; sends `Msg::Done` at the end.
 pub fn run(plan: Plan) {
-    if let Some(cpu) = plan.cpu {
-        // Best effort: an unavailable CPU was already rejected by main.
-        core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
-    }
+    pin(plan.cpu);
     let open = plan.rate.is_some();
     let mut conns: Vec<Conn> = plan
         .conns
@@ -277,8 +283,9 @@ fn start(
     });
 }
 
-/// Drives `c` and, when its connection failed, counts the error and drops
-/// the connection (the next request reconnects).
+/// Drives `c` and, when its connection failed or its request outlived the
+/// timeout, counts the error and drops the connection (the next request
+/// reconnects).
 fn step(
     c: &mut Conn,
     plan: &Plan,
@@ -290,7 +297,14 @@ fn step(
     if c.flight.is_none() {
         return;
     }
-    if let Err(kind) = drive(c, plan, now, tally, scratch, in_window) {
+    let outcome = drive(c, plan, tally, scratch, in_window).and_then(|()| {
+        // Still waiting for (part of) the answer: not past the timeout.
+        match &c.flight {
+            Some(f) if now.saturating_duration_since(f.sent) > plan.timeout => Err("timeout"),
+            _ => Ok(()),
+        }
+    });
+    if let Err(kind) = outcome {
         if let Some(f) = c.flight.take() {
             if in_window(f.intended) {
                 tally.error(kind);
@@ -304,11 +318,11 @@ fn step(
 }
 
 /// Writes what is left of the request, reads what arrived, completes the
-/// response. Err(kind) means the connection is unusable.
+/// response. Err(kind) means the connection is unusable; the timeout is
+/// `step`'s.
 fn drive(
     c: &mut Conn,
     plan: &Plan,
-    now: Instant,
     tally: &mut Tally,
     scratch: &mut [u8],
     in_window: &impl Fn(Instant) -> bool,
@@ -333,9 +347,6 @@ fn drive(
     // Read only when the last poll said so: right after a write the answer
     // is not there yet, and a read would just cost a syscall.
     if f.written < bytes.len() || !c.ready {
-        if now.saturating_duration_since(f.sent) > plan.timeout {
-            return Err("timeout");
-        }
         return Ok(());
     }
     c.ready = false;
@@ -373,13 +384,6 @@ fn drive(
             Ok(None) => {}
             Err(_) => return Err("parse"),
         }
-        if eof {
-            return Err("io");
-        }
-    }
-    let f = c.flight.as_ref().expect("a request is in flight");
-    if now.saturating_duration_since(f.sent) > plan.timeout {
-        return Err("timeout");
     }
     Ok(())
 }

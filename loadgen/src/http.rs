@@ -1,7 +1,9 @@
 //! The smallest HTTP/1.1 client parts a load generator needs: building a
 //! request once (it is replayed as bytes) and finding where a response ends
-//! in a read buffer. Pure functions over byte slices, so they are tested
-//! without sockets. No pipelining: one request in flight per connection.
+//! in a read buffer. The head splitting serves the simulated worker's
+//! requests too (`sim.rs`). Pure functions over byte slices, so they are
+//! tested without sockets. No pipelining: one request in flight per
+//! connection.
 
 use std::fmt;
 
@@ -62,20 +64,74 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Parses a response head at the start of `buf`: `Ok(None)` when more bytes
-/// are needed.
-pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, ParseError> {
+/// The framing of a message head, request or response alike: its start
+/// line and the headers that say where the message ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawHead<'a> {
+    /// The request line or the status line.
+    pub start_line: &'a str,
+    /// Bytes of the start line and headers, including the blank line.
+    pub len: usize,
+    /// The last `Content-Length`.
+    pub content_length: Option<usize>,
+    /// Some `Transfer-Encoding` names `chunked` (it wins over a length).
+    pub chunked: bool,
+    /// The `Connection` header: `Some(true)` close, `Some(false)`
+    /// keep-alive, `None` neither (the version's default applies).
+    pub connection_close: Option<bool>,
+}
+
+/// Splits the head at the start of `buf` (a request's or a response's):
+/// `Ok(None)` when more bytes are needed.
+pub fn split_head(buf: &[u8]) -> Result<Option<RawHead<'_>>, ParseError> {
     let Some(end) = find(buf, b"\r\n\r\n") else {
         return if buf.len() > MAX_HEAD {
-            Err(ParseError("response head too long"))
+            Err(ParseError("head too long"))
         } else {
             Ok(None)
         };
     };
     let text = std::str::from_utf8(&buf[..end]).map_err(|_| ParseError("head is not UTF-8"))?;
     let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
+    let mut head = RawHead {
+        start_line: lines.next().unwrap_or_default(),
+        len: end + 4,
+        content_length: None,
+        chunked: false,
+        connection_close: None,
+    };
+    for line in lines {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or(ParseError("header without colon"))?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            head.content_length = Some(
+                value
+                    .parse()
+                    .map_err(|_| ParseError("bad content-length"))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked |= value.to_ascii_lowercase().contains("chunked");
+        } else if name.eq_ignore_ascii_case("connection") {
+            let v = value.to_ascii_lowercase();
+            if v.contains("close") {
+                head.connection_close = Some(true);
+            } else if v.contains("keep-alive") {
+                head.connection_close = Some(false);
+            }
+        }
+    }
+    Ok(Some(head))
+}
+
+/// Parses a response head at the start of `buf`: `Ok(None)` when more bytes
+/// are needed.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, ParseError> {
+    let Some(raw) = split_head(buf)? else {
+        return Ok(None);
+    };
+    let mut parts = raw.start_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     if !version.starts_with("HTTP/1.") {
         return Err(ParseError("not an HTTP/1.x response"));
@@ -85,44 +141,20 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, ParseError> {
         .and_then(|s| s.parse().ok())
         .filter(|s| (100..1000).contains(s))
         .ok_or(ParseError("bad status code"))?;
-    let mut body = BodyLen::UntilClose;
-    let mut close = version == "HTTP/1.0";
-    for line in lines {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(ParseError("header without colon"))?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            if body != BodyLen::Chunked {
-                body = BodyLen::Length(
-                    value
-                        .parse()
-                        .map_err(|_| ParseError("bad content-length"))?,
-                );
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if value.to_ascii_lowercase().contains("chunked") {
-                body = BodyLen::Chunked;
-            }
-        } else if name.eq_ignore_ascii_case("connection") {
-            let v = value.to_ascii_lowercase();
-            if v.contains("close") {
-                close = true;
-            } else if v.contains("keep-alive") {
-                close = false;
-            }
+    let mut close = raw.connection_close.unwrap_or(version == "HTTP/1.0");
+    let body = match (status, raw.chunked, raw.content_length) {
+        // 1xx, 204 and 304 carry no body whatever the headers say.
+        (s, _, _) if s < 200 || s == 204 || s == 304 => BodyLen::Length(0),
+        (_, true, _) => BodyLen::Chunked,
+        (_, false, Some(n)) => BodyLen::Length(n),
+        (_, false, None) => {
+            close = true;
+            BodyLen::UntilClose
         }
-    }
-    // 1xx, 204 and 304 carry no body whatever the headers say.
-    if status < 200 || status == 204 || status == 304 {
-        body = BodyLen::Length(0);
-    }
-    if body == BodyLen::UntilClose {
-        close = true;
-    }
+    };
     Ok(Some(Head {
         status,
-        len: end + 4,
+        len: raw.len,
         body,
         close,
     }))
@@ -168,6 +200,8 @@ pub fn chunked_end(buf: &[u8]) -> Result<Option<usize>, ParseError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Complete {
     pub status: u16,
+    /// Where the body starts (the head's length).
+    pub body_start: usize,
     /// Bytes the response occupies (head and body).
     pub len: usize,
     pub close: bool,
@@ -207,6 +241,7 @@ impl ResponseReader {
         match body_len {
             Some(n) => Ok(Some(Complete {
                 status: head.status,
+                body_start: head.len,
                 len: head.len + n,
                 close: head.close,
             })),

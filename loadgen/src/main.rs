@@ -403,7 +403,7 @@ fn run_load(
             t0,
             window,
             timeout: cli.timeout,
-            cpu: cpus.map(|c| c[thread % c.len()]),
+            cpu: driver::cpu_for(cpus, thread),
             progress,
             tx: tx.clone(),
         };
@@ -442,11 +442,7 @@ fn run_load(
                     let now = Instant::now();
                     let n = sum.latency.len();
                     let secs = now.duration_since(last_shown.0).as_secs_f64().max(1e-3);
-                    let p99 = if n == 0 {
-                        0
-                    } else {
-                        sum.latency.value_at_quantile(0.99)
-                    };
+                    let p99 = report::quantile(&sum.latency, 0.99);
                     eprint!(
                         "\r[{:>5.1}s] {:>8.0} req/s  errors {:<6} p99 {:>7} us   ",
                         now.saturating_duration_since(t0 + window.0).as_secs_f64(),
@@ -572,9 +568,9 @@ fn vm_rss(pid: u32) -> Result<u64, String> {
 }
 
 fn health_total(addr: SocketAddr, host: &str) -> Option<u64> {
-    let req = http::build_request("GET", host, "/health", None);
-    let (_, body) = BlockingConn::new(addr).call(&req).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let (_, v) = BlockingConn::new(addr)
+        .json("GET", host, "/health", None)
+        .ok()?;
     v["workers"]["total"].as_u64()
 }
 
@@ -624,30 +620,23 @@ fn rss(cli: &Cli, addr: SocketAddr, host: &str) -> ExitCode {
     } else {
         after.saturating_sub(before) as f64 / added as f64
     };
-    println!(
-        "loadgen rss: {registered} registrations in {:.1} s ({:.0}/s) -> {host}",
+    let table = format!(
+        "loadgen rss: {registered} registrations in {:.1} s ({:.0}/s) -> {host}\n\
+         workers:     {workers_before} before, {workers_after} after ({added} added)\n\
+         VmRSS:       {:.1} MiB before, {:.1} MiB after\n\
+         per worker:  {per:.0} bytes\n",
         took.as_secs_f64(),
-        registered as f64 / took.as_secs_f64()
-    );
-    println!("workers:     {workers_before} before, {workers_after} after ({added} added)");
-    println!(
-        "VmRSS:       {:.1} MiB before, {:.1} MiB after",
+        registered as f64 / took.as_secs_f64(),
         before as f64 / 1048576.0,
         after as f64 / 1048576.0
     );
-    println!("per worker:  {per:.0} bytes");
-    if let Some(path) = &cli.json {
-        let v = serde_json::json!({
-            "scenario": "rss", "target": host, "registrations": registered,
-            "workers_before": workers_before, "workers_after": workers_after,
-            "rss_before_bytes": before, "rss_after_bytes": after,
-            "bytes_per_worker": per, "seconds": took.as_secs_f64(),
-        });
-        if let Err(e) = std::fs::write(path, format!("{v:#}\n")) {
-            return fail(format!("writing {}: {e}", path.display()));
-        }
-    }
-    ExitCode::SUCCESS
+    let json = serde_json::json!({
+        "scenario": "rss", "target": host, "registrations": registered,
+        "workers_before": workers_before, "workers_after": workers_after,
+        "rss_before_bytes": before, "rss_after_bytes": after,
+        "bytes_per_worker": per, "seconds": took.as_secs_f64(),
+    });
+    finish(cli, &table, &json, None)
 }
 
 #[cfg(test)]

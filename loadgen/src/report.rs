@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -13,6 +14,21 @@ pub const MAX_US: u64 = 60_000_000;
 /// A latency histogram in microseconds, 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_US, 3).expect("static histogram bounds are valid")
+}
+
+/// A duration as a recordable latency: microseconds, at least 1, at most
+/// `MAX_US`.
+pub fn us(d: Duration) -> u64 {
+    (d.as_micros() as u64).clamp(1, MAX_US)
+}
+
+/// The value at quantile `q`, 0 for an empty histogram.
+pub fn quantile(h: &Histogram<u64>, q: f64) -> u64 {
+    if h.is_empty() {
+        0
+    } else {
+        h.value_at_quantile(q)
+    }
 }
 
 /// What one load thread measured inside the measurement window.
@@ -90,13 +106,7 @@ pub struct Latency {
 
 impl Latency {
     pub fn from_hist(h: &Histogram<u64>) -> Self {
-        let q = |x| {
-            if h.is_empty() {
-                0
-            } else {
-                h.value_at_quantile(x)
-            }
-        };
+        let q = |x| quantile(h, x);
         Self {
             count: h.len(),
             min_us: if h.is_empty() { 0 } else { h.min() },
@@ -112,11 +122,7 @@ impl Latency {
     }
 
     pub fn quantile_us(&self, q: f64) -> u64 {
-        if self.hist.is_empty() {
-            0
-        } else {
-            self.hist.value_at_quantile(q)
-        }
+        quantile(&self.hist, q)
     }
 
     /// How many measured requests took at most `le_us`.
@@ -286,12 +292,7 @@ impl Report {
         for _ in 0..errors {
             t.error("timeout");
         }
-        build(
-            Meta::for_test(),
-            &t,
-            std::time::Duration::from_secs(1),
-            None,
-        )
+        build(Meta::for_test(), &t, Duration::from_secs(1), None)
     }
 }
 
@@ -331,12 +332,7 @@ impl Meta {
 }
 
 /// Builds the report from the merged tally of a window of `window` length.
-pub fn build(
-    meta: Meta,
-    t: &Tally,
-    window: std::time::Duration,
-    server: Option<ServerHistogram>,
-) -> Report {
+pub fn build(meta: Meta, t: &Tally, window: Duration, server: Option<ServerHistogram>) -> Report {
     let secs = window.as_secs_f64().max(1e-9);
     let requests = t.latency.len();
     Report {
@@ -358,11 +354,7 @@ pub fn build(
         ok: t.ok,
         errors: t.errors.clone(),
         latency: Latency::from_hist(&t.latency),
-        send_lag_p99_us: if t.send_lag.is_empty() {
-            0
-        } else {
-            t.send_lag.value_at_quantile(0.99)
-        },
+        send_lag_p99_us: quantile(&t.send_lag, 0.99),
         server,
     }
 }
@@ -467,12 +459,7 @@ mod tests {
         assert_eq!(a.planned, 107);
         assert_eq!(a.errors["timeout"], 2);
         assert_eq!(a.errors["status_404"], 1);
-        let r = build(
-            Meta::for_test(),
-            &a,
-            std::time::Duration::from_secs(2),
-            None,
-        );
+        let r = build(Meta::for_test(), &a, Duration::from_secs(2), None);
         assert_eq!(r.requests, 100);
         assert_eq!(r.achieved_rate, 50.0);
         assert_eq!(r.latency.p50_us, 50);

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::http::{chunked_end, ParseError, MAX_HEAD};
+use crate::http::{chunked_end, split_head, ParseError};
 use crate::scenario::LLM_MODEL;
 
 /// The completion every `/v1/completions` request gets (OpenAI shape).
@@ -170,50 +170,26 @@ pub struct Request {
 
 /// Finds the first request in `buf`: `Ok(None)` when more bytes are needed.
 pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, ParseError> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if buf.len() > MAX_HEAD {
-            Err(ParseError("request head too long"))
-        } else {
-            Ok(None)
-        };
+    let Some(raw) = split_head(buf)? else {
+        return Ok(None);
     };
-    let text = std::str::from_utf8(&buf[..end]).map_err(|_| ParseError("head is not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let mut parts = lines.next().unwrap_or_default().split(' ');
+    let mut parts = raw.start_line.split(' ');
     let (method, target, version) = match (parts.next(), parts.next(), parts.next()) {
         (Some(m), Some(t), Some(v)) if v.starts_with("HTTP/1.") => (m, t, v),
         _ => return Err(ParseError("bad request line")),
     };
-    let mut length = 0usize;
-    let mut chunked = false;
-    let mut close = version == "HTTP/1.0";
-    for line in lines {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(ParseError("header without colon"))?;
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = value
-                .parse()
-                .map_err(|_| ParseError("bad content-length"))?;
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("connection") {
-            let v = value.to_ascii_lowercase();
-            close = v.contains("close") || (close && !v.contains("keep-alive"));
-        }
-    }
-    let body = &buf[end + 4..];
-    let body_len = if chunked {
+    let body = &buf[raw.len..];
+    let body_len = if raw.chunked {
         chunked_end(body)?
     } else {
+        let length = raw.content_length.unwrap_or(0);
         (body.len() >= length).then_some(length)
     };
     let path = target.split('?').next().unwrap_or_default();
     Ok(body_len.map(|n| Request {
         is_completion: method == "POST" && path == "/v1/completions",
-        len: end + 4 + n,
-        close,
+        len: raw.len + n,
+        close: raw.connection_close.unwrap_or(version == "HTTP/1.0"),
     }))
 }
 

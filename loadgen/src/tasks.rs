@@ -36,9 +36,9 @@ use serde_json::{json, Value};
 
 use crate::check::Bound;
 use crate::client::{BlockingConn, Heartbeats};
-use crate::driver::status_kind;
+use crate::driver::{cpu_for, pin, status_kind};
 use crate::http::build_request;
-use crate::report::{self, new_histogram, Latency, Meta, Report, Tally, MAX_US};
+use crate::report::{self, new_histogram, us, Latency, Meta, Report, Tally};
 use crate::schedule::ConnSchedule;
 use crate::{check, fail, finish, metrics_text, scenario, Cli, TaskTarget};
 
@@ -50,16 +50,6 @@ const DRAIN: Duration = Duration::from_secs(10);
 const PULL_WAIT_S: u32 = 1;
 /// The server's bound on `max` per pull.
 const MAX_BATCH: usize = 1000;
-
-fn us(d: Duration) -> u64 {
-    (d.as_micros() as u64).clamp(1, MAX_US)
-}
-
-fn pin(cpus: Option<&[usize]>, i: usize) {
-    if let Some(c) = cpus {
-        core_affinity::set_for_current(core_affinity::CoreId { id: c[i % c.len()] });
-    }
-}
 
 /// Counters shared by all threads of a run (client side only).
 #[derive(Default)]
@@ -104,16 +94,8 @@ fn submit_loop(
         if offset >= run.window.1 {
             break;
         }
-        let due = run.t0 + offset;
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        }
-        let measured = run.measured(offset);
-        let sent = Instant::now();
-        if measured {
-            tally.send_lag.saturating_record(us(sent - due));
-        }
+        // The request is built before its due time, so formatting it is
+        // not part of the measured latency.
         let n = i as usize * conns + conn_index;
         let mut body = json!({
             "type": "loadgen",
@@ -124,7 +106,19 @@ fn submit_loop(
             Target::Workers(ws) => body["worker_id"] = json!(ws[n % ws.len()]),
         }
         let bytes = serde_json::to_vec(&body).expect("JSON value serialises");
-        match conn.json("POST", &run.host, "/api/tasks", Some(&bytes)) {
+        let req = build_request("POST", &run.host, "/api/tasks", Some(&bytes));
+        let due = run.t0 + offset;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let measured = run.measured(offset);
+        let sent = Instant::now();
+        if measured {
+            tally.send_lag.saturating_record(us(sent - due));
+        }
+        // Only the ack's status matters; its body is not parsed.
+        match conn.call(&req) {
             Ok((201, _)) => {
                 run.progress.submitted.fetch_add(1, Ordering::Relaxed);
                 if measured {
@@ -170,14 +164,11 @@ fn worker_loop(run: Run, worker_id: String, batch: usize) -> WorkerTally {
     // a task this worker leased is always completed.
     while !run.progress.stop.load(Ordering::Relaxed) {
         let tasks = match conn.call(&pull) {
-            Ok((200, body)) => match serde_json::from_slice::<Value>(&body) {
-                Ok(Value::Object(mut o)) => match o.remove("tasks") {
-                    Some(Value::Array(t)) => t,
-                    _ => {
-                        out.tally.error("pull_parse");
-                        continue;
-                    }
-                },
+            Ok((200, body)) => match serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|mut v| v.get_mut("tasks").map(Value::take))
+            {
+                Some(Value::Array(t)) => t,
                 _ => {
                     out.tally.error("pull_parse");
                     continue;
@@ -438,11 +429,11 @@ pub fn run(
         .map(|(i, id)| {
             let (run, id, batch) = (run.clone(), id.clone(), cli.task_batch);
             // CPUs round robin over submitters first, then workers.
-            let (cpus, slot) = (cpus_owned(cpus), cli.connections + i);
+            let cpu = cpu_for(cpus, cli.connections + i);
             std::thread::Builder::new()
                 .name(format!("loadgen-tw-{i}"))
                 .spawn(move || {
-                    pin(cpus.as_deref(), slot);
+                    pin(cpu);
                     worker_loop(run, id, batch)
                 })
                 .expect("spawn task worker")
@@ -452,11 +443,11 @@ pub fn run(
         .map(|c| {
             let (run, target, conns) = (run.clone(), target.clone(), cli.connections);
             let sched = ConnSchedule::new(rate, conns, c);
-            let cpus = cpus_owned(cpus);
+            let cpu = cpu_for(cpus, c);
             std::thread::Builder::new()
                 .name(format!("loadgen-submit-{c}"))
                 .spawn(move || {
-                    pin(cpus.as_deref(), c);
+                    pin(cpu);
                     submit_loop(run, sched, c, conns, target)
                 })
                 .expect("spawn submitter")
@@ -573,10 +564,6 @@ pub fn run(
         },
     };
     finish(cli, &table, &report, failed)
-}
-
-fn cpus_owned(cpus: Option<&[usize]>) -> Option<Vec<usize>> {
-    cpus.map(<[usize]>::to_vec)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! documented. Rates are low so the tests pass on a busy machine; they
 //! check behaviour, not speed.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use coordinator::{Config, Server};
@@ -32,7 +33,14 @@ fn loadgen(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn report(path: &std::path::Path) -> Value {
+/// Where a test's `--json` report goes (one directory per test process).
+fn json_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("loadgen-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn report(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).expect("json written")).expect("valid json")
 }
 
@@ -40,9 +48,7 @@ fn report(path: &std::path::Path) -> Value {
 fn open_loop_heartbeats_keep_the_schedule_and_reach_the_server() {
     let srv = server();
     let target = srv.addr().to_string();
-    let dir = std::env::temp_dir().join(format!("loadgen-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("hb.json");
+    let json = json_path("hb.json");
     let (code, stdout, stderr) = loadgen(&[
         "heartbeat",
         "--target",
@@ -197,9 +203,7 @@ fn get_json(addr: std::net::SocketAddr, path: &str) -> Value {
 fn proxy_scenario_measures_the_same_requests_direct_and_through_the_coordinator() {
     let srv = server();
     let target = srv.addr().to_string();
-    let dir = std::env::temp_dir().join(format!("loadgen-e2e-proxy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("proxy.json");
+    let json = json_path("proxy.json");
     let (code, stdout, stderr) = loadgen(&[
         "proxy",
         "--target",
@@ -263,14 +267,12 @@ fn proxy_scenario_measures_the_same_requests_direct_and_through_the_coordinator(
 fn tasks_scenario_completes_every_task_it_submits() {
     let srv = server();
     let target = srv.addr().to_string();
-    let dir = std::env::temp_dir().join(format!("loadgen-e2e-tasks-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     // One service queue, then one queue per worker (spread over shards).
     for (n, (prefix, target_kind)) in [("svc", "service"), ("wrk", "worker")]
         .into_iter()
         .enumerate()
     {
-        let json = dir.join(format!("{prefix}.json"));
+        let json = json_path(&format!("{prefix}.json"));
         let (code, stdout, stderr) = loadgen(&[
             "tasks",
             "--target",
