@@ -328,47 +328,23 @@ fn encode_tasks(out: &mut String, shards: &[MetricsSnapshot]) {
 }
 
 fn encode_proxy(out: &mut String, shards: &[MetricsSnapshot]) {
-    let mut routed: std::collections::BTreeMap<(String, &str), u64> = Default::default();
-    let mut attempts: std::collections::BTreeMap<(String, &str), u64> = Default::default();
+    encode_by_outcome(
+        out,
+        shards,
+        ("coordinator_routed_requests_total", "service"),
+        "Proxied requests by service and outcome.",
+        |p| &p.routed,
+    );
+    encode_by_outcome(
+        out,
+        shards,
+        ("coordinator_upstream_attempts_total", "worker"),
+        "Attempts to reach a worker, by worker and outcome.",
+        |p| &p.attempts,
+    );
     let mut lat = Histogram::default();
     for s in shards {
-        for (svc, per) in &s.proxy.routed {
-            for (o, n) in per {
-                *routed.entry((svc.clone(), o)).or_default() += n;
-            }
-        }
-        for (w, per) in &s.proxy.attempts {
-            for (o, n) in per {
-                *attempts.entry((w.clone(), o)).or_default() += n;
-            }
-        }
         lat.merge(&s.proxy.upstream_latency);
-    }
-    header(
-        out,
-        "coordinator_routed_requests_total",
-        "Proxied requests by service and outcome.",
-        "counter",
-    );
-    for ((svc, o), n) in routed {
-        let _ = writeln!(
-            out,
-            "coordinator_routed_requests_total{{service=\"{}\",outcome=\"{o}\"}} {n}",
-            escape(&svc)
-        );
-    }
-    header(
-        out,
-        "coordinator_upstream_attempts_total",
-        "Attempts to reach a worker, by worker and outcome.",
-        "counter",
-    );
-    for ((w, o), n) in attempts {
-        let _ = writeln!(
-            out,
-            "coordinator_upstream_attempts_total{{worker=\"{}\",outcome=\"{o}\"}} {n}",
-            escape(&w)
-        );
     }
     header(
         out,
@@ -404,6 +380,32 @@ fn encode_proxy(out: &mut String, shards: &[MetricsSnapshot]) {
         ),
     ];
     encode_per_shard(out, shards, &per_shard);
+}
+
+/// A `name{label="..",outcome=".."}` counter summed over shards.
+fn encode_by_outcome(
+    out: &mut String,
+    shards: &[MetricsSnapshot],
+    (name, label): (&str, &str),
+    help: &str,
+    get: fn(&crate::tasks::proxy::ProxyCounters) -> &crate::tasks::proxy::ByOutcome,
+) {
+    let mut sum: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
+    for s in shards {
+        for (key, per) in get(&s.proxy) {
+            for (o, n) in per {
+                *sum.entry((key.as_str(), o)).or_default() += n;
+            }
+        }
+    }
+    header(out, name, help, "counter");
+    for ((key, o), n) in sum {
+        let _ = writeln!(
+            out,
+            "{name}{{{label}=\"{}\",outcome=\"{o}\"}} {n}",
+            escape(key)
+        );
+    }
 }
 
 /// Label values come from workers and clients: escape per the text format.
