@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use sim::{read_events, worker_of, Mode, Sim};
+use sim::{assert_streamed_from, worker_of, Mode, Sim};
 
 fn sims(s: &TestServer, prefix: &str, n: usize, services: &[&str]) -> Vec<Sim> {
     (0..n)
@@ -314,19 +314,7 @@ fn admin_pins_steer_a_service_and_can_be_removed() {
 fn streamed_completions_arrive_token_by_token() {
     let s = start(2, |c| c.route_cache_ttl = Duration::ZERO);
     let w = &sims(&s, "sse", 1, &["llm-inference"])[0];
-    let events = read_events(
-        s.addr,
-        &json!({"model": "m", "prompt": "hi", "stream": true}),
-    );
-    let names: Vec<&str> = events.iter().map(|(_, e)| e.as_str()).collect();
-    assert_eq!(names.len(), 4, "{names:?}");
-    assert!(names[0].contains(&w.id) && names[0].contains("\"token\":0"));
-    assert_eq!(names[3], "[DONE]");
-    // The worker sleeps 150 ms between tokens: had the proxy buffered, all
-    // events would arrive together at the end.
-    let first = events[0].0;
-    let last = events[3].0;
-    assert!(last - first >= Duration::from_millis(300), "{events:?}");
+    assert_streamed_from(s.addr, &w.id);
 }
 
 #[test]

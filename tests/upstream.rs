@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use sim::{read_events, worker_of, Sim};
+use sim::{assert_streamed_from, worker_of, Sim};
 
 /// A CA certificate in a PEM file (removed on drop) and a server
 /// configuration presenting a certificate for `localhost` that it signed.
@@ -246,19 +246,7 @@ fn https_workers_are_proxied_with_the_ca_file_and_stream_through_tls() {
     );
 
     // SSE through TLS arrives event by event, not all at the end.
-    let events = read_events(
-        s.addr,
-        &json!({"model": "m", "prompt": "hi", "stream": true}),
-    );
-    let names: Vec<&str> = events.iter().map(|(_, e)| e.as_str()).collect();
-    assert_eq!(names.len(), 4, "{names:?}");
-    assert!(names[0].contains(&w.id) && names[0].contains("\"token\":0"));
-    assert_eq!(names[3], "[DONE]");
-    // The worker sleeps 150 ms between tokens.
-    assert!(
-        events[3].0 - events[0].0 >= Duration::from_millis(300),
-        "{events:?}"
-    );
+    assert_streamed_from(s.addr, &w.id);
 
     // The certificate is checked against the URL's host: the same worker
     // addressed by IP (not in the certificate) is refused.

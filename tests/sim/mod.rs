@@ -289,6 +289,21 @@ pub fn worker_of(r: &Resp) -> String {
     r.json()["worker"].as_str().unwrap().to_string()
 }
 
+/// Streams a completion from `worker` through the proxy and checks that it
+/// arrived event by event: the worker sleeps 150 ms between its tokens, so
+/// had anything buffered the answer, all events would arrive together.
+pub fn assert_streamed_from(addr: SocketAddr, worker: &str) {
+    let events = read_events(addr, &json!({"model": "m", "prompt": "hi", "stream": true}));
+    let names: Vec<&str> = events.iter().map(|(_, e)| e.as_str()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names[0].contains(worker) && names[0].contains("\"token\":0"));
+    assert_eq!(names[3], "[DONE]");
+    assert!(
+        events[3].0 - events[0].0 >= Duration::from_millis(300),
+        "{events:?}"
+    );
+}
+
 /// POSTs `body` to `/api/inference/llm` and reads the chunked SSE answer
 /// (see [`stream`]), noting when each `data:` event arrived.
 pub fn read_events(addr: SocketAddr, body: &Value) -> Vec<(Duration, String)> {
