@@ -167,3 +167,72 @@ fn signal(child: &Child, sig: i32) {
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, sig) };
 }
+
+#[test]
+fn a_panicking_shard_ends_the_process_with_a_log_line() {
+    // Debug builds (what `cargo test` runs) honour the fault-injection
+    // variable: shard 1 of 2 panics half a second after start.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args([
+            "--in-memory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--shards",
+            "2",
+            "--no-pin",
+        ])
+        .env("COORDINATOR_FAULT_PANIC_SHARD", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn coordinator");
+    let code = wait_exit(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(
+        code,
+        Some(coordinator::runtime::PANIC_EXIT_STATUS),
+        "stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("a shard panicked") && stderr.contains("shard-1"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn shutdown_answers_a_pending_long_poll_and_exits_zero() {
+    let (mut child, addr) = spawn(
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--shards",
+            "2",
+            "--no-pin",
+            "--shutdown-timeout",
+            "1",
+            "--task-max-wait",
+            "60",
+        ],
+        &[],
+    );
+    register(addr, &cpu_worker("lp-1"));
+    let poller = std::thread::spawn(move || {
+        let mut c = Conn::open(addr);
+        c.stream()
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        c.get("/api/worker/tasks?worker_id=lp-1&wait=60")
+    });
+    // Let the poll park on its shards, then ask the process to stop.
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, libc::SIGTERM);
+    let r = poller.join().expect("poller");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["tasks"], serde_json::json!([]));
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)), Some(0));
+}

@@ -66,6 +66,19 @@ impl From<ProxyError> for ApiError {
     }
 }
 
+/// Bodies for the answers hyper gives by itself to a request head it cannot
+/// take (the runtime's IO adapter puts them in): every error a client sees
+/// is `{"detail"}` JSON, including these.
+pub fn hyper_error_body(status: u16) -> Option<(&'static str, &'static [u8])> {
+    let body: &'static [u8] = match status {
+        400 => br#"{"detail":"Malformed HTTP request"}"#,
+        414 => br#"{"detail":"Request URI too long"}"#,
+        431 => br#"{"detail":"Request head too large (see --max-header-bytes)"}"#,
+        _ => return None,
+    };
+    Some(("application/json", body))
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {

@@ -104,6 +104,9 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub struct Ctx {
     pub shard: Rc<Shard>,
     pub peer: Option<SocketAddr>,
+    /// Fires when the shard starts shutting down: a handler that waits
+    /// (a task long-poll) answers at once instead of outliving the drain.
+    pub stopping: LocalShutdown,
 }
 
 /// Accepts connections until shutdown, then drains in-flight requests.
@@ -112,7 +115,11 @@ pub async fn serve(shard: Rc<Shard>, listener: Listener, shutdown: Shutdown) {
     let mut builder = http1::Builder::new();
     builder
         .keep_alive(true)
-        .max_buf_size(cfg.max_header_bytes.max(8192))
+        // The head limit is exact (a head of N bytes passes, N + 1 gets
+        // 431); the read buffer must be larger than it, and hyper wants at
+        // least 8 KiB.
+        .max_header_size(cfg.max_header_bytes)
+        .max_buf_size(cfg.max_header_bytes.saturating_add(1).max(8192))
         .max_headers(100);
     let builder = Rc::new(builder);
     let conns = Rc::new(TaskGroup::default());
@@ -194,14 +201,16 @@ async fn connection(
     // bumping its count would make all cores write one cache line.
     let cfg = &shard.cfg;
     let activity = Rc::new(ConnActivity::new());
-    let io = HyperIo::new(stream, activity.clone());
+    let io = HyperIo::new(stream, activity.clone()).with_error_bodies(error::hyper_error_body);
     let svc = {
         let shard = shard.clone();
         let activity = activity.clone();
+        let stopping = shutdown.clone();
         service_fn(move |req: Request<Incoming>| {
             let ctx = Ctx {
                 shard: shard.clone(),
                 peer,
+                stopping: stopping.clone(),
             };
             let activity = activity.clone();
             async move {
@@ -242,7 +251,14 @@ impl Drop for EndRequest<'_> {
 }
 
 /// Resolves when the connection should be closed: idle too long with no
-/// request in progress, or a request head arriving too slowly.
+/// request in progress, or a request head arriving too slowly (measured
+/// from its first byte; for a new connection, from the accept, so a client
+/// that connects and trickles nothing is not kept for the whole idle time).
+///
+/// While idle it wakes at least every `header` so that a head whose first
+/// byte arrives mid-sleep is still cut off `header` after that byte, not at
+/// the idle deadline. That is one timer per `header` (10 s) per idle
+/// connection: nothing next to the socket itself.
 async fn watchdog(act: &ConnActivity, idle: Duration, header: Duration) {
     loop {
         let now = Instant::now();
@@ -257,7 +273,12 @@ async fn watchdog(act: &ConnActivity, idle: Duration, header: Duration) {
         if deadline <= now {
             return;
         }
-        runtime::sleep(deadline - now).await;
+        let wake = if act.in_flight() == 0 && act.request_started().is_none() {
+            deadline.min(now + header)
+        } else {
+            deadline
+        };
+        runtime::sleep(wake - now).await;
     }
 }
 

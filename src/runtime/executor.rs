@@ -199,6 +199,7 @@ where
             .io_memory(512 << 10)
             .preempt_timer(Duration::from_millis(10))
             .spawn(move || async move {
+                super::failfast::arm();
                 let env = ShardEnv {
                     id: i,
                     count,

@@ -33,10 +33,12 @@ pub struct ConnActivity {
 }
 
 impl ConnActivity {
+    /// A fresh connection: its first request head is timed from now.
     pub fn new() -> Self {
+        let now = Instant::now();
         Self {
-            last_io: Cell::new(Instant::now()),
-            request_started: Cell::new(None),
+            last_io: Cell::new(now),
+            request_started: Cell::new(Some(now)),
             in_flight: Cell::new(0),
         }
     }
@@ -130,6 +132,58 @@ pub struct HyperIo {
     stream: Stream,
     activity: std::rc::Rc<ConnActivity>,
     scratch: Box<[u8]>,
+    /// Bodies for the answers hyper writes by itself (see [`EmptyErrorBody`]).
+    error_bodies: Option<EmptyErrorBody>,
+    /// A rewritten answer being written: the bytes and how many went out.
+    rewritten: Option<(Vec<u8>, usize)>,
+}
+
+/// hyper answers a request head it cannot parse (400), one too large (431)
+/// or a URI too long (414) on its own, with an empty body, before any
+/// service sees it. The server's caller may supply a body for those:
+/// `f(status)` gives `(content type, body)`, and the adapter rewrites
+/// hyper's empty answer to carry it. The runtime stays format-agnostic:
+/// what the body says is the caller's business.
+pub type EmptyErrorBody = fn(u16) -> Option<(&'static str, &'static [u8])>;
+
+/// If `buf` is a whole response head with `content-length: 0` and a status
+/// `bodies` has a body for, the same head with that body.
+fn rewrite_empty_error(buf: &[u8], bodies: EmptyErrorBody) -> Option<Vec<u8>> {
+    let status = buf.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
+    let status: u16 = std::str::from_utf8(status).ok()?.parse().ok()?;
+    let (content_type, body) = bodies(status)?;
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    if end != buf.len() {
+        return None;
+    }
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let mut out = Vec::with_capacity(end + body.len() + 64);
+    let mut saw_empty = false;
+    for line in head.split_terminator("\r\n") {
+        if line.eq_ignore_ascii_case("content-length: 0") {
+            saw_empty = true;
+            continue;
+        }
+        if line.to_ascii_lowercase().starts_with("content-type:") {
+            return None;
+        }
+        if !line.is_empty() {
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if !saw_empty {
+        return None;
+    }
+    out.extend_from_slice(
+        format!(
+            "content-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(body);
+    Some(out)
 }
 
 impl HyperIo {
@@ -140,7 +194,15 @@ impl HyperIo {
             // Reading into our own buffer and copying avoids zero-filling
             // hyper's (much larger) read buffer on every read.
             scratch: vec![0u8; 16 << 10].into_boxed_slice(),
+            error_bodies: None,
+            rewritten: None,
         }
+    }
+
+    /// Gives hyper's own empty error answers a body (server side).
+    pub fn with_error_bodies(mut self, bodies: EmptyErrorBody) -> Self {
+        self.error_bodies = Some(bodies);
+        self
     }
 
     /// Connects to `addr` (for the outbound proxy client).
@@ -172,6 +234,8 @@ impl HyperIo {
             stream: Stream::Tls(Box::new(session)),
             activity: self.activity,
             scratch: self.scratch,
+            error_bodies: self.error_bodies,
+            rewritten: None,
         })
     }
 }
@@ -203,6 +267,28 @@ impl hyper::rt::Write for HyperIo {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        // hyper's own error answer is written in one call before the
+        // connection closes (a request head it could not take was never
+        // dispatched); anything else passes through untouched.
+        if this.rewritten.is_none() && this.activity.request_started().is_some() {
+            if let Some(out) = this.error_bodies.and_then(|f| rewrite_empty_error(buf, f)) {
+                this.rewritten = Some((out, 0));
+            }
+        }
+        if let Some((out, sent)) = &mut this.rewritten {
+            // Report `buf` written only once all of the replacement is.
+            while *sent < out.len() {
+                match this.stream.poll_write(cx, &out[*sent..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => *sent += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            this.rewritten = None;
+            this.activity.on_write();
+            return Poll::Ready(Ok(buf.len()));
+        }
         let r = this.stream.poll_write(cx, buf);
         if let Poll::Ready(Ok(_)) = r {
             this.activity.on_write();
@@ -216,5 +302,44 @@ impl hyper::rt::Write for HyperIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().stream.poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bodies(status: u16) -> Option<(&'static str, &'static [u8])> {
+        (status == 431).then_some(("application/json", br#"{"detail":"big"}"#.as_slice()))
+    }
+
+    #[test]
+    fn hyper_empty_error_answers_get_the_callers_body() {
+        let head = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Wed, 02 Dec 2026 05:00:00 GMT\r\n\r\n";
+        let out = String::from_utf8(rewrite_empty_error(head, bodies).unwrap()).unwrap();
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+        assert!(out.contains("\r\ndate: Wed"), "{out}");
+        assert!(!out.contains("content-length: 0"), "{out}");
+        assert!(
+            out.ends_with(
+                "content-type: application/json\r\ncontent-length: 16\r\n\r\n{\"detail\":\"big\"}"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn other_writes_pass_untouched() {
+        // A status without a body from the caller.
+        let head = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        assert!(rewrite_empty_error(head, bodies).is_none());
+        // A response that already has a body or a type, or is not a whole head.
+        let typed = b"HTTP/1.1 431 X\r\ncontent-type: text/plain\r\ncontent-length: 0\r\n\r\n";
+        assert!(rewrite_empty_error(typed, bodies).is_none());
+        let sized = b"HTTP/1.1 431 X\r\ncontent-length: 5\r\n\r\n";
+        assert!(rewrite_empty_error(sized, bodies).is_none());
+        let with_body = b"HTTP/1.1 431 X\r\ncontent-length: 0\r\n\r\nabc";
+        assert!(rewrite_empty_error(with_body, bodies).is_none());
+        assert!(rewrite_empty_error(b"hello", bodies).is_none());
     }
 }

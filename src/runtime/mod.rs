@@ -11,6 +11,7 @@
 
 mod blocking;
 mod executor;
+mod failfast;
 mod io;
 mod mesh;
 mod net;
@@ -22,7 +23,8 @@ pub use blocking::off_shard;
 pub use executor::{
     allowed_cpus, block_on, plan_cpus, start_pool, PoolHandle, PoolSpec, ShardEnv, Stopper,
 };
-pub use io::{ConnActivity, HyperIo};
+pub use failfast::EXIT_STATUS as PANIC_EXIT_STATUS;
+pub use io::{ConnActivity, EmptyErrorBody, HyperIo};
 pub use mesh::{Inbox, Mesh, MeshError};
 pub use net::{answer_and_close, bind_reuseport, Accepted, Listener, TcpConn};
 pub use notify::{local_shutdown, LocalShutdown, LocalTrigger, Shutdown, ShutdownTrigger};

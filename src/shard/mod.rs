@@ -601,6 +601,25 @@ fn sweep_interval(cfg: &Config) -> Duration {
         .clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
+/// Debug builds only: `COORDINATOR_FAULT_PANIC_SHARD=<id>` makes that shard
+/// panic half a second after it starts, so a test can check that a dead
+/// shard ends the process (`runtime` arms that for every shard thread).
+/// Release builds contain none of this.
+fn inject_fault(id: usize) {
+    #[cfg(debug_assertions)]
+    {
+        let target = std::env::var("COORDINATOR_FAULT_PANIC_SHARD").ok();
+        if target.and_then(|v| v.parse::<usize>().ok()) == Some(id) {
+            runtime::spawn(async move {
+                runtime::sleep(Duration::from_millis(500)).await;
+                panic!("injected fault: COORDINATOR_FAULT_PANIC_SHARD={id}");
+            });
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = id;
+}
+
 /// A shard's main: serve the mesh, sweep, and serve HTTP until shutdown.
 pub async fn run(
     env: ShardEnv<Envelope>,
@@ -650,6 +669,7 @@ pub async fn run(
             }
         });
     }
+    inject_fault(id);
     tracing::debug!(shard = id, shards = count, "shard started");
     crate::http::serve(shard.clone(), listener, shutdown).await;
     // A clean stop loses no heartbeat state at all.

@@ -2,10 +2,11 @@
 //! long-poll) and completion. Each task operation runs on the shard that
 //! holds the task's queue; the task id says which (see `tasks::task`).
 
+use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use futures::future::select_all;
+use futures::future::{select, select_all, Either};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
@@ -222,12 +223,21 @@ pub async fn admin_list(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bod
 fn parse_wait(q: Option<&str>, max: Duration) -> Result<Duration, ApiError> {
     match query_param(q, "wait") {
         None => Ok(Duration::ZERO),
-        Some(s) => match s.parse::<f64>() {
-            // Longer asks are served up to the configured bound.
-            Ok(w) if w.is_finite() && w >= 0.0 => Ok(Duration::from_secs_f64(w).min(max)),
-            _ => Err(ApiError::field("wait", "expected a number of seconds >= 0")),
-        },
+        Some(s) => clamp_seconds(&s, max)
+            .ok_or_else(|| ApiError::field("wait", "expected a number of seconds >= 0")),
     }
+}
+
+/// A client-supplied number of seconds, clamped to `max` BEFORE it becomes a
+/// `Duration` (`Duration::from_secs_f64(1e20)` panics); None when it is not
+/// a finite number >= 0.
+pub(crate) fn clamp_seconds(s: &str, max: Duration) -> Option<Duration> {
+    let w = s.trim().parse::<f64>().ok()?;
+    // `w >= 0.0` is false for NaN as well.
+    if !w.is_finite() || !(w >= 0.0) {
+        return None;
+    }
+    Some(Duration::from_secs_f64(w.min(max.as_secs_f64())))
 }
 
 /// `GET /api/worker/tasks?worker_id=..&wait=S&max=N` -> `{"tasks": [...]}`.
@@ -296,8 +306,16 @@ pub async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Ap
             return Ok(ok_json(StatusCode::OK, &json!({ "tasks": got })));
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if runtime::timeout(left, select_all(wakeups)).await.is_err() {
-            return Ok(ok_json(StatusCode::OK, &json!({ "tasks": [] })));
+        let woken = pin!(runtime::timeout(left, select_all(wakeups)));
+        let stopping = pin!(ctx.stopping.wait());
+        match select(woken, stopping).await {
+            Either::Left((Ok(_), _)) => {}
+            // The wait ran out, or the server is shutting down: a worker's
+            // long-poll ends with "nothing for you", never a dropped
+            // connection (agents retry a pull; a reset looks like a fault).
+            Either::Left((Err(_), _)) | Either::Right(_) => {
+                return Ok(ok_json(StatusCode::OK, &json!({ "tasks": [] })));
+            }
         }
     }
 }
@@ -394,4 +412,50 @@ pub async fn extend_leases(ctx: &Ctx, worker_id: &str, ids: Vec<String>) -> Resu
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MAX: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn waits_are_clamped_before_they_become_durations() {
+        assert_eq!(clamp_seconds("1e20", MAX), Some(MAX));
+        assert_eq!(clamp_seconds("1.5", MAX), Some(Duration::from_millis(1500)));
+        assert_eq!(clamp_seconds("0", MAX), Some(Duration::ZERO));
+        for bad in ["-1", "NaN", "inf", "-inf", "", "x", "1e400"] {
+            assert_eq!(clamp_seconds(bad, MAX), None, "{bad}");
+        }
+        assert_eq!(parse_wait(Some("wait=1e20&worker_id=w"), MAX).unwrap(), MAX);
+        assert!(parse_wait(Some("wait=-0.5"), MAX).is_err());
+    }
+
+    proptest! {
+        // Any string a client can put in `wait=` gives a bounded duration
+        // or a 422, never a panic.
+        #[test]
+        fn any_wait_string_is_bounded_or_refused(s in ".{0,40}") {
+            if let Some(d) = clamp_seconds(&s, MAX) {
+                prop_assert!(d <= MAX);
+            }
+        }
+
+        #[test]
+        fn any_float_is_bounded_or_refused(x in any::<f64>()) {
+            if let Some(d) = clamp_seconds(&x.to_string(), MAX) {
+                prop_assert!(d <= MAX);
+            }
+        }
+
+        // Every query parser the handlers use, on arbitrary query strings.
+        #[test]
+        fn query_strings_never_panic(q in "[a-z_=&%0-9.+eE-]{0,60}") {
+            let _ = parse_wait(Some(&q), MAX);
+            let _ = query_param(Some(&q), "max");
+            let _ = query_param(Some(&q), "worker_id");
+        }
+    }
 }
