@@ -43,6 +43,15 @@ pub struct Config {
     pub heartbeat_flush: Duration,
     pub catalog: Catalog,
     pub max_body_bytes: usize,
+    /// Registered workers at most (`--max-workers`); each shard holds at
+    /// most its share, `ceil(max_workers / shards)`, so the check needs no
+    /// cross-shard call. Re-registering a known id always works.
+    pub max_workers: usize,
+    /// Largest `capabilities` object accepted at registration, as JSON
+    /// bytes (`--max-capabilities-bytes`); also the largest heartbeat body.
+    pub max_capabilities_bytes: usize,
+    /// Most entries in a registration's `services` or `containers` list.
+    pub max_worker_entries: usize,
     pub max_header_bytes: usize,
     pub max_connections_per_shard: usize,
     /// Close a connection with no request in progress after this long.
@@ -112,6 +121,9 @@ impl Default for Config {
             heartbeat_flush: Duration::from_secs(1),
             catalog: Catalog::default(),
             max_body_bytes: 1 << 20,
+            max_workers: 1_000_000,
+            max_capabilities_bytes: 64 << 10,
+            max_worker_entries: 64,
             max_header_bytes: 64 << 10,
             max_connections_per_shard: 10_000,
             idle_timeout: Duration::from_secs(60),

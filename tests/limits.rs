@@ -246,3 +246,94 @@ fn slow_heads_are_cut_at_the_header_timeout_not_the_idle_timeout() {
     assert!(silent.closed_within(Duration::from_secs(10)));
     every_shard_answers(&s);
 }
+
+#[test]
+fn max_workers_bounds_new_ids_and_lets_known_ones_reregister() {
+    // 2 shards, --max-workers 4: each shard holds at most 2.
+    let s = start(2, |c| c.max_workers = 4);
+    let ids: Vec<String> = (0..3)
+        .map(|i| id_on_shard(&format!("cap{i}-"), 0, 2))
+        .collect();
+    register(s.addr, &cpu_worker(&ids[0]));
+    register(s.addr, &cpu_worker(&ids[1]));
+    let r = post(s.addr, "/api/worker/register", &cpu_worker(&ids[2]));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.detail().contains("capacity"), "{}", r.text());
+    // A known id may always come back (agents re-register after restarts).
+    register(s.addr, &cpu_worker(&ids[1]));
+    // The other shard has room of its own.
+    register(s.addr, &cpu_worker(&id_on_shard("other-", 1, 2)));
+    // Room again once a worker leaves.
+    let r = call(
+        s.addr,
+        "DELETE",
+        &format!("/api/worker/unregister/{}", ids[0]),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    register(s.addr, &cpu_worker(&ids[2]));
+    // Generated ids (service shape) are refused the same way when full.
+    let s2 = start(1, |c| c.max_workers = 1);
+    register(s2.addr, &cpu_worker("only"));
+    let r = post(
+        s2.addr,
+        "/api/worker/register",
+        &json!({"capabilities": {"cpu_cores": 4}}),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+}
+
+#[test]
+fn worker_state_is_bounded_in_size() {
+    let s = start(2, |c| {
+        c.max_capabilities_bytes = 2048;
+        c.max_worker_entries = 8;
+    });
+    let mut big = cpu_worker("big-caps");
+    big["capabilities"]["notes"] = json!("x".repeat(4096));
+    let r = post(s.addr, "/api/worker/register", &big);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.detail().contains("capabilities"), "{}", r.text());
+
+    let mut many = cpu_worker("many-services");
+    many["services"] = json!((0..9)
+        .map(|i| json!({"name": format!("s{i}"), "port": 9000 + i}))
+        .collect::<Vec<_>>());
+    let r = post(s.addr, "/api/worker/register", &many);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.detail().contains("services"), "{}", r.text());
+    let mut many = cpu_worker("many-containers");
+    many["containers"] = json!((0..9)
+        .map(|i| json!({"name": format!("c{i}")}))
+        .collect::<Vec<_>>());
+    let r = post(s.addr, "/api/worker/register", &many);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.detail().contains("containers"), "{}", r.text());
+
+    // Within the limits: fine, and a heartbeat over the limit is 413.
+    register(s.addr, &cpu_worker("ok-worker"));
+    let hb = json!({"worker_id": "ok-worker", "status": "healthy", "loaded_models": vec!["m".repeat(64); 64]});
+    let r = heartbeat(s.addr, &hb);
+    assert_eq!(r.status, 413, "{}", r.text());
+    let r = heartbeat(
+        s.addr,
+        &json!({"worker_id": "ok-worker", "status": "healthy"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn worker_ids_with_invisible_or_control_characters_are_refused() {
+    let s = start(2, |_| {});
+    for id in [
+        "evil\u{202E}gpj.exe",
+        "a\u{200B}b",
+        "tab\there",
+        "\u{2066}iso",
+    ] {
+        let r = post(s.addr, "/api/worker/register", &cpu_worker(id));
+        assert_eq!(r.status, 422, "{id:?}: {}", r.text());
+        assert!(r.detail().starts_with("worker_id"), "{}", r.text());
+    }
+    register(s.addr, &cpu_worker("plain-ünïcode-ok"));
+}

@@ -21,6 +21,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("Request body too large (limit {limit} bytes)")]
     PayloadTooLarge { limit: usize },
+    /// Something in the request is larger than we keep (says what).
+    #[error("{0}")]
+    TooLarge(String),
     #[error("Request body not received in time")]
     RequestTimeout,
     #[error("Missing API key (header X-API-Key)")]
@@ -50,6 +53,7 @@ impl From<ShardError> for ApiError {
     fn from(e: ShardError) -> Self {
         match e {
             ShardError::Store(msg) => ApiError::Storage(msg),
+            ShardError::AtCapacity => ApiError::Unavailable(e.to_string()),
             e => ApiError::Shard(e),
         }
     }
@@ -86,7 +90,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge { .. } | ApiError::TooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::MissingApiKey => StatusCode::UNAUTHORIZED,
             ApiError::InvalidApiKey => StatusCode::FORBIDDEN,

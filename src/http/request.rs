@@ -164,7 +164,11 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Ids we accept from agents: non-empty, bounded, printable.
+/// Ids we accept from agents: non-empty, at most 256 bytes, printable.
+/// Control characters and the invisible formatting ones (bidi overrides
+/// and isolates, zero-width characters, line separators) are refused: an
+/// id is shown to operators in logs and dashboards, where those could
+/// hide or disguise what it really is.
 pub fn valid_id(field: &str, id: &str) -> Result<(), ApiError> {
     if id.is_empty() {
         return Err(ApiError::field(field, "must not be empty"));
@@ -175,13 +179,54 @@ pub fn valid_id(field: &str, id: &str) -> Result<(), ApiError> {
     if id.chars().any(char::is_control) {
         return Err(ApiError::field(field, "contains control characters"));
     }
+    if id.chars().any(invisible) {
+        return Err(ApiError::field(
+            field,
+            "contains invisible formatting characters (bidi controls, zero-width, separators)",
+        ));
+    }
     Ok(())
+}
+
+/// Unicode format (Cf) and separator characters that render as nothing
+/// or reorder the text around them.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}'                     // soft hyphen
+        | '\u{061C}'                   // Arabic letter mark
+        | '\u{180E}'                   // Mongolian vowel separator
+        | '\u{200B}'..='\u{200F}'      // zero-width space/joiners, LRM, RLM
+        | '\u{2028}'..='\u{202E}'      // line/paragraph separators, bidi embeddings/overrides
+        | '\u{2060}'..='\u{2064}'      // word joiner, invisible operators
+        | '\u{2066}'..='\u{206F}'      // bidi isolates, deprecated format characters
+        | '\u{FEFF}'                   // zero-width no-break space (BOM)
+        | '\u{FFF9}'..='\u{FFFB}'      // interlinear annotation
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::wire::HeartbeatRequest;
+
+    #[test]
+    fn ids_refuse_control_and_invisible_characters() {
+        assert!(valid_id("worker_id", "gpu-01.example").is_ok());
+        assert!(valid_id("worker_id", "wörker-ü-1").is_ok());
+        for bad in [
+            "",
+            "a\nb",
+            "a\u{7f}",
+            "evil\u{202E}txt",
+            "a\u{200B}b",
+            "\u{2066}x",
+            "\u{FEFF}w",
+        ] {
+            assert!(valid_id("worker_id", bad).is_err(), "{bad:?}");
+        }
+        assert!(valid_id("worker_id", &"x".repeat(256)).is_ok());
+        assert!(valid_id("worker_id", &"x".repeat(257)).is_err());
+    }
 
     #[test]
     fn query_params_decode() {

@@ -69,6 +69,9 @@ pub enum ShardError {
     /// The change is applied in memory but could not be made durable.
     #[error("{0}")]
     Store(String),
+    /// The owner shard holds its share of `--max-workers` already.
+    #[error("Worker capacity reached (--max-workers); try again after workers leave")]
+    AtCapacity,
 }
 
 pub struct Shard {
@@ -178,6 +181,13 @@ impl Shard {
 
     pub fn store(&self) -> Option<&Store> {
         self.store.as_ref()
+    }
+
+    /// This shard holds its share of `--max-workers` already: a new id is
+    /// refused (a known one may still re-register).
+    fn is_full(&self) -> bool {
+        let share = self.cfg.max_workers.div_ceil(self.count.max(1));
+        self.registry.borrow().len() >= share
     }
 
     pub fn owner_of(&self, worker_id: &str) -> usize {
@@ -372,15 +382,24 @@ impl Shard {
             Request::RegisterNew(rec) => {
                 if self.registry.borrow().get(&rec.worker_id).is_some() {
                     Reply::IdTaken(rec)
+                } else if self.is_full() {
+                    Reply::AtCapacity
                 } else {
                     Reply::Registered {
                         replaced: self.registry.borrow_mut().insert(*rec),
                     }
                 }
             }
-            Request::Register(rec) => Reply::Registered {
-                replaced: self.registry.borrow_mut().insert(*rec),
-            },
+            Request::Register(rec) => {
+                let known = self.registry.borrow().get(&rec.worker_id).is_some();
+                if !known && self.is_full() {
+                    Reply::AtCapacity
+                } else {
+                    Reply::Registered {
+                        replaced: self.registry.borrow_mut().insert(*rec),
+                    }
+                }
+            }
             Request::Heartbeat(hb) => Reply::Found(self.registry.borrow_mut().heartbeat(
                 *hb,
                 now,

@@ -120,6 +120,8 @@ pub enum Reply {
     },
     /// RegisterNew: the id is in use; the record comes back for a retry.
     IdTaken(Box<WorkerRecord>),
+    /// Register of a new id on a shard holding its share of `--max-workers`.
+    AtCapacity,
     /// Heartbeat / unregister / complete: whether the worker was known.
     Found(bool),
     Task(crate::tasks::TaskReply),
@@ -165,6 +167,7 @@ impl Reply {
     pub fn registered(self) -> Result<bool, super::ShardError> {
         match self {
             Reply::Registered { replaced } => Ok(replaced),
+            Reply::AtCapacity => Err(super::ShardError::AtCapacity),
             _ => Err(super::ShardError::Unexpected("Registered")),
         }
     }

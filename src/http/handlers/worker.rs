@@ -14,6 +14,7 @@ use crate::model::wire::{HeartbeatRequest, RegisterRequest};
 use crate::model::{classify, ServiceSpec};
 use crate::shard::msg::{Coverage, Reply, Request as ShardRequest};
 use crate::shard::registry::{ContainerConfig, Registration, ServiceConfig, WorkerRecord};
+use crate::shard::ShardError;
 
 const HEARTBEAT_OK: &[u8] = br#"{"status":"ok","message":"Heartbeat received"}"#;
 
@@ -60,6 +61,13 @@ pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
         None => generate_id(),
     };
     let capabilities = r.capabilities.unwrap_or_default();
+    let cfg = &ctx.shard.cfg;
+    check_worker_size(
+        cfg,
+        &capabilities,
+        r.services.as_deref(),
+        r.containers.as_deref(),
+    )?;
     let class = classify(&capabilities);
 
     // Assignment balances against what the whole cluster already covers.
@@ -80,7 +88,6 @@ pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
             coverage.per_tier[t] += n;
         }
     }
-    let cfg = &ctx.shard.cfg;
     let in_tier = coverage
         .per_tier
         .get(class.tier as usize)
@@ -145,6 +152,7 @@ pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
                 .await?
             {
                 Reply::Registered { replaced } => break replaced,
+                Reply::AtCapacity => return Err(ShardError::AtCapacity.into()),
                 Reply::IdTaken(back) if tries < 16 => {
                     tries += 1;
                     rec = back;
@@ -171,6 +179,36 @@ pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
     Ok(json(StatusCode::OK, out))
 }
 
+/// What one registration may make us keep: `capabilities` up to
+/// `--max-capabilities-bytes` of JSON (413), and at most
+/// `--max-worker-entries` services and containers (422).
+fn check_worker_size(
+    cfg: &crate::config::Config,
+    capabilities: &serde_json::Map<String, serde_json::Value>,
+    services: Option<&[serde_json::Value]>,
+    containers: Option<&[serde_json::Value]>,
+) -> Result<(), ApiError> {
+    let bytes = serde_json::to_vec(capabilities).map_or(usize::MAX, |v| v.len());
+    if bytes > cfg.max_capabilities_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "capabilities: {bytes} bytes of JSON, limit {}",
+            cfg.max_capabilities_bytes
+        )));
+    }
+    for (field, n) in [
+        ("services", services.map_or(0, <[_]>::len)),
+        ("containers", containers.map_or(0, <[_]>::len)),
+    ] {
+        if n > cfg.max_worker_entries {
+            return Err(ApiError::field(
+                field,
+                format!("{n} entries, at most {}", cfg.max_worker_entries),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `worker-` + 8 hex digits, the service original's format.
 fn generate_id() -> String {
     format!("worker-{:08x}", fastrand::u32(..))
@@ -188,7 +226,11 @@ fn respell_id(out: &[u8], old: &str, new: &str) -> Vec<u8> {
 }
 
 pub async fn heartbeat(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let body = body(&ctx, req).await?;
+    // A heartbeat replaces the worker's reported state: its size bounds
+    // what one worker can make us hold (a real one is ~300 bytes).
+    let cfg = &ctx.shard.cfg;
+    let limit = cfg.max_body_bytes.min(cfg.max_capabilities_bytes);
+    let body = read_body(req, limit, cfg.body_timeout).await?;
     let mut hb: HeartbeatRequest = parse_object(&body)?;
     valid_id("worker_id", &hb.worker_id)?;
     let owner = ctx.shard.owner_of(&hb.worker_id);
