@@ -725,6 +725,13 @@ async fn forward_to(
             }
         };
         match send_once(state, cfg, req, (ups, i), target).await {
+            // A loop another coordinator (or we, further down) detected:
+            // not the worker's fault; pass the 508 back so the client learns.
+            Ok(resp) if resp.status() == hyper::StatusCode::LOOP_DETECTED => {
+                state.count_attempt(&up.worker_id, "loop");
+                state.count(&req.service, "loop");
+                return Ok(resp);
+            }
             Ok(resp) if resp.status().is_server_error() => {
                 state.cool(&up.worker_id, cfg);
                 state.count_attempt(&up.worker_id, "upstream_5xx");
