@@ -89,6 +89,10 @@ pub struct Config {
     /// Proxy: PEM file of extra CAs trusted for `https://` workers, on top
     /// of the bundled Mozilla roots (`PROXY_CA_FILE`).
     pub proxy_ca_file: Option<PathBuf>,
+    /// Proxy: networks workers may be reached in (`WORKER_NETWORKS`);
+    /// empty = any. Link-local, unspecified and our own listening
+    /// addresses are refused whatever this says (see `tasks::guard`).
+    pub worker_networks: Vec<crate::tasks::guard::Net>,
 }
 
 impl Config {
@@ -143,6 +147,7 @@ impl Default for Config {
             route_cooldown: Duration::from_secs(10),
             route_cache_ttl: Duration::from_millis(250),
             proxy_ca_file: None,
+            worker_networks: Vec::new(),
         }
     }
 }

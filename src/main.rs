@@ -131,6 +131,8 @@ options! {
     route_cooldown: f64, env = "ROUTE_COOLDOWN_SECONDS";
     /// Proxy: PEM file of extra CA certificates trusted for https:// workers, added to the bundled Mozilla roots [default: none]
     proxy_ca_file: PathBuf, env = "PROXY_CA_FILE";
+    /// Proxy: networks workers may be reached in, comma-separated CIDRs (e.g. 10.0.0.0/8,fd00::/8); link-local, 0.0.0.0/:: and our own address are always refused [default: any]
+    worker_networks: String, env = "WORKER_NETWORKS";
     /// Log filter, e.g. info or coordinator=debug [default: info]
     log_level: String, env = "RUST_LOG";
 }
@@ -236,6 +238,10 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         )?,
         route_cooldown: secs("route-cooldown", cli.route_cooldown, d.route_cooldown)?,
         proxy_ca_file: cli.proxy_ca_file.clone(),
+        worker_networks: coordinator::tasks::guard::parse_networks(
+            cli.worker_networks.as_deref().unwrap_or(""),
+        )
+        .map_err(|e| format!("--worker-networks: {e}"))?,
         ..d
     };
     if cfg.worker_timeout < cfg.heartbeat_timeout {

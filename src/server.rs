@@ -52,6 +52,18 @@ impl Server {
                 addr: cfg.listen,
                 source,
             })?;
+        // The proxy's address guard knows where we listen (the bound port,
+        // for port 0), so a worker URL pointing back at us is refused.
+        let local = if addr.ip().is_unspecified() {
+            crate::tasks::guard::interface_addrs()
+        } else {
+            Vec::new()
+        };
+        let proxy = crate::tasks::proxy::ProxySetup {
+            tls: proxy_tls,
+            guard: crate::tasks::guard::AddrGuard::new(cfg.worker_networks.clone(), addr, local),
+            via_token: crate::tasks::guard::via_token(),
+        };
         let stop_limit = cfg.shutdown_timeout + std::time::Duration::from_secs(5);
         // Bound before the store is opened so a busy port fails fast; the
         // shards only accept once they hold their recovered state.
@@ -77,7 +89,7 @@ impl Server {
             name: "shard".into(),
         };
         let pool = runtime::start_pool(spec, move |env| {
-            shard::run(env, cfg.clone(), boot.clone(), proxy_tls.clone())
+            shard::run(env, cfg.clone(), boot.clone(), proxy.clone())
         })
         .map_err(StartError::Spawn)?;
         tracing::info!(%addr, shards = n, pinned = ?cpus, "coordinator listening");

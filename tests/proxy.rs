@@ -137,8 +137,13 @@ fn generic_proxy_forwards_method_query_headers_and_body() {
         (1.0..=2.0).contains(&opened),
         "21 requests opened {opened} connections"
     );
+    // A name that is neither in the catalog nor declared by any worker is
+    // unknown: 404 (before: 503), so random names create no state.
     let r = c.get("/service/nobody-serves-this/x");
-    assert_eq!(r.status, 503);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert_eq!(r.detail(), "Service 'nobody-serves-this' not found");
+    // A catalog service nobody serves is still a 503.
+    assert_eq!(c.get("/service/llm/x").status, 503);
 }
 
 #[test]
@@ -325,7 +330,10 @@ fn proxy_metrics_are_exported() {
     for _ in 0..3 {
         assert_eq!(c.get("/service/svc-mx/a").status, 200);
     }
-    assert_eq!(c.get("/service/none/a").status, 503);
+    // Unknown names are 404 and not counted; a catalog service with no
+    // worker (here `llm-inference`) is the 503 counted as no_worker.
+    assert_eq!(c.get("/service/none/a").status, 404);
+    assert_eq!(c.get("/service/llm/a").status, 503);
     let m = c.get("/metrics").text();
     let count = |needle: &str| sum_samples(&m, needle);
     assert_eq!(
@@ -334,8 +342,9 @@ fn proxy_metrics_are_exported() {
         "{m}"
     );
     assert_eq!(
-        count("coordinator_routed_requests_total{service=\"none\",outcome=\"no_worker\"}"),
+        count("coordinator_routed_requests_total{service=\"llm-inference\",outcome=\"no_worker\"}"),
         1.0
     );
+    assert!(!m.contains("service=\"none\""), "{m}");
     assert_eq!(count("coordinator_upstream_latency_seconds_count"), 3.0);
 }

@@ -64,8 +64,21 @@ impl Drop for TestPki {
     }
 }
 
+/// Sent as an admin (ignored where no key is configured): the tests that
+/// check an error's cause (a host name, a certificate) configure
+/// `ADMIN_KEY`, since only an admin sees more than the worker's id.
 fn llm(c: &mut Conn) -> Resp {
-    c.post("/api/inference/llm", &json!({"model": "m", "prompt": "hi"}))
+    llm_as(c, Some(ADMIN_KEY))
+}
+
+fn llm_as(c: &mut Conn, key: Option<&str>) -> Resp {
+    let b = serde_json::to_vec(&json!({"model": "m", "prompt": "hi"})).unwrap();
+    let h: Vec<(&str, &str)> = key.map(|k| ("X-API-Key", k)).into_iter().collect();
+    c.request("POST", "/api/inference/llm", &h, Some(&b))
+}
+
+fn get_admin(c: &mut Conn, path: &str) -> Resp {
+    c.request("GET", path, &[("X-API-Key", ADMIN_KEY)], None)
 }
 
 /// Sum of a per-shard counter over all shards.
@@ -148,9 +161,12 @@ fn hostname_workers_are_resolved_off_the_shard_and_cached() {
 
 #[test]
 fn an_unresolvable_host_is_a_502_naming_it_and_blocks_nothing() {
-    let s = start(2, |c| c.route_cache_ttl = Duration::ZERO);
+    let s = start(2, |c| {
+        c.route_cache_ttl = Duration::ZERO;
+        c.api_key = Some(ADMIN_KEY.into());
+    });
     let bad_host = "no-such-worker.invalid";
-    register(
+    register_admin(
         s.addr,
         &json!({
             "worker_id": id_on_shard("nx", 0, s.shards),
@@ -160,7 +176,15 @@ fn an_unresolvable_host_is_a_502_naming_it_and_blocks_nothing() {
         }),
     );
     let good = Sim::start(&id_on_shard("ok", 1, s.shards));
-    register(s.addr, &good.registration(&["svc-ok"]));
+    register_admin(s.addr, &good.registration(&["svc-ok"]));
+    // Without the admin key the detail names the worker, not the host.
+    let r = get(s.addr, "/service/svc-nx/x");
+    assert!(matches!(r.status, 502 | 504), "{}", r.text());
+    assert!(
+        r.detail().contains(&id_on_shard("nx", 0, s.shards)) && !r.detail().contains(bad_host),
+        "{}",
+        r.detail()
+    );
     let check_bad = |r: &Resp| {
         let d = r.detail();
         assert!(d.contains(bad_host), "{}: {d}", r.status);
@@ -190,7 +214,7 @@ fn an_unresolvable_host_is_a_502_naming_it_and_blocks_nothing() {
     for shard in 0..2 {
         let mut c = conn_on_shard(s.addr, shard);
         for _ in 0..10 {
-            check_bad(&c.get("/service/svc-nx/x"));
+            check_bad(&get_admin(&mut c, "/service/svc-nx/x"));
             assert_eq!(worker_of(&c.get("/service/svc-ok/y")), good.id);
         }
     }
@@ -211,10 +235,11 @@ fn https_workers_are_proxied_with_the_ca_file_and_stream_through_tls() {
     let s = start(2, |c| {
         c.route_cache_ttl = Duration::ZERO;
         c.proxy_ca_file = Some(ca);
+        c.api_key = Some(ADMIN_KEY.into());
     });
     let w = Sim::start_tls(&id_on_shard("tls", 0, s.shards), pki.server.clone());
     assert!(w.url().starts_with("https://localhost:"));
-    register(s.addr, &w.registration(&["llm-inference", "svc-tls"]));
+    register_admin(s.addr, &w.registration(&["llm-inference", "svc-tls"]));
     for shard in 0..2 {
         let mut c = conn_on_shard(s.addr, shard);
         let r = llm(&mut c);
@@ -252,8 +277,8 @@ fn https_workers_are_proxied_with_the_ca_file_and_stream_through_tls() {
     // addressed by IP (not in the certificate) is refused.
     let ip_only = Sim::start_tls(&id_on_shard("tlsip", 1, s.shards), pki.server.clone());
     let url = format!("https://127.0.0.1:{}", ip_only.addr.port());
-    register(s.addr, &ip_only.registration_at(&url, &["svc-ip"]));
-    let r = c.get("/service/svc-ip/x");
+    register_admin(s.addr, &ip_only.registration_at(&url, &["svc-ip"]));
+    let r = get_admin(&mut c, "/service/svc-ip/x");
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.detail().contains("certificate"), "{}", r.detail());
     assert_eq!(ip_only.hits(), 0);
@@ -265,9 +290,10 @@ fn without_the_ca_file_an_https_worker_is_a_502_about_its_certificate() {
     let s = start(2, |c| {
         c.route_cache_ttl = Duration::ZERO;
         c.route_cooldown = Duration::from_millis(1);
+        c.api_key = Some(ADMIN_KEY.into());
     });
     let w = Sim::start_tls(&id_on_shard("untr", 0, s.shards), pki.server.clone());
-    register(s.addr, &w.registration(&["llm-inference"]));
+    register_admin(s.addr, &w.registration(&["llm-inference"]));
     for shard in 0..2 {
         let mut c = conn_on_shard(s.addr, shard);
         let r = llm(&mut c);
@@ -280,7 +306,7 @@ fn without_the_ca_file_an_https_worker_is_a_502_about_its_certificate() {
     // A certificate failure is a connect failure: nothing was sent, so even
     // a POST moves on to another worker.
     let plain = Sim::start(&id_on_shard("plain", 1, s.shards));
-    register(s.addr, &plain.registration(&["llm-inference"]));
+    register_admin(s.addr, &plain.registration(&["llm-inference"]));
     let mut c = Conn::open(s.addr);
     for _ in 0..20 {
         assert_eq!(worker_of(&llm(&mut c)), plain.id);

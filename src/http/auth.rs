@@ -22,6 +22,17 @@ pub fn check(cfg: &Config, path: &str, headers: &HeaderMap) -> Result<(), ApiErr
     }
 }
 
+/// Did the request carry the configured `--api-key` (the admin credential)?
+/// False when no key is configured. Decides whether a proxy error may show
+/// worker addresses. Hook: when role keys exist, an admin-role key counts
+/// here too.
+pub fn is_admin(cfg: &Config, headers: &HeaderMap) -> bool {
+    match (cfg.api_key.as_deref(), headers.get("x-api-key")) {
+        (Some(k), Some(got)) => constant_time_eq(got.as_bytes(), k.as_bytes()),
+        _ => false,
+    }
+}
+
 /// Compares without an early exit, so timing does not reveal how much of
 /// the key matched (the length is not secret).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -55,6 +66,10 @@ mod tests {
         ));
         h.insert("x-api-key", "s3cret".parse().unwrap());
         assert!(check(&cfg, "/api/admin/stats", &h).is_ok());
+        assert!(is_admin(&cfg, &h));
+        assert!(!is_admin(&Config::default(), &h));
+        h.insert("x-api-key", "nope".parse().unwrap());
+        assert!(!is_admin(&cfg, &h));
         assert!(constant_time_eq(b"", b""));
         assert!(!constant_time_eq(b"a", b"ab"));
     }

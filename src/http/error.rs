@@ -42,6 +42,9 @@ pub enum ApiError {
     /// The upstream worker did not answer in time.
     #[error("{0}")]
     GatewayTimeout(String),
+    /// The proxied request came back to us (508).
+    #[error("{0}")]
+    LoopDetected(String),
     #[error("Internal shard communication failed: {0}")]
     Shard(ShardError),
     /// Applied in memory but not durable (disk full, IO error).
@@ -64,7 +67,11 @@ impl From<ProxyError> for ApiError {
         let detail = e.to_string();
         match e {
             ProxyError::NoWorker(_) => ApiError::Unavailable(detail),
-            ProxyError::BadGateway(_) => ApiError::BadGateway(detail),
+            ProxyError::UnknownService(_) => ApiError::NotFound(detail),
+            ProxyError::Loop => ApiError::LoopDetected(detail),
+            ProxyError::BadGateway(_) | ProxyError::Answered(_) | ProxyError::Refused(_) => {
+                ApiError::BadGateway(detail)
+            }
             ProxyError::Timeout(_) => ApiError::GatewayTimeout(detail),
         }
     }
@@ -102,6 +109,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::LoopDetected(_) => StatusCode::LOOP_DETECTED,
         }
     }
 

@@ -134,7 +134,7 @@ impl Shard {
         cfg: Arc<Config>,
         mesh: Mesh<Envelope>,
         n_routes: usize,
-        proxy_tls: Arc<rustls::ClientConfig>,
+        proxy: crate::tasks::proxy::ProxySetup,
     ) -> Self {
         let retention = cfg.task_retention;
         Self {
@@ -147,7 +147,7 @@ impl Shard {
             cfg,
             registry: RefCell::new(Registry::default()),
             tasks: RefCell::new(TaskTable::new(retention)),
-            proxy: Rc::new(crate::tasks::proxy::ProxyState::new(proxy_tls)),
+            proxy: Rc::new(crate::tasks::proxy::ProxyState::new(proxy)),
             metrics: RefCell::new(ShardMetrics::new(n_routes)),
             mesh,
             list_cache: RefCell::new(ListCache::default()),
@@ -561,8 +561,8 @@ impl Shard {
             .collect()
     }
 
-    /// Removes workers that have been silent too long.
-    fn sweep(&self) {
+    /// Removes workers that have been silent too long; returns their ids.
+    fn sweep(&self) -> Vec<String> {
         let now = Instant::now();
         let removed = {
             let mut reg = self.registry.borrow_mut();
@@ -585,6 +585,19 @@ impl Shard {
             }
             self.metrics.borrow_mut().workers_removed += removed.len() as u64;
             tracing::info!(shard = self.id, count = removed.len(), workers = ?removed, "removed silent workers");
+        }
+        removed
+    }
+
+    /// Tells every shard's proxy that `workers` are gone (their attempt
+    /// series and cooldowns are dropped). Best effort: a shard that does
+    /// not answer keeps a few stale series until the next removal.
+    pub async fn forget_workers(&self, workers: Vec<String>) {
+        let r = self
+            .fan_out(|| Request::Task(TaskOp::Forget(workers.clone())))
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(shard = self.id, error = %e, "forgetting removed workers");
         }
     }
 }
@@ -644,7 +657,7 @@ pub async fn run(
     env: ShardEnv<Envelope>,
     cfg: Arc<Config>,
     boot: Arc<Boot>,
-    proxy_tls: Arc<rustls::ClientConfig>,
+    proxy: crate::tasks::proxy::ProxySetup,
 ) {
     let ShardEnv {
         id,
@@ -655,8 +668,8 @@ pub async fn run(
         shutdown,
     } = env;
     let n_routes = crate::http::ROUTE_NAMES.len();
-    let shard = Shard::new(id, count, cfg.clone(), mesh, n_routes, proxy_tls)
-        .with_store(boot.store.clone());
+    let shard =
+        Shard::new(id, count, cfg.clone(), mesh, n_routes, proxy).with_store(boot.store.clone());
     shard.restore(boot.take(id));
     drop(boot);
     let shard = Rc::new(shard);
@@ -671,7 +684,10 @@ pub async fn run(
         runtime::spawn(async move {
             while !shutdown.is_requested() {
                 runtime::sleep(every).await;
-                shard.sweep();
+                let removed = shard.sweep();
+                if !removed.is_empty() {
+                    shard.forget_workers(removed).await;
+                }
             }
         });
     }

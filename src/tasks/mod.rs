@@ -12,12 +12,13 @@
 //! [`TaskTable`]; every state change goes through the table's one recording
 //! method (see `table.rs`). The task part must not parse HTTP; `proxy`
 //! is the one place that speaks HTTP to workers (with `endpoint` parsing
-//! their addresses, `resolve` caching DNS and `tls` holding the TLS client
-//! settings).
+//! their addresses, `resolve` caching DNS, `tls` holding the TLS client
+//! settings and `guard` the rules on addresses, paths and headers).
 //!
 //! Semantics (at-least-once delivery, leases, retries) are in docs/tasks.md.
 
 pub mod endpoint;
+pub mod guard;
 pub mod proxy;
 pub mod resolve;
 pub mod route;
@@ -68,8 +69,12 @@ pub enum TaskOp {
     },
     Get(String),
     List(Filter),
-    /// Healthy workers of a service on this shard (for the proxy).
+    /// Healthy workers of a service on this shard (for the proxy), and
+    /// whether any worker here (healthy or not) declares the service.
     Candidates(String),
+    /// Workers removed from the registry: drop the proxy's per-worker
+    /// state for them on this shard (attempt series, cooldowns).
+    Forget(Vec<String>),
     /// Set (Some) or clear (None) a pin on this shard's replica.
     SetPin {
         key: String,
@@ -87,7 +92,8 @@ pub enum TaskReply {
     Extended(usize),
     Task(Option<Value>),
     Listing(Box<TaskListing>),
-    Upstreams(Vec<proxy::Upstream>),
+    /// Healthy workers, and whether any registered worker declares the service.
+    Upstreams(Vec<proxy::Upstream>, bool),
     Done,
 }
 
@@ -168,12 +174,17 @@ pub fn handle(shard: &Shard, op: TaskOp) -> TaskReply {
         }
         TaskOp::Candidates(service) => {
             let reg = shard.registry();
+            let declared = reg.service_workers(&service).next().is_some();
             let ups = reg
                 .service_workers(&service)
                 .filter(|w| shard.is_healthy(w, now))
                 .map(|w| proxy::Upstream::of(w, &service))
                 .collect();
-            TaskReply::Upstreams(ups)
+            TaskReply::Upstreams(ups, declared)
+        }
+        TaskOp::Forget(workers) => {
+            shard.proxy.forget(&workers);
+            TaskReply::Done
         }
         TaskOp::SetPin { key, workers } => {
             shard.proxy.set_pin(key, workers);
@@ -199,7 +210,7 @@ pub fn spawn_housekeeping(shard: Rc<Shard>, shutdown: runtime::Shutdown) {
                 let mut tb = shard.tasks.borrow_mut();
                 tb.expire(Instant::now());
                 ticks = ticks.wrapping_add(1);
-                if ticks % 16 == 0 {
+                if ticks.is_multiple_of(16) {
                     tb.prune_waiters();
                 }
             }

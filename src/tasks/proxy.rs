@@ -5,10 +5,18 @@
 //! frame by frame.
 //!
 //! Connecting = resolving the host (`resolve`, skipped for IP literals),
-//! trying its addresses in order, and for `https` a TLS handshake (`tls`
-//! holds the settings); all of it within `--proxy-connect-timeout`, and any
-//! failure in it means the request was not sent. Endpoint parsing lives in
-//! `endpoint`. Nothing here may block the shard: DNS runs off it.
+//! keeping only the addresses the address guard allows (`guard`: never
+//! link-local, unspecified or our own listening address, and only
+//! `--worker-networks` when set; checked on every resolved address, so a
+//! name cannot resolve around it), trying them in order, and for `https` a
+//! TLS handshake (`tls` holds the settings); all of it within
+//! `--proxy-connect-timeout`, and any failure in it means the request was
+//! not sent. Endpoint parsing lives in `endpoint`. Nothing here may block
+//! the shard: DNS runs off it.
+//!
+//! Every forwarded request carries a `Via` naming this coordinator; one
+//! that arrives with it already is a loop and is refused before anything
+//! else happens (no fetch, no cache entry, no counter).
 //!
 //! Everything here is shard-local: the pool, the in-flight counts and the
 //! cooldowns belong to one shard (a worker failing on one shard is cooled
@@ -32,6 +40,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue, HOST};
 use hyper::{Method, Request, Response};
 
 pub use super::endpoint::{parse_endpoint, Endpoint, Origin, Scheme};
+use super::guard::{self, AddrGuard};
 use super::resolve::{ResolveError, Resolver};
 use super::route::{self, Ask, Candidate};
 use crate::runtime::{self, HyperIo};
@@ -86,15 +95,63 @@ impl Upstream {
     }
 }
 
-/// How forwarding ended, for metrics and the HTTP error.
+/// How forwarding ended, for metrics and the HTTP error. The texts of
+/// `BadGateway`, `Timeout` and `Refused` may name addresses, ports and OS
+/// errors: only an admin sees them (see [`Failed::for_caller`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("No healthy worker available for service: {0}")]
     NoWorker(String),
+    /// Neither a catalog service nor one a registered worker declares.
+    #[error("Service '{0}' not found")]
+    UnknownService(String),
+    /// The request already passed through this coordinator.
+    #[error("Loop detected: the request already passed through this coordinator")]
+    Loop,
+    /// The worker answered with a 5xx (no address in the text).
+    #[error("Worker request failed: {0}")]
+    Answered(String),
     #[error("Worker request failed: {0}")]
     BadGateway(String),
     #[error("Worker request timed out: {0}")]
     Timeout(String),
+    /// Every address of the worker is refused by the address guard.
+    #[error("Worker request failed: {0}")]
+    Refused(String),
+}
+
+/// A failed forward: the error and the worker it last happened with.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ProxyError,
+    pub worker: Option<String>,
+}
+
+impl Failed {
+    fn of(error: ProxyError) -> Self {
+        Failed {
+            error,
+            worker: None,
+        }
+    }
+
+    /// The error as the caller may see it: an admin gets the full text;
+    /// anyone else gets the worker's id instead of addresses, ports and OS
+    /// errors, so the proxy cannot be used to map a network.
+    pub fn for_caller(self, admin: bool) -> ProxyError {
+        let Some(w) = self.worker.filter(|_| !admin) else {
+            return self.error;
+        };
+        match self.error {
+            ProxyError::BadGateway(_) | ProxyError::Refused(_) => {
+                ProxyError::BadGateway(format!("worker {w} could not be reached"))
+            }
+            ProxyError::Timeout(_) => {
+                ProxyError::Timeout(format!("worker {w} did not answer in time"))
+            }
+            other => other,
+        }
+    }
 }
 
 /// Per-shard counters, merged on scrape.
@@ -162,6 +219,23 @@ pub struct ProxyState {
     pins: RefCell<BTreeMap<String, Vec<String>>>,
     cache: RefCell<HashMap<String, Cached, Hasher>>,
     counters: RefCell<ProxyCounters>,
+    guard: AddrGuard,
+    /// `Via` value we add (`1.1 <token>`) and the token we recognise.
+    via: HeaderValue,
+    via_token: String,
+}
+
+/// Service worker lists cached per shard before expired ones are dropped.
+/// Only known services are cached, so this is rarely reached.
+const MAX_CACHED: usize = 1024;
+
+/// What a shard's proxy needs from the server: the TLS client settings,
+/// the address guard and this coordinator's `Via` token.
+#[derive(Clone)]
+pub struct ProxySetup {
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
+    pub guard: AddrGuard,
+    pub via_token: String,
 }
 
 impl ProxyState {
@@ -170,7 +244,14 @@ impl ProxyState {
     /// with its own session cache: rustls's default resumption store is a
     /// `Mutex`, and the config's `Arc` is cloned per new connection; shared,
     /// both would be touched by every shard's handshakes.
-    pub fn new(tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
+    pub fn new(setup: ProxySetup) -> Self {
+        let ProxySetup {
+            tls,
+            guard,
+            via_token,
+        } = setup;
+        let via = HeaderValue::from_str(&format!("1.1 {via_token}"))
+            .unwrap_or(HeaderValue::from_static("1.1 coordinator"));
         let mut own = (*tls).clone();
         own.resumption = rustls::client::Resumption::default();
         Self {
@@ -182,7 +263,26 @@ impl ProxyState {
             pins: RefCell::default(),
             cache: RefCell::default(),
             counters: RefCell::default(),
+            guard,
+            via,
+            via_token,
         }
+    }
+
+    /// A removed worker's per-worker state goes with it: its attempt
+    /// series, its cooldown, and the cached lists that may still name it.
+    pub fn forget(&self, workers: &[String]) {
+        {
+            let mut c = self.counters.borrow_mut();
+            for w in workers {
+                c.attempts.remove(w);
+            }
+        }
+        let mut cooling = self.cooldown.borrow_mut();
+        for w in workers {
+            cooling.remove(w);
+        }
+        self.cache.borrow_mut().clear();
     }
 
     pub fn counters(&self) -> ProxyCounters {
@@ -222,9 +322,11 @@ impl ProxyState {
 
     pub fn store(&self, service: &str, list: Vec<Upstream>) -> Rc<Vec<Upstream>> {
         let list = Rc::new(list);
-        self.cache
-            .borrow_mut()
-            .insert(service.to_string(), (Instant::now(), list.clone()));
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(service.to_string(), (Instant::now(), list.clone()));
         list
     }
 
@@ -300,7 +402,10 @@ impl ProxyState {
         let origin = &target.origin;
         let io = match target.ip {
             // IP literals skip the resolver entirely (and allocate nothing).
-            Some(ip) => connect_any(std::slice::from_ref(&ip), target, deadline).await?,
+            Some(ip) => {
+                self.allowed(std::slice::from_ref(&ip), target)?;
+                connect_any(std::slice::from_ref(&ip), target, deadline).await?
+            }
             None => {
                 let ips = self
                     .resolver
@@ -315,6 +420,7 @@ impl ProxyState {
                             origin.host, cfg.connect_timeout
                         )),
                     })?;
+                let ips = self.allowed(&ips, target)?;
                 connect_any(&ips, target, deadline).await?
             }
         };
@@ -353,6 +459,29 @@ impl ProxyState {
         });
         self.counters.borrow_mut().connections_opened += 1;
         Ok((sender, false))
+    }
+
+    /// The addresses of `ips` the guard lets us connect to (at the
+    /// target's port); none is a `Refused` error naming them.
+    fn allowed(&self, ips: &[IpAddr], target: &Endpoint) -> Result<Vec<IpAddr>, ProxyError> {
+        let port = target.origin.port;
+        let mut ok = Vec::with_capacity(ips.len());
+        let mut refused = Vec::new();
+        for ip in ips {
+            let addr = SocketAddr::new(*ip, port);
+            match self.guard.check(addr) {
+                Ok(()) => ok.push(*ip),
+                Err(why) => refused.push(format!("{addr} ({why})")),
+            }
+        }
+        if ok.is_empty() {
+            return Err(ProxyError::Refused(format!(
+                "{}: refused by policy: {}",
+                target.origin,
+                refused.join("; ")
+            )));
+        }
+        Ok(ok)
     }
 
     fn checkin(&self, origin: &Origin, s: Sender) {
@@ -543,14 +672,21 @@ pub async fn forward<F, Fut, E>(
     cfg: &ProxyConfig,
     req: Outbound,
     fetch: F,
-) -> Result<Result<Forwarded, ProxyError>, E>
+) -> Result<Result<Forwarded, Failed>, E>
 where
     F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<Upstream>, E>>,
+    Fut: std::future::Future<Output = Result<Option<Vec<Upstream>>, E>>,
 {
+    if guard::has_via(&req.headers, &state.via_token) {
+        return Ok(Err(Failed::of(ProxyError::Loop)));
+    }
     let ups = match state.cached(&req.service, cfg.cache_ttl) {
         Some(u) => u,
-        None => state.store(&req.service, fetch(req.service.clone()).await?),
+        None => match fetch(req.service.clone()).await? {
+            Some(list) => state.store(&req.service, list),
+            // Unknown: nothing is cached or counted under its name.
+            None => return Ok(Err(Failed::of(ProxyError::UnknownService(req.service)))),
+        },
     };
     Ok(forward_to(state, cfg, &req, &ups).await)
 }
@@ -560,7 +696,7 @@ async fn forward_to(
     cfg: &ProxyConfig,
     req: &Outbound,
     ups: &Rc<Vec<Upstream>>,
-) -> Result<Forwarded, ProxyError> {
+) -> Result<Forwarded, Failed> {
     let pinned = state.pinned(&req.service, req.model.as_deref());
     let mut tried: Vec<&str> = Vec::new();
     let mut last: Option<ProxyError> = None;
@@ -589,10 +725,17 @@ async fn forward_to(
             }
         };
         match send_once(state, cfg, req, (ups, i), target).await {
+            // A loop another coordinator (or we, further down) detected:
+            // not the worker's fault; pass the 508 back so the client learns.
+            Ok(resp) if resp.status() == hyper::StatusCode::LOOP_DETECTED => {
+                state.count_attempt(&up.worker_id, "loop");
+                state.count(&req.service, "loop");
+                return Ok(resp);
+            }
             Ok(resp) if resp.status().is_server_error() => {
                 state.cool(&up.worker_id, cfg);
                 state.count_attempt(&up.worker_id, "upstream_5xx");
-                let err = ProxyError::BadGateway(format!(
+                let err = ProxyError::Answered(format!(
                     "worker {} answered {}",
                     up.worker_id,
                     resp.status()
@@ -602,7 +745,10 @@ async fn forward_to(
                     continue;
                 }
                 state.count(&req.service, "upstream_5xx");
-                return Err(err);
+                return Err(Failed {
+                    error: err,
+                    worker: Some(up.worker_id.clone()),
+                });
             }
             Ok(resp) => {
                 state.count_attempt(&up.worker_id, "ok");
@@ -616,6 +762,7 @@ async fn forward_to(
                 state.cool(&up.worker_id, cfg);
                 let label = match err {
                     ProxyError::Timeout(_) => "timeout",
+                    ProxyError::Refused(_) => "refused",
                     _ if !sent => "connect_error",
                     _ => "error",
                 };
@@ -630,12 +777,16 @@ async fn forward_to(
     }
     let err = last.unwrap_or_else(|| ProxyError::NoWorker(req.service.clone()));
     let label = match err {
-        ProxyError::NoWorker(_) => "no_worker",
+        ProxyError::NoWorker(_) | ProxyError::UnknownService(_) | ProxyError::Loop => "no_worker",
         ProxyError::Timeout(_) => "timeout",
-        ProxyError::BadGateway(_) => "bad_gateway",
+        ProxyError::Refused(_) => "refused",
+        ProxyError::BadGateway(_) | ProxyError::Answered(_) => "bad_gateway",
     };
     state.count(&req.service, label);
-    Err(err)
+    Err(Failed {
+        error: err,
+        worker: tried.last().map(|w| w.to_string()),
+    })
 }
 
 struct Failure {
@@ -673,6 +824,9 @@ async fn send_once(
                         ProxyError::BadGateway(m) => {
                             ProxyError::BadGateway(format!("worker {}: {m}", up.worker_id))
                         }
+                        ProxyError::Refused(m) => {
+                            ProxyError::Refused(format!("worker {}: {m}", up.worker_id))
+                        }
                         other => other,
                     };
                     return Err(Failure { sent: false, err });
@@ -696,6 +850,9 @@ async fn send_once(
             if let Ok(v) = HeaderValue::from_str(&target.authority) {
                 h.insert(HOST, v);
             }
+            // Our hop, after any the client's Via listed: if this request
+            // comes back to us, `forward` sees it and refuses the loop.
+            h.append(hyper::header::VIA, state.via.clone());
         }
         let out = match b.body(Full::new(req.body.clone())) {
             Ok(r) => r,
@@ -752,10 +909,17 @@ async fn send_once(
     }
 }
 
-/// Request headers to send upstream: the client's minus hop-by-hop, plus
+/// Request headers to send upstream: the client's minus hop-by-hop and
+/// minus our own credentials (`guard::strip_credentials`: `X-API-Key`,
+/// `Cookie`, an `Authorization` carrying `api_key`), plus
 /// `X-Forwarded-For` (appended to any the client sent).
-pub fn upstream_headers(mut h: HeaderMap, peer: Option<IpAddr>) -> HeaderMap {
+pub fn upstream_headers(
+    mut h: HeaderMap,
+    peer: Option<IpAddr>,
+    api_key: Option<&str>,
+) -> HeaderMap {
     strip_hop_by_hop(&mut h);
+    guard::strip_credentials(&mut h, api_key);
     h.remove(HOST);
     h.remove(hyper::header::CONTENT_LENGTH);
     append_forwarded_for(&mut h, peer);
@@ -819,7 +983,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.insert("authorization", HeaderValue::from_static("Bearer t"));
         h.insert("host", HeaderValue::from_static("coordinator"));
-        let out = upstream_headers(h, Some("10.0.0.9".parse().unwrap()));
+        let out = upstream_headers(h, Some("10.0.0.9".parse().unwrap()), None);
         assert!(out.get("connection").is_none() && out.get("x-secret").is_none());
         assert!(out.get("transfer-encoding").is_none() && out.get("host").is_none());
         assert_eq!(out["x-forwarded-for"], "1.1.1.1, 10.0.0.9");

@@ -269,6 +269,22 @@ pub fn with_service(mut body: Value, service: &str) -> Value {
     body
 }
 
+/// The `--api-key` tests configure when they need an admin caller.
+pub const ADMIN_KEY: &str = "adm1n-k3y";
+
+/// Registers with `X-API-Key: ADMIN_KEY` and asserts 200.
+pub fn register_admin(addr: SocketAddr, body: &Value) -> Value {
+    let b = serde_json::to_vec(body).unwrap();
+    let r = Conn::open(addr).request(
+        "POST",
+        "/api/worker/register",
+        &[("X-API-Key", ADMIN_KEY)],
+        Some(&b),
+    );
+    assert_eq!(r.status, 200, "register failed: {}", r.text());
+    r.json()
+}
+
 pub fn register(addr: SocketAddr, body: &Value) -> Value {
     let r = post(addr, "/api/worker/register", body);
     assert_eq!(r.status, 200, "register failed: {}", r.text());

@@ -304,7 +304,8 @@ pub fn assert_streamed_from(addr: SocketAddr, worker: &str) {
     );
 }
 
-/// POSTs `body` to `/api/inference/llm` and reads the chunked SSE answer
+/// POSTs `body` to `/api/inference/llm` (with `ADMIN_KEY`, which a server
+/// without a key ignores) and reads the chunked SSE answer
 /// (see [`stream`]), noting when each `data:` event arrived.
 pub fn read_events(addr: SocketAddr, body: &Value) -> Vec<(Duration, String)> {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -312,7 +313,8 @@ pub fn read_events(addr: SocketAddr, body: &Value) -> Vec<(Duration, String)> {
     let b = serde_json::to_vec(body).unwrap();
     write!(
         s,
-        "POST /api/inference/llm HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST /api/inference/llm HTTP/1.1\r\nHost: t\r\nX-API-Key: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        crate::common::ADMIN_KEY,
         b.len()
     )
     .unwrap();

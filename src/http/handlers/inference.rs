@@ -36,16 +36,22 @@ fn service_name(ctx: &Ctx, s: &str) -> String {
         .unwrap_or_else(|| s.to_string())
 }
 
-/// Healthy workers of `service` from every shard.
-async fn fetch(ctx: &Ctx, service: String) -> Result<Vec<Upstream>, ApiError> {
+/// Healthy workers of `service` from every shard; `None` when the service
+/// is unknown (not in the catalog, declared by no registered worker), so
+/// that random names create no per-service state.
+async fn fetch(ctx: &Ctx, service: String) -> Result<Option<Vec<Upstream>>, ApiError> {
     let mut all = Vec::new();
+    let mut known = ctx.shard.cfg.catalog.resolve(&service).is_some();
     for r in ctx
         .shard
         .fan_out(|| ShardRequest::Task(TaskOp::Candidates(service.clone())))
         .await?
     {
         match r.task()? {
-            TaskReply::Upstreams(u) => all.extend(u),
+            TaskReply::Upstreams(u, declared) => {
+                known |= declared;
+                all.extend(u);
+            }
             _ => {
                 return Err(ApiError::Shard(crate::shard::ShardError::Unexpected(
                     "Upstreams",
@@ -56,14 +62,30 @@ async fn fetch(ctx: &Ctx, service: String) -> Result<Vec<Upstream>, ApiError> {
     // Same order on every shard, so the routing inputs do not depend on
     // which shard answered first.
     all.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
-    Ok(all)
+    Ok(known.then_some(all))
 }
 
-async fn forward(ctx: &Ctx, out: Outbound) -> Result<Response<Body>, ApiError> {
+/// Forwards `out`; `admin` (the caller carried our `--api-key`) decides
+/// whether a failure's detail may show the worker's address and the OS
+/// error, or only its id. Operators get the full error in the log.
+async fn forward(ctx: &Ctx, out: Outbound, admin: bool) -> Result<Response<Body>, ApiError> {
     let cfg = ctx.shard.cfg.proxy();
-    let resp = proxy::forward(&ctx.shard.proxy, &cfg, out, |service| fetch(ctx, service)).await??;
-    let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, crate::http::streamed(body)))
+    match proxy::forward(&ctx.shard.proxy, &cfg, out, |service| fetch(ctx, service)).await? {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            Ok(Response::from_parts(parts, crate::http::streamed(body)))
+        }
+        Err(failed) => {
+            if let Some(worker) = &failed.worker {
+                tracing::warn!(worker = %worker, error = %failed.error, "proxied request failed");
+            }
+            Err(failed.for_caller(admin).into())
+        }
+    }
+}
+
+fn is_admin(ctx: &Ctx, h: &HeaderMap) -> bool {
+    crate::http::auth::is_admin(&ctx.shard.cfg, h)
 }
 
 /// A JSON `POST` to `path_and_query` on a worker of `alias`'s service,
@@ -82,16 +104,21 @@ fn post_to(ctx: &Ctx, h: &HeaderMap, alias: &str, path_and_query: String) -> Out
 }
 
 /// Built from scratch (only these headers go on), so there is nothing
-/// hop-by-hop to strip: only `X-Forwarded-For` is added.
+/// hop-by-hop to strip: only `X-Forwarded-For` is added. `Authorization`
+/// goes on unless it carries our own key; `Via` goes on so that a loop
+/// through these routes is seen too.
 fn json_headers(h: &HeaderMap, ctx: &Ctx) -> HeaderMap {
     let mut out = HeaderMap::new();
     out.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(v) = h.get(hyper::header::ACCEPT) {
-        out.insert(hyper::header::ACCEPT, v.clone());
+    for name in [hyper::header::ACCEPT, hyper::header::AUTHORIZATION] {
+        if let Some(v) = h.get(&name) {
+            out.insert(name, v.clone());
+        }
     }
-    if let Some(v) = h.get(hyper::header::AUTHORIZATION) {
-        out.insert(hyper::header::AUTHORIZATION, v.clone());
+    for v in h.get_all(hyper::header::VIA) {
+        out.append(hyper::header::VIA, v.clone());
     }
+    crate::tasks::guard::strip_credentials(&mut out, ctx.shard.cfg.api_key.as_deref());
     proxy::append_forwarded_for(&mut out, ctx.peer.map(|p| p.ip()));
     out
 }
@@ -125,16 +152,18 @@ async fn read_json_object(
 /// `POST /api/inference/llm` -> worker `POST /v1/completions` (OpenAI style).
 pub async fn llm(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let mut out = post_to(&ctx, req.headers(), "llm", "/v1/completions".into());
+    let admin = is_admin(&ctx, req.headers());
     let o = read_json_object(&ctx, req).await?;
     let (model, body) = inference_body(&o)?;
     out.model = Some(model);
     out.body = Bytes::from(Value::Object(body).to_string());
-    forward(&ctx, out).await
+    forward(&ctx, out, admin).await
 }
 
 /// `POST /api/inference/vision` -> worker `POST /api/generate` (Ollama style).
 pub async fn vision(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let mut out = post_to(&ctx, req.headers(), "ocr", "/api/generate".into());
+    let admin = is_admin(&ctx, req.headers());
     let o = read_json_object(&ctx, req).await?;
     let (model, b) = inference_body(&o)?;
     let mut body = json!({
@@ -148,7 +177,7 @@ pub async fn vision(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, 
     }
     out.model = Some(model);
     out.body = Bytes::from(body.to_string());
-    forward(&ctx, out).await
+    forward(&ctx, out, admin).await
 }
 
 /// Re-encodes chosen query parameters for the worker.
@@ -181,7 +210,7 @@ pub async fn rag(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Api
         ("context", query_param(q, "context")),
     ]);
     let out = post_to(&ctx, req.headers(), "rag", format!("/query?{qs}"));
-    forward(&ctx, out).await
+    forward(&ctx, out, is_admin(&ctx, req.headers())).await
 }
 
 /// `POST /api/inference/graph/extract?text=..` -> worker `POST /extract?text=..`.
@@ -189,11 +218,16 @@ pub async fn graph(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, A
     let q = req.uri().query();
     let text = query_param(q, "text").ok_or_else(|| ApiError::field("text", "field required"))?;
     let path = format!("/extract?{}", query(&[("text", Some(text))]));
-    forward(&ctx, post_to(&ctx, req.headers(), "ner", path)).await
+    let admin = is_admin(&ctx, req.headers());
+    forward(&ctx, post_to(&ctx, req.headers(), "ner", path), admin).await
 }
 
 /// `ANY /service/{service}/{path}`: method, path, query, headers (minus
-/// hop-by-hop, plus X-Forwarded-For) and body go to a worker of the service.
+/// hop-by-hop and our credentials, plus X-Forwarded-For and Via) and body
+/// go to a worker of the service. The path is normalised first
+/// (`guard::normalise_path`: `.`/`..`, also as `%2e`, resolved; climbing
+/// above the service root, or an encoded `/` or `\`, is a 400), so it
+/// stays under the worker URL's prefix; the query passes unchanged.
 pub async fn service(
     ctx: Ctx,
     rest: String,
@@ -203,7 +237,8 @@ pub async fn service(
     let svc = percent_decode(svc, false)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::NotFound("Not Found".into()))?;
-    let mut path_and_query = format!("/{path}");
+    let mut path_and_query = crate::tasks::guard::normalise_path(path)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if let Some(q) = req.uri().query() {
         path_and_query.push('?');
         path_and_query.push_str(q);
@@ -215,10 +250,15 @@ pub async fn service(
         .get("x-model")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let headers = proxy::upstream_headers(req.headers().clone(), ctx.peer.map(|p| p.ip()));
     // Borrowed, not cloned: the config's Arc is shared by every shard, and
     // cloning it per request would bump a cross-shard atomic.
     let cfg = &ctx.shard.cfg;
+    let admin = crate::http::auth::is_admin(cfg, req.headers());
+    let headers = proxy::upstream_headers(
+        req.headers().clone(),
+        ctx.peer.map(|p| p.ip()),
+        cfg.api_key.as_deref(),
+    );
     let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
     let out = Outbound {
         service: service_name(&ctx, &svc),
@@ -229,7 +269,7 @@ pub async fn service(
         headers,
         body,
     };
-    forward(&ctx, out).await
+    forward(&ctx, out, admin).await
 }
 
 /// `GET|PUT|DELETE /api/admin/pins`. PUT `{service | model, workers: [..]}`

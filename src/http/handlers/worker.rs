@@ -268,6 +268,7 @@ pub async fn unregister(ctx: Ctx, raw_id: String) -> Result<Response<Body>, ApiE
         return Err(worker_not_found());
     }
     tracing::info!(worker_id = id, "worker unregistered");
+    ctx.shard.forget_workers(vec![id.clone()]).await;
     let out = serde_json::json!({"status": "ok", "message": format!("Worker {id} unregistered")});
     Ok(json(StatusCode::OK, out.to_string().into_bytes()))
 }
