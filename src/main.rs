@@ -103,8 +103,14 @@ options! {
     catalog: PathBuf, env = "CATALOG_PATH";
     /// Largest accepted request body in bytes [default: 1048576]
     max_body_bytes: usize, env = "MAX_BODY_BYTES";
-    /// Largest accepted request head in bytes [default: 65536]
+    /// Largest accepted request head in bytes, exact [default: 65536]
     max_header_bytes: usize, env = "MAX_HEADER_BYTES";
+    /// Registered workers at most; each shard takes its share [default: 1000000]
+    max_workers: usize, env = "MAX_WORKERS";
+    /// Largest worker `capabilities` (JSON bytes) and heartbeat body [default: 65536]
+    max_capabilities_bytes: usize, env = "MAX_CAPABILITIES_BYTES";
+    /// Most `services` / `containers` entries in one registration [default: 64]
+    max_worker_entries: usize, env = "MAX_WORKER_ENTRIES";
     /// Open connections allowed per shard [default: 10000]
     max_connections: usize, env = "MAX_CONNECTIONS_PER_SHARD";
     /// Close idle keep-alive connections after this many seconds [default: 60]
@@ -212,7 +218,13 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         heartbeat_flush,
         catalog,
         max_body_bytes: cli.max_body_bytes.unwrap_or(d.max_body_bytes),
-        max_header_bytes: cli.max_header_bytes.unwrap_or(d.max_header_bytes),
+        max_header_bytes: cli.max_header_bytes.unwrap_or(d.max_header_bytes).max(256),
+        max_workers: cli.max_workers.unwrap_or(d.max_workers).max(1),
+        max_capabilities_bytes: cli
+            .max_capabilities_bytes
+            .unwrap_or(d.max_capabilities_bytes)
+            .max(256),
+        max_worker_entries: cli.max_worker_entries.unwrap_or(d.max_worker_entries),
         max_connections_per_shard: cli
             .max_connections
             .unwrap_or(d.max_connections_per_shard)
