@@ -245,6 +245,7 @@ pub async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Ap
     let worker_id = query_param(q, "worker_id")
         .ok_or_else(|| ApiError::field("worker_id", "field required"))?;
     valid_id("worker_id", &worker_id)?;
+    ctx.may_act_for(&worker_id)?;
     let wait = parse_wait(q, cfg.task_max_wait)?;
     let max = match query_param(q, "max") {
         None => cfg.task_pull_max,
@@ -344,6 +345,7 @@ pub async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
     let task_id = task_id.ok_or_else(|| ApiError::field("task_id", "field required"))?;
     valid_id("worker_id", &worker_id)?;
     valid_id("task_id", &task_id)?;
+    ctx.may_act_for(&worker_id)?;
     let outcome = match status.as_deref() {
         Some("failed") | Some("error") => Outcome::Failed { error, retry },
         _ => Outcome::Done(result),
