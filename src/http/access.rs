@@ -115,7 +115,11 @@ pub const SAMPLES: [(Route, &str, &str); 30] = [
     (Route::InferenceLlm, "POST", "/api/inference/llm"),
     (Route::InferenceVision, "POST", "/api/inference/vision"),
     (Route::InferenceRag, "POST", "/api/inference/rag/query"),
-    (Route::InferenceGraph, "POST", "/api/inference/graph/extract"),
+    (
+        Route::InferenceGraph,
+        "POST",
+        "/api/inference/graph/extract",
+    ),
     (Route::ServiceProxy, "GET", "/service/ocr/v1/x"),
     (Route::AdminPins, "GET", "/api/admin/pins"),
     (Route::Preflight, "OPTIONS", "/api/worker/register"),
@@ -141,6 +145,38 @@ mod tests {
             // Each route once.
             assert!(SAMPLES[..i].iter().all(|(o, _, _)| o != r), "{r:?} twice");
         }
+    }
+
+    /// The table as docs/security.md states it, row by row.
+    #[test]
+    fn table_as_documented() {
+        use Role::*;
+        let want = |r: Route| -> &str {
+            match need(r, false) {
+                Need::Public => "public",
+                Need::Authenticated => "any",
+                Need::Role(Admin) => "admin",
+                Need::Role(Worker) => "worker",
+                Need::Role(Client) => "client",
+                Need::Either(..) => "either",
+            }
+        };
+        let rows = [
+            ("worker", "register heartbeat unregister tasks task_complete"),
+            ("client", "inference_llm inference_vision inference_rag inference_graph service_proxy discover services_list task_submit task_get coordinator_workers"),
+            ("admin", "broadcast admin_workers admin_services admin_stats admin_health admin_gaps admin_tasks admin_pins"),
+            ("public", "health metrics preflight auth_login"),
+            ("any", "auth_verify not_found method_not_allowed"),
+        ];
+        let mut seen = 0;
+        for (role, names) in rows {
+            for name in names.split(' ') {
+                let (r, _, _) = SAMPLES.iter().find(|(r, _, _)| r.name() == name).unwrap();
+                assert_eq!(want(*r), role, "{name}");
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, SAMPLES.len());
     }
 
     #[test]

@@ -352,17 +352,21 @@ impl Guard {
             .enumerate()
             .map(|(i, u)| (u.0.clone(), i as u32))
             .collect();
-        let tokens = cfg.jwt_secret.as_ref().filter(|s| !s.0.is_empty()).map(|s| {
-            let mut v = Validation::new(Algorithm::HS256);
-            // Expiry is exact: a 1 s token is dead after 1 s.
-            v.leeway = 0;
-            v.set_required_spec_claims(&["exp", "sub"]);
-            (
-                EncodingKey::from_secret(s.0.as_bytes()),
-                DecodingKey::from_secret(s.0.as_bytes()),
-                v,
-            )
-        });
+        let tokens = cfg
+            .jwt_secret
+            .as_ref()
+            .filter(|s| !s.0.is_empty())
+            .map(|s| {
+                let mut v = Validation::new(Algorithm::HS256);
+                // Expiry is exact: a 1 s token is dead after 1 s.
+                v.leeway = 0;
+                v.set_required_spec_claims(&["exp", "sub"]);
+                (
+                    EncodingKey::from_secret(s.0.as_bytes()),
+                    DecodingKey::from_secret(s.0.as_bytes()),
+                    v,
+                )
+            });
         Guard {
             enabled: !keys.is_empty() || !users.is_empty(),
             protect_metrics: cfg.protect_metrics,
@@ -509,7 +513,10 @@ impl Guard {
                 .admit(ip, now)
                 .map_err(|retry_after| ApiError::TooManyRequests { retry_after })?;
         }
-        let user = self.user_index.get(username).map(|&i| &self.users[i as usize]);
+        let user = self
+            .user_index
+            .get(username)
+            .map(|&i| &self.users[i as usize]);
         // An unknown name still costs one verification (against another
         // user's hash), so timing does not tell which names exist.
         let hash = match (user, self.users.first()) {
@@ -572,9 +579,7 @@ fn limiter_key(ip: IpAddr) -> IpAddr {
             Some(v4) => IpAddr::V4(v4),
             None => {
                 let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(
-                    s[0], s[1], s[2], s[3], 0, 0, 0, 0,
-                ))
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
             }
         },
     }
@@ -695,7 +700,10 @@ mod tests {
             .check(Route::ServiceProxy, &with_key("x-api-key", "ck"))
             .is_ok());
         assert!(matches!(
-            g.check(Route::ServiceProxy, &with_key("authorization", "Bearer nope")),
+            g.check(
+                Route::ServiceProxy,
+                &with_key("authorization", "Bearer nope")
+            ),
             Err(ApiError::InvalidToken)
         ));
         assert!(matches!(
@@ -858,7 +866,10 @@ mod tests {
         assert_eq!(l.admit(ip, t0 + Duration::from_millis(500)), Err(60));
         l.refund(ip);
         assert!(l.admit(ip, t0).is_ok());
-        assert!(l.admit(ip, t0 + Duration::from_secs(60)).is_ok(), "new window");
+        assert!(
+            l.admit(ip, t0 + Duration::from_secs(60)).is_ok(),
+            "new window"
+        );
         for i in 0..10u8 {
             let other = IpAddr::from([10, 0, 1, i]);
             assert!(l.admit(other, t0 + Duration::from_secs(61)).is_ok());

@@ -106,9 +106,7 @@ impl ApiError {
     /// `WWW-Authenticate` on 401 (RFC 9110), `Retry-After` on 429.
     pub fn header(&self) -> Option<(HeaderName, HeaderValue)> {
         match self {
-            ApiError::MethodNotAllowed { allow } => {
-                Some((ALLOW, HeaderValue::from_static(allow)))
-            }
+            ApiError::MethodNotAllowed { allow } => Some((ALLOW, HeaderValue::from_static(allow))),
             ApiError::MissingApiKey | ApiError::InvalidToken | ApiError::BadLogin => {
                 Some((WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")))
             }

@@ -77,7 +77,7 @@ pub fn run(mut conn: Connection, rx: Receiver<Msg>, stats: Arc<Mutex<WriterStats
             }
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 20 == 0 {
+                if failures == 1 || failures.is_multiple_of(20) {
                     tracing::error!(db = %path.display(), error = %e, failures, pending_ops = n_ops,
                         "database write failed: changes are answered 503 and kept in memory; retrying");
                 }

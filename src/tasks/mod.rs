@@ -199,7 +199,7 @@ pub fn spawn_housekeeping(shard: Rc<Shard>, shutdown: runtime::Shutdown) {
                 let mut tb = shard.tasks.borrow_mut();
                 tb.expire(Instant::now());
                 ticks = ticks.wrapping_add(1);
-                if ticks % 16 == 0 {
+                if ticks.is_multiple_of(16) {
                     tb.prune_waiters();
                 }
             }
