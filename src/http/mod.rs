@@ -2,7 +2,8 @@
 //!
 //! Owns: hyper connection setup over the runtime's IO adapter, connection
 //! caps and timeouts (idle, slow headers, slow bodies), graceful shutdown,
-//! routing to handlers, CORS and API-key checks, metrics per route, and the
+//! routing to handlers, CORS and credential checks (`auth`, against the
+//! role table in `access`), metrics per route, and the
 //! mapping of every error to a JSON response. Handlers live one file per
 //! API area under `handlers/`.
 //!
