@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::http::auth::{ApiKey, Secret, User};
 use crate::model::Catalog;
 use crate::store::SyncMode;
 
@@ -25,9 +26,23 @@ pub struct Config {
     pub worker_timeout: Duration,
     /// Interval told to agents at registration.
     pub heartbeat_interval_secs: u64,
-    /// `API_KEY`: required as `X-API-Key` on `/api/*` when set.
+    /// `API_KEY`: a key that may do everything (the admin role). With any
+    /// key or user configured, every route but /health, CORS preflight and
+    /// login needs a credential (see `http::access`).
     pub api_key: Option<String>,
-    /// Also require the key on /health and /metrics.
+    /// Keys per role (`--admin-key`, `--worker-key`, `--client-key`,
+    /// `--keys-file`), several per role for rotation.
+    pub keys: Vec<ApiKey>,
+    /// Users who may log in (`--users-file`).
+    pub users: Vec<User>,
+    /// HS256 secret of login tokens (`JWT_SECRET`); required with users.
+    pub jwt_secret: Option<Secret>,
+    /// Lifetime of a login token.
+    pub token_expiry: Duration,
+    /// Failed logins allowed per client address and window (per shard).
+    pub login_max_failures: u32,
+    pub login_window: Duration,
+    /// /health and /metrics need the admin role too.
     pub protect_metrics: bool,
     /// `ALLOWED_ORIGINS` for CORS; `*` allows any origin.
     pub allowed_origins: Vec<String>,
@@ -117,6 +132,12 @@ impl Default for Config {
             worker_timeout: Duration::from_secs(600),
             heartbeat_interval_secs: 30,
             api_key: None,
+            keys: Vec::new(),
+            users: Vec::new(),
+            jwt_secret: None,
+            token_expiry: Duration::from_secs(24 * 3600),
+            login_max_failures: 5,
+            login_window: Duration::from_secs(60),
             protect_metrics: false,
             allowed_origins: Vec::new(),
             public_url: None,

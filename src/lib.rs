@@ -11,7 +11,8 @@
 //!   id hashes to it). Forwards single-worker operations to the owner shard
 //!   and fans whole-registry operations out to all shards, then merges.
 //! - [`http`]: accept loop, connection limits and timeouts, routing,
-//!   handlers (one file per API area), CORS, API key, errors as JSON.
+//!   handlers (one file per API area), CORS, roles and credentials (API
+//!   keys, users, login tokens), errors as JSON.
 //! - [`model`]: wire types and the pure domain rules: size parsing, worker
 //!   type and tier, the service catalog and assignment.
 //! - [`tasks`]: task queues (one shard per queue), leases, long-poll, and

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use coordinator::http::auth::{self, ApiKey, Role, Secret};
 use coordinator::model::Catalog;
 use coordinator::server::StartError;
 use coordinator::{Config, Server};
@@ -41,6 +42,8 @@ macro_rules! options {
             /// Keep all state in memory: no database, nothing survives a restart.
             #[arg(long)]
             in_memory: bool,
+            #[command(subcommand)]
+            command: Option<Command>,
             $( $(#[$doc])* #[arg(long, env = $env)] $name: Option<$ty>, )*
         }
 
@@ -87,8 +90,26 @@ options! {
     worker_timeout: f64, env = "WORKER_TIMEOUT_SECONDS";
     /// Heartbeat interval told to agents, seconds [default: 30]
     heartbeat_interval: u64, env = "HEARTBEAT_INTERVAL_SECONDS";
-    /// Require this key in header X-API-Key on /api/* [default: none]
+    /// A key that may call every route (admin), as X-API-Key or Authorization: Bearer [default: none]
     api_key: String, env = "API_KEY";
+    /// A key of the admin role (all routes) [default: none]
+    admin_key: String, env = "ADMIN_API_KEY";
+    /// A key of the worker role (register, heartbeat, unregister, pull, complete) [default: none]
+    worker_key: String, env = "WORKER_API_KEY";
+    /// A key of the client role (inference, /service/*, tasks, discovery, worker list) [default: none]
+    client_key: String, env = "CLIENT_API_KEY";
+    /// TOML file of [[keys]] (key, role, optional workers globs and name), several per role [default: none]
+    keys_file: PathBuf, env = "KEYS_FILE";
+    /// TOML file of [[users]] (username, argon2 password_hash, role) who may log in [default: none]
+    users_file: PathBuf, env = "USERS_FILE";
+    /// HS256 secret of login tokens, at least 32 bytes; required with --users-file [default: none]
+    jwt_secret: String, env = "JWT_SECRET";
+    /// Lifetime of a login token, seconds [default: 86400]
+    token_expiry: f64, env = "TOKEN_EXPIRY_SECONDS";
+    /// Failed logins allowed per client address per window (per shard) [default: 5]
+    login_max_failures: u32, env = "LOGIN_MAX_FAILURES";
+    /// Login rate-limit window, seconds [default: 60]
+    login_window: f64, env = "LOGIN_WINDOW_SECONDS";
     /// CORS origins, comma separated; * allows any [default: none]
     allowed_origins: String, env = "ALLOWED_ORIGINS";
     /// URL agents should use to reach this coordinator [default: from the Host header]
@@ -143,6 +164,62 @@ options! {
     log_level: String, env = "RUST_LOG";
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Read a password from standard input (one line) and print its argon2id
+    /// PHC string for the `password_hash` of a --users-file entry.
+    HashPassword,
+}
+
+/// `coordinator hash-password`: stdin -> PHC string on stdout.
+fn hash_password_command() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("coordinator: cannot read the password: {e}");
+        return ExitCode::from(2);
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("coordinator: empty password");
+        return ExitCode::from(2);
+    }
+    match coordinator::http::auth::hash_password(password) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Every key given by flag, environment or keys file, with its role.
+fn keys(cli: &Cli) -> Result<Vec<ApiKey>, String> {
+    let mut keys = Vec::new();
+    for (k, role) in [
+        (&cli.admin_key, Role::Admin),
+        (&cli.worker_key, Role::Worker),
+        (&cli.client_key, Role::Client),
+    ] {
+        if let Some(k) = k {
+            if k.is_empty() {
+                return Err(format!(
+                    "--{}-key must not be empty (omit it instead)",
+                    role.as_str()
+                ));
+            }
+            keys.push(ApiKey::new(k, role));
+        }
+    }
+    if let Some(p) = &cli.keys_file {
+        keys.extend(auth::load_keys(p)?);
+    }
+    Ok(keys)
+}
+
 /// Where state lives unless `--db` or `--in-memory` says otherwise.
 const DEFAULT_DB_PATH: &str = "./data/coordinator.db";
 
@@ -193,7 +270,20 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         )?,
         worker_timeout: secs("worker-timeout", cli.worker_timeout, d.worker_timeout)?,
         heartbeat_interval_secs: cli.heartbeat_interval.unwrap_or(d.heartbeat_interval_secs),
-        api_key: cli.api_key.clone().filter(|k| !k.is_empty()),
+        // An empty key is refused below, not taken as "no key".
+        api_key: cli.api_key.clone(),
+        keys: keys(cli)?,
+        users: match &cli.users_file {
+            Some(p) => auth::load_users(p)?,
+            None => Vec::new(),
+        },
+        jwt_secret: cli.jwt_secret.as_deref().map(Secret::from),
+        token_expiry: secs("token-expiry", cli.token_expiry, d.token_expiry)?,
+        login_max_failures: cli
+            .login_max_failures
+            .unwrap_or(d.login_max_failures)
+            .max(1),
+        login_window: secs("login-window", cli.login_window, d.login_window)?,
         protect_metrics: cli.protect_metrics,
         allowed_origins: cli
             .allowed_origins
@@ -256,6 +346,7 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         .map_err(|e| format!("--worker-networks: {e}"))?,
         ..d
     };
+    auth::validate(&cfg)?;
     if cfg.worker_timeout < cfg.heartbeat_timeout {
         return Err("--worker-timeout must not be shorter than --heartbeat-timeout".into());
     }
@@ -288,6 +379,9 @@ fn main() -> ExitCode {
     // SAFETY: setting a signal disposition before any thread exists.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let mut cli = Cli::parse();
+    if let Some(Command::HashPassword) = cli.command {
+        return hash_password_command();
+    }
     if let Some(path) = cli.config.clone() {
         let file = std::fs::read_to_string(&path)
             .map_err(|e| e.to_string())

@@ -1,76 +1,899 @@
-//! API-key check: with `API_KEY` set, `/api/*` needs header `X-API-Key`
-//! (and /health, /metrics too with `--protect-metrics`).
+//! Credentials: API keys per role, users with passwords, login tokens, and
+//! the per-request check against the route table (`access`).
+//!
+//! Owns: the key and user file formats and their validation, the
+//! per-shard [`Guard`] (key digests, token keys, the login rate limiter),
+//! password hashing and verification, token issue and validation, and
+//! worker-id scopes of worker keys.
+//!
+//! Must not: decide a route's role (that is `access::need`), look at the
+//! raw path, compare secrets with an early exit, or block the shard on
+//! password hashing (verification runs off the shard).
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use hyper::header::AUTHORIZATION;
 use hyper::HeaderMap;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
+use super::access::{self, Need};
 use super::error::ApiError;
+use super::router::Route;
 use crate::config::Config;
 
-pub fn check(cfg: &Config, path: &str, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = cfg.api_key.as_deref() else {
-        return Ok(());
+/// A role. `Admin` may call every route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Client,
+    Worker,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Worker => "worker",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "client" => Ok(Role::Client),
+            "worker" => Ok(Role::Worker),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!(
+                "unknown role {s:?} (expected admin, worker or client)"
+            )),
+        }
+    }
+}
+
+/// A secret string that never shows in `Debug` output (the config is
+/// logged and printed in errors).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+/// One API key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: Secret,
+    pub role: Role,
+    /// Worker keys only: glob patterns (`*`, `?`) of the worker ids this
+    /// key may act for; empty = any.
+    #[serde(default)]
+    pub workers: Vec<String>,
+    /// A label for the operator (which fleet, issued when); never secret.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl ApiKey {
+    pub fn new(key: &str, role: Role) -> Self {
+        ApiKey {
+            key: key.into(),
+            role,
+            workers: Vec::new(),
+            name: None,
+        }
+    }
+}
+
+/// One user who may log in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub username: String,
+    /// An argon2 PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`).
+    pub password_hash: Secret,
+    pub role: Role,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    keys: Vec<ApiKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    users: Vec<User>,
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses a keys file (TOML, `[[keys]]` tables).
+pub fn parse_keys(text: &str) -> Result<Vec<ApiKey>, String> {
+    let f: KeysFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    Ok(f.keys)
+}
+
+/// Parses a users file (TOML, `[[users]]` tables).
+pub fn parse_users(text: &str) -> Result<Vec<User>, String> {
+    let f: UsersFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    Ok(f.users)
+}
+
+pub fn load_keys(path: &Path) -> Result<Vec<ApiKey>, String> {
+    parse_keys(&read(path)?).map_err(|e| format!("keys file {}: {e}", path.display()))
+}
+
+pub fn load_users(path: &Path) -> Result<Vec<User>, String> {
+    parse_users(&read(path)?).map_err(|e| format!("users file {}: {e}", path.display()))
+}
+
+/// Shortest accepted token secret: HS256 wants a key at least as long as
+/// its 256-bit hash.
+pub const MIN_JWT_SECRET: usize = 32;
+
+/// Refuses configurations that would silently weaken authentication:
+/// empty keys, scopes on non-worker keys, users without a token secret,
+/// password hashes that cannot be parsed, duplicate usernames.
+pub fn validate(cfg: &Config) -> Result<(), String> {
+    if cfg.api_key.as_deref() == Some("") {
+        return Err("--api-key must not be empty (omit it to run without a key)".into());
+    }
+    for (i, k) in cfg.keys.iter().enumerate() {
+        let label = k.name.clone().unwrap_or_else(|| format!("key #{}", i + 1));
+        if k.key.0.is_empty() {
+            return Err(format!("{label} ({}): empty API key", k.role.as_str()));
+        }
+        if !k.workers.is_empty() && k.role != Role::Worker {
+            return Err(format!(
+                "{label}: `workers` limits worker keys only, not {} keys",
+                k.role.as_str()
+            ));
+        }
+        if k.workers.iter().any(|p| p.is_empty()) {
+            return Err(format!("{label}: empty worker id pattern"));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for u in &cfg.users {
+        if u.username.is_empty() || u.username.len() > 256 {
+            return Err("users file: usernames must be 1 to 256 bytes".into());
+        }
+        if !seen.insert(u.username.as_str()) {
+            return Err(format!("users file: user {:?} twice", u.username));
+        }
+        argon2::PasswordHash::new(&u.password_hash.0).map_err(|e| {
+            format!(
+                "users file: user {:?}: password_hash is not a PHC string ({e}); make one with `coordinator hash-password`",
+                u.username
+            )
+        })?;
+    }
+    match &cfg.jwt_secret {
+        Some(s) if s.0.len() < MIN_JWT_SECRET => {
+            return Err(format!(
+                "--jwt-secret must be at least {MIN_JWT_SECRET} bytes"
+            ))
+        }
+        None if !cfg.users.is_empty() => {
+            return Err("users are configured but JWT_SECRET (--jwt-secret) is not set".into())
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Hashes a password for the users file: argon2id with the crate's
+/// defaults (19 MiB, 2 passes, 1 lane: OWASP's minimum, tens of ms).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut password_hash::rand_core::OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Checks `password` against a PHC string. CPU-heavy: call off the shard.
+pub fn verify_password(phc: &str, password: &str) -> bool {
+    use argon2::password_hash::PasswordVerifier;
+    match argon2::PasswordHash::new(phc) {
+        Ok(h) => argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// `*` matches any run of characters, `?` exactly one; everything else
+/// matches itself. Linear in practice (one backtrack point, the last `*`).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == t[ti])) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Who made a request, as established by [`Guard::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Who {
+    /// No credential (open coordinator, or a public route).
+    Anonymous,
+    /// Index into the guard's keys.
+    Key(u32),
+    /// Index into the configured users (a login token).
+    User(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub who: Who,
+    pub role: Option<Role>,
+}
+
+impl Grant {
+    pub const ANONYMOUS: Grant = Grant {
+        who: Who::Anonymous,
+        role: None,
     };
-    let protected = path.starts_with("/api/")
-        || (cfg.protect_metrics && (path == "/metrics" || path == "/health"));
-    if !protected {
-        return Ok(());
+}
+
+/// Token claims, as the originals' tokens carry them (`sub` = username).
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    role: Role,
+    iat: u64,
+    exp: u64,
+}
+
+/// One key's digest and what it grants.
+struct Entry {
+    digest: [u8; 32],
+    role: Role,
+    workers: Vec<String>,
+}
+
+/// Longest credential we look at; anything longer is refused unread.
+const MAX_CREDENTIAL: usize = 8192;
+
+/// Per-shard authentication state, built once from the config.
+pub struct Guard {
+    /// Any key or user configured: otherwise every route is open.
+    enabled: bool,
+    protect_metrics: bool,
+    keys: Vec<Entry>,
+    users: Vec<(String, Role, String)>,
+    user_index: HashMap<String, u32>,
+    tokens: Option<(EncodingKey, DecodingKey, Validation)>,
+    token_expiry: Duration,
+    limiter: RefCell<LoginLimiter>,
+    verifying: Cell<u32>,
+}
+
+/// Password checks in flight per shard (each holds ~19 MiB on its thread).
+const MAX_VERIFYING: u32 = 4;
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, b);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+impl Guard {
+    pub fn new(cfg: &Config) -> Guard {
+        let mut all: Vec<ApiKey> = cfg
+            .api_key
+            .iter()
+            .map(|k| ApiKey::new(k, Role::Admin))
+            .collect();
+        all.extend(cfg.keys.iter().cloned());
+        // An empty key would match an empty header: never usable (main
+        // refuses them; this guards library users too).
+        let keys: Vec<Entry> = all
+            .into_iter()
+            .filter(|k| !k.key.0.is_empty())
+            .map(|k| Entry {
+                digest: sha256(k.key.0.as_bytes()),
+                role: k.role,
+                workers: k.workers,
+            })
+            .collect();
+        let users: Vec<(String, Role, String)> = cfg
+            .users
+            .iter()
+            .map(|u| (u.username.clone(), u.role, u.password_hash.0.clone()))
+            .collect();
+        let user_index = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.0.clone(), i as u32))
+            .collect();
+        let tokens = cfg
+            .jwt_secret
+            .as_ref()
+            .filter(|s| !s.0.is_empty())
+            .map(|s| {
+                let mut v = Validation::new(Algorithm::HS256);
+                // Expiry is exact: a 1 s token is dead after 1 s.
+                v.leeway = 0;
+                v.set_required_spec_claims(&["exp", "sub"]);
+                (
+                    EncodingKey::from_secret(s.0.as_bytes()),
+                    DecodingKey::from_secret(s.0.as_bytes()),
+                    v,
+                )
+            });
+        Guard {
+            enabled: !keys.is_empty() || !users.is_empty(),
+            protect_metrics: cfg.protect_metrics,
+            keys,
+            users,
+            user_index,
+            tokens,
+            token_expiry: cfg.token_expiry,
+            limiter: RefCell::new(LoginLimiter::new(
+                cfg.login_max_failures,
+                cfg.login_window,
+                LIMITER_CAP,
+            )),
+            verifying: Cell::new(0),
+        }
     }
-    match headers.get("x-api-key") {
-        None => Err(ApiError::MissingApiKey),
-        Some(got) if constant_time_eq(got.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::InvalidApiKey),
+
+    /// Establishes who is calling and whether `route` lets them.
+    /// 401: no credential, or a bad token; 403: a key we do not know
+    /// (as before), or a valid credential whose role is not enough.
+    pub fn check(&self, route: Route, headers: &HeaderMap) -> Result<Grant, ApiError> {
+        if !self.enabled {
+            // Open coordinator; only the token routes look at credentials.
+            return if route == Route::AuthVerify {
+                self.authenticate(headers)
+            } else {
+                Ok(Grant::ANONYMOUS)
+            };
+        }
+        let need = access::need(route, self.protect_metrics);
+        if need == Need::Public {
+            return Ok(Grant::ANONYMOUS);
+        }
+        let grant = self.authenticate(headers)?;
+        match grant.role {
+            Some(role) if need.allows(role) => Ok(grant),
+            Some(role) => Err(ApiError::Forbidden(format!(
+                "Not enough permissions: a {} credential may not call this route",
+                role.as_str()
+            ))),
+            None => Err(ApiError::MissingApiKey),
+        }
+    }
+
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Grant, ApiError> {
+        if let Some(k) = headers.get("x-api-key") {
+            let k = k.as_bytes();
+            return match self.find_key(k) {
+                Some(g) => Ok(g),
+                None => Err(ApiError::InvalidApiKey),
+            };
+        }
+        let Some(auth) = headers.get(AUTHORIZATION) else {
+            return Err(ApiError::MissingApiKey);
+        };
+        let auth = auth.as_bytes();
+        if auth.len() < 7 || !auth[..7].eq_ignore_ascii_case(b"bearer ") {
+            return Err(ApiError::InvalidToken);
+        }
+        let cred = auth[7..].trim_ascii();
+        if let Some(g) = self.find_key(cred) {
+            return Ok(g);
+        }
+        self.token(cred).ok_or(ApiError::InvalidToken)
+    }
+
+    /// Compares the credential's digest with every key's, without an early
+    /// exit, so neither which key matched nor how much of it shows in the
+    /// timing (digests also hide the keys' lengths).
+    fn find_key(&self, presented: &[u8]) -> Option<Grant> {
+        if presented.is_empty() || presented.len() > MAX_CREDENTIAL {
+            return None;
+        }
+        let d = sha256(presented);
+        let mut found = 0u32;
+        for (i, e) in self.keys.iter().enumerate() {
+            found.conditional_assign(&(i as u32 + 1), e.digest.ct_eq(&d));
+        }
+        let i = found.checked_sub(1)?;
+        Some(Grant {
+            who: Who::Key(i),
+            role: Some(self.keys[i as usize].role),
+        })
+    }
+
+    fn token(&self, token: &[u8]) -> Option<Grant> {
+        let (_, dec, validation) = self.tokens.as_ref()?;
+        if token.len() > MAX_CREDENTIAL {
+            return None;
+        }
+        let token = std::str::from_utf8(token).ok()?;
+        let claims = jsonwebtoken::decode::<Claims>(token, dec, validation)
+            .ok()?
+            .claims;
+        // The users file is the authority: a user removed or given another
+        // role since the token was issued (and a restart) loses it.
+        let i = *self.user_index.get(&claims.sub)?;
+        let role = self.users[i as usize].1;
+        (role == claims.role).then_some(Grant {
+            who: Who::User(i),
+            role: Some(role),
+        })
+    }
+
+    /// Does `Authorization` carry one of our keys or a valid login token?
+    /// Then it is our credential and must not travel on to a worker. One
+    /// digest (and a token check) per proxied request that has the header.
+    pub fn authorization_is_ours(&self, headers: &HeaderMap) -> bool {
+        let Some(auth) = headers.get(AUTHORIZATION) else {
+            return false;
+        };
+        let auth = auth.as_bytes();
+        let cred = if auth.len() >= 7 && auth[..7].eq_ignore_ascii_case(b"bearer ") {
+            auth[7..].trim_ascii()
+        } else {
+            auth.trim_ascii()
+        };
+        self.find_key(cred).is_some() || self.token(cred).is_some()
+    }
+
+    /// The username behind a token grant.
+    pub fn username(&self, grant: &Grant) -> Option<&str> {
+        match grant.who {
+            Who::User(i) => self.users.get(i as usize).map(|u| u.0.as_str()),
+            _ => None,
+        }
+    }
+
+    /// 403 unless the grant may act for worker `id`: only worker keys with
+    /// `workers` patterns are limited.
+    pub fn may_act_for(&self, grant: &Grant, id: &str) -> Result<(), ApiError> {
+        let Who::Key(i) = grant.who else {
+            return Ok(());
+        };
+        let e = &self.keys[i as usize];
+        if e.workers.is_empty() || e.workers.iter().any(|p| glob_match(p, id)) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "This key may not act for worker {id:?}"
+            )))
+        }
+    }
+
+    /// Checks a login and issues a token. Rate-limited per client address;
+    /// the password check runs off the shard.
+    pub async fn login(
+        &self,
+        peer: Option<IpAddr>,
+        username: &str,
+        password: String,
+    ) -> Result<String, ApiError> {
+        let now = Instant::now();
+        let key = peer.map(limiter_key);
+        if let Some(ip) = key {
+            // Counted before checking, so parallel guesses are limited too;
+            // a success gives its attempt back.
+            self.limiter
+                .borrow_mut()
+                .admit(ip, now)
+                .map_err(|retry_after| ApiError::TooManyRequests { retry_after })?;
+        }
+        let user = self
+            .user_index
+            .get(username)
+            .map(|&i| &self.users[i as usize]);
+        // An unknown name still costs one verification (against another
+        // user's hash), so timing does not tell which names exist.
+        let hash = match (user, self.users.first()) {
+            (Some(u), _) | (None, Some(u)) => u.2.clone(),
+            (None, None) => return Err(ApiError::BadLogin),
+        };
+        if self.verifying.get() >= MAX_VERIFYING {
+            return Err(ApiError::Unavailable(
+                "Too many logins in progress; retry shortly".into(),
+            ));
+        }
+        self.verifying.set(self.verifying.get() + 1);
+        let ok = {
+            let _done = Decrement(&self.verifying);
+            crate::runtime::off_shard("login", move || verify_password(&hash, &password)).await
+        };
+        let Some(ok) = ok else {
+            return Err(ApiError::Unavailable("Cannot check passwords now".into()));
+        };
+        let user = match user {
+            Some(u) if ok => u,
+            _ => return Err(ApiError::BadLogin),
+        };
+        if let Some(ip) = key {
+            self.limiter.borrow_mut().refund(ip);
+        }
+        self.issue(&user.0, user.1)
+            .ok_or_else(|| ApiError::Unavailable("Cannot issue tokens now".into()))
+    }
+
+    fn issue(&self, username: &str, role: Role) -> Option<String> {
+        let (enc, _, _) = self.tokens.as_ref()?;
+        let iat = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            sub: username.to_string(),
+            role,
+            iat,
+            exp: iat + self.token_expiry.as_secs().max(1),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, enc).ok()
     }
 }
 
-/// Did the request carry the configured `--api-key` (the admin credential)?
-/// False when no key is configured. Decides whether a proxy error may show
-/// worker addresses. Hook: when role keys exist, an admin-role key counts
-/// here too.
-pub fn is_admin(cfg: &Config, headers: &HeaderMap) -> bool {
-    match (cfg.api_key.as_deref(), headers.get("x-api-key")) {
-        (Some(k), Some(got)) => constant_time_eq(got.as_bytes(), k.as_bytes()),
-        _ => false,
+struct Decrement<'a>(&'a Cell<u32>);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 
-/// Compares without an early exit, so timing does not reveal how much of
-/// the key matched (the length is not secret).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Addresses tracked per shard by the login limiter.
+const LIMITER_CAP: usize = 4096;
+
+/// IPv6 clients usually own a whole /64: count them as one.
+fn limiter_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+}
+
+/// Failed logins per address in a fixed window; bounded: when full,
+/// expired entries go first, then the oldest.
+pub struct LoginLimiter {
+    max: u32,
+    window: Duration,
+    cap: usize,
+    slots: HashMap<IpAddr, (Instant, u32)>,
+}
+
+impl LoginLimiter {
+    pub fn new(max: u32, window: Duration, cap: usize) -> Self {
+        LoginLimiter {
+            max: max.max(1),
+            window,
+            cap: cap.max(1),
+            slots: HashMap::new(),
+        }
+    }
+
+    /// Counts an attempt; `Err(seconds)` when the address is over its limit.
+    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<(), u64> {
+        if let Some((start, count)) = self.slots.get_mut(&ip) {
+            let age = now.saturating_duration_since(*start);
+            if age >= self.window {
+                (*start, *count) = (now, 0);
+            } else if *count >= self.max {
+                let left = self.window - age;
+                return Err(left.as_secs() + u64::from(left.subsec_nanos() > 0));
+            }
+            *count += 1;
+            return Ok(());
+        }
+        if self.slots.len() >= self.cap {
+            let window = self.window;
+            self.slots
+                .retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
+            if self.slots.len() >= self.cap {
+                if let Some(oldest) = self.slots.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| *k) {
+                    self.slots.remove(&oldest);
+                }
+            }
+        }
+        self.slots.insert(ip, (now, 1));
+        Ok(())
+    }
+
+    /// A successful login does not count against its address.
+    pub fn refund(&mut self, ip: IpAddr) {
+        if let Some((_, count)) = self.slots.get_mut(&ip) {
+            *count = count.saturating_sub(1);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys() {
-        let cfg = Config {
-            api_key: Some("s3cret".into()),
-            ..Default::default()
-        };
+    fn guard(tweak: impl FnOnce(&mut Config)) -> Guard {
+        let mut cfg = Config::default();
+        tweak(&mut cfg);
+        Guard::new(&cfg)
+    }
+
+    fn with_key(name: &str, value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
+        h.insert(
+            hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn keys_and_roles() {
+        let g = guard(|c| {
+            c.api_key = Some("s3cret".into());
+            c.keys = vec![
+                ApiKey::new("wk", Role::Worker),
+                ApiKey::new("ck", Role::Client),
+            ];
+        });
+        let none = HeaderMap::new();
         assert!(matches!(
-            check(&cfg, "/api/admin/stats", &h),
+            g.check(Route::AdminStats, &none),
             Err(ApiError::MissingApiKey)
         ));
-        assert!(check(&cfg, "/health", &h).is_ok());
-        h.insert("x-api-key", "s3creT".parse().unwrap());
+        assert!(g.check(Route::Health, &none).is_ok());
         assert!(matches!(
-            check(&cfg, "/api/admin/stats", &h),
+            g.check(Route::AdminStats, &with_key("x-api-key", "s3creT")),
             Err(ApiError::InvalidApiKey)
         ));
-        h.insert("x-api-key", "s3cret".parse().unwrap());
-        assert!(check(&cfg, "/api/admin/stats", &h).is_ok());
-        assert!(is_admin(&cfg, &h));
-        assert!(!is_admin(&Config::default(), &h));
-        h.insert("x-api-key", "nope".parse().unwrap());
-        assert!(!is_admin(&cfg, &h));
-        assert!(constant_time_eq(b"", b""));
-        assert!(!constant_time_eq(b"a", b"ab"));
+        assert!(g
+            .check(Route::AdminStats, &with_key("x-api-key", "s3cret"))
+            .is_ok());
+        let w = g
+            .check(Route::Heartbeat, &with_key("authorization", "Bearer wk"))
+            .unwrap();
+        assert_eq!(w.role, Some(Role::Worker));
+        assert!(matches!(
+            g.check(Route::ServiceProxy, &with_key("x-api-key", "wk")),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(g
+            .check(Route::ServiceProxy, &with_key("x-api-key", "ck"))
+            .is_ok());
+        assert!(matches!(
+            g.check(
+                Route::ServiceProxy,
+                &with_key("authorization", "Bearer nope")
+            ),
+            Err(ApiError::InvalidToken)
+        ));
+        assert!(matches!(
+            g.check(Route::NotFound, &none),
+            Err(ApiError::MissingApiKey)
+        ));
+    }
+
+    #[test]
+    fn open_without_credentials_and_empty_keys_never_match() {
+        let g = guard(|c| c.keys = vec![ApiKey::new("", Role::Admin)]);
+        assert!(!g.enabled);
+        assert_eq!(
+            g.check(Route::AdminStats, &HeaderMap::new()).unwrap(),
+            Grant::ANONYMOUS
+        );
+        assert!(g.find_key(b"").is_none());
+    }
+
+    #[test]
+    fn worker_scopes() {
+        let mut k = ApiKey::new("gk", Role::Worker);
+        k.workers = vec!["gpu-*".into(), "edge-?".into()];
+        let g = guard(|c| c.keys = vec![k, ApiKey::new("any", Role::Worker)]);
+        let scoped = g.find_key(b"gk").unwrap();
+        assert!(g.may_act_for(&scoped, "gpu-01").is_ok());
+        assert!(g.may_act_for(&scoped, "edge-1").is_ok());
+        assert!(g.may_act_for(&scoped, "cpu-01").is_err());
+        let any = g.find_key(b"any").unwrap();
+        assert!(g.may_act_for(&any, "cpu-01").is_ok());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("gpu-*", "gpu-"));
+        assert!(glob_match("gpu-*", "gpu-a/b"));
+        assert!(!glob_match("gpu-*", "xgpu-1"));
+        assert!(glob_match("*-eu-*", "gpu-eu-7"));
+        assert!(!glob_match("*-eu-*", "gpu-us-7"));
+        assert!(glob_match("w?", "w1"));
+        assert!(!glob_match("w?", "w12"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "aXbYbZc"));
+        assert!(!glob_match("a*b*c", "aXbYbZ"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exac"));
+    }
+
+    #[test]
+    fn key_and_user_files() {
+        let keys = parse_keys(
+            r#"
+            [[keys]]
+            key = "a"
+            role = "worker"
+            workers = ["gpu-*"]
+            name = "gpu fleet"
+            [[keys]]
+            key = "b"
+            role = "client"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].workers, vec!["gpu-*".to_string()]);
+        assert_eq!(keys[1].role, Role::Client);
+        assert!(format!("{:?}", keys[0]).contains("redacted"));
+        assert!(!format!("{:?}", keys[0]).contains("\"a\""));
+        assert!(parse_keys("[[keys]]\nkey = \"a\"\nrole = \"root\"\n").is_err());
+        assert!(parse_keys("[[keys]]\nkey = \"a\"\nrole = \"admin\"\nextra = 1\n").is_err());
+        let users = parse_users(
+            "[[users]]\nusername = \"al\"\npassword_hash = \"$argon2id$x\"\nrole = \"admin\"\n",
+        )
+        .unwrap();
+        assert_eq!(users[0].username, "al");
+    }
+
+    #[test]
+    fn validation_refuses_weak_configs() {
+        let ok = |f: &dyn Fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            validate(&c)
+        };
+        assert!(ok(&|_| {}).is_ok());
+        assert!(ok(&|c| c.api_key = Some(String::new())).is_err());
+        assert!(ok(&|c| c.keys = vec![ApiKey::new("", Role::Client)]).is_err());
+        assert!(ok(&|c| {
+            let mut k = ApiKey::new("k", Role::Client);
+            k.workers = vec!["a*".into()];
+            c.keys = vec![k];
+        })
+        .is_err());
+        let user = User {
+            username: "u".into(),
+            password_hash: hash_password("pw").unwrap().as_str().into(),
+            role: Role::Client,
+        };
+        assert!(ok(&|c| c.users = vec![user.clone()]).is_err(), "no secret");
+        assert!(ok(&|c| {
+            c.users = vec![user.clone()];
+            c.jwt_secret = Some("short".into());
+        })
+        .is_err());
+        assert!(ok(&|c| {
+            c.users = vec![user.clone()];
+            c.jwt_secret = Some("x".repeat(32).as_str().into());
+        })
+        .is_ok());
+        assert!(ok(&|c| {
+            c.users = vec![user.clone(), user.clone()];
+            c.jwt_secret = Some("x".repeat(32).as_str().into());
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let h = hash_password("hunter2").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password(&h, "hunter2"));
+        assert!(!verify_password(&h, "hunter3"));
+        assert!(!verify_password("garbage", "hunter2"));
+    }
+
+    #[test]
+    fn tokens_round_trip_and_follow_the_users_file() {
+        let user = User {
+            username: "ann".into(),
+            password_hash: "$argon2id$unused".into(),
+            role: Role::Client,
+        };
+        let g = guard(|c| {
+            c.users = vec![user.clone()];
+            c.jwt_secret = Some("k".repeat(40).as_str().into());
+        });
+        let t = g.issue("ann", Role::Client).unwrap();
+        let grant = g.token(t.as_bytes()).unwrap();
+        assert_eq!(grant.role, Some(Role::Client));
+        assert_eq!(g.username(&grant), Some("ann"));
+        // Claims a role the user does not have: refused.
+        let forged = g.issue("ann", Role::Admin).unwrap();
+        assert!(g.token(forged.as_bytes()).is_none());
+        assert!(g.token(b"not.a.token").is_none());
+        // Another secret: refused.
+        let other = guard(|c| {
+            c.users = vec![user.clone()];
+            c.jwt_secret = Some("z".repeat(40).as_str().into());
+        });
+        assert!(other.token(t.as_bytes()).is_none());
+    }
+
+    #[test]
+    fn limiter_counts_refunds_and_stays_bounded() {
+        let t0 = Instant::now();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut l = LoginLimiter::new(2, Duration::from_secs(60), 3);
+        assert!(l.admit(ip, t0).is_ok());
+        assert!(l.admit(ip, t0).is_ok());
+        assert_eq!(l.admit(ip, t0 + Duration::from_millis(500)), Err(60));
+        l.refund(ip);
+        assert!(l.admit(ip, t0).is_ok());
+        assert!(
+            l.admit(ip, t0 + Duration::from_secs(60)).is_ok(),
+            "new window"
+        );
+        for i in 0..10u8 {
+            let other = IpAddr::from([10, 0, 1, i]);
+            assert!(l.admit(other, t0 + Duration::from_secs(61)).is_ok());
+            assert!(l.len() <= 3);
+        }
+        assert_eq!(
+            limiter_key("2001:db8:1:2:3:4:5:6".parse().unwrap()),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
     }
 }

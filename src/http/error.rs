@@ -3,6 +3,7 @@
 //! Bodies are `{"detail": "..."}` like FastAPI's, because agents read
 //! `detail`. Lower layers' errors convert here and nowhere else.
 
+use hyper::header::{HeaderName, HeaderValue, ALLOW, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::StatusCode;
 
 use crate::shard::ShardError;
@@ -26,10 +27,23 @@ pub enum ApiError {
     TooLarge(String),
     #[error("Request body not received in time")]
     RequestTimeout,
-    #[error("Missing API key (header X-API-Key)")]
+    #[error("Missing API key (header X-API-Key or Authorization: Bearer)")]
     MissingApiKey,
+    /// An `X-API-Key` no configured key matches.
     #[error("Invalid API key")]
     InvalidApiKey,
+    /// A bearer credential that is neither a key nor a valid, unexpired
+    /// token (the originals' FastAPI text).
+    #[error("Could not validate credentials")]
+    InvalidToken,
+    /// A valid credential whose role (or worker scope) is not enough.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Login with a wrong username or password (the originals' text).
+    #[error("Incorrect username or password")]
+    BadLogin,
+    #[error("Too many failed login attempts; retry in {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
     /// Nobody can take the request right now (e.g. no capable worker).
     #[error("{0}")]
     Unavailable(String),
@@ -102,7 +116,9 @@ impl ApiError {
             }
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::MissingApiKey => StatusCode::UNAUTHORIZED,
-            ApiError::InvalidApiKey => StatusCode::FORBIDDEN,
+            ApiError::InvalidApiKey | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::InvalidToken | ApiError::BadLogin => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::Shard(_) | ApiError::Storage(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -110,6 +126,21 @@ impl ApiError {
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::LoopDetected(_) => StatusCode::LOOP_DETECTED,
+        }
+    }
+
+    /// A header the answer must carry besides the body: `Allow` on 405,
+    /// `WWW-Authenticate` on 401 (RFC 9110), `Retry-After` on 429.
+    pub fn header(&self) -> Option<(HeaderName, HeaderValue)> {
+        match self {
+            ApiError::MethodNotAllowed { allow } => Some((ALLOW, HeaderValue::from_static(allow))),
+            ApiError::MissingApiKey | ApiError::InvalidToken | ApiError::BadLogin => {
+                Some((WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")))
+            }
+            ApiError::TooManyRequests { retry_after } => {
+                Some((RETRY_AFTER, HeaderValue::from(*retry_after)))
+            }
+            _ => None,
         }
     }
 

@@ -2,14 +2,16 @@
 //!
 //! Owns: hyper connection setup over the runtime's IO adapter, connection
 //! caps and timeouts (idle, slow headers, slow bodies), graceful shutdown,
-//! routing to handlers, CORS and API-key checks, metrics per route, and the
+//! routing to handlers, CORS and credential checks (`auth`, against the
+//! role table in `access`), metrics per route, and the
 //! mapping of every error to a JSON response. Handlers live one file per
 //! API area under `handlers/`.
 //!
 //! Must not: touch another shard's state (go through `Shard::call` /
 //! `fan_out`), block, or panic on any input.
 
-mod auth;
+pub mod access;
+pub mod auth;
 mod cors;
 pub mod error;
 mod handlers;
@@ -27,7 +29,7 @@ use bytes::Bytes;
 use futures::future::{select, Either};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -107,6 +109,18 @@ pub struct Ctx {
     /// Fires when the shard starts shutting down: a handler that waits
     /// (a task long-poll) answers at once instead of outliving the drain.
     pub stopping: LocalShutdown,
+    /// This shard's credentials and login limiter.
+    pub guard: Rc<auth::Guard>,
+    /// Who is calling, as the guard established for this route.
+    pub grant: auth::Grant,
+}
+
+impl Ctx {
+    /// 403 unless the caller may act for worker `id` (worker keys limited
+    /// to id patterns); handlers call it once they know the id.
+    pub fn may_act_for(&self, id: &str) -> Result<(), ApiError> {
+        self.guard.may_act_for(&self.grant, id)
+    }
 }
 
 /// Accepts connections until shutdown, then drains in-flight requests.
@@ -122,6 +136,7 @@ pub async fn serve(shard: Rc<Shard>, listener: Listener, shutdown: Shutdown) {
         .max_buf_size(cfg.max_header_bytes.saturating_add(1).max(8192))
         .max_headers(100);
     let builder = Rc::new(builder);
+    let guard = Rc::new(auth::Guard::new(cfg));
     let conns = Rc::new(TaskGroup::default());
     // Connections learn of shutdown from this shard, not from the other
     // thread that requested it (see `runtime::notify`).
@@ -160,6 +175,7 @@ pub async fn serve(shard: Rc<Shard>, listener: Listener, shutdown: Shutdown) {
             builder.clone(),
             accepted.stream,
             accepted.peer,
+            guard.clone(),
             conns_stop.clone(),
         );
         if !conns.spawn(task) {
@@ -195,6 +211,7 @@ async fn connection(
     builder: Rc<http1::Builder>,
     stream: TcpConn,
     peer: Option<SocketAddr>,
+    guard: Rc<auth::Guard>,
     shutdown: LocalShutdown,
 ) {
     // Borrowed, never cloned: `cfg` is one `Arc` shared by every shard, and
@@ -211,6 +228,8 @@ async fn connection(
                 shard: shard.clone(),
                 peer,
                 stopping: stopping.clone(),
+                guard: guard.clone(),
+                grant: auth::Grant::ANONYMOUS,
             };
             let activity = activity.clone();
             async move {
@@ -283,7 +302,7 @@ async fn watchdog(act: &ConnActivity, idle: Duration, header: Duration) {
 }
 
 /// Routes, checks, runs the handler, and turns the outcome into a response.
-async fn dispatch(ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
+async fn dispatch(mut ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
     if ctx.shard.cfg.baseline_hello {
         // The benchmark baseline is hyper on our runtime adapter and nothing
         // else: no routing, CORS, shard header or metrics (docs/performance.md).
@@ -296,22 +315,26 @@ async fn dispatch(ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
     let (route, allow) = (matched.route, matched.allow);
     let origin = req.headers().get(hyper::header::ORIGIN).cloned();
 
+    // The guard judges the matched route, never the raw path.
     let result = if route == Route::Preflight {
         cors::preflight(cfg, origin.as_ref(), req.headers(), allow)
-    } else if let Err(e) = auth::check(cfg, req.uri().path(), req.headers()) {
-        Err(e)
     } else {
-        let param = matched.param.map(str::to_string);
-        handlers::handle(ctx, route, param, allow, req).await
+        match ctx.guard.check(route, req.headers()) {
+            Err(e) => Err(e),
+            Ok(grant) => {
+                ctx.grant = grant;
+                let param = matched.param.map(str::to_string);
+                handlers::handle(ctx, route, param, allow, req).await
+            }
+        }
     };
 
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
             let mut r = json(e.status(), e.body());
-            if let ApiError::MethodNotAllowed { allow } = e {
-                r.headers_mut()
-                    .insert(ALLOW, HeaderValue::from_static(allow));
+            if let Some((name, value)) = e.header() {
+                r.headers_mut().insert(name, value);
             }
             r
         }

@@ -35,10 +35,12 @@ pub enum Route {
     Preflight,
     NotFound,
     MethodNotAllowed,
+    AuthLogin,
+    AuthVerify,
 }
 
 /// Metric labels, indexed by `Route as usize`.
-pub const ROUTE_NAMES: [&str; 28] = [
+pub const ROUTE_NAMES: [&str; 30] = [
     "register",
     "heartbeat",
     "unregister",
@@ -67,6 +69,8 @@ pub const ROUTE_NAMES: [&str; 28] = [
     "preflight",
     "not_found",
     "method_not_allowed",
+    "auth_login",
+    "auth_verify",
 ];
 
 impl Route {
@@ -137,6 +141,8 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         "/api/inference/vision" => ("POST", Route::InferenceVision, None),
         "/api/inference/rag/query" => ("POST", Route::InferenceRag, None),
         "/api/inference/graph/extract" => ("POST", Route::InferenceGraph, None),
+        "/api/auth/login" => ("POST", Route::AuthLogin, None),
+        "/api/auth/verify" => ("GET", Route::AuthVerify, None),
         _ => {
             if let Some(id) = tail(path, "/api/worker/unregister/") {
                 ("DELETE", Route::Unregister, Some(id))
@@ -250,5 +256,6 @@ mod tests {
         assert_eq!(Route::Metrics.name(), "metrics");
         assert_eq!(Route::AdminPins.name(), "admin_pins");
         assert_eq!(Route::TaskSubmit.name(), "task_submit");
+        assert_eq!(Route::AuthVerify.name(), "auth_verify");
     }
 }

@@ -12,7 +12,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
+use hyper::header::{HeaderMap, HeaderName, AUTHORIZATION, COOKIE};
 
 /// An IP network `addr/prefix` (the address already masked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,24 +310,13 @@ pub fn normalise_path(raw: &str) -> Result<String, PathError> {
 /// Removes the coordinator's own credentials before a request goes to a
 /// worker: `X-API-Key` always (it is only ever ours), `Cookie` always (a
 /// cookie sent to us is ours, the worker is another party), and
-/// `Authorization` when it carries our `--api-key` (bare or as `Bearer`).
-/// Any other `Authorization` is the client's business with the worker and
-/// passes.
-pub fn strip_credentials(h: &mut HeaderMap, api_key: Option<&str>) {
+/// `Authorization` when the HTTP layer recognised it as one of our keys or
+/// login tokens (`authorization_is_ours`). Any other `Authorization` is the
+/// client's business with the worker and passes.
+pub fn strip_credentials(h: &mut HeaderMap, authorization_is_ours: bool) {
     h.remove(HeaderName::from_static("x-api-key"));
     h.remove(COOKIE);
-    let ours = |v: &HeaderValue| {
-        let Ok(v) = v.to_str() else { return false };
-        let v = v.trim();
-        let token = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-            .unwrap_or(v)
-            .trim();
-        // Hook: when role keys/tokens exist, check them here as well.
-        api_key.is_some_and(|k| !k.is_empty() && (v == k || token == k))
-    };
-    if h.get_all(AUTHORIZATION).iter().any(ours) {
+    if authorization_is_ours {
         h.remove(AUTHORIZATION);
     }
 }
@@ -351,6 +340,7 @@ pub fn has_via(h: &HeaderMap, token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderValue;
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -485,19 +475,16 @@ mod tests {
         h.insert("cookie", HeaderValue::from_static("session=1"));
         h.insert("authorization", HeaderValue::from_static("Bearer s3cret"));
         h.insert("x-custom", HeaderValue::from_static("yes"));
-        strip_credentials(&mut h, Some("s3cret"));
+        strip_credentials(&mut h, true);
         assert!(h.get("x-api-key").is_none() && h.get("cookie").is_none());
         assert!(h.get("authorization").is_none());
         assert_eq!(h["x-custom"], "yes");
         let mut h = HeaderMap::new();
         h.insert("authorization", HeaderValue::from_static("Bearer theirs"));
-        strip_credentials(&mut h, Some("s3cret"));
+        h.insert("x-api-key", HeaderValue::from_static("k"));
+        strip_credentials(&mut h, false);
         assert_eq!(h["authorization"], "Bearer theirs");
-        strip_credentials(&mut h, None);
-        assert_eq!(h["authorization"], "Bearer theirs");
-        h.insert("authorization", HeaderValue::from_static("s3cret"));
-        strip_credentials(&mut h, Some("s3cret"));
-        assert!(h.get("authorization").is_none());
+        assert!(h.get("x-api-key").is_none());
     }
 
     #[test]

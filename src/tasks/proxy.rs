@@ -911,15 +911,15 @@ async fn send_once(
 
 /// Request headers to send upstream: the client's minus hop-by-hop and
 /// minus our own credentials (`guard::strip_credentials`: `X-API-Key`,
-/// `Cookie`, an `Authorization` carrying `api_key`), plus
+/// `Cookie`, and `Authorization` when it is ours), plus
 /// `X-Forwarded-For` (appended to any the client sent).
 pub fn upstream_headers(
     mut h: HeaderMap,
     peer: Option<IpAddr>,
-    api_key: Option<&str>,
+    authorization_is_ours: bool,
 ) -> HeaderMap {
     strip_hop_by_hop(&mut h);
-    guard::strip_credentials(&mut h, api_key);
+    guard::strip_credentials(&mut h, authorization_is_ours);
     h.remove(HOST);
     h.remove(hyper::header::CONTENT_LENGTH);
     append_forwarded_for(&mut h, peer);
@@ -983,7 +983,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.insert("authorization", HeaderValue::from_static("Bearer t"));
         h.insert("host", HeaderValue::from_static("coordinator"));
-        let out = upstream_headers(h, Some("10.0.0.9".parse().unwrap()), None);
+        let out = upstream_headers(h, Some("10.0.0.9".parse().unwrap()), false);
         assert!(out.get("connection").is_none() && out.get("x-secret").is_none());
         assert!(out.get("transfer-encoding").is_none() && out.get("host").is_none());
         assert_eq!(out["x-forwarded-for"], "1.1.1.1, 10.0.0.9");

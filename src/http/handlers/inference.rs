@@ -84,8 +84,10 @@ async fn forward(ctx: &Ctx, out: Outbound, admin: bool) -> Result<Response<Body>
     }
 }
 
-fn is_admin(ctx: &Ctx, h: &HeaderMap) -> bool {
-    crate::http::auth::is_admin(&ctx.shard.cfg, h)
+/// An admin caller sees worker addresses and OS errors in 502/504
+/// details; everyone else sees the worker's id only.
+fn is_admin(ctx: &Ctx, _h: &HeaderMap) -> bool {
+    ctx.grant.role == Some(crate::http::auth::Role::Admin)
 }
 
 /// A JSON `POST` to `path_and_query` on a worker of `alias`'s service,
@@ -118,7 +120,7 @@ fn json_headers(h: &HeaderMap, ctx: &Ctx) -> HeaderMap {
     for v in h.get_all(hyper::header::VIA) {
         out.append(hyper::header::VIA, v.clone());
     }
-    crate::tasks::guard::strip_credentials(&mut out, ctx.shard.cfg.api_key.as_deref());
+    crate::tasks::guard::strip_credentials(&mut out, ctx.guard.authorization_is_ours(h));
     proxy::append_forwarded_for(&mut out, ctx.peer.map(|p| p.ip()));
     out
 }
@@ -253,11 +255,11 @@ pub async fn service(
     // Borrowed, not cloned: the config's Arc is shared by every shard, and
     // cloning it per request would bump a cross-shard atomic.
     let cfg = &ctx.shard.cfg;
-    let admin = crate::http::auth::is_admin(cfg, req.headers());
+    let admin = is_admin(&ctx, req.headers());
     let headers = proxy::upstream_headers(
         req.headers().clone(),
         ctx.peer.map(|p| p.ip()),
-        cfg.api_key.as_deref(),
+        ctx.guard.authorization_is_ours(req.headers()),
     );
     let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
     let out = Outbound {

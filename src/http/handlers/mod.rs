@@ -2,6 +2,7 @@
 //! `ApiError`; `super::dispatch` turns errors into JSON.
 
 mod admin;
+mod auth;
 mod coordinator;
 mod inference;
 mod ops;
@@ -49,6 +50,8 @@ pub async fn handle(
         Route::ServicesList => services::list(ctx).await,
         Route::Health => ops::health(ctx).await,
         Route::Metrics => ops::metrics(ctx).await,
+        Route::AuthLogin => auth::login(ctx, req).await,
+        Route::AuthVerify => auth::verify(ctx).await,
         Route::NotFound => Err(ApiError::NotFound("Not Found".into())),
         Route::MethodNotAllowed | Route::Preflight => Err(ApiError::MethodNotAllowed { allow }),
     }

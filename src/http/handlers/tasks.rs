@@ -233,8 +233,8 @@ fn parse_wait(q: Option<&str>, max: Duration) -> Result<Duration, ApiError> {
 /// a finite number >= 0.
 pub(crate) fn clamp_seconds(s: &str, max: Duration) -> Option<Duration> {
     let w = s.trim().parse::<f64>().ok()?;
-    // `w >= 0.0` is false for NaN as well.
-    if !w.is_finite() || !(w >= 0.0) {
+    // NaN is not finite, so it is refused here too.
+    if !w.is_finite() || w < 0.0 {
         return None;
     }
     Some(Duration::from_secs_f64(w.min(max.as_secs_f64())))
@@ -255,6 +255,7 @@ pub async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Ap
     let worker_id = query_param(q, "worker_id")
         .ok_or_else(|| ApiError::field("worker_id", "field required"))?;
     valid_id("worker_id", &worker_id)?;
+    ctx.may_act_for(&worker_id)?;
     let wait = parse_wait(q, cfg.task_max_wait)?;
     let max = match query_param(q, "max") {
         None => cfg.task_pull_max,
@@ -362,6 +363,7 @@ pub async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
     let task_id = task_id.ok_or_else(|| ApiError::field("task_id", "field required"))?;
     valid_id("worker_id", &worker_id)?;
     valid_id("task_id", &task_id)?;
+    ctx.may_act_for(&worker_id)?;
     let outcome = match status.as_deref() {
         Some("failed") | Some("error") => Outcome::Failed { error, retry },
         _ => Outcome::Done(result),

@@ -60,6 +60,9 @@ pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
         }
         None => generate_id(),
     };
+    // A key limited to id patterns registers only ids it matches (a
+    // generated id is `worker-` + hex, matched by `worker-*`).
+    ctx.may_act_for(&worker_id)?;
     let capabilities = r.capabilities.unwrap_or_default();
     let cfg = &ctx.shard.cfg;
     check_worker_size(
@@ -233,6 +236,7 @@ pub async fn heartbeat(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body
     let body = read_body(req, limit, cfg.body_timeout).await?;
     let mut hb: HeartbeatRequest = parse_object(&body)?;
     valid_id("worker_id", &hb.worker_id)?;
+    ctx.may_act_for(&hb.worker_id)?;
     let owner = ctx.shard.owner_of(&hb.worker_id);
     // Only a heartbeat carrying progress needs its id after the call.
     let progress = match hb.task_ids.take().or(hb.active_tasks.take()) {
@@ -258,6 +262,7 @@ pub async fn unregister(ctx: Ctx, raw_id: String) -> Result<Response<Body>, ApiE
     let id = super::super::request::percent_decode(&raw_id, false)
         .ok_or_else(|| ApiError::field("worker_id", "invalid percent-encoding"))?;
     valid_id("worker_id", &id)?;
+    ctx.may_act_for(&id)?;
     let owner = ctx.shard.owner_of(&id);
     let found = ctx
         .shard
