@@ -11,6 +11,7 @@ mod sim;
 use std::time::Duration;
 
 use common::*;
+use coordinator::http::auth::{ApiKey, Role};
 use serde_json::{json, Value};
 use sim::{worker_of, Sim};
 
@@ -46,6 +47,19 @@ fn admin_get(c: &mut Conn, path: &str) -> Resp {
     c.request("GET", path, &[("X-API-Key", ADMIN_KEY)], None)
 }
 
+/// A client-role key: may use the proxy, is not admin.
+const CLIENT_KEY: &str = "cl1ent-k3y";
+
+fn client_get(c: &mut Conn, path: &str) -> Resp {
+    c.request("GET", path, &[("X-API-Key", CLIENT_KEY)], None)
+}
+
+/// The admin key (`--api-key`) and a client key.
+fn with_keys(c: &mut coordinator::Config) {
+    c.api_key = Some(ADMIN_KEY.into());
+    c.keys = vec![ApiKey::new(CLIENT_KEY, Role::Client)];
+}
+
 /// A loopback port nothing listens on (bound, then released).
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -56,7 +70,7 @@ fn closed_port() -> u16 {
 fn link_local_and_unspecified_targets_are_refused_by_policy() {
     let s = start(2, |c| {
         c.route_cache_ttl = Duration::ZERO;
-        c.api_key = Some(ADMIN_KEY.into());
+        with_keys(c);
     });
     // 0.0.0.0 would reach a local listener on Linux: a live simulator
     // behind it proves nothing was connected.
@@ -82,7 +96,7 @@ fn link_local_and_unspecified_targets_are_refused_by_policy() {
     ] {
         register_admin(s.addr, &worker_at(id, &url, svc));
         let mut c = Conn::open(s.addr);
-        let r = c.get(&format!("/service/{svc}/latest/meta-data"));
+        let r = client_get(&mut c, &format!("/service/{svc}/latest/meta-data"));
         assert_eq!(r.status, 502, "{id}: {}", r.text());
         let d = r.detail();
         assert!(d.contains(id), "{d}");
@@ -259,7 +273,7 @@ fn paths_stay_under_the_worker_prefix() {
 fn our_credentials_and_cookies_do_not_reach_workers() {
     let s = start(2, |c| {
         c.route_cache_ttl = Duration::ZERO;
-        c.api_key = Some(ADMIN_KEY.into());
+        with_keys(c);
     });
     let sim = Sim::start("creds");
     register_admin(s.addr, &sim.registration(&["svc-creds"]));
@@ -288,7 +302,7 @@ fn our_credentials_and_cookies_do_not_reach_workers() {
         "/service/svc-creds/x",
         &[
             ("Authorization", "Bearer for-the-worker"),
-            ("X-API-Key", "other"),
+            ("X-API-Key", CLIENT_KEY),
         ],
         None,
     );
@@ -302,7 +316,7 @@ fn a_502_names_the_worker_and_only_an_admin_sees_the_address() {
     let s = start(2, |c| {
         c.route_cache_ttl = Duration::ZERO;
         c.route_cooldown = Duration::from_millis(1);
-        c.api_key = Some(ADMIN_KEY.into());
+        with_keys(c);
     });
     let port = closed_port();
     register_admin(
@@ -310,8 +324,13 @@ fn a_502_names_the_worker_and_only_an_admin_sees_the_address() {
         &worker_at("gone-1", &format!("http://127.0.0.1:{port}"), "svc-gone"),
     );
     let mut c = Conn::open(s.addr);
-    for key in [None, Some("wrong")] {
-        let h: Vec<(&str, &str)> = key.map(|k| ("X-API-Key", k)).into_iter().collect();
+    // A client (and, with no auth configured, anyone) sees the worker id.
+    for key in [CLIENT_KEY, "bearer"] {
+        let h = if key == "bearer" {
+            vec![("Authorization", "Bearer cl1ent-k3y")]
+        } else {
+            vec![("X-API-Key", key)]
+        };
         let r = c.request("GET", "/service/svc-gone/x", &h, None);
         assert_eq!(r.status, 502, "{}", r.text());
         let d = r.detail();
