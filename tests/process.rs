@@ -236,3 +236,57 @@ fn shutdown_answers_a_pending_long_poll_and_exits_zero() {
     assert_eq!(r.json()["tasks"], serde_json::json!([]));
     assert_eq!(wait_exit(&mut child, Duration::from_secs(15)), Some(0));
 }
+
+#[test]
+fn a_request_outliving_the_shutdown_timeout_does_not_crash_the_exit() {
+    // A worker that accepts and never answers: the proxied request is still
+    // in flight when --shutdown-timeout (1 s) runs out. The drain must give
+    // up on it and the process exit 0 (it used to panic in the runtime's
+    // connection group and exit 1).
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hung.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        if let Ok((c, _)) = hung.accept() {
+            conns.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(8));
+    });
+    let (mut child, addr) = spawn(
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--shards",
+            "2",
+            "--no-pin",
+            "--shutdown-timeout",
+            "1",
+        ],
+        &[],
+    );
+    register(
+        addr,
+        &serde_json::json!({
+            "worker_id": "hung-1",
+            "tunnel_url": format!("http://127.0.0.1:{port}"),
+            "capabilities": {"has_gpu": true, "gpu_memory": "24GB"},
+            "services": [{"name": "llm-inference", "port": port}],
+        }),
+    );
+    let client = std::thread::spawn(move || {
+        let mut c = Conn::open(addr);
+        c.stream()
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        c.send_raw(b"GET /service/llm-inference/x HTTP/1.1\r\nHost: t\r\n\r\n");
+        c.read_response()
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)), Some(0));
+    // The client is cut off (no answer) rather than left hanging.
+    assert!(client.join().unwrap().is_none());
+    held.join().unwrap();
+}

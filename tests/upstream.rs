@@ -81,6 +81,22 @@ fn get_admin(c: &mut Conn, path: &str) -> Resp {
     c.request("GET", path, &[("X-API-Key", ADMIN_KEY)], None)
 }
 
+/// A client-role key (may use the proxy, sees no worker addresses), for the
+/// tests that configure keys.
+const CLIENT_KEY: &str = "cl1ent-k3y";
+
+fn get_client(c: &mut Conn, path: &str) -> Resp {
+    c.request("GET", path, &[("X-API-Key", CLIENT_KEY)], None)
+}
+
+fn with_keys(c: &mut coordinator::Config) {
+    c.api_key = Some(ADMIN_KEY.into());
+    c.keys = vec![coordinator::http::auth::ApiKey::new(
+        CLIENT_KEY,
+        coordinator::http::auth::Role::Client,
+    )];
+}
+
 /// Sum of a per-shard counter over all shards.
 fn counter(c: &mut Conn, name: &str) -> f64 {
     sum_samples(&c.get("/metrics").text(), &format!("{name}{{"))
@@ -163,7 +179,7 @@ fn hostname_workers_are_resolved_off_the_shard_and_cached() {
 fn an_unresolvable_host_is_a_502_naming_it_and_blocks_nothing() {
     let s = start(2, |c| {
         c.route_cache_ttl = Duration::ZERO;
-        c.api_key = Some(ADMIN_KEY.into());
+        with_keys(c);
     });
     let bad_host = "no-such-worker.invalid";
     register_admin(
@@ -178,7 +194,7 @@ fn an_unresolvable_host_is_a_502_naming_it_and_blocks_nothing() {
     let good = Sim::start(&id_on_shard("ok", 1, s.shards));
     register_admin(s.addr, &good.registration(&["svc-ok"]));
     // Without the admin key the detail names the worker, not the host.
-    let r = get(s.addr, "/service/svc-nx/x");
+    let r = get_client(&mut Conn::open(s.addr), "/service/svc-nx/x");
     assert!(matches!(r.status, 502 | 504), "{}", r.text());
     assert!(
         r.detail().contains(&id_on_shard("nx", 0, s.shards)) && !r.detail().contains(bad_host),
@@ -206,7 +222,7 @@ fn an_unresolvable_host_is_a_502_naming_it_and_blocks_nothing() {
             std::thread::spawn(move || {
                 let mut c = Conn::open(addr);
                 for _ in 0..30 {
-                    assert_eq!(c.get("/service/svc-ok/x").status, 200);
+                    assert_eq!(get_client(&mut c, "/service/svc-ok/x").status, 200);
                 }
             })
         })
@@ -215,7 +231,7 @@ fn an_unresolvable_host_is_a_502_naming_it_and_blocks_nothing() {
         let mut c = conn_on_shard(s.addr, shard);
         for _ in 0..10 {
             check_bad(&get_admin(&mut c, "/service/svc-nx/x"));
-            assert_eq!(worker_of(&c.get("/service/svc-ok/y")), good.id);
+            assert_eq!(worker_of(&get_client(&mut c, "/service/svc-ok/y")), good.id);
         }
     }
     for t in others {
@@ -254,7 +270,7 @@ fn https_workers_are_proxied_with_the_ca_file_and_stream_through_tls() {
         let r = c.request(
             "PUT",
             &format!("/service/svc-tls/item/{i}"),
-            &[],
+            &[("X-API-Key", ADMIN_KEY)],
             Some(b"{}"),
         );
         assert_eq!(r.json()["path"], format!("/item/{i}"));

@@ -48,11 +48,36 @@ pub async fn yield_if_needed() {
 }
 
 /// Tracks in-flight tasks so shutdown can wait for them.
-pub struct TaskGroup(glommio::sync::Gate);
+///
+/// Not glommio's `Gate`: its `close()` may not be abandoned (wrapped in a
+/// timeout that fires, it drops the channel the last leaving task then
+/// `unwrap`s a send into, which panics the shard). Shutdown waits for
+/// connections with a deadline, so the wait here must be cancellable: a
+/// count and a one-shot wake-up that nobody minds losing.
+#[derive(Default)]
+pub struct TaskGroup(std::rc::Rc<GroupState>);
 
-impl Default for TaskGroup {
-    fn default() -> Self {
-        Self(glommio::sync::Gate::new())
+#[derive(Default)]
+struct GroupState {
+    closing: std::cell::Cell<bool>,
+    members: std::cell::Cell<usize>,
+    idle: std::cell::RefCell<Option<futures::channel::oneshot::Sender<()>>>,
+}
+
+/// A member's place in the group, given back when its task ends or is
+/// dropped (e.g. with the executor, after a shutdown deadline).
+struct Member(std::rc::Rc<GroupState>);
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let g = &self.0;
+        g.members.set(g.members.get() - 1);
+        if g.members.get() == 0 && g.closing.get() {
+            if let Some(tx) = g.idle.borrow_mut().take() {
+                // The closer may have stopped waiting: that is fine.
+                let _ = tx.send(());
+            }
+        }
     }
 }
 
@@ -64,11 +89,27 @@ impl TaskGroup {
         F: std::future::Future + 'static,
         F::Output: 'static,
     {
-        self.0.spawn(fut).map(|t| t.detach()).is_ok()
+        if self.0.closing.get() {
+            return false;
+        }
+        self.0.members.set(self.0.members.get() + 1);
+        let member = Member(self.0.clone());
+        spawn(async move {
+            let _member = member;
+            fut.await;
+        });
+        true
     }
 
-    /// Closes the group and waits until every member has finished.
+    /// Closes the group and waits until every member has finished. May be
+    /// abandoned (e.g. under a timeout) at any point.
     pub async fn close(&self) {
-        let _ = self.0.close().await;
+        self.0.closing.set(true);
+        if self.0.members.get() == 0 {
+            return;
+        }
+        let (tx, rx) = futures::channel::oneshot::channel();
+        *self.0.idle.borrow_mut() = Some(tx);
+        let _ = rx.await;
     }
 }
