@@ -512,16 +512,7 @@ type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
 
 #[test]
 fn weak_configurations_refuse_to_start() {
-    let base = [
-        "--in-memory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--shards",
-        "2",
-        "--no-pin",
-    ];
+    let base = [&["--in-memory"][..], &LOOPBACK_2_SHARDS[..]].concat();
     let dir = std::env::temp_dir().join(format!("coord-auth-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let users = dir.join("users.toml");

@@ -173,16 +173,8 @@ fn a_panicking_shard_ends_the_process_with_a_log_line() {
     // Debug builds (what `cargo test` runs) honour the fault-injection
     // variable: shard 1 of 2 panics half a second after start.
     let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
-        .args([
-            "--in-memory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--shards",
-            "2",
-            "--no-pin",
-        ])
+        .arg("--in-memory")
+        .args(LOOPBACK_2_SHARDS)
         .env("COORDINATOR_FAULT_PANIC_SHARD", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -206,18 +198,10 @@ fn a_panicking_shard_ends_the_process_with_a_log_line() {
 fn shutdown_answers_a_pending_long_poll_and_exits_zero() {
     let (mut child, addr) = spawn(
         &[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--shards",
-            "2",
-            "--no-pin",
-            "--shutdown-timeout",
-            "1",
-            "--task-max-wait",
-            "60",
-        ],
+            &LOOPBACK_2_SHARDS[..],
+            &["--shutdown-timeout", "1", "--task-max-wait", "60"],
+        ]
+        .concat(),
         &[],
     );
     register(addr, &cpu_worker("lp-1"));
@@ -253,17 +237,7 @@ fn a_request_outliving_the_shutdown_timeout_does_not_crash_the_exit() {
         std::thread::sleep(Duration::from_secs(8));
     });
     let (mut child, addr) = spawn(
-        &[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--shards",
-            "2",
-            "--no-pin",
-            "--shutdown-timeout",
-            "1",
-        ],
+        &[&LOOPBACK_2_SHARDS[..], &["--shutdown-timeout", "1"]].concat(),
         &[],
     );
     register(

@@ -11,7 +11,6 @@ mod sim;
 use std::time::Duration;
 
 use common::*;
-use coordinator::http::auth::{ApiKey, Role};
 use serde_json::{json, Value};
 use sim::{worker_of, Sim};
 
@@ -44,20 +43,11 @@ fn accepted(m: &str) -> f64 {
 }
 
 fn admin_get(c: &mut Conn, path: &str) -> Resp {
-    c.request("GET", path, &[("X-API-Key", ADMIN_KEY)], None)
+    get_with_key(c, path, ADMIN_KEY)
 }
-
-/// A client-role key: may use the proxy, is not admin.
-const CLIENT_KEY: &str = "cl1ent-k3y";
 
 fn client_get(c: &mut Conn, path: &str) -> Resp {
-    c.request("GET", path, &[("X-API-Key", CLIENT_KEY)], None)
-}
-
-/// The admin key (`--api-key`) and a client key.
-fn with_keys(c: &mut coordinator::Config) {
-    c.api_key = Some(ADMIN_KEY.into());
-    c.keys = vec![ApiKey::new(CLIENT_KEY, Role::Client)];
+    get_with_key(c, path, CLIENT_KEY)
 }
 
 /// A loopback port nothing listens on (bound, then released).

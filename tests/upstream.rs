@@ -78,23 +78,11 @@ fn llm_as(c: &mut Conn, key: Option<&str>) -> Resp {
 }
 
 fn get_admin(c: &mut Conn, path: &str) -> Resp {
-    c.request("GET", path, &[("X-API-Key", ADMIN_KEY)], None)
+    get_with_key(c, path, ADMIN_KEY)
 }
-
-/// A client-role key (may use the proxy, sees no worker addresses), for the
-/// tests that configure keys.
-const CLIENT_KEY: &str = "cl1ent-k3y";
 
 fn get_client(c: &mut Conn, path: &str) -> Resp {
-    c.request("GET", path, &[("X-API-Key", CLIENT_KEY)], None)
-}
-
-fn with_keys(c: &mut coordinator::Config) {
-    c.api_key = Some(ADMIN_KEY.into());
-    c.keys = vec![coordinator::http::auth::ApiKey::new(
-        CLIENT_KEY,
-        coordinator::http::auth::Role::Client,
-    )];
+    get_with_key(c, path, CLIENT_KEY)
 }
 
 /// Sum of a per-shard counter over all shards.

@@ -272,6 +272,34 @@ pub fn with_service(mut body: Value, service: &str) -> Value {
 /// The `--api-key` tests configure when they need an admin caller.
 pub const ADMIN_KEY: &str = "adm1n-k3y";
 
+/// Flags for the real binary: two unpinned shards on an ephemeral
+/// loopback port.
+pub const LOOPBACK_2_SHARDS: [&str; 7] = [
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--shards",
+    "2",
+    "--no-pin",
+];
+
+/// A client-role key: may use the proxy and tasks, is not admin.
+pub const CLIENT_KEY: &str = "cl1ent-k3y";
+
+/// Configures `ADMIN_KEY` as `--api-key` (admin) and `CLIENT_KEY` as a
+/// client-role key.
+pub fn with_keys(c: &mut Config) {
+    use coordinator::http::auth::{ApiKey, Role};
+    c.api_key = Some(ADMIN_KEY.into());
+    c.keys = vec![ApiKey::new(CLIENT_KEY, Role::Client)];
+}
+
+/// `GET path` with `X-API-Key: key`.
+pub fn get_with_key(c: &mut Conn, path: &str, key: &str) -> Resp {
+    c.request("GET", path, &[("X-API-Key", key)], None)
+}
+
 /// Registers with `X-API-Key: ADMIN_KEY` and asserts 200.
 pub fn register_admin(addr: SocketAddr, body: &Value) -> Value {
     let b = serde_json::to_vec(body).unwrap();
