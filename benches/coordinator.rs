@@ -8,7 +8,7 @@
 //! - building and serialising the worker list for 100 / 1k / 10k workers;
 //! - the size parser, the tier rules and catalog assignment.
 //!
-//! Bodies are what real agents send (shared/reference/compat.md), the same
+//! Bodies are what real agents send (`docs/api.md`, register and heartbeat), the same
 //! shapes loadgen sends.
 
 mod common;

@@ -1,6 +1,6 @@
 //! Scenarios: which requests a run sends, with realistic bodies (the
-//! capability and heartbeat fields real agents send, see
-//! `shared/reference/compat.md`). Every request is serialised once, before
+//! capability and heartbeat fields real agents send, as documented in
+//! `docs/api.md` under register and heartbeat). Every request is serialised once, before
 //! the run, and replayed as bytes: the client spends its time on the
 //! network, not on formatting JSON.
 
