@@ -472,12 +472,21 @@ impl Guard {
     }
 
     /// Does `Authorization` carry one of our keys or a valid login token?
-    /// Then it is our credential and must not travel on to a worker. One
-    /// digest (and a token check) per proxied request that has the header.
-    pub fn authorization_is_ours(&self, headers: &HeaderMap) -> bool {
+    /// Then it is our credential and must not travel on to a worker.
+    /// `grant` is what [`Guard::check`] established for this request: when
+    /// it came from `Authorization` (no `X-API-Key` was sent) the answer is
+    /// known without a second digest or token check, and a guard with no
+    /// keys and no users owns no credential at all.
+    pub fn authorization_is_ours(&self, grant: &Grant, headers: &HeaderMap) -> bool {
         let Some(auth) = headers.get(AUTHORIZATION) else {
             return false;
         };
+        if grant.who != Who::Anonymous && !headers.contains_key("x-api-key") {
+            return true;
+        }
+        if self.keys.is_empty() && self.tokens.is_none() {
+            return false;
+        }
         let auth = auth.as_bytes();
         let cred = if auth.len() >= 7 && auth[..7].eq_ignore_ascii_case(b"bearer ") {
             auth[7..].trim_ascii()

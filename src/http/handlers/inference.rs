@@ -120,7 +120,10 @@ fn json_headers(h: &HeaderMap, ctx: &Ctx) -> HeaderMap {
     for v in h.get_all(hyper::header::VIA) {
         out.append(hyper::header::VIA, v.clone());
     }
-    crate::tasks::guard::strip_credentials(&mut out, ctx.guard.authorization_is_ours(h));
+    crate::tasks::guard::strip_credentials(
+        &mut out,
+        ctx.guard.authorization_is_ours(&ctx.grant, h),
+    );
     proxy::append_forwarded_for(&mut out, ctx.peer.map(|p| p.ip()));
     out
 }
@@ -259,7 +262,7 @@ pub async fn service(
     let headers = proxy::upstream_headers(
         req.headers().clone(),
         ctx.peer.map(|p| p.ip()),
-        ctx.guard.authorization_is_ours(req.headers()),
+        ctx.guard.authorization_is_ours(&ctx.grant, req.headers()),
     );
     let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
     let out = Outbound {
