@@ -29,7 +29,8 @@ use coordinator::model::size::parse_size;
 use coordinator::model::time::now_iso8601;
 use coordinator::model::wire::{HeartbeatRequest, RegisterRequest};
 use coordinator::model::{classify, Catalog, WorkerType};
-use coordinator::shard::registry::{Liveness, Registry};
+use coordinator::model::worker::Liveness;
+use coordinator::shard::registry::Registry;
 
 const LIVE: Liveness = Liveness {
     heartbeat_timeout: Duration::from_secs(120),

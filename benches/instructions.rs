@@ -30,7 +30,8 @@ use coordinator::http::request::parse_object;
 use coordinator::metrics::{encode, Gauges, MetricsSnapshot, ShardMetrics};
 use coordinator::model::wire::{HeartbeatRequest, RegisterRequest};
 use coordinator::model::{classify, Catalog, ServiceSpec};
-use coordinator::shard::registry::{Liveness, Registration, Registry, WorkerRecord};
+use coordinator::model::worker::{Liveness, Registration, WorkerRecord};
+use coordinator::shard::registry::Registry;
 use coordinator::tasks::route::{choose, Ask, Candidate};
 use coordinator::tasks::{Outcome, Target, Task, TaskTable};
 

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use coordinator::model::wire::RegisterRequest;
 use coordinator::model::Catalog;
-use coordinator::shard::registry::{Registry, WorkerRecord};
+use coordinator::model::worker::WorkerRecord;
+use coordinator::shard::registry::Registry;
 
 struct Counting;
 

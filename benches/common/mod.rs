@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 
 use coordinator::model::wire::RegisterRequest;
 use coordinator::model::{classify, Catalog, ServiceSpec};
-use coordinator::shard::registry::{Registration, Registry, WorkerRecord};
+use coordinator::model::worker::{Registration, WorkerRecord};
+use coordinator::shard::registry::Registry;
 
 pub fn gpu_register(id: &str) -> Value {
     json!({

@@ -2,15 +2,18 @@
 //!
 //! Owns: request shapes as agents send them (`wire`), size parsing (`size`),
 //! worker type / tier rules (`tier`), the service catalog and assignment
-//! (`catalog`), and timestamp formatting (`time`). Everything here is plain
+//! (`catalog`), timestamp formatting (`time`), the worker record and its
+//! rules (`worker`) and the hash that places a key on a shard (`placement`). Everything here is plain
 //! data and pure functions: no IO (except loading a catalog file), no shard
 //! or HTTP knowledge, so it is unit-tested directly.
 
 pub mod catalog;
+pub mod placement;
 pub mod size;
 pub mod tier;
 pub mod time;
 pub mod wire;
+pub mod worker;
 
 pub use catalog::{Catalog, ServiceSpec};
 pub use tier::{classify, truthy, Classification, WorkerType};

@@ -25,38 +25,15 @@ use futures::future::join_all;
 
 use crate::config::Config;
 use crate::metrics::{MetricsSnapshot, ShardMetrics};
+use crate::model::placement::owner_of;
 use crate::model::truthy;
 use crate::runtime::{self, Mesh, ShardEnv};
 use crate::store::recovery::Boot;
 use crate::store::{self, Ack, Op, Store};
 use crate::tasks::{Target, Task, TaskOp, TaskTable};
 use msg::{BroadcastJob, Coverage, Envelope, ListKind, Listing, Reply, Request, Summary};
-use registry::{Liveness, Registry, WorkerRecord};
-
-/// Fixed seeds: a worker id maps to the same shard in every run of the same
-/// binary, which keeps placement reproducible across restarts.
-const OWNER_SEEDS: [u64; 4] = [
-    0x9e37_79b9_7f4a_7c15,
-    0x6a09_e667_f3bc_c908,
-    0xbb67_ae85_84ca_a73b,
-    0x3c6e_f372_fe94_f82b,
-];
-
-/// A shard-count-independent hash placing `key` (a worker id, a queue key).
-pub fn placement_hash(key: &str) -> u64 {
-    ahash::RandomState::with_seeds(
-        OWNER_SEEDS[0],
-        OWNER_SEEDS[1],
-        OWNER_SEEDS[2],
-        OWNER_SEEDS[3],
-    )
-    .hash_one(key)
-}
-
-/// The shard that owns `worker_id` when there are `shards` shards.
-pub fn owner_of(worker_id: &str, shards: usize) -> usize {
-    (placement_hash(worker_id) % shards.max(1) as u64) as usize
-}
+use crate::model::worker::{Liveness, WorkerRecord};
+use registry::Registry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {

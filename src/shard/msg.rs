@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::channel::oneshot;
 use serde_json::Value;
 
-use super::registry::WorkerRecord;
+use crate::model::worker::WorkerRecord;
 use crate::metrics::MetricsSnapshot;
 use crate::model::wire::HeartbeatRequest;
 

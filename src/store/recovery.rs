@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::worker::{age_at, restore};
 use super::{task, Op, Recovered, Store, StoreError};
-use crate::shard::owner_of;
-use crate::shard::registry::WorkerRecord;
+use crate::model::placement::owner_of;
+use crate::model::worker::WorkerRecord;
 use crate::tasks::task::shard_of_key;
 use crate::tasks::Task;
 

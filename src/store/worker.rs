@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::{Op, RecoveredWorker};
 use crate::model::WorkerType;
-use crate::shard::registry::{ContainerConfig, ReportedState, ServiceConfig, WorkerRecord};
+use crate::model::worker::{ContainerConfig, ReportedState, ServiceConfig, WorkerRecord};
 
 /// Microseconds since the Unix epoch (negative before it).
 pub fn to_us(t: SystemTime) -> i64 {

@@ -34,7 +34,7 @@ use serde_json::Value;
 
 use crate::model::truthy;
 use crate::runtime;
-use crate::shard::registry::WorkerRecord;
+use crate::model::worker::WorkerRecord;
 use crate::shard::Shard;
 pub use table::{
     CompleteError, Completion, EventKind, Filter, Outcome, TaskCounters, TaskEvent, TaskListing,

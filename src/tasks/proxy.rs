@@ -44,7 +44,7 @@ use super::guard::{self, AddrGuard};
 use super::resolve::{ResolveError, Resolver};
 use super::route::{self, Ask, Candidate};
 use crate::runtime::{self, HyperIo};
-use crate::shard::registry::WorkerRecord;
+use crate::model::worker::WorkerRecord;
 
 type Sender = SendRequest<Full<Bytes>>;
 

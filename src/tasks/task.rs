@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::shard::placement_hash;
+use crate::model::placement::placement_hash;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -215,7 +215,7 @@ mod tests {
         for shards in 1..6 {
             assert_eq!(
                 shard_of_key(&worker_key("abc"), shards),
-                crate::shard::owner_of("abc", shards)
+                crate::model::placement::owner_of("abc", shards)
             );
         }
         assert_eq!(shard_of_task("t1", 2), None);

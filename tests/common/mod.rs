@@ -218,7 +218,7 @@ pub fn conn_on_shard(addr: SocketAddr, shard: usize) -> Conn {
 pub fn id_on_shard(prefix: &str, shard: usize, count: usize) -> String {
     (0..10_000)
         .map(|i| format!("{prefix}-{i}"))
-        .find(|id| coordinator::shard::owner_of(id, count) == shard)
+        .find(|id| coordinator::model::placement::owner_of(id, count) == shard)
         .expect("an id for every shard")
 }
 

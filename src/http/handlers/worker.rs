@@ -13,7 +13,7 @@ use super::super::{json, json_static, Body, Ctx};
 use crate::model::wire::{HeartbeatRequest, RegisterRequest};
 use crate::model::{classify, ServiceSpec};
 use crate::shard::msg::{Coverage, Reply, Request as ShardRequest};
-use crate::shard::registry::{ContainerConfig, Registration, ServiceConfig, WorkerRecord};
+use crate::model::worker::{ContainerConfig, Registration, ServiceConfig, WorkerRecord};
 use crate::shard::ShardError;
 
 const HEARTBEAT_OK: &[u8] = br#"{"status":"ok","message":"Heartbeat received"}"#;
