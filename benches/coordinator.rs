@@ -28,8 +28,8 @@ use coordinator::http::request::parse_object;
 use coordinator::model::size::parse_size;
 use coordinator::model::time::now_iso8601;
 use coordinator::model::wire::{HeartbeatRequest, RegisterRequest};
-use coordinator::model::{classify, Catalog, WorkerType};
 use coordinator::model::worker::Liveness;
+use coordinator::model::{classify, Catalog, WorkerType};
 use coordinator::shard::registry::Registry;
 
 const LIVE: Liveness = Liveness {

@@ -29,10 +29,10 @@ use common::{gpu_register, heartbeat, registry_of};
 use coordinator::http::request::parse_object;
 use coordinator::metrics::{encode, Gauges, MetricsSnapshot, ShardMetrics};
 use coordinator::model::wire::{HeartbeatRequest, RegisterRequest};
-use coordinator::model::{classify, Catalog, ServiceSpec};
 use coordinator::model::worker::{Liveness, Registration, WorkerRecord};
+use coordinator::model::{classify, Catalog, ServiceSpec};
+use coordinator::proxy::route::{choose, Ask, Candidate};
 use coordinator::shard::registry::Registry;
-use coordinator::tasks::route::{choose, Ask, Candidate};
 use coordinator::tasks::{Outcome, Target, Task, TaskTable};
 
 const LIVE: Liveness = Liveness {

@@ -9,8 +9,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use coordinator::model::wire::RegisterRequest;
-use coordinator::model::Catalog;
 use coordinator::model::worker::WorkerRecord;
+use coordinator::model::Catalog;
 use coordinator::shard::registry::Registry;
 
 struct Counting;

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::http::auth::{ApiKey, Secret, User};
+use crate::model::credential::{ApiKey, Role, Secret, User, MIN_JWT_SECRET};
 use crate::model::Catalog;
 use crate::store::SyncMode;
 
@@ -106,13 +106,30 @@ pub struct Config {
     pub proxy_ca_file: Option<PathBuf>,
     /// Proxy: networks workers may be reached in (`WORKER_NETWORKS`);
     /// empty = any. Link-local, unspecified and our own listening
-    /// addresses are refused whatever this says (see `tasks::guard`).
-    pub worker_networks: Vec<crate::tasks::guard::Net>,
+    /// addresses are refused whatever this says (see `guard`).
+    pub worker_networks: Vec<crate::proxy::guard::Net>,
 }
 
 impl Config {
-    pub fn proxy(&self) -> crate::tasks::proxy::ProxyConfig {
-        crate::tasks::proxy::ProxyConfig {
+    /// Refuses a configuration the server cannot run with, or that would
+    /// silently weaken it; the message names the flag. `Server::start`
+    /// calls this, so a configuration built in code gets the same checks
+    /// as the command line's.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.shards == Some(0) {
+            return Err("--shards must be at least 1".into());
+        }
+        if self.worker_timeout < self.heartbeat_timeout {
+            return Err("--worker-timeout must not be shorter than --heartbeat-timeout".into());
+        }
+        if self.heartbeat_flush.is_zero() || self.heartbeat_flush > Duration::from_secs(3600) {
+            return Err("--heartbeat-flush-ms must be between 1 and 3600000".into());
+        }
+        validate_credentials(self)
+    }
+
+    pub fn proxy(&self) -> crate::proxy::ProxyConfig {
+        crate::proxy::ProxyConfig {
             connect_timeout: self.proxy_connect_timeout,
             request_timeout: self.proxy_request_timeout,
             cooldown: self.route_cooldown,
@@ -171,4 +188,55 @@ impl Default for Config {
             worker_networks: Vec::new(),
         }
     }
+}
+
+/// Refuses configurations that would silently weaken authentication:
+/// empty keys, scopes on non-worker keys, users without a token secret,
+/// password hashes that cannot be parsed, duplicate usernames.
+fn validate_credentials(cfg: &Config) -> Result<(), String> {
+    if cfg.api_key.as_deref() == Some("") {
+        return Err("--api-key must not be empty (omit it to run without a key)".into());
+    }
+    for (i, k) in cfg.keys.iter().enumerate() {
+        let label = k.name.clone().unwrap_or_else(|| format!("key #{}", i + 1));
+        if k.key.0.is_empty() {
+            return Err(format!("{label} ({}): empty API key", k.role.as_str()));
+        }
+        if !k.workers.is_empty() && k.role != Role::Worker {
+            return Err(format!(
+                "{label}: `workers` limits worker keys only, not {} keys",
+                k.role.as_str()
+            ));
+        }
+        if k.workers.iter().any(|p| p.is_empty()) {
+            return Err(format!("{label}: empty worker id pattern"));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for u in &cfg.users {
+        if u.username.is_empty() || u.username.len() > 256 {
+            return Err("users file: usernames must be 1 to 256 bytes".into());
+        }
+        if !seen.insert(u.username.as_str()) {
+            return Err(format!("users file: user {:?} twice", u.username));
+        }
+        argon2::PasswordHash::new(&u.password_hash.0).map_err(|e| {
+            format!(
+                "users file: user {:?}: password_hash is not a PHC string ({e}); make one with `coordinator hash-password`",
+                u.username
+            )
+        })?;
+    }
+    match &cfg.jwt_secret {
+        Some(s) if s.0.len() < MIN_JWT_SECRET => {
+            return Err(format!(
+                "--jwt-secret must be at least {MIN_JWT_SECRET} bytes"
+            ))
+        }
+        None if !cfg.users.is_empty() => {
+            return Err("users are configured but JWT_SECRET (--jwt-secret) is not set".into())
+        }
+        _ => {}
+    }
+    Ok(())
 }

@@ -35,6 +35,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod shard;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
-use coordinator::http::auth::{self, ApiKey, Role, Secret};
+use coordinator::model::credential::{self as auth, ApiKey, Role, Secret};
 use coordinator::model::Catalog;
 use coordinator::server::StartError;
 use coordinator::{Config, Server};
@@ -184,7 +184,7 @@ fn hash_password_command() -> ExitCode {
         eprintln!("coordinator: empty password");
         return ExitCode::from(2);
     }
-    match coordinator::http::auth::hash_password(password) {
+    match coordinator::model::credential::hash_password(password) {
         Ok(h) => {
             println!("{h}");
             ExitCode::SUCCESS
@@ -239,9 +239,6 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         Some(p) => Catalog::load(p).map_err(|e| e.to_string())?,
         None => Catalog::default(),
     };
-    if cli.shards == Some(0) {
-        return Err("--shards must be at least 1".into());
-    }
     let sync = match &cli.sync {
         Some(s) => s.parse().map_err(|e| format!("--{e}"))?,
         None => d.sync,
@@ -340,16 +337,13 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         )?,
         route_cooldown: secs("route-cooldown", cli.route_cooldown, d.route_cooldown)?,
         proxy_ca_file: cli.proxy_ca_file.clone(),
-        worker_networks: coordinator::tasks::guard::parse_networks(
+        worker_networks: coordinator::proxy::guard::parse_networks(
             cli.worker_networks.as_deref().unwrap_or(""),
         )
         .map_err(|e| format!("--worker-networks: {e}"))?,
         ..d
     };
-    auth::validate(&cfg)?;
-    if cfg.worker_timeout < cfg.heartbeat_timeout {
-        return Err("--worker-timeout must not be shorter than --heartbeat-timeout".into());
-    }
+    cfg.validate()?;
     Ok(cfg)
 }
 

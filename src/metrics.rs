@@ -106,7 +106,7 @@ pub struct MetricsSnapshot {
     pub tasks: crate::tasks::TaskCounters,
     /// Queue key -> queued tasks (non-empty queues).
     pub queues: Vec<(String, u64)>,
-    pub proxy: crate::tasks::proxy::ProxyCounters,
+    pub proxy: crate::proxy::ProxyCounters,
 }
 
 /// Registry-wide gauges, computed by the scraping shard from a fan-out.
@@ -388,7 +388,7 @@ fn encode_by_outcome(
     shards: &[MetricsSnapshot],
     (name, label): (&str, &str),
     help: &str,
-    get: fn(&crate::tasks::proxy::ProxyCounters) -> &crate::tasks::proxy::ByOutcome,
+    get: fn(&crate::proxy::ProxyCounters) -> &crate::proxy::ByOutcome,
 ) {
     let mut sum: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
     for s in shards {

@@ -6,13 +6,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::runtime::{self, PoolHandle, PoolSpec, Stopper};
-use crate::shard;
+use crate::http;
+use crate::proxy::ProxySetup;
+use crate::runtime::{self, PoolHandle, PoolSpec, ShardEnv, Stopper};
+use crate::shard::{self, msg::Envelope};
 use crate::store::recovery::Boot;
 use crate::store::{Store, StoreError, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error(transparent)]
     Preflight(#[from] runtime::PreflightError),
     #[error("cannot listen on {addr}: {source}")]
@@ -25,7 +29,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    ProxyTls(#[from] crate::tasks::tls::TlsSetupError),
+    ProxyTls(#[from] crate::proxy::tls::TlsSetupError),
 }
 
 /// A running coordinator. Dropping it shuts it down and waits.
@@ -42,9 +46,10 @@ pub struct Server {
 
 impl Server {
     pub fn start(cfg: Config) -> Result<Server, StartError> {
+        cfg.validate().map_err(StartError::Config)?;
         runtime::preflight()?;
         // Built once for all shards; a bad CA file fails the start here.
-        let proxy_tls = crate::tasks::tls::client_config(cfg.proxy_ca_file.as_deref())?;
+        let proxy_tls = crate::proxy::tls::client_config(cfg.proxy_ca_file.as_deref())?;
         let cpus = runtime::plan_cpus(cfg.shards, cfg.pin);
         let n = cpus.len();
         let (listeners, addr) =
@@ -55,14 +60,14 @@ impl Server {
         // The proxy's address guard knows where we listen (the bound port,
         // for port 0), so a worker URL pointing back at us is refused.
         let local = if addr.ip().is_unspecified() {
-            crate::tasks::guard::interface_addrs()
+            crate::proxy::guard::interface_addrs()
         } else {
             Vec::new()
         };
-        let proxy = crate::tasks::proxy::ProxySetup {
+        let proxy = crate::proxy::ProxySetup {
             tls: proxy_tls,
-            guard: crate::tasks::guard::AddrGuard::new(cfg.worker_networks.clone(), addr, local),
-            via_token: crate::tasks::guard::via_token(),
+            guard: crate::proxy::guard::AddrGuard::new(cfg.worker_networks.clone(), addr, local),
+            via_token: crate::proxy::guard::via_token(),
         };
         let stop_limit = cfg.shutdown_timeout + std::time::Duration::from_secs(5);
         // Bound before the store is opened so a busy port fails fast; the
@@ -89,7 +94,7 @@ impl Server {
             name: "shard".into(),
         };
         let pool = runtime::start_pool(spec, move |env| {
-            shard::run(env, cfg.clone(), boot.clone(), proxy.clone())
+            shard_main(env, cfg.clone(), boot.clone(), proxy.clone())
         })
         .map_err(StartError::Spawn)?;
         tracing::info!(%addr, shards = n, pinned = ?cpus, "coordinator listening");
@@ -150,6 +155,15 @@ impl Server {
             }
         }
     }
+}
+
+/// One shard thread's main: start the shard, serve HTTP on its listener
+/// until shutdown, then let the shard finish. The shard counts requests
+/// by the index of their route in the HTTP route table.
+async fn shard_main(env: ShardEnv<Envelope>, cfg: Arc<Config>, boot: Arc<Boot>, proxy: ProxySetup) {
+    let (shard, listener, shutdown) = shard::start(env, cfg, boot, proxy, http::ROUTE_NAMES.len());
+    http::serve(shard.clone(), listener, shutdown).await;
+    shard.finish().await;
 }
 
 impl Drop for Server {

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use coordinator::http::access::{need, Need, SAMPLES};
-use coordinator::http::auth::{hash_password, ApiKey, Role, Secret, User};
 use coordinator::http::Route;
+use coordinator::model::credential::{hash_password, ApiKey, Role, Secret, User};
 use coordinator::Config;
 use serde_json::json;
 
@@ -554,7 +554,10 @@ fn hash_password_subcommand_makes_a_usable_hash() {
     assert_eq!(code, Some(0), "{err}");
     let phc = out.trim();
     assert!(phc.starts_with("$argon2id$"), "{phc}");
-    assert!(coordinator::http::auth::verify_password(phc, "s3cret pw"));
+    assert!(coordinator::model::credential::verify_password(
+        phc,
+        "s3cret pw"
+    ));
     let (code, _, _) = run_binary(&["hash-password"], &[], "\n");
     assert_eq!(code, Some(2));
 }

@@ -140,7 +140,7 @@ fn worker_networks_limit_where_the_proxy_connects() {
     let sim = Sim::start("in-lo");
     let only10 = start(2, |c| {
         c.route_cache_ttl = Duration::ZERO;
-        c.worker_networks = coordinator::tasks::guard::parse_networks("10.0.0.0/8").unwrap();
+        c.worker_networks = coordinator::proxy::guard::parse_networks("10.0.0.0/8").unwrap();
     });
     register(only10.addr, &sim.registration(&["svc-lo"]));
     // A hostname cannot resolve around the rule either.
@@ -157,7 +157,7 @@ fn worker_networks_limit_where_the_proxy_connects() {
     assert_eq!(sim.hits(), 0);
 
     let lo = start(2, |c| {
-        c.worker_networks = coordinator::tasks::guard::parse_networks("127.0.0.0/8").unwrap();
+        c.worker_networks = coordinator::proxy::guard::parse_networks("127.0.0.0/8").unwrap();
     });
     register(lo.addr, &sim.registration(&["svc-lo"]));
     assert_eq!(worker_of(&get(lo.addr, "/service/svc-lo/x")), sim.id);

@@ -5,8 +5,8 @@
 use serde_json::{json, Value};
 
 use coordinator::model::wire::RegisterRequest;
-use coordinator::model::{classify, Catalog, ServiceSpec};
 use coordinator::model::worker::{Registration, WorkerRecord};
+use coordinator::model::{classify, Catalog, ServiceSpec};
 use coordinator::shard::registry::Registry;
 
 pub fn gpu_register(id: &str) -> Value {

@@ -9,8 +9,8 @@
 //! Must not: read the path, the headers or any state. The match has no
 //! wildcard arm, so adding a route does not compile until it is given a row.
 
-use super::auth::Role;
 use super::router::Route;
+use crate::model::credential::Role;
 
 /// What a route needs once any key or user is configured (with none, the
 /// coordinator is open, as the originals were without `API_KEY`).

@@ -12,10 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::fmt;
 use std::net::IpAddr;
-use std::path::Path;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use hyper::header::AUTHORIZATION;
@@ -28,233 +25,7 @@ use super::access::{self, Need};
 use super::error::ApiError;
 use super::router::Route;
 use crate::config::Config;
-
-/// A role. `Admin` may call every route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Client,
-    Worker,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Client => "client",
-            Role::Worker => "worker",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "client" => Ok(Role::Client),
-            "worker" => Ok(Role::Worker),
-            "admin" => Ok(Role::Admin),
-            _ => Err(format!(
-                "unknown role {s:?} (expected admin, worker or client)"
-            )),
-        }
-    }
-}
-
-/// A secret string that never shows in `Debug` output (the config is
-/// logged and printed in errors).
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(s: &str) -> Self {
-        Secret(s.to_string())
-    }
-}
-
-/// One API key.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKey {
-    pub key: Secret,
-    pub role: Role,
-    /// Worker keys only: glob patterns (`*`, `?`) of the worker ids this
-    /// key may act for; empty = any.
-    #[serde(default)]
-    pub workers: Vec<String>,
-    /// A label for the operator (which fleet, issued when); never secret.
-    #[serde(default)]
-    pub name: Option<String>,
-}
-
-impl ApiKey {
-    pub fn new(key: &str, role: Role) -> Self {
-        ApiKey {
-            key: key.into(),
-            role,
-            workers: Vec::new(),
-            name: None,
-        }
-    }
-}
-
-/// One user who may log in.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct User {
-    pub username: String,
-    /// An argon2 PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`).
-    pub password_hash: Secret,
-    pub role: Role,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeysFile {
-    #[serde(default)]
-    keys: Vec<ApiKey>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UsersFile {
-    #[serde(default)]
-    users: Vec<User>,
-}
-
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Parses a keys file (TOML, `[[keys]]` tables).
-pub fn parse_keys(text: &str) -> Result<Vec<ApiKey>, String> {
-    let f: KeysFile = toml::from_str(text).map_err(|e| e.to_string())?;
-    Ok(f.keys)
-}
-
-/// Parses a users file (TOML, `[[users]]` tables).
-pub fn parse_users(text: &str) -> Result<Vec<User>, String> {
-    let f: UsersFile = toml::from_str(text).map_err(|e| e.to_string())?;
-    Ok(f.users)
-}
-
-pub fn load_keys(path: &Path) -> Result<Vec<ApiKey>, String> {
-    parse_keys(&read(path)?).map_err(|e| format!("keys file {}: {e}", path.display()))
-}
-
-pub fn load_users(path: &Path) -> Result<Vec<User>, String> {
-    parse_users(&read(path)?).map_err(|e| format!("users file {}: {e}", path.display()))
-}
-
-/// Shortest accepted token secret: HS256 wants a key at least as long as
-/// its 256-bit hash.
-pub const MIN_JWT_SECRET: usize = 32;
-
-/// Refuses configurations that would silently weaken authentication:
-/// empty keys, scopes on non-worker keys, users without a token secret,
-/// password hashes that cannot be parsed, duplicate usernames.
-pub fn validate(cfg: &Config) -> Result<(), String> {
-    if cfg.api_key.as_deref() == Some("") {
-        return Err("--api-key must not be empty (omit it to run without a key)".into());
-    }
-    for (i, k) in cfg.keys.iter().enumerate() {
-        let label = k.name.clone().unwrap_or_else(|| format!("key #{}", i + 1));
-        if k.key.0.is_empty() {
-            return Err(format!("{label} ({}): empty API key", k.role.as_str()));
-        }
-        if !k.workers.is_empty() && k.role != Role::Worker {
-            return Err(format!(
-                "{label}: `workers` limits worker keys only, not {} keys",
-                k.role.as_str()
-            ));
-        }
-        if k.workers.iter().any(|p| p.is_empty()) {
-            return Err(format!("{label}: empty worker id pattern"));
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    for u in &cfg.users {
-        if u.username.is_empty() || u.username.len() > 256 {
-            return Err("users file: usernames must be 1 to 256 bytes".into());
-        }
-        if !seen.insert(u.username.as_str()) {
-            return Err(format!("users file: user {:?} twice", u.username));
-        }
-        argon2::PasswordHash::new(&u.password_hash.0).map_err(|e| {
-            format!(
-                "users file: user {:?}: password_hash is not a PHC string ({e}); make one with `coordinator hash-password`",
-                u.username
-            )
-        })?;
-    }
-    match &cfg.jwt_secret {
-        Some(s) if s.0.len() < MIN_JWT_SECRET => {
-            return Err(format!(
-                "--jwt-secret must be at least {MIN_JWT_SECRET} bytes"
-            ))
-        }
-        None if !cfg.users.is_empty() => {
-            return Err("users are configured but JWT_SECRET (--jwt-secret) is not set".into())
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Hashes a password for the users file: argon2id with the crate's
-/// defaults (19 MiB, 2 passes, 1 lane: OWASP's minimum, tens of ms).
-pub fn hash_password(password: &str) -> Result<String, String> {
-    use argon2::password_hash::{PasswordHasher, SaltString};
-    let salt = SaltString::generate(&mut password_hash::rand_core::OsRng);
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
-}
-
-/// Checks `password` against a PHC string. CPU-heavy: call off the shard.
-pub fn verify_password(phc: &str, password: &str) -> bool {
-    use argon2::password_hash::PasswordVerifier;
-    match argon2::PasswordHash::new(phc) {
-        Ok(h) => argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok(),
-        Err(_) => false,
-    }
-}
-
-/// `*` matches any run of characters, `?` exactly one; everything else
-/// matches itself. Linear in practice (one backtrack point, the last `*`).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && p[pi] == t[ti])) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
+use crate::model::credential::{glob_match, verify_password, ApiKey, Role};
 
 /// Who made a request, as established by [`Guard::check`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -675,6 +446,7 @@ impl LoginLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::credential::{hash_password, parse_keys, parse_users, User};
 
     fn guard(tweak: impl FnOnce(&mut Config)) -> Guard {
         let mut cfg = Config::default();
@@ -811,7 +583,7 @@ mod tests {
         let ok = |f: &dyn Fn(&mut Config)| {
             let mut c = Config::default();
             f(&mut c);
-            validate(&c)
+            c.validate()
         };
         assert!(ok(&|_| {}).is_ok());
         assert!(ok(&|c| c.api_key = Some(String::new())).is_err());

@@ -6,8 +6,8 @@
 use hyper::header::{HeaderName, HeaderValue, ALLOW, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::StatusCode;
 
+use crate::proxy::ProxyError;
 use crate::shard::ShardError;
-use crate::tasks::proxy::ProxyError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

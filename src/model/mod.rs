@@ -8,6 +8,7 @@
 //! or HTTP knowledge, so it is unit-tested directly.
 
 pub mod catalog;
+pub mod credential;
 pub mod placement;
 pub mod size;
 pub mod tier;

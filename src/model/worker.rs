@@ -15,7 +15,6 @@ use serde_json::{Map, Value};
 use crate::model::time::iso8601;
 use crate::model::{Classification, ServiceSpec, WorkerType};
 
-
 /// How liveness is judged.
 #[derive(Debug, Clone, Copy)]
 pub struct Liveness {

@@ -8,7 +8,7 @@
 //! name server (glibc waits seconds per attempt) would hold up every other
 //! lookup of that shard; and dropping its future before the job ends is not
 //! documented to be safe, while a timed-out lookup is exactly that case.
-//! Callers bound how many jobs they start (see `tasks::resolve`).
+//! Callers bound how many jobs they start (see `resolve`).
 //!
 //! Must not be used for anything on the request fast path: a thread start
 //! costs tens of microseconds.

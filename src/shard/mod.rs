@@ -12,6 +12,7 @@
 //! await. This module must not parse HTTP or know about routes.
 
 pub mod msg;
+mod ops;
 pub mod registry;
 
 use std::cell::RefCell;
@@ -27,12 +28,13 @@ use crate::config::Config;
 use crate::metrics::{MetricsSnapshot, ShardMetrics};
 use crate::model::placement::owner_of;
 use crate::model::truthy;
+use crate::model::worker::{Liveness, WorkerRecord};
+use crate::proxy::{ProxySetup, ProxyState};
 use crate::runtime::{self, Mesh, ShardEnv};
 use crate::store::recovery::Boot;
 use crate::store::{self, Ack, Op, Store};
 use crate::tasks::{Target, Task, TaskOp, TaskTable};
-use msg::{BroadcastJob, Coverage, Envelope, ListKind, Listing, Reply, Request, Summary};
-use crate::model::worker::{Liveness, WorkerRecord};
+use msg::{BroadcastJob, Coverage, Envelope, ListKind, Listing, ProxyOp, Reply, Request, Summary};
 use registry::Registry;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +60,7 @@ pub struct Shard {
     live: Liveness,
     registry: RefCell<Registry>,
     pub tasks: RefCell<TaskTable>,
-    pub proxy: Rc<crate::tasks::proxy::ProxyState>,
+    pub proxy: Rc<ProxyState>,
     pub metrics: RefCell<ShardMetrics>,
     mesh: Mesh<Envelope>,
     /// Where mutations are made durable; `None` runs in memory only.
@@ -111,7 +113,7 @@ impl Shard {
         cfg: Arc<Config>,
         mesh: Mesh<Envelope>,
         n_routes: usize,
-        proxy: crate::tasks::proxy::ProxySetup,
+        proxy: ProxySetup,
     ) -> Self {
         let retention = cfg.task_retention;
         Self {
@@ -124,7 +126,7 @@ impl Shard {
             cfg,
             registry: RefCell::new(Registry::default()),
             tasks: RefCell::new(TaskTable::new(retention)),
-            proxy: Rc::new(crate::tasks::proxy::ProxyState::new(proxy)),
+            proxy: Rc::new(ProxyState::new(proxy)),
             metrics: RefCell::new(ShardMetrics::new(n_routes)),
             mesh,
             list_cache: RefCell::new(ListCache::default()),
@@ -218,10 +220,24 @@ impl Shard {
             .map_err(ShardError::Store)
     }
 
-    /// Runs the request built by `make` on every shard and returns the replies.
-    pub async fn fan_out(&self, make: impl Fn() -> Request) -> Result<Vec<Reply>, ShardError> {
+    /// Seastar's `map_reduce0`: runs the request built by `make` on every
+    /// shard at once (this one inline), takes each answer apart with
+    /// `unpack` (a typed accessor such as [`Reply::summary`]) and folds
+    /// them into `init` in shard order, so the result does not depend on
+    /// which shard answered first. The first failing shard fails the whole.
+    pub async fn map_reduce<T, A>(
+        &self,
+        make: impl Fn() -> Request,
+        unpack: fn(Reply) -> Result<T, ShardError>,
+        init: A,
+        mut fold: impl FnMut(A, T) -> A,
+    ) -> Result<A, ShardError> {
         let calls = (0..self.count).map(|to| self.call(to, make()));
-        join_all(calls).await.into_iter().collect()
+        let mut acc = init;
+        for reply in join_all(calls).await {
+            acc = fold(acc, unpack(reply?)?);
+        }
+        Ok(acc)
     }
 
     /// Answers a request from another shard (called by the mesh loop).
@@ -271,7 +287,7 @@ impl Shard {
                     .then(|| hb.worker_id.clone()),
             ),
             // Every shard holds a replica of the pins; shard 0 writes them.
-            Request::Task(TaskOp::SetPin { key, workers }) if self.id == 0 => {
+            Request::Proxy(ProxyOp::SetPin { key, workers }) if self.id == 0 => {
                 Durable::Pin(store::task::pin_op(key, workers.as_deref()))
             }
             _ => Durable::Nothing,
@@ -385,7 +401,8 @@ impl Shard {
             Request::Unregister(id) => {
                 Reply::Found(self.registry.borrow_mut().remove(&id).is_some())
             }
-            Request::Task(op) => Reply::Task(crate::tasks::handle(self, op)),
+            Request::Task(op) => Reply::Task(ops::task(self, op)),
+            Request::Proxy(op) => Reply::Proxy(ops::proxy(self, op)),
             Request::CompleteTask(id) => {
                 Reply::Found(self.registry.borrow_mut().complete_task(&id))
             }
@@ -571,7 +588,12 @@ impl Shard {
     /// not answer keeps a few stale series until the next removal.
     pub async fn forget_workers(&self, workers: Vec<String>) {
         let r = self
-            .fan_out(|| Request::Task(TaskOp::Forget(workers.clone())))
+            .map_reduce(
+                || Request::Proxy(ProxyOp::Forget(workers.clone())),
+                Reply::done,
+                (),
+                |(), ()| (),
+            )
             .await;
         if let Err(e) = r {
             tracing::debug!(shard = self.id, error = %e, "forgetting removed workers");
@@ -629,13 +651,21 @@ fn inject_fault(id: usize) {
     let _ = id;
 }
 
-/// A shard's main: serve the mesh, sweep, and serve HTTP until shutdown.
-pub async fn run(
+/// A started shard: its state restored, its mesh inbox served and its
+/// background loops (sweep, lease expiry, heartbeat flush) running until
+/// `shutdown`. The caller serves clients with it and then calls
+/// [`Shard::finish`].
+///
+/// `n_routes` is the number of request kinds the front end counts
+/// (`ShardMetrics` keeps one slot per index it is handed); the shard does
+/// not know what they are.
+pub fn start(
     env: ShardEnv<Envelope>,
     cfg: Arc<Config>,
     boot: Arc<Boot>,
-    proxy: crate::tasks::proxy::ProxySetup,
-) {
+    proxy: ProxySetup,
+    n_routes: usize,
+) -> (Rc<Shard>, runtime::Listener, runtime::Shutdown) {
     let ShardEnv {
         id,
         count,
@@ -644,7 +674,6 @@ pub async fn run(
         listener,
         shutdown,
     } = env;
-    let n_routes = crate::http::ROUTE_NAMES.len();
     let shard =
         Shard::new(id, count, cfg.clone(), mesh, n_routes, proxy).with_store(boot.store.clone());
     shard.restore(boot.take(id));
@@ -668,7 +697,7 @@ pub async fn run(
             }
         });
     }
-    crate::tasks::spawn_housekeeping(shard.clone(), shutdown.clone());
+    ops::spawn_housekeeping(shard.clone(), shutdown.clone());
     if shard.store.is_some() {
         let shard = shard.clone();
         let shutdown = shutdown.clone();
@@ -683,10 +712,16 @@ pub async fn run(
     }
     inject_fault(id);
     tracing::debug!(shard = id, shards = count, "shard started");
-    crate::http::serve(shard.clone(), listener, shutdown).await;
-    // A clean stop loses no heartbeat state at all.
-    if let Err(e) = shard.durable(shard.flush_heartbeats()).await {
-        tracing::warn!(shard = id, error = %e, "final heartbeat flush failed");
+    (shard, listener, shutdown)
+}
+
+impl Shard {
+    /// After the front end has stopped: a clean stop loses no heartbeat
+    /// state at all.
+    pub async fn finish(&self) {
+        if let Err(e) = self.durable(self.flush_heartbeats()).await {
+            tracing::warn!(shard = self.id, error = %e, "final heartbeat flush failed");
+        }
+        tracing::debug!(shard = self.id, "shard stopped");
     }
-    tracing::debug!(shard = id, "shard stopped");
 }

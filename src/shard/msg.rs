@@ -12,9 +12,10 @@ use std::sync::Arc;
 use futures::channel::oneshot;
 use serde_json::Value;
 
-use crate::model::worker::WorkerRecord;
 use crate::metrics::MetricsSnapshot;
 use crate::model::wire::HeartbeatRequest;
+use crate::model::worker::WorkerRecord;
+use crate::tasks::{CompleteError, Completion, TaskListing, TaskOp, TaskReply};
 
 /// Which records a worker listing wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +44,8 @@ pub enum Request {
     RegisterNew(Box<WorkerRecord>),
     Heartbeat(Box<HeartbeatRequest>),
     Unregister(String),
-    Task(crate::tasks::TaskOp),
+    Task(TaskOp),
+    Proxy(ProxyOp),
     CompleteTask(String),
     /// Healthy-coverage counts for assignment, not counting `exclude`.
     Coverage {
@@ -57,12 +59,48 @@ pub enum Request {
     Metrics,
 }
 
+/// An operation on a shard's part of the inference proxy.
+#[derive(Debug)]
+pub enum ProxyOp {
+    /// Healthy workers of a service on this shard, and whether any worker
+    /// here (healthy or not) declares the service.
+    Candidates(String),
+    /// Workers removed from the registry: drop the proxy's per-worker
+    /// state for them on this shard (attempt series, cooldowns).
+    Forget(Vec<String>),
+    /// Set (Some) or clear (None) a pin on this shard's replica.
+    SetPin {
+        key: String,
+        workers: Option<Vec<String>>,
+    },
+}
+
+#[derive(Debug)]
+pub enum ProxyReply {
+    /// Healthy workers, and whether any registered worker declares the service.
+    Upstreams(Vec<crate::proxy::Upstream>, bool),
+    Done,
+}
+
 /// Healthy coverage on one shard.
 #[derive(Debug, Default, Clone)]
 pub struct Coverage {
     pub per_service: HashMap<String, u32>,
     /// Healthy workers per tier (index = tier, 0 unused).
     pub per_tier: [u32; 5],
+}
+
+impl Coverage {
+    /// Adds another shard's coverage (a fold step for `map_reduce`).
+    pub fn merge(mut self, o: Coverage) -> Self {
+        for (k, v) in o.per_service {
+            *self.per_service.entry(k).or_default() += v;
+        }
+        for (a, b) in self.per_tier.iter_mut().zip(o.per_tier) {
+            *a += b;
+        }
+        self
+    }
 }
 
 /// One shard's worker listing: `items` is a comma-separated run of JSON
@@ -75,6 +113,21 @@ pub struct Listing {
     pub healthy: usize,
     /// For discovery: the least-loaded healthy worker's (load, record JSON).
     pub best: Option<(f64, Vec<u8>)>,
+}
+
+impl Listing {
+    /// Adds another shard's counts and keeps the less loaded `best`; the
+    /// items are the caller's to splice (see the worker list handlers).
+    pub fn merge(mut self, o: Listing) -> Self {
+        self.count += o.count;
+        self.healthy += o.healthy;
+        if let Some((load, rec)) = o.best {
+            if self.best.as_ref().is_none_or(|(b, _)| load < *b) {
+                self.best = Some((load, rec));
+            }
+        }
+        self
+    }
 }
 
 /// Aggregates for stats / health / services / gaps, mergeable by addition.
@@ -94,7 +147,9 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn merge(&mut self, o: Summary) {
+    /// Adds another shard's summary (a fold step for `map_reduce`).
+    pub fn merge(mut self, o: Box<Summary>) -> Self {
+        let o = *o;
         self.total += o.total;
         self.healthy += o.healthy;
         self.stale += o.stale;
@@ -109,6 +164,7 @@ impl Summary {
             self.services.entry(k).or_default().append(&mut v);
         }
         self.tasks_completed += o.tasks_completed;
+        self
     }
 }
 
@@ -124,7 +180,8 @@ pub enum Reply {
     AtCapacity,
     /// Heartbeat / unregister / complete: whether the worker was known.
     Found(bool),
-    Task(crate::tasks::TaskReply),
+    Task(TaskReply),
+    Proxy(ProxyReply),
     Coverage(Coverage),
     Listing(Listing),
     Summary(Box<Summary>),
@@ -155,14 +212,49 @@ macro_rules! accessor {
     };
 }
 
+/// The same for the task replies, one accessor per variant, so a caller
+/// names the answer it expects and never matches on a reply itself.
+macro_rules! task_accessor {
+    ($name:ident, $variant:ident, $ty:ty) => {
+        pub fn $name(self) -> Result<$ty, super::ShardError> {
+            match self {
+                Reply::Task(TaskReply::$variant(v)) => Ok(v),
+                _ => Err(super::ShardError::Unexpected(stringify!($variant))),
+            }
+        }
+    };
+}
+
 impl Reply {
     accessor!(found, Found, bool);
-    accessor!(task, Task, crate::tasks::TaskReply);
+    task_accessor!(submitted, Submitted, bool);
+    task_accessor!(keys, Keys, Option<Vec<String>>);
+    task_accessor!(leased, Leased, Vec<Value>);
+    task_accessor!(completed, Completed, Result<Completion, CompleteError>);
+    task_accessor!(extended, Extended, usize);
+    task_accessor!(task, Task, Option<Value>);
+    task_accessor!(task_listing, Listing, Box<TaskListing>);
     accessor!(coverage, Coverage, Coverage);
     accessor!(listing, Listing, Listing);
     accessor!(summary, Summary, Box<Summary>);
     accessor!(delivered, Delivered, Vec<(String, String)>);
     accessor!(metrics, Metrics, Box<MetricsSnapshot>);
+
+    /// Candidates: the healthy upstreams and whether the service is declared.
+    pub fn upstreams(self) -> Result<(Vec<crate::proxy::Upstream>, bool), super::ShardError> {
+        match self {
+            Reply::Proxy(ProxyReply::Upstreams(u, declared)) => Ok((u, declared)),
+            _ => Err(super::ShardError::Unexpected("Upstreams")),
+        }
+    }
+
+    /// A proxy state change was applied.
+    pub fn done(self) -> Result<(), super::ShardError> {
+        match self {
+            Reply::Proxy(ProxyReply::Done) => Ok(()),
+            _ => Err(super::ShardError::Unexpected("Done")),
+        }
+    }
 
     pub fn registered(self) -> Result<bool, super::ShardError> {
         match self {

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Op, RecoveredWorker};
-use crate::model::WorkerType;
 use crate::model::worker::{ContainerConfig, ReportedState, ServiceConfig, WorkerRecord};
+use crate::model::WorkerType;
 
 /// Microseconds since the Unix epoch (negative before it).
 pub fn to_us(t: SystemTime) -> i64 {

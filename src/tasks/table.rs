@@ -111,6 +111,20 @@ pub struct TaskListing {
     pub queues: Vec<(String, u64)>,
 }
 
+impl TaskListing {
+    /// Adds another shard's part (unsorted, unlimited: the caller sorts
+    /// and cuts the merged whole).
+    pub fn merge(mut self, o: Box<TaskListing>) -> Self {
+        self.tasks.extend(o.tasks);
+        self.matched += o.matched;
+        for (a, b) in self.counts.iter_mut().zip(o.counts) {
+            *a += b;
+        }
+        self.queues.extend(o.queues);
+        self
+    }
+}
+
 pub struct TaskTable {
     tasks: HashMap<String, Task, Hasher>,
     queues: HashMap<String, VecDeque<String>, Hasher>,

@@ -290,7 +290,7 @@ pub const CLIENT_KEY: &str = "cl1ent-k3y";
 /// Configures `ADMIN_KEY` as `--api-key` (admin) and `CLIENT_KEY` as a
 /// client-role key.
 pub fn with_keys(c: &mut Config) {
-    use coordinator::http::auth::{ApiKey, Role};
+    use coordinator::model::credential::{ApiKey, Role};
     c.api_key = Some(ADMIN_KEY.into());
     c.keys = vec![ApiKey::new(CLIENT_KEY, Role::Client)];
 }

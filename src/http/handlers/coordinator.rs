@@ -11,7 +11,7 @@ use super::super::{json, Body, Ctx};
 use super::{list_request, listing, put, put_items};
 use crate::model::time::now_iso8601;
 use crate::model::wire::BroadcastRequest;
-use crate::shard::msg::{BroadcastJob, ListKind, Request as ShardRequest};
+use crate::shard::msg::{BroadcastJob, ListKind, Reply, Request as ShardRequest};
 
 pub async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let (items, l) = listing(&ctx, list_request(ListKind::Healthy)).await?;
@@ -35,14 +35,18 @@ pub async fn broadcast(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body
         job_data: b.job_data,
         required_capability: b.required_capability,
     });
-    let mut delivered = Vec::new();
-    for r in ctx
+    let mut delivered = ctx
         .shard
-        .fan_out(|| ShardRequest::Broadcast(job.clone()))
-        .await?
-    {
-        delivered.extend(r.delivered()?);
-    }
+        .map_reduce(
+            || ShardRequest::Broadcast(job.clone()),
+            Reply::delivered,
+            Vec::new(),
+            |mut all, part| {
+                all.extend(part);
+                all
+            },
+        )
+        .await?;
     if delivered.is_empty() {
         return Err(ApiError::Unavailable(format!(
             "No capable workers available for job type: {}",

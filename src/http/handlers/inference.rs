@@ -1,7 +1,7 @@
 //! Inference routes (the service coordinator's `/api/inference/*`), the
 //! local coordinator's generic `ANY /service/{service}/{path}` proxy, and
 //! the admin pins that steer them. Worker choice, failover and streaming
-//! are in `tasks::proxy`; this file turns HTTP requests into `Outbound`s
+//! are in `proxy`; this file turns HTTP requests into `Outbound`s
 //! and proxy outcomes into responses.
 
 use bytes::Bytes;
@@ -13,9 +13,8 @@ use serde_json::{json, Map, Value};
 use super::super::error::ApiError;
 use super::super::request::{parse_object, percent_decode, query_param, read_body};
 use super::super::{json, Body, Ctx};
-use crate::shard::msg::Request as ShardRequest;
-use crate::tasks::proxy::{self, Outbound, Upstream};
-use crate::tasks::{TaskOp, TaskReply};
+use crate::proxy::{self, Outbound, Upstream};
+use crate::shard::msg::{ProxyOp, Reply, Request as ShardRequest};
 
 const SESSION_HEADER: &str = "x-session-id";
 
@@ -40,25 +39,19 @@ fn service_name(ctx: &Ctx, s: &str) -> String {
 /// is unknown (not in the catalog, declared by no registered worker), so
 /// that random names create no per-service state.
 async fn fetch(ctx: &Ctx, service: String) -> Result<Option<Vec<Upstream>>, ApiError> {
-    let mut all = Vec::new();
-    let mut known = ctx.shard.cfg.catalog.resolve(&service).is_some();
-    for r in ctx
+    let in_catalog = ctx.shard.cfg.catalog.resolve(&service).is_some();
+    let (mut all, known) = ctx
         .shard
-        .fan_out(|| ShardRequest::Task(TaskOp::Candidates(service.clone())))
-        .await?
-    {
-        match r.task()? {
-            TaskReply::Upstreams(u, declared) => {
-                known |= declared;
-                all.extend(u);
-            }
-            _ => {
-                return Err(ApiError::Shard(crate::shard::ShardError::Unexpected(
-                    "Upstreams",
-                )))
-            }
-        }
-    }
+        .map_reduce(
+            || ShardRequest::Proxy(ProxyOp::Candidates(service.clone())),
+            Reply::upstreams,
+            (Vec::new(), in_catalog),
+            |(mut all, known), (ups, declared)| {
+                all.extend(ups);
+                (all, known | declared)
+            },
+        )
+        .await?;
     // Same order on every shard, so the routing inputs do not depend on
     // which shard answered first.
     all.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
@@ -87,7 +80,7 @@ async fn forward(ctx: &Ctx, out: Outbound, admin: bool) -> Result<Response<Body>
 /// An admin caller sees worker addresses and OS errors in 502/504
 /// details; everyone else sees the worker's id only.
 fn is_admin(ctx: &Ctx, _h: &HeaderMap) -> bool {
-    ctx.grant.role == Some(crate::http::auth::Role::Admin)
+    ctx.grant.role == Some(crate::model::credential::Role::Admin)
 }
 
 /// A JSON `POST` to `path_and_query` on a worker of `alias`'s service,
@@ -120,7 +113,7 @@ fn json_headers(h: &HeaderMap, ctx: &Ctx) -> HeaderMap {
     for v in h.get_all(hyper::header::VIA) {
         out.append(hyper::header::VIA, v.clone());
     }
-    crate::tasks::guard::strip_credentials(
+    crate::proxy::guard::strip_credentials(
         &mut out,
         ctx.guard.authorization_is_ours(&ctx.grant, h),
     );
@@ -242,7 +235,7 @@ pub async fn service(
     let svc = percent_decode(svc, false)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::NotFound("Not Found".into()))?;
-    let mut path_and_query = crate::tasks::guard::normalise_path(path)
+    let mut path_and_query = crate::proxy::guard::normalise_path(path)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if let Some(q) = req.uri().query() {
         path_and_query.push('?');
@@ -315,13 +308,14 @@ pub async fn pins(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Ap
         }
         (key, None)
     };
-    ctx.shard
-        .fan_out(|| {
-            ShardRequest::Task(TaskOp::SetPin {
-                key: key.clone(),
-                workers: workers.clone(),
-            })
+    let set = || {
+        ShardRequest::Proxy(ProxyOp::SetPin {
+            key: key.clone(),
+            workers: workers.clone(),
         })
+    };
+    ctx.shard
+        .map_reduce(set, Reply::done, (), |(), ()| ())
         .await?;
     Ok(pins_view(&ctx))
 }

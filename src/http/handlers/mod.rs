@@ -15,7 +15,7 @@ use hyper::{Request, Response};
 
 use super::error::ApiError;
 use super::{Body, Ctx, Route};
-use crate::shard::msg::{ListKind, Listing, Request as ShardRequest, Summary};
+use crate::shard::msg::{ListKind, Listing, Reply, Request as ShardRequest, Summary};
 
 pub async fn handle(
     ctx: Ctx,
@@ -59,10 +59,15 @@ pub async fn handle(
 
 /// Registry-wide aggregates, merged from every shard.
 async fn summary(ctx: &Ctx) -> Result<Summary, ApiError> {
-    let mut total = Summary::default();
-    for r in ctx.shard.fan_out(|| ShardRequest::Summary).await? {
-        total.merge(*r.summary()?);
-    }
+    let total = ctx
+        .shard
+        .map_reduce(
+            || ShardRequest::Summary,
+            Reply::summary,
+            Summary::default(),
+            Summary::merge,
+        )
+        .await?;
     Ok(total)
 }
 
@@ -91,20 +96,14 @@ impl Items {
 
 /// Worker listings from every shard and their merged counts.
 async fn listing(ctx: &Ctx, make: impl Fn() -> ShardRequest) -> Result<(Items, Listing), ApiError> {
-    let parts = ctx.shard.fan_out(make).await?;
-    let mut items = Vec::with_capacity(parts.len());
-    let mut merged = Listing::default();
-    for p in parts {
-        let l = p.listing()?;
-        items.push(l.items);
-        merged.count += l.count;
-        merged.healthy += l.healthy;
-        if let Some((load, rec)) = l.best {
-            if merged.best.as_ref().is_none_or(|(b, _)| load < *b) {
-                merged.best = Some((load, rec));
-            }
-        }
-    }
+    let init = (Vec::with_capacity(ctx.shard.count), Listing::default());
+    let (items, merged) = ctx
+        .shard
+        .map_reduce(make, Reply::listing, init, |(mut items, merged), mut l| {
+            items.push(std::mem::take(&mut l.items));
+            (items, merged.merge(l))
+        })
+        .await?;
     Ok((Items(items), merged))
 }
 

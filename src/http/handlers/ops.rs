@@ -9,7 +9,7 @@ use super::super::{json, Body, Ctx, ROUTE_NAMES};
 use super::summary;
 use crate::metrics::{encode, Gauges};
 use crate::model::time::now_iso8601;
-use crate::shard::msg::Request as ShardRequest;
+use crate::shard::msg::{Reply, Request as ShardRequest};
 
 pub async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let s = summary(&ctx).await?;
@@ -27,12 +27,17 @@ pub async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 }
 
 pub async fn metrics(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let (s, snaps) = futures::join!(summary(&ctx), ctx.shard.fan_out(|| ShardRequest::Metrics));
-    let s = s?;
-    let mut shards = Vec::with_capacity(ctx.shard.count);
-    for r in snaps? {
-        shards.push(*r.metrics()?);
-    }
+    let snapshots = ctx.shard.map_reduce(
+        || ShardRequest::Metrics,
+        Reply::metrics,
+        Vec::with_capacity(ctx.shard.count),
+        |mut all, snap| {
+            all.push(*snap);
+            all
+        },
+    );
+    let (s, shards) = futures::join!(summary(&ctx), snapshots);
+    let (s, shards) = (s?, shards?);
     let gauges = Gauges {
         workers_total: s.total,
         workers_active: s.healthy,

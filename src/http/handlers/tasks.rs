@@ -6,7 +6,7 @@ use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use futures::future::{select, select_all, Either};
+use futures::future::{join_all, select, select_all, Either};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
@@ -15,26 +15,24 @@ use super::super::error::ApiError;
 use super::super::request::{parse_object, query_param, read_body, valid_id};
 use super::super::{json, Body, Ctx};
 use crate::runtime;
-use crate::shard::msg::Request as ShardRequest;
+use crate::shard::msg::{Reply, Request as ShardRequest};
+use crate::shard::ShardError;
 use crate::tasks::task::{new_task_id, shard_of_key, shard_of_task};
-use crate::tasks::{
-    CompleteError, Filter, Outcome, Target, Task, TaskListing, TaskOp, TaskReply, TaskState,
-};
+use crate::tasks::{CompleteError, Filter, Outcome, Target, Task, TaskListing, TaskOp, TaskState};
 
 /// Upper bound on `max` per pull and on admin listing size.
 const MAX_PULL: usize = 1000;
 const MAX_LIST: usize = 10_000;
 
-async fn task_op(ctx: &Ctx, shard: usize, op: TaskOp) -> Result<TaskReply, ApiError> {
-    Ok(ctx
-        .shard
-        .call(shard, ShardRequest::Task(op))
-        .await?
-        .task()?)
-}
-
-fn unexpected() -> ApiError {
-    ApiError::Shard(crate::shard::ShardError::Unexpected("Task"))
+/// Runs `op` on `shard` and takes out the answer `unpack` names.
+async fn task_op<T>(
+    ctx: &Ctx,
+    shard: usize,
+    op: TaskOp,
+    unpack: fn(Reply) -> Result<T, ShardError>,
+) -> Result<T, ApiError> {
+    let reply = ctx.shard.call(shard, ShardRequest::Task(op)).await?;
+    Ok(unpack(reply)?)
 }
 
 /// `items` grouped by the shard `shard_of` names (items it names none for
@@ -115,10 +113,9 @@ pub async fn submit(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, 
     let id = new_task_id(&key);
     let shard = shard_of_key(&key, ctx.shard.count);
     let task = Task::new(id.clone(), task_type, payload, target.clone(), max_attempts);
-    match task_op(&ctx, shard, TaskOp::Submit(Box::new(task))).await? {
-        TaskReply::Submitted(true) => {}
-        TaskReply::Submitted(false) => return Err(ApiError::NotFound("Worker not found".into())),
-        _ => return Err(unexpected()),
+    let op = TaskOp::Submit(Box::new(task));
+    if !task_op(&ctx, shard, op, Reply::submitted).await? {
+        return Err(ApiError::NotFound("Worker not found".into()));
     }
     Ok(ok_json(
         StatusCode::CREATED,
@@ -137,10 +134,9 @@ pub async fn get(ctx: Ctx, raw: String) -> Result<Response<Body>, ApiError> {
         .ok_or_else(|| ApiError::field("task_id", "invalid percent-encoding"))?;
     let not_found = || ApiError::NotFound("Task not found".into());
     let shard = shard_of_task(&id, ctx.shard.count).ok_or_else(not_found)?;
-    match task_op(&ctx, shard, TaskOp::Get(id)).await? {
-        TaskReply::Task(Some(v)) => Ok(ok_json(StatusCode::OK, &v)),
-        TaskReply::Task(None) => Err(not_found()),
-        _ => Err(unexpected()),
+    match task_op(&ctx, shard, TaskOp::Get(id), Reply::task).await? {
+        Some(v) => Ok(ok_json(StatusCode::OK, &v)),
+        None => Err(not_found()),
     }
 }
 
@@ -170,22 +166,15 @@ pub async fn admin_list(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bod
         worker: query_param(q, "worker").or_else(|| query_param(q, "worker_id")),
         limit,
     };
-    let mut merged = TaskListing::default();
-    for r in ctx
+    let mut merged = ctx
         .shard
-        .fan_out(|| ShardRequest::Task(TaskOp::List(filter.clone())))
-        .await?
-    {
-        let TaskReply::Listing(l) = r.task()? else {
-            return Err(unexpected());
-        };
-        merged.tasks.extend(l.tasks);
-        merged.matched += l.matched;
-        for (a, b) in merged.counts.iter_mut().zip(l.counts) {
-            *a += b;
-        }
-        merged.queues.extend(l.queues);
-    }
+        .map_reduce(
+            || ShardRequest::Task(TaskOp::List(filter.clone())),
+            Reply::task_listing,
+            TaskListing::default(),
+            TaskListing::merge,
+        )
+        .await?;
     // Newest first across shards, then the limit.
     merged.tasks.sort_by(|a, b| {
         b["created_at"]
@@ -267,11 +256,9 @@ pub async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Ap
     };
     drop(req);
     let owner = ctx.shard.owner_of(&worker_id);
-    let keys = match task_op(&ctx, owner, TaskOp::Keys(worker_id.clone())).await? {
-        TaskReply::Keys(Some(k)) => k,
-        TaskReply::Keys(None) => return Err(ApiError::NotFound("Worker not found".into())),
-        _ => return Err(unexpected()),
-    };
+    let keys = task_op(&ctx, owner, TaskOp::Keys(worker_id.clone()), Reply::keys)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("Worker not found".into()))?;
     // Keys keep their priority order: the owner (own queue) first, other
     // shards in the order their first key appears.
     let groups = by_shard(keys, |k| Some(shard_of_key(k, ctx.shard.count)));
@@ -298,10 +285,7 @@ pub async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Ap
                 max: need,
                 waiter,
             };
-            match task_op(&ctx, *shard, op).await? {
-                TaskReply::Leased(t) => got.extend(t),
-                _ => return Err(unexpected()),
-            }
+            got.extend(task_op(&ctx, *shard, op, Reply::leased).await?);
         }
         if !got.is_empty() || !waiting || wakeups.is_empty() {
             return Ok(ok_json(StatusCode::OK, &json!({ "tasks": got })));
@@ -375,11 +359,10 @@ pub async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
         worker_id: worker_id.clone(),
         outcome,
     };
-    let done = match task_op(&ctx, shard, op).await? {
-        TaskReply::Completed(Ok(c)) => c,
-        TaskReply::Completed(Err(CompleteError::NotFound)) => return Err(not_found()),
-        TaskReply::Completed(Err(CompleteError::Conflict(m))) => return Err(ApiError::Conflict(m)),
-        _ => return Err(unexpected()),
+    let done = match task_op(&ctx, shard, op, Reply::completed).await? {
+        Ok(c) => c,
+        Err(CompleteError::NotFound) => return Err(not_found()),
+        Err(CompleteError::Conflict(m)) => return Err(ApiError::Conflict(m)),
     };
     if done.state == TaskState::Completed && !done.duplicate {
         // Per-worker tally on the worker's record (it may be gone: fine).
@@ -401,17 +384,18 @@ pub async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
 
 /// Heartbeat progress: extends the leases `worker_id` holds on `ids`
 /// (the heartbeat's `task_ids`, or `active_tasks`).
+/// The shards holding them are asked at once.
 pub async fn extend_leases(ctx: &Ctx, worker_id: &str, ids: Vec<String>) -> Result<(), ApiError> {
-    for (s, task_ids) in by_shard(ids, |id| shard_of_task(id, ctx.shard.count)) {
-        task_op(
-            ctx,
-            s,
-            TaskOp::Extend {
-                worker_id: worker_id.to_string(),
-                task_ids,
-            },
-        )
-        .await?;
+    let groups = by_shard(ids, |id| shard_of_task(id, ctx.shard.count));
+    let calls = groups.into_iter().map(|(s, task_ids)| {
+        let op = TaskOp::Extend {
+            worker_id: worker_id.to_string(),
+            task_ids,
+        };
+        task_op(ctx, s, op, Reply::extended)
+    });
+    for r in join_all(calls).await {
+        r?;
     }
     Ok(())
 }

@@ -11,9 +11,9 @@ use super::super::error::ApiError;
 use super::super::request::{parse_object, read_body, valid_id};
 use super::super::{json, json_static, Body, Ctx};
 use crate::model::wire::{HeartbeatRequest, RegisterRequest};
+use crate::model::worker::{ContainerConfig, Registration, ServiceConfig, WorkerRecord};
 use crate::model::{classify, ServiceSpec};
 use crate::shard::msg::{Coverage, Reply, Request as ShardRequest};
-use crate::model::worker::{ContainerConfig, Registration, ServiceConfig, WorkerRecord};
 use crate::shard::ShardError;
 
 const HEARTBEAT_OK: &[u8] = br#"{"status":"ok","message":"Heartbeat received"}"#;
@@ -74,23 +74,18 @@ pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
     let class = classify(&capabilities);
 
     // Assignment balances against what the whole cluster already covers.
-    let mut coverage = Coverage::default();
     let exclude = worker_id.clone();
-    for c in ctx
+    let coverage = ctx
         .shard
-        .fan_out(|| ShardRequest::Coverage {
-            exclude: Some(exclude.clone()),
-        })
-        .await?
-    {
-        let c = c.coverage()?;
-        for (k, v) in c.per_service {
-            *coverage.per_service.entry(k).or_default() += v;
-        }
-        for (t, n) in c.per_tier.iter().enumerate() {
-            coverage.per_tier[t] += n;
-        }
-    }
+        .map_reduce(
+            || ShardRequest::Coverage {
+                exclude: Some(exclude.clone()),
+            },
+            Reply::coverage,
+            Coverage::default(),
+            Coverage::merge,
+        )
+        .await?;
     let in_tier = coverage
         .per_tier
         .get(class.tier as usize)

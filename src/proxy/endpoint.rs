@@ -1,7 +1,7 @@
 //! Worker endpoints as the proxy sees them: a registered `tunnel_url` /
 //! `endpoint` string parsed into scheme, host, port and path prefix.
 //!
-//! Parsing happens once per worker list fetch (in [`super::proxy::Upstream::of`]),
+//! Parsing happens once per worker list fetch (in [`super::Upstream::of`]),
 //! not per request. This file is pure: it must not resolve names, open
 //! sockets or know about TLS settings; it only says where to go and how
 //! (`http` or `https`, an IP literal that needs no DNS, or a name that does).

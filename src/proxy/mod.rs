@@ -39,12 +39,19 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, HOST};
 use hyper::{Method, Request, Response};
 
-pub use super::endpoint::{parse_endpoint, Endpoint, Origin, Scheme};
-use super::guard::{self, AddrGuard};
-use super::resolve::{ResolveError, Resolver};
-use super::route::{self, Ask, Candidate};
-use crate::runtime::{self, HyperIo};
+pub mod endpoint;
+pub mod guard;
+pub mod resolve;
+pub mod route;
+pub mod tls;
+
+pub use endpoint::{parse_endpoint, Endpoint, Origin, Scheme};
+use guard::AddrGuard;
+use resolve::{ResolveError, Resolver};
+use route::{Ask, Candidate};
+
 use crate::model::worker::WorkerRecord;
+use crate::runtime::{self, HyperIo};
 
 type Sender = SendRequest<Full<Bytes>>;
 
@@ -240,7 +247,7 @@ pub struct ProxySetup {
 
 impl ProxyState {
     /// A shard's proxy state; `tls` is the server-wide client TLS
-    /// configuration (see `tasks::tls`). The shard works on its own copy
+    /// configuration (see `tls`). The shard works on its own copy
     /// with its own session cache: rustls's default resumption store is a
     /// `Mutex`, and the config's `Arc` is cloned per new connection; shared,
     /// both would be touched by every shard's handshakes.

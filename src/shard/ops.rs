@@ -1,0 +1,121 @@
+//! The shard's glue for task and proxy operations: each runs synchronously
+//! against this shard's state (task table, registry, proxy replica of the
+//! pins), so `Shard::handle` can answer it inline or from the mesh loop.
+//!
+//! The task table and the proxy know nothing of the shard; the joins
+//! between them and the registry (a worker's pull keys, a service's
+//! healthy candidates) are made here.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::msg::{ProxyOp, ProxyReply};
+use super::Shard;
+use crate::proxy::Upstream;
+use crate::runtime;
+use crate::tasks::{expiry_interval, pull_keys, Target, TaskOp, TaskReply};
+
+/// Runs a task operation against this shard's table and registry.
+pub(super) fn task(shard: &Shard, op: TaskOp) -> TaskReply {
+    let now = Instant::now();
+    let lease_for = shard.cfg.task_lease;
+    match op {
+        TaskOp::Submit(t) => {
+            if let Target::Worker(w) = &t.target {
+                if shard.registry().get(w).is_none() {
+                    return TaskReply::Submitted(false);
+                }
+            }
+            shard.tasks.borrow_mut().submit(*t);
+            TaskReply::Submitted(true)
+        }
+        TaskOp::Keys(id) => TaskReply::Keys(shard.registry().get(&id).map(pull_keys)),
+        TaskOp::Lease {
+            worker_id,
+            keys,
+            max,
+            waiter,
+        } => TaskReply::Leased(
+            shard
+                .tasks
+                .borrow_mut()
+                .lease(&worker_id, &keys, max, lease_for, now, waiter),
+        ),
+        TaskOp::Complete {
+            task_id,
+            worker_id,
+            outcome,
+        } => TaskReply::Completed(
+            shard
+                .tasks
+                .borrow_mut()
+                .complete(&task_id, &worker_id, outcome, now),
+        ),
+        TaskOp::Extend {
+            worker_id,
+            task_ids,
+        } => {
+            let mut tb = shard.tasks.borrow_mut();
+            let n = task_ids
+                .iter()
+                .filter(|id| tb.extend(id, &worker_id, lease_for, now))
+                .count();
+            TaskReply::Extended(n)
+        }
+        TaskOp::Get(id) => {
+            let mut tb = shard.tasks.borrow_mut();
+            tb.expire(now);
+            TaskReply::Task(tb.get(&id).map(crate::tasks::table::task_view))
+        }
+        TaskOp::List(f) => {
+            let mut tb = shard.tasks.borrow_mut();
+            tb.expire(now);
+            TaskReply::Listing(Box::new(tb.list(&f)))
+        }
+    }
+}
+
+/// Runs a proxy operation against this shard's registry and proxy state.
+pub(super) fn proxy(shard: &Shard, op: ProxyOp) -> ProxyReply {
+    match op {
+        ProxyOp::Candidates(service) => {
+            let now = Instant::now();
+            let reg = shard.registry();
+            let declared = reg.service_workers(&service).next().is_some();
+            let ups = reg
+                .service_workers(&service)
+                .filter(|w| shard.is_healthy(w, now))
+                .map(|w| Upstream::of(w, &service))
+                .collect();
+            ProxyReply::Upstreams(ups, declared)
+        }
+        ProxyOp::Forget(workers) => {
+            shard.proxy.forget(&workers);
+            ProxyReply::Done
+        }
+        ProxyOp::SetPin { key, workers } => {
+            shard.proxy.set_pin(key, workers);
+            ProxyReply::Done
+        }
+    }
+}
+
+/// Expires leases and prunes abandoned waiters until shutdown.
+pub(crate) fn spawn_housekeeping(shard: Rc<Shard>, shutdown: runtime::Shutdown) {
+    let every = expiry_interval(shard.cfg.task_lease);
+    runtime::spawn(async move {
+        let mut ticks: u32 = 0;
+        while !shutdown.is_requested() {
+            runtime::sleep(every).await;
+            {
+                let mut tb = shard.tasks.borrow_mut();
+                tb.expire(Instant::now());
+                ticks = ticks.wrapping_add(1);
+                if ticks.is_multiple_of(16) {
+                    tb.prune_waiters();
+                }
+            }
+            shard.persist_task_changes();
+        }
+    });
+}
