@@ -121,6 +121,23 @@ impl Ctx {
     pub fn may_act_for(&self, id: &str) -> Result<(), ApiError> {
         self.guard.may_act_for(&self.grant, id)
     }
+
+    /// The request's whole body, within `--max-body-bytes` (413) and
+    /// `--body-timeout` (408). The one way handlers read a body.
+    pub async fn body(&self, req: hyper::Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
+        self.body_within(req, usize::MAX).await
+    }
+
+    /// As [`Ctx::body`], with a lower limit for routes whose bodies are
+    /// small by nature (heartbeats, logins).
+    pub async fn body_within(
+        &self,
+        req: hyper::Request<Incoming>,
+        limit: usize,
+    ) -> Result<bytes::Bytes, ApiError> {
+        let cfg = &self.shard.cfg;
+        request::read_body(req, cfg.max_body_bytes.min(limit), cfg.body_timeout).await
+    }
 }
 
 /// Accepts connections until shutdown, then drains in-flight requests.

@@ -42,11 +42,6 @@ where
     glommio::spawn_local(fut).detach();
 }
 
-/// Lets other tasks on this shard run if this one has used its time slice.
-pub async fn yield_if_needed() {
-    glommio::yield_if_needed().await;
-}
-
 /// Tracks in-flight tasks so shutdown can wait for them.
 ///
 /// Not glommio's `Gate`: its `close()` may not be abandoned (wrapped in a

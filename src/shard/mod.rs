@@ -191,7 +191,6 @@ impl Shard {
         }
         let (tx, rx) = oneshot::channel();
         let env = Envelope {
-            from: self.id,
             request: req,
             reply: tx,
         };
@@ -243,7 +242,6 @@ impl Shard {
     /// Answers a request from another shard (called by the mesh loop).
     pub fn serve_remote(&self, env: Envelope) {
         self.metrics.borrow_mut().mesh_received += 1;
-        let _ = env.from;
         let (reply, ack) = self.apply(env.request);
         match ack {
             // The requester may have timed out and gone; nothing to do then.

@@ -32,9 +32,6 @@ pub struct BroadcastJob {
     pub job_type: String,
     pub job_data: Value,
     pub required_capability: Option<String>,
-    /// Prefix for per-worker task ids (unique per broadcast).
-    pub id_prefix: String,
-    pub created_at: String,
 }
 
 #[derive(Debug)]
@@ -194,7 +191,6 @@ pub enum Reply {
 
 /// A request travelling to another shard.
 pub struct Envelope {
-    pub from: usize,
     pub request: Request,
     pub reply: oneshot::Sender<Reply>,
 }

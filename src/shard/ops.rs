@@ -51,6 +51,17 @@ pub(super) fn task(shard: &Shard, op: TaskOp) -> TaskReply {
                 .borrow_mut()
                 .complete(&task_id, &worker_id, outcome, now),
         ),
+        TaskOp::Release {
+            worker_id,
+            task_ids,
+        } => {
+            let mut tb = shard.tasks.borrow_mut();
+            let n = task_ids
+                .iter()
+                .filter(|id| tb.release(id, &worker_id))
+                .count();
+            TaskReply::Extended(n)
+        }
         TaskOp::Extend {
             worker_id,
             task_ids,

@@ -53,6 +53,11 @@ pub enum TaskOp {
         worker_id: String,
         outcome: Outcome,
     },
+    /// Give back undelivered leases `worker_id` holds on these tasks.
+    Release {
+        worker_id: String,
+        task_ids: Vec<String>,
+    },
     /// Extend the leases `worker_id` holds on these tasks.
     Extend {
         worker_id: String,
@@ -69,6 +74,7 @@ pub enum TaskReply {
     Keys(Option<Vec<String>>),
     Leased(Vec<Value>),
     Completed(Result<Completion, CompleteError>),
+    /// Extend / Release: how many of the leases were changed.
     Extended(usize),
     Task(Option<Value>),
     Listing(Box<TaskListing>),

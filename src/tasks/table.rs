@@ -37,6 +37,9 @@ pub enum EventKind {
     Expired,
     /// Lease expired on the last attempt.
     Dead,
+    /// A lease handed back undelivered (a pull over several shards leased
+    /// more than it asked for); requeued at the front, attempt not counted.
+    Released,
     /// A finished task dropped from memory (retention limit).
     Evicted,
 }
@@ -198,7 +201,7 @@ impl TaskTable {
                 c.lease_expiries += 1;
                 c.dead_lettered += 1;
             }
-            EventKind::Evicted => {}
+            EventKind::Released | EventKind::Evicted => {}
         }
         if let Some(sink) = self.sink.as_mut() {
             sink(&TaskEvent { kind, task });
@@ -388,6 +391,29 @@ impl TaskTable {
         self.leases.remove(&(old, id.to_string()));
         self.leases.insert((new, id.to_string()));
         self.record(EventKind::Extended, id, Some(TaskState::Leased));
+        true
+    }
+
+    /// Gives back a lease `worker` holds on `id` that was never delivered:
+    /// the task goes back to the front of its queue as if the lease had not
+    /// happened (its attempt is not counted). False when `worker` does not
+    /// hold a lease on it.
+    pub fn release(&mut self, id: &str, worker: &str) -> bool {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return false;
+        };
+        if t.state != TaskState::Leased || t.lease.as_ref().is_none_or(|l| l.worker_id != worker) {
+            return false;
+        }
+        let deadline = t.lease.take().map(|l| l.deadline);
+        t.state = TaskState::Queued;
+        t.attempts = t.attempts.saturating_sub(1);
+        t.updated_at = SystemTime::now();
+        let key = t.target.queue_key();
+        if let Some(d) = deadline {
+            self.leases.remove(&(d, id.to_string()));
+        }
+        self.enqueue(key, id, true, EventKind::Released, Some(TaskState::Leased));
         true
     }
 

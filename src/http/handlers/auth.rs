@@ -11,7 +11,7 @@ use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 
 use super::super::error::ApiError;
-use super::super::request::{parse_object, read_body};
+use super::super::request::parse_object;
 use super::super::{json, Body, Ctx};
 
 #[derive(Deserialize)]
@@ -25,9 +25,8 @@ struct Login {
 const MAX_FIELD: usize = 1024;
 
 pub async fn login(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let cfg = &ctx.shard.cfg;
     // A login form is small: read at most 16 KiB whatever the body limit.
-    let body = read_body(req, cfg.max_body_bytes.min(16 << 10), cfg.body_timeout).await?;
+    let body = ctx.body_within(req, 16 << 10).await?;
     let l: Login = parse_object(&body)?;
     if l.username.len() > MAX_FIELD || l.password.len() > MAX_FIELD {
         return Err(ApiError::field(

@@ -6,7 +6,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
 use super::super::error::ApiError;
-use super::super::request::{parse_object, read_body};
+use super::super::request::parse_object;
 use super::super::{json, Body, Ctx};
 use super::{list_request, listing, put, put_items};
 use crate::model::time::now_iso8601;
@@ -25,12 +25,9 @@ pub async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 }
 
 pub async fn broadcast(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let cfg = &ctx.shard.cfg;
-    let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
+    let body = ctx.body(req).await?;
     let b: BroadcastRequest = parse_object(&body)?;
     let job = Arc::new(BroadcastJob {
-        id_prefix: format!("job-{:016x}", fastrand::u64(..)),
-        created_at: now_iso8601(),
         job_type: b.job_type,
         job_data: b.job_data,
         required_capability: b.required_capability,

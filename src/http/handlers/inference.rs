@@ -11,7 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::super::error::ApiError;
-use super::super::request::{parse_object, percent_decode, query_param, read_body};
+use super::super::request::{parse_object, percent_decode, query_param};
 use super::super::{json, Body, Ctx};
 use crate::proxy::{self, Outbound, Upstream};
 use crate::shard::msg::{ProxyOp, Reply, Request as ShardRequest};
@@ -142,8 +142,7 @@ async fn read_json_object(
     ctx: &Ctx,
     req: Request<Incoming>,
 ) -> Result<Map<String, Value>, ApiError> {
-    let cfg = &ctx.shard.cfg;
-    let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
+    let body = ctx.body(req).await?;
     parse_object(&body)
 }
 
@@ -250,14 +249,13 @@ pub async fn service(
         .map(str::to_string);
     // Borrowed, not cloned: the config's Arc is shared by every shard, and
     // cloning it per request would bump a cross-shard atomic.
-    let cfg = &ctx.shard.cfg;
     let admin = is_admin(&ctx, req.headers());
     let headers = proxy::upstream_headers(
         req.headers().clone(),
         ctx.peer.map(|p| p.ip()),
         ctx.guard.authorization_is_ours(&ctx.grant, req.headers()),
     );
-    let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
+    let body = ctx.body(req).await?;
     let out = Outbound {
         service: service_name(&ctx, &svc),
         model,

@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::super::error::ApiError;
-use super::super::request::{parse_object, query_param, read_body, valid_id};
+use super::super::request::{parse_object, query_param, valid_id};
 use super::super::{json, Body, Ctx};
 use crate::runtime;
 use crate::shard::msg::{Reply, Request as ShardRequest};
@@ -68,7 +68,7 @@ fn str_field(o: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiEr
 /// `POST /api/tasks` `{type, payload, worker_id | service | capability, max_attempts?}`.
 pub async fn submit(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let cfg = &ctx.shard.cfg;
-    let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
+    let body = ctx.body(req).await?;
     let o: Map<String, Value> = parse_object(&body)?;
     let task_type = match str_field(&o, "type")?
         .or(str_field(&o, "task_type")?)
@@ -265,28 +265,52 @@ pub async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Ap
     let deadline = Instant::now() + wait;
     loop {
         let waiting = Instant::now() < deadline;
-        let mut got: Vec<Value> = Vec::new();
         let mut wakeups = Vec::new();
-        for (shard, keys) in &groups {
-            let need = max - got.len();
-            if need == 0 {
-                break;
-            }
-            let waiter = if waiting {
+        // Every shard is asked at once for up to `max`; the answers are
+        // taken in priority order and what exceeds `max` is given back
+        // undelivered (its attempt is not counted).
+        let asks = groups.iter().map(|(shard, keys)| {
+            let waiter = waiting.then(|| {
                 let (tx, rx) = oneshot::channel::<()>();
                 wakeups.push(rx);
-                Some(tx)
-            } else {
-                None
-            };
+                tx
+            });
             let op = TaskOp::Lease {
                 worker_id: worker_id.clone(),
                 keys: keys.clone(),
-                max: need,
+                max,
                 waiter,
             };
-            got.extend(task_op(&ctx, *shard, op, Reply::leased).await?);
+            task_op(&ctx, *shard, op, Reply::leased)
+        });
+        let answers = join_all(asks.collect::<Vec<_>>()).await;
+        let mut got: Vec<Value> = Vec::new();
+        let mut surplus: Vec<String> = Vec::new();
+        let mut failed = None;
+        for answer in answers {
+            match answer {
+                Ok(tasks) => {
+                    for t in tasks {
+                        if got.len() < max && failed.is_none() {
+                            got.push(t);
+                        } else if let Some(id) = t["task_id"].as_str() {
+                            surplus.push(id.to_string());
+                        }
+                    }
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
         }
+        if let Some(e) = failed {
+            // Nothing is delivered on an error: every lease goes back.
+            surplus.extend(
+                got.iter()
+                    .filter_map(|t| t["task_id"].as_str().map(str::to_string)),
+            );
+            release(&ctx, &worker_id, surplus).await;
+            return Err(e);
+        }
+        release(&ctx, &worker_id, surplus).await;
         if !got.is_empty() || !waiting || wakeups.is_empty() {
             return Ok(ok_json(StatusCode::OK, &json!({ "tasks": got })));
         }
@@ -313,13 +337,12 @@ pub async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Ap
 /// `status: "failed"` reports a failure: the task is retried while attempts
 /// remain (unless `retry: false`), else it ends `failed`.
 pub async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let cfg = &ctx.shard.cfg;
     let q = req.uri().query().map(str::to_string);
     let q = q.as_deref();
     let q_worker = query_param(q, "worker_id");
     let q_task = query_param(q, "task_id");
     let q_status = query_param(q, "status");
-    let body = read_body(req, cfg.max_body_bytes, cfg.body_timeout).await?;
+    let body = ctx.body(req).await?;
     let (worker_id, task_id, status, result, error, retry) = if q_worker.is_some() {
         let v = if body.iter().all(u8::is_ascii_whitespace) {
             Value::Null
@@ -380,6 +403,24 @@ pub async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
             "state": done.state.as_str(),
         }),
     ))
+}
+
+/// Gives back leases `worker_id` took but will not be sent. Best effort: a
+/// lease not given back runs out and is retried as any other.
+async fn release(ctx: &Ctx, worker_id: &str, ids: Vec<String>) {
+    let groups = by_shard(ids, |id| shard_of_task(id, ctx.shard.count));
+    let calls = groups.into_iter().map(|(s, task_ids)| {
+        let op = TaskOp::Release {
+            worker_id: worker_id.to_string(),
+            task_ids,
+        };
+        task_op(ctx, s, op, Reply::extended)
+    });
+    for r in join_all(calls).await {
+        if let Err(e) = r {
+            tracing::debug!(worker_id, error = %e, "giving back surplus leases");
+        }
+    }
 }
 
 /// Heartbeat progress: extends the leases `worker_id` holds on `ids`

@@ -8,13 +8,12 @@ use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
 use super::super::error::ApiError;
-use super::super::request::{parse_object, read_body, valid_id};
+use super::super::request::{parse_object, valid_id};
 use super::super::{json, json_static, Body, Ctx};
 use crate::model::wire::{HeartbeatRequest, RegisterRequest};
-use crate::model::worker::{ContainerConfig, Registration, ServiceConfig, WorkerRecord};
-use crate::model::{classify, ServiceSpec};
+use crate::model::worker::{Registration, WorkerRecord};
+use crate::model::{classify, Classification, ServiceSpec};
 use crate::shard::msg::{Coverage, Reply, Request as ShardRequest};
-use crate::shard::ShardError;
 
 const HEARTBEAT_OK: &[u8] = br#"{"status":"ok","message":"Heartbeat received"}"#;
 
@@ -22,20 +21,20 @@ fn worker_not_found() -> ApiError {
     ApiError::NotFound("Worker not found".into())
 }
 
-async fn body(ctx: &Ctx, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
-    let cfg = &ctx.shard.cfg;
-    read_body(req, cfg.max_body_bytes, cfg.body_timeout).await
-}
-
+/// The registration reply. Its service and container lists are written
+/// straight from the catalog entries the worker was assigned, the way
+/// `WorkerRecord::registered` derives the record's, so the record can go to
+/// its owner shard first and the reply is serialised once, with the id
+/// the owner accepted.
 #[derive(Serialize)]
 struct Registered<'a> {
     status: &'static str,
     worker_id: &'a str,
     worker_type: crate::model::WorkerType,
     tier: u8,
-    assigned_services: &'a [String],
-    service_configs: &'a [ServiceConfig],
-    assigned_containers: &'a [ContainerConfig],
+    assigned_services: Seq<'a, &'a str>,
+    service_configs: Seq<'a, ServiceConfigView<'a>>,
+    assigned_containers: Seq<'a, ContainerView<'a>>,
     heartbeat_url: &'static str,
     heartbeat_interval: u64,
     coordinator_url: String,
@@ -44,13 +43,52 @@ struct Registered<'a> {
     message: String,
 }
 
+/// `ServiceConfig`'s JSON, borrowed from a catalog entry.
+#[derive(Serialize)]
+struct ServiceConfigView<'a> {
+    name: &'a str,
+    port: u16,
+    priority: u32,
+}
+
+/// `ContainerConfig`'s JSON, borrowed from a catalog entry.
+#[derive(Serialize)]
+struct ContainerView<'a> {
+    name: &'a str,
+    image: &'a str,
+    port: u16,
+    env: &'a std::collections::BTreeMap<String, String>,
+}
+
+/// A JSON array of `f(spec)` for each assigned spec.
+struct Seq<'a, T>(&'a [&'a ServiceSpec], fn(&'a ServiceSpec) -> T);
+
+impl<T: Serialize> Serialize for Seq<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|spec| (self.1)(spec)))
+    }
+}
+
+/// Where agents are told to reach us: `--public-url`, else the Host they used.
+fn coordinator_url(ctx: &Ctx, host: Option<String>) -> String {
+    ctx.shard
+        .cfg
+        .public_url
+        .clone()
+        .or_else(|| host.map(|h| format!("http://{h}")))
+        .unwrap_or_default()
+}
+
+/// `POST /api/worker/register`: read and check the body, assign services
+/// against the cluster's coverage, place the record on its owner shard
+/// (drawing a new id if a generated one is taken), then answer.
 pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let host = req
         .headers()
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string);
-    let body = body(&ctx, req).await?;
+    let body = ctx.body(req).await?;
     let r: RegisterRequest = parse_object(&body)?;
     let generated = r.worker_id.is_none();
     let worker_id = match r.worker_id {
@@ -72,14 +110,70 @@ pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
         r.containers.as_deref(),
     )?;
     let class = classify(&capabilities);
+    let assigned = assign(&ctx, &worker_id, class).await?;
+    let ip_address = r
+        .ip_address
+        .filter(|s| !s.is_empty())
+        .or_else(|| ctx.peer.map(|p| p.ip().to_string()));
+    let registration = Registration {
+        worker_id,
+        capabilities,
+        tunnel_url: r.tunnel_url.filter(|s| !s.is_empty()),
+        ip_address,
+        services: r.services.unwrap_or_default(),
+        containers: r.containers.unwrap_or_default(),
+    };
+    let rec = WorkerRecord::registered(registration, class, &assigned);
+    let tunnel_url = rec.tunnel_url.clone();
+    let endpoint = rec.endpoint().map(str::to_string);
+    let (worker_id, replaced) = place(&ctx, Box::new(rec), generated).await?;
+    tracing::info!(worker_id, tier = class.tier, replaced, "worker registered");
+    let reply = Registered {
+        status: "registered",
+        worker_id: &worker_id,
+        worker_type: class.worker_type,
+        tier: class.tier,
+        assigned_services: Seq(&assigned, |s| s.name.as_str()),
+        service_configs: Seq(&assigned, |s| ServiceConfigView {
+            name: &s.name,
+            port: s.port,
+            priority: s.priority,
+        }),
+        assigned_containers: Seq(&assigned, |s| ContainerView {
+            name: &s.name,
+            image: &s.image,
+            port: s.port,
+            env: &s.env,
+        }),
+        heartbeat_url: "/api/worker/heartbeat",
+        heartbeat_interval: cfg.heartbeat_interval_secs,
+        coordinator_url: coordinator_url(&ctx, host),
+        tunnel_url: tunnel_url.as_deref(),
+        endpoint: endpoint.as_deref(),
+        message: format!(
+            "Worker registered as tier {} ({}) with {} service(s)",
+            class.tier,
+            class.worker_type.as_str(),
+            assigned.len()
+        ),
+    };
+    let out = serde_json::to_vec(&reply).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(json(StatusCode::OK, out))
+}
 
-    // Assignment balances against what the whole cluster already covers.
-    let exclude = worker_id.clone();
+/// The catalog services a worker of `class` is given, balanced against
+/// what the whole cluster already covers (not counting `worker_id`'s own
+/// current record, so a re-registration is not counted twice).
+async fn assign<'c>(
+    ctx: &'c Ctx,
+    worker_id: &str,
+    class: Classification,
+) -> Result<Vec<&'c ServiceSpec>, ApiError> {
     let coverage = ctx
         .shard
         .map_reduce(
             || ShardRequest::Coverage {
-                exclude: Some(exclude.clone()),
+                exclude: Some(worker_id.to_string()),
             },
             Reply::coverage,
             Coverage::default(),
@@ -91,90 +185,50 @@ pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>
         .get(class.tier as usize)
         .copied()
         .unwrap_or(0);
-    let assigned: Vec<&ServiceSpec> = cfg.catalog.assign(
+    Ok(ctx.shard.cfg.catalog.assign(
         class.worker_type,
         &|name| coverage.per_service.get(name).copied().unwrap_or(0),
         in_tier,
-    );
+    ))
+}
 
-    let ip_address = r
-        .ip_address
-        .filter(|s| !s.is_empty())
-        .or_else(|| ctx.peer.map(|p| p.ip().to_string()));
-    let registration = Registration {
-        worker_id: worker_id.clone(),
-        capabilities,
-        tunnel_url: r.tunnel_url.filter(|s| !s.is_empty()),
-        ip_address,
-        services: r.services.unwrap_or_default(),
-        containers: r.containers.unwrap_or_default(),
-    };
-    let rec = WorkerRecord::registered(registration, class, &assigned);
-    let reply = Registered {
-        status: "registered",
-        worker_id: &worker_id,
-        worker_type: rec.worker_type,
-        tier: rec.tier,
-        assigned_services: &rec.assigned_services,
-        service_configs: &rec.service_configs,
-        assigned_containers: &rec.assigned_containers,
-        heartbeat_url: "/api/worker/heartbeat",
-        heartbeat_interval: cfg.heartbeat_interval_secs,
-        coordinator_url: cfg
-            .public_url
-            .clone()
-            .or_else(|| host.map(|h| format!("http://{h}")))
-            .unwrap_or_default(),
-        tunnel_url: rec.tunnel_url.as_deref(),
-        endpoint: rec.endpoint(),
-        message: format!(
-            "Worker registered as tier {} ({}) with {} service(s)",
-            rec.tier,
-            rec.worker_type.as_str(),
-            rec.assigned_services.len()
-        ),
-    };
-    let mut out = serde_json::to_vec(&reply).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let mut rec = Box::new(rec);
-    let mut worker_id = worker_id;
-    let replaced = if generated {
-        // 32 random bits collide after ~65k registrations at even odds, and
-        // a collision would silently replace another machine's record: the
-        // owner refuses a taken id and we draw again.
-        let mut tries = 0;
-        loop {
-            let owner = ctx.shard.owner_of(&worker_id);
-            match ctx
-                .shard
-                .call(owner, ShardRequest::RegisterNew(rec))
-                .await?
-            {
-                Reply::Registered { replaced } => break replaced,
-                Reply::AtCapacity => return Err(ShardError::AtCapacity.into()),
-                Reply::IdTaken(back) if tries < 16 => {
-                    tries += 1;
-                    rec = back;
-                    let new_id = generate_id();
-                    out = respell_id(&out, &worker_id, &new_id);
-                    rec.worker_id = new_id.clone();
-                    worker_id = new_id;
-                }
-                _ => {
-                    return Err(ApiError::Unavailable(
-                        "Could not allocate a free worker id".into(),
-                    ))
-                }
-            }
-        }
-    } else {
-        let owner = ctx.shard.owner_of(&worker_id);
-        ctx.shard
+/// Stores `rec` on its owner shard; returns the id it was stored under and
+/// whether it replaced a record. A generated id that is taken is redrawn:
+/// 32 random bits collide after ~65k registrations at even odds, and a
+/// collision must not silently replace another machine's record.
+async fn place(
+    ctx: &Ctx,
+    mut rec: Box<WorkerRecord>,
+    generated: bool,
+) -> Result<(String, bool), ApiError> {
+    if !generated {
+        let id = rec.worker_id.clone();
+        let owner = ctx.shard.owner_of(&id);
+        let replaced = ctx
+            .shard
             .call(owner, ShardRequest::Register(rec))
             .await?
-            .registered()?
-    };
-    tracing::info!(worker_id, tier = class.tier, replaced, "worker registered");
-    Ok(json(StatusCode::OK, out))
+            .registered()?;
+        return Ok((id, replaced));
+    }
+    for _ in 0..=16 {
+        let id = rec.worker_id.clone();
+        let owner = ctx.shard.owner_of(&id);
+        match ctx
+            .shard
+            .call(owner, ShardRequest::RegisterNew(rec))
+            .await?
+        {
+            Reply::IdTaken(back) => {
+                rec = back;
+                rec.worker_id = generate_id();
+            }
+            reply => return Ok((id, reply.registered()?)),
+        }
+    }
+    Err(ApiError::Unavailable(
+        "Could not allocate a free worker id".into(),
+    ))
 }
 
 /// What one registration may make us keep: `capabilities` up to
@@ -212,23 +266,11 @@ fn generate_id() -> String {
     format!("worker-{:08x}", fastrand::u32(..))
 }
 
-/// The reply with a redrawn generated id: it appears only as the
-/// `worker_id` value, and both ids are `worker-` + 8 hex digits, so a
-/// byte substitution is exact.
-fn respell_id(out: &[u8], old: &str, new: &str) -> Vec<u8> {
-    let from = format!("\"worker_id\":\"{old}\"");
-    let to = format!("\"worker_id\":\"{new}\"");
-    String::from_utf8_lossy(out)
-        .replacen(&from, &to, 1)
-        .into_bytes()
-}
-
 pub async fn heartbeat(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     // A heartbeat replaces the worker's reported state: its size bounds
     // what one worker can make us hold (a real one is ~300 bytes).
     let cfg = &ctx.shard.cfg;
-    let limit = cfg.max_body_bytes.min(cfg.max_capabilities_bytes);
-    let body = read_body(req, limit, cfg.body_timeout).await?;
+    let body = ctx.body_within(req, cfg.max_capabilities_bytes).await?;
     let mut hb: HeartbeatRequest = parse_object(&body)?;
     valid_id("worker_id", &hb.worker_id)?;
     ctx.may_act_for(&hb.worker_id)?;
@@ -287,13 +329,45 @@ mod tests {
     }
 
     #[test]
-    fn respelling_replaces_only_the_worker_id_value() {
-        let out =
-            br#"{"status":"registered","worker_id":"worker-0000abcd","message":"worker-0000abcd"}"#;
-        let got = respell_id(out, "worker-0000abcd", "worker-12345678");
+    fn the_reply_lists_are_the_records_lists() {
+        // The reply writes from catalog entries what the record derives from
+        // them; the two JSON shapes must not drift apart.
+        let catalog = crate::model::Catalog::default();
+        let assigned: Vec<&ServiceSpec> = catalog.services().iter().take(3).collect();
+        assert!(!assigned.is_empty());
+        let reg = Registration {
+            worker_id: "w".into(),
+            capabilities: Default::default(),
+            tunnel_url: None,
+            ip_address: None,
+            services: vec![],
+            containers: vec![],
+        };
+        let class = classify(&Default::default());
+        let rec = WorkerRecord::registered(reg, class, &assigned);
+        fn json<T: Serialize>(v: &T) -> String {
+            serde_json::to_string(v).unwrap()
+        }
         assert_eq!(
-            got,
-            br#"{"status":"registered","worker_id":"worker-12345678","message":"worker-0000abcd"}"#
+            json(&Seq(&assigned, |s| s.name.as_str())),
+            json(&rec.assigned_services)
+        );
+        assert_eq!(
+            json(&Seq(&assigned, |s| ServiceConfigView {
+                name: &s.name,
+                port: s.port,
+                priority: s.priority,
+            })),
+            json(&rec.service_configs)
+        );
+        assert_eq!(
+            json(&Seq(&assigned, |s| ContainerView {
+                name: &s.name,
+                image: &s.image,
+                port: s.port,
+                env: &s.env,
+            })),
+            json(&rec.assigned_containers)
         );
     }
 }
