@@ -3,7 +3,7 @@
 //! (loops), let a client's path climb out of a worker's URL prefix, or hand
 //! the coordinator's own credentials to a worker.
 //!
-//! The address rule is applied by `proxy` on every resolved address just
+//! The address rule is applied by `pool` on every resolved address just
 //! before it connects (so a hostname cannot resolve around it); the rest
 //! are applied when a request is turned into an `Outbound`. Nothing here
 //! connects, resolves or allocates per request beyond the path it returns;

@@ -16,7 +16,7 @@
 //!   was willing to wait).
 //!
 //! Everything here is shard-local (`Rc`, `RefCell`): no lock, no atomic.
-//! This file must not connect anywhere; the proxy decides what to do with
+//! This file must not connect anywhere; the pool decides what to do with
 //! the addresses (try them in order) and how long to wait.
 
 use std::cell::RefCell;

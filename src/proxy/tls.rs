@@ -4,7 +4,7 @@
 //! crypto provider, HTTP/1.1 offered over ALPN.
 //!
 //! Built once at server start; each shard takes its own copy (with its own
-//! session cache, see `proxy::ProxyState::new`), so handshakes share no
+//! session cache, see `proxy::pool::Pool::new`), so handshakes share no
 //! lock or refcount between shards. A bad CA file stops the start instead
 //! of failing requests later. This file must not open connections:
 //! the handshake itself runs in `runtime::HyperIo::start_tls`.

@@ -117,6 +117,9 @@ pub struct TaskListing {
 impl TaskListing {
     /// Adds another shard's part (unsorted, unlimited: the caller sorts
     /// and cuts the merged whole).
+    // Boxed because it is the reduce step of a fan-out whose replies carry
+    // the listing boxed (`TaskListing::merge` is passed as is).
+    #[allow(clippy::boxed_local)]
     pub fn merge(mut self, o: Box<TaskListing>) -> Self {
         self.tasks.extend(o.tasks);
         self.matched += o.matched;
