@@ -145,8 +145,7 @@ pub struct Summary {
 
 impl Summary {
     /// Adds another shard's summary (a fold step for `map_reduce`).
-    pub fn merge(mut self, o: Box<Summary>) -> Self {
-        let o = *o;
+    pub fn merge(mut self, o: Summary) -> Self {
         self.total += o.total;
         self.healthy += o.healthy;
         self.stale += o.stale;

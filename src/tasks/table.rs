@@ -117,10 +117,7 @@ pub struct TaskListing {
 impl TaskListing {
     /// Adds another shard's part (unsorted, unlimited: the caller sorts
     /// and cuts the merged whole).
-    // Boxed because it is the reduce step of a fan-out whose replies carry
-    // the listing boxed (`TaskListing::merge` is passed as is).
-    #[allow(clippy::boxed_local)]
-    pub fn merge(mut self, o: Box<TaskListing>) -> Self {
+    pub fn merge(mut self, o: TaskListing) -> Self {
         self.tasks.extend(o.tasks);
         self.matched += o.matched;
         for (a, b) in self.counts.iter_mut().zip(o.counts) {

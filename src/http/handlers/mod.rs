@@ -65,7 +65,7 @@ async fn summary(ctx: &Ctx) -> Result<Summary, ApiError> {
             || ShardRequest::Summary,
             Reply::summary,
             Summary::default(),
-            Summary::merge,
+            |all, part| all.merge(*part),
         )
         .await?;
     Ok(total)

@@ -172,7 +172,7 @@ pub async fn admin_list(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bod
             || ShardRequest::Task(TaskOp::List(filter.clone())),
             Reply::task_listing,
             TaskListing::default(),
-            TaskListing::merge,
+            |all, part| all.merge(*part),
         )
         .await?;
     // Newest first across shards, then the limit.
