@@ -3,27 +3,29 @@
 //!
 //! # Layout
 //!
-//! - [`runtime`]: the only module that names glommio. Executors pinned one
-//!   per core, SO_REUSEPORT listeners, the cross-shard channel mesh, timers,
-//!   the hyper IO adapter (plain or client TLS), and blocking calls run off
-//!   the shards. Swap the runtime here and nowhere else.
-//! - [`shard`]: one shard = one core's slice of the registry (workers whose
-//!   id hashes to it). Forwards single-worker operations to the owner shard
-//!   and fans whole-registry operations out to all shards, then merges.
-//! - [`http`]: accept loop, connection limits and timeouts, routing,
-//!   handlers (one file per API area), CORS, roles and credentials (API
-//!   keys, users, login tokens), errors as JSON.
-//! - [`model`]: wire types and the pure domain rules: size parsing, worker
-//!   type and tier, the service catalog and assignment.
-//! - [`tasks`]: task queues (one shard per queue), leases, long-poll, and
-//!   routing/proxying of inference requests to workers (over HTTP or HTTPS,
-//!   to IP addresses or hostnames resolved off the shards).
-//! - [`metrics`]: per-shard counters and histograms, merged and encoded on
-//!   scrape.
-//! - [`store`]: durable state in SQLite: one writer thread fed by the
-//!   shards over a channel, group commit, migrations, startup recovery.
-//! - [`config`]: the validated configuration the library runs with.
-//! - [`server`]: start a whole coordinator (used by `main.rs` and tests).
+//! Layers, lowest first; a module uses only modules below it, never a
+//! neighbour in its own layer (`tests/layers.rs` checks this, and
+//! `docs/architecture.md` has the file-by-file map):
+//!
+//! - [`runtime`] | [`model`]: the only module that names glommio
+//!   (executors pinned one per core, SO_REUSEPORT listeners, the channel
+//!   mesh, timers, the hyper IO adapter, blocking calls off the shards) |
+//!   wire types, the worker record, placement, tier/size/catalog rules and
+//!   credentials as data: pure.
+//! - [`metrics`]: per-shard counters, the one histogram type, and the
+//!   builders of Prometheus families every owner encodes its counters with.
+//! - [`tasks`] | [`proxy`]: task queues and leases (no shards, no HTTP) |
+//!   the inference proxy: worker choice, connection pool, forwarding.
+//! - [`store`]: durable state in SQLite: one writer thread fed over a
+//!   channel, group commit, migrations, startup recovery.
+//! - [`config`]: the validated configuration.
+//! - [`shard`]: one core's slice of the registry, requests to the owner
+//!   shard (inline or over the mesh), typed `map_reduce` over all shards,
+//!   and the joins between registry, tasks and proxy.
+//! - [`http`]: accept loop, limits, the route table with a role per route,
+//!   handlers per API area, credentials, errors as JSON.
+//! - [`server`]: start and stop a whole coordinator (used by `main.rs` and
+//!   the tests).
 //!
 //! A request's life: the kernel hands a connection to one shard's listener;
 //! that shard parses the request; if it concerns one worker it runs on the

@@ -404,3 +404,32 @@ fn task_metrics_show_states_events_queues_and_waiters() {
         "coordinator_task_waiters{"
     ) == 0.0));
 }
+
+#[test]
+fn a_pull_over_several_shards_delivers_at_most_max_in_priority_order_and_gives_the_rest_back() {
+    use coordinator::tasks::task::{service_key, shard_of_key, worker_key};
+    let s = start(2, |_| {});
+    let w = id_on_shard("multi", 0, 2);
+    // A service whose queue lives on the other shard than the worker's own.
+    let own = shard_of_key(&worker_key(&w), 2);
+    let svc = (0..)
+        .map(|i| format!("svc-{i}"))
+        .find(|n| shard_of_key(&service_key(n), 2) != own)
+        .unwrap();
+    register(s.addr, &worker_with_service(&w, &svc));
+    let svc_task = submit(s.addr, json!({"type": "b", "service": svc}));
+    let own_task = submit(s.addr, json!({"type": "a", "worker_id": w}));
+    // Both shards lease at once; only the worker's own task (first in
+    // priority) is delivered, and the service task goes back undelivered.
+    let got = pull(s.addr, &w, "&max=1");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["task_id"], own_task.as_str());
+    let back = task(s.addr, &svc_task);
+    assert_eq!(back["state"], "queued", "{back}");
+    assert_eq!(back["attempts"], 0, "{back}");
+    // It is pulled next, as its first attempt.
+    let got = pull(s.addr, &w, "&max=5");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["task_id"], svc_task.as_str());
+    assert_eq!(got[0]["attempt"], 1);
+}

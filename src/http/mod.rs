@@ -8,7 +8,7 @@
 //! API area under `handlers/`.
 //!
 //! Must not: touch another shard's state (go through `Shard::call` /
-//! `fan_out`), block, or panic on any input.
+//! `map_reduce`), block, or panic on any input.
 
 pub mod access;
 pub mod auth;

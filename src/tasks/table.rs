@@ -689,6 +689,32 @@ mod tests {
     }
 
     #[test]
+    fn a_released_lease_goes_back_to_the_front_uncounted() {
+        let mut tb = table();
+        let now = Instant::now();
+        submit(&mut tb, "a", Target::Service("s".into()), 1);
+        submit(&mut tb, "b", Target::Service("s".into()), 1);
+        assert_eq!(tb.lease("w1", &keys("w1"), 1, L, now, None).len(), 1);
+        // Only the holder may give it back, once.
+        assert!(!tb.release("a", "w2"));
+        assert!(tb.release("a", "w1"));
+        assert!(!tb.release("a", "w1"));
+        let t = tb.get("a").unwrap();
+        assert_eq!(
+            (t.state, t.attempts, t.lease.is_none()),
+            (TaskState::Queued, 0, true)
+        );
+        assert_eq!(tb.counters().by_state[TaskState::Leased.index()], 0);
+        // Ahead of `b` again, and its one attempt is still available: the
+        // lease deadline it had no longer expires it.
+        let got = tb.lease("w2", &keys("w2"), 1, L, now, None);
+        assert_eq!(got[0]["task_id"], "a");
+        assert_eq!(got[0]["attempt"], 1);
+        tb.expire(now + L / 2);
+        assert_eq!(tb.get("a").unwrap().state, TaskState::Leased);
+    }
+
+    #[test]
     fn expiry_requeues_then_dead_letters() {
         let mut tb = table();
         let t0 = Instant::now();
