@@ -27,10 +27,11 @@ use serde_json::Value;
 
 use common::{gpu_register, heartbeat, registry_of};
 use coordinator::http::request::parse_object;
-use coordinator::metrics::{encode, Gauges, MetricsSnapshot, ShardMetrics};
+use coordinator::metrics::ShardMetrics;
 use coordinator::model::wire::{HeartbeatRequest, RegisterRequest};
 use coordinator::model::{classify, Catalog, ServiceSpec};
 use coordinator::shard::registry::{Liveness, Registration, Registry, WorkerRecord};
+use coordinator::shard::scrape::{encode, Gauges, MetricsSnapshot};
 use coordinator::tasks::route::{choose, Ask, Candidate};
 use coordinator::tasks::{Outcome, Target, Task, TaskTable};
 

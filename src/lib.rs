@@ -18,8 +18,10 @@
 //! - [`tasks`]: task queues (one shard per queue), leases, long-poll, and
 //!   routing/proxying of inference requests to workers (over HTTP or HTTPS,
 //!   to IP addresses or hostnames resolved off the shards).
-//! - [`metrics`]: per-shard counters and histograms, merged and encoded on
-//!   scrape.
+//! - [`metrics`]: per-shard counters and histograms, and the builders of
+//!   Prometheus families; each owner turns its own snapshot into families
+//!   (`shard::scrape`, `tasks::scrape`, `tasks::proxy_scrape`,
+//!   `store::stats`) and the `prometheus` crate's text encoder writes them.
 //! - [`store`]: durable state in SQLite: one writer thread fed by the
 //!   shards over a channel, group commit, migrations, startup recovery.
 //! - [`config`]: the validated configuration the library runs with.

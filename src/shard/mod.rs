@@ -13,6 +13,7 @@
 
 pub mod msg;
 pub mod registry;
+pub mod scrape;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -24,7 +25,7 @@ use futures::channel::oneshot;
 use futures::future::join_all;
 
 use crate::config::Config;
-use crate::metrics::{MetricsSnapshot, ShardMetrics};
+use crate::metrics::ShardMetrics;
 use crate::model::truthy;
 use crate::runtime::{self, Mesh, ShardEnv};
 use crate::store::recovery::Boot;
@@ -32,6 +33,7 @@ use crate::store::{self, Ack, Op, Store};
 use crate::tasks::{Target, Task, TaskOp, TaskTable};
 use msg::{BroadcastJob, Coverage, Envelope, ListKind, Listing, Reply, Request, Summary};
 use registry::{Liveness, Registry, WorkerRecord};
+use scrape::MetricsSnapshot;
 
 /// Fixed seeds: a worker id maps to the same shard in every run of the same
 /// binary, which keeps placement reproducible across restarts.

@@ -13,7 +13,7 @@ use futures::channel::oneshot;
 use serde_json::Value;
 
 use super::registry::WorkerRecord;
-use crate::metrics::MetricsSnapshot;
+use super::scrape::MetricsSnapshot;
 use crate::model::wire::HeartbeatRequest;
 
 /// Which records a worker listing wants.

@@ -20,8 +20,10 @@
 pub mod endpoint;
 pub mod guard;
 pub mod proxy;
+pub mod proxy_scrape;
 pub mod resolve;
 pub mod route;
+pub mod scrape;
 pub mod table;
 pub mod task;
 pub mod tls;
