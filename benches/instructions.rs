@@ -27,12 +27,13 @@ use serde_json::Value;
 
 use common::{gpu_register, heartbeat, registry_of};
 use coordinator::http::request::parse_object;
-use coordinator::metrics::{encode, Gauges, MetricsSnapshot, ShardMetrics};
+use coordinator::metrics::ShardMetrics;
 use coordinator::model::wire::{HeartbeatRequest, RegisterRequest};
 use coordinator::model::worker::{Liveness, Registration, WorkerRecord};
 use coordinator::model::{classify, Catalog, ServiceSpec};
 use coordinator::proxy::route::{choose, Ask, Candidate};
 use coordinator::shard::registry::Registry;
+use coordinator::shard::scrape::{encode, Gauges, MetricsSnapshot};
 use coordinator::tasks::{Outcome, Target, Task, TaskTable};
 
 const LIVE: Liveness = Liveness {

@@ -13,7 +13,9 @@
 //!   wire types, the worker record, placement, tier/size/catalog rules and
 //!   credentials as data: pure.
 //! - [`metrics`]: per-shard counters, the one histogram type, and the
-//!   builders of Prometheus families every owner encodes its counters with.
+//!   builders of Prometheus families; each owner turns its own snapshot
+//!   into families (`shard::scrape`, `tasks::scrape`, `proxy::scrape`,
+//!   `store::stats`) and the `prometheus` crate's text encoder writes them.
 //! - [`tasks`] | [`proxy`]: task queues and leases (no shards, no HTTP) |
 //!   the inference proxy: worker choice, connection pool, forwarding.
 //! - [`store`]: durable state in SQLite: one writer thread fed over a

@@ -1,44 +1,89 @@
-//! Per-shard metrics, merged on scrape.
+//! Per-shard metrics, and the Prometheus families a scrape is built from.
 //!
 //! Each shard owns plain counters and fixed-bucket histograms (no atomics,
-//! no locks: only its own thread touches them). A scrape asks every shard
-//! for a snapshot over the mesh, adds them up and encodes the Prometheus
-//! text format here. The `prometheus` crate's collectors are atomic and
-//! registry-based, which is exactly the sharing this design avoids, so the
-//! (small) text encoder lives here and is checked by a real parser in tests.
+//! no locks, no `prometheus` collectors or registries: only its own thread
+//! touches them). A scrape asks every shard for a snapshot over the mesh;
+//! each owner of counters turns the merged snapshots into
+//! `prometheus::proto::MetricFamily` values with the builders here
+//! (`shard::scrape` for the HTTP, connection and registry figures,
+//! `tasks::scrape`, `proxy::scrape`, `store::stats`), and
+//! [`encode_text`] writes them with the crate's `TextEncoder`, which escapes
+//! label values and formats the numbers.
 //!
-//! This module must not know about HTTP routing or the registry: callers
-//! pass route names and registry gauges in.
+//! This module must not know about HTTP routing, tasks, the proxy or the
+//! store: it imports nothing from the crate but `model`, and callers pass
+//! route names and values in.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the latency buckets: 10 us to 1 s, so
+use prometheus::proto::{self, Bucket, LabelPair, Metric, MetricType};
+use prometheus::TextEncoder;
+
+pub use prometheus::proto::MetricFamily;
+
+/// Upper bounds (seconds) of the latency buckets: 10 us to 2.5 s, so
 /// sub-millisecond latency is visible.
 pub const LATENCY_BUCKETS: [f64; 17] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// A cumulative-on-encode histogram with fixed buckets.
-#[derive(Debug, Clone, Default)]
+/// What a [`Histogram`] observes: a plain value, or a duration in seconds.
+pub trait Observation {
+    fn value(self) -> f64;
+}
+
+impl Observation for f64 {
+    fn value(self) -> f64 {
+        self
+    }
+}
+
+impl Observation for Duration {
+    fn value(self) -> f64 {
+        self.as_secs_f64()
+    }
+}
+
+/// A histogram over fixed bucket bounds, cumulative only when encoded.
+/// `Default` gives the [`LATENCY_BUCKETS`] (seconds).
+#[derive(Debug, Clone)]
 pub struct Histogram {
+    /// Upper bounds, ascending; `+Inf` is implied.
+    bounds: &'static [f64],
     /// Non-cumulative counts; the last slot is +Inf.
-    counts: [u64; LATENCY_BUCKETS.len() + 1],
+    counts: Vec<u64>,
     sum: f64,
     count: u64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new(&LATENCY_BUCKETS)
+    }
+}
+
 impl Histogram {
-    pub fn observe(&mut self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = LATENCY_BUCKETS.partition_point(|b| *b < s);
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn observe(&mut self, v: impl Observation) {
+        let v = v.value();
+        let i = self.bounds.partition_point(|b| *b < v);
         self.counts[i] += 1;
-        self.sum += s;
+        self.sum += v;
         self.count += 1;
     }
 
+    /// Adds `o`, which must have the same bounds.
     pub fn merge(&mut self, o: &Histogram) {
+        debug_assert_eq!(self.bounds, o.bounds, "merging histograms of other buckets");
         for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
             *a += b;
         }
@@ -50,9 +95,26 @@ impl Histogram {
         self.count
     }
 
-    fn encode(&self, out: &mut String, name: &str, labels: &str) {
-        let (counts, sum, count) = (&self.counts, self.sum, self.count);
-        encode_histogram(out, name, labels, &LATENCY_BUCKETS, counts, sum, count);
+    fn to_proto(&self) -> proto::Histogram {
+        let mut cum = 0;
+        let buckets = self
+            .bounds
+            .iter()
+            .zip(&self.counts)
+            .map(|(le, n)| {
+                cum += n;
+                let mut b = Bucket::default();
+                b.set_upper_bound(*le);
+                b.set_cumulative_count(cum);
+                b
+            })
+            .collect();
+        // The encoder adds the +Inf bucket from the sample count.
+        let mut h = proto::Histogram::default();
+        h.set_bucket(buckets);
+        h.set_sample_count(self.count);
+        h.set_sample_sum(self.sum);
+        h
     }
 }
 
@@ -64,7 +126,20 @@ pub struct RouteMetrics {
     pub latency: Histogram,
 }
 
-/// One shard's metrics. Everything is owned by the shard's thread.
+impl RouteMetrics {
+    pub fn merge(&mut self, o: &RouteMetrics) {
+        for &(code, n) in &o.by_status {
+            match self.by_status.iter_mut().find(|(c, _)| *c == code) {
+                Some((_, m)) => *m += n,
+                None => self.by_status.push((code, n)),
+            }
+        }
+        self.latency.merge(&o.latency);
+    }
+}
+
+/// One shard's HTTP, connection and mesh figures. Everything is owned by
+/// the shard's thread.
 #[derive(Debug, Clone, Default)]
 pub struct ShardMetrics {
     pub routes: Vec<RouteMetrics>,
@@ -95,386 +170,186 @@ impl ShardMetrics {
         }
         r.latency.observe(elapsed);
     }
-}
 
-/// What one shard reports on a scrape.
-#[derive(Debug, Clone, Default)]
-pub struct MetricsSnapshot {
-    pub shard: usize,
-    pub metrics: ShardMetrics,
-    pub workers: u64,
-    pub tasks: crate::tasks::TaskCounters,
-    /// Queue key -> queued tasks (non-empty queues).
-    pub queues: Vec<(String, u64)>,
-    pub proxy: crate::proxy::ProxyCounters,
-}
-
-/// Registry-wide gauges, computed by the scraping shard from a fan-out.
-#[derive(Debug, Clone, Default)]
-pub struct Gauges {
-    pub workers_total: u64,
-    pub workers_active: u64,
-    pub services_total: u64,
-    pub tasks_completed: u64,
-}
-
-/// Encodes merged snapshots in the Prometheus text format (version 0.0.4).
-pub fn encode(route_names: &[&str], shards: &[MetricsSnapshot], g: &Gauges) -> String {
-    let mut out = String::with_capacity(8 << 10);
-    gauge(
-        &mut out,
-        "coordinator_workers_total",
-        "Registered workers.",
-        g.workers_total,
-    );
-    gauge(
-        &mut out,
-        "coordinator_workers_active",
-        "Healthy workers.",
-        g.workers_active,
-    );
-    gauge(
-        &mut out,
-        "coordinator_services_total",
-        "Services with at least one healthy worker.",
-        g.services_total,
-    );
-    header(
-        &mut out,
-        "coordinator_tasks_completed_total",
-        "Task completions reported by workers.",
-        "counter",
-    );
-    let _ = writeln!(
-        out,
-        "coordinator_tasks_completed_total {}",
-        g.tasks_completed
-    );
-
-    // Routes: summed over shards.
-    let mut routes = vec![RouteMetrics::default(); route_names.len()];
-    for s in shards {
-        for (acc, r) in routes.iter_mut().zip(&s.metrics.routes) {
-            for &(code, n) in &r.by_status {
-                match acc.by_status.iter_mut().find(|(c, _)| *c == code) {
-                    Some((_, m)) => *m += n,
-                    None => acc.by_status.push((code, n)),
-                }
-            }
-            acc.latency.merge(&r.latency);
-        }
-    }
-    header(
-        &mut out,
-        "coordinator_http_requests_total",
-        "HTTP requests by route and status.",
-        "counter",
-    );
-    for (name, r) in route_names.iter().zip(&routes) {
-        let mut codes = r.by_status.clone();
-        codes.sort_unstable();
-        for (code, n) in codes {
-            let _ = writeln!(
-                out,
-                "coordinator_http_requests_total{{route=\"{name}\",status=\"{code}\"}} {n}"
-            );
-        }
-    }
-    header(
-        &mut out,
-        "coordinator_http_request_duration_seconds",
-        "Time from request head to response, by route.",
-        "histogram",
-    );
-    for (name, r) in route_names.iter().zip(&routes) {
-        if r.latency.count == 0 {
-            continue;
-        }
-        r.latency.encode(
-            &mut out,
-            "coordinator_http_request_duration_seconds",
-            &format!("route=\"{name}\""),
-        );
-    }
-
-    let per_shard: [PerShard; 8] = [
-        (
-            "coordinator_shard_workers",
-            "Workers owned by each shard.",
-            "gauge",
-            |s| s.workers,
-        ),
-        (
-            "coordinator_connections_accepted_total",
-            "Connections accepted.",
-            "counter",
-            |s| s.metrics.connections_accepted,
-        ),
-        (
-            "coordinator_connections_open",
-            "Connections open now.",
-            "gauge",
-            |s| s.metrics.connections_open,
-        ),
-        (
-            "coordinator_connections_rejected_total",
-            "Connections refused at the per-shard cap.",
-            "counter",
-            |s| s.metrics.connections_rejected,
-        ),
-        (
-            "coordinator_connections_timed_out_total",
-            "Connections closed for idleness or slow headers.",
-            "counter",
-            |s| s.metrics.connections_timed_out,
-        ),
-        (
-            "coordinator_mesh_sent_total",
-            "Messages sent to other shards.",
-            "counter",
-            |s| s.metrics.mesh_sent,
-        ),
-        (
-            "coordinator_mesh_received_total",
-            "Messages received from other shards.",
-            "counter",
-            |s| s.metrics.mesh_received,
-        ),
-        (
-            "coordinator_workers_removed_total",
-            "Workers removed after WORKER_TIMEOUT_SECONDS of silence.",
-            "counter",
-            |s| s.metrics.workers_removed,
-        ),
-    ];
-    encode_per_shard(&mut out, shards, &per_shard);
-    encode_tasks(&mut out, shards);
-    encode_proxy(&mut out, shards);
-    out
-}
-
-fn encode_tasks(out: &mut String, shards: &[MetricsSnapshot]) {
-    use crate::tasks::TaskState;
-    header(
-        out,
-        "coordinator_tasks",
-        "Tasks held now, by state.",
-        "gauge",
-    );
-    for st in TaskState::ALL {
-        let n: u64 = shards.iter().map(|s| s.tasks.by_state[st.index()]).sum();
-        let _ = writeln!(out, "coordinator_tasks{{state=\"{}\"}} {n}", st.as_str());
-    }
-    // Worker queues are one per worker: summed into one series to keep
-    // the label set bounded; service and capability queues are named.
-    let mut depth: std::collections::BTreeMap<&str, u64> = Default::default();
-    for s in shards {
-        for (k, n) in &s.queues {
-            let key = if k.starts_with("worker:") {
-                "workers"
-            } else {
-                k.as_str()
-            };
-            *depth.entry(key).or_default() += n;
-        }
-    }
-    header(
-        out,
-        "coordinator_task_queue_depth",
-        "Queued tasks per service/capability queue (all worker queues summed as \"workers\").",
-        "gauge",
-    );
-    for (k, n) in depth {
-        let _ = writeln!(
-            out,
-            "coordinator_task_queue_depth{{queue=\"{}\"}} {n}",
-            escape(k)
-        );
-    }
-    header(
-        out,
-        "coordinator_task_events_total",
-        "Task state changes by kind (lease_expired includes dead_lettered).",
-        "counter",
-    );
-    type Get = fn(&crate::tasks::TaskCounters) -> u64;
-    let events: [(&str, Get); 8] = [
-        ("submitted", |c| c.submitted),
-        ("leased", |c| c.leased),
-        ("completed", |c| c.completed),
-        ("failed", |c| c.failed),
-        ("retried", |c| c.retried),
-        ("lease_expired", |c| c.lease_expiries),
-        ("dead_lettered", |c| c.dead_lettered),
-        ("lease_extended", |c| c.extended),
-    ];
-    for (name, get) in events {
-        let n: u64 = shards.iter().map(|s| get(&s.tasks)).sum();
-        let _ = writeln!(out, "coordinator_task_events_total{{event=\"{name}\"}} {n}");
-    }
-    header(
-        out,
-        "coordinator_task_waiters",
-        "Long-polls parked on each shard's queues.",
-        "gauge",
-    );
-    for s in shards {
-        let _ = writeln!(
-            out,
-            "coordinator_task_waiters{{shard=\"{}\"}} {}",
-            s.shard, s.tasks.waiters
-        );
-    }
-}
-
-fn encode_proxy(out: &mut String, shards: &[MetricsSnapshot]) {
-    encode_by_outcome(
-        out,
-        shards,
-        ("coordinator_routed_requests_total", "service"),
-        "Proxied requests by service and outcome.",
-        |p| &p.routed,
-    );
-    encode_by_outcome(
-        out,
-        shards,
-        ("coordinator_upstream_attempts_total", "worker"),
-        "Attempts to reach a worker, by worker and outcome.",
-        |p| &p.attempts,
-    );
-    let mut lat = Histogram::default();
-    for s in shards {
-        lat.merge(&s.proxy.upstream_latency);
-    }
-    header(
-        out,
-        "coordinator_upstream_latency_seconds",
-        "Time from sending a proxied request to the worker's response head.",
-        "histogram",
-    );
-    lat.encode(out, "coordinator_upstream_latency_seconds", "");
-    let per_shard: [PerShard; 4] = [
-        (
-            "coordinator_route_cooldowns",
-            "Workers in cooldown on each shard now.",
-            "gauge",
-            |s| s.proxy.cooldowns,
-        ),
-        (
-            "coordinator_proxy_retries_total",
-            "Proxied requests retried on another worker.",
-            "counter",
-            |s| s.proxy.retries,
-        ),
-        (
-            "coordinator_proxy_connections_opened_total",
-            "Upstream connections opened (the rest reused keep-alive).",
-            "counter",
-            |s| s.proxy.connections_opened,
-        ),
-        (
-            "coordinator_proxy_dns_lookups_total",
-            "DNS lookups of worker hostnames started (the rest answered from the shard's cache).",
-            "counter",
-            |s| s.proxy.dns_lookups,
-        ),
-    ];
-    encode_per_shard(out, shards, &per_shard);
-}
-
-/// A `name{label="..",outcome=".."}` counter summed over shards.
-fn encode_by_outcome(
-    out: &mut String,
-    shards: &[MetricsSnapshot],
-    (name, label): (&str, &str),
-    help: &str,
-    get: fn(&crate::proxy::ProxyCounters) -> &crate::proxy::ByOutcome,
-) {
-    let mut sum: std::collections::BTreeMap<(&str, &str), u64> = Default::default();
-    for s in shards {
-        for (key, per) in get(&s.proxy) {
-            for (o, n) in per {
-                *sum.entry((key.as_str(), o)).or_default() += n;
-            }
-        }
-    }
-    header(out, name, help, "counter");
-    for ((key, o), n) in sum {
-        let _ = writeln!(
-            out,
-            "{name}{{{label}=\"{}\",outcome=\"{o}\"}} {n}",
-            escape(key)
-        );
-    }
-}
-
-/// Label values come from workers and clients: escape per the text format.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// (name, help, type, value of one shard).
-type PerShard = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&MetricsSnapshot) -> u64,
-);
-
-fn encode_per_shard(out: &mut String, shards: &[MetricsSnapshot], series: &[PerShard]) {
-    for (name, help, kind, get) in series {
-        header(out, name, help, kind);
+    /// `coordinator_http_requests_total` and
+    /// `coordinator_http_request_duration_seconds`, summed over `shards`;
+    /// `route_names[i]` names `routes[i]`. Routes never requested have no
+    /// latency series.
+    pub fn http_families<'a>(
+        route_names: &[&str],
+        shards: impl IntoIterator<Item = &'a ShardMetrics>,
+    ) -> [MetricFamily; 2] {
+        let mut routes = vec![RouteMetrics::default(); route_names.len()];
         for s in shards {
-            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, get(s));
+            for (acc, r) in routes.iter_mut().zip(&s.routes) {
+                acc.merge(r);
+            }
         }
+        let mut requests = Vec::new();
+        let mut latency = Vec::new();
+        for (name, r) in route_names.iter().zip(&routes) {
+            let mut codes = r.by_status.clone();
+            codes.sort_unstable();
+            for (code, n) in codes {
+                let labels = vec![label("route", *name), label("status", code.to_string())];
+                requests.push((labels, n));
+            }
+            if r.latency.count() > 0 {
+                latency.push((vec![label("route", *name)], &r.latency));
+            }
+        }
+        [
+            counter(
+                "coordinator_http_requests_total",
+                "HTTP requests by route and status.",
+                requests,
+            ),
+            histogram_family(
+                "coordinator_http_request_duration_seconds",
+                "Time from request head to response, by route.",
+                latency,
+            ),
+        ]
+    }
+
+    /// The connection and mesh counters, one series per shard:
+    /// `(shard id, its metrics)`.
+    pub fn connection_families<'a>(
+        shards: impl IntoIterator<Item = (usize, &'a ShardMetrics)> + Clone,
+    ) -> Vec<MetricFamily> {
+        type Get = fn(&ShardMetrics) -> u64;
+        let of = |get: Get| by_shard(shards.clone().into_iter().map(|(i, s)| (i, get(s))));
+        vec![
+            counter(
+                "coordinator_connections_accepted_total",
+                "Connections accepted.",
+                of(|s| s.connections_accepted),
+            ),
+            gauge(
+                "coordinator_connections_open",
+                "Connections open now.",
+                of(|s| s.connections_open),
+            ),
+            counter(
+                "coordinator_connections_rejected_total",
+                "Connections refused at the per-shard cap.",
+                of(|s| s.connections_rejected),
+            ),
+            counter(
+                "coordinator_connections_timed_out_total",
+                "Connections closed for idleness or slow headers.",
+                of(|s| s.connections_timed_out),
+            ),
+            counter(
+                "coordinator_mesh_sent_total",
+                "Messages sent to other shards.",
+                of(|s| s.mesh_sent),
+            ),
+            counter(
+                "coordinator_mesh_received_total",
+                "Messages received from other shards.",
+                of(|s| s.mesh_received),
+            ),
+            counter(
+                "coordinator_workers_removed_total",
+                "Workers removed after WORKER_TIMEOUT_SECONDS of silence.",
+                of(|s| s.workers_removed),
+            ),
+        ]
     }
 }
 
-pub(crate) fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+// ---- family builders ---------------------------------------------------------
+
+/// The series of one family: (labels, value).
+pub type Series = Vec<(Vec<LabelPair>, u64)>;
+
+pub fn label(name: &str, value: impl Into<String>) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_string());
+    l.set_value(value.into());
+    l
 }
 
-/// One unlabelled value with its header.
-pub(crate) fn scalar(out: &mut String, name: &str, help: &str, kind: &str, v: u64) {
-    header(out, name, help, kind);
-    let _ = writeln!(out, "{name} {v}");
+/// One series per shard, labelled `shard="<id>"`.
+pub fn by_shard(values: impl IntoIterator<Item = (usize, u64)>) -> Series {
+    values
+        .into_iter()
+        .map(|(shard, v)| (vec![label("shard", shard.to_string())], v))
+        .collect()
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
-    scalar(out, name, help, "gauge", v);
+/// One series without labels.
+pub fn unlabelled(v: u64) -> Series {
+    vec![(Vec::new(), v)]
 }
 
-/// The sample lines of one histogram series: cumulative buckets over
-/// `bounds` (`counts` is non-cumulative, its last slot +Inf), then sum and
-/// count. `labels` (already formatted, e.g. `route="x"`) go before `le`.
-pub(crate) fn encode_histogram(
-    out: &mut String,
+pub fn counter(name: &str, help: &str, series: Series) -> MetricFamily {
+    let metrics = series
+        .into_iter()
+        .map(|(labels, v)| {
+            let mut c = proto::Counter::default();
+            c.set_value(v as f64);
+            let mut m = Metric::from_label(labels);
+            m.set_counter(c);
+            m
+        })
+        .collect();
+    family(name, help, MetricType::COUNTER, metrics)
+}
+
+pub fn gauge(name: &str, help: &str, series: Series) -> MetricFamily {
+    let metrics = series
+        .into_iter()
+        .map(|(labels, v)| {
+            let mut g = proto::Gauge::default();
+            g.set_value(v as f64);
+            let mut m = Metric::from_label(labels);
+            m.set_gauge(g);
+            m
+        })
+        .collect();
+    family(name, help, MetricType::GAUGE, metrics)
+}
+
+pub fn histogram_family(
     name: &str,
-    labels: &str,
-    bounds: &[f64],
-    counts: &[u64],
-    sum: f64,
-    count: u64,
-) {
-    let sep = if labels.is_empty() { "" } else { "," };
-    let mut cum = 0;
-    for (le, n) in bounds.iter().zip(counts) {
-        cum += n;
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cum}");
+    help: &str,
+    series: Vec<(Vec<LabelPair>, &Histogram)>,
+) -> MetricFamily {
+    let metrics = series
+        .into_iter()
+        .map(|(labels, h)| {
+            let mut m = Metric::from_label(labels);
+            m.set_histogram(h.to_proto());
+            m
+        })
+        .collect();
+    family(name, help, MetricType::HISTOGRAM, metrics)
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+/// The Prometheus text format (version 0.0.4) of `families`. A family with
+/// no series is left out (the text format has no use for a bare header,
+/// and the encoder refuses one).
+pub fn encode_text(families: &[MetricFamily]) -> String {
+    let mut out = String::with_capacity(8 << 10);
+    let encoder = TextEncoder::new();
+    for f in families.iter().filter(|f| !f.get_metric().is_empty()) {
+        // Writing to a String fails only on a family without a name or
+        // series, and every family here has both.
+        let r = encoder.encode_utf8(std::slice::from_ref(f), &mut out);
+        debug_assert!(r.is_ok(), "{r:?}");
     }
-    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-    let braces = |l: &str| {
-        if l.is_empty() {
-            String::new()
-        } else {
-            format!("{{{l}}}")
-        }
-    };
-    let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
-    let _ = writeln!(out, "{name}_count{} {count}", braces(labels));
+    out
 }
 
 #[cfg(test)]
@@ -494,34 +369,30 @@ mod tests {
     }
 
     #[test]
-    fn encode_sums_routes_over_shards() {
-        let mut a = ShardMetrics::new(2);
-        a.record(0, 200, Duration::from_micros(30));
-        let mut b = ShardMetrics::new(2);
-        b.record(0, 200, Duration::from_micros(300));
-        b.record(0, 404, Duration::from_micros(300));
-        let snaps = vec![
-            MetricsSnapshot {
-                shard: 0,
-                metrics: a,
-                workers: 1,
-                ..Default::default()
-            },
-            MetricsSnapshot {
-                shard: 1,
-                metrics: b,
-                workers: 2,
-                ..Default::default()
-            },
-        ];
-        let text = encode(&["hb", "list"], &snaps, &Gauges::default());
-        assert!(text.contains("coordinator_http_requests_total{route=\"hb\",status=\"200\"} 2\n"));
-        assert!(text.contains("coordinator_http_requests_total{route=\"hb\",status=\"404\"} 1\n"));
-        assert!(text.contains(
-            "coordinator_http_request_duration_seconds_bucket{route=\"hb\",le=\"0.00005\"} 1\n"
-        ));
-        assert!(text.contains("coordinator_http_request_duration_seconds_count{route=\"hb\"} 3\n"));
-        assert!(text.contains("coordinator_shard_workers{shard=\"1\"} 2\n"));
-        assert!(!text.contains("route=\"list\",le"));
+    fn histogram_takes_its_own_bounds() {
+        static BOUNDS: [f64; 3] = [1.0, 2.0, 4.0];
+        let mut h = Histogram::new(&BOUNDS);
+        for v in [1.0, 3.0, 9.0] {
+            h.observe(v);
+        }
+        let text = encode_text(&[histogram_family("h", "H.", vec![(Vec::new(), &h)])]);
+        assert_eq!(
+            text,
+            "# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"2\"} 1\n\
+             h_bucket{le=\"4\"} 2\nh_bucket{le=\"+Inf\"} 3\nh_sum 13\nh_count 3\n"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped_and_empty_families_left_out() {
+        let series = vec![(vec![label("queue", "a\"b\\c\nd")], 1)];
+        let text = encode_text(&[
+            gauge("empty", "Nothing.", Vec::new()),
+            gauge("q", "Quoted \"workers\".", series),
+        ]);
+        assert_eq!(
+            text,
+            "# HELP q Quoted \"workers\".\n# TYPE q gauge\nq{queue=\"a\\\"b\\\\c\\nd\"} 1\n"
+        );
     }
 }

@@ -58,6 +58,7 @@ mod headers;
 mod pool;
 pub mod resolve;
 pub mod route;
+pub mod scrape;
 pub mod tls;
 
 use balance::Balancer;

@@ -14,6 +14,7 @@
 pub mod msg;
 mod ops;
 pub mod registry;
+pub mod scrape;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -25,7 +26,7 @@ use futures::channel::oneshot;
 use futures::future::join_all;
 
 use crate::config::Config;
-use crate::metrics::{MetricsSnapshot, ShardMetrics};
+use crate::metrics::ShardMetrics;
 use crate::model::placement::owner_of;
 use crate::model::truthy;
 use crate::model::worker::{Liveness, WorkerRecord};
@@ -36,6 +37,7 @@ use crate::store::{self, Ack, Op, Store};
 use crate::tasks::{Target, Task, TaskOp, TaskTable};
 use msg::{BroadcastJob, Coverage, Envelope, ListKind, Listing, ProxyOp, Reply, Request, Summary};
 use registry::Registry;
+use scrape::MetricsSnapshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::channel::oneshot;
 use serde_json::Value;
 
-use crate::metrics::MetricsSnapshot;
+use super::scrape::MetricsSnapshot;
 use crate::model::wire::HeartbeatRequest;
 use crate::model::worker::WorkerRecord;
 use crate::tasks::{CompleteError, Completion, TaskListing, TaskOp, TaskReply};

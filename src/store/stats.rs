@@ -9,48 +9,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::metrics::{encode_histogram, header, scalar, LATENCY_BUCKETS};
+use crate::metrics::{
+    counter, encode_text, gauge, histogram_family, unlabelled, Histogram, MetricFamily,
+    LATENCY_BUCKETS,
+};
 
 /// Upper bounds of the batch-size buckets (operations per transaction).
 pub const BATCH_BUCKETS: [f64; 13] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
 ];
-
-#[derive(Debug, Clone)]
-pub struct Hist {
-    bounds: &'static [f64],
-    /// Non-cumulative; the last slot is +Inf.
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Hist {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: vec![0; bounds.len() + 1],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    pub fn observe(&mut self, v: f64) {
-        let i = self.bounds.partition_point(|b| *b < v);
-        self.counts[i] += 1;
-        self.sum += v;
-        self.count += 1;
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    fn encode(&self, out: &mut String, name: &str) {
-        let (counts, sum, count) = (&self.counts, self.sum, self.count);
-        encode_histogram(out, name, "", self.bounds, counts, sum, count);
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct WriterStats {
@@ -65,8 +32,8 @@ pub struct WriterStats {
     pub backlog_ops: u64,
     /// Size of the database file plus its WAL.
     pub bytes_on_disk: u64,
-    pub batch_size: Hist,
-    pub commit_seconds: Hist,
+    pub batch_size: Histogram,
+    pub commit_seconds: Histogram,
 }
 
 impl WriterStats {
@@ -78,15 +45,15 @@ impl WriterStats {
             commit_errors: 0,
             backlog_ops: 0,
             bytes_on_disk: 0,
-            batch_size: Hist::new(&BATCH_BUCKETS),
-            commit_seconds: Hist::new(&LATENCY_BUCKETS),
+            batch_size: Histogram::new(&BATCH_BUCKETS),
+            commit_seconds: Histogram::new(&LATENCY_BUCKETS),
         };
         s.bytes_on_disk = disk_bytes(path);
         s
     }
 
     pub fn commit_latency(&mut self, d: Duration) {
-        self.commit_seconds.observe(d.as_secs_f64());
+        self.commit_seconds.observe(d);
     }
 }
 
@@ -107,65 +74,55 @@ pub struct StoreSnapshot {
 }
 
 impl StoreSnapshot {
-    /// Appends the store's metrics in the Prometheus text format.
-    pub fn encode(&self, out: &mut String) {
+    /// The store's families of a scrape.
+    pub fn families(&self) -> [MetricFamily; 8] {
         let s = &self.stats;
-        scalar(
-            out,
-            "coordinator_store_queue_depth",
-            "Batches waiting for the database writer.",
-            "gauge",
-            self.queue_depth,
-        );
-        scalar(
-            out,
-            "coordinator_store_commits_total",
-            "Database transactions committed.",
-            "counter",
-            s.commits,
-        );
-        scalar(
-            out,
-            "coordinator_store_ops_total",
-            "Operations committed to the database.",
-            "counter",
-            s.ops,
-        );
-        scalar(
-            out,
-            "coordinator_store_commit_errors_total",
-            "Database transactions that failed (their operations are retried).",
-            "counter",
-            s.commit_errors,
-        );
-        scalar(
-            out,
-            "coordinator_store_backlog_ops",
-            "Failed operations waiting to be written again.",
-            "gauge",
-            s.backlog_ops,
-        );
-        scalar(
-            out,
-            "coordinator_store_bytes",
-            "Size of the database file and its write-ahead log.",
-            "gauge",
-            s.bytes_on_disk,
-        );
-        for (name, help, h) in [
-            (
+        [
+            gauge(
+                "coordinator_store_queue_depth",
+                "Batches waiting for the database writer.",
+                unlabelled(self.queue_depth),
+            ),
+            counter(
+                "coordinator_store_commits_total",
+                "Database transactions committed.",
+                unlabelled(s.commits),
+            ),
+            counter(
+                "coordinator_store_ops_total",
+                "Operations committed to the database.",
+                unlabelled(s.ops),
+            ),
+            counter(
+                "coordinator_store_commit_errors_total",
+                "Database transactions that failed (their operations are retried).",
+                unlabelled(s.commit_errors),
+            ),
+            gauge(
+                "coordinator_store_backlog_ops",
+                "Failed operations waiting to be written again.",
+                unlabelled(s.backlog_ops),
+            ),
+            gauge(
+                "coordinator_store_bytes",
+                "Size of the database file and its write-ahead log.",
+                unlabelled(s.bytes_on_disk),
+            ),
+            histogram_family(
                 "coordinator_store_batch_size",
                 "Operations per database transaction (group commit).",
-                &s.batch_size,
+                vec![(Vec::new(), &s.batch_size)],
             ),
-            (
+            histogram_family(
                 "coordinator_store_commit_duration_seconds",
                 "Time to write and commit one batch, fsync included.",
-                &s.commit_seconds,
+                vec![(Vec::new(), &s.commit_seconds)],
             ),
-        ] {
-            header(out, name, help, "histogram");
-            h.encode(out, name);
-        }
+        ]
+    }
+
+    /// Appends the store's metrics in the Prometheus text format.
+    pub fn encode(&self, out: &mut String) {
+        out.push_str(&encode_text(&self.families()));
     }
 }

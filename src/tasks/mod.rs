@@ -17,6 +17,7 @@
 //!
 //! Semantics (at-least-once delivery, leases, retries) are in docs/tasks.md.
 
+pub mod scrape;
 pub mod table;
 pub mod task;
 

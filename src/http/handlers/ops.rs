@@ -7,9 +7,9 @@ use serde_json::json as j;
 use super::super::error::ApiError;
 use super::super::{json, Body, Ctx, ROUTE_NAMES};
 use super::summary;
-use crate::metrics::{encode, Gauges};
 use crate::model::time::now_iso8601;
 use crate::shard::msg::{Reply, Request as ShardRequest};
+use crate::shard::scrape::{encode, Gauges};
 
 pub async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let s = summary(&ctx).await?;
