@@ -19,17 +19,17 @@ use std::time::Duration;
 use prometheus::proto::{self, Bucket, LabelPair, Metric, MetricType};
 use prometheus::TextEncoder;
 
-pub use prometheus::proto::MetricFamily;
+pub(crate) use prometheus::proto::MetricFamily;
 
 /// Upper bounds (seconds) of the latency buckets: 10 us to 2.5 s, so
 /// sub-millisecond latency is visible.
-pub const LATENCY_BUCKETS: [f64; 17] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 17] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
 /// What a [`Histogram`] observes: a plain value, or a duration in seconds.
-pub trait Observation {
+pub(crate) trait Observation {
     fn value(self) -> f64;
 }
 
@@ -64,7 +64,7 @@ impl Default for Histogram {
 }
 
 impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
+    pub(crate) fn new(bounds: &'static [f64]) -> Self {
         Self {
             bounds,
             counts: vec![0; bounds.len() + 1],
@@ -73,7 +73,7 @@ impl Histogram {
         }
     }
 
-    pub fn observe(&mut self, v: impl Observation) {
+    pub(crate) fn observe(&mut self, v: impl Observation) {
         let v = v.value();
         let i = self.bounds.partition_point(|b| *b < v);
         self.counts[i] += 1;
@@ -82,7 +82,7 @@ impl Histogram {
     }
 
     /// Adds `o`, which must have the same bounds.
-    pub fn merge(&mut self, o: &Histogram) {
+    pub(crate) fn merge(&mut self, o: &Histogram) {
         debug_assert_eq!(self.bounds, o.bounds, "merging histograms of other buckets");
         for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
             *a += b;
@@ -91,7 +91,7 @@ impl Histogram {
         self.count += o.count;
     }
 
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count
     }
 
@@ -127,7 +127,7 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    pub fn merge(&mut self, o: &RouteMetrics) {
+    pub(crate) fn merge(&mut self, o: &RouteMetrics) {
         for &(code, n) in &o.by_status {
             match self.by_status.iter_mut().find(|(c, _)| *c == code) {
                 Some((_, m)) => *m += n,
@@ -175,7 +175,7 @@ impl ShardMetrics {
     /// `coordinator_http_request_duration_seconds`, summed over `shards`;
     /// `route_names[i]` names `routes[i]`. Routes never requested have no
     /// latency series.
-    pub fn http_families<'a>(
+    pub(crate) fn http_families<'a>(
         route_names: &[&str],
         shards: impl IntoIterator<Item = &'a ShardMetrics>,
     ) -> [MetricFamily; 2] {
@@ -214,7 +214,7 @@ impl ShardMetrics {
 
     /// The connection and mesh counters, one series per shard:
     /// `(shard id, its metrics)`.
-    pub fn connection_families<'a>(
+    pub(crate) fn connection_families<'a>(
         shards: impl IntoIterator<Item = (usize, &'a ShardMetrics)> + Clone,
     ) -> Vec<MetricFamily> {
         type Get = fn(&ShardMetrics) -> u64;
@@ -262,9 +262,9 @@ impl ShardMetrics {
 // ---- family builders ---------------------------------------------------------
 
 /// The series of one family: (labels, value).
-pub type Series = Vec<(Vec<LabelPair>, u64)>;
+pub(crate) type Series = Vec<(Vec<LabelPair>, u64)>;
 
-pub fn label(name: &str, value: impl Into<String>) -> LabelPair {
+pub(crate) fn label(name: &str, value: impl Into<String>) -> LabelPair {
     let mut l = LabelPair::default();
     l.set_name(name.to_string());
     l.set_value(value.into());
@@ -272,7 +272,7 @@ pub fn label(name: &str, value: impl Into<String>) -> LabelPair {
 }
 
 /// One series per shard, labelled `shard="<id>"`.
-pub fn by_shard(values: impl IntoIterator<Item = (usize, u64)>) -> Series {
+pub(crate) fn by_shard(values: impl IntoIterator<Item = (usize, u64)>) -> Series {
     values
         .into_iter()
         .map(|(shard, v)| (vec![label("shard", shard.to_string())], v))
@@ -280,11 +280,11 @@ pub fn by_shard(values: impl IntoIterator<Item = (usize, u64)>) -> Series {
 }
 
 /// One series without labels.
-pub fn unlabelled(v: u64) -> Series {
+pub(crate) fn unlabelled(v: u64) -> Series {
     vec![(Vec::new(), v)]
 }
 
-pub fn counter(name: &str, help: &str, series: Series) -> MetricFamily {
+pub(crate) fn counter(name: &str, help: &str, series: Series) -> MetricFamily {
     let metrics = series
         .into_iter()
         .map(|(labels, v)| {
@@ -298,7 +298,7 @@ pub fn counter(name: &str, help: &str, series: Series) -> MetricFamily {
     family(name, help, MetricType::COUNTER, metrics)
 }
 
-pub fn gauge(name: &str, help: &str, series: Series) -> MetricFamily {
+pub(crate) fn gauge(name: &str, help: &str, series: Series) -> MetricFamily {
     let metrics = series
         .into_iter()
         .map(|(labels, v)| {
@@ -312,7 +312,7 @@ pub fn gauge(name: &str, help: &str, series: Series) -> MetricFamily {
     family(name, help, MetricType::GAUGE, metrics)
 }
 
-pub fn histogram_family(
+pub(crate) fn histogram_family(
     name: &str,
     help: &str,
     series: Vec<(Vec<LabelPair>, &Histogram)>,
@@ -340,7 +340,7 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> Met
 /// The Prometheus text format (version 0.0.4) of `families`. A family with
 /// no series is left out (the text format has no use for a bare header,
 /// and the encoder refuses one).
-pub fn encode_text(families: &[MetricFamily]) -> String {
+pub(crate) fn encode_text(families: &[MetricFamily]) -> String {
     let mut out = String::with_capacity(8 << 10);
     let encoder = TextEncoder::new();
     for f in families.iter().filter(|f| !f.get_metric().is_empty()) {

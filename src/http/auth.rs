@@ -29,7 +29,7 @@ use crate::model::credential::{glob_match, verify_password, ApiKey, Role};
 
 /// Who made a request, as established by [`Guard::check`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Who {
+pub(crate) enum Who {
     /// No credential (open coordinator, or a public route).
     Anonymous,
     /// Index into the guard's keys.
@@ -39,13 +39,13 @@ pub enum Who {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Grant {
+pub(crate) struct Grant {
     pub who: Who,
     pub role: Option<Role>,
 }
 
 impl Grant {
-    pub const ANONYMOUS: Grant = Grant {
+    pub(crate) const ANONYMOUS: Grant = Grant {
         who: Who::Anonymous,
         role: None,
     };
@@ -71,7 +71,7 @@ struct Entry {
 const MAX_CREDENTIAL: usize = 8192;
 
 /// Per-shard authentication state, built once from the config.
-pub struct Guard {
+pub(crate) struct Guard {
     /// Any key or user configured: otherwise every route is open.
     enabled: bool,
     protect_metrics: bool,
@@ -95,7 +95,7 @@ fn sha256(b: &[u8]) -> [u8; 32] {
 }
 
 impl Guard {
-    pub fn new(cfg: &Config) -> Guard {
+    pub(crate) fn new(cfg: &Config) -> Guard {
         let mut all: Vec<ApiKey> = cfg
             .api_key
             .iter()
@@ -158,7 +158,7 @@ impl Guard {
     /// Establishes who is calling and whether `route` lets them.
     /// 401: no credential, or a bad token; 403: a key we do not know
     /// (as before), or a valid credential whose role is not enough.
-    pub fn check(&self, route: Route, headers: &HeaderMap) -> Result<Grant, ApiError> {
+    pub(crate) fn check(&self, route: Route, headers: &HeaderMap) -> Result<Grant, ApiError> {
         if !self.enabled {
             // Open coordinator; only the token routes look at credentials.
             return if route == Route::AuthVerify {
@@ -248,7 +248,7 @@ impl Guard {
     /// it came from `Authorization` (no `X-API-Key` was sent) the answer is
     /// known without a second digest or token check, and a guard with no
     /// keys and no users owns no credential at all.
-    pub fn authorization_is_ours(&self, grant: &Grant, headers: &HeaderMap) -> bool {
+    pub(crate) fn authorization_is_ours(&self, grant: &Grant, headers: &HeaderMap) -> bool {
         let Some(auth) = headers.get(AUTHORIZATION) else {
             return false;
         };
@@ -268,7 +268,7 @@ impl Guard {
     }
 
     /// The username behind a token grant.
-    pub fn username(&self, grant: &Grant) -> Option<&str> {
+    pub(crate) fn username(&self, grant: &Grant) -> Option<&str> {
         match grant.who {
             Who::User(i) => self.users.get(i as usize).map(|u| u.0.as_str()),
             _ => None,
@@ -277,7 +277,7 @@ impl Guard {
 
     /// 403 unless the grant may act for worker `id`: only worker keys with
     /// `workers` patterns are limited.
-    pub fn may_act_for(&self, grant: &Grant, id: &str) -> Result<(), ApiError> {
+    pub(crate) fn may_act_for(&self, grant: &Grant, id: &str) -> Result<(), ApiError> {
         let Who::Key(i) = grant.who else {
             return Ok(());
         };
@@ -293,7 +293,7 @@ impl Guard {
 
     /// Checks a login and issues a token. Rate-limited per client address;
     /// the password check runs off the shard.
-    pub async fn login(
+    pub(crate) async fn login(
         &self,
         peer: Option<IpAddr>,
         username: &str,
@@ -383,7 +383,7 @@ fn limiter_key(ip: IpAddr) -> IpAddr {
 
 /// Failed logins per address in a fixed window; bounded: when full,
 /// expired entries go first, then the oldest.
-pub struct LoginLimiter {
+pub(crate) struct LoginLimiter {
     max: u32,
     window: Duration,
     cap: usize,
@@ -391,7 +391,7 @@ pub struct LoginLimiter {
 }
 
 impl LoginLimiter {
-    pub fn new(max: u32, window: Duration, cap: usize) -> Self {
+    pub(crate) fn new(max: u32, window: Duration, cap: usize) -> Self {
         LoginLimiter {
             max: max.max(1),
             window,
@@ -401,7 +401,7 @@ impl LoginLimiter {
     }
 
     /// Counts an attempt; `Err(seconds)` when the address is over its limit.
-    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<(), u64> {
+    pub(crate) fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<(), u64> {
         if let Some((start, count)) = self.slots.get_mut(&ip) {
             let age = now.saturating_duration_since(*start);
             if age >= self.window {
@@ -428,18 +428,16 @@ impl LoginLimiter {
     }
 
     /// A successful login does not count against its address.
-    pub fn refund(&mut self, ip: IpAddr) {
+    pub(crate) fn refund(&mut self, ip: IpAddr) {
         if let Some((_, count)) = self.slots.get_mut(&ip) {
             *count = count.saturating_sub(1);
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Addresses tracked (tests check the bound).
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
     }
 }
 

@@ -27,7 +27,7 @@ fn wildcard(cfg: &Config) -> bool {
 }
 
 /// Adds CORS headers to an ordinary response when the origin is allowed.
-pub fn decorate(cfg: &Config, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+pub(super) fn decorate(cfg: &Config, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
     if cfg.allowed_origins.is_empty() {
         return;
     }
@@ -42,7 +42,7 @@ pub fn decorate(cfg: &Config, origin: Option<&HeaderValue>, headers: &mut Header
 }
 
 /// Answers an `OPTIONS` preflight for a known path.
-pub fn preflight(
+pub(super) fn preflight(
     cfg: &Config,
     origin: Option<&HeaderValue>,
     req: &HeaderMap,

@@ -94,7 +94,7 @@ impl From<ProxyError> for ApiError {
 /// Bodies for the answers hyper gives by itself to a request head it cannot
 /// take (the runtime's IO adapter puts them in): every error a client sees
 /// is `{"detail"}` JSON, including these.
-pub fn hyper_error_body(status: u16) -> Option<(&'static str, &'static [u8])> {
+pub(crate) fn hyper_error_body(status: u16) -> Option<(&'static str, &'static [u8])> {
     let body: &'static [u8] = match status {
         400 => br#"{"detail":"Malformed HTTP request"}"#,
         414 => br#"{"detail":"Request URI too long"}"#,
@@ -105,7 +105,7 @@ pub fn hyper_error_body(status: u16) -> Option<(&'static str, &'static [u8])> {
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -131,7 +131,7 @@ impl ApiError {
 
     /// A header the answer must carry besides the body: `Allow` on 405,
     /// `WWW-Authenticate` on 401 (RFC 9110), `Retry-After` on 429.
-    pub fn header(&self) -> Option<(HeaderName, HeaderValue)> {
+    pub(crate) fn header(&self) -> Option<(HeaderName, HeaderValue)> {
         match self {
             ApiError::MethodNotAllowed { allow } => Some((ALLOW, HeaderValue::from_static(allow))),
             ApiError::MissingApiKey | ApiError::InvalidToken | ApiError::BadLogin => {
@@ -145,12 +145,12 @@ impl ApiError {
     }
 
     /// `{"detail": "<message>"}`.
-    pub fn body(&self) -> Vec<u8> {
+    pub(crate) fn body(&self) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({ "detail": self.to_string() }))
             .unwrap_or_else(|_| br#"{"detail":"error"}"#.to_vec())
     }
 
-    pub fn field(field: &str, msg: impl std::fmt::Display) -> Self {
+    pub(crate) fn field(field: &str, msg: impl std::fmt::Display) -> Self {
         ApiError::Unprocessable(format!("{field}: {msg}"))
     }
 }

@@ -11,12 +11,12 @@
 //! `map_reduce`), block, or panic on any input.
 
 pub mod access;
-pub mod auth;
+pub(crate) mod auth;
 mod cors;
-pub mod error;
+pub(crate) mod error;
 mod handlers;
 pub mod request;
-pub mod router;
+pub(crate) mod router;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,29 +38,30 @@ use crate::runtime::{
     self, ConnActivity, HyperIo, Listener, LocalShutdown, Shutdown, TaskGroup, TcpConn,
 };
 use crate::shard::Shard;
-pub use error::ApiError;
-pub use router::{Route, ROUTE_NAMES};
+pub(crate) use error::ApiError;
+pub use router::Route;
+pub(crate) use router::ROUTE_NAMES;
 
 /// Response body type for every route: a complete buffer (nearly every
 /// answer, with no allocation beyond its bytes), or a worker's response
 /// streamed frame by frame. A stream is not `Send`: shard-local streams
 /// (the proxy's pooled connections) live on one thread, and hyper's HTTP/1
 /// server does not need `Send` bodies.
-pub enum Body {
+pub(crate) enum Body {
     Full(Full<Bytes>),
     Stream(Pin<Box<dyn hyper::body::Body<Data = Bytes, Error = BoxError>>>),
 }
 
 /// Error type of streamed bodies (hyper accepts anything convertible).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A complete response body.
-pub fn full(b: impl Into<Bytes>) -> Body {
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
     Body::Full(Full::new(b.into()))
 }
 
 /// A streamed response body.
-pub fn streamed<B>(b: B) -> Body
+pub(crate) fn streamed<B>(b: B) -> Body
 where
     B: hyper::body::Body<Data = Bytes> + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -98,12 +99,12 @@ impl hyper::body::Body for Body {
 }
 
 /// Which shard answered: lets operators and tests see the sharding at work.
-pub const SHARD_HEADER: &str = "x-coordinator-shard";
+pub(crate) const SHARD_HEADER: &str = "x-coordinator-shard";
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// What a handler sees besides the request.
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub shard: Rc<Shard>,
     pub peer: Option<SocketAddr>,
     /// Fires when the shard starts shutting down: a handler that waits
@@ -118,19 +119,22 @@ pub struct Ctx {
 impl Ctx {
     /// 403 unless the caller may act for worker `id` (worker keys limited
     /// to id patterns); handlers call it once they know the id.
-    pub fn may_act_for(&self, id: &str) -> Result<(), ApiError> {
+    pub(crate) fn may_act_for(&self, id: &str) -> Result<(), ApiError> {
         self.guard.may_act_for(&self.grant, id)
     }
 
     /// The request's whole body, within `--max-body-bytes` (413) and
     /// `--body-timeout` (408). The one way handlers read a body.
-    pub async fn body(&self, req: hyper::Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
+    pub(crate) async fn body(
+        &self,
+        req: hyper::Request<Incoming>,
+    ) -> Result<bytes::Bytes, ApiError> {
         self.body_within(req, usize::MAX).await
     }
 
     /// As [`Ctx::body`], with a lower limit for routes whose bodies are
     /// small by nature (heartbeats, logins).
-    pub async fn body_within(
+    pub(crate) async fn body_within(
         &self,
         req: hyper::Request<Incoming>,
         limit: usize,
@@ -141,7 +145,7 @@ impl Ctx {
 }
 
 /// Accepts connections until shutdown, then drains in-flight requests.
-pub async fn serve(shard: Rc<Shard>, listener: Listener, shutdown: Shutdown) {
+pub(crate) async fn serve(shard: Rc<Shard>, listener: Listener, shutdown: Shutdown) {
     let cfg = &shard.cfg;
     let mut builder = http1::Builder::new();
     builder
@@ -367,7 +371,7 @@ async fn dispatch(mut ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// A JSON response with the given status.
-pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, JSON);
@@ -375,7 +379,7 @@ pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 }
 
 /// A 200 JSON response from a static body (no allocation for the bytes).
-pub fn json_static(body: &'static [u8]) -> Response<Body> {
+pub(crate) fn json_static(body: &'static [u8]) -> Response<Body> {
     let mut r = Response::new(full(Bytes::from_static(body)));
     r.headers_mut().insert(CONTENT_TYPE, JSON);
     r

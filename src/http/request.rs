@@ -21,7 +21,7 @@ const DRAIN_LIMIT: u64 = 16 << 20;
 /// dropped up to `DRAIN_LIMIT` before answering: closing a socket with
 /// unread data makes the kernel send RST, and the client would see
 /// "connection reset" instead of our 413. Past that we stop reading.
-pub async fn read_body(
+pub(crate) async fn read_body(
     req: Request<Incoming>,
     limit: usize,
     within: std::time::Duration,
@@ -90,7 +90,7 @@ pub fn parse_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 /// Parses JSON; on failure re-parses with path tracking so the 422 names
 /// the field (the fast path pays nothing for this).
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::field(
             "body",
@@ -130,7 +130,7 @@ fn strip_position(msg: &str) -> String {
 }
 
 /// The first value of query parameter `name`, percent-decoded.
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (percent_decode(k, true).as_deref() == Some(name)).then(|| percent_decode(v, true))?
@@ -139,7 +139,7 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 
 /// Decodes `%XX` (and `+` as space in query strings); None on bad escapes
 /// or invalid UTF-8.
-pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
+pub(crate) fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -169,7 +169,7 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
 /// and isolates, zero-width characters, line separators) are refused: an
 /// id is shown to operators in logs and dashboards, where those could
 /// hide or disguise what it really is.
-pub fn valid_id(field: &str, id: &str) -> Result<(), ApiError> {
+pub(crate) fn valid_id(field: &str, id: &str) -> Result<(), ApiError> {
     if id.is_empty() {
         return Err(ApiError::field(field, "must not be empty"));
     }

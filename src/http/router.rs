@@ -40,7 +40,7 @@ pub enum Route {
 }
 
 /// Metric labels, indexed by `Route as usize`.
-pub const ROUTE_NAMES: [&str; 30] = [
+pub(crate) const ROUTE_NAMES: [&str; 30] = [
     "register",
     "heartbeat",
     "unregister",
@@ -74,11 +74,12 @@ pub const ROUTE_NAMES: [&str; 30] = [
 ];
 
 impl Route {
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 
-    pub fn name(self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn name(self) -> &'static str {
         ROUTE_NAMES[self.index()]
     }
 }
@@ -86,13 +87,13 @@ impl Route {
 /// The outcome of routing: the route, its path parameter (raw, still
 /// percent-encoded) and, for 405, the methods the path does allow.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Matched<'a> {
+pub(crate) struct Matched<'a> {
     pub route: Route,
     pub param: Option<&'a str>,
     pub allow: &'static str,
 }
 
-pub fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
+pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
     // Routes that take more than one method.
     if let Some(rest) = path.strip_prefix("/service/") {
         // Any method is forwarded; OPTIONS stays ours (CORS preflight).

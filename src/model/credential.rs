@@ -118,13 +118,13 @@ fn read(path: &Path) -> Result<String, String> {
 }
 
 /// Parses a keys file (TOML, `[[keys]]` tables).
-pub fn parse_keys(text: &str) -> Result<Vec<ApiKey>, String> {
+pub(crate) fn parse_keys(text: &str) -> Result<Vec<ApiKey>, String> {
     let f: KeysFile = toml::from_str(text).map_err(|e| e.to_string())?;
     Ok(f.keys)
 }
 
 /// Parses a users file (TOML, `[[users]]` tables).
-pub fn parse_users(text: &str) -> Result<Vec<User>, String> {
+pub(crate) fn parse_users(text: &str) -> Result<Vec<User>, String> {
     let f: UsersFile = toml::from_str(text).map_err(|e| e.to_string())?;
     Ok(f.users)
 }
@@ -139,7 +139,7 @@ pub fn load_users(path: &Path) -> Result<Vec<User>, String> {
 
 /// Shortest accepted token secret: HS256 wants a key at least as long as
 /// its 256-bit hash.
-pub const MIN_JWT_SECRET: usize = 32;
+pub(crate) const MIN_JWT_SECRET: usize = 32;
 
 /// Hashes a password for the users file: argon2id with the crate's
 /// defaults (19 MiB, 2 passes, 1 lane: OWASP's minimum, tens of ms).
@@ -165,7 +165,7 @@ pub fn verify_password(phc: &str, password: &str) -> bool {
 
 /// `*` matches any run of characters, `?` exactly one; everything else
 /// matches itself. Linear in practice (one backtrack point, the last `*`).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0, 0);

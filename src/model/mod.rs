@@ -7,14 +7,15 @@
 //! data and pure functions: no IO (except loading a catalog file), no shard
 //! or HTTP knowledge, so it is unit-tested directly.
 
-pub mod catalog;
+pub(crate) mod catalog;
 pub mod credential;
 pub mod placement;
 pub mod size;
-pub mod tier;
+pub(crate) mod tier;
 pub mod time;
 pub mod wire;
 pub mod worker;
 
 pub use catalog::{Catalog, ServiceSpec};
-pub use tier::{classify, truthy, Classification, WorkerType};
+pub use tier::{classify, WorkerType};
+pub(crate) use tier::{truthy, Classification};

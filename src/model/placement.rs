@@ -12,7 +12,7 @@ const OWNER_SEEDS: [u64; 4] = [
 ];
 
 /// A shard-count-independent hash placing `key` (a worker id, a queue key).
-pub fn placement_hash(key: &str) -> u64 {
+pub(crate) fn placement_hash(key: &str) -> u64 {
     ahash::RandomState::with_seeds(
         OWNER_SEEDS[0],
         OWNER_SEEDS[1],

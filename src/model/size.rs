@@ -17,7 +17,7 @@ const GIB: f64 = MIB * 1024.0;
 const TIB: f64 = GIB * 1024.0;
 
 /// One gigabyte (10^9 bytes): the unit of the tier thresholds.
-pub const GIGABYTE: u64 = 1_000_000_000;
+pub(crate) const GIGABYTE: u64 = 1_000_000_000;
 
 /// Parses a size into bytes. Units are case-insensitive: B, K/KB, M/MB,
 /// G/GB, T/TB (powers of 1000) and KiB, MiB, GiB, TiB (powers of 1024);
@@ -51,7 +51,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// A size from a JSON value: a string as [`parse_size`], a plain number as GB.
-pub fn size_of(v: &Value) -> Option<u64> {
+pub(crate) fn size_of(v: &Value) -> Option<u64> {
     match v {
         Value::String(s) => parse_size(s),
         Value::Number(n) => {

@@ -60,7 +60,7 @@ impl From<WorkerType> for Classification {
 
 /// Python-like truthiness, except that the strings agents write for "no"
 /// (`"false"`, `"0"`, `"no"`, `"off"`) are false, as their authors meant.
-pub fn truthy(v: &Value) -> bool {
+pub(crate) fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,
         Value::Bool(b) => *b,

@@ -60,7 +60,7 @@ pub struct HeartbeatRequest {
 
 /// `POST /api/coordinator/broadcast-job`.
 #[derive(Debug, Deserialize)]
-pub struct BroadcastRequest {
+pub(crate) struct BroadcastRequest {
     #[serde(deserialize_with = "req_string")]
     pub job_type: String,
     #[serde(default)]

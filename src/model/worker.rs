@@ -28,14 +28,14 @@ pub struct Liveness {
 const DOWN_STATUSES: [&str; 5] = ["unhealthy", "offline", "error", "stopping", "failed"];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ServiceConfig {
+pub(crate) struct ServiceConfig {
     pub name: String,
     pub port: u16,
     pub priority: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ContainerConfig {
+pub(crate) struct ContainerConfig {
     pub name: String,
     pub image: String,
     pub port: u16,
@@ -45,7 +45,7 @@ pub struct ContainerConfig {
 /// What the latest heartbeat said.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
-pub struct ReportedState {
+pub(crate) struct ReportedState {
     pub status: String,
     pub current_load: f64,
     pub available_memory: Option<String>,
@@ -68,12 +68,12 @@ pub struct WorkerRecord {
     pub services: Vec<Value>,
     pub containers: Vec<Value>,
     pub assigned_services: Vec<String>,
-    pub service_configs: Vec<ServiceConfig>,
-    pub assigned_containers: Vec<ContainerConfig>,
+    pub(crate) service_configs: Vec<ServiceConfig>,
+    pub(crate) assigned_containers: Vec<ContainerConfig>,
     pub registered_at: SystemTime,
     pub last_heartbeat_at: SystemTime,
     pub last_seen: Instant,
-    pub state: ReportedState,
+    pub(crate) state: ReportedState,
     pub tasks_completed: u64,
 }
 
@@ -132,7 +132,7 @@ impl WorkerRecord {
     }
 
     /// Where to reach the worker: its tunnel if it has one, else its address.
-    pub fn endpoint(&self) -> Option<&str> {
+    pub(crate) fn endpoint(&self) -> Option<&str> {
         self.tunnel_url
             .as_deref()
             .filter(|s| !s.is_empty())
@@ -141,7 +141,7 @@ impl WorkerRecord {
 
     /// Services this worker is indexed under: what it was assigned plus
     /// what it declared running (`services: [{name, ..}]` or `["name"]`).
-    pub fn index_keys(&self) -> HashSet<&str> {
+    pub(crate) fn index_keys(&self) -> HashSet<&str> {
         let declared = self.services.iter().filter_map(|s| match s {
             Value::String(n) => Some(n.as_str()),
             Value::Object(o) => o.get("name").and_then(Value::as_str),
@@ -154,7 +154,7 @@ impl WorkerRecord {
             .collect()
     }
 
-    pub fn age(&self, now: Instant) -> Duration {
+    pub(crate) fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.last_seen)
     }
 
@@ -165,7 +165,7 @@ impl WorkerRecord {
     }
 
     /// The worker's own status says it should get no work.
-    pub fn reports_down(&self) -> bool {
+    pub(crate) fn reports_down(&self) -> bool {
         DOWN_STATUSES
             .iter()
             .any(|s| self.state.status.eq_ignore_ascii_case(s))

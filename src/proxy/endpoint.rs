@@ -10,20 +10,20 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scheme {
+pub(crate) enum Scheme {
     Http,
     Https,
 }
 
 impl Scheme {
-    pub fn default_port(self) -> u16 {
+    pub(crate) fn default_port(self) -> u16 {
         match self {
             Scheme::Http => 80,
             Scheme::Https => 443,
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Scheme::Http => "http",
             Scheme::Https => "https",
@@ -34,7 +34,7 @@ impl Scheme {
 /// Scheme, host and port: what makes two connections interchangeable, so
 /// it keys the keep-alive pool. The host is lowercase, without brackets.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Origin {
+pub(crate) struct Origin {
     pub scheme: Scheme,
     pub host: String,
     pub port: u16,
@@ -58,7 +58,7 @@ impl fmt::Display for Origin {
 
 /// Where to send a worker's requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     pub origin: Origin,
     /// The host is an IP literal: connect to it directly, no DNS.
     pub ip: Option<IpAddr>,
@@ -73,7 +73,10 @@ pub struct Endpoint {
 /// `https://host[:port][/prefix]`, or a bare `host[:port]` (plain HTTP on
 /// `default_port`, the service's port, else 80). Hosts may be names, IPv4
 /// or bracketed IPv6 literals (a bare unbracketed IPv6 address works too).
-pub fn parse_endpoint(endpoint: &str, default_port: Option<u16>) -> Result<Endpoint, String> {
+pub(crate) fn parse_endpoint(
+    endpoint: &str,
+    default_port: Option<u16>,
+) -> Result<Endpoint, String> {
     let endpoint = endpoint.trim();
     // Only a bare address takes the caller's port; a URL's is its scheme's.
     let (scheme, rest, given) = match endpoint.split_once("://") {

@@ -38,13 +38,13 @@ use super::{guard, Failed, Outbound, ProxyConfig, ProxyError, ProxyState, Upstre
 use crate::runtime;
 
 /// The upstream answered (any status): stream it back.
-pub type Forwarded = Response<Streamed>;
+pub(crate) type Forwarded = Response<Streamed>;
 
 /// Picks a worker, sends, fails over once, and returns the worker's
 /// response with its body still streaming. `fetch` supplies the healthy
 /// workers of the service (it is given the name) when the shard's cache
 /// is stale.
-pub async fn forward<F, Fut, E>(
+pub(crate) async fn forward<F, Fut, E>(
     state: &Rc<ProxyState>,
     cfg: &ProxyConfig,
     req: Outbound,
@@ -302,7 +302,7 @@ async fn send_once(
 /// The worker's response body, passed through frame by frame. When it
 /// ends cleanly the connection goes back to the pool of the worker's origin
 /// (the in-flight guard knows which worker that is).
-pub struct Streamed {
+pub(crate) struct Streamed {
     inner: Incoming,
     sender: Option<Sender>,
     state: Rc<ProxyState>,

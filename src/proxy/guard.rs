@@ -51,7 +51,7 @@ fn mask6(a: Ipv6Addr, prefix: u8) -> Ipv6Addr {
 
 /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is the IPv4 address it
 /// maps: the kernel connects to that, so the rules must judge that.
-pub fn normalise(ip: IpAddr) -> IpAddr {
+pub(crate) fn normalise(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
@@ -61,7 +61,7 @@ pub fn normalise(ip: IpAddr) -> IpAddr {
 /// Parses `a.b.c.d/n`, `x::y/n`, or a bare address (a single host).
 /// Host bits set below the prefix are refused rather than silently masked:
 /// `10.0.0.1/8` is more likely a typo than a wish for all of 10/8.
-pub fn parse_net(s: &str) -> Result<Net, String> {
+pub(crate) fn parse_net(s: &str) -> Result<Net, String> {
     let s = s.trim();
     let (ip, prefix) = match s.split_once('/') {
         Some((ip, p)) => (ip, Some(p)),
@@ -103,7 +103,7 @@ pub fn parse_networks(s: &str) -> Result<Vec<Net>, String> {
 
 /// Why an address was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     Unspecified,
     LinkLocal,
     Ours,
@@ -123,7 +123,7 @@ impl fmt::Display for Refusal {
 
 /// The addresses the proxy may connect to.
 #[derive(Debug, Clone)]
-pub struct AddrGuard {
+pub(crate) struct AddrGuard {
     /// Allowed networks; empty = any (after the fixed refusals).
     allowed: Vec<Net>,
     /// Where we listen (normalised).
@@ -134,7 +134,7 @@ pub struct AddrGuard {
 }
 
 impl AddrGuard {
-    pub fn new(allowed: Vec<Net>, listen: SocketAddr, local: Vec<IpAddr>) -> Self {
+    pub(crate) fn new(allowed: Vec<Net>, listen: SocketAddr, local: Vec<IpAddr>) -> Self {
         let listen = SocketAddr::new(normalise(listen.ip()), listen.port());
         let local = local.into_iter().map(normalise).collect();
         Self {
@@ -144,13 +144,8 @@ impl AddrGuard {
         }
     }
 
-    /// Allows everything but the fixed refusals (tests of other parts).
-    pub fn permissive() -> Self {
-        Self::new(Vec::new(), SocketAddr::from(([0, 0, 0, 0], 0)), Vec::new())
-    }
-
     /// May the proxy connect to `addr`?
-    pub fn check(&self, addr: SocketAddr) -> Result<(), Refusal> {
+    pub(crate) fn check(&self, addr: SocketAddr) -> Result<(), Refusal> {
         let ip = normalise(addr.ip());
         if ip.is_unspecified() {
             return Err(Refusal::Unspecified);
@@ -188,7 +183,7 @@ impl AddrGuard {
 
 /// This host's interface addresses (`getifaddrs`); empty if unavailable.
 /// Called once at startup, never on a shard's request path.
-pub fn interface_addrs() -> Vec<IpAddr> {
+pub(crate) fn interface_addrs() -> Vec<IpAddr> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we only read and then
@@ -225,7 +220,7 @@ pub fn interface_addrs() -> Vec<IpAddr> {
 
 /// Why a client's path was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathError {
+pub(crate) enum PathError {
     /// `..` would leave the worker's URL prefix.
     Climbs,
     /// An encoded `/` or `\` (or a raw `\`): some servers decode these into
@@ -272,7 +267,7 @@ fn dots(seg: &str) -> Option<usize> {
 /// any case), and a `..` that would climb above the start is refused.
 /// Other segments pass through with their encoding unchanged. Encoded
 /// `/` and `\` are refused outright. The query is not part of `raw`.
-pub fn normalise_path(raw: &str) -> Result<String, PathError> {
+pub(crate) fn normalise_path(raw: &str) -> Result<String, PathError> {
     if raw.contains('\\') {
         return Err(PathError::EncodedSeparator);
     }
@@ -313,7 +308,7 @@ pub fn normalise_path(raw: &str) -> Result<String, PathError> {
 /// `Authorization` when the HTTP layer recognised it as one of our keys or
 /// login tokens (`authorization_is_ours`). Any other `Authorization` is the
 /// client's business with the worker and passes.
-pub fn strip_credentials(h: &mut HeaderMap, authorization_is_ours: bool) {
+pub(crate) fn strip_credentials(h: &mut HeaderMap, authorization_is_ours: bool) {
     h.remove(HeaderName::from_static("x-api-key"));
     h.remove(COOKIE);
     if authorization_is_ours {
@@ -324,12 +319,12 @@ pub fn strip_credentials(h: &mut HeaderMap, authorization_is_ours: bool) {
 /// A `Via` received-by token naming this coordinator process (RFC 9110
 /// 7.6.3): random per server start, so two coordinators chained on purpose
 /// do not mistake each other for themselves.
-pub fn via_token() -> String {
+pub(crate) fn via_token() -> String {
     format!("coordinator-{:016x}", fastrand::u64(..))
 }
 
 /// Did the request already pass through the coordinator named `token`?
-pub fn has_via(h: &HeaderMap, token: &str) -> bool {
+pub(crate) fn has_via(h: &HeaderMap, token: &str) -> bool {
     h.get_all(hyper::header::VIA)
         .iter()
         .filter_map(|v| v.to_str().ok())

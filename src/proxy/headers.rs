@@ -28,7 +28,7 @@ const HOP: [&str; 9] = [
 ];
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<String> = h
         .get_all(hyper::header::CONNECTION)
         .iter()
@@ -46,7 +46,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// minus our own credentials (`guard::strip_credentials`: `X-API-Key`,
 /// `Cookie`, and `Authorization` when it is ours), plus
 /// `X-Forwarded-For` (appended to any the client sent).
-pub fn upstream_headers(
+pub(crate) fn upstream_headers(
     mut h: HeaderMap,
     peer: Option<IpAddr>,
     authorization_is_ours: bool,
@@ -61,7 +61,7 @@ pub fn upstream_headers(
 }
 
 /// Appends the client's address to `X-Forwarded-For` (or starts it).
-pub fn append_forwarded_for(h: &mut HeaderMap, peer: Option<IpAddr>) {
+pub(crate) fn append_forwarded_for(h: &mut HeaderMap, peer: Option<IpAddr>) {
     let Some(ip) = peer else { return };
     let xff = HeaderName::from_static("x-forwarded-for");
     let v = match h.get(&xff).and_then(|v| v.to_str().ok()) {

@@ -51,21 +51,21 @@ use hyper::header::{HeaderMap, HeaderValue};
 use hyper::Method;
 
 mod balance;
-pub mod endpoint;
+pub(crate) mod endpoint;
 mod forward;
 pub mod guard;
 mod headers;
 mod pool;
-pub mod resolve;
+pub(crate) mod resolve;
 pub mod route;
-pub mod scrape;
-pub mod tls;
+pub(crate) mod scrape;
+pub(crate) mod tls;
 
 use balance::Balancer;
-pub use endpoint::{parse_endpoint, Endpoint, Origin, Scheme};
-pub use forward::{forward, Forwarded, Streamed};
+pub(crate) use endpoint::{parse_endpoint, Endpoint};
+pub(crate) use forward::forward;
 use guard::AddrGuard;
-pub use headers::{append_forwarded_for, strip_hop_by_hop, upstream_headers};
+pub(crate) use headers::{append_forwarded_for, upstream_headers};
 use pool::Pool;
 
 use crate::model::worker::WorkerRecord;
@@ -76,7 +76,7 @@ type Hasher = ahash::RandomState;
 
 /// A healthy worker serving a service, as the registry reports it.
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub worker_id: String,
     /// Where the worker is reached, parsed from its `tunnel_url` /
     /// `endpoint` (a bare address gets the service's port from the catalog
@@ -88,7 +88,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn of(w: &WorkerRecord, service: &str) -> Upstream {
+    pub(crate) fn of(w: &WorkerRecord, service: &str) -> Upstream {
         let declared = w.services.iter().find_map(|s| {
             let o = s.as_object()?;
             (o.get("name")?.as_str()? == service)
@@ -119,7 +119,7 @@ impl Upstream {
 /// `BadGateway`, `Timeout` and `Refused` may name addresses, ports and OS
 /// errors: only an admin sees them (see [`Failed::for_caller`]).
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("No healthy worker available for service: {0}")]
     NoWorker(String),
     /// Neither a catalog service nor one a registered worker declares.
@@ -142,7 +142,7 @@ pub enum ProxyError {
 
 /// A failed forward: the error and the worker it last happened with.
 #[derive(Debug)]
-pub struct Failed {
+pub(crate) struct Failed {
     pub error: ProxyError,
     pub worker: Option<String>,
 }
@@ -158,7 +158,7 @@ impl Failed {
     /// The error as the caller may see it: an admin gets the full text;
     /// anyone else gets the worker's id instead of addresses, ports and OS
     /// errors, so the proxy cannot be used to map a network.
-    pub fn for_caller(self, admin: bool) -> ProxyError {
+    pub(crate) fn for_caller(self, admin: bool) -> ProxyError {
         let Some(w) = self.worker.filter(|_| !admin) else {
             return self.error;
         };
@@ -191,7 +191,7 @@ pub struct ProxyCounters {
 /// Name -> outcome -> count. Nested rather than keyed by `(name, outcome)`
 /// so that counting a request looks the name up by `&str` and copies it
 /// only the first time it is seen.
-pub type ByOutcome = BTreeMap<String, BTreeMap<&'static str, u64>>;
+pub(crate) type ByOutcome = BTreeMap<String, BTreeMap<&'static str, u64>>;
 
 fn bump(map: &mut ByOutcome, name: &str, outcome: &'static str) {
     let per = match map.get_mut(name) {
@@ -202,7 +202,7 @@ fn bump(map: &mut ByOutcome, name: &str, outcome: &'static str) {
 }
 
 /// A request to forward.
-pub struct Outbound {
+pub(crate) struct Outbound {
     pub service: String,
     pub model: Option<String>,
     pub session: Option<String>,
@@ -225,7 +225,7 @@ pub struct ProxyConfig {
 /// What a shard's proxy needs from the server: the TLS client settings,
 /// the address guard and this coordinator's `Via` token.
 #[derive(Clone)]
-pub struct ProxySetup {
+pub(crate) struct ProxySetup {
     pub tls: std::sync::Arc<rustls::ClientConfig>,
     pub guard: AddrGuard,
     pub via_token: String,
@@ -234,7 +234,7 @@ pub struct ProxySetup {
 /// A shard's proxy: its connection pool, its worker-choice state and its
 /// counters. `forward` drives them; this only owns them and answers the
 /// shard's admin and metrics calls.
-pub struct ProxyState {
+pub(crate) struct ProxyState {
     pool: Pool,
     /// Shared with the in-flight guards of requests still streaming.
     balancer: Rc<Balancer>,
@@ -248,7 +248,7 @@ impl ProxyState {
     /// A shard's proxy state; `setup.tls` is the server-wide client TLS
     /// configuration, of which the pool takes its own copy (see
     /// `pool::Pool::new`).
-    pub fn new(setup: ProxySetup) -> Self {
+    pub(crate) fn new(setup: ProxySetup) -> Self {
         let ProxySetup {
             tls,
             guard,
@@ -267,7 +267,7 @@ impl ProxyState {
 
     /// A removed worker's per-worker state goes with it: its attempt
     /// series, its cooldown, and the cached lists that may still name it.
-    pub fn forget(&self, workers: &[String]) {
+    pub(crate) fn forget(&self, workers: &[String]) {
         {
             let mut c = self.counters.borrow_mut();
             for w in workers {
@@ -279,7 +279,7 @@ impl ProxyState {
 
     /// This shard's counters, with the gauges (cooling workers) and the
     /// pool's own counts filled in as of now.
-    pub fn counters(&self) -> ProxyCounters {
+    pub(crate) fn counters(&self) -> ProxyCounters {
         let mut c = self.counters.borrow().clone();
         c.dns_lookups = self.pool.dns_lookups();
         c.connections_opened = self.pool.connections_opened();
@@ -289,16 +289,16 @@ impl ProxyState {
 
     /// Pins `key` ("service:<name>" / "model:<name>") to `workers`; `None`
     /// or an empty list removes the pin.
-    pub fn set_pin(&self, key: String, workers: Option<Vec<String>>) {
+    pub(crate) fn set_pin(&self, key: String, workers: Option<Vec<String>>) {
         self.balancer.set_pin(key, workers);
     }
 
-    pub fn pins(&self) -> BTreeMap<String, Vec<String>> {
+    pub(crate) fn pins(&self) -> BTreeMap<String, Vec<String>> {
         self.balancer.pins()
     }
 
     /// Caches `service`'s worker list on this shard and returns it shared.
-    pub fn store(&self, service: &str, list: Vec<Upstream>) -> Rc<Vec<Upstream>> {
+    pub(crate) fn store(&self, service: &str, list: Vec<Upstream>) -> Rc<Vec<Upstream>> {
         self.balancer.store(service, list)
     }
 

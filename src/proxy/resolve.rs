@@ -32,20 +32,20 @@ use futures::future::{FutureExt, Shared};
 use crate::runtime;
 
 /// How long a resolved address list is used before it is refreshed.
-pub const TTL: Duration = Duration::from_secs(30);
+pub(crate) const TTL: Duration = Duration::from_secs(30);
 /// How long a failed lookup is remembered.
-pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+pub(crate) const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 /// Lookups in progress at once on one shard.
-pub const MAX_LOOKUPS: usize = 32;
+pub(crate) const MAX_LOOKUPS: usize = 32;
 /// Cached names per shard before expired ones are dropped.
 const MAX_ENTRIES: usize = 4096;
 
 /// A lookup's answer: the addresses in the resolver's order of preference.
-pub type Answer = Result<Rc<[IpAddr]>, String>;
+pub(crate) type Answer = Result<Rc<[IpAddr]>, String>;
 type Lookup = Shared<Pin<Box<dyn Future<Output = Answer>>>>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResolveError {
+pub(crate) enum ResolveError {
     /// The name did not resolve (or the lookup could not be run).
     Failed(String),
     /// No answer within the time the caller gave.
@@ -88,13 +88,13 @@ struct Inner {
 
 /// A shard's DNS cache.
 #[derive(Default)]
-pub struct Resolver {
+pub(crate) struct Resolver {
     inner: Rc<RefCell<Inner>>,
 }
 
 impl Resolver {
     /// The addresses of `host`, waiting at most `within` for a lookup.
-    pub async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         host: &str,
         within: Duration,
@@ -128,7 +128,7 @@ impl Resolver {
     }
 
     /// Lookups started on this shard so far (for metrics and tests).
-    pub fn lookups_started(&self) -> u64 {
+    pub(crate) fn lookups_started(&self) -> u64 {
         self.inner.borrow().started
     }
 

@@ -101,7 +101,7 @@ fn narrow(set: &mut Vec<usize>, keep: impl Fn(usize) -> bool) {
 
 /// Highest-random-weight score of (key, worker): stable across processes
 /// and shards (fixed seeds), independent of the other workers.
-pub fn rendezvous(key: &str, worker: &str) -> u64 {
+pub(crate) fn rendezvous(key: &str, worker: &str) -> u64 {
     let h = ahash::RandomState::with_seeds(1, 2, 3, 4);
     h.hash_one((key, worker))
 }

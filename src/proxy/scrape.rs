@@ -14,7 +14,7 @@ use crate::metrics::{
 /// `coordinator_routed_requests_total`, `coordinator_upstream_attempts_total`,
 /// `coordinator_upstream_latency_seconds` and the per-shard proxy figures.
 /// `shards` yields (shard id, its counters).
-pub fn families<'a>(
+pub(crate) fn families<'a>(
     shards: impl IntoIterator<Item = (usize, &'a ProxyCounters)> + Clone,
 ) -> Vec<MetricFamily> {
     let counters = || shards.clone().into_iter().map(|(_, p)| p);

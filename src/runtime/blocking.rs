@@ -23,7 +23,7 @@ const STACK: usize = 256 << 10;
 /// Runs `job` on a new OS thread named `name`. The future yields its result,
 /// or `None` if the thread could not be started or died. Dropping the
 /// future does not stop the job; its result is then discarded.
-pub fn off_shard<F, R>(name: &str, job: F) -> impl Future<Output = Option<R>>
+pub(crate) fn off_shard<F, R>(name: &str, job: F) -> impl Future<Output = Option<R>>
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,

@@ -16,7 +16,7 @@ use super::net::Listener;
 use super::notify::{shutdown_pair, Shutdown, ShutdownTrigger};
 
 /// What a pool of shards needs to start.
-pub struct PoolSpec {
+pub(crate) struct PoolSpec {
     /// One entry per shard: the CPU it is pinned to, or `None` for unpinned.
     pub cpus: Vec<Option<usize>>,
     /// Listening sockets, one per shard (see [`super::bind_reuseport`]).
@@ -28,7 +28,7 @@ pub struct PoolSpec {
 }
 
 /// Everything a shard's main future receives.
-pub struct ShardEnv<M: Send + 'static> {
+pub(crate) struct ShardEnv<M: Send + 'static> {
     pub id: usize,
     pub count: usize,
     pub mesh: Mesh<M>,
@@ -38,7 +38,7 @@ pub struct ShardEnv<M: Send + 'static> {
 }
 
 /// Handle on a running pool: trigger shutdown, wait for the threads.
-pub struct PoolHandle {
+pub(crate) struct PoolHandle {
     threads: Vec<ExecutorJoinHandle<()>>,
     stopper: Stopper,
 }
@@ -62,16 +62,16 @@ impl Stopper {
 
 impl PoolHandle {
     /// Asks every shard to stop accepting and drain.
-    pub fn shutdown(&mut self) {
+    pub(crate) fn shutdown(&mut self) {
         self.stopper.stop();
     }
 
-    pub fn stopper(&self) -> Stopper {
+    pub(crate) fn stopper(&self) -> Stopper {
         self.stopper.clone()
     }
 
     /// Waits for every shard thread; returns the number that failed.
-    pub fn join(mut self) -> usize {
+    pub(crate) fn join(mut self) -> usize {
         let mut failed = 0;
         for t in self.threads.drain(..) {
             if let Err(e) = t.join() {
@@ -87,7 +87,7 @@ impl PoolHandle {
     /// threads are left to the process's exit). Shutdown is bounded this
     /// way because a glommio 0.9 shard has been seen to miss its shutdown
     /// for good (see `notify`); a stop must not hang its caller.
-    pub fn join_within(mut self, limit: Duration) -> usize {
+    pub(crate) fn join_within(mut self, limit: Duration) -> usize {
         self.wait_within(limit)
     }
 
@@ -139,7 +139,7 @@ impl Drop for PoolHandle {
 
 /// CPUs this process may run on (sched_getaffinity, which respects cgroup
 /// cpusets and `taskset`; /sys "online" does not).
-pub fn allowed_cpus() -> Vec<usize> {
+pub(crate) fn allowed_cpus() -> Vec<usize> {
     let mut ids: Vec<usize> = core_affinity::get_core_ids()
         .unwrap_or_default()
         .into_iter()
@@ -151,7 +151,7 @@ pub fn allowed_cpus() -> Vec<usize> {
 
 /// Shard count and pinning: `shards` defaults to the CPUs we may run on; with
 /// more shards than CPUs the CPUs are reused round-robin (useful in tests).
-pub fn plan_cpus(shards: Option<usize>, pin: bool) -> Vec<Option<usize>> {
+pub(crate) fn plan_cpus(shards: Option<usize>, pin: bool) -> Vec<Option<usize>> {
     let cpus = allowed_cpus();
     let n = shards.unwrap_or(cpus.len()).max(1);
     (0..n)
@@ -171,7 +171,7 @@ pub fn plan_cpus(shards: Option<usize>, pin: bool) -> Vec<Option<usize>> {
 /// ready-made, so none waits for another to start. An executor that cannot start (io_uring refused) surfaces
 /// as an error from its thread; call [`super::preflight`] first to turn the
 /// common causes into clear messages.
-pub fn start_pool<M, F, Fut>(spec: PoolSpec, shard_main: F) -> std::io::Result<PoolHandle>
+pub(crate) fn start_pool<M, F, Fut>(spec: PoolSpec, shard_main: F) -> std::io::Result<PoolHandle>
 where
     M: Send + 'static,
     F: Fn(ShardEnv<M>) -> Fut + Send + Sync + Clone + 'static,
@@ -222,7 +222,8 @@ where
 /// Runs `fut` to completion on a one-off executor on the calling thread and
 /// returns its output. For tests of code that needs the runtime (sockets,
 /// timers) without a whole server; the server itself never uses it.
-pub fn block_on<F: Future>(fut: F) -> std::io::Result<F::Output> {
+#[cfg(test)]
+pub(crate) fn block_on<F: Future>(fut: F) -> std::io::Result<F::Output> {
     let ex = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(512 << 10)
         .make()

@@ -24,7 +24,7 @@ use hyper::rt::ReadBufCursor;
 /// Per-connection timing state shared by the adapter, the request handler
 /// and the watchdog (all on one shard, hence `Cell`).
 #[derive(Debug)]
-pub struct ConnActivity {
+pub(crate) struct ConnActivity {
     last_io: Cell<Instant>,
     /// When the first byte of a not-yet-dispatched request arrived.
     request_started: Cell<Option<Instant>>,
@@ -34,7 +34,7 @@ pub struct ConnActivity {
 
 impl ConnActivity {
     /// A fresh connection: its first request head is timed from now.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let now = Instant::now();
         Self {
             last_io: Cell::new(now),
@@ -43,25 +43,25 @@ impl ConnActivity {
         }
     }
 
-    pub fn last_io(&self) -> Instant {
+    pub(crate) fn last_io(&self) -> Instant {
         self.last_io.get()
     }
 
-    pub fn request_started(&self) -> Option<Instant> {
+    pub(crate) fn request_started(&self) -> Option<Instant> {
         self.request_started.get()
     }
 
-    pub fn in_flight(&self) -> u32 {
+    pub(crate) fn in_flight(&self) -> u32 {
         self.in_flight.get()
     }
 
     /// The service got a complete request head: header timing is over.
-    pub fn begin_request(&self) {
+    pub(crate) fn begin_request(&self) {
         self.request_started.set(None);
         self.in_flight.set(self.in_flight.get() + 1);
     }
 
-    pub fn end_request(&self) {
+    pub(crate) fn end_request(&self) {
         self.in_flight.set(self.in_flight.get().saturating_sub(1));
     }
 
@@ -128,7 +128,7 @@ impl Stream {
 
 /// A glommio `TcpStream` (optionally under client TLS) seen through hyper's
 /// IO traits.
-pub struct HyperIo {
+pub(crate) struct HyperIo {
     stream: Stream,
     activity: std::rc::Rc<ConnActivity>,
     scratch: Box<[u8]>,
@@ -144,7 +144,7 @@ pub struct HyperIo {
 /// `f(status)` gives `(content type, body)`, and the adapter rewrites
 /// hyper's empty answer to carry it. The runtime stays format-agnostic:
 /// what the body says is the caller's business.
-pub type EmptyErrorBody = fn(u16) -> Option<(&'static str, &'static [u8])>;
+pub(crate) type EmptyErrorBody = fn(u16) -> Option<(&'static str, &'static [u8])>;
 
 /// If `buf` is a whole response head with `content-length: 0` and a status
 /// `bodies` has a body for, the same head with that body.
@@ -187,7 +187,7 @@ fn rewrite_empty_error(buf: &[u8], bodies: EmptyErrorBody) -> Option<Vec<u8>> {
 }
 
 impl HyperIo {
-    pub fn new(stream: TcpStream, activity: std::rc::Rc<ConnActivity>) -> Self {
+    pub(crate) fn new(stream: TcpStream, activity: std::rc::Rc<ConnActivity>) -> Self {
         Self {
             stream: Stream::Plain(stream),
             activity,
@@ -200,13 +200,13 @@ impl HyperIo {
     }
 
     /// Gives hyper's own empty error answers a body (server side).
-    pub fn with_error_bodies(mut self, bodies: EmptyErrorBody) -> Self {
+    pub(crate) fn with_error_bodies(mut self, bodies: EmptyErrorBody) -> Self {
         self.error_bodies = Some(bodies);
         self
     }
 
     /// Connects to `addr` (for the outbound proxy client).
-    pub async fn connect(
+    pub(crate) async fn connect(
         addr: std::net::SocketAddr,
         timeout: std::time::Duration,
     ) -> io::Result<Self> {
@@ -221,7 +221,7 @@ impl HyperIo {
     /// checking the peer's certificate for `name` against `tls`'s roots.
     /// Certificate problems come back as the error's text (rustls says
     /// e.g. "invalid peer certificate: UnknownIssuer").
-    pub async fn start_tls(
+    pub(crate) async fn start_tls(
         self,
         tls: &futures_rustls::TlsConnector,
         name: rustls::pki_types::ServerName<'static>,

@@ -24,7 +24,7 @@ use futures::channel::mpsc;
 use futures::{Sink, StreamExt};
 
 #[derive(Debug, thiserror::Error)]
-pub enum MeshError {
+pub(crate) enum MeshError {
     #[error("shard {0} does not exist")]
     NoSuchShard(usize),
     #[error("shard {0} is not accepting messages")]
@@ -32,13 +32,13 @@ pub enum MeshError {
 }
 
 /// The sending side: held by the shard for its whole life.
-pub struct Mesh<M: Send + 'static> {
+pub(crate) struct Mesh<M: Send + 'static> {
     /// Index = destination shard; `None` at our own index.
     peers: Vec<Option<RefCell<mpsc::Sender<M>>>>,
 }
 
 /// The receiving side: consumed once by [`Inbox::serve`].
-pub struct Inbox<M: Send + 'static> {
+pub(crate) struct Inbox<M: Send + 'static> {
     receivers: Vec<mpsc::Receiver<M>>,
 }
 
@@ -65,7 +65,7 @@ pub(crate) fn build<M: Send + 'static>(n: usize, capacity: usize) -> Vec<(Mesh<M
 
 impl<M: Send + 'static> Mesh<M> {
     /// Sends `msg` to shard `to`, waiting while that channel is full.
-    pub async fn send(&self, to: usize, msg: M) -> Result<(), MeshError> {
+    pub(crate) async fn send(&self, to: usize, msg: M) -> Result<(), MeshError> {
         let tx = self
             .peers
             .get(to)
@@ -90,18 +90,11 @@ impl<M: Send + 'static> Mesh<M> {
         });
         sent.await
     }
-
-    /// Stops our senders: peers' receive loops end once drained.
-    pub fn close(&self) {
-        for tx in self.peers.iter().flatten() {
-            tx.borrow_mut().close_channel();
-        }
-    }
 }
 
 impl<M: Send + 'static> Inbox<M> {
     /// Starts one receive loop per peer; each message goes to `on_msg`.
-    pub fn serve<F>(self, on_msg: F)
+    pub(crate) fn serve<F>(self, on_msg: F)
     where
         F: Fn(M) + Clone + 'static,
     {

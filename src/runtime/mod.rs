@@ -19,22 +19,22 @@ mod notify;
 mod preflight;
 mod time;
 
-pub use blocking::off_shard;
-pub use executor::{
-    allowed_cpus, block_on, plan_cpus, start_pool, PoolHandle, PoolSpec, ShardEnv, Stopper,
-};
+pub(crate) use blocking::off_shard;
+#[cfg(test)]
+pub(crate) use executor::block_on;
+pub(crate) use executor::{plan_cpus, start_pool, PoolHandle, PoolSpec, ShardEnv, Stopper};
 pub use failfast::EXIT_STATUS as PANIC_EXIT_STATUS;
-pub use io::{ConnActivity, EmptyErrorBody, HyperIo};
-pub use mesh::{Inbox, Mesh, MeshError};
-pub use net::{answer_and_close, bind_reuseport, Accepted, Listener, TcpConn};
-pub use notify::{local_shutdown, LocalShutdown, LocalTrigger, Shutdown, ShutdownTrigger};
-pub use preflight::{preflight, PreflightError};
-pub use time::{sleep, timeout, Elapsed};
+pub(crate) use io::{ConnActivity, HyperIo};
+pub(crate) use mesh::Mesh;
+pub(crate) use net::{answer_and_close, bind_reuseport, Listener, TcpConn};
+pub(crate) use notify::{local_shutdown, LocalShutdown, Shutdown};
+pub(crate) use preflight::{preflight, PreflightError};
+pub(crate) use time::{sleep, timeout};
 
 /// Runs `fut` on the current shard, detached: it lives until it finishes.
 /// glommio may poll it before this returns, so callers must not hold a
 /// `RefCell` borrow the future also takes.
-pub fn spawn<F>(fut: F)
+pub(crate) fn spawn<F>(fut: F)
 where
     F: std::future::Future + 'static,
     F::Output: 'static,
@@ -50,7 +50,7 @@ where
 /// connections with a deadline, so the wait here must be cancellable: a
 /// count and a one-shot wake-up that nobody minds losing.
 #[derive(Default)]
-pub struct TaskGroup(std::rc::Rc<GroupState>);
+pub(crate) struct TaskGroup(std::rc::Rc<GroupState>);
 
 #[derive(Default)]
 struct GroupState {
@@ -79,7 +79,7 @@ impl Drop for Member {
 impl TaskGroup {
     /// Spawns `fut` as a member of the group; returns false (and drops the
     /// future) when the group is already closing.
-    pub fn spawn<F>(&self, fut: F) -> bool
+    pub(crate) fn spawn<F>(&self, fut: F) -> bool
     where
         F: std::future::Future + 'static,
         F::Output: 'static,
@@ -98,7 +98,7 @@ impl TaskGroup {
 
     /// Closes the group and waits until every member has finished. May be
     /// abandoned (e.g. under a timeout) at any point.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.0.closing.set(true);
         if self.0.members.get() == 0 {
             return;

@@ -11,7 +11,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// Binds `n` listening sockets to `addr` with SO_REUSEPORT; returns them and
 /// the address actually bound (port 0 resolved).
-pub fn bind_reuseport(
+pub(crate) fn bind_reuseport(
     addr: SocketAddr,
     n: usize,
     backlog: i32,
@@ -41,13 +41,13 @@ pub fn bind_reuseport(
 }
 
 /// An accepted TCP connection (futures-io `AsyncRead + AsyncWrite`).
-pub type TcpConn = glommio::net::TcpStream;
+pub(crate) type TcpConn = glommio::net::TcpStream;
 
 /// A shard's listening socket.
-pub struct Listener(glommio::net::TcpListener);
+pub(crate) struct Listener(glommio::net::TcpListener);
 
 /// An accepted connection: the IO half for hyper plus its peer address.
-pub struct Accepted {
+pub(crate) struct Accepted {
     pub stream: TcpConn,
     pub peer: Option<SocketAddr>,
 }
@@ -58,7 +58,7 @@ impl Listener {
         Self(unsafe { glommio::net::TcpListener::from_raw_fd(l.into_raw_fd()) })
     }
 
-    pub async fn accept(&self) -> io::Result<Accepted> {
+    pub(crate) async fn accept(&self) -> io::Result<Accepted> {
         let stream = self.0.accept().await.map_err(io::Error::from)?;
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
@@ -72,7 +72,11 @@ impl Listener {
 /// destroy our answer in flight), writes, shuts the write half, and drains
 /// until the client closes. All of it within `within`; a client that sends
 /// nothing is closed without an answer when that passes.
-pub async fn answer_and_close(mut stream: TcpConn, bytes: &[u8], within: std::time::Duration) {
+pub(crate) async fn answer_and_close(
+    mut stream: TcpConn,
+    bytes: &[u8],
+    within: std::time::Duration,
+) {
     use futures::{AsyncReadExt, AsyncWriteExt};
     let _ = super::timeout(within, async {
         let mut buf = [0u8; 4096];

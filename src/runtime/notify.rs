@@ -19,13 +19,13 @@ use futures::future::{select, Either, FutureExt, Shared};
 const SHUTDOWN_RECHECK: Duration = Duration::from_millis(50);
 
 /// Fired once by the owner of the pool.
-pub struct ShutdownTrigger {
+pub(crate) struct ShutdownTrigger {
     tx: Option<oneshot::Sender<()>>,
     flag: Arc<AtomicBool>,
 }
 
 impl ShutdownTrigger {
-    pub fn fire(mut self) {
+    pub(crate) fn fire(mut self) {
         self.flag.store(true, Ordering::Release);
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(());
@@ -37,14 +37,14 @@ impl ShutdownTrigger {
 /// expected; that loop then tells its own connections with a
 /// [`LocalShutdown`], whose wake-ups stay on the shard.
 #[derive(Clone)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     rx: Shared<oneshot::Receiver<()>>,
     flag: Arc<AtomicBool>,
 }
 
 impl Shutdown {
     /// Resolves when shutdown is requested (or the trigger is dropped).
-    pub async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         loop {
             if self.is_requested() {
                 return;
@@ -57,7 +57,7 @@ impl Shutdown {
         }
     }
 
-    pub fn is_requested(&self) -> bool {
+    pub(crate) fn is_requested(&self) -> bool {
         self.flag.load(Ordering::Acquire)
     }
 }
@@ -78,10 +78,10 @@ pub(crate) fn shutdown_pair() -> (ShutdownTrigger, Shutdown) {
 }
 
 /// Fires a [`LocalShutdown`]; used on the shard that created it.
-pub struct LocalTrigger(oneshot::Sender<()>);
+pub(crate) struct LocalTrigger(oneshot::Sender<()>);
 
 impl LocalTrigger {
-    pub fn fire(self) {
+    pub(crate) fn fire(self) {
         let _ = self.0.send(());
     }
 }
@@ -89,15 +89,15 @@ impl LocalTrigger {
 /// A shutdown signal that never leaves its shard, for many waiters (every
 /// connection) at no cost while idle.
 #[derive(Clone)]
-pub struct LocalShutdown(Shared<oneshot::Receiver<()>>);
+pub(crate) struct LocalShutdown(Shared<oneshot::Receiver<()>>);
 
 impl LocalShutdown {
-    pub async fn wait(&self) {
+    pub(crate) async fn wait(&self) {
         let _ = self.0.clone().await;
     }
 }
 
-pub fn local_shutdown() -> (LocalTrigger, LocalShutdown) {
+pub(crate) fn local_shutdown() -> (LocalTrigger, LocalShutdown) {
     let (tx, rx) = oneshot::channel();
     (LocalTrigger(tx), LocalShutdown(rx.shared()))
 }

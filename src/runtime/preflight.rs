@@ -24,7 +24,7 @@ pub enum PreflightError {
 const NEED_MEMLOCK: u64 = 512 << 10;
 
 /// Checks RLIMIT_MEMLOCK and that an io_uring can be created.
-pub fn preflight() -> Result<(), PreflightError> {
+pub(crate) fn preflight() -> Result<(), PreflightError> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

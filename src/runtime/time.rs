@@ -5,16 +5,16 @@ use std::time::Duration;
 
 use futures::future::{select, Either};
 
-pub async fn sleep(d: Duration) {
+pub(crate) async fn sleep(d: Duration) {
     glommio::timer::sleep(d).await;
 }
 
 /// The deadline passed before the future finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Elapsed;
+pub(crate) struct Elapsed;
 
 /// Runs `fut` for at most `d`; the future is dropped (cancelled) on expiry.
-pub async fn timeout<F: Future>(d: Duration, fut: F) -> Result<F::Output, Elapsed> {
+pub(crate) async fn timeout<F: Future>(d: Duration, fut: F) -> Result<F::Output, Elapsed> {
     let fut = std::pin::pin!(fut);
     let timer = std::pin::pin!(glommio::timer::Timer::new(d));
     match select(fut, timer).await {

@@ -11,7 +11,7 @@
 //! receive loop without spawning, and no borrow is ever held across an
 //! await. This module must not parse HTTP or know about routes.
 
-pub mod msg;
+pub(crate) mod msg;
 mod ops;
 pub mod registry;
 pub mod scrape;
@@ -55,7 +55,7 @@ pub enum ShardError {
     AtCapacity,
 }
 
-pub struct Shard {
+pub(crate) struct Shard {
     pub id: usize,
     pub count: usize,
     pub cfg: Arc<Config>,
@@ -109,7 +109,7 @@ impl ListCache {
 }
 
 impl Shard {
-    pub fn new(
+    pub(crate) fn new(
         id: usize,
         count: usize,
         cfg: Arc<Config>,
@@ -139,7 +139,7 @@ impl Shard {
     }
 
     /// Makes this shard persist its mutations in `store`.
-    pub fn with_store(mut self, store: Option<Store>) -> Self {
+    pub(crate) fn with_store(mut self, store: Option<Store>) -> Self {
         if store.is_some() {
             let pending = self.task_ops.clone();
             self.tasks.get_mut().set_sink(Box::new(move |ev| {
@@ -154,13 +154,13 @@ impl Shard {
     /// changes no client is waiting on (lease expiry in housekeeping,
     /// recovery). A crash before they commit replays the expiry at the
     /// next start, so nothing is lost by not waiting.
-    pub fn persist_task_changes(&self) {
+    pub(crate) fn persist_task_changes(&self) {
         if let Some(store) = &self.store {
             store.submit_nowait(std::mem::take(&mut *self.task_ops.borrow_mut()));
         }
     }
 
-    pub fn store(&self) -> Option<&Store> {
+    pub(crate) fn store(&self) -> Option<&Store> {
         self.store.as_ref()
     }
 
@@ -171,21 +171,21 @@ impl Shard {
         self.registry.borrow().len() >= share
     }
 
-    pub fn owner_of(&self, worker_id: &str) -> usize {
+    pub(crate) fn owner_of(&self, worker_id: &str) -> usize {
         owner_of(worker_id, self.count)
     }
 
-    pub fn is_healthy(&self, w: &WorkerRecord, now: Instant) -> bool {
+    pub(crate) fn is_healthy(&self, w: &WorkerRecord, now: Instant) -> bool {
         w.is_healthy(now, &self.live)
     }
 
     /// Read access for other modules' synchronous operations (tasks).
-    pub fn registry(&self) -> std::cell::Ref<'_, Registry> {
+    pub(crate) fn registry(&self) -> std::cell::Ref<'_, Registry> {
         self.registry.borrow()
     }
 
     /// Runs `req` on shard `to`: inline when it is us, else over the mesh.
-    pub async fn call(&self, to: usize, req: Request) -> Result<Reply, ShardError> {
+    pub(crate) async fn call(&self, to: usize, req: Request) -> Result<Reply, ShardError> {
         if to == self.id {
             let (reply, ack) = self.apply(req);
             self.durable(ack).await?;
@@ -226,7 +226,7 @@ impl Shard {
     /// `unpack` (a typed accessor such as [`Reply::summary`]) and folds
     /// them into `init` in shard order, so the result does not depend on
     /// which shard answered first. The first failing shard fails the whole.
-    pub async fn map_reduce<T, A>(
+    pub(crate) async fn map_reduce<T, A>(
         &self,
         make: impl Fn() -> Request,
         unpack: fn(Reply) -> Result<T, ShardError>,
@@ -242,7 +242,7 @@ impl Shard {
     }
 
     /// Answers a request from another shard (called by the mesh loop).
-    pub fn serve_remote(&self, env: Envelope) {
+    pub(crate) fn serve_remote(&self, env: Envelope) {
         self.metrics.borrow_mut().mesh_received += 1;
         let (reply, ack) = self.apply(env.request);
         match ack {
@@ -272,7 +272,7 @@ impl Shard {
     /// change the request caused (the task table's sink collected them) is
     /// part of the same durable batch, except lease extensions, which are
     /// not waited for (losing one in a crash only ends that lease sooner).
-    pub fn apply(&self, req: Request) -> (Reply, Option<Ack>) {
+    pub(crate) fn apply(&self, req: Request) -> (Reply, Option<Ack>) {
         let Some(store) = &self.store else {
             return (self.handle(req), None);
         };
@@ -369,7 +369,7 @@ impl Shard {
     }
 
     /// Executes one operation against this shard's state.
-    pub fn handle(&self, req: Request) -> Reply {
+    pub(crate) fn handle(&self, req: Request) -> Reply {
         let now = Instant::now();
         match req {
             Request::RegisterNew(rec) => {
@@ -586,7 +586,7 @@ impl Shard {
     /// Tells every shard's proxy that `workers` are gone (their attempt
     /// series and cooldowns are dropped). Best effort: a shard that does
     /// not answer keeps a few stale series until the next removal.
-    pub async fn forget_workers(&self, workers: Vec<String>) {
+    pub(crate) async fn forget_workers(&self, workers: Vec<String>) {
         let r = self
             .map_reduce(
                 || Request::Proxy(ProxyOp::Forget(workers.clone())),
@@ -659,7 +659,7 @@ fn inject_fault(id: usize) {
 /// `n_routes` is the number of request kinds the front end counts
 /// (`ShardMetrics` keeps one slot per index it is handed); the shard does
 /// not know what they are.
-pub fn start(
+pub(crate) fn start(
     env: ShardEnv<Envelope>,
     cfg: Arc<Config>,
     boot: Arc<Boot>,
@@ -718,7 +718,7 @@ pub fn start(
 impl Shard {
     /// After the front end has stopped: a clean stop loses no heartbeat
     /// state at all.
-    pub async fn finish(&self) {
+    pub(crate) async fn finish(&self) {
         if let Err(e) = self.durable(self.flush_heartbeats()).await {
             tracing::warn!(shard = self.id, error = %e, "final heartbeat flush failed");
         }

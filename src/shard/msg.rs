@@ -19,7 +19,7 @@ use crate::tasks::{CompleteError, Completion, TaskListing, TaskOp, TaskReply};
 
 /// Which records a worker listing wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListKind {
+pub(crate) enum ListKind {
     /// Healthy workers, plain records (`/api/coordinator/workers`).
     Healthy,
     /// Every worker, with `age_seconds` and `is_healthy` (`/api/admin/workers`).
@@ -28,14 +28,14 @@ pub enum ListKind {
 
 /// A job fanned out to every shard by broadcast.
 #[derive(Debug)]
-pub struct BroadcastJob {
+pub(crate) struct BroadcastJob {
     pub job_type: String,
     pub job_data: Value,
     pub required_capability: Option<String>,
 }
 
 #[derive(Debug)]
-pub enum Request {
+pub(crate) enum Request {
     Register(Box<WorkerRecord>),
     /// Register under a generated id: refused (`IdTaken`) if it exists.
     RegisterNew(Box<WorkerRecord>),
@@ -58,7 +58,7 @@ pub enum Request {
 
 /// An operation on a shard's part of the inference proxy.
 #[derive(Debug)]
-pub enum ProxyOp {
+pub(crate) enum ProxyOp {
     /// Healthy workers of a service on this shard, and whether any worker
     /// here (healthy or not) declares the service.
     Candidates(String),
@@ -73,7 +73,7 @@ pub enum ProxyOp {
 }
 
 #[derive(Debug)]
-pub enum ProxyReply {
+pub(crate) enum ProxyReply {
     /// Healthy workers, and whether any registered worker declares the service.
     Upstreams(Vec<crate::proxy::Upstream>, bool),
     Done,
@@ -81,7 +81,7 @@ pub enum ProxyReply {
 
 /// Healthy coverage on one shard.
 #[derive(Debug, Default, Clone)]
-pub struct Coverage {
+pub(crate) struct Coverage {
     pub per_service: HashMap<String, u32>,
     /// Healthy workers per tier (index = tier, 0 unused).
     pub per_tier: [u32; 5],
@@ -89,7 +89,7 @@ pub struct Coverage {
 
 impl Coverage {
     /// Adds another shard's coverage (a fold step for `map_reduce`).
-    pub fn merge(mut self, o: Coverage) -> Self {
+    pub(crate) fn merge(mut self, o: Coverage) -> Self {
         for (k, v) in o.per_service {
             *self.per_service.entry(k).or_default() += v;
         }
@@ -103,7 +103,7 @@ impl Coverage {
 /// One shard's worker listing: `items` is a comma-separated run of JSON
 /// objects (no brackets), ready to be spliced into an array.
 #[derive(Debug, Default)]
-pub struct Listing {
+pub(crate) struct Listing {
     pub items: bytes::Bytes,
     pub count: usize,
     /// Healthy workers among those this shard looked at.
@@ -115,7 +115,7 @@ pub struct Listing {
 impl Listing {
     /// Adds another shard's counts and keeps the less loaded `best`; the
     /// items are the caller's to splice (see the worker list handlers).
-    pub fn merge(mut self, o: Listing) -> Self {
+    pub(crate) fn merge(mut self, o: Listing) -> Self {
         self.count += o.count;
         self.healthy += o.healthy;
         if let Some((load, rec)) = o.best {
@@ -129,7 +129,7 @@ impl Listing {
 
 /// Aggregates for stats / health / services / gaps, mergeable by addition.
 #[derive(Debug, Default, Clone)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub total: u64,
     pub healthy: u64,
     pub stale: u64,
@@ -145,7 +145,7 @@ pub struct Summary {
 
 impl Summary {
     /// Adds another shard's summary (a fold step for `map_reduce`).
-    pub fn merge(mut self, o: Summary) -> Self {
+    pub(crate) fn merge(mut self, o: Summary) -> Self {
         self.total += o.total;
         self.healthy += o.healthy;
         self.stale += o.stale;
@@ -165,7 +165,7 @@ impl Summary {
 }
 
 #[derive(Debug)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// Register: whether it replaced an existing record.
     Registered {
         replaced: bool,
@@ -189,7 +189,7 @@ pub enum Reply {
 }
 
 /// A request travelling to another shard.
-pub struct Envelope {
+pub(crate) struct Envelope {
     pub request: Request,
     pub reply: oneshot::Sender<Reply>,
 }
@@ -198,7 +198,7 @@ pub struct Envelope {
 /// different one is a bug, reported as an error rather than a panic.
 macro_rules! accessor {
     ($name:ident, $variant:ident, $ty:ty) => {
-        pub fn $name(self) -> Result<$ty, super::ShardError> {
+        pub(crate) fn $name(self) -> Result<$ty, super::ShardError> {
             match self {
                 Reply::$variant(v) => Ok(v),
                 _ => Err(super::ShardError::Unexpected(stringify!($variant))),
@@ -211,7 +211,7 @@ macro_rules! accessor {
 /// names the answer it expects and never matches on a reply itself.
 macro_rules! task_accessor {
     ($name:ident, $variant:ident, $ty:ty) => {
-        pub fn $name(self) -> Result<$ty, super::ShardError> {
+        pub(crate) fn $name(self) -> Result<$ty, super::ShardError> {
             match self {
                 Reply::Task(TaskReply::$variant(v)) => Ok(v),
                 _ => Err(super::ShardError::Unexpected(stringify!($variant))),
@@ -236,7 +236,9 @@ impl Reply {
     accessor!(metrics, Metrics, Box<MetricsSnapshot>);
 
     /// Candidates: the healthy upstreams and whether the service is declared.
-    pub fn upstreams(self) -> Result<(Vec<crate::proxy::Upstream>, bool), super::ShardError> {
+    pub(crate) fn upstreams(
+        self,
+    ) -> Result<(Vec<crate::proxy::Upstream>, bool), super::ShardError> {
         match self {
             Reply::Proxy(ProxyReply::Upstreams(u, declared)) => Ok((u, declared)),
             _ => Err(super::ShardError::Unexpected("Upstreams")),
@@ -244,14 +246,14 @@ impl Reply {
     }
 
     /// A proxy state change was applied.
-    pub fn done(self) -> Result<(), super::ShardError> {
+    pub(crate) fn done(self) -> Result<(), super::ShardError> {
         match self {
             Reply::Proxy(ProxyReply::Done) => Ok(()),
             _ => Err(super::ShardError::Unexpected("Done")),
         }
     }
 
-    pub fn registered(self) -> Result<bool, super::ShardError> {
+    pub(crate) fn registered(self) -> Result<bool, super::ShardError> {
         match self {
             Reply::Registered { replaced } => Ok(replaced),
             Reply::AtCapacity => Err(super::ShardError::AtCapacity),

@@ -55,7 +55,7 @@ impl Registry {
         self.workers.is_empty()
     }
 
-    pub fn get(&self, id: &str) -> Option<&WorkerRecord> {
+    pub(crate) fn get(&self, id: &str) -> Option<&WorkerRecord> {
         self.workers.get(id)
     }
 
@@ -63,17 +63,17 @@ impl Registry {
         self.workers.values()
     }
 
-    pub fn tasks_completed(&self) -> u64 {
+    pub(crate) fn tasks_completed(&self) -> u64 {
         self.tasks_completed
     }
 
     /// Service name -> ids of the workers indexed under it.
-    pub fn service_index(&self) -> impl Iterator<Item = (&str, &HashSet<String, Hasher>)> {
+    pub(crate) fn service_index(&self) -> impl Iterator<Item = (&str, &HashSet<String, Hasher>)> {
         self.by_service.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     /// The records of the workers indexed under `service`.
-    pub fn service_workers<'a>(
+    pub(crate) fn service_workers<'a>(
         &'a self,
         service: &str,
     ) -> impl Iterator<Item = &'a WorkerRecord> + 'a {
@@ -84,7 +84,7 @@ impl Registry {
     }
 
     /// Changes with every mutation of the registry.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
@@ -172,7 +172,7 @@ impl Registry {
 
     /// Re-judges every worker's place in the coverage counts by the clock
     /// (staleness); called on each sweep.
-    pub fn refresh_coverage(&mut self, now: Instant, live: &Liveness) {
+    pub(crate) fn refresh_coverage(&mut self, now: Instant, live: &Liveness) {
         let flips: Vec<(String, bool)> = self
             .workers
             .values()
@@ -188,13 +188,13 @@ impl Registry {
 
     /// Puts back a record read from the database at startup, counting its
     /// completed tasks into the shard's total.
-    pub fn restore(&mut self, rec: WorkerRecord) {
+    pub(crate) fn restore(&mut self, rec: WorkerRecord) {
         self.tasks_completed += rec.tasks_completed;
         self.insert(rec);
     }
 
     /// Removes a worker and every index entry naming it.
-    pub fn remove(&mut self, id: &str) -> Option<WorkerRecord> {
+    pub(crate) fn remove(&mut self, id: &str) -> Option<WorkerRecord> {
         self.set_counted(id, false);
         let rec = self.workers.remove(id)?;
         self.changed(id);
@@ -310,7 +310,7 @@ impl Registry {
     }
 
     /// Removes workers silent for longer than `worker_timeout`; returns their ids.
-    pub fn sweep(&mut self, now: Instant, live: &Liveness) -> Vec<String> {
+    pub(crate) fn sweep(&mut self, now: Instant, live: &Liveness) -> Vec<String> {
         let dead: Vec<String> = self
             .workers
             .values()
@@ -324,7 +324,7 @@ impl Registry {
     }
 
     /// Counts a completed task; false when the worker is unknown.
-    pub fn complete_task(&mut self, id: &str) -> bool {
+    pub(crate) fn complete_task(&mut self, id: &str) -> bool {
         self.changed(id);
         match self.workers.get_mut(id) {
             Some(w) => {

@@ -33,7 +33,11 @@ pub struct Gauges {
 }
 
 /// The families of one scrape, in the order they are exposed.
-pub fn families(route_names: &[&str], shards: &[MetricsSnapshot], g: &Gauges) -> Vec<MetricFamily> {
+pub(crate) fn families(
+    route_names: &[&str],
+    shards: &[MetricsSnapshot],
+    g: &Gauges,
+) -> Vec<MetricFamily> {
     // `coordinator_workers_total` and `coordinator_services_total` are
     // gauges with a counter's suffix, kept for compatibility (docs/api.md);
     // `.ci/promtool` accepts exactly these two findings.

@@ -44,11 +44,11 @@
 //! timestamps and reported load, never a worker (registrations are durable
 //! before their reply). See `docs/persistence.md`.
 
-pub mod recovery;
+pub(crate) mod recovery;
 mod schema;
 mod stats;
-pub mod task;
-pub mod worker;
+pub(crate) mod task;
+pub(crate) mod worker;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -61,13 +61,13 @@ use futures::channel::oneshot;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 pub use schema::SCHEMA_VERSION;
+pub(crate) use stats::StoreSnapshot;
 use stats::WriterStats;
-pub use stats::{StoreSnapshot, BATCH_BUCKETS};
 
 /// Most operations written in one transaction; the rest wait for the next.
-pub const MAX_BATCH_OPS: usize = 4096;
+pub(crate) const MAX_BATCH_OPS: usize = 4096;
 /// How often a writer with failed operations tries them again.
-pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// When a commit reaches the disk (`PRAGMA synchronous` in WAL mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -134,7 +134,7 @@ pub enum StoreError {
 
 /// One durable mutation.
 #[derive(Debug, Clone)]
-pub enum Op {
+pub(crate) enum Op {
     /// Insert or replace a worker row. `heartbeat_us` and `state` are the
     /// record's own values, so a newer registration supersedes older
     /// coalesced heartbeat columns.
@@ -186,15 +186,15 @@ pub(crate) struct Msg {
 }
 
 /// Resolves when the writer has committed (or failed to commit) a batch.
-pub struct Ack(Option<oneshot::Receiver<Result<(), StoreError>>>);
+pub(crate) struct Ack(Option<oneshot::Receiver<Result<(), StoreError>>>);
 
 impl Ack {
     /// An ack for nothing (no operations): resolves at once.
-    pub fn done() -> Ack {
+    pub(crate) fn done() -> Ack {
         Ack(None)
     }
 
-    pub async fn wait(self) -> Result<(), StoreError> {
+    pub(crate) async fn wait(self) -> Result<(), StoreError> {
         match self.0 {
             None => Ok(()),
             Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
@@ -204,7 +204,7 @@ impl Ack {
 
 /// What was in the database at startup.
 #[derive(Debug, Default)]
-pub struct Recovered {
+pub(crate) struct Recovered {
     pub workers: Vec<RecoveredWorker>,
     pub tasks: Vec<RecoveredTask>,
     /// Admin pins: (key, JSON list of worker ids).
@@ -213,7 +213,7 @@ pub struct Recovered {
 }
 
 #[derive(Debug)]
-pub struct RecoveredWorker {
+pub(crate) struct RecoveredWorker {
     pub id: String,
     pub record: String,
     /// Coalesced heartbeat columns, newer than `record` when set.
@@ -222,7 +222,7 @@ pub struct RecoveredWorker {
 }
 
 #[derive(Debug)]
-pub struct RecoveredTask {
+pub(crate) struct RecoveredTask {
     pub id: String,
     pub owner_key: String,
     pub body: String,
@@ -230,19 +230,19 @@ pub struct RecoveredTask {
 
 /// Handle on the writer: cheap to clone, one per shard.
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Store {
     tx: Sender<Msg>,
     stats: Arc<Mutex<WriterStats>>,
     path: Arc<PathBuf>,
 }
 
 /// The writer thread; join it after every [`Store`] handle is dropped.
-pub struct Writer(Option<JoinHandle<()>>);
+pub(crate) struct Writer(Option<JoinHandle<()>>);
 
 impl Writer {
     /// Waits until the writer has drained its queue and closed the file;
     /// call [`Store::close`] first.
-    pub fn join(mut self) {
+    pub(crate) fn join(mut self) {
         if let Some(h) = self.0.take() {
             if h.join().is_err() {
                 tracing::error!("database writer thread panicked");
@@ -254,7 +254,10 @@ impl Writer {
 impl Store {
     /// Opens (creating it and its directory if needed) and locks the
     /// database, migrates it, reads everything back, and starts the writer.
-    pub fn open(path: &Path, sync: SyncMode) -> Result<(Store, Writer, Recovered), StoreError> {
+    pub(crate) fn open(
+        path: &Path,
+        sync: SyncMode,
+    ) -> Result<(Store, Writer, Recovered), StoreError> {
         let started = Instant::now();
         let conn = open_connection(path, sync)?;
         let mut recovered = schema::read_all(&conn).map_err(|e| classify(path, e))?;
@@ -279,12 +282,12 @@ impl Store {
         Ok((store, Writer(Some(handle)), recovered))
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Makes `ops` durable together; await the ack before replying.
-    pub fn submit(&self, ops: Vec<Op>) -> Ack {
+    pub(crate) fn submit(&self, ops: Vec<Op>) -> Ack {
         if ops.is_empty() {
             return Ack::done();
         }
@@ -300,7 +303,7 @@ impl Store {
     }
 
     /// Queues `ops` without waiting for them (coalesced heartbeats, sweeps).
-    pub fn submit_nowait(&self, ops: Vec<Op>) {
+    pub(crate) fn submit_nowait(&self, ops: Vec<Op>) {
         if !ops.is_empty() {
             let _ = self.tx.send(Msg {
                 ops,
@@ -312,7 +315,7 @@ impl Store {
 
     /// Asks the writer to finish what is queued and stop. Call it after
     /// the last mutation; later submissions fail with `Closed`.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let _ = self.tx.send(Msg {
             ops: Vec::new(),
             ack: None,
@@ -323,7 +326,7 @@ impl Store {
     /// The writer's figures for a metrics scrape. The writer updates them
     /// once per batch under a mutex only it and scrapes touch, so no request
     /// path ever waits on it.
-    pub fn snapshot(&self) -> StoreSnapshot {
+    pub(crate) fn snapshot(&self) -> StoreSnapshot {
         let stats = match self.stats.lock() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),

@@ -18,7 +18,7 @@ use crate::tasks::Task;
 
 /// What one shard starts with.
 #[derive(Debug, Default)]
-pub struct ShardSlice {
+pub(crate) struct ShardSlice {
     pub workers: Vec<WorkerRecord>,
     /// In first-stored order.
     pub tasks: Vec<Task>,
@@ -26,14 +26,14 @@ pub struct ShardSlice {
 }
 
 /// Handed to every shard at start: the store handle and its slice.
-pub struct Boot {
+pub(crate) struct Boot {
     pub store: Option<Store>,
     slices: Mutex<Vec<Option<ShardSlice>>>,
 }
 
 impl Boot {
     /// No database: every shard starts empty.
-    pub fn in_memory() -> Arc<Boot> {
+    pub(crate) fn in_memory() -> Arc<Boot> {
         Arc::new(Boot {
             store: None,
             slices: Mutex::new(Vec::new()),
@@ -43,7 +43,7 @@ impl Boot {
     /// Rebuilds records and splits them over `shards` shards. Workers whose
     /// last heartbeat is older than `worker_timeout` are not restored (the
     /// sweeper would remove them at once); their rows are deleted.
-    pub fn recover(
+    pub(crate) fn recover(
         store: Store,
         rec: Recovered,
         shards: usize,
@@ -98,7 +98,7 @@ impl Boot {
     }
 
     /// Shard `id`'s slice (once; empty afterwards or without a database).
-    pub fn take(&self, id: usize) -> ShardSlice {
+    pub(crate) fn take(&self, id: usize) -> ShardSlice {
         let mut g = match self.slices.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),

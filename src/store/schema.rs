@@ -54,7 +54,7 @@ fn err(path: &Path, e: rusqlite::Error) -> StoreError {
 }
 
 /// Brings the database to [`SCHEMA_VERSION`].
-pub fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+pub(super) fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     migrate_to(conn, path, SCHEMA_VERSION)
 }
 
@@ -104,7 +104,7 @@ pub(crate) fn migrate_to(conn: &Connection, path: &Path, target: i64) -> Result<
 }
 
 /// Reads every worker and task (tasks in first-insertion order).
-pub fn read_all(conn: &Connection) -> rusqlite::Result<Recovered> {
+pub(super) fn read_all(conn: &Connection) -> rusqlite::Result<Recovered> {
     let mut out = Recovered::default();
     let mut stmt =
         conn.prepare("SELECT worker_id, record, last_heartbeat_us, state FROM workers")?;

@@ -15,12 +15,12 @@ use crate::metrics::{
 };
 
 /// Upper bounds of the batch-size buckets (operations per transaction).
-pub const BATCH_BUCKETS: [f64; 13] = [
+pub(crate) const BATCH_BUCKETS: [f64; 13] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
 ];
 
 #[derive(Debug, Clone)]
-pub struct WriterStats {
+pub(crate) struct WriterStats {
     pub path: PathBuf,
     /// Transactions committed.
     pub commits: u64,
@@ -37,7 +37,7 @@ pub struct WriterStats {
 }
 
 impl WriterStats {
-    pub fn new(path: &Path) -> Self {
+    pub(crate) fn new(path: &Path) -> Self {
         let mut s = Self {
             path: path.to_path_buf(),
             commits: 0,
@@ -52,13 +52,13 @@ impl WriterStats {
         s
     }
 
-    pub fn commit_latency(&mut self, d: Duration) {
+    pub(crate) fn commit_latency(&mut self, d: Duration) {
         self.commit_seconds.observe(d);
     }
 }
 
 /// Bytes the database occupies: the file and its write-ahead log.
-pub fn disk_bytes(path: &Path) -> u64 {
+pub(super) fn disk_bytes(path: &Path) -> u64 {
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
@@ -67,7 +67,7 @@ pub fn disk_bytes(path: &Path) -> u64 {
 
 /// What a scrape reads.
 #[derive(Debug, Clone)]
-pub struct StoreSnapshot {
+pub(crate) struct StoreSnapshot {
     /// Batches queued for the writer right now.
     pub queue_depth: u64,
     pub stats: WriterStats,
@@ -75,7 +75,7 @@ pub struct StoreSnapshot {
 
 impl StoreSnapshot {
     /// The store's families of a scrape.
-    pub fn families(&self) -> [MetricFamily; 8] {
+    pub(crate) fn families(&self) -> [MetricFamily; 8] {
         let s = &self.stats;
         [
             gauge(
@@ -122,7 +122,7 @@ impl StoreSnapshot {
     }
 
     /// Appends the store's metrics in the Prometheus text format.
-    pub fn encode(&self, out: &mut String) {
+    pub(crate) fn encode(&self, out: &mut String) {
         out.push_str(&encode_text(&self.families()));
     }
 }

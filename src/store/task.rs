@@ -53,7 +53,7 @@ struct Row<'a> {
 }
 
 /// The operation that stores `t` (insert, or update in place).
-pub fn put_op(t: &Task) -> Op {
+pub(crate) fn put_op(t: &Task) -> Op {
     let row = Row {
         id: Cow::Borrowed(&t.id),
         task_type: Cow::Borrowed(&t.task_type),
@@ -85,7 +85,7 @@ pub fn put_op(t: &Task) -> Op {
 
 /// The operation that makes a task change durable: the task's new row, or
 /// its deletion when it left memory (retention).
-pub fn event_op(ev: &TaskEvent<'_>) -> Op {
+pub(crate) fn event_op(ev: &TaskEvent<'_>) -> Op {
     match ev.kind {
         EventKind::Evicted => Op::DeleteTask {
             id: ev.task.id.clone(),
@@ -96,7 +96,7 @@ pub fn event_op(ev: &TaskEvent<'_>) -> Op {
 
 /// Rebuilds a task; the lease deadline keeps its wall-clock distance from
 /// `wall`, placed relative to `now` (a deadline in the past is `now`).
-pub fn restore(row: &RecoveredTask, now: Instant, wall: SystemTime) -> Result<Task, String> {
+pub(crate) fn restore(row: &RecoveredTask, now: Instant, wall: SystemTime) -> Result<Task, String> {
     let r: Row = serde_json::from_str(&row.body)
         .map_err(|e| format!("task row {:?} cannot be decoded: {e}", row.id))?;
     if r.id != row.id {
@@ -146,7 +146,7 @@ pub fn restore(row: &RecoveredTask, now: Instant, wall: SystemTime) -> Result<Ta
 }
 
 /// Stores a pin (`workers` non-empty) or removes it.
-pub fn pin_op(key: &str, workers: Option<&[String]>) -> Op {
+pub(crate) fn pin_op(key: &str, workers: Option<&[String]>) -> Op {
     match workers {
         Some(w) if !w.is_empty() => Op::PutPin {
             key: key.to_string(),
@@ -159,7 +159,7 @@ pub fn pin_op(key: &str, workers: Option<&[String]>) -> Op {
 }
 
 /// Decodes a pin row's worker list.
-pub fn pin_workers(key: &str, workers: &str) -> Result<Vec<String>, String> {
+pub(crate) fn pin_workers(key: &str, workers: &str) -> Result<Vec<String>, String> {
     serde_json::from_str(workers).map_err(|e| format!("pin {key:?} cannot be decoded: {e}"))
 }
 

@@ -16,14 +16,14 @@ use crate::model::worker::{ContainerConfig, ReportedState, ServiceConfig, Worker
 use crate::model::WorkerType;
 
 /// Microseconds since the Unix epoch (negative before it).
-pub fn to_us(t: SystemTime) -> i64 {
+pub(crate) fn to_us(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_micros().min(i64::MAX as u128) as i64,
         Err(e) => -(e.duration().as_micros().min(i64::MAX as u128) as i64),
     }
 }
 
-pub fn from_us(us: i64) -> SystemTime {
+pub(crate) fn from_us(us: i64) -> SystemTime {
     if us >= 0 {
         UNIX_EPOCH + Duration::from_micros(us as u64)
     } else {
@@ -84,7 +84,7 @@ fn state_json(st: &ReportedState) -> String {
 }
 
 /// The operation that stores `rec` (insert or replace).
-pub fn put_op(rec: &WorkerRecord) -> Op {
+pub(crate) fn put_op(rec: &WorkerRecord) -> Op {
     let row = RowRef {
         worker_id: &rec.worker_id,
         worker_type: rec.worker_type,
@@ -112,7 +112,7 @@ pub fn put_op(rec: &WorkerRecord) -> Op {
 }
 
 /// The coalesced heartbeat of `rec`: its last heartbeat time and state.
-pub fn heartbeat_op(rec: &WorkerRecord) -> Op {
+pub(crate) fn heartbeat_op(rec: &WorkerRecord) -> Op {
     Op::Heartbeat {
         id: rec.worker_id.clone(),
         heartbeat_us: to_us(rec.last_heartbeat_at),
@@ -121,7 +121,7 @@ pub fn heartbeat_op(rec: &WorkerRecord) -> Op {
 }
 
 /// Wall-clock age of a heartbeat at `wall` (zero if the clock went back).
-pub fn age_at(last_heartbeat: SystemTime, wall: SystemTime) -> Duration {
+pub(crate) fn age_at(last_heartbeat: SystemTime, wall: SystemTime) -> Duration {
     wall.duration_since(last_heartbeat).unwrap_or_default()
 }
 
@@ -130,7 +130,7 @@ pub fn age_at(last_heartbeat: SystemTime, wall: SystemTime) -> Duration {
 /// booted more recently than that (the monotonic clock cannot go back that
 /// far) does the worker count from `now`; callers drop workers older than
 /// the removal timeout before that can matter.
-pub fn restore(
+pub(crate) fn restore(
     w: &RecoveredWorker,
     now: Instant,
     wall: SystemTime,

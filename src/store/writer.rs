@@ -16,7 +16,7 @@ use super::{Msg, Op, StoreError, MAX_BATCH_OPS, RETRY_INTERVAL};
 /// Minimum time between two `stat`s of the database files.
 const SIZE_EVERY: Duration = Duration::from_secs(1);
 
-pub fn run(mut conn: Connection, rx: Receiver<Msg>, stats: Arc<Mutex<WriterStats>>) {
+pub(super) fn run(mut conn: Connection, rx: Receiver<Msg>, stats: Arc<Mutex<WriterStats>>) {
     let path = lock(&stats).path.clone();
     // Operations whose commit failed, oldest first. They are already in
     // memory (and their callers got an error), so they are written again

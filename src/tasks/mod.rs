@@ -17,8 +17,8 @@
 //!
 //! Semantics (at-least-once delivery, leases, retries) are in docs/tasks.md.
 
-pub mod scrape;
-pub mod table;
+pub(crate) mod scrape;
+pub(crate) mod table;
 pub mod task;
 
 use std::time::Duration;
@@ -28,15 +28,16 @@ use serde_json::Value;
 
 use crate::model::truthy;
 use crate::model::worker::WorkerRecord;
-pub use table::{
-    CompleteError, Completion, EventKind, Filter, Outcome, TaskCounters, TaskEvent, TaskListing,
-    TaskTable,
+pub(crate) use table::{
+    CompleteError, Completion, EventKind, Filter, TaskCounters, TaskEvent, TaskListing,
 };
-pub use task::{Lease, Target, Task, TaskState};
+pub use table::{Outcome, TaskTable};
+pub(crate) use task::{Lease, TaskState};
+pub use task::{Target, Task};
 
 /// A task operation, run on the shard that owns the queue or task.
 #[derive(Debug)]
-pub enum TaskOp {
+pub(crate) enum TaskOp {
     /// Queue a task. A worker-targeted task is refused when the worker is
     /// unknown (it runs on the worker's owner shard, so this is exact).
     Submit(Box<Task>),
@@ -69,7 +70,7 @@ pub enum TaskOp {
 }
 
 #[derive(Debug)]
-pub enum TaskReply {
+pub(crate) enum TaskReply {
     /// Submit: false when the target worker is unknown.
     Submitted(bool),
     Keys(Option<Vec<String>>),
@@ -83,7 +84,7 @@ pub enum TaskReply {
 
 /// The queues a worker takes work from, in priority order: its own, then
 /// its services', then its truthy capabilities'.
-pub fn pull_keys(w: &WorkerRecord) -> Vec<String> {
+pub(crate) fn pull_keys(w: &WorkerRecord) -> Vec<String> {
     let mut keys = vec![task::worker_key(&w.worker_id)];
     let mut services: Vec<&str> = w.index_keys().into_iter().collect();
     services.sort_unstable();
@@ -101,7 +102,7 @@ pub fn pull_keys(w: &WorkerRecord) -> Vec<String> {
 
 /// How often a shard looks for expired leases: a small fraction of the
 /// lease, so expiry lags the deadline by little, bounded both ways.
-pub fn expiry_interval(lease: Duration) -> Duration {
+pub(crate) fn expiry_interval(lease: Duration) -> Duration {
     (lease / 8).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 

@@ -11,11 +11,13 @@ use crate::metrics::{by_shard, counter, gauge, label, MetricFamily, Series};
 
 /// One shard's part: (shard id, its counters, its non-empty queues as
 /// (queue key, queued tasks)).
-pub type TaskShard<'a> = (usize, &'a TaskCounters, &'a [(String, u64)]);
+pub(crate) type TaskShard<'a> = (usize, &'a TaskCounters, &'a [(String, u64)]);
 
 /// `coordinator_tasks`, `coordinator_task_queue_depth`,
 /// `coordinator_task_events_total` and `coordinator_task_waiters`.
-pub fn families<'a>(shards: impl IntoIterator<Item = TaskShard<'a>> + Clone) -> [MetricFamily; 4] {
+pub(crate) fn families<'a>(
+    shards: impl IntoIterator<Item = TaskShard<'a>> + Clone,
+) -> [MetricFamily; 4] {
     let counters = || shards.clone().into_iter().map(|(_, c, _)| c);
     let by_state: Series = TaskState::ALL
         .iter()

@@ -24,7 +24,7 @@ type Hasher = ahash::RandomState;
 
 /// Why a task changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
+pub(crate) enum EventKind {
     Submitted,
     Leased,
     /// Lease deadline pushed out (heartbeat progress).
@@ -46,14 +46,14 @@ pub enum EventKind {
 
 /// A state change, as the persistence hook sees it.
 #[derive(Debug)]
-pub struct TaskEvent<'a> {
+pub(crate) struct TaskEvent<'a> {
     pub kind: EventKind,
     pub task: &'a Task,
 }
 
 /// Receives every event; must not block (the store's writer thread is fed
 /// through a non-blocking channel).
-pub type EventSink = Box<dyn FnMut(&TaskEvent<'_>)>;
+pub(crate) type EventSink = Box<dyn FnMut(&TaskEvent<'_>)>;
 
 /// What a worker reports.
 #[derive(Debug, Clone)]
@@ -73,7 +73,7 @@ pub enum CompleteError {
 /// The answer to a completion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
-    pub state: TaskState,
+    pub(crate) state: TaskState,
     /// The same worker had already reported this outcome.
     pub duplicate: bool,
 }
@@ -96,7 +96,7 @@ pub struct TaskCounters {
 
 /// Admin listing filter.
 #[derive(Debug, Clone, Default)]
-pub struct Filter {
+pub(crate) struct Filter {
     pub state: Option<TaskState>,
     pub service: Option<String>,
     pub worker: Option<String>,
@@ -105,7 +105,7 @@ pub struct Filter {
 
 /// One shard's part of an admin listing.
 #[derive(Debug, Default)]
-pub struct TaskListing {
+pub(crate) struct TaskListing {
     pub tasks: Vec<Value>,
     /// Matching tasks, before the limit.
     pub matched: u64,
@@ -117,7 +117,7 @@ pub struct TaskListing {
 impl TaskListing {
     /// Adds another shard's part (unsorted, unlimited: the caller sorts
     /// and cuts the merged whole).
-    pub fn merge(mut self, o: TaskListing) -> Self {
+    pub(crate) fn merge(mut self, o: TaskListing) -> Self {
         self.tasks.extend(o.tasks);
         self.matched += o.matched;
         for (a, b) in self.counts.iter_mut().zip(o.counts) {
@@ -163,15 +163,15 @@ impl TaskTable {
     }
 
     /// Installs the hook that sees every state change.
-    pub fn set_sink(&mut self, sink: EventSink) {
+    pub(crate) fn set_sink(&mut self, sink: EventSink) {
         self.sink = Some(sink);
     }
 
-    pub fn get(&self, id: &str) -> Option<&Task> {
+    pub(crate) fn get(&self, id: &str) -> Option<&Task> {
         self.tasks.get(id)
     }
 
-    pub fn counters(&self) -> TaskCounters {
+    pub(crate) fn counters(&self) -> TaskCounters {
         let mut c = self.counters.clone();
         c.waiters = self.waiters.values().filter(|w| !w.is_canceled()).count() as u64;
         c
@@ -261,7 +261,7 @@ impl TaskTable {
     /// any other (requeued, or dead-lettered on the last attempt), and the
     /// retention limit applies; both publish their events as usual. Returns
     /// how many leases were expired.
-    pub fn restore(&mut self, tasks: Vec<Task>, now: Instant) -> usize {
+    pub(crate) fn restore(&mut self, tasks: Vec<Task>, now: Instant) -> usize {
         let mut finished = Vec::new();
         for task in tasks {
             let id = task.id.clone();
@@ -305,7 +305,7 @@ impl TaskTable {
 
     /// Drops waiters whose long-poll went away (client disconnected or
     /// answered from another shard) and the index entries of gone waiters.
-    pub fn prune_waiters(&mut self) {
+    pub(crate) fn prune_waiters(&mut self) {
         self.waiters.retain(|_, w| !w.is_canceled());
         let live = &self.waiters;
         self.by_key.retain(|_, ids| {
@@ -373,7 +373,13 @@ impl TaskTable {
 
     /// Pushes out the lease of `id` held by `worker`; false when `worker`
     /// does not hold a live lease on it.
-    pub fn extend(&mut self, id: &str, worker: &str, lease_for: Duration, now: Instant) -> bool {
+    pub(crate) fn extend(
+        &mut self,
+        id: &str,
+        worker: &str,
+        lease_for: Duration,
+        now: Instant,
+    ) -> bool {
         let Some(t) = self.tasks.get_mut(id) else {
             return false;
         };
@@ -398,7 +404,7 @@ impl TaskTable {
     /// the task goes back to the front of its queue as if the lease had not
     /// happened (its attempt is not counted). False when `worker` does not
     /// hold a lease on it.
-    pub fn release(&mut self, id: &str, worker: &str) -> bool {
+    pub(crate) fn release(&mut self, id: &str, worker: &str) -> bool {
         let Some(t) = self.tasks.get_mut(id) else {
             return false;
         };
@@ -418,7 +424,7 @@ impl TaskTable {
     }
 
     /// Requeues (or dead-letters) every task whose lease ended by `now`.
-    pub fn expire(&mut self, now: Instant) {
+    pub(crate) fn expire(&mut self, now: Instant) {
         while let Some((deadline, id)) = self.leases.first().cloned() {
             if deadline > now {
                 break;
@@ -546,7 +552,7 @@ impl TaskTable {
     }
 
     /// Tasks matching `f` (newest first, up to `f.limit`) plus counts.
-    pub fn list(&self, f: &Filter) -> TaskListing {
+    pub(crate) fn list(&self, f: &Filter) -> TaskListing {
         let mut out = TaskListing {
             counts: self.counters.by_state,
             ..Default::default()
@@ -578,7 +584,7 @@ impl TaskTable {
     }
 
     /// Queued tasks per queue key (for metrics).
-    pub fn queue_depths(&self) -> Vec<(String, u64)> {
+    pub(crate) fn queue_depths(&self) -> Vec<(String, u64)> {
         self.queues
             .iter()
             .filter(|(_, q)| !q.is_empty())
@@ -594,7 +600,7 @@ fn wall(t: SystemTime) -> String {
 /// What a worker receives from `GET /api/worker/tasks`. Carries the
 /// broadcast-era names (`job_type`, `job_data`) next to the new ones so
 /// agents written against either find their fields.
-pub fn delivery_view(t: &Task, lease_for: Duration) -> Value {
+pub(crate) fn delivery_view(t: &Task, lease_for: Duration) -> Value {
     json!({
         "task_id": t.id,
         "type": t.task_type,
@@ -611,7 +617,7 @@ pub fn delivery_view(t: &Task, lease_for: Duration) -> Value {
 }
 
 /// The full record (`GET /api/tasks/{id}`, admin).
-pub fn task_view(t: &Task) -> Value {
+pub(crate) fn task_view(t: &Task) -> Value {
     json!({
         "task_id": t.id,
         "type": t.task_type,

@@ -17,7 +17,7 @@ use crate::model::placement::placement_hash;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TaskState {
+pub(crate) enum TaskState {
     Queued,
     Leased,
     Completed,
@@ -29,7 +29,7 @@ pub enum TaskState {
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 5] = [
+    pub(crate) const ALL: [TaskState; 5] = [
         TaskState::Queued,
         TaskState::Leased,
         TaskState::Completed,
@@ -37,7 +37,7 @@ impl TaskState {
         TaskState::Dead,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TaskState::Queued => "queued",
             TaskState::Leased => "leased",
@@ -47,15 +47,15 @@ impl TaskState {
         }
     }
 
-    pub fn parse(s: &str) -> Option<TaskState> {
+    pub(crate) fn parse(s: &str) -> Option<TaskState> {
         TaskState::ALL.into_iter().find(|t| t.as_str() == s)
     }
 
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 
-    pub fn is_terminal(self) -> bool {
+    pub(crate) fn is_terminal(self) -> bool {
         matches!(
             self,
             TaskState::Completed | TaskState::Failed | TaskState::Dead
@@ -76,7 +76,7 @@ pub enum Target {
 
 impl Target {
     /// The queue's name, also the key of its waiter list.
-    pub fn queue_key(&self) -> String {
+    pub(crate) fn queue_key(&self) -> String {
         match self {
             Target::Worker(w) => worker_key(w),
             Target::Service(s) => service_key(s),
@@ -84,7 +84,7 @@ impl Target {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Target::Worker(_) => "worker",
             Target::Service(_) => "service",
@@ -92,7 +92,7 @@ impl Target {
         }
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Target::Worker(s) | Target::Service(s) | Target::Capability(s) => s,
         }
@@ -107,13 +107,13 @@ pub fn service_key(s: &str) -> String {
     format!("service:{s}")
 }
 
-pub fn capability_key(c: &str) -> String {
+pub(crate) fn capability_key(c: &str) -> String {
     format!("capability:{c}")
 }
 
 /// The placement hash of a queue key. A worker's queue hashes like the
 /// worker id itself, so it lands on the worker's owner shard.
-pub fn key_hash(queue_key: &str) -> u64 {
+pub(crate) fn key_hash(queue_key: &str) -> u64 {
     match queue_key.strip_prefix("worker:") {
         Some(id) => placement_hash(id),
         None => placement_hash(queue_key),
@@ -126,12 +126,12 @@ pub fn shard_of_key(queue_key: &str, shards: usize) -> usize {
 }
 
 /// A fresh task id for a task queued under `queue_key`.
-pub fn new_task_id(queue_key: &str) -> String {
+pub(crate) fn new_task_id(queue_key: &str) -> String {
     format!("t-{:016x}-{:016x}", key_hash(queue_key), fastrand::u64(..))
 }
 
 /// The shard holding task `id`; None when `id` is not one of ours.
-pub fn shard_of_task(id: &str, shards: usize) -> Option<usize> {
+pub(crate) fn shard_of_task(id: &str, shards: usize) -> Option<usize> {
     let rest = id.strip_prefix("t-")?;
     let (hash, tail) = rest.split_once('-')?;
     if hash.len() != 16 || tail.len() != 16 {
@@ -143,7 +143,7 @@ pub fn shard_of_task(id: &str, shards: usize) -> Option<usize> {
 }
 
 #[derive(Debug, Clone)]
-pub struct Lease {
+pub(crate) struct Lease {
     pub worker_id: String,
     pub deadline: Instant,
     pub deadline_wall: SystemTime,
@@ -155,11 +155,11 @@ pub struct Task {
     pub task_type: String,
     pub payload: Value,
     pub target: Target,
-    pub state: TaskState,
+    pub(crate) state: TaskState,
     /// Leases handed out so far (the current one included).
     pub attempts: u32,
     pub max_attempts: u32,
-    pub lease: Option<Lease>,
+    pub(crate) lease: Option<Lease>,
     /// Holder of the most recent lease, kept after it expires: a late
     /// completion from it is accepted until someone else leases the task.
     pub last_worker: Option<String>,

@@ -10,7 +10,7 @@ use super::{list_request, listing, put, put_items, summary};
 use crate::model::time::now_iso8601;
 use crate::shard::msg::ListKind;
 
-pub async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub(super) async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let (items, l) = listing(&ctx, list_request(ListKind::Admin)).await?;
     let mut out = Vec::with_capacity(items.array_len() + 64);
     out.push(b'{');
@@ -21,7 +21,7 @@ pub async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     Ok(json(StatusCode::OK, out))
 }
 
-pub async fn services(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub(super) async fn services(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let s = summary(&ctx).await?;
     let mut names: Vec<&String> = s.services.keys().collect();
     names.sort();
@@ -44,7 +44,7 @@ const TIER_KEYS: [(usize, &str); 3] = [
     (3, "data_workers"),
 ];
 
-pub async fn stats(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub(super) async fn stats(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let s = summary(&ctx).await?;
     let mut by_tier = serde_json::Map::new();
     let mut load = serde_json::Map::new();
@@ -68,7 +68,7 @@ pub async fn stats(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     Ok(json(StatusCode::OK, out.to_string().into_bytes()))
 }
 
-pub async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub(super) async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let s = summary(&ctx).await?;
     let gpu = s.tier_count[1] > 0;
     let service = s.tier_count[2] > 0;
@@ -83,7 +83,7 @@ pub async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     Ok(json(StatusCode::OK, out.to_string().into_bytes()))
 }
 
-pub async fn gaps(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub(super) async fn gaps(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let s = summary(&ctx).await?;
     let cfg = &ctx.shard.cfg;
     let mut critical = Vec::new();

@@ -24,7 +24,7 @@ struct Login {
 /// would only make the password hash work longer.
 const MAX_FIELD: usize = 1024;
 
-pub async fn login(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn login(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     // A login form is small: read at most 16 KiB whatever the body limit.
     let body = ctx.body_within(req, 16 << 10).await?;
     let l: Login = parse_object(&body)?;
@@ -44,7 +44,7 @@ pub async fn login(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, A
 
 /// Answers for the caller's credential (the guard has checked it): a
 /// token names its user; an API key has no username.
-pub async fn verify(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub(super) async fn verify(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let Some(role) = ctx.grant.role else {
         return Err(ApiError::InvalidToken);
     };

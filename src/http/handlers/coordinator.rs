@@ -13,7 +13,7 @@ use crate::model::time::now_iso8601;
 use crate::model::wire::BroadcastRequest;
 use crate::shard::msg::{BroadcastJob, ListKind, Reply, Request as ShardRequest};
 
-pub async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub(super) async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let (items, l) = listing(&ctx, list_request(ListKind::Healthy)).await?;
     let mut out = Vec::with_capacity(items.array_len() + 96);
     out.push(b'{');
@@ -24,7 +24,10 @@ pub async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     Ok(json(StatusCode::OK, out))
 }
 
-pub async fn broadcast(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn broadcast(
+    ctx: Ctx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let body = ctx.body(req).await?;
     let b: BroadcastRequest = parse_object(&body)?;
     let job = Arc::new(BroadcastJob {

@@ -147,7 +147,7 @@ async fn read_json_object(
 }
 
 /// `POST /api/inference/llm` -> worker `POST /v1/completions` (OpenAI style).
-pub async fn llm(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn llm(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let mut out = post_to(&ctx, req.headers(), "llm", "/v1/completions".into());
     let admin = is_admin(&ctx, req.headers());
     let o = read_json_object(&ctx, req).await?;
@@ -158,7 +158,7 @@ pub async fn llm(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Api
 }
 
 /// `POST /api/inference/vision` -> worker `POST /api/generate` (Ollama style).
-pub async fn vision(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn vision(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let mut out = post_to(&ctx, req.headers(), "ocr", "/api/generate".into());
     let admin = is_admin(&ctx, req.headers());
     let o = read_json_object(&ctx, req).await?;
@@ -199,7 +199,7 @@ fn query(params: &[(&str, Option<String>)]) -> String {
 }
 
 /// `POST /api/inference/rag/query?query=..&context=..` -> worker `POST /query?...`.
-pub async fn rag(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn rag(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = req.uri().query();
     let text = query_param(q, "query").ok_or_else(|| ApiError::field("query", "field required"))?;
     let qs = query(&[
@@ -211,7 +211,7 @@ pub async fn rag(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Api
 }
 
 /// `POST /api/inference/graph/extract?text=..` -> worker `POST /extract?text=..`.
-pub async fn graph(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn graph(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = req.uri().query();
     let text = query_param(q, "text").ok_or_else(|| ApiError::field("text", "field required"))?;
     let path = format!("/extract?{}", query(&[("text", Some(text))]));
@@ -225,7 +225,7 @@ pub async fn graph(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, A
 /// (`guard::normalise_path`: `.`/`..`, also as `%2e`, resolved; climbing
 /// above the service root, or an encoded `/` or `\`, is a 400), so it
 /// stays under the worker URL's prefix; the query passes unchanged.
-pub async fn service(
+pub(super) async fn service(
     ctx: Ctx,
     rest: String,
     req: Request<Incoming>,
@@ -272,7 +272,7 @@ pub async fn service(
 /// pins a service or a model to those workers (when any of them is a
 /// healthy candidate); DELETE `?service=..` or `?model=..` removes it.
 /// Pins are replicated to every shard.
-pub async fn pins(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn pins(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let method = req.method().clone();
     if method == Method::GET || method == Method::HEAD {
         return Ok(pins_view(&ctx));

@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::{Body, Ctx, Route};
 use crate::shard::msg::{ListKind, Listing, Reply, Request as ShardRequest, Summary};
 
-pub async fn handle(
+pub(super) async fn handle(
     ctx: Ctx,
     route: Route,
     param: Option<String>,

@@ -11,7 +11,7 @@ use crate::model::time::now_iso8601;
 use crate::shard::msg::{Reply, Request as ShardRequest};
 use crate::shard::scrape::{encode, Gauges};
 
-pub async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub(super) async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let s = summary(&ctx).await?;
     let cfg = &ctx.shard.cfg;
     let out = j!({
@@ -26,7 +26,7 @@ pub async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     Ok(json(StatusCode::OK, out.to_string().into_bytes()))
 }
 
-pub async fn metrics(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub(super) async fn metrics(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let snapshots = ctx.shard.map_reduce(
         || ShardRequest::Metrics,
         Reply::metrics,

@@ -10,7 +10,7 @@ use super::{listing, put, put_items, put_raw, summary};
 use crate::model::time::now_iso8601;
 use crate::shard::msg::Request as ShardRequest;
 
-pub async fn discover(ctx: Ctx, raw: String) -> Result<Response<Body>, ApiError> {
+pub(super) async fn discover(ctx: Ctx, raw: String) -> Result<Response<Body>, ApiError> {
     let name = percent_decode(&raw, false)
         .ok_or_else(|| ApiError::field("service", "invalid percent-encoding"))?;
     // Short names (llm, rag, ...) resolve through the catalog's aliases.
@@ -37,7 +37,7 @@ pub async fn discover(ctx: Ctx, raw: String) -> Result<Response<Body>, ApiError>
     Ok(json(StatusCode::OK, out))
 }
 
-pub async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub(super) async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let s = summary(&ctx).await?;
     let mut services = serde_json::Map::new();
     let mut available = 0;

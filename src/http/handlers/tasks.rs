@@ -66,7 +66,7 @@ fn str_field(o: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiEr
 }
 
 /// `POST /api/tasks` `{type, payload, worker_id | service | capability, max_attempts?}`.
-pub async fn submit(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn submit(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let cfg = &ctx.shard.cfg;
     let body = ctx.body(req).await?;
     let o: Map<String, Value> = parse_object(&body)?;
@@ -129,7 +129,7 @@ pub async fn submit(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, 
 }
 
 /// `GET /api/tasks/{id}`.
-pub async fn get(ctx: Ctx, raw: String) -> Result<Response<Body>, ApiError> {
+pub(super) async fn get(ctx: Ctx, raw: String) -> Result<Response<Body>, ApiError> {
     let id = super::super::request::percent_decode(&raw, false)
         .ok_or_else(|| ApiError::field("task_id", "invalid percent-encoding"))?;
     let not_found = || ApiError::NotFound("Task not found".into());
@@ -141,7 +141,10 @@ pub async fn get(ctx: Ctx, raw: String) -> Result<Response<Body>, ApiError> {
 }
 
 /// `GET /api/admin/tasks?state=&service=&worker=&limit=`: merged from every shard.
-pub async fn admin_list(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn admin_list(
+    ctx: Ctx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let q = req.uri().query();
     let state = match query_param(q, "state") {
         Some(s) => Some(TaskState::parse(&s).ok_or_else(|| {
@@ -238,7 +241,7 @@ pub(crate) fn clamp_seconds(s: &str, max: Duration) -> Option<Duration> {
 /// handler then sleeps on those waiters (no polling) until one fires or the
 /// deadline passes, and asks again. If the client goes away, hyper drops
 /// this future: the waiters' receivers go with it, and nothing was leased.
-pub async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let cfg = &ctx.shard.cfg;
     let q = req.uri().query();
     let worker_id = query_param(q, "worker_id")
@@ -336,7 +339,7 @@ pub async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, Ap
 ///
 /// `status: "failed"` reports a failure: the task is retried while attempts
 /// remain (unless `retry: false`), else it ends `failed`.
-pub async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = req.uri().query().map(str::to_string);
     let q = q.as_deref();
     let q_worker = query_param(q, "worker_id");
@@ -426,7 +429,11 @@ async fn release(ctx: &Ctx, worker_id: &str, ids: Vec<String>) {
 /// Heartbeat progress: extends the leases `worker_id` holds on `ids`
 /// (the heartbeat's `task_ids`, or `active_tasks`).
 /// The shards holding them are asked at once.
-pub async fn extend_leases(ctx: &Ctx, worker_id: &str, ids: Vec<String>) -> Result<(), ApiError> {
+pub(super) async fn extend_leases(
+    ctx: &Ctx,
+    worker_id: &str,
+    ids: Vec<String>,
+) -> Result<(), ApiError> {
     let groups = by_shard(ids, |id| shard_of_task(id, ctx.shard.count));
     let calls = groups.into_iter().map(|(s, task_ids)| {
         let op = TaskOp::Extend {

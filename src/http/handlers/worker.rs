@@ -82,7 +82,7 @@ fn coordinator_url(ctx: &Ctx, host: Option<String>) -> String {
 /// `POST /api/worker/register`: read and check the body, assign services
 /// against the cluster's coverage, place the record on its owner shard
 /// (drawing a new id if a generated one is taken), then answer.
-pub async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let host = req
         .headers()
         .get(HOST)
@@ -266,7 +266,10 @@ fn generate_id() -> String {
     format!("worker-{:08x}", fastrand::u32(..))
 }
 
-pub async fn heartbeat(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(super) async fn heartbeat(
+    ctx: Ctx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     // A heartbeat replaces the worker's reported state: its size bounds
     // what one worker can make us hold (a real one is ~300 bytes).
     let cfg = &ctx.shard.cfg;
@@ -295,7 +298,7 @@ pub async fn heartbeat(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body
     }
 }
 
-pub async fn unregister(ctx: Ctx, raw_id: String) -> Result<Response<Body>, ApiError> {
+pub(super) async fn unregister(ctx: Ctx, raw_id: String) -> Result<Response<Body>, ApiError> {
     let id = super::super::request::percent_decode(&raw_id, false)
         .ok_or_else(|| ApiError::field("worker_id", "invalid percent-encoding"))?;
     valid_id("worker_id", &id)?;
