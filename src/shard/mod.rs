@@ -10,14 +10,22 @@
 //! (`Shard::handle`), so a forwarded request is answered right in the mesh
 //! receive loop without spawning, and no borrow is ever held across an
 //! await. This module must not parse HTTP or know about routes.
+//!
+//! Files: `msg` (requests, replies, typed accessors, mergeable parts),
+//! `registry` (the worker slice), `ops` (task and proxy operations joined
+//! with the registry), `views` (this shard's part of whole-registry
+//! answers), `durable` (what a mutation writes to the store, and waiting
+//! for it), `scrape` (metrics snapshot and families).
 
+mod durable;
 pub(crate) mod msg;
 mod ops;
 pub mod registry;
 pub mod scrape;
+mod views;
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -28,16 +36,17 @@ use futures::future::join_all;
 use crate::config::Config;
 use crate::metrics::ShardMetrics;
 use crate::model::placement::owner_of;
-use crate::model::truthy;
 use crate::model::worker::{Liveness, WorkerRecord};
 use crate::proxy::{ProxySetup, ProxyState};
 use crate::runtime::{self, Mesh, ShardEnv};
 use crate::store::recovery::Boot;
-use crate::store::{self, Ack, Op, Store};
-use crate::tasks::{Target, Task, TaskOp, TaskTable};
-use msg::{BroadcastJob, Coverage, Envelope, ListKind, Listing, ProxyOp, Reply, Request, Summary};
+use crate::store::{self, Op, Store};
+use crate::tasks::TaskTable;
+use durable::committed;
+use msg::{Envelope, ListKind, ProxyOp, Reply, Request};
 use registry::Registry;
 use scrape::MetricsSnapshot;
+use views::ListCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -74,38 +83,6 @@ pub(crate) struct Shard {
     /// in the same synchronous step (see [`Shard::apply`]).
     task_ops: Rc<RefCell<Vec<Op>>>,
     list_cache: RefCell<ListCache>,
-}
-
-/// This shard's part of the healthy worker list, kept while it is true.
-///
-/// Edge caches poll the whole list; between two polls usually only a few
-/// workers heartbeat. The part is reused until the registry changes
-/// (`Registry::generation`) or one of the listed workers goes stale; a
-/// rebuild reuses each unchanged worker's JSON (see `Registry::listed`), so
-/// a poll costs a copy, not a re-encoding.
-#[derive(Default)]
-struct ListCache {
-    part: Option<(bytes::Bytes, usize, u64, Option<Instant>)>,
-    /// Size of the last listing, to allocate the next one once.
-    hint: usize,
-}
-
-impl ListCache {
-    fn get(&self, generation: u64, now: Instant) -> Option<Listing> {
-        let (items, count, gen, valid_until) = self.part.as_ref()?;
-        let fresh = *gen == generation && valid_until.is_none_or(|v| now <= v);
-        fresh.then(|| Listing {
-            items: items.clone(),
-            count: *count,
-            healthy: *count,
-            best: None,
-        })
-    }
-
-    fn put(&mut self, l: &Listing, generation: u64, valid_until: Option<Instant>) {
-        self.hint = l.items.len() + l.items.len() / 8;
-        self.part = Some((l.items.clone(), l.count, generation, valid_until));
-    }
 }
 
 impl Shard {
@@ -148,16 +125,6 @@ impl Shard {
         }
         self.store = store;
         self
-    }
-
-    /// Hands the pending task changes to the store without waiting: for
-    /// changes no client is waiting on (lease expiry in housekeeping,
-    /// recovery). A crash before they commit replays the expiry at the
-    /// next start, so nothing is lost by not waiting.
-    pub(crate) fn persist_task_changes(&self) {
-        if let Some(store) = &self.store {
-            store.submit_nowait(std::mem::take(&mut *self.task_ops.borrow_mut()));
-        }
     }
 
     pub(crate) fn store(&self) -> Option<&Store> {
@@ -213,14 +180,6 @@ impl Shard {
         }
     }
 
-    /// Waits until the store has committed a mutation of this shard.
-    async fn durable(&self, ack: Option<Ack>) -> Result<(), ShardError> {
-        let Some(ack) = ack else { return Ok(()) };
-        committed(ack, self.cfg.gather_timeout)
-            .await
-            .map_err(ShardError::Store)
-    }
-
     /// Seastar's `map_reduce0`: runs the request built by `make` on every
     /// shard at once (this one inline), takes each answer apart with
     /// `unpack` (a typed accessor such as [`Reply::summary`]) and folds
@@ -262,84 +221,6 @@ impl Shard {
                 });
             }
         }
-    }
-
-    /// Runs `req` and, with a store, queues the resulting durable changes:
-    /// the reply may only be released once the returned ack resolves. The
-    /// mutation is applied in memory first and queued in the same
-    /// synchronous step, so the store sees each shard's mutations in the
-    /// order memory did. Heartbeats only mark the worker dirty; every task
-    /// change the request caused (the task table's sink collected them) is
-    /// part of the same durable batch, except lease extensions, which are
-    /// not waited for (losing one in a crash only ends that lease sooner).
-    pub(crate) fn apply(&self, req: Request) -> (Reply, Option<Ack>) {
-        let Some(store) = &self.store else {
-            return (self.handle(req), None);
-        };
-        let wait_for_tasks = !matches!(req, Request::Task(TaskOp::Extend { .. }));
-        // Decided before `handle` consumes the request.
-        let effect = match &req {
-            Request::Register(r) | Request::RegisterNew(r) => Durable::Worker(r.worker_id.clone()),
-            Request::CompleteTask(id) => Durable::Worker(id.clone()),
-            Request::Unregister(id) => Durable::Removed(id.clone()),
-            Request::Heartbeat(hb) => Durable::Heartbeat(
-                (!self.dirty.borrow().contains(hb.worker_id.as_str()))
-                    .then(|| hb.worker_id.clone()),
-            ),
-            // Every shard holds a replica of the pins; shard 0 writes them.
-            Request::Proxy(ProxyOp::SetPin { key, workers }) if self.id == 0 => {
-                Durable::Pin(store::task::pin_op(key, workers.as_deref()))
-            }
-            _ => Durable::Nothing,
-        };
-        let reply = self.handle(req);
-        let mut ops = match (effect, &reply) {
-            // A generated id that was taken: nothing of ours changed.
-            (Durable::Worker(_), Reply::IdTaken(_)) => Vec::new(),
-            (Durable::Worker(id), _) => {
-                let reg = self.registry.borrow();
-                reg.get(&id)
-                    .map(store::worker::put_op)
-                    .into_iter()
-                    .collect()
-            }
-            (Durable::Removed(id), Reply::Found(true)) => {
-                self.dirty.borrow_mut().remove(&id);
-                vec![Op::DeleteWorker { id }]
-            }
-            (Durable::Heartbeat(Some(id)), Reply::Found(true)) => {
-                self.dirty.borrow_mut().insert(id);
-                Vec::new()
-            }
-            (Durable::Pin(op), _) => vec![op],
-            _ => Vec::new(),
-        };
-        if !wait_for_tasks {
-            self.persist_task_changes();
-        }
-        ops.append(&mut self.task_ops.borrow_mut());
-        if ops.is_empty() {
-            (reply, None)
-        } else {
-            (reply, Some(store.submit(ops)))
-        }
-    }
-
-    /// Sends the last heartbeat state of every worker heartbeated since the
-    /// previous flush, as one message.
-    fn flush_heartbeats(&self) -> Option<Ack> {
-        let store = self.store.as_ref()?;
-        let ids = std::mem::take(&mut *self.dirty.borrow_mut());
-        if ids.is_empty() {
-            return None;
-        }
-        let reg = self.registry.borrow();
-        let ops = ids
-            .iter()
-            .filter_map(|id| reg.get(id))
-            .map(store::worker::heartbeat_op)
-            .collect();
-        Some(store.submit(ops))
     }
 
     /// Installs the state recovered from the database for this shard.
@@ -424,137 +305,6 @@ impl Shard {
         }
     }
 
-    fn coverage(&self, exclude: Option<&str>) -> Coverage {
-        let (per_service, per_tier) = self.registry.borrow().coverage(exclude);
-        Coverage {
-            per_service,
-            per_tier,
-        }
-    }
-
-    fn listing(&self, now: Instant, kind: ListKind, service: Option<&str>) -> Listing {
-        if kind == ListKind::Admin {
-            // Admin records carry their age, so they are encoded fresh.
-            let reg = self.registry.borrow();
-            let mut items = Vec::with_capacity(self.list_cache.borrow().hint);
-            let (mut count, mut healthy) = (0, 0);
-            for w in reg.workers() {
-                if count > 0 {
-                    items.push(b',');
-                }
-                w.write_json(&mut items, now, &self.live, true);
-                count += 1;
-                if w.is_healthy(now, &self.live) {
-                    healthy += 1;
-                }
-            }
-            return Listing {
-                items: items.into(),
-                count,
-                healthy,
-                best: None,
-            };
-        }
-        let mut reg = self.registry.borrow_mut();
-        let mut cache = self.list_cache.borrow_mut();
-        if service.is_none() {
-            if let Some(hit) = cache.get(reg.generation(), now) {
-                return hit;
-            }
-        }
-        let mut best: Option<(f64, Vec<u8>)> = None;
-        let mut items = Vec::with_capacity(if service.is_none() { cache.hint } else { 4096 });
-        let (n, valid_until) =
-            reg.write_healthy(service, now, &self.live, &mut items, |w, json| {
-                if service.is_some() {
-                    let load = w.state.current_load;
-                    if best.as_ref().is_none_or(|(b, _)| load < *b) {
-                        best = Some((load, json.to_vec()));
-                    }
-                }
-            });
-        let listing = Listing {
-            items: items.into(),
-            count: n,
-            healthy: n,
-            best,
-        };
-        if service.is_none() {
-            cache.put(&listing, reg.generation(), valid_until);
-        }
-        listing
-    }
-
-    fn summary(&self, now: Instant) -> Summary {
-        let reg = self.registry.borrow();
-        let mut s = Summary {
-            total: reg.len() as u64,
-            tasks_completed: reg.tasks_completed(),
-            ..Default::default()
-        };
-        for w in reg.workers() {
-            let fresh = w.age(now) <= self.live.heartbeat_timeout;
-            let status = if fresh {
-                w.state.status.as_str()
-            } else {
-                "stale"
-            };
-            *s.by_status.entry(status.to_string()).or_default() += 1;
-            if !fresh {
-                s.stale += 1;
-            }
-            if w.is_healthy(now, &self.live) {
-                s.healthy += 1;
-                let t = (w.tier as usize).min(4);
-                s.tier_count[t] += 1;
-                s.tier_load[t] += w.state.current_load;
-            }
-        }
-        let mut services: HashMap<String, Vec<String>> = HashMap::new();
-        for (name, ids) in reg.service_index() {
-            let healthy = ids
-                .iter()
-                .filter(|id| reg.get(id).is_some_and(|w| w.is_healthy(now, &self.live)))
-                .cloned()
-                .collect();
-            services.insert(name.to_string(), healthy);
-        }
-        s.services = services;
-        s
-    }
-
-    /// One task per capable worker, queued on the worker's own queue (which
-    /// is on this shard, its owner).
-    fn broadcast(&self, now: Instant, job: &BroadcastJob) -> Vec<(String, String)> {
-        let reg = self.registry.borrow();
-        let capable: Vec<String> = reg
-            .workers()
-            .filter(|w| w.is_healthy(now, &self.live) && w.tier <= 2)
-            .filter(|w| match &job.required_capability {
-                Some(cap) => w.capabilities.get(cap).is_some_and(truthy),
-                None => true,
-            })
-            .map(|w| w.worker_id.clone())
-            .collect();
-        drop(reg);
-        let mut tasks = self.tasks.borrow_mut();
-        capable
-            .into_iter()
-            .map(|id| {
-                let target = Target::Worker(id.clone());
-                let task_id = crate::tasks::task::new_task_id(&target.queue_key());
-                tasks.submit(Task::new(
-                    task_id.clone(),
-                    job.job_type.clone(),
-                    job.job_data.clone(),
-                    target,
-                    self.cfg.task_max_attempts,
-                ));
-                (id, task_id)
-            })
-            .collect()
-    }
-
     /// Removes workers that have been silent too long; returns their ids.
     fn sweep(&self) -> Vec<String> {
         let now = Instant::now();
@@ -598,30 +348,6 @@ impl Shard {
         if let Err(e) = r {
             tracing::debug!(shard = self.id, error = %e, "forgetting removed workers");
         }
-    }
-}
-
-/// What a request changes in the store, besides the task changes the task
-/// table reports itself (see [`Shard::apply`]).
-enum Durable {
-    Nothing,
-    /// Write this worker's record as it is after the request.
-    Worker(String),
-    /// Delete this worker's row if the request removed it.
-    Removed(String),
-    /// Mark this worker dirty for the next heartbeat flush (`None`: it
-    /// already is).
-    Heartbeat(Option<String>),
-    Pin(Op),
-}
-
-/// Waits for `ack` for at most `timeout`; the error says why the change
-/// is not durable.
-async fn committed(ack: Ack, timeout: Duration) -> Result<(), String> {
-    match runtime::timeout(timeout, ack.wait()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("database write did not complete in time".into()),
     }
 }
 
