@@ -13,7 +13,7 @@ use super::msg::{ProxyOp, ProxyReply};
 use super::Shard;
 use crate::proxy::Upstream;
 use crate::runtime;
-use crate::tasks::{expiry_interval, pull_keys, Target, TaskOp, TaskReply};
+use crate::tasks::{expiry_interval, pull_keys, Target, TaskOp, TaskReply, TaskTable};
 
 /// Runs a task operation against this shard's table and registry.
 pub(super) fn task(shard: &Shard, op: TaskOp) -> TaskReply {
@@ -54,25 +54,13 @@ pub(super) fn task(shard: &Shard, op: TaskOp) -> TaskReply {
         TaskOp::Release {
             worker_id,
             task_ids,
-        } => {
-            let mut tb = shard.tasks.borrow_mut();
-            let n = task_ids
-                .iter()
-                .filter(|id| tb.release(id, &worker_id))
-                .count();
-            TaskReply::Extended(n)
-        }
+        } => each(shard, &task_ids, |tb, id| tb.release(id, &worker_id)),
         TaskOp::Extend {
             worker_id,
             task_ids,
-        } => {
-            let mut tb = shard.tasks.borrow_mut();
-            let n = task_ids
-                .iter()
-                .filter(|id| tb.extend(id, &worker_id, lease_for, now))
-                .count();
-            TaskReply::Extended(n)
-        }
+        } => each(shard, &task_ids, |tb, id| {
+            tb.extend(id, &worker_id, lease_for, now)
+        }),
         TaskOp::Get(id) => {
             let mut tb = shard.tasks.borrow_mut();
             tb.expire(now);
@@ -84,6 +72,16 @@ pub(super) fn task(shard: &Shard, op: TaskOp) -> TaskReply {
             TaskReply::Listing(Box::new(tb.list(&f)))
         }
     }
+}
+
+/// Applies `f` to each task id; the reply counts those it changed.
+fn each(
+    shard: &Shard,
+    ids: &[String],
+    mut f: impl FnMut(&mut TaskTable, &str) -> bool,
+) -> TaskReply {
+    let mut tb = shard.tasks.borrow_mut();
+    TaskReply::Extended(ids.iter().filter(|id| f(&mut tb, id)).count())
 }
 
 /// Runs a proxy operation against this shard's registry and proxy state.
