@@ -348,3 +348,26 @@ fn proxy_metrics_are_exported() {
     assert!(!m.contains("service=\"none\""), "{m}");
     assert_eq!(count("coordinator_upstream_latency_seconds_count"), 3.0);
 }
+
+#[test]
+fn a_registration_is_routable_on_every_shard_as_soon_as_it_is_acknowledged() {
+    // A cache that never expires in this test: only the registration itself
+    // can make a new worker visible.
+    let s = start(2, |c| c.route_cache_ttl = Duration::from_secs(600));
+    let mut conns = [conn_on_shard(s.addr, 0), conn_on_shard(s.addr, 1)];
+    // Nobody serves it yet: 503 on both shards, and "nobody" is not kept.
+    for c in conns.iter_mut() {
+        assert_eq!(llm(c, "m", &[]).status, 503);
+    }
+    let a = sims(&s, "rw-a", 1, &["llm-inference"]);
+    heartbeat(s.addr, &a[0].heartbeat(&["m"], 5));
+    for c in conns.iter_mut() {
+        assert_eq!(worker_of(&llm(c, "m", &[])), a[0].id);
+    }
+    // Both shards now hold a list of one. A second, idle worker is the
+    // choice for a model nobody has, from the first request on.
+    let b = sims(&s, "rw-b", 1, &["llm-inference"]);
+    for c in conns.iter_mut() {
+        assert_eq!(worker_of(&llm(c, "other", &[])), b[0].id);
+    }
+}

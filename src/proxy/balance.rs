@@ -49,6 +49,12 @@ impl Balancer {
         self.cache.borrow_mut().clear();
     }
 
+    /// The registry changed (a worker registered): every cached list may
+    /// lack it, so all go.
+    pub(crate) fn refresh(&self) {
+        self.cache.borrow_mut().clear();
+    }
+
     /// Workers cooling down now.
     pub(crate) fn cooling(&self) -> u64 {
         let now = Instant::now();
@@ -82,8 +88,13 @@ impl Balancer {
         (at.elapsed() < ttl).then(|| list.clone())
     }
 
+    /// Keeps `list` for `service`. An empty list is not kept: "no worker"
+    /// must not outlive the registration that ends it.
     pub(crate) fn store(&self, service: &str, list: Vec<Upstream>) -> Rc<Vec<Upstream>> {
         let list = Rc::new(list);
+        if list.is_empty() {
+            return list;
+        }
         let mut cache = self.cache.borrow_mut();
         if cache.len() >= MAX_CACHED {
             cache.clear();
@@ -233,6 +244,18 @@ mod tests {
             b.inflight.borrow().is_empty(),
             "no entry for an idle worker"
         );
+    }
+
+    #[test]
+    fn no_worker_is_never_cached_and_a_refresh_drops_every_list() {
+        let b = Balancer::default();
+        let ttl = Duration::from_secs(60);
+        assert!(b.store("empty", Vec::new()).is_empty());
+        assert!(b.cached("empty", ttl).is_none());
+        b.store("svc", vec![up("a")]);
+        assert_eq!(b.cached("svc", ttl).map(|l| l.len()), Some(1));
+        b.refresh();
+        assert!(b.cached("svc", ttl).is_none());
     }
 
     #[test]

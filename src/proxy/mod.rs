@@ -277,6 +277,12 @@ impl ProxyState {
         self.balancer.forget(workers);
     }
 
+    /// A worker registered somewhere: the cached worker lists are dropped,
+    /// so the next request sees it (read-your-writes routing).
+    pub(crate) fn refresh(&self) {
+        self.balancer.refresh();
+    }
+
     /// This shard's counters, with the gauges (cooling workers) and the
     /// pool's own counts filled in as of now.
     pub(crate) fn counters(&self) -> ProxyCounters {

@@ -65,6 +65,8 @@ pub(crate) enum ProxyOp {
     /// Workers removed from the registry: drop the proxy's per-worker
     /// state for them on this shard (attempt series, cooldowns).
     Forget(Vec<String>),
+    /// A worker registered: drop this shard's cached worker lists.
+    Refresh,
     /// Set (Some) or clear (None) a pin on this shard's replica.
     SetPin {
         key: String,

@@ -102,6 +102,10 @@ pub(super) fn proxy(shard: &Shard, op: ProxyOp) -> ProxyReply {
             shard.proxy.forget(&workers);
             ProxyReply::Done
         }
+        ProxyOp::Refresh => {
+            shard.proxy.refresh();
+            ProxyReply::Done
+        }
         ProxyOp::SetPin { key, workers } => {
             shard.proxy.set_pin(key, workers);
             ProxyReply::Done

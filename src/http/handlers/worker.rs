@@ -13,7 +13,7 @@ use super::super::{json, json_static, Body, Ctx};
 use crate::model::wire::{HeartbeatRequest, RegisterRequest};
 use crate::model::worker::{Registration, WorkerRecord};
 use crate::model::{classify, Classification, ServiceSpec};
-use crate::shard::msg::{Coverage, Reply, Request as ShardRequest};
+use crate::shard::msg::{Coverage, ProxyOp, Reply, Request as ShardRequest};
 
 const HEARTBEAT_OK: &[u8] = br#"{"status":"ok","message":"Heartbeat received"}"#;
 
@@ -128,6 +128,16 @@ pub(super) async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Respons
     let endpoint = rec.endpoint().map(str::to_string);
     let (worker_id, replaced) = place(&ctx, Box::new(rec), generated).await?;
     tracing::info!(worker_id, tier = class.tier, replaced, "worker registered");
+    // Read-your-writes routing: once this reply is out, a proxied request
+    // on any shard finds the worker (no shard keeps a list without it).
+    let refresh = || ShardRequest::Proxy(ProxyOp::Refresh);
+    if let Err(e) = ctx
+        .shard
+        .map_reduce(refresh, Reply::done, (), |(), ()| ())
+        .await
+    {
+        tracing::warn!(worker_id, error = %e, "dropping cached worker lists after a registration");
+    }
     let reply = Registered {
         status: "registered",
         worker_id: &worker_id,
