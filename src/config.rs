@@ -240,3 +240,36 @@ fn validate_credentials(cfg: &Config) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_refuses_what_the_server_cannot_run_with() {
+        assert!(Config::default().validate().is_ok());
+        let bad = [
+            Config {
+                shards: Some(0),
+                ..Config::default()
+            },
+            Config {
+                worker_timeout: Duration::from_secs(1),
+                heartbeat_timeout: Duration::from_secs(2),
+                ..Config::default()
+            },
+            Config {
+                heartbeat_flush: Duration::ZERO,
+                ..Config::default()
+            },
+            Config {
+                api_key: Some(String::new()),
+                ..Config::default()
+            },
+        ];
+        for c in bad {
+            let e = c.validate().unwrap_err();
+            assert!(e.starts_with("--"), "names the flag: {e}");
+        }
+    }
+}

@@ -337,3 +337,18 @@ fn worker_ids_with_invisible_or_control_characters_are_refused() {
     }
     register(s.addr, &cpu_worker("plain-ünïcode-ok"));
 }
+
+#[test]
+fn a_server_refuses_to_start_with_an_invalid_configuration() {
+    let cfg = coordinator::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        worker_timeout: Duration::from_secs(1),
+        heartbeat_timeout: Duration::from_secs(5),
+        ..coordinator::Config::default()
+    };
+    match coordinator::Server::start(cfg) {
+        Err(coordinator::StartError::Config(e)) => assert!(e.contains("--worker-timeout"), "{e}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("started with worker_timeout < heartbeat_timeout"),
+    }
+}
