@@ -408,44 +408,49 @@ pub(super) async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Respons
     ))
 }
 
+/// Runs `op(worker_id, ids on that shard)` on every shard holding one of
+/// `ids`, all at once; the first failure, if any, is returned.
+async fn on_task_shards(
+    ctx: &Ctx,
+    worker_id: &str,
+    ids: Vec<String>,
+    op: fn(String, Vec<String>) -> TaskOp,
+) -> Result<(), ApiError> {
+    let groups = by_shard(ids, |id| shard_of_task(id, ctx.shard.count));
+    let calls = groups
+        .into_iter()
+        .map(|(s, task_ids)| task_op(ctx, s, op(worker_id.to_string(), task_ids), Reply::extended));
+    for r in join_all(calls).await {
+        r?;
+    }
+    Ok(())
+}
+
 /// Gives back leases `worker_id` took but will not be sent. Best effort: a
 /// lease not given back runs out and is retried as any other.
 async fn release(ctx: &Ctx, worker_id: &str, ids: Vec<String>) {
-    let groups = by_shard(ids, |id| shard_of_task(id, ctx.shard.count));
-    let calls = groups.into_iter().map(|(s, task_ids)| {
-        let op = TaskOp::Release {
-            worker_id: worker_id.to_string(),
-            task_ids,
-        };
-        task_op(ctx, s, op, Reply::extended)
-    });
-    for r in join_all(calls).await {
-        if let Err(e) = r {
-            tracing::debug!(worker_id, error = %e, "giving back surplus leases");
-        }
+    let release = |worker_id, task_ids| TaskOp::Release {
+        worker_id,
+        task_ids,
+    };
+    if let Err(e) = on_task_shards(ctx, worker_id, ids, release).await {
+        tracing::debug!(worker_id, error = %e, "giving back surplus leases");
     }
 }
 
 /// Heartbeat progress: extends the leases `worker_id` holds on `ids`
-/// (the heartbeat's `task_ids`, or `active_tasks`).
-/// The shards holding them are asked at once.
+/// (the heartbeat's `task_ids`, or `active_tasks`). The shards holding
+/// them are asked at once.
 pub(super) async fn extend_leases(
     ctx: &Ctx,
     worker_id: &str,
     ids: Vec<String>,
 ) -> Result<(), ApiError> {
-    let groups = by_shard(ids, |id| shard_of_task(id, ctx.shard.count));
-    let calls = groups.into_iter().map(|(s, task_ids)| {
-        let op = TaskOp::Extend {
-            worker_id: worker_id.to_string(),
-            task_ids,
-        };
-        task_op(ctx, s, op, Reply::extended)
-    });
-    for r in join_all(calls).await {
-        r?;
-    }
-    Ok(())
+    let extend = |worker_id, task_ids| TaskOp::Extend {
+        worker_id,
+        task_ids,
+    };
+    on_task_shards(ctx, worker_id, ids, extend).await
 }
 
 #[cfg(test)]
