@@ -285,31 +285,32 @@ pub(crate) fn unlabelled(v: u64) -> Series {
 }
 
 pub(crate) fn counter(name: &str, help: &str, series: Series) -> MetricFamily {
-    let metrics = series
-        .into_iter()
-        .map(|(labels, v)| {
-            let mut c = proto::Counter::default();
-            c.set_value(v as f64);
-            let mut m = Metric::from_label(labels);
-            m.set_counter(c);
-            m
-        })
-        .collect();
-    family(name, help, MetricType::COUNTER, metrics)
+    scalar(name, help, MetricType::COUNTER, series)
 }
 
 pub(crate) fn gauge(name: &str, help: &str, series: Series) -> MetricFamily {
+    scalar(name, help, MetricType::GAUGE, series)
+}
+
+/// A counter or gauge family: one plain value per series.
+fn scalar(name: &str, help: &str, kind: MetricType, series: Series) -> MetricFamily {
     let metrics = series
         .into_iter()
         .map(|(labels, v)| {
-            let mut g = proto::Gauge::default();
-            g.set_value(v as f64);
             let mut m = Metric::from_label(labels);
-            m.set_gauge(g);
+            if kind == MetricType::COUNTER {
+                let mut c = proto::Counter::default();
+                c.set_value(v as f64);
+                m.set_counter(c);
+            } else {
+                let mut g = proto::Gauge::default();
+                g.set_value(v as f64);
+                m.set_gauge(g);
+            }
             m
         })
         .collect();
-    family(name, help, MetricType::GAUGE, metrics)
+    family(name, help, kind, metrics)
 }
 
 pub(crate) fn histogram_family(

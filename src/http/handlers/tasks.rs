@@ -286,7 +286,7 @@ pub(super) async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bo
             };
             task_op(&ctx, *shard, op, Reply::leased)
         });
-        let answers = join_all(asks.collect::<Vec<_>>()).await;
+        let answers = join_all(asks).await;
         let mut got: Vec<Value> = Vec::new();
         let mut surplus: Vec<String> = Vec::new();
         let mut failed = None;
