@@ -142,7 +142,11 @@ fn registry_ops(c: &mut Criterion) {
     c.bench_function("registry/heartbeat_update_1k", |b| {
         b.iter_batched(
             || hb.clone(),
-            |hb| assert!(reg.heartbeat(hb, Instant::now(), SystemTime::now())),
+            |hb| {
+                assert!(reg
+                    .heartbeat(hb, Instant::now(), SystemTime::now())
+                    .is_some())
+            },
             BatchSize::SmallInput,
         )
     });
@@ -151,7 +155,9 @@ fn registry_ops(c: &mut Criterion) {
     c.bench_function("registry/heartbeat_decode_and_update_1k", |b| {
         b.iter(|| {
             let hb: HeartbeatRequest = parse_object(black_box(&body)).unwrap();
-            assert!(reg.heartbeat(hb, Instant::now(), SystemTime::now()));
+            assert!(reg
+                .heartbeat(hb, Instant::now(), SystemTime::now())
+                .is_some());
         })
     });
 
@@ -195,7 +201,7 @@ fn model_rules(c: &mut Criterion) {
     }
     g.finish();
 
-    let catalog = Catalog::default();
+    let catalog = Catalog::builtin();
     let mut g = c.benchmark_group("catalog_assign");
     for (name, t, in_tier) in [
         ("gpu_first", WorkerType::Gpu, 0u32),

@@ -29,17 +29,12 @@ use common::{gpu_register, heartbeat, registry_of};
 use coordinator::http::request::parse_object;
 use coordinator::metrics::ShardMetrics;
 use coordinator::model::wire::{HeartbeatRequest, RegisterRequest};
-use coordinator::model::worker::{Liveness, Registration, WorkerRecord};
+use coordinator::model::worker::{Registration, WorkerRecord};
 use coordinator::model::{classify, Catalog, ServiceSpec};
 use coordinator::proxy::route::{choose, Ask, Candidate};
 use coordinator::shard::registry::Registry;
 use coordinator::shard::scrape::{encode, Gauges, MetricsSnapshot};
 use coordinator::tasks::{Outcome, Target, Task, TaskTable};
-
-const LIVE: Liveness = Liveness {
-    heartbeat_timeout: Duration::from_secs(120),
-    worker_timeout: Duration::from_secs(600),
-};
 
 /// Workers in the registry the heartbeat, register and list benches use.
 const WORKERS: usize = 1_000;
@@ -56,15 +51,17 @@ fn heartbeat_setup() -> (Registry, Vec<u8>) {
 #[bench::agent_body(setup = heartbeat_setup)]
 fn heartbeat_decode_apply((mut reg, body): (Registry, Vec<u8>)) -> (Registry, Vec<u8>) {
     let hb: HeartbeatRequest = parse_object(black_box(&body)).expect("valid heartbeat");
-    assert!(reg.heartbeat(hb, Instant::now(), SystemTime::now()));
+    assert!(reg
+        .heartbeat(hb, Instant::now(), SystemTime::now())
+        .is_some());
     (reg, body)
 }
 
 // ---- register: decode, size parsing, tier, catalog assignment, record -------
 
-fn register_setup() -> (Registry, Catalog, Vec<u8>) {
+fn register_setup() -> (Registry, &'static Catalog, Vec<u8>) {
     let body = serde_json::to_vec(&gpu_register("w-new-gpu")).expect("encodes");
-    (registry_of(WORKERS), Catalog::default(), body)
+    (registry_of(WORKERS), Catalog::builtin(), body)
 }
 
 // The register handler's work on one shard: decode, classify (sizes and
@@ -73,8 +70,8 @@ fn register_setup() -> (Registry, Catalog, Vec<u8>) {
 #[library_benchmark]
 #[bench::gpu_agent_body(setup = register_setup)]
 fn register(
-    (mut reg, catalog, body): (Registry, Catalog, Vec<u8>),
-) -> (Registry, Catalog, Vec<u8>) {
+    (mut reg, catalog, body): (Registry, &'static Catalog, Vec<u8>),
+) -> (Registry, &'static Catalog, Vec<u8>) {
     let r: RegisterRequest = parse_object(black_box(&body)).expect("valid register body");
     let worker_id = r.worker_id.expect("has an id");
     let capabilities = r.capabilities.unwrap_or_default();
@@ -108,7 +105,7 @@ fn list_setup(warm: bool) -> (Registry, Vec<u8>) {
     let mut reg = registry_of(WORKERS);
     let mut out = Vec::with_capacity(2 << 20);
     if warm {
-        reg.write_healthy(None, Instant::now(), &LIVE, &mut out, |_, _| {});
+        reg.write_healthy(None, Instant::now(), &mut out, |_, _| {});
         out.clear();
     }
     (reg, out)
@@ -122,7 +119,7 @@ fn list_setup(warm: bool) -> (Registry, Vec<u8>) {
 #[bench::cold(args = (false), setup = list_setup)]
 #[bench::warm(args = (true), setup = list_setup)]
 fn worker_list_1000((mut reg, mut out): (Registry, Vec<u8>)) -> (Registry, Vec<u8>) {
-    let (n, _) = reg.write_healthy(None, Instant::now(), &LIVE, &mut out, |_, _| {});
+    let (n, _) = reg.write_healthy(None, Instant::now(), &mut out, |_, _| {});
     assert_eq!(n, WORKERS);
     (reg, out)
 }

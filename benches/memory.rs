@@ -53,7 +53,7 @@ fn main() {
         return;
     }
     let n = 100_000;
-    let catalog = Catalog::default();
+    let catalog = Catalog::builtin();
     let bodies: Vec<serde_json::Value> = (0..n)
         .map(|i| common::register_mix(&format!("w-{i:06}"), i))
         .collect();
@@ -72,7 +72,7 @@ fn main() {
 
     // 2. Whole records (inline struct + everything they own).
     let before = live();
-    let records: Vec<WorkerRecord> = bodies.iter().map(|b| common::record(b, &catalog)).collect();
+    let records: Vec<WorkerRecord> = bodies.iter().map(|b| common::record(b, catalog)).collect();
     let record_bytes = live() - before;
     drop(records);
 
@@ -81,7 +81,7 @@ fn main() {
     let blocks_before = BLOCKS.load(Relaxed);
     let mut reg = Registry::default();
     for b in &bodies {
-        reg.insert(common::record(b, &catalog));
+        reg.insert(common::record(b, catalog));
     }
     let registry_bytes = live() - before;
     let registry_blocks = BLOCKS.load(Relaxed) - blocks_before;

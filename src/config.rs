@@ -56,7 +56,7 @@ pub struct Config {
     pub sync: SyncMode,
     /// Heartbeat state is written at least this often (`--heartbeat-flush-ms`).
     pub heartbeat_flush: Duration,
-    pub catalog: Catalog,
+    pub catalog: &'static Catalog,
     pub max_body_bytes: usize,
     /// Registered workers at most (`--max-workers`); each shard holds at
     /// most its share, `ceil(max_workers / shards)`, so the check needs no
@@ -161,7 +161,7 @@ impl Default for Config {
             database_path: None,
             sync: SyncMode::Full,
             heartbeat_flush: Duration::from_secs(1),
-            catalog: Catalog::default(),
+            catalog: Catalog::builtin(),
             max_body_bytes: 1 << 20,
             max_workers: 1_000_000,
             max_capabilities_bytes: 64 << 10,

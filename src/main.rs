@@ -236,8 +236,8 @@ fn secs(name: &str, v: Option<f64>, default: Duration) -> Result<Duration, Strin
 fn build_config(cli: &Cli) -> Result<Config, String> {
     let d = Config::default();
     let catalog = match &cli.catalog {
-        Some(p) => Catalog::load(p).map_err(|e| e.to_string())?,
-        None => Catalog::default(),
+        Some(p) => Catalog::load(p).map_err(|e| e.to_string())?.leak(),
+        None => Catalog::builtin(),
     };
     let sync = match &cli.sync {
         Some(s) => s.parse().map_err(|e| format!("--{e}"))?,

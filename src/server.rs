@@ -75,7 +75,7 @@ impl Server {
         let (boot, writer) = match &cfg.database_path {
             Some(path) => {
                 let (store, writer, recovered) = Store::open(path, cfg.sync)?;
-                match Boot::recover(store.clone(), recovered, n, cfg.worker_timeout) {
+                match Boot::recover(store.clone(), recovered, n, cfg.worker_timeout, cfg.catalog) {
                     Ok(boot) => (boot, Some((store, writer))),
                     Err(e) => {
                         store.close();

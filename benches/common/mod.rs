@@ -75,7 +75,7 @@ pub fn heartbeat(id: &str) -> Value {
 }
 
 /// A record as the register handler builds it.
-pub fn record(body: &Value, catalog: &Catalog) -> WorkerRecord {
+pub fn record(body: &Value, catalog: &'static Catalog) -> WorkerRecord {
     let r: RegisterRequest = serde_json::from_value(body.clone()).expect("valid body");
     let caps = r.capabilities.unwrap_or_default();
     let class = classify(&caps);
@@ -92,7 +92,7 @@ pub fn record(body: &Value, catalog: &Catalog) -> WorkerRecord {
 }
 
 pub fn registry_of(n: usize) -> Registry {
-    let catalog = Catalog::default();
+    let catalog = Catalog::builtin();
     let mut reg = Registry::default();
     for i in 0..n {
         let id = format!("w-{i:06}");
@@ -101,7 +101,7 @@ pub fn registry_of(n: usize) -> Registry {
         } else {
             cpu_register(&id)
         };
-        reg.insert(record(&body, &catalog));
+        reg.insert(record(&body, catalog));
     }
     reg
 }

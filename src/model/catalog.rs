@@ -84,6 +84,22 @@ const DEFAULT_ALIASES: [(&str, &str); 6] = [
     ("llm", "llm-inference"),
 ];
 
+impl Catalog {
+    /// The built-in table, made once per process.
+    pub fn builtin() -> &'static Catalog {
+        static BUILTIN: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
+        BUILTIN.get_or_init(Catalog::default)
+    }
+
+    /// Gives the catalog the lifetime of the process. Worker records refer
+    /// to their assigned entries (`&'static ServiceSpec`) instead of
+    /// copying names, ports and images into each of a million records; a
+    /// server loads its catalog once, so this is no leak that grows.
+    pub fn leak(self) -> &'static Catalog {
+        Box::leak(Box::new(self))
+    }
+}
+
 impl Default for Catalog {
     fn default() -> Self {
         let services = DEFAULT

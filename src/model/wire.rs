@@ -44,8 +44,9 @@ pub struct HeartbeatRequest {
     pub active_requests: Option<u64>,
     #[serde(default, deserialize_with = "opt_f64")]
     pub gpu_utilization: Option<f64>,
-    #[serde(default)]
-    pub services_status: Option<Map<String, Value>>,
+    /// Kept as the JSON text it arrived as (it is only echoed back).
+    #[serde(default, deserialize_with = "opt_raw_object")]
+    pub services_status: Option<Box<serde_json::value::RawValue>>,
     #[serde(default, deserialize_with = "opt_string")]
     pub specialization: Option<String>,
     /// Progress: the tasks the worker is still on (their leases are
@@ -139,6 +140,18 @@ fn kind(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+/// An optional JSON object, kept as its text.
+fn opt_raw_object<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Box<serde_json::value::RawValue>>, D::Error> {
+    use serde::de::Error;
+    let v: Option<Box<serde_json::value::RawValue>> = Option::deserialize(d)?;
+    match v {
+        Some(r) if !r.get().starts_with('{') => Err(D::Error::custom("expected an object")),
+        other => Ok(other),
     }
 }
 

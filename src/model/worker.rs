@@ -9,7 +9,10 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::model::time::iso8601;
@@ -27,36 +30,60 @@ pub struct Liveness {
 /// Reported statuses that mean "do not send work here" even when fresh.
 const DOWN_STATUSES: [&str; 5] = ["unhealthy", "offline", "error", "stopping", "failed"];
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub(crate) struct ServiceConfig {
-    pub name: String,
-    pub port: u16,
-    pub priority: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub(crate) struct ContainerConfig {
-    pub name: String,
-    pub image: String,
-    pub port: u16,
-    pub env: std::collections::BTreeMap<String, String>,
-}
-
 /// What the latest heartbeat said.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub(crate) struct ReportedState {
-    pub status: String,
+    /// The common statuses are static strings: no allocation per worker.
+    pub status: Cow<'static, str>,
     pub current_load: f64,
     pub available_memory: Option<String>,
     pub loaded_models: Vec<String>,
     pub active_requests: u64,
     pub gpu_utilization: Option<f64>,
-    pub services_status: Map<String, Value>,
+    /// As the agent sent it (a JSON object), `None` until one was sent.
+    pub services_status: Option<Box<RawValue>>,
     pub specialization: Option<String>,
 }
 
+/// Statuses agents report, kept without an allocation.
+const KNOWN_STATUSES: [&str; 9] = [
+    "healthy",
+    "busy",
+    "loading",
+    "idle",
+    "unhealthy",
+    "offline",
+    "error",
+    "stopping",
+    "failed",
+];
+
+/// A reported status as stored: a static string when it is a known one.
+pub(crate) fn status_of(s: String) -> Cow<'static, str> {
+    match KNOWN_STATUSES.iter().find(|k| **k == s) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(s),
+    }
+}
+
+/// A service the worker declared running (`services: [{name, port}]` or
+/// `["name"]`): what routing and the service index need of it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Declared {
+    pub name: Box<str>,
+    pub port: Option<u16>,
+}
+
 /// A registered worker.
+///
+/// Kept compact, since a shard may hold a million of these (the target is
+/// at most 1 KB of memory per worker, everything included): what the
+/// agent sent and only the coordinator echoes back (capabilities, its
+/// service and container lists) is held as the JSON text it arrived as
+/// (capabilities re-encoded compactly, keys sorted), the assigned services
+/// are references into the catalog (their ports, images and containers are
+/// written from it), and the common statuses are static strings.
 #[derive(Debug, Clone)]
 pub struct WorkerRecord {
     pub worker_id: String,
@@ -64,12 +91,13 @@ pub struct WorkerRecord {
     pub tier: u8,
     pub tunnel_url: Option<String>,
     pub ip_address: Option<String>,
-    pub capabilities: Map<String, Value>,
-    pub services: Vec<Value>,
-    pub containers: Vec<Value>,
-    pub assigned_services: Vec<String>,
-    pub(crate) service_configs: Vec<ServiceConfig>,
-    pub(crate) assigned_containers: Vec<ContainerConfig>,
+    /// A JSON object.
+    pub capabilities: Box<RawValue>,
+    /// JSON arrays as sent; `None` when absent or empty.
+    pub services: Option<Box<RawValue>>,
+    pub containers: Option<Box<RawValue>>,
+    pub(crate) declared: Box<[Declared]>,
+    pub(crate) assigned: Box<[&'static ServiceSpec]>,
     pub registered_at: SystemTime,
     pub last_heartbeat_at: SystemTime,
     pub last_seen: Instant,
@@ -88,10 +116,49 @@ pub struct Registration {
     pub containers: Vec<Value>,
 }
 
+/// JSON text of a value that came from JSON (cannot fail).
+fn raw(v: &impl Serialize) -> Box<RawValue> {
+    serde_json::value::to_raw_value(v).unwrap_or_else(|_| empty_object())
+}
+
+fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".into()).expect("valid JSON")
+}
+
+/// The services a `services` list declares.
+pub(crate) fn declared_of(services: &[Value]) -> Box<[Declared]> {
+    services
+        .iter()
+        .filter_map(|s| match s {
+            Value::String(n) => Some(Declared {
+                name: n.as_str().into(),
+                port: None,
+            }),
+            Value::Object(o) => Some(Declared {
+                name: o.get("name")?.as_str()?.into(),
+                port: o
+                    .get("port")
+                    .and_then(Value::as_u64)
+                    .and_then(|p| u16::try_from(p).ok()),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Held as JSON text, `None` for an empty list.
+pub(crate) fn raw_list(items: &[Value]) -> Option<Box<RawValue>> {
+    (!items.is_empty()).then(|| raw(&items))
+}
+
 impl WorkerRecord {
     /// A worker that has just registered: what it said, its class, and the
     /// catalog services it was assigned (with their ports and containers).
-    pub fn registered(r: Registration, class: Classification, assigned: &[&ServiceSpec]) -> Self {
+    pub fn registered(
+        r: Registration,
+        class: Classification,
+        assigned: &[&'static ServiceSpec],
+    ) -> Self {
         let now = SystemTime::now();
         Self {
             worker_id: r.worker_id,
@@ -99,36 +166,45 @@ impl WorkerRecord {
             tier: class.tier,
             tunnel_url: r.tunnel_url,
             ip_address: r.ip_address,
-            capabilities: r.capabilities,
-            services: r.services,
-            containers: r.containers,
-            assigned_services: assigned.iter().map(|s| s.name.clone()).collect(),
-            service_configs: assigned
-                .iter()
-                .map(|s| ServiceConfig {
-                    name: s.name.clone(),
-                    port: s.port,
-                    priority: s.priority,
-                })
-                .collect(),
-            assigned_containers: assigned
-                .iter()
-                .map(|s| ContainerConfig {
-                    name: s.name.clone(),
-                    image: s.image.clone(),
-                    port: s.port,
-                    env: s.env.clone(),
-                })
-                .collect(),
+            capabilities: raw(&r.capabilities),
+            declared: declared_of(&r.services),
+            services: raw_list(&r.services),
+            containers: raw_list(&r.containers),
+            assigned: assigned.into(),
             registered_at: now,
             last_heartbeat_at: now,
             last_seen: Instant::now(),
             state: ReportedState {
-                status: "healthy".into(),
+                status: Cow::Borrowed("healthy"),
                 ..Default::default()
             },
             tasks_completed: 0,
         }
+    }
+
+    /// Names of the catalog services assigned to this worker.
+    pub fn assigned_services(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.assigned.iter().map(|s| s.name.as_str())
+    }
+
+    /// The capabilities as a map (parsed on demand: rare paths only).
+    pub(crate) fn capability_map(&self) -> Map<String, Value> {
+        serde_json::from_str(self.capabilities.get()).unwrap_or_default()
+    }
+
+    /// The port to reach `service` on: the catalog's for an assigned one,
+    /// else the port the worker declared for it.
+    pub(crate) fn port_of(&self, service: &str) -> Option<u16> {
+        self.assigned
+            .iter()
+            .find(|s| s.name == service)
+            .map(|s| s.port)
+            .or_else(|| {
+                self.declared
+                    .iter()
+                    .find(|d| &*d.name == service)
+                    .and_then(|d| d.port)
+            })
     }
 
     /// Where to reach the worker: its tunnel if it has one, else its address.
@@ -142,15 +218,9 @@ impl WorkerRecord {
     /// Services this worker is indexed under: what it was assigned plus
     /// what it declared running (`services: [{name, ..}]` or `["name"]`).
     pub(crate) fn index_keys(&self) -> HashSet<&str> {
-        let declared = self.services.iter().filter_map(|s| match s {
-            Value::String(n) => Some(n.as_str()),
-            Value::Object(o) => o.get("name").and_then(Value::as_str),
-            _ => None,
-        });
-        self.assigned_services
-            .iter()
-            .map(String::as_str)
-            .chain(declared)
+        let assigned = self.assigned.iter().map(|s| s.name.as_str());
+        assigned
+            .chain(self.declared.iter().map(|d| &*d.name))
             .collect()
     }
 
@@ -184,17 +254,17 @@ impl WorkerRecord {
             ip_address: self.ip_address.as_deref(),
             endpoint: self.endpoint(),
             capabilities: &self.capabilities,
-            services: &self.services,
-            containers: &self.containers,
-            assigned_services: &self.assigned_services,
-            service_configs: &self.service_configs,
-            assigned_containers: &self.assigned_containers,
+            services: OrEmpty(self.services.as_deref(), "[]"),
+            containers: OrEmpty(self.containers.as_deref(), "[]"),
+            assigned_services: Assigned(&self.assigned, |s| s.name.as_str()),
+            service_configs: Assigned(&self.assigned, ServiceConfigView::of),
+            assigned_containers: Assigned(&self.assigned, ContainerView::of),
             current_load: self.state.current_load,
             available_memory: self.state.available_memory.as_deref(),
             loaded_models: &self.state.loaded_models,
             active_requests: self.state.active_requests,
             gpu_utilization: self.state.gpu_utilization,
-            services_status: &self.state.services_status,
+            services_status: OrEmpty(self.state.services_status.as_deref(), "{}"),
             specialization: self.state.specialization.as_deref(),
             tasks_completed: self.tasks_completed,
             registered_at: iso8601(self.registered_at),
@@ -216,18 +286,18 @@ struct WorkerView<'a> {
     tunnel_url: Option<&'a str>,
     ip_address: Option<&'a str>,
     endpoint: Option<&'a str>,
-    capabilities: &'a Map<String, Value>,
-    services: &'a [Value],
-    containers: &'a [Value],
-    assigned_services: &'a [String],
-    service_configs: &'a [ServiceConfig],
-    assigned_containers: &'a [ContainerConfig],
+    capabilities: &'a RawValue,
+    services: OrEmpty<'a>,
+    containers: OrEmpty<'a>,
+    assigned_services: Assigned<'a, &'static str>,
+    service_configs: Assigned<'a, ServiceConfigView<'static>>,
+    assigned_containers: Assigned<'a, ContainerView<'static>>,
     current_load: f64,
     available_memory: Option<&'a str>,
     loaded_models: &'a [String],
     active_requests: u64,
     gpu_utilization: Option<f64>,
-    services_status: &'a Map<String, Value>,
+    services_status: OrEmpty<'a>,
     specialization: Option<&'a str>,
     tasks_completed: u64,
     registered_at: String,
@@ -236,4 +306,67 @@ struct WorkerView<'a> {
     age_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     is_healthy: Option<bool>,
+}
+
+/// A JSON text held as sent, or the given empty value when absent.
+struct OrEmpty<'a>(Option<&'a RawValue>, &'static str);
+
+impl Serialize for OrEmpty<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(v) => v.serialize(s),
+            None if self.1 == "[]" => s.collect_seq(std::iter::empty::<()>()),
+            None => s.collect_map(std::iter::empty::<((), ())>()),
+        }
+    }
+}
+
+/// A list written from the assigned catalog entries, one item each.
+pub(crate) struct Assigned<'a, T>(
+    pub &'a [&'static ServiceSpec],
+    pub fn(&'static ServiceSpec) -> T,
+);
+
+impl<T: Serialize> Serialize for Assigned<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|spec| (self.1)(spec)))
+    }
+}
+
+/// An assigned service's port and priority, as agents read them.
+#[derive(Serialize)]
+pub(crate) struct ServiceConfigView<'a> {
+    name: &'a str,
+    port: u16,
+    priority: u32,
+}
+
+impl ServiceConfigView<'static> {
+    pub(crate) fn of(s: &'static ServiceSpec) -> Self {
+        Self {
+            name: &s.name,
+            port: s.port,
+            priority: s.priority,
+        }
+    }
+}
+
+/// The container an agent runs for an assigned service.
+#[derive(Serialize)]
+pub(crate) struct ContainerView<'a> {
+    name: &'a str,
+    image: &'a str,
+    port: u16,
+    env: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl ContainerView<'static> {
+    pub(crate) fn of(s: &'static ServiceSpec) -> Self {
+        Self {
+            name: &s.name,
+            image: &s.image,
+            port: s.port,
+            env: &s.env,
+        }
+    }
 }

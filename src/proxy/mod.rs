@@ -89,18 +89,7 @@ pub(crate) struct Upstream {
 
 impl Upstream {
     pub(crate) fn of(w: &WorkerRecord, service: &str) -> Upstream {
-        let declared = w.services.iter().find_map(|s| {
-            let o = s.as_object()?;
-            (o.get("name")?.as_str()? == service)
-                .then(|| o.get("port")?.as_u64())
-                .flatten()
-        });
-        let port = w
-            .service_configs
-            .iter()
-            .find(|c| c.name == service)
-            .map(|c| c.port)
-            .or(declared.and_then(|p| u16::try_from(p).ok()));
+        let port = w.port_of(service);
         let target = match w.endpoint() {
             Some(e) => parse_endpoint(e, port),
             None => Err("worker has no endpoint".to_string()),

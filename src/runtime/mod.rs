@@ -29,7 +29,7 @@ pub(crate) use mesh::Mesh;
 pub(crate) use net::{answer_and_close, bind_reuseport, Listener, TcpConn};
 pub(crate) use notify::{local_shutdown, LocalShutdown, Shutdown};
 pub(crate) use preflight::{preflight, PreflightError};
-pub(crate) use time::{sleep, timeout};
+pub(crate) use time::{breathe, sleep, timeout};
 
 /// Runs `fut` on the current shard, detached: it lives until it finishes.
 /// glommio may poll it before this returns, so callers must not hold a

@@ -77,7 +77,7 @@ impl Shard {
                 self.dirty.borrow_mut().remove(&id);
                 vec![Op::DeleteWorker { id }]
             }
-            (Durable::Heartbeat(Some(id)), Reply::Found(true)) => {
+            (Durable::Heartbeat(Some(id)), Reply::Beat(_)) => {
                 self.dirty.borrow_mut().insert(id);
                 Vec::new()
             }

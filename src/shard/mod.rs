@@ -23,6 +23,7 @@ mod ops;
 pub mod registry;
 pub mod scrape;
 mod views;
+mod wheel;
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -95,15 +96,16 @@ impl Shard {
         proxy: ProxySetup,
     ) -> Self {
         let retention = cfg.task_retention;
+        let live = Liveness {
+            heartbeat_timeout: cfg.heartbeat_timeout,
+            worker_timeout: cfg.worker_timeout,
+        };
         Self {
             id,
             count,
-            live: Liveness {
-                heartbeat_timeout: cfg.heartbeat_timeout,
-                worker_timeout: cfg.worker_timeout,
-            },
+            live,
             cfg,
-            registry: RefCell::new(Registry::default()),
+            registry: RefCell::new(Registry::new(live)),
             tasks: RefCell::new(TaskTable::new(retention)),
             proxy: Rc::new(ProxyState::new(proxy)),
             metrics: RefCell::new(ShardMetrics::new(n_routes)),
@@ -274,11 +276,16 @@ impl Shard {
                     }
                 }
             }
-            Request::Heartbeat(hb) => Reply::Found(self.registry.borrow_mut().heartbeat(
-                *hb,
-                now,
-                SystemTime::now(),
-            )),
+            Request::Heartbeat(hb) => {
+                match self
+                    .registry
+                    .borrow_mut()
+                    .heartbeat(*hb, now, SystemTime::now())
+                {
+                    Some(routing) => Reply::Beat(routing),
+                    None => Reply::Found(false),
+                }
+            }
             Request::Unregister(id) => {
                 Reply::Found(self.registry.borrow_mut().remove(&id).is_some())
             }
@@ -292,7 +299,8 @@ impl Shard {
             Request::Discover(service) => {
                 Reply::Listing(self.listing(now, ListKind::Healthy, Some(&service)))
             }
-            Request::Summary => Reply::Summary(Box::new(self.summary(now))),
+            Request::Summary => Reply::Summary(Box::new(self.summary())),
+            Request::ServiceMembers => Reply::Members(self.members(now)),
             Request::Broadcast(job) => Reply::Delivered(self.broadcast(now, &job)),
             Request::Metrics => Reply::Metrics(Box::new(MetricsSnapshot {
                 shard: self.id,
@@ -305,15 +313,13 @@ impl Shard {
         }
     }
 
-    /// Removes workers that have been silent too long; returns their ids.
-    fn sweep(&self) -> Vec<String> {
+    /// Judges the workers whose deadline came due (stale, or silent long
+    /// enough to be removed), at most `SWEEP_BATCH` of them; returns the
+    /// ids removed and whether more are due. Never walks the registry.
+    fn sweep(&self) -> (Vec<String>, bool) {
         let now = Instant::now();
-        let removed = {
-            let mut reg = self.registry.borrow_mut();
-            let removed = reg.sweep(now, &self.live);
-            reg.refresh_coverage(now, &self.live);
-            removed
-        };
+        let ex = self.registry.borrow_mut().expire(now, SWEEP_BATCH);
+        let removed = ex.removed;
         if !removed.is_empty() {
             if let Some(store) = &self.store {
                 let mut dirty = self.dirty.borrow_mut();
@@ -330,7 +336,7 @@ impl Shard {
             self.metrics.borrow_mut().workers_removed += removed.len() as u64;
             tracing::info!(shard = self.id, count = removed.len(), workers = ?removed, "removed silent workers");
         }
-        removed
+        (removed, ex.more)
     }
 
     /// Tells every shard's proxy that `workers` are gone (their attempt
@@ -351,12 +357,17 @@ impl Shard {
     }
 }
 
-/// How often each shard sweeps: often enough that removal lags the timeout
-/// by a small fraction of it, rarely enough to cost nothing.
+/// How often each shard sweeps: often enough that staleness and removal
+/// lag their timeouts by a small fraction, and that the workers due per
+/// sweep stay few (a sweep costs what came due, not what exists).
 fn sweep_interval(cfg: &Config) -> Duration {
-    (cfg.worker_timeout.min(cfg.heartbeat_timeout) / 4)
-        .clamp(Duration::from_millis(50), Duration::from_secs(5))
+    (cfg.worker_timeout.min(cfg.heartbeat_timeout) / 8)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
+
+/// Workers judged per sweep step before requests get the core back: a
+/// step costs well under a millisecond even with every one removed.
+const SWEEP_BATCH: usize = 256;
 
 /// Debug builds only: `COORDINATOR_FAULT_PANIC_SHARD=<id>` makes that shard
 /// panic half a second after it starts, so a test can check that a dead
@@ -416,9 +427,17 @@ pub(crate) fn start(
         runtime::spawn(async move {
             while !shutdown.is_requested() {
                 runtime::sleep(every).await;
-                let removed = shard.sweep();
-                if !removed.is_empty() {
-                    shard.forget_workers(removed).await;
+                loop {
+                    let (removed, more) = shard.sweep();
+                    if !removed.is_empty() {
+                        shard.forget_workers(removed).await;
+                    }
+                    if !more || shutdown.is_requested() {
+                        break;
+                    }
+                    // Let the reactor poll: requests that arrived meanwhile
+                    // are served before the next batch.
+                    runtime::breathe().await;
                 }
             }
         });

@@ -52,6 +52,8 @@ pub(crate) enum Request {
     /// Healthy workers indexed under a service.
     Discover(String),
     Summary,
+    /// Healthy worker ids per service (admin view; O(workers)).
+    ServiceMembers,
     Broadcast(Arc<BroadcastJob>),
     Metrics,
 }
@@ -140,8 +142,8 @@ pub(crate) struct Summary {
     pub tier_load: [f64; 5],
     /// Reported status of fresh workers, "stale" for the rest.
     pub by_status: HashMap<String, u64>,
-    /// Service -> healthy worker ids.
-    pub services: HashMap<String, Vec<String>>,
+    /// Service -> healthy worker count.
+    pub services: HashMap<String, u64>,
     pub tasks_completed: u64,
 }
 
@@ -158,8 +160,8 @@ impl Summary {
         for (k, v) in o.by_status {
             *self.by_status.entry(k).or_default() += v;
         }
-        for (k, mut v) in o.services {
-            self.services.entry(k).or_default().append(&mut v);
+        for (k, v) in o.services {
+            *self.services.entry(k).or_default() += v;
         }
         self.tasks_completed += o.tasks_completed;
         self
@@ -178,6 +180,11 @@ pub(crate) enum Reply {
     AtCapacity,
     /// Heartbeat / unregister / complete: whether the worker was known.
     Found(bool),
+    /// Heartbeat applied: whether it changed what routing sees (the worker
+    /// became or stopped being routable, or changed its loaded models).
+    Beat(bool),
+    /// Service -> ids of its healthy workers (this shard's).
+    Members(HashMap<String, Vec<String>>),
     Task(TaskReply),
     Proxy(ProxyReply),
     Coverage(Coverage),
@@ -236,6 +243,17 @@ impl Reply {
     accessor!(summary, Summary, Box<Summary>);
     accessor!(delivered, Delivered, Vec<(String, String)>);
     accessor!(metrics, Metrics, Box<MetricsSnapshot>);
+    accessor!(members, Members, HashMap<String, Vec<String>>);
+
+    /// Heartbeat: `None` for an unknown worker, else whether routing
+    /// changed.
+    pub(crate) fn beat(self) -> Result<Option<bool>, super::ShardError> {
+        match self {
+            Reply::Beat(routing) => Ok(Some(routing)),
+            Reply::Found(false) => Ok(None),
+            _ => Err(super::ShardError::Unexpected("Beat")),
+        }
+    }
 
     /// Candidates: the healthy upstreams and whether the service is declared.
     pub(crate) fn upstreams(

@@ -1,86 +1,338 @@
 //! One shard's slice of the worker registry.
 //!
 //! Owns the records of the workers whose id hashes to this shard, the
-//! service -> workers index for them. (Their tasks live in `tasks::TaskTable`.) It is a plain
-//! data structure: no IO, no async, no knowledge of other shards; the shard
-//! wraps it in a `RefCell` and never holds a borrow across an await.
+//! service -> workers index for them, their deadlines and the counts every
+//! whole-registry question is answered from. (Their tasks live in
+//! `tasks::TaskTable`.) It is a plain data structure: no IO, no async, no
+//! knowledge of other shards; the shard wraps it in a `RefCell` and never
+//! holds a borrow across an await.
 //!
-//! Invariant: `by_service[s]` contains `w` exactly when worker `w` is in
-//! `workers` and `s` is one of `w.index_keys()`. Every mutation goes through
-//! `insert` / `remove`, which maintain it.
+//! Nothing here costs time proportional to the registry except the
+//! explicit walks (`workers`, listings), which callers page:
+//! - records live in a chunked slab, addressed by a `Slot` that stays the
+//!   same for as long as the worker stays registered (a re-registration
+//!   keeps it), so cursors and the deadline wheel can name a worker with a
+//!   `u32`, and growth never copies the whole registry;
+//! - the id table and the service index hold slots, not id strings;
+//! - staleness and removal come from a deadline wheel (`wheel`), touched
+//!   only when a worker's deadline comes due;
+//! - the counts (healthy per service and tier, status histogram, stale,
+//!   summed load) are kept exact by every mutation, so coverage for
+//!   assignment, stats and health are O(services), not O(workers).
+//!
+//! Invariants, kept by `insert`, `remove`, `heartbeat` and `expire`:
+//! - `by_service[s]` contains slot `x` exactly when `x` holds a worker and
+//!   `s` is one of its `index_keys()`;
+//! - `counts` equals what counting every entry by its flags gives;
+//! - every entry has exactly one live ticket in the wheel, due at or before
+//!   its next deadline (fresh: going stale; stale: removal).
 
-use std::collections::{HashMap, HashSet};
-use std::time::{Instant, SystemTime};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant, SystemTime};
 
+use hashbrown::HashTable;
+
+use super::wheel::{Ticket, Wheel};
 use crate::model::wire::HeartbeatRequest;
 use crate::model::worker::{Liveness, WorkerRecord};
 
 type Hasher = ahash::RandomState;
 
-/// The shard-local registry.
+/// Where a worker lives in the slab.
+pub(crate) type Slot = u32;
+
+/// Slab chunk size: growth allocates one chunk, never moves the others.
+const CHUNK: usize = 1024;
+
+/// At most this many bytes of per-worker listing JSON are cached per
+/// shard. Within it a re-listing copies unchanged workers' JSON instead of
+/// encoding it again (edge caches poll far more often than any one worker
+/// changes); beyond it (a shard with tens of thousands of workers) the
+/// rest is encoded on every listing, so memory per worker stays flat.
+const LISTED_BUDGET: usize = 8 << 20;
+
+/// Wheel resolution: deadlines are honoured to within this (plus the
+/// sweep interval).
+const WHEEL_RESOLUTION: Duration = Duration::from_millis(100);
+
+struct Entry {
+    rec: WorkerRecord,
+    /// Last heartbeat within `heartbeat_timeout`, as of the last time the
+    /// wheel judged the worker (it turns false when its bucket comes due).
+    fresh: bool,
+    /// Counted as healthy: fresh and not reporting itself down.
+    healthy: bool,
+    /// The worker's JSON for the healthy listing, made on the first listing
+    /// after the record last changed (within `LISTED_BUDGET`).
+    listed: Option<Box<[u8]>>,
+}
+
+#[derive(Default)]
+struct SlotCell {
+    /// Serial of the live wheel ticket for this slot (see `wheel`).
+    serial: u32,
+    entry: Option<Entry>,
+}
+
+/// Exact aggregates over the shard's workers, by their flags.
+#[derive(Default)]
+struct Counts {
+    /// Fresh workers by reported status.
+    fresh_by_status: HashMap<String, u64, Hasher>,
+    stale: u64,
+    healthy: u64,
+    /// Healthy workers per tier, and their summed load in millionths
+    /// (integers, so adding and taking away never drifts).
+    tier_count: [u64; 5],
+    tier_load_micros: [i64; 5],
+    /// Healthy workers per index key (service).
+    per_service: HashMap<String, u32, Hasher>,
+}
+
+/// What one call to `expire` did.
 #[derive(Debug, Default)]
+pub(crate) struct Expired {
+    /// Ids of the workers removed for silence.
+    pub removed: Vec<String>,
+    /// How many workers went stale.
+    pub went_stale: usize,
+    /// More entries are due: call again (after letting requests run).
+    pub more: bool,
+}
+
+/// Registry-wide aggregates for stats / health / services, O(services).
+#[derive(Debug, Default)]
+pub(crate) struct Aggregates {
+    pub total: u64,
+    pub healthy: u64,
+    pub stale: u64,
+    pub tier_count: [u64; 5],
+    pub tier_load: [f64; 5],
+    pub by_status: HashMap<String, u64>,
+    /// Healthy workers per service (index key).
+    pub services: HashMap<String, u64>,
+}
+
+/// The shard-local registry.
 pub struct Registry {
-    workers: HashMap<String, WorkerRecord, Hasher>,
-    by_service: HashMap<String, HashSet<String, Hasher>, Hasher>,
-    /// Each worker's JSON for the healthy listing, made on the first listing
-    /// after the record last changed. Edge caches poll the full list far
-    /// more often than any one worker heartbeats, and serialising a record
-    /// costs microseconds, so a 1,000-worker list would otherwise spend
-    /// milliseconds re-encoding what has not changed. Every mutation of a
-    /// record must drop its entry (`changed`).
-    listed: HashMap<String, Box<[u8]>, Hasher>,
+    chunks: Vec<Vec<SlotCell>>,
+    free: Vec<Slot>,
+    len: usize,
+    /// Id -> slot; hashed by the id stored in the slot's record, so the id
+    /// string is held once.
+    ids: HashTable<Slot>,
+    hasher: Hasher,
+    by_service: HashMap<String, BTreeSet<Slot>, Hasher>,
+    wheel: Wheel,
+    live: Liveness,
+    counts: Counts,
+    listed_bytes: usize,
     /// Bumped by every mutation, so a shard can tell whether a listing it
     /// built earlier still describes the registry.
     generation: u64,
-    /// Healthy coverage (per service, per tier) for service assignment,
-    /// kept up to date by each mutation rather than recounted on every
-    /// registration, which made registering n workers cost O(n^2).
-    /// Mutations judge a worker by its reported status (a worker that has
-    /// just registered or heartbeated is fresh); staleness is applied by
-    /// `refresh_coverage`, which the shard calls on every sweep, so the
-    /// counts may include a worker for up to one sweep interval after it
-    /// went stale. Assignment is a balancing heuristic; that lag is fine.
-    counted: HashSet<String, Hasher>,
-    cov_service: HashMap<String, u32, Hasher>,
-    cov_tier: [u32; 5],
     tasks_completed: u64,
 }
 
+impl Default for Registry {
+    /// A registry judging liveness by the coordinator's default timeouts.
+    fn default() -> Self {
+        Self::new(Liveness {
+            heartbeat_timeout: Duration::from_secs(120),
+            worker_timeout: Duration::from_secs(600),
+        })
+    }
+}
+
+fn load_micros(load: f64) -> i64 {
+    if load.is_finite() {
+        (load.clamp(-1e9, 1e9) * 1e6).round() as i64
+    } else {
+        0
+    }
+}
+
+fn bump(map: &mut HashMap<String, u64, Hasher>, key: &str, add: bool) {
+    if add {
+        match map.get_mut(key) {
+            Some(n) => *n += 1,
+            None => {
+                map.insert(key.to_string(), 1);
+            }
+        }
+    } else if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+impl Counts {
+    /// Adds (or takes away) an entry's status and tier contribution.
+    fn status_and_tier(&mut self, e: &Entry, add: bool) {
+        if e.fresh {
+            bump(&mut self.fresh_by_status, &e.rec.state.status, add);
+        } else if add {
+            self.stale += 1;
+        } else {
+            self.stale = self.stale.saturating_sub(1);
+        }
+        if e.healthy {
+            let t = (e.rec.tier as usize).min(4);
+            let load = load_micros(e.rec.state.current_load);
+            if add {
+                self.healthy += 1;
+                self.tier_count[t] += 1;
+                self.tier_load_micros[t] += load;
+            } else {
+                self.healthy = self.healthy.saturating_sub(1);
+                self.tier_count[t] = self.tier_count[t].saturating_sub(1);
+                self.tier_load_micros[t] -= load;
+            }
+        }
+    }
+
+    /// Adds (or takes away) a healthy entry's service coverage.
+    fn services(&mut self, rec: &WorkerRecord, add: bool) {
+        for k in rec.index_keys() {
+            if add {
+                *self.per_service.entry(k.to_string()).or_default() += 1;
+            } else if let Some(n) = self.per_service.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_service.remove(k);
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, e: &Entry) {
+        self.status_and_tier(e, true);
+        if e.healthy {
+            self.services(&e.rec, true);
+        }
+    }
+
+    fn take(&mut self, e: &Entry) {
+        self.status_and_tier(e, false);
+        if e.healthy {
+            self.services(&e.rec, false);
+        }
+    }
+}
+
 impl Registry {
+    pub fn new(live: Liveness) -> Self {
+        Self {
+            chunks: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+            ids: HashTable::new(),
+            hasher: Hasher::new(),
+            by_service: HashMap::default(),
+            wheel: Wheel::new(Instant::now(), WHEEL_RESOLUTION),
+            live,
+            counts: Counts::default(),
+            listed_bytes: 0,
+            generation: 0,
+            tasks_completed: 0,
+        }
+    }
+
     pub fn len(&self) -> usize {
-        self.workers.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
+        self.len == 0
+    }
+
+    fn cell(&self, slot: Slot) -> Option<&SlotCell> {
+        let s = slot as usize;
+        self.chunks.get(s / CHUNK)?.get(s % CHUNK)
+    }
+
+    fn entry(&self, slot: Slot) -> Option<&Entry> {
+        self.cell(slot)?.entry.as_ref()
+    }
+
+    fn slot_of(&self, id: &str) -> Option<Slot> {
+        let hash = self.hasher.hash_one(id);
+        let chunks = &self.chunks;
+        self.ids
+            .find(hash, |&s| {
+                let s = s as usize;
+                chunks[s / CHUNK][s % CHUNK]
+                    .entry
+                    .as_ref()
+                    .is_some_and(|e| e.rec.worker_id == id)
+            })
+            .copied()
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<&WorkerRecord> {
-        self.workers.get(id)
+        self.entry(self.slot_of(id)?).map(|e| &e.rec)
     }
 
+    /// Every worker, in slot order.
     pub fn workers(&self) -> impl Iterator<Item = &WorkerRecord> {
-        self.workers.values()
+        self.workers_from(0).map(|(_, w)| w)
+    }
+
+    /// Workers in slot order from `first` on, with their slots. A worker
+    /// keeps its slot while registered, so a walk resumed from `last + 1`
+    /// sees every worker that stayed registered exactly once.
+    pub(crate) fn workers_from(
+        &self,
+        first: Slot,
+    ) -> impl Iterator<Item = (Slot, &WorkerRecord)> + '_ {
+        let first = first as usize;
+        self.chunks
+            .iter()
+            .enumerate()
+            .skip(first / CHUNK)
+            .flat_map(move |(c, chunk)| {
+                let skip = if c == first / CHUNK { first % CHUNK } else { 0 };
+                chunk
+                    .iter()
+                    .enumerate()
+                    .skip(skip)
+                    .filter_map(move |(i, cell)| {
+                        let e = cell.entry.as_ref()?;
+                        Some(((c * CHUNK + i) as Slot, &e.rec))
+                    })
+            })
     }
 
     pub(crate) fn tasks_completed(&self) -> u64 {
         self.tasks_completed
     }
 
-    /// Service name -> ids of the workers indexed under it.
-    pub(crate) fn service_index(&self) -> impl Iterator<Item = (&str, &HashSet<String, Hasher>)> {
-        self.by_service.iter().map(|(k, v)| (k.as_str(), v))
-    }
-
-    /// The records of the workers indexed under `service`.
+    /// The records of the workers indexed under `service`, in slot order.
     pub(crate) fn service_workers<'a>(
         &'a self,
         service: &str,
     ) -> impl Iterator<Item = &'a WorkerRecord> + 'a {
-        let ids = self.by_service.get(service);
-        ids.into_iter()
-            .flatten()
-            .filter_map(|id| self.workers.get(id))
+        self.service_workers_from(service, 0).map(|(_, w)| w)
+    }
+
+    /// Like `service_workers`, from slot `first` on, with slots.
+    pub(crate) fn service_workers_from<'a>(
+        &'a self,
+        service: &str,
+        first: Slot,
+    ) -> impl Iterator<Item = (Slot, &'a WorkerRecord)> + 'a {
+        self.by_service
+            .get(service)
+            .into_iter()
+            .flat_map(move |set| set.range(first..))
+            .filter_map(|&s| Some((s, &self.entry(s)?.rec)))
+    }
+
+    /// Service name -> slots of the workers indexed under it.
+    pub(crate) fn service_names(&self) -> impl Iterator<Item = &str> {
+        self.by_service.keys().map(String::as_str)
     }
 
     /// Changes with every mutation of the registry.
@@ -88,79 +340,137 @@ impl Registry {
         self.generation
     }
 
-    /// Every mutation of worker `id`'s record goes through here first.
-    fn changed(&mut self, id: &str) {
-        self.listed.remove(id);
-        self.generation += 1;
+    /// Drops an entry's cached JSON and bumps the generation: every
+    /// mutation of a record goes through here.
+    fn changed(listed_bytes: &mut usize, generation: &mut u64, e: &mut Entry) {
+        if let Some(b) = e.listed.take() {
+            *listed_bytes -= b.len();
+        }
+        *generation += 1;
+    }
+
+    fn schedule(&mut self, slot: Slot, not_before: Option<Instant>) {
+        let Some(cell) = self.cell(slot) else { return };
+        let Some(e) = cell.entry.as_ref() else { return };
+        let timeout = if e.fresh {
+            self.live.heartbeat_timeout
+        } else {
+            self.live.worker_timeout
+        };
+        let ticket = Ticket {
+            slot,
+            serial: cell.serial,
+        };
+        self.wheel
+            .schedule(ticket, e.rec.last_seen + timeout, not_before);
     }
 
     /// Inserts or replaces a record; returns true when it replaced one.
+    /// A replacement keeps the worker's slot and adds up its completed
+    /// tasks.
     pub fn insert(&mut self, mut rec: WorkerRecord) -> bool {
-        let old = self.remove(&rec.worker_id);
-        self.changed(&rec.worker_id);
-        let replaced = old.is_some();
-        if let Some(old) = old {
-            rec.tasks_completed += old.tasks_completed;
+        let now = Instant::now();
+        let fresh = rec.age(now) <= self.live.heartbeat_timeout;
+        let healthy = fresh && !rec.reports_down();
+        if let Some(slot) = self.slot_of(&rec.worker_id) {
+            let Self {
+                chunks,
+                counts,
+                by_service,
+                listed_bytes,
+                generation,
+                ..
+            } = self;
+            let s = slot as usize;
+            let cell = &mut chunks[s / CHUNK][s % CHUNK];
+            let Some(e) = cell.entry.as_mut() else {
+                return false;
+            };
+            Self::changed(listed_bytes, generation, e);
+            counts.take(e);
+            unindex(by_service, &e.rec, slot);
+            rec.tasks_completed += e.rec.tasks_completed;
+            let was_fresh = e.fresh;
+            e.rec = rec;
+            e.fresh = fresh;
+            e.healthy = healthy;
+            counts.add(e);
+            index(by_service, &e.rec, slot);
+            // A stale worker's ticket is due at its removal; fresh again,
+            // it needs one at its (earlier) stale deadline.
+            if !was_fresh && fresh {
+                cell.serial = cell.serial.wrapping_add(1);
+                self.schedule(slot, None);
+            }
+            return true;
         }
-        for key in rec.index_keys() {
-            self.by_service
-                .entry(key.to_string())
-                .or_default()
-                .insert(rec.worker_id.clone());
-        }
-        let id = rec.worker_id.clone();
-        let counts = !rec.reports_down();
-        self.workers.insert(id.clone(), rec);
-        self.set_counted(&id, counts);
-        replaced
+        let slot = self.alloc();
+        let hash = self.hasher.hash_one(rec.worker_id.as_str());
+        let entry = Entry {
+            rec,
+            fresh,
+            healthy,
+            listed: None,
+        };
+        self.counts.add(&entry);
+        index(&mut self.by_service, &entry.rec, slot);
+        let Self {
+            chunks,
+            ids,
+            hasher,
+            ..
+        } = self;
+        let s = slot as usize;
+        chunks[s / CHUNK][s % CHUNK].entry = Some(entry);
+        let chunks = &*chunks;
+        ids.insert_unique(hash, slot, |&x| {
+            let x = x as usize;
+            chunks[x / CHUNK][x % CHUNK]
+                .entry
+                .as_ref()
+                .map_or(0, |e| hasher.hash_one(e.rec.worker_id.as_str()))
+        });
+        self.len += 1;
+        self.generation += 1;
+        self.schedule(slot, None);
+        false
     }
 
-    /// Puts worker `id` in or out of the coverage counts.
-    fn set_counted(&mut self, id: &str, on: bool) {
-        if self.counted.contains(id) == on {
-            return;
+    /// A free slot (its serial already bumped past any ticket left behind).
+    fn alloc(&mut self) -> Slot {
+        if let Some(s) = self.free.pop() {
+            return s;
         }
-        let Some(rec) = self.workers.get(id) else {
-            return;
-        };
-        let tier = (rec.tier as usize).min(4);
-        let keys: Vec<String> = rec.index_keys().into_iter().map(str::to_string).collect();
-        if on {
-            self.counted.insert(id.to_string());
-            self.cov_tier[tier] += 1;
-            for k in keys {
-                *self.cov_service.entry(k).or_default() += 1;
-            }
-        } else {
-            self.counted.remove(id);
-            self.cov_tier[tier] = self.cov_tier[tier].saturating_sub(1);
-            for k in keys {
-                if let Some(n) = self.cov_service.get_mut(&k) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        self.cov_service.remove(&k);
-                    }
-                }
-            }
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
         }
+        let c = self.chunks.len() - 1;
+        let chunk = &mut self.chunks[c];
+        chunk.push(SlotCell::default());
+        (c * CHUNK + chunk.len() - 1) as Slot
     }
 
     /// Healthy workers per service and per tier (index = tier), leaving
     /// out `exclude` (a re-registering worker must not count itself).
     pub fn coverage(&self, exclude: Option<&str>) -> (HashMap<String, u32>, [u32; 5]) {
         let mut services: HashMap<String, u32> = self
-            .cov_service
+            .counts
+            .per_service
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        let mut tiers = self.cov_tier;
-        if let Some(rec) = exclude
-            .filter(|id| self.counted.contains(*id))
-            .and_then(|id| self.workers.get(id))
+        let mut tiers = self
+            .counts
+            .tier_count
+            .map(|n| n.min(u32::MAX as u64) as u32);
+        if let Some(e) = exclude
+            .and_then(|id| self.slot_of(id))
+            .and_then(|s| self.entry(s))
+            .filter(|e| e.healthy)
         {
-            let t = (rec.tier as usize).min(4);
+            let t = (e.rec.tier as usize).min(4);
             tiers[t] = tiers[t].saturating_sub(1);
-            for k in rec.index_keys() {
+            for k in e.rec.index_keys() {
                 if let Some(n) = services.get_mut(k) {
                     *n = n.saturating_sub(1);
                 }
@@ -170,20 +480,80 @@ impl Registry {
         (services, tiers)
     }
 
-    /// Re-judges every worker's place in the coverage counts by the clock
-    /// (staleness); called on each sweep.
-    pub(crate) fn refresh_coverage(&mut self, now: Instant, live: &Liveness) {
-        let flips: Vec<(String, bool)> = self
-            .workers
-            .values()
-            .filter_map(|w| {
-                let on = w.is_healthy(now, live);
-                (self.counted.contains(&w.worker_id) != on).then(|| (w.worker_id.clone(), on))
-            })
+    /// Totals for stats, health and the services views: O(services).
+    pub(crate) fn aggregates(&self) -> Aggregates {
+        let c = &self.counts;
+        let mut by_status: HashMap<String, u64> = c
+            .fresh_by_status
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
             .collect();
-        for (id, on) in flips {
-            self.set_counted(&id, on);
+        if c.stale > 0 {
+            *by_status.entry("stale".into()).or_default() += c.stale;
         }
+        Aggregates {
+            total: self.len as u64,
+            healthy: c.healthy,
+            stale: c.stale,
+            tier_count: c.tier_count,
+            tier_load: c.tier_load_micros.map(|m| m as f64 / 1e6),
+            by_status,
+            services: c
+                .per_service
+                .iter()
+                .map(|(k, v)| (k.clone(), *v as u64))
+                .collect(),
+        }
+    }
+
+    /// Judges up to `max` workers whose deadline came due by `now`: a
+    /// fresh one that missed its heartbeat goes stale, a stale one silent
+    /// for `worker_timeout` is removed, and the rest are re-queued at their
+    /// real next deadline. Cost is proportional to `max`, never to the
+    /// registry; `more` says whether due entries are left.
+    pub(crate) fn expire(&mut self, now: Instant, max: usize) -> Expired {
+        let mut due = Vec::with_capacity(max.min(4096));
+        self.wheel.take_due(now, max, &mut due);
+        let mut out = Expired::default();
+        for t in due {
+            let Some(cell) = self.cell(t.slot) else {
+                continue;
+            };
+            if cell.serial != t.serial {
+                continue;
+            }
+            let Some(e) = cell.entry.as_ref() else {
+                continue;
+            };
+            let age = e.rec.age(now);
+            if age > self.live.worker_timeout {
+                let id = e.rec.worker_id.clone();
+                self.remove(&id);
+                out.removed.push(id);
+                continue;
+            }
+            if e.fresh && age > self.live.heartbeat_timeout {
+                let Self {
+                    chunks,
+                    counts,
+                    listed_bytes,
+                    generation,
+                    ..
+                } = self;
+                let s = t.slot as usize;
+                if let Some(e) = chunks[s / CHUNK][s % CHUNK].entry.as_mut() {
+                    Self::changed(listed_bytes, generation, e);
+                    counts.take(e);
+                    e.fresh = false;
+                    e.healthy = false;
+                    counts.add(e);
+                }
+                out.went_stale += 1;
+            }
+            self.schedule(t.slot, Some(now));
+        }
+        out.more = self.wheel.has_due(now);
+        out
     }
 
     /// Puts back a record read from the database at startup, counting its
@@ -195,39 +565,83 @@ impl Registry {
 
     /// Removes a worker and every index entry naming it.
     pub(crate) fn remove(&mut self, id: &str) -> Option<WorkerRecord> {
-        self.set_counted(id, false);
-        let rec = self.workers.remove(id)?;
-        self.changed(id);
-        for key in rec.index_keys() {
-            if let Some(set) = self.by_service.get_mut(key) {
-                set.remove(id);
-                if set.is_empty() {
-                    self.by_service.remove(key);
-                }
-            }
+        let slot = self.slot_of(id)?;
+        let hash = self.hasher.hash_one(id);
+        let Self {
+            chunks,
+            ids,
+            counts,
+            by_service,
+            listed_bytes,
+            generation,
+            free,
+            ..
+        } = self;
+        let s = slot as usize;
+        let cell = &mut chunks[s / CHUNK][s % CHUNK];
+        let mut e = cell.entry.take()?;
+        // Any ticket left in the wheel for this tenancy is now void.
+        cell.serial = cell.serial.wrapping_add(1);
+        Self::changed(listed_bytes, generation, &mut e);
+        counts.take(&e);
+        unindex(by_service, &e.rec, slot);
+        if let Ok(found) = ids.find_entry(hash, |&x| x == slot) {
+            found.remove();
         }
-        Some(rec)
+        free.push(slot);
+        self.len -= 1;
+        Some(e.rec)
     }
 
-    /// Applies a heartbeat; false when the worker is unknown.
-    pub fn heartbeat(&mut self, hb: HeartbeatRequest, now: Instant, wall: SystemTime) -> bool {
-        let Some(rec) = self.workers.get_mut(&hb.worker_id) else {
-            return false;
-        };
-        // `changed`, spelled out: the record is already borrowed.
-        self.listed.remove(&hb.worker_id);
-        self.generation += 1;
+    /// Applies a heartbeat. `None` when the worker is unknown; otherwise
+    /// whether the change matters to routing (the worker became or stopped
+    /// being routable, or changed the models it has loaded), which other
+    /// shards' cached candidate lists must hear about at once.
+    pub fn heartbeat(
+        &mut self,
+        hb: HeartbeatRequest,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Option<bool> {
+        let slot = self.slot_of(&hb.worker_id)?;
+        let Self {
+            chunks,
+            counts,
+            listed_bytes,
+            generation,
+            ..
+        } = self;
+        let s = slot as usize;
+        let cell = &mut chunks[s / CHUNK][s % CHUNK];
+        let e = cell.entry.as_mut()?;
+        Self::changed(listed_bytes, generation, e);
+        let (was_fresh, was_healthy) = (e.fresh, e.healthy);
+        let status = hb
+            .status
+            .map_or(Cow::Borrowed("healthy"), crate::model::worker::status_of);
+        let same_status = was_fresh && e.rec.state.status == status;
+        // Same status while fresh means the same verdict, so only the
+        // load part of the counts can change: take it away, add it back.
+        let t = (e.rec.tier as usize).min(4);
+        if !same_status {
+            counts.status_and_tier(e, false);
+        } else if was_healthy {
+            counts.tier_load_micros[t] -= load_micros(e.rec.state.current_load);
+        }
+        let rec = &mut e.rec;
         rec.last_seen = now;
         rec.last_heartbeat_at = wall;
         let st = &mut rec.state;
-        st.status = hb.status.unwrap_or_else(|| "healthy".to_string());
+        st.status = status;
         if let Some(v) = hb.current_load {
             st.current_load = v;
         }
         if let Some(v) = hb.available_memory {
             st.available_memory = Some(v);
         }
+        let mut models_changed = false;
         if let Some(v) = hb.loaded_models {
+            models_changed = st.loaded_models != v;
             st.loaded_models = v;
         }
         if let Some(v) = hb.active_requests {
@@ -237,14 +651,27 @@ impl Registry {
             st.gpu_utilization = Some(v);
         }
         if let Some(v) = hb.services_status {
-            st.services_status = v;
+            st.services_status = Some(v);
         }
         if let Some(v) = hb.specialization {
             st.specialization = Some(v);
         }
-        let on = !rec.reports_down();
-        self.set_counted(&hb.worker_id, on);
-        true
+        e.fresh = true;
+        e.healthy = !e.rec.reports_down();
+        if !same_status {
+            counts.status_and_tier(e, true);
+        } else if was_healthy {
+            counts.tier_load_micros[t] += load_micros(e.rec.state.current_load);
+        }
+        if was_healthy != e.healthy {
+            counts.services(&e.rec, e.healthy);
+        }
+        let routing = was_healthy != e.healthy || (e.healthy && models_changed);
+        if !was_fresh {
+            cell.serial = cell.serial.wrapping_add(1);
+            self.schedule(slot, None);
+        }
+        Some(routing)
     }
 
     /// Appends the healthy-listing JSON of every healthy worker (of
@@ -256,238 +683,134 @@ impl Registry {
         &mut self,
         service: Option<&str>,
         now: Instant,
-        live: &Liveness,
         out: &mut Vec<u8>,
         mut seen: impl FnMut(&WorkerRecord, &[u8]),
     ) -> (usize, Option<Instant>) {
+        let slots: Vec<Slot> = match service {
+            Some(s) => self
+                .by_service
+                .get(s)
+                .map(|set| set.iter().copied().collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let live = self.live;
         let mut valid_until: Option<Instant> = None;
+        let mut n = 0;
+        let mut scratch = Vec::new();
         let Self {
-            workers,
-            by_service,
-            listed,
+            chunks,
+            listed_bytes,
             ..
         } = self;
-        let mut emit = |w: &WorkerRecord, out: &mut Vec<u8>, n: &mut usize| {
-            if !w.is_healthy(now, live) {
+        let mut emit = |e: &mut Entry, out: &mut Vec<u8>| {
+            let w = &e.rec;
+            if !w.is_healthy(now, &live) {
                 return;
             }
             let stale_at = w.last_seen + live.heartbeat_timeout;
             if valid_until.is_none_or(|v| stale_at < v) {
                 valid_until = Some(stale_at);
             }
-            if !listed.contains_key(w.worker_id.as_str()) {
-                let mut buf = Vec::with_capacity(1024);
-                w.write_json(&mut buf, now, live, false);
-                listed.insert(w.worker_id.clone(), buf.into_boxed_slice());
-            }
-            let json = &listed[w.worker_id.as_str()];
-            if *n > 0 {
+            if n > 0 {
                 out.push(b',');
             }
+            let json: &[u8] = match &e.listed {
+                Some(b) => b,
+                None => {
+                    scratch.clear();
+                    w.write_json(&mut scratch, now, &live, false);
+                    if *listed_bytes + scratch.len() <= LISTED_BUDGET {
+                        *listed_bytes += scratch.len();
+                        e.listed = Some(scratch.as_slice().into());
+                        e.listed.as_deref().unwrap_or_default()
+                    } else {
+                        &scratch
+                    }
+                }
+            };
             out.extend_from_slice(json);
-            seen(w, json);
-            *n += 1;
+            seen(&e.rec, json);
+            n += 1;
         };
-        let mut n = 0;
         match service {
-            Some(s) => {
-                for w in by_service
-                    .get(s)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|id| workers.get(id))
-                {
-                    emit(w, out, &mut n);
+            Some(_) => {
+                for s in slots {
+                    let s = s as usize;
+                    if let Some(e) = chunks[s / CHUNK][s % CHUNK].entry.as_mut() {
+                        emit(e, out);
+                    }
                 }
             }
             None => {
-                for w in workers.values() {
-                    emit(w, out, &mut n);
+                for cell in chunks.iter_mut().flatten() {
+                    if let Some(e) = cell.entry.as_mut() {
+                        emit(e, out);
+                    }
                 }
             }
         }
         (n, valid_until)
     }
 
-    /// Removes workers silent for longer than `worker_timeout`; returns their ids.
-    pub(crate) fn sweep(&mut self, now: Instant, live: &Liveness) -> Vec<String> {
-        let dead: Vec<String> = self
-            .workers
-            .values()
-            .filter(|w| w.age(now) > live.worker_timeout)
-            .map(|w| w.worker_id.clone())
-            .collect();
-        for id in &dead {
-            self.remove(id);
-        }
-        dead
-    }
-
     /// Counts a completed task; false when the worker is unknown.
     pub(crate) fn complete_task(&mut self, id: &str) -> bool {
-        self.changed(id);
-        match self.workers.get_mut(id) {
-            Some(w) => {
-                w.tasks_completed += 1;
-                self.tasks_completed += 1;
+        let Some(slot) = self.slot_of(id) else {
+            return false;
+        };
+        let Self {
+            chunks,
+            listed_bytes,
+            generation,
+            tasks_completed,
+            ..
+        } = self;
+        let s = slot as usize;
+        match chunks[s / CHUNK][s % CHUNK].entry.as_mut() {
+            Some(e) => {
+                Self::changed(listed_bytes, generation, e);
+                e.rec.tasks_completed += 1;
+                *tasks_completed += 1;
                 true
             }
             None => false,
         }
     }
+
+    /// Entries in the deadline wheel.
+    #[cfg(test)]
+    pub(crate) fn queued_deadlines(&self) -> usize {
+        self.wheel.len()
+    }
+}
+
+fn index(by_service: &mut HashMap<String, BTreeSet<Slot>, Hasher>, rec: &WorkerRecord, slot: Slot) {
+    for key in rec.index_keys() {
+        match by_service.get_mut(key) {
+            Some(set) => {
+                set.insert(slot);
+            }
+            None => {
+                by_service.insert(key.to_string(), BTreeSet::from([slot]));
+            }
+        }
+    }
+}
+
+fn unindex(
+    by_service: &mut HashMap<String, BTreeSet<Slot>, Hasher>,
+    rec: &WorkerRecord,
+    slot: Slot,
+) {
+    for key in rec.index_keys() {
+        if let Some(set) = by_service.get_mut(key) {
+            set.remove(&slot);
+            if set.is_empty() {
+                by_service.remove(key);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    use serde_json::{Map, Value};
-
-    use crate::model::worker::Registration;
-    use crate::model::WorkerType;
-
-    pub(crate) fn record(id: &str, assigned: &[&str]) -> WorkerRecord {
-        let r = Registration {
-            worker_id: id.to_string(),
-            capabilities: Map::new(),
-            tunnel_url: None,
-            ip_address: Some("127.0.0.1".into()),
-            services: vec![],
-            containers: vec![],
-        };
-        let mut rec = WorkerRecord::registered(r, WorkerType::Cpu.into(), &[]);
-        // Service names of the tests' own, not catalog entries.
-        rec.assigned_services = assigned.iter().map(|s| s.to_string()).collect();
-        rec
-    }
-
-    fn index(reg: &Registry) -> Vec<(String, Vec<String>)> {
-        let mut v: Vec<(String, Vec<String>)> = reg
-            .service_index()
-            .map(|(k, set)| {
-                let mut ids: Vec<String> = set.iter().cloned().collect();
-                ids.sort();
-                (k.to_string(), ids)
-            })
-            .collect();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn reregister_replaces_index_entries() {
-        let mut reg = Registry::default();
-        assert!(!reg.insert(record("w1", &["a", "b"])));
-        assert!(reg.insert(record("w1", &["c"])));
-        assert_eq!(index(&reg), vec![("c".to_string(), vec!["w1".to_string()])]);
-        reg.remove("w1");
-        assert!(index(&reg).is_empty());
-    }
-
-    #[test]
-    fn declared_services_are_indexed_too() {
-        let mut reg = Registry::default();
-        let mut r = record("w1", &["a"]);
-        r.services = vec![
-            serde_json::json!({"name": "x", "port": 1}),
-            Value::from("y"),
-        ];
-        reg.insert(r);
-        let keys: Vec<String> = index(&reg).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, vec!["a", "x", "y"]);
-    }
-
-    #[test]
-    fn coverage_follows_every_mutation_and_staleness() {
-        let live = Liveness {
-            heartbeat_timeout: Duration::from_secs(2),
-            worker_timeout: Duration::from_secs(60),
-        };
-        let cov = |reg: &Registry, ex: Option<&str>| {
-            let (s, t) = reg.coverage(ex);
-            let mut s: Vec<(String, u32)> = s.into_iter().collect();
-            s.sort();
-            (s, t[2])
-        };
-        let mut reg = Registry::default();
-        reg.insert(record("a", &["x", "y"]));
-        reg.insert(record("b", &["x"]));
-        let both = vec![("x".to_string(), 2), ("y".to_string(), 1)];
-        assert_eq!(cov(&reg, None), (both.clone(), 2));
-        // A re-registering worker does not count itself.
-        assert_eq!(cov(&reg, Some("a")), (vec![("x".to_string(), 1)], 1));
-        // Re-registration with other services moves its counts.
-        reg.insert(record("a", &["z"]));
-        assert_eq!(
-            cov(&reg, None),
-            (vec![("x".to_string(), 1), ("z".to_string(), 1)], 2)
-        );
-        // A worker reporting itself offline drops out, and back in.
-        let hb = |id: &str, status: &str| HeartbeatRequest {
-            worker_id: id.into(),
-            status: Some(status.into()),
-            ..Default::default()
-        };
-        let now = Instant::now();
-        reg.heartbeat(hb("b", "offline"), now, SystemTime::now());
-        assert_eq!(cov(&reg, None), (vec![("z".to_string(), 1)], 1));
-        reg.heartbeat(hb("b", "busy"), now, SystemTime::now());
-        assert_eq!(cov(&reg, None).1, 2);
-        // Staleness is applied on refresh (each sweep).
-        let later = now + Duration::from_secs(3);
-        reg.refresh_coverage(later, &live);
-        assert_eq!(cov(&reg, None), (vec![], 0));
-        reg.heartbeat(hb("a", "healthy"), later, SystemTime::now());
-        assert_eq!(cov(&reg, None), (vec![("z".to_string(), 1)], 1));
-        reg.remove("a");
-        assert_eq!(cov(&reg, None), (vec![], 0));
-    }
-
-    #[test]
-    fn sweep_removes_only_expired() {
-        let mut reg = Registry::default();
-        let mut old = record("old", &["a"]);
-        let now = Instant::now();
-        old.last_seen = now - Duration::from_secs(10);
-        reg.insert(old);
-        reg.insert(record("new", &["a"]));
-        let live = Liveness {
-            heartbeat_timeout: Duration::from_secs(2),
-            worker_timeout: Duration::from_secs(5),
-        };
-        assert_eq!(reg.sweep(now, &live), vec!["old".to_string()]);
-        assert_eq!(
-            index(&reg),
-            vec![("a".to_string(), vec!["new".to_string()])]
-        );
-    }
-
-    #[test]
-    fn busy_is_healthy_but_offline_is_not() {
-        let live = Liveness {
-            heartbeat_timeout: Duration::from_secs(60),
-            worker_timeout: Duration::from_secs(600),
-        };
-        let mut reg = Registry::default();
-        reg.insert(record("w", &[]));
-        let hb = |s: &str| HeartbeatRequest {
-            worker_id: "w".into(),
-            status: Some(s.into()),
-            ..Default::default()
-        };
-        let now = Instant::now();
-        assert!(reg.heartbeat(hb("busy"), now, SystemTime::now()));
-        assert!(reg.get("w").unwrap().is_healthy(now, &live));
-        reg.heartbeat(hb("Offline"), now, SystemTime::now());
-        assert!(!reg.get("w").unwrap().is_healthy(now, &live));
-        assert!(!reg.heartbeat(
-            HeartbeatRequest {
-                worker_id: "nope".into(),
-                ..Default::default()
-            },
-            now,
-            SystemTime::now()
-        ));
-    }
-}
+mod tests;

@@ -85,15 +85,14 @@ impl Shard {
         }
         let mut best: Option<(f64, Vec<u8>)> = None;
         let mut items = Vec::with_capacity(if service.is_none() { cache.hint } else { 4096 });
-        let (n, valid_until) =
-            reg.write_healthy(service, now, &self.live, &mut items, |w, json| {
-                if service.is_some() {
-                    let load = w.state.current_load;
-                    if best.as_ref().is_none_or(|(b, _)| load < *b) {
-                        best = Some((load, json.to_vec()));
-                    }
+        let (n, valid_until) = reg.write_healthy(service, now, &mut items, |w, json| {
+            if service.is_some() {
+                let load = w.state.current_load;
+                if best.as_ref().is_none_or(|(b, _)| load < *b) {
+                    best = Some((load, json.to_vec()));
                 }
-            });
+            }
+        });
         let listing = Listing {
             items: items.into(),
             count: n,
@@ -106,42 +105,37 @@ impl Shard {
         listing
     }
 
-    pub(super) fn summary(&self, now: Instant) -> Summary {
+    /// Totals for stats / health / services: read off the registry's
+    /// incremental counts, O(services), however many workers there are.
+    pub(super) fn summary(&self) -> Summary {
         let reg = self.registry.borrow();
-        let mut s = Summary {
-            total: reg.len() as u64,
+        let a = reg.aggregates();
+        Summary {
+            total: a.total,
+            healthy: a.healthy,
+            stale: a.stale,
+            tier_count: a.tier_count,
+            tier_load: a.tier_load,
+            by_status: a.by_status,
+            services: a.services,
             tasks_completed: reg.tasks_completed(),
-            ..Default::default()
-        };
-        for w in reg.workers() {
-            let fresh = w.age(now) <= self.live.heartbeat_timeout;
-            let status = if fresh {
-                w.state.status.as_str()
-            } else {
-                "stale"
-            };
-            *s.by_status.entry(status.to_string()).or_default() += 1;
-            if !fresh {
-                s.stale += 1;
-            }
-            if w.is_healthy(now, &self.live) {
-                s.healthy += 1;
-                let t = (w.tier as usize).min(4);
-                s.tier_count[t] += 1;
-                s.tier_load[t] += w.state.current_load;
-            }
         }
-        let mut services: HashMap<String, Vec<String>> = HashMap::new();
-        for (name, ids) in reg.service_index() {
-            let healthy = ids
-                .iter()
-                .filter(|id| reg.get(id).is_some_and(|w| w.is_healthy(now, &self.live)))
-                .cloned()
-                .collect();
-            services.insert(name.to_string(), healthy);
-        }
-        s.services = services;
-        s
+    }
+
+    /// Healthy worker ids per service, for the admin services view: the
+    /// one summary that lists workers, so it walks the service index.
+    pub(super) fn members(&self, now: Instant) -> HashMap<String, Vec<String>> {
+        let reg = self.registry.borrow();
+        reg.service_names()
+            .map(|name| {
+                let ids = reg
+                    .service_workers(name)
+                    .filter(|w| w.is_healthy(now, &self.live))
+                    .map(|w| w.worker_id.clone())
+                    .collect();
+                (name.to_string(), ids)
+            })
+            .collect()
     }
 
     /// One task per capable worker, queued on the worker's own queue (which
@@ -152,7 +146,7 @@ impl Shard {
             .workers()
             .filter(|w| w.is_healthy(now, &self.live) && w.tier <= 2)
             .filter(|w| match &job.required_capability {
-                Some(cap) => w.capabilities.get(cap).is_some_and(truthy),
+                Some(cap) => w.capability_map().get(cap).is_some_and(truthy),
                 None => true,
             })
             .map(|w| w.worker_id.clone())

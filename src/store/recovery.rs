@@ -13,6 +13,7 @@ use super::worker::{age_at, restore};
 use super::{task, Op, Recovered, Store, StoreError};
 use crate::model::placement::owner_of;
 use crate::model::worker::WorkerRecord;
+use crate::model::Catalog;
 use crate::tasks::task::shard_of_key;
 use crate::tasks::Task;
 
@@ -48,6 +49,7 @@ impl Boot {
         rec: Recovered,
         shards: usize,
         worker_timeout: Duration,
+        catalog: &'static Catalog,
     ) -> Result<Arc<Boot>, StoreError> {
         let started = Instant::now();
         let (now, wall) = (Instant::now(), SystemTime::now());
@@ -59,7 +61,7 @@ impl Boot {
         };
         let n_rows = rec.workers.len();
         for row in &rec.workers {
-            let w = restore(row, now, wall).map_err(corrupt)?;
+            let w = restore(row, now, wall, catalog).map_err(corrupt)?;
             if age_at(w.last_heartbeat_at, wall) > worker_timeout {
                 expired.push(Op::DeleteWorker { id: w.worker_id });
                 continue;

@@ -9,11 +9,12 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use super::{Op, RecoveredWorker};
-use crate::model::worker::{ContainerConfig, ReportedState, ServiceConfig, WorkerRecord};
-use crate::model::WorkerType;
+use crate::model::worker::{declared_of, raw_list, Assigned, ReportedState, WorkerRecord};
+use crate::model::{Catalog, WorkerType};
 
 /// Microseconds since the Unix epoch (negative before it).
 pub(crate) fn to_us(t: SystemTime) -> i64 {
@@ -38,12 +39,11 @@ struct RowRef<'a> {
     tier: u8,
     tunnel_url: Option<&'a str>,
     ip_address: Option<&'a str>,
-    capabilities: &'a Map<String, Value>,
-    services: &'a [Value],
-    containers: &'a [Value],
-    assigned_services: &'a [String],
-    service_configs: &'a [ServiceConfig],
-    assigned_containers: &'a [ContainerConfig],
+    capabilities: &'a RawValue,
+    services: Option<&'a RawValue>,
+    containers: Option<&'a RawValue>,
+    /// Names: the catalog entries are looked up again on restore.
+    assigned_services: Assigned<'a, &'static str>,
     registered_at_us: i64,
     last_heartbeat_us: i64,
     state: &'a ReportedState,
@@ -60,17 +60,13 @@ struct Row {
     #[serde(default)]
     ip_address: Option<String>,
     #[serde(default)]
-    capabilities: Map<String, Value>,
+    capabilities: Option<Box<RawValue>>,
     #[serde(default)]
-    services: Vec<Value>,
+    services: Option<Box<RawValue>>,
     #[serde(default)]
-    containers: Vec<Value>,
+    containers: Option<Box<RawValue>>,
     #[serde(default)]
     assigned_services: Vec<String>,
-    #[serde(default)]
-    service_configs: Vec<ServiceConfig>,
-    #[serde(default)]
-    assigned_containers: Vec<ContainerConfig>,
     registered_at_us: i64,
     last_heartbeat_us: i64,
     #[serde(default)]
@@ -92,11 +88,9 @@ pub(crate) fn put_op(rec: &WorkerRecord) -> Op {
         tunnel_url: rec.tunnel_url.as_deref(),
         ip_address: rec.ip_address.as_deref(),
         capabilities: &rec.capabilities,
-        services: &rec.services,
-        containers: &rec.containers,
-        assigned_services: &rec.assigned_services,
-        service_configs: &rec.service_configs,
-        assigned_containers: &rec.assigned_containers,
+        services: rec.services.as_deref(),
+        containers: rec.containers.as_deref(),
+        assigned_services: Assigned(&rec.assigned, |s| s.name.as_str()),
         registered_at_us: to_us(rec.registered_at),
         last_heartbeat_us: to_us(rec.last_heartbeat_at),
         state: &rec.state,
@@ -130,10 +124,13 @@ pub(crate) fn age_at(last_heartbeat: SystemTime, wall: SystemTime) -> Duration {
 /// booted more recently than that (the monotonic clock cannot go back that
 /// far) does the worker count from `now`; callers drop workers older than
 /// the removal timeout before that can matter.
+/// Assigned services are looked up in `catalog` by name; one the catalog
+/// no longer has is dropped from the record.
 pub(crate) fn restore(
     w: &RecoveredWorker,
     now: Instant,
     wall: SystemTime,
+    catalog: &'static Catalog,
 ) -> Result<WorkerRecord, String> {
     let row: Row = serde_json::from_str(&w.record)
         .map_err(|e| format!("worker row {:?} cannot be decoded: {e}", w.id))?;
@@ -150,18 +147,35 @@ pub(crate) fn restore(
     };
     let last_heartbeat_at = from_us(w.heartbeat_us.unwrap_or(row.last_heartbeat_us));
     let age = age_at(last_heartbeat_at, wall);
+    let list = |raw: Option<Box<RawValue>>, field: &str| -> Result<Vec<Value>, String> {
+        match raw {
+            None => Ok(Vec::new()),
+            Some(r) => serde_json::from_str::<Option<Vec<Value>>>(r.get())
+                .map(Option::unwrap_or_default)
+                .map_err(|e| format!("{field} of worker {:?} cannot be decoded: {e}", w.id)),
+        }
+    };
+    let services = list(row.services, "services")?;
+    let containers = list(row.containers, "containers")?;
+    let capabilities = match row.capabilities {
+        Some(c) if c.get().starts_with('{') => c,
+        _ => RawValue::from_string("{}".into()).map_err(|e| e.to_string())?,
+    };
     Ok(WorkerRecord {
         worker_id: row.worker_id,
         worker_type: row.worker_type,
         tier: row.tier,
         tunnel_url: row.tunnel_url,
         ip_address: row.ip_address,
-        capabilities: row.capabilities,
-        services: row.services,
-        containers: row.containers,
-        assigned_services: row.assigned_services,
-        service_configs: row.service_configs,
-        assigned_containers: row.assigned_containers,
+        capabilities,
+        declared: declared_of(&services),
+        services: raw_list(&services),
+        containers: raw_list(&containers),
+        assigned: row
+            .assigned_services
+            .iter()
+            .filter_map(|n| catalog.resolve(n))
+            .collect(),
         registered_at: from_us(row.registered_at_us),
         last_heartbeat_at,
         last_seen: now.checked_sub(age).unwrap_or(now),
@@ -187,24 +201,18 @@ mod tests {
         // Rows keep microseconds, as the wire timestamps do.
         let wall = from_us(to_us(SystemTime::now()));
         let now = Instant::now();
-        let mut caps = Map::new();
-        caps.insert("has_gpu".into(), Value::Bool(true));
+        let catalog = Catalog::builtin();
         let rec = WorkerRecord {
             worker_id: "w1".into(),
             worker_type: WorkerType::Gpu,
             tier: 1,
             tunnel_url: Some("http://w1".into()),
             ip_address: None,
-            capabilities: caps,
-            services: vec![serde_json::json!({"name": "x"})],
-            containers: vec![],
-            assigned_services: vec!["llm-inference".into()],
-            service_configs: vec![ServiceConfig {
-                name: "llm-inference".into(),
-                port: 8105,
-                priority: 1,
-            }],
-            assigned_containers: vec![],
+            capabilities: RawValue::from_string(r#"{"has_gpu":true}"#.into()).unwrap(),
+            declared: declared_of(&[serde_json::json!({"name": "x", "port": 9})]),
+            services: raw_list(&[serde_json::json!({"name": "x", "port": 9})]),
+            containers: None,
+            assigned: catalog.services()[..1].iter().collect(),
             registered_at: wall - Duration::from_secs(100),
             last_heartbeat_at: wall - Duration::from_secs(40),
             last_seen: now,
@@ -230,13 +238,16 @@ mod tests {
             heartbeat_us: Some(heartbeat_us),
             state: Some(state),
         };
-        let back = restore(&row, now, wall).unwrap();
+        let back = restore(&row, now, wall, catalog).unwrap();
         assert_eq!(back.worker_id, "w1");
         assert_eq!(back.tier, 1);
         assert_eq!(back.last_heartbeat_at, rec.last_heartbeat_at);
         assert_eq!(back.registered_at, rec.registered_at);
         assert_eq!(back.state.status, "busy");
-        assert_eq!(back.service_configs, rec.service_configs);
+        assert_eq!(back.assigned, rec.assigned);
+        assert_eq!(back.declared, rec.declared);
+        assert_eq!(back.port_of("x"), Some(9));
+        assert_eq!(back.capabilities.get(), rec.capabilities.get());
         assert_eq!(back.tasks_completed, 3);
         let age = back.age(now);
         assert!(
@@ -249,7 +260,7 @@ mod tests {
             state: Some("{\"status\":\"idle\"}".into()),
             ..row
         };
-        let back = restore(&newer, now, wall).unwrap();
+        let back = restore(&newer, now, wall, catalog).unwrap();
         assert_eq!(back.state.status, "idle");
         assert!(back.age(now) < Duration::from_secs(1));
     }
@@ -262,7 +273,7 @@ mod tests {
             heartbeat_us: None,
             state: None,
         };
-        let e = restore(&row, Instant::now(), SystemTime::now()).unwrap_err();
+        let e = restore(&row, Instant::now(), SystemTime::now(), Catalog::builtin()).unwrap_err();
         assert!(e.contains("\"w\""), "{e}");
     }
 }

@@ -89,14 +89,14 @@ pub(crate) fn pull_keys(w: &WorkerRecord) -> Vec<String> {
     let mut services: Vec<&str> = w.index_keys().into_iter().collect();
     services.sort_unstable();
     keys.extend(services.into_iter().map(task::service_key));
-    let mut caps: Vec<&String> = w
-        .capabilities
-        .iter()
-        .filter(|(_, v)| truthy(v))
-        .map(|(k, _)| k)
-        .collect();
-    caps.sort_unstable();
-    keys.extend(caps.into_iter().map(|c| task::capability_key(c)));
+    // Parsed per pull: the record keeps capabilities as text (memory per
+    // worker), and a pull is rare next to heartbeats.
+    let caps = w.capability_map();
+    keys.extend(
+        caps.iter()
+            .filter(|(_, v)| truthy(v))
+            .map(|(k, _)| task::capability_key(k)),
+    );
     keys
 }
 

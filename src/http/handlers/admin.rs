@@ -1,6 +1,8 @@
 //! Admin routes: every worker, services, stats, health, gaps. All fan out
 //! to every shard and merge.
 
+use std::collections::HashMap;
+
 use hyper::{Response, StatusCode};
 use serde_json::json as j;
 
@@ -8,7 +10,7 @@ use super::super::error::ApiError;
 use super::super::{json, Body, Ctx};
 use super::{list_request, listing, put, put_items, summary};
 use crate::model::time::now_iso8601;
-use crate::shard::msg::ListKind;
+use crate::shard::msg::{ListKind, Reply, Request as ShardRequest};
 
 pub(super) async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let (items, l) = listing(&ctx, list_request(ListKind::Admin)).await?;
@@ -22,13 +24,26 @@ pub(super) async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
 }
 
 pub(super) async fn services(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let s = summary(&ctx).await?;
-    let mut names: Vec<&String> = s.services.keys().collect();
+    let members = ctx
+        .shard
+        .map_reduce(
+            || ShardRequest::ServiceMembers,
+            Reply::members,
+            HashMap::<String, Vec<String>>::new(),
+            |mut all, part| {
+                for (k, mut ids) in part {
+                    all.entry(k).or_default().append(&mut ids);
+                }
+                all
+            },
+        )
+        .await?;
+    let mut names: Vec<&String> = members.keys().collect();
     names.sort();
     let list: Vec<_> = names
         .iter()
         .map(|n| {
-            let mut ids = s.services[*n].clone();
+            let mut ids = members[*n].clone();
             ids.sort();
             j!({"name": n, "worker_count": ids.len(), "workers": ids})
         })
@@ -93,7 +108,7 @@ pub(super) async fn gaps(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         .services()
         .iter()
         .map(|svc| {
-            let n = s.services.get(&svc.name).map_or(0, Vec::len);
+            let n = s.services.get(&svc.name).copied().unwrap_or(0);
             let status = match n {
                 0 => {
                     critical.push(svc.name.clone());

@@ -41,7 +41,7 @@ pub(super) async fn metrics(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let gauges = Gauges {
         workers_total: s.total,
         workers_active: s.healthy,
-        services_total: s.services.values().filter(|ids| !ids.is_empty()).count() as u64,
+        services_total: s.services.values().filter(|n| **n > 0).count() as u64,
         tasks_completed: s.tasks_completed,
     };
     let mut text = encode(&ROUTE_NAMES, &shards, &gauges);

@@ -42,7 +42,7 @@ pub(super) async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let mut services = serde_json::Map::new();
     let mut available = 0;
     for svc in ctx.shard.cfg.catalog.services() {
-        let n = s.services.get(&svc.name).map_or(0, Vec::len);
+        let n = s.services.get(&svc.name).copied().unwrap_or(0);
         if n > 0 {
             available += 1;
         }

@@ -11,7 +11,9 @@ use super::super::error::ApiError;
 use super::super::request::{parse_object, valid_id};
 use super::super::{json, json_static, Body, Ctx};
 use crate::model::wire::{HeartbeatRequest, RegisterRequest};
-use crate::model::worker::{Registration, WorkerRecord};
+use crate::model::worker::{
+    Assigned, ContainerView, Registration, ServiceConfigView, WorkerRecord,
+};
 use crate::model::{classify, Classification, ServiceSpec};
 use crate::shard::msg::{Coverage, ProxyOp, Reply, Request as ShardRequest};
 
@@ -32,41 +34,15 @@ struct Registered<'a> {
     worker_id: &'a str,
     worker_type: crate::model::WorkerType,
     tier: u8,
-    assigned_services: Seq<'a, &'a str>,
-    service_configs: Seq<'a, ServiceConfigView<'a>>,
-    assigned_containers: Seq<'a, ContainerView<'a>>,
+    assigned_services: Assigned<'a, &'static str>,
+    service_configs: Assigned<'a, ServiceConfigView<'static>>,
+    assigned_containers: Assigned<'a, ContainerView<'static>>,
     heartbeat_url: &'static str,
     heartbeat_interval: u64,
     coordinator_url: String,
     tunnel_url: Option<&'a str>,
     endpoint: Option<&'a str>,
     message: String,
-}
-
-/// `ServiceConfig`'s JSON, borrowed from a catalog entry.
-#[derive(Serialize)]
-struct ServiceConfigView<'a> {
-    name: &'a str,
-    port: u16,
-    priority: u32,
-}
-
-/// `ContainerConfig`'s JSON, borrowed from a catalog entry.
-#[derive(Serialize)]
-struct ContainerView<'a> {
-    name: &'a str,
-    image: &'a str,
-    port: u16,
-    env: &'a std::collections::BTreeMap<String, String>,
-}
-
-/// A JSON array of `f(spec)` for each assigned spec.
-struct Seq<'a, T>(&'a [&'a ServiceSpec], fn(&'a ServiceSpec) -> T);
-
-impl<T: Serialize> Serialize for Seq<'_, T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|spec| (self.1)(spec)))
-    }
 }
 
 /// Where agents are told to reach us: `--public-url`, else the Host they used.
@@ -128,33 +104,17 @@ pub(super) async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Respons
     let endpoint = rec.endpoint().map(str::to_string);
     let (worker_id, replaced) = place(&ctx, Box::new(rec), generated).await?;
     tracing::info!(worker_id, tier = class.tier, replaced, "worker registered");
-    // Read-your-writes routing: once this reply is out, a proxied request
-    // on any shard finds the worker (no shard keeps a list without it).
-    let refresh = || ShardRequest::Proxy(ProxyOp::Refresh);
-    if let Err(e) = ctx
-        .shard
-        .map_reduce(refresh, Reply::done, (), |(), ()| ())
-        .await
-    {
-        tracing::warn!(worker_id, error = %e, "dropping cached worker lists after a registration");
-    }
+    // Once this reply is out, a proxied request on any shard finds the
+    // worker (no shard keeps a list without it).
+    refresh_routing(&ctx).await;
     let reply = Registered {
         status: "registered",
         worker_id: &worker_id,
         worker_type: class.worker_type,
         tier: class.tier,
-        assigned_services: Seq(&assigned, |s| s.name.as_str()),
-        service_configs: Seq(&assigned, |s| ServiceConfigView {
-            name: &s.name,
-            port: s.port,
-            priority: s.priority,
-        }),
-        assigned_containers: Seq(&assigned, |s| ContainerView {
-            name: &s.name,
-            image: &s.image,
-            port: s.port,
-            env: &s.env,
-        }),
+        assigned_services: Assigned(&assigned, |s| s.name.as_str()),
+        service_configs: Assigned(&assigned, ServiceConfigView::of),
+        assigned_containers: Assigned(&assigned, ContainerView::of),
         heartbeat_url: "/api/worker/heartbeat",
         heartbeat_interval: cfg.heartbeat_interval_secs,
         coordinator_url: coordinator_url(&ctx, host),
@@ -174,11 +134,11 @@ pub(super) async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Respons
 /// The catalog services a worker of `class` is given, balanced against
 /// what the whole cluster already covers (not counting `worker_id`'s own
 /// current record, so a re-registration is not counted twice).
-async fn assign<'c>(
-    ctx: &'c Ctx,
+async fn assign(
+    ctx: &Ctx,
     worker_id: &str,
     class: Classification,
-) -> Result<Vec<&'c ServiceSpec>, ApiError> {
+) -> Result<Vec<&'static ServiceSpec>, ApiError> {
     let coverage = ctx
         .shard
         .map_reduce(
@@ -293,18 +253,37 @@ pub(super) async fn heartbeat(
         Some(ids) if !ids.is_empty() => Some((hb.worker_id.clone(), ids)),
         _ => None,
     };
-    let found = ctx
+    let Some(routing) = ctx
         .shard
         .call(owner, ShardRequest::Heartbeat(Box::new(hb)))
         .await?
-        .found()?;
-    if found {
-        if let Some((worker_id, ids)) = progress {
-            super::tasks::extend_leases(&ctx, &worker_id, ids).await?;
-        }
-        Ok(json_static(HEARTBEAT_OK))
-    } else {
-        Err(worker_not_found())
+        .beat()?
+    else {
+        return Err(worker_not_found());
+    };
+    if routing {
+        // Rare (the worker came back, went down, or changed models): no
+        // shard may keep routing by the old picture once we answer.
+        refresh_routing(&ctx).await;
+    }
+    if let Some((worker_id, ids)) = progress {
+        super::tasks::extend_leases(&ctx, &worker_id, ids).await?;
+    }
+    Ok(json_static(HEARTBEAT_OK))
+}
+
+/// Read-your-writes routing: drops every shard's cached candidate lists,
+/// so once the caller answers, a proxied request on any shard sees the
+/// change. Best effort: a shard that cannot be reached keeps its list
+/// until it expires (250 ms).
+async fn refresh_routing(ctx: &Ctx) {
+    let refresh = || ShardRequest::Proxy(ProxyOp::Refresh);
+    if let Err(e) = ctx
+        .shard
+        .map_reduce(refresh, Reply::done, (), |(), ()| ())
+        .await
+    {
+        tracing::warn!(error = %e, "dropping cached worker lists");
     }
 }
 
@@ -339,48 +318,5 @@ mod tests {
             assert!(id.starts_with("worker-"));
             assert!(id[7..].bytes().all(|b| b.is_ascii_hexdigit()));
         }
-    }
-
-    #[test]
-    fn the_reply_lists_are_the_records_lists() {
-        // The reply writes from catalog entries what the record derives from
-        // them; the two JSON shapes must not drift apart.
-        let catalog = crate::model::Catalog::default();
-        let assigned: Vec<&ServiceSpec> = catalog.services().iter().take(3).collect();
-        assert!(!assigned.is_empty());
-        let reg = Registration {
-            worker_id: "w".into(),
-            capabilities: Default::default(),
-            tunnel_url: None,
-            ip_address: None,
-            services: vec![],
-            containers: vec![],
-        };
-        let class = classify(&Default::default());
-        let rec = WorkerRecord::registered(reg, class, &assigned);
-        fn json<T: Serialize>(v: &T) -> String {
-            serde_json::to_string(v).unwrap()
-        }
-        assert_eq!(
-            json(&Seq(&assigned, |s| s.name.as_str())),
-            json(&rec.assigned_services)
-        );
-        assert_eq!(
-            json(&Seq(&assigned, |s| ServiceConfigView {
-                name: &s.name,
-                port: s.port,
-                priority: s.priority,
-            })),
-            json(&rec.service_configs)
-        );
-        assert_eq!(
-            json(&Seq(&assigned, |s| ContainerView {
-                name: &s.name,
-                image: &s.image,
-                port: s.port,
-                env: &s.env,
-            })),
-            json(&rec.assigned_containers)
-        );
     }
 }
