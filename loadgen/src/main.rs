@@ -6,8 +6,9 @@
 //! JSON), `check` (`--check` bounds), `client` (blocking calls for setup
 //! and scrapes), `sim` (the simulated worker), `proxy` (the proxy scenario:
 //! the same load direct to the worker and through the coordinator),
-//! `tasks` (the stateful submit -> pull -> complete driver). This file: the
-//! command line and the run's timeline.
+//! `tasks` (the stateful submit -> pull -> complete driver), `population`
+//! (`--population`: bulk registration of background workers before any
+//! scenario). This file: the command line and the run's timeline.
 //!
 //! Honest numbers: request i of a connection is due at t0 + i/rate_per_conn
 //! and its latency is measured from that due time, so a server stall shows
@@ -18,6 +19,7 @@ mod check;
 mod client;
 mod driver;
 mod http;
+mod population;
 mod proxy;
 mod report;
 mod scenario;
@@ -36,6 +38,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::client::BlockingConn;
 use crate::driver::{Msg, Plan};
+use crate::population::Population;
 use crate::report::{Meta, Report, ServerHistogram, Tally};
 use crate::scenario::{Kind, Mix};
 
@@ -166,6 +169,21 @@ struct Cli {
     /// Server process id (rss scenario).
     #[arg(long)]
     pid: Option<u32>,
+    /// Background workers to register before the scenario (0 = none), so it
+    /// runs against a registry of that size: ids `<prefix>-pop-000000..`,
+    /// apart from --workers, with the same agent bodies (gpu, cpu, cpu,
+    /// size-only). Registration throughput is reported; failures are
+    /// counted, never retried, and with --check a shortfall fails the run.
+    #[arg(long, default_value_t = 0)]
+    population: usize,
+    /// Keep-alive connections registering the population (1..=512, and at
+    /// most one per worker), spread over --threads.
+    #[arg(long, default_value_t = population::DEFAULT_CONNECTIONS)]
+    population_connections: usize,
+    /// Longest the population may take (1s..1h); what is not registered by
+    /// then is reported and the scenario runs anyway.
+    #[arg(long, default_value = "5m", value_parser = parse_dur)]
+    population_timeout: Duration,
     /// Allow a non-loopback target. Only load machines you are allowed to.
     #[arg(long)]
     allow_remote: bool,
@@ -265,15 +283,41 @@ fn main() -> ExitCode {
             return fail(format!("CPU {c} is not available (allowed: {allowed:?})"));
         }
     }
-    if cli.scenario == Scenario::Rss {
-        return rss(&cli, addr, &host);
+    if cli.population > population::MAX_POPULATION {
+        return fail(format!(
+            "--population is at most {}",
+            population::MAX_POPULATION
+        ));
     }
-    if cli.rate.is_none() && !cli.max {
+    if cli.scenario != Scenario::Rss && cli.rate.is_none() && !cli.max {
         return fail("give --rate R (open loop) or --max (closed loop)");
     }
+
+    // The background population, before anything of the scenario's own.
+    let pop = (cli.population > 0).then(|| {
+        let plan = population::Plan {
+            addr,
+            host: host.clone(),
+            prefix: cli.prefix.clone(),
+            workers: cli.population,
+            connections: population::clamp_connections(cli.population_connections, cli.population),
+            threads: cli.threads,
+            cpus: cpus.clone(),
+            timeout: cli
+                .population_timeout
+                .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+            request_timeout: cli.timeout,
+        };
+        let p = population::register(&plan);
+        eprint!("loadgen: {}", p.line());
+        p
+    });
+    let pop = pop.as_ref();
+
     match cli.scenario {
-        Scenario::Proxy => return proxy::run(&cli, addr, &host, cpus.as_deref(), bounds),
-        Scenario::Tasks => return tasks::run(&cli, addr, &host, cpus.as_deref(), bounds),
+        Scenario::Rss => return rss(&cli, addr, &host, pop),
+        Scenario::Proxy => return proxy::run(&cli, addr, &host, cpus.as_deref(), bounds, pop),
+        Scenario::Tasks => return tasks::run(&cli, addr, &host, cpus.as_deref(), bounds, pop),
         _ => {}
     }
 
@@ -344,20 +388,39 @@ fn main() -> ExitCode {
         cli_scenario_name(&cli),
     );
     let failed = bounds.map(|b| check::failures(&b, &report));
-    finish(&cli, &report.table(), &report, failed)
+    finish(&cli, &report.table(), &report, failed, pop)
 }
 
-/// The end of every latency run: prints the table, writes `--json`, and
-/// turns failed `--check` bounds (None = no `--check`) into exit status 1.
+/// The end of every run: prints the population line (if any) and the
+/// table, writes `--json` (with a `population` object when there was one),
+/// and turns failed `--check` bounds (None = no `--check`; a population
+/// shortfall counts as one) into exit status 1.
 fn finish(
     cli: &Cli,
     table: &str,
     json: &impl serde::Serialize,
-    failed: Option<Vec<String>>,
+    mut failed: Option<Vec<String>>,
+    pop: Option<&Population>,
 ) -> ExitCode {
+    if let Some(p) = pop {
+        print!("{}", p.line());
+        if let (Some(f), Some(short)) = (failed.as_mut(), p.shortfall()) {
+            f.push(short);
+        }
+    }
     print!("{table}");
     if let Some(path) = &cli.json {
-        let text = serde_json::to_string_pretty(json).expect("report serialises");
+        let text = match pop {
+            // Without a population the report is written as it always was.
+            None => serde_json::to_string_pretty(json),
+            Some(p) => serde_json::to_value(json).and_then(|mut v| {
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("population".into(), serde_json::to_value(p)?);
+                }
+                serde_json::to_string_pretty(&v)
+            }),
+        }
+        .expect("report serialises");
         if let Err(e) = std::fs::write(path, text + "\n") {
             return fail(format!("writing {}: {e}", path.display()));
         }
@@ -575,7 +638,7 @@ fn health_total(addr: SocketAddr, host: &str) -> Option<u64> {
 }
 
 /// The rss scenario: server memory per registered worker.
-fn rss(cli: &Cli, addr: SocketAddr, host: &str) -> ExitCode {
+fn rss(cli: &Cli, addr: SocketAddr, host: &str, pop: Option<&Population>) -> ExitCode {
     let Some(pid) = cli.pid else {
         return fail("rss needs --pid <server pid> (the server must run on this machine)");
     };
@@ -636,7 +699,7 @@ fn rss(cli: &Cli, addr: SocketAddr, host: &str) -> ExitCode {
         "rss_before_bytes": before, "rss_after_bytes": after,
         "bytes_per_worker": per, "seconds": took.as_secs_f64(),
     });
-    finish(cli, &table, &json, None)
+    finish(cli, &table, &json, None, pop)
 }
 
 #[cfg(test)]

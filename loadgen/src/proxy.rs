@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::check::Bound;
 use crate::client::{BlockingConn, Heartbeats};
 use crate::http::build_request;
+use crate::population::Population;
 use crate::report::Report;
 use crate::scenario::{self, Kind, Mix};
 use crate::sim::SimWorker;
@@ -140,6 +141,7 @@ pub fn run(
     host: &str,
     cpus: Option<&[usize]>,
     bounds: Option<Vec<Bound>>,
+    pop: Option<&Population>,
 ) -> ExitCode {
     let sim = match SimWorker::start() {
         Ok(s) => s,
@@ -221,7 +223,7 @@ pub fn run(
             proxied: proxied_hits,
         },
     };
-    finish(cli, &table, &report, failed)
+    finish(cli, &table, &report, failed, pop)
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use crate::check::Bound;
 use crate::client::{BlockingConn, Heartbeats};
 use crate::driver::{cpu_for, pin, status_kind};
 use crate::http::build_request;
+use crate::population::Population;
 use crate::report::{self, new_histogram, us, Latency, Meta, Report, Tally};
 use crate::schedule::ConnSchedule;
 use crate::{check, fail, finish, metrics_text, scenario, Cli, TaskTarget};
@@ -370,6 +371,7 @@ pub fn run(
     host: &str,
     cpus: Option<&[usize]>,
     bounds: Option<Vec<Bound>>,
+    pop: Option<&Population>,
 ) -> ExitCode {
     let Some(rate) = cli.rate.filter(|_| !cli.max) else {
         return fail("tasks is open loop only: give --rate R");
@@ -563,7 +565,7 @@ pub fn run(
             after,
         },
     };
-    finish(cli, &table, &report, failed)
+    finish(cli, &table, &report, failed, pop)
 }
 
 #[cfg(test)]

@@ -317,3 +317,153 @@ fn tasks_scenario_completes_every_task_it_submits() {
         }
     }
 }
+
+#[test]
+fn population_registers_background_workers_apart_from_the_scenarios() {
+    let srv = server();
+    let target = srv.addr().to_string();
+    let json = json_path("population.json");
+    let (code, stdout, stderr) = loadgen(&[
+        "heartbeat",
+        "--target",
+        &target,
+        "--population",
+        "2000",
+        "--population-connections",
+        "16",
+        "--workers",
+        "20",
+        "--rate",
+        "100",
+        "--connections",
+        "2",
+        "--warmup",
+        "0s",
+        "--duration",
+        "300ms",
+        "--check",
+        "errors=0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("population:  2000 of 2000 workers registered (lg-pop-000000..)"),
+        "{stdout}"
+    );
+    let r = report(&json);
+    let p = &r["population"];
+    assert_eq!(p["requested"], 2000, "{r}");
+    assert_eq!(p["registered"], 2000, "{r}");
+    assert_eq!(p["errors_total"], 0, "{r}");
+    assert_eq!(p["connections"], 16, "{r}");
+    assert!(p["per_second"].as_f64().unwrap() > 0.0, "{r}");
+    // The scenario itself ran as usual, over its own workers.
+    assert_eq!(r["ok"], 30, "{r}");
+    // The server, read independently: the population and the scenario's
+    // 20 workers, all healthy, none of them the same.
+    let h = get_json(srv.addr(), "/health");
+    assert_eq!(h["workers"]["total"], 2020, "{h}");
+    let list = get_json(srv.addr(), "/api/coordinator/workers");
+    assert_eq!(list["count"], 2020);
+    let workers = list["workers"].as_array().unwrap();
+    let pop: Vec<&Value> = workers
+        .iter()
+        .filter(|w| w["worker_id"].as_str().unwrap().starts_with("lg-pop-"))
+        .collect();
+    assert_eq!(pop.len(), 2000);
+    assert!(pop.iter().any(|w| w["worker_id"] == "lg-pop-001999"));
+    // The agents' body mix: one in four a gpu agent with an llm service.
+    let gpu = pop
+        .iter()
+        .filter(|w| w["capabilities"]["worker_type"] == "gpu")
+        .count();
+    assert_eq!(gpu, 500);
+}
+
+#[test]
+fn population_failures_are_counted_and_the_run_ends() {
+    // A server that holds 1,000 workers: the rest of 1,500 get 503.
+    let srv = Server::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: Some(2),
+        pin: false,
+        max_workers: 1000,
+        ..Config::default()
+    })
+    .expect("server starts");
+    let target = srv.addr().to_string();
+    let json = json_path("population-full.json");
+    let (code, stdout, stderr) = loadgen(&[
+        "get",
+        "--path",
+        "/health",
+        "--target",
+        &target,
+        "--population",
+        "1500",
+        "--rate",
+        "50",
+        "--connections",
+        "1",
+        "--warmup",
+        "0s",
+        "--duration",
+        "200ms",
+        "--check",
+        "errors=0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    // The scenario had no error; the population's shortfall fails the check.
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let p = &report(&json)["population"];
+    let registered = p["registered"].as_u64().unwrap();
+    let refused = p["errors"]["status_503"].as_u64().unwrap_or(0);
+    assert!(refused > 0, "{p}");
+    assert_eq!(registered + refused, 1500, "{p}");
+    assert_eq!(p["errors_total"], refused, "{p}");
+    assert!(
+        stdout.contains(&format!(
+            "CHECK FAILED: population: {registered} of 1500 workers registered ({refused} errors)"
+        )),
+        "{stdout}"
+    );
+    // What loadgen counted as registered is what the server holds.
+    assert_eq!(
+        get_json(srv.addr(), "/health")["workers"]["total"],
+        registered
+    );
+
+    // Nobody listening: every registration fails to connect, is counted,
+    // and the run still ends by itself.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let json = json_path("population-dead.json");
+    let (code, stdout, _) = loadgen(&[
+        "get",
+        "--target",
+        &dead,
+        "--population",
+        "100",
+        "--population-connections",
+        "4",
+        "--rate",
+        "20",
+        "--connections",
+        "1",
+        "--warmup",
+        "0s",
+        "--duration",
+        "200ms",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    let p = &report(&json)["population"];
+    assert_eq!(p["registered"], 0, "{p}");
+    assert_eq!(p["errors"]["connect"], 100, "{p}");
+    assert!(stdout.contains("0 of 100 workers registered"), "{stdout}");
+}
