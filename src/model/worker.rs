@@ -12,8 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::model::env::{ContainerJson, Env, Vars};
 use crate::model::time::iso8601;
-use crate::model::{Classification, ServiceSpec, WorkerType};
+use crate::model::{Classification, EnvContext, ServiceSpec, WorkerType};
 
 /// How liveness is judged.
 #[derive(Debug, Clone, Copy)]
@@ -34,12 +35,14 @@ pub(crate) struct ServiceConfig {
     pub priority: u32,
 }
 
+/// A container the worker was told to run. Its env is not kept here: it
+/// is the catalog's templates, expanded when the record is written
+/// (`write_json`). A row stored with an `env` loads without it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct ContainerConfig {
     pub name: String,
     pub image: String,
     pub port: u16,
-    pub env: std::collections::BTreeMap<String, String>,
 }
 
 /// What the latest heartbeat said.
@@ -117,7 +120,6 @@ impl WorkerRecord {
                     name: s.name.clone(),
                     image: s.image.clone(),
                     port: s.port,
-                    env: s.env.clone(),
                 })
                 .collect(),
             registered_at: now,
@@ -172,8 +174,15 @@ impl WorkerRecord {
     }
 
     /// Serialises the full record (plus `age_seconds`/`is_healthy` for admin
-    /// views) onto `out`.
-    pub fn write_json(&self, out: &mut Vec<u8>, now: Instant, live: &Liveness, admin: bool) {
+    /// views) onto `out`; `env` expands the containers' env templates.
+    pub fn write_json(
+        &self,
+        out: &mut Vec<u8>,
+        now: Instant,
+        live: &Liveness,
+        admin: bool,
+        env: EnvContext<'_>,
+    ) {
         let age = self.age(now);
         let view = WorkerView {
             worker_id: &self.worker_id,
@@ -188,7 +197,11 @@ impl WorkerRecord {
             containers: &self.containers,
             assigned_services: &self.assigned_services,
             service_configs: &self.service_configs,
-            assigned_containers: &self.assigned_containers,
+            assigned_containers: Containers {
+                list: &self.assigned_containers,
+                worker_id: &self.worker_id,
+                env,
+            },
             current_load: self.state.current_load,
             available_memory: self.state.available_memory.as_deref(),
             loaded_models: &self.state.loaded_models,
@@ -221,7 +234,7 @@ struct WorkerView<'a> {
     containers: &'a [Value],
     assigned_services: &'a [String],
     service_configs: &'a [ServiceConfig],
-    assigned_containers: &'a [ContainerConfig],
+    assigned_containers: Containers<'a>,
     current_load: f64,
     available_memory: Option<&'a str>,
     loaded_models: &'a [String],
@@ -236,4 +249,29 @@ struct WorkerView<'a> {
     age_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     is_healthy: Option<bool>,
+}
+
+/// A record's containers as JSON, each env expanded from the catalog.
+struct Containers<'a> {
+    list: &'a [ContainerConfig],
+    worker_id: &'a str,
+    env: EnvContext<'a>,
+}
+
+impl Serialize for Containers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.list.iter().map(|c| ContainerJson {
+            name: &c.name,
+            image: &c.image,
+            port: c.port,
+            env: Env {
+                templates: self.env.catalog.env_of(&c.name),
+                vars: Vars {
+                    worker_id: self.worker_id,
+                    coordinator_url: self.env.coordinator_url,
+                    port: c.port,
+                },
+            },
+        }))
+    }
 }

@@ -14,6 +14,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::model::wire::HeartbeatRequest;
 use crate::model::worker::{Liveness, WorkerRecord};
+use crate::model::EnvContext;
 
 type Hasher = ahash::RandomState;
 
@@ -257,6 +258,7 @@ impl Registry {
         service: Option<&str>,
         now: Instant,
         live: &Liveness,
+        env: EnvContext<'_>,
         out: &mut Vec<u8>,
         mut seen: impl FnMut(&WorkerRecord, &[u8]),
     ) -> (usize, Option<Instant>) {
@@ -277,7 +279,7 @@ impl Registry {
             }
             if !listed.contains_key(w.worker_id.as_str()) {
                 let mut buf = Vec::with_capacity(1024);
-                w.write_json(&mut buf, now, live, false);
+                w.write_json(&mut buf, now, live, false, env);
                 listed.insert(w.worker_id.clone(), buf.into_boxed_slice());
             }
             let json = &listed[w.worker_id.as_str()];

@@ -34,10 +34,10 @@ struct Registered<'a> {
     tier: u8,
     assigned_services: Seq<'a, &'a str>,
     service_configs: Seq<'a, ServiceConfigView<'a>>,
-    assigned_containers: Seq<'a, ContainerView<'a>>,
+    assigned_containers: Containers<'a>,
     heartbeat_url: &'static str,
     heartbeat_interval: u64,
-    coordinator_url: String,
+    coordinator_url: &'a str,
     tunnel_url: Option<&'a str>,
     endpoint: Option<&'a str>,
     message: String,
@@ -51,13 +51,22 @@ struct ServiceConfigView<'a> {
     priority: u32,
 }
 
-/// `ContainerConfig`'s JSON, borrowed from a catalog entry.
-#[derive(Serialize)]
-struct ContainerView<'a> {
-    name: &'a str,
-    image: &'a str,
-    port: u16,
-    env: &'a std::collections::BTreeMap<String, String>,
+/// The assigned specs' containers for `worker_id`, env expanded
+/// (`ServiceSpec::container`, the JSON listings write too).
+struct Containers<'a> {
+    specs: &'a [&'a ServiceSpec],
+    worker_id: &'a str,
+    coordinator_url: &'a str,
+}
+
+impl Serialize for Containers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.specs
+                .iter()
+                .map(|spec| spec.container(self.worker_id, self.coordinator_url)),
+        )
+    }
 }
 
 /// A JSON array of `f(spec)` for each assigned spec.
@@ -69,14 +78,15 @@ impl<T: Serialize> Serialize for Seq<'_, T> {
     }
 }
 
-/// Where agents are told to reach us: `--public-url`, else the Host they used.
+/// Where agents (and the containers they start) are told to reach us:
+/// `--public-url`, else the Host the agent came in by (it reached us
+/// there), else our listen address.
 fn coordinator_url(ctx: &Ctx, host: Option<String>) -> String {
-    ctx.shard
-        .cfg
-        .public_url
-        .clone()
-        .or_else(|| host.map(|h| format!("http://{h}")))
-        .unwrap_or_default()
+    let cfg = &ctx.shard.cfg;
+    match (&cfg.public_url, host) {
+        (None, Some(h)) => format!("http://{h}"),
+        _ => cfg.coordinator_url(),
+    }
 }
 
 /// `POST /api/worker/register`: read and check the body, assign services
@@ -138,6 +148,7 @@ pub(super) async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Respons
     {
         tracing::warn!(worker_id, error = %e, "dropping cached worker lists after a registration");
     }
+    let coordinator_url = coordinator_url(&ctx, host);
     let reply = Registered {
         status: "registered",
         worker_id: &worker_id,
@@ -149,15 +160,14 @@ pub(super) async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Respons
             port: s.port,
             priority: s.priority,
         }),
-        assigned_containers: Seq(&assigned, |s| ContainerView {
-            name: &s.name,
-            image: &s.image,
-            port: s.port,
-            env: &s.env,
-        }),
+        assigned_containers: Containers {
+            specs: &assigned,
+            worker_id: &worker_id,
+            coordinator_url: &coordinator_url,
+        },
         heartbeat_url: "/api/worker/heartbeat",
         heartbeat_interval: cfg.heartbeat_interval_secs,
-        coordinator_url: coordinator_url(&ctx, host),
+        coordinator_url: &coordinator_url,
         tunnel_url: tunnel_url.as_deref(),
         endpoint: endpoint.as_deref(),
         message: format!(
@@ -373,14 +383,28 @@ mod tests {
             })),
             json(&rec.service_configs)
         );
-        assert_eq!(
-            json(&Seq(&assigned, |s| ContainerView {
-                name: &s.name,
-                image: &s.image,
-                port: s.port,
-                env: &s.env,
-            })),
-            json(&rec.assigned_containers)
-        );
+        // Containers: the record keeps no env; a listing expands the
+        // catalog's templates as the reply does.
+        let url = "https://coord.example";
+        let reply = serde_json::to_value(Containers {
+            specs: &assigned,
+            worker_id: "w",
+            coordinator_url: url,
+        })
+        .unwrap();
+        let mut listed = Vec::new();
+        let live = crate::model::worker::Liveness {
+            heartbeat_timeout: std::time::Duration::from_secs(60),
+            worker_timeout: std::time::Duration::from_secs(60),
+        };
+        let env = crate::model::EnvContext {
+            catalog: &catalog,
+            coordinator_url: url,
+        };
+        rec.write_json(&mut listed, std::time::Instant::now(), &live, false, env);
+        let listed: serde_json::Value = serde_json::from_slice(&listed).unwrap();
+        assert_eq!(reply, listed["assigned_containers"]);
+        assert_eq!(reply[0]["env"]["WORKER_ID"], "w");
+        assert_eq!(reply[0]["env"]["COORDINATOR_URL"], url);
     }
 }
