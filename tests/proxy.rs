@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use sim::{assert_streamed_from, worker_of, Mode, Sim};
+use sim::{assert_streamed_from, worker_of, Mode, Sim, AGENT_DETAIL};
 
 fn sims(s: &TestServer, prefix: &str, n: usize, services: &[&str]) -> Vec<Sim> {
     (0..n)
@@ -233,12 +233,13 @@ fn a_failing_worker_cools_down_and_comes_back() {
     std::thread::sleep(Duration::from_millis(800));
     let back = (0..40).any(|_| worker_of(&c.get("/service/svc-cd/x")) == ws[0].id);
     assert!(back, "worker never came back after its cooldown");
-    // A non-idempotent request that got a 5xx is not retried: 502.
+    // A non-idempotent request that got a 5xx is not retried: the
+    // worker's own answer goes back.
     ws[0].set(Mode::Fail);
     ws[1].set(Mode::Fail);
     let r = c.request("POST", "/service/svc-cd/x", &[], Some(b"{}"));
-    assert_eq!(r.status, 502, "{}", r.text());
-    assert!(r.detail().contains("answered 500"), "{}", r.detail());
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.detail(), "simulated failure");
 }
 
 #[test]
@@ -370,4 +371,120 @@ fn a_registration_is_routable_on_every_shard_as_soon_as_it_is_acknowledged() {
     for c in conns.iter_mut() {
         assert_eq!(worker_of(&llm(c, "other", &[])), b[0].id);
     }
+}
+
+/// The sample of a `/metrics` text whose line starts with `series` (summed
+/// over shards).
+fn metric(c: &mut Conn, series: &str) -> f64 {
+    sum_samples(&c.get("/metrics").text(), series)
+}
+
+/// What a worker in `Mode::Answer` sent, checked on the client's side.
+fn assert_relayed(r: &Resp, status: u16, worker: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.header("x-agent-error"), Some(worker), "{:?}", r.headers);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json(), json!({"detail": AGENT_DETAIL, "worker": worker}));
+}
+
+#[test]
+fn a_workers_own_error_is_relayed_unchanged_and_counted() {
+    let s = start(2, |c| {
+        c.route_cache_ttl = Duration::ZERO;
+        c.route_cooldown = Duration::from_secs(600);
+    });
+    let w = &sims(&s, "ae", 1, &["svc-ae", "llm-inference"])[0];
+    w.set(Mode::Answer(503));
+    for shard in 0..2 {
+        let mut c = conn_on_shard(s.addr, shard);
+        // POST: not retried; the answer goes back as the worker sent it.
+        let r = c.request("POST", "/service/svc-ae/v1/join", &[], Some(b"{}"));
+        assert_relayed(&r, 503, &w.id);
+        // The inference routes relay it too.
+        assert_relayed(&llm(&mut c, "m", &[]), 503, &w.id);
+        // GET: retried, but nobody else serves it, so the 503 goes back
+        // (not a 502 of ours).
+        assert_relayed(&c.get("/service/svc-ae/status"), 503, &w.id);
+        // Any status: a 4xx was always relayed, and still is.
+        w.set(Mode::Answer(409));
+        assert_relayed(&c.get("/service/svc-ae/status"), 409, &w.id);
+        w.set(Mode::Answer(503));
+    }
+    let mut c = Conn::open(s.addr);
+    let routed = |c: &mut Conn, svc: &str, outcome: &str| {
+        metric(
+            c,
+            &format!(
+                "coordinator_routed_requests_total{{service=\"{svc}\",outcome=\"{outcome}\"}}"
+            ),
+        )
+    };
+    assert_eq!(routed(&mut c, "svc-ae", "upstream_5xx"), 4.0);
+    assert_eq!(routed(&mut c, "svc-ae", "ok"), 2.0, "the 409s");
+    assert_eq!(routed(&mut c, "llm-inference", "upstream_5xx"), 2.0);
+    assert_eq!(routed(&mut c, "svc-ae", "bad_gateway"), 0.0);
+    let attempts = format!(
+        "coordinator_upstream_attempts_total{{worker=\"{}\",outcome=\"upstream_5xx\"}}",
+        w.id
+    );
+    assert_eq!(metric(&mut c, &attempts), 6.0);
+    // The 5xx cooled the worker on both shards, as before.
+    assert_eq!(metric(&mut c, "coordinator_route_cooldowns{"), 2.0);
+}
+
+#[test]
+fn failover_still_works_and_only_no_answer_at_all_is_ours() {
+    let s = start(2, |c| {
+        c.route_cache_ttl = Duration::ZERO;
+        c.proxy_request_timeout = Duration::from_millis(500);
+    });
+    let ws = sims(&s, "fv", 2, &["svc-fv"]);
+    let (bad, good) = (&ws[0], &ws[1]);
+    bad.set(Mode::Answer(503));
+    // Idempotent: the 503 is retried on the other worker, which answers.
+    for shard in 0..2 {
+        let mut c = conn_on_shard(s.addr, shard);
+        for _ in 0..10 {
+            assert_eq!(worker_of(&c.get("/service/svc-fv/item")), good.id);
+            let r = c.request("PUT", "/service/svc-fv/item", &[], Some(b"{}"));
+            assert_eq!(worker_of(&r), good.id);
+        }
+    }
+    assert!(bad.hits() > 0, "the failing worker was never tried");
+    let mut c = Conn::open(s.addr);
+    assert!(
+        metric(
+            &mut c,
+            "coordinator_routed_requests_total{service=\"svc-fv\",outcome=\"ok_after_retry\"}"
+        ) > 0.0
+    );
+    // The other worker cannot be reached: the retry gets no answer, so the
+    // first worker's answer is the best there is, for any method.
+    good.kill();
+    for shard in 0..2 {
+        let mut c = conn_on_shard(s.addr, shard);
+        assert_relayed(&c.get("/service/svc-fv/item"), 503, &bad.id);
+        let r = c.request("POST", "/service/svc-fv/item", &[], Some(b"{}"));
+        assert_relayed(&r, 503, &bad.id);
+    }
+    // Nobody answers: our own 502 (connect refused) ...
+    bad.kill();
+    let r = c.get("/service/svc-fv/item");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.detail().starts_with("Worker request failed"),
+        "{}",
+        r.detail()
+    );
+    assert!(r.header("x-agent-error").is_none());
+    // ... and 504 for a worker that does not answer in time.
+    let slow = &sims(&s, "fvs", 1, &["svc-fvs"])[0];
+    slow.set(Mode::Stall(Duration::from_secs(2)));
+    let r = c.request("POST", "/service/svc-fvs/x", &[], Some(b"{}"));
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(
+        r.detail().starts_with("Worker request timed out"),
+        "{}",
+        r.detail()
+    );
 }
