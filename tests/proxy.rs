@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
+use coordinator::model::credential::{ApiKey, Role};
 use serde_json::json;
 use sim::{assert_streamed_from, worker_of, Mode, Sim, AGENT_DETAIL};
 
@@ -487,4 +488,114 @@ fn failover_still_works_and_only_no_answer_at_all_is_ours() {
         "{}",
         r.detail()
     );
+}
+
+/// The service original's `/api/service/{name}/` names and the catalog
+/// service each reaches.
+const API_SERVICES: [(&str, &str); 7] = [
+    ("upload", "document-processing"),
+    ("rag", "rag-embeddings"),
+    ("notes", "notes-coa"),
+    ("ner", "ner-extraction"),
+    ("client-rag", "client-rag"),
+    ("doc-processor", "doc-processor"),
+    ("frontend", "frontend"),
+];
+
+#[test]
+fn api_service_routes_reach_a_worker_of_their_service() {
+    let s = start(2, |c| c.route_cache_ttl = Duration::ZERO);
+    // A listed name nobody serves yet is a 503, as in the original.
+    let r = get(s.addr, "/api/service/frontend/index.html");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        r.detail(),
+        "No healthy worker available for service: frontend"
+    );
+    let workers: Vec<Sim> = API_SERVICES
+        .iter()
+        .enumerate()
+        .map(|(i, (_, svc))| {
+            let sim = Sim::start(&id_on_shard(&format!("as{i}"), i % s.shards, s.shards));
+            register(s.addr, &sim.registration(&[svc]));
+            sim
+        })
+        .collect();
+    for shard in 0..2 {
+        let mut c = conn_on_shard(s.addr, shard);
+        for ((name, _), w) in API_SERVICES.iter().zip(&workers) {
+            let r = c.request(
+                "PATCH",
+                &format!("/api/service/{name}/v1/items/7?x=1&y=two"),
+                &[("X-Custom", "yes")],
+                Some(b"{\"a\":1}"),
+            );
+            assert_eq!(worker_of(&r), w.id, "{name}");
+            // The worker gets the path after the name, as the original sent
+            // `{tunnel_url}/{path}`, with the query, headers and body.
+            let e = r.json();
+            assert_eq!(e["method"], "PATCH");
+            assert_eq!(e["path"], "/v1/items/7", "{name}");
+            assert_eq!(e["query"], "x=1&y=two");
+            assert_eq!(e["body"], "{\"a\":1}");
+            assert_eq!(e["headers"]["x-custom"], "yes");
+        }
+    }
+    // Each worker saw only its own name's requests (`rag` did not reach
+    // the client-rag worker, as the original's substring match would).
+    for w in &workers {
+        assert_eq!(w.hits(), 2, "{}", w.id);
+    }
+    // A worker's error comes back as it sent it, here too.
+    workers[0].set(Mode::Answer(503));
+    let r = Conn::open(s.addr).request("POST", "/api/service/upload/files", &[], Some(b"{}"));
+    assert_relayed(&r, 503, &workers[0].id);
+}
+
+#[test]
+fn api_service_refuses_other_names_and_needs_the_role_service_needs() {
+    const WORKER_KEY: &str = "w0rker-k3y";
+    let s = start(2, |c| {
+        c.route_cache_ttl = Duration::ZERO;
+        c.api_key = Some(ADMIN_KEY.into());
+        c.keys = vec![
+            ApiKey::new(CLIENT_KEY, Role::Client),
+            ApiKey::new(WORKER_KEY, Role::Worker),
+        ];
+    });
+    let w = Sim::start(&id_on_shard("ar", 1, s.shards));
+    register_admin(s.addr, &w.registration(&["notes-coa"]));
+    let status = |path: &str, key: Option<&str>| {
+        let h: Vec<(&str, &str)> = key.map(|k| ("X-API-Key", k)).into_iter().collect();
+        Conn::open(s.addr)
+            .request("POST", path, &h, Some(b"{}"))
+            .status
+    };
+    let roles = [None, Some(WORKER_KEY), Some(CLIENT_KEY), Some(ADMIN_KEY)];
+    let via_service: Vec<u16> = roles
+        .iter()
+        .map(|k| status("/service/notes/x", *k))
+        .collect();
+    let via_api: Vec<u16> = roles
+        .iter()
+        .map(|k| status("/api/service/notes/x", *k))
+        .collect();
+    assert_eq!(via_service, [401, 403, 200, 200]);
+    assert_eq!(via_api, via_service);
+    assert_eq!(w.hits(), 4);
+    // Names the original did not proxy there: 404, JSON detail (a catalog
+    // service included: `/service/` reaches those).
+    let mut c = Conn::open(s.addr);
+    for name in ["nope", "llm", "notes-coa", "Upload"] {
+        let r = c.request(
+            "GET",
+            &format!("/api/service/{name}/x"),
+            &[("X-API-Key", CLIENT_KEY)],
+            None,
+        );
+        assert_eq!(r.status, 404, "{name}: {}", r.text());
+        assert_eq!(r.detail(), format!("Service '{name}' not found"));
+    }
+    assert_eq!(status("/api/service/nope/x", None), 401);
+    assert_eq!(w.hits(), 4);
 }
