@@ -255,6 +255,30 @@ mod tests {
     }
 
     #[test]
+    fn a_row_written_with_container_env_loads_without_it() {
+        // Rows of earlier builds kept each container's env (then always
+        // `{}`); records now keep none, the catalog's templates give it.
+        let record = r#"{"worker_id":"w2","worker_type":"cpu","tier":2,
+            "assigned_containers":[{"name":"notes-coa","image":"rma/notes-coa:latest","port":8100,"env":{}}],
+            "registered_at_us":0,"last_heartbeat_us":0}"#;
+        let row = RecoveredWorker {
+            id: "w2".into(),
+            record: record.into(),
+            heartbeat_us: None,
+            state: None,
+        };
+        let back = restore(&row, Instant::now(), SystemTime::now()).unwrap();
+        assert_eq!(
+            back.assigned_containers,
+            [ContainerConfig {
+                name: "notes-coa".into(),
+                image: "rma/notes-coa:latest".into(),
+                port: 8100,
+            }]
+        );
+    }
+
+    #[test]
     fn undecodable_rows_are_errors() {
         let row = RecoveredWorker {
             id: "w".into(),
