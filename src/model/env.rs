@@ -121,7 +121,15 @@ impl fmt::Display for Expanded<'_> {
 
 impl Serialize for Expanded<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        // Almost every value is plain text or one whole placeholder: those
+        // are written directly, without the formatting machinery (it made
+        // a 1,000-worker listing cost a quarter more instructions).
+        match self.template {
+            "{worker_id}" => s.serialize_str(self.vars.worker_id),
+            "{coordinator_url}" => s.serialize_str(self.vars.coordinator_url),
+            t if !t.contains(['{', '}']) => s.serialize_str(t),
+            _ => s.collect_str(self),
+        }
     }
 }
 
@@ -215,6 +223,9 @@ mod tests {
         let t: BTreeMap<String, String> = [
             ("WORKER_ID".to_string(), "{worker_id}".to_string()),
             ("QUOTE".to_string(), "say \"{port}\"\n".to_string()),
+            ("URL".to_string(), "{coordinator_url}".to_string()),
+            ("PLAIN".to_string(), "a \"b\"".to_string()),
+            ("BRACES".to_string(), "{{}}".to_string()),
         ]
         .into();
         let json = serde_json::to_value(Env {
@@ -224,7 +235,8 @@ mod tests {
         .unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"WORKER_ID": "gpu-7", "QUOTE": "say \"8104\"\n"})
+            serde_json::json!({"WORKER_ID": "gpu-7", "QUOTE": "say \"8104\"\n",
+                               "URL": "https://coord.example", "PLAIN": "a \"b\"", "BRACES": "{}"})
         );
         // Escaping holds for values coming from the worker id, too.
         let odd = Vars {
