@@ -46,7 +46,10 @@ pub struct Config {
     pub protect_metrics: bool,
     /// `ALLOWED_ORIGINS` for CORS; `*` allows any origin.
     pub allowed_origins: Vec<String>,
-    /// URL agents should use to reach us; derived from `Host` when unset.
+    /// URL agents should use to reach us (`--public-url`, `COORDINATOR_URL`):
+    /// the registration reply's `coordinator_url` and every container's
+    /// `COORDINATOR_URL`. Unset, a registration reply uses the `Host` the
+    /// agent came in by, and worker listings [`Config::coordinator_url`].
     pub public_url: Option<String>,
     /// `DATABASE_PATH`: the SQLite store; `None` keeps everything in memory
     /// (the library default, so tests write nothing; the binary defaults to
@@ -125,7 +128,26 @@ impl Config {
         if self.heartbeat_flush.is_zero() || self.heartbeat_flush > Duration::from_secs(3600) {
             return Err("--heartbeat-flush-ms must be between 1 and 3600000".into());
         }
+        if let Some(url) = &self.public_url {
+            check_public_url(url).map_err(|e| format!("--public-url {url:?}: {e}"))?;
+        }
         validate_credentials(self)
+    }
+
+    /// Our public URL: `--public-url` without a trailing `/`, else
+    /// `http://` and the listen address (loopback for an unspecified
+    /// address). `Server::start` puts the bound port into `listen`, so with
+    /// `--port 0` this names the port actually used.
+    pub fn coordinator_url(&self) -> String {
+        if let Some(url) = &self.public_url {
+            return url.trim_end_matches('/').to_string();
+        }
+        let ip = match self.listen.ip() {
+            IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, self.listen.port()))
     }
 
     pub fn proxy(&self) -> crate::proxy::ProxyConfig {
@@ -188,6 +210,27 @@ impl Default for Config {
             worker_networks: Vec::new(),
         }
     }
+}
+
+/// An absolute `http://` or `https://` URL with a host and no query,
+/// fragment, whitespace or control character: agents append paths to it
+/// and put it in container env.
+fn check_public_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or("must start with http:// or https://")?;
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace or control characters");
+    }
+    if url.contains(['?', '#']) {
+        return Err("must not have a query or fragment");
+    }
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.starts_with(':') || host.contains('@') {
+        return Err("must name a host (and no user)");
+    }
+    Ok(())
 }
 
 /// Refuses configurations that would silently weaken authentication:
@@ -271,5 +314,50 @@ mod tests {
             let e = c.validate().unwrap_err();
             assert!(e.starts_with("--"), "names the flag: {e}");
         }
+    }
+
+    #[test]
+    fn public_url_is_checked_and_defaults_to_the_listen_address() {
+        let with = |u: &str| Config {
+            public_url: Some(u.into()),
+            ..Config::default()
+        };
+        for ok in [
+            "http://coord.example",
+            "https://coord.example:8443/",
+            "http://10.0.0.5:8080/rma",
+            "http://[fd00::1]:8080",
+        ] {
+            assert!(with(ok).validate().is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "coord.example",
+            "ftp://coord.example",
+            "http://",
+            "http:///x",
+            "http://:8080",
+            "http://u:p@coord.example",
+            "http://coord.example/?a=1",
+            "http://coord.example/#x",
+            "http://coord .example",
+        ] {
+            let e = with(bad).validate().unwrap_err();
+            assert!(e.starts_with("--public-url"), "{bad}: {e}");
+        }
+        assert_eq!(
+            with("https://coord.example/").coordinator_url(),
+            "https://coord.example"
+        );
+        let at = |listen: &str| Config {
+            listen: listen.parse().unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(Config::default().coordinator_url(), "http://127.0.0.1:8080");
+        assert_eq!(
+            at("10.1.2.3:9000").coordinator_url(),
+            "http://10.1.2.3:9000"
+        );
+        assert_eq!(at("[::]:8080").coordinator_url(), "http://[::1]:8080");
     }
 }

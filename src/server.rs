@@ -45,7 +45,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(cfg: Config) -> Result<Server, StartError> {
+    pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         cfg.validate().map_err(StartError::Config)?;
         runtime::preflight()?;
         // Built once for all shards; a bad CA file fails the start here.
@@ -57,6 +57,9 @@ impl Server {
                 addr: cfg.listen,
                 source,
             })?;
+        // From here `listen` names the port actually bound (for port 0), so
+        // the default public URL (`Config::coordinator_url`) does too.
+        cfg.listen = addr;
         // The proxy's address guard knows where we listen (the bound port,
         // for port 0), so a worker URL pointing back at us is refused.
         let local = if addr.ip().is_unspecified() {

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
+use coordinator::model::credential::{ApiKey, Role};
 use serde_json::json;
-use sim::{assert_streamed_from, worker_of, Mode, Sim};
+use sim::{assert_streamed_from, worker_of, Mode, Sim, AGENT_DETAIL};
 
 fn sims(s: &TestServer, prefix: &str, n: usize, services: &[&str]) -> Vec<Sim> {
     (0..n)
@@ -233,12 +234,13 @@ fn a_failing_worker_cools_down_and_comes_back() {
     std::thread::sleep(Duration::from_millis(800));
     let back = (0..40).any(|_| worker_of(&c.get("/service/svc-cd/x")) == ws[0].id);
     assert!(back, "worker never came back after its cooldown");
-    // A non-idempotent request that got a 5xx is not retried: 502.
+    // A non-idempotent request that got a 5xx is not retried: the
+    // worker's own answer goes back.
     ws[0].set(Mode::Fail);
     ws[1].set(Mode::Fail);
     let r = c.request("POST", "/service/svc-cd/x", &[], Some(b"{}"));
-    assert_eq!(r.status, 502, "{}", r.text());
-    assert!(r.detail().contains("answered 500"), "{}", r.detail());
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.detail(), "simulated failure");
 }
 
 #[test]
@@ -370,4 +372,230 @@ fn a_registration_is_routable_on_every_shard_as_soon_as_it_is_acknowledged() {
     for c in conns.iter_mut() {
         assert_eq!(worker_of(&llm(c, "other", &[])), b[0].id);
     }
+}
+
+/// The sample of a `/metrics` text whose line starts with `series` (summed
+/// over shards).
+fn metric(c: &mut Conn, series: &str) -> f64 {
+    sum_samples(&c.get("/metrics").text(), series)
+}
+
+/// What a worker in `Mode::Answer` sent, checked on the client's side.
+fn assert_relayed(r: &Resp, status: u16, worker: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.header("x-agent-error"), Some(worker), "{:?}", r.headers);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json(), json!({"detail": AGENT_DETAIL, "worker": worker}));
+}
+
+#[test]
+fn a_workers_own_error_is_relayed_unchanged_and_counted() {
+    let s = start(2, |c| {
+        c.route_cache_ttl = Duration::ZERO;
+        c.route_cooldown = Duration::from_secs(600);
+    });
+    let w = &sims(&s, "ae", 1, &["svc-ae", "llm-inference"])[0];
+    w.set(Mode::Answer(503));
+    for shard in 0..2 {
+        let mut c = conn_on_shard(s.addr, shard);
+        // POST: not retried; the answer goes back as the worker sent it.
+        let r = c.request("POST", "/service/svc-ae/v1/join", &[], Some(b"{}"));
+        assert_relayed(&r, 503, &w.id);
+        // The inference routes relay it too.
+        assert_relayed(&llm(&mut c, "m", &[]), 503, &w.id);
+        // GET: retried, but nobody else serves it, so the 503 goes back
+        // (not a 502 of ours).
+        assert_relayed(&c.get("/service/svc-ae/status"), 503, &w.id);
+        // Any status: a 4xx was always relayed, and still is.
+        w.set(Mode::Answer(409));
+        assert_relayed(&c.get("/service/svc-ae/status"), 409, &w.id);
+        w.set(Mode::Answer(503));
+    }
+    let mut c = Conn::open(s.addr);
+    let routed = |c: &mut Conn, svc: &str, outcome: &str| {
+        metric(
+            c,
+            &format!(
+                "coordinator_routed_requests_total{{service=\"{svc}\",outcome=\"{outcome}\"}}"
+            ),
+        )
+    };
+    assert_eq!(routed(&mut c, "svc-ae", "upstream_5xx"), 4.0);
+    assert_eq!(routed(&mut c, "svc-ae", "ok"), 2.0, "the 409s");
+    assert_eq!(routed(&mut c, "llm-inference", "upstream_5xx"), 2.0);
+    assert_eq!(routed(&mut c, "svc-ae", "bad_gateway"), 0.0);
+    let attempts = format!(
+        "coordinator_upstream_attempts_total{{worker=\"{}\",outcome=\"upstream_5xx\"}}",
+        w.id
+    );
+    assert_eq!(metric(&mut c, &attempts), 6.0);
+    // The 5xx cooled the worker on both shards, as before.
+    assert_eq!(metric(&mut c, "coordinator_route_cooldowns{"), 2.0);
+}
+
+#[test]
+fn failover_still_works_and_only_no_answer_at_all_is_ours() {
+    let s = start(2, |c| {
+        c.route_cache_ttl = Duration::ZERO;
+        c.proxy_request_timeout = Duration::from_millis(500);
+    });
+    let ws = sims(&s, "fv", 2, &["svc-fv"]);
+    let (bad, good) = (&ws[0], &ws[1]);
+    bad.set(Mode::Answer(503));
+    // Idempotent: the 503 is retried on the other worker, which answers.
+    for shard in 0..2 {
+        let mut c = conn_on_shard(s.addr, shard);
+        for _ in 0..10 {
+            assert_eq!(worker_of(&c.get("/service/svc-fv/item")), good.id);
+            let r = c.request("PUT", "/service/svc-fv/item", &[], Some(b"{}"));
+            assert_eq!(worker_of(&r), good.id);
+        }
+    }
+    assert!(bad.hits() > 0, "the failing worker was never tried");
+    let mut c = Conn::open(s.addr);
+    assert!(
+        metric(
+            &mut c,
+            "coordinator_routed_requests_total{service=\"svc-fv\",outcome=\"ok_after_retry\"}"
+        ) > 0.0
+    );
+    // The other worker cannot be reached: the retry gets no answer, so the
+    // first worker's answer is the best there is, for any method.
+    good.kill();
+    for shard in 0..2 {
+        let mut c = conn_on_shard(s.addr, shard);
+        assert_relayed(&c.get("/service/svc-fv/item"), 503, &bad.id);
+        let r = c.request("POST", "/service/svc-fv/item", &[], Some(b"{}"));
+        assert_relayed(&r, 503, &bad.id);
+    }
+    // Nobody answers: our own 502 (connect refused) ...
+    bad.kill();
+    let r = c.get("/service/svc-fv/item");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.detail().starts_with("Worker request failed"),
+        "{}",
+        r.detail()
+    );
+    assert!(r.header("x-agent-error").is_none());
+    // ... and 504 for a worker that does not answer in time.
+    let slow = &sims(&s, "fvs", 1, &["svc-fvs"])[0];
+    slow.set(Mode::Stall(Duration::from_secs(2)));
+    let r = c.request("POST", "/service/svc-fvs/x", &[], Some(b"{}"));
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(
+        r.detail().starts_with("Worker request timed out"),
+        "{}",
+        r.detail()
+    );
+}
+
+/// The service original's `/api/service/{name}/` names and the catalog
+/// service each reaches.
+const API_SERVICES: [(&str, &str); 7] = [
+    ("upload", "document-processing"),
+    ("rag", "rag-embeddings"),
+    ("notes", "notes-coa"),
+    ("ner", "ner-extraction"),
+    ("client-rag", "client-rag"),
+    ("doc-processor", "doc-processor"),
+    ("frontend", "frontend"),
+];
+
+#[test]
+fn api_service_routes_reach_a_worker_of_their_service() {
+    let s = start(2, |c| c.route_cache_ttl = Duration::ZERO);
+    // A listed name nobody serves yet is a 503, as in the original.
+    let r = get(s.addr, "/api/service/frontend/index.html");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        r.detail(),
+        "No healthy worker available for service: frontend"
+    );
+    let workers: Vec<Sim> = API_SERVICES
+        .iter()
+        .enumerate()
+        .map(|(i, (_, svc))| {
+            let sim = Sim::start(&id_on_shard(&format!("as{i}"), i % s.shards, s.shards));
+            register(s.addr, &sim.registration(&[svc]));
+            sim
+        })
+        .collect();
+    for shard in 0..2 {
+        let mut c = conn_on_shard(s.addr, shard);
+        for ((name, _), w) in API_SERVICES.iter().zip(&workers) {
+            let r = c.request(
+                "PATCH",
+                &format!("/api/service/{name}/v1/items/7?x=1&y=two"),
+                &[("X-Custom", "yes")],
+                Some(b"{\"a\":1}"),
+            );
+            assert_eq!(worker_of(&r), w.id, "{name}");
+            // The worker gets the path after the name, as the original sent
+            // `{tunnel_url}/{path}`, with the query, headers and body.
+            let e = r.json();
+            assert_eq!(e["method"], "PATCH");
+            assert_eq!(e["path"], "/v1/items/7", "{name}");
+            assert_eq!(e["query"], "x=1&y=two");
+            assert_eq!(e["body"], "{\"a\":1}");
+            assert_eq!(e["headers"]["x-custom"], "yes");
+        }
+    }
+    // Each worker saw only its own name's requests (`rag` did not reach
+    // the client-rag worker, as the original's substring match would).
+    for w in &workers {
+        assert_eq!(w.hits(), 2, "{}", w.id);
+    }
+    // A worker's error comes back as it sent it, here too.
+    workers[0].set(Mode::Answer(503));
+    let r = Conn::open(s.addr).request("POST", "/api/service/upload/files", &[], Some(b"{}"));
+    assert_relayed(&r, 503, &workers[0].id);
+}
+
+#[test]
+fn api_service_refuses_other_names_and_needs_the_role_service_needs() {
+    const WORKER_KEY: &str = "w0rker-k3y";
+    let s = start(2, |c| {
+        c.route_cache_ttl = Duration::ZERO;
+        c.api_key = Some(ADMIN_KEY.into());
+        c.keys = vec![
+            ApiKey::new(CLIENT_KEY, Role::Client),
+            ApiKey::new(WORKER_KEY, Role::Worker),
+        ];
+    });
+    let w = Sim::start(&id_on_shard("ar", 1, s.shards));
+    register_admin(s.addr, &w.registration(&["notes-coa"]));
+    let status = |path: &str, key: Option<&str>| {
+        let h: Vec<(&str, &str)> = key.map(|k| ("X-API-Key", k)).into_iter().collect();
+        Conn::open(s.addr)
+            .request("POST", path, &h, Some(b"{}"))
+            .status
+    };
+    let roles = [None, Some(WORKER_KEY), Some(CLIENT_KEY), Some(ADMIN_KEY)];
+    let via_service: Vec<u16> = roles
+        .iter()
+        .map(|k| status("/service/notes/x", *k))
+        .collect();
+    let via_api: Vec<u16> = roles
+        .iter()
+        .map(|k| status("/api/service/notes/x", *k))
+        .collect();
+    assert_eq!(via_service, [401, 403, 200, 200]);
+    assert_eq!(via_api, via_service);
+    assert_eq!(w.hits(), 4);
+    // Names the original did not proxy there: 404, JSON detail (a catalog
+    // service included: `/service/` reaches those).
+    let mut c = Conn::open(s.addr);
+    for name in ["nope", "llm", "notes-coa", "Upload"] {
+        let r = c.request(
+            "GET",
+            &format!("/api/service/{name}/x"),
+            &[("X-API-Key", CLIENT_KEY)],
+            None,
+        );
+        assert_eq!(r.status, 404, "{name}: {}", r.text());
+        assert_eq!(r.detail(), format!("Service '{name}' not found"));
+    }
+    assert_eq!(status("/api/service/nope/x", None), 401);
+    assert_eq!(w.hits(), 4);
 }

@@ -23,7 +23,8 @@ fn local_shape_registration_answers_both_coordinators_fields() {
     assert_eq!(r["endpoint"], "http://gpu-a.example:8000");
     assert_eq!(r["coordinator_url"], "http://test");
     // A fresh cluster: the first GPU worker takes every GPU and CPU service,
-    // by priority.
+    // by priority, but one per port (`doc-processor` shares 8104 with
+    // `vision-ocr`).
     assert_eq!(
         r["assigned_services"],
         json!([
@@ -32,7 +33,8 @@ fn local_shape_registration_answers_both_coordinators_fields() {
             "rag-embeddings",
             "ner-extraction",
             "document-processing",
-            "notes-coa"
+            "notes-coa",
+            "client-rag"
         ])
     );
     assert_eq!(
@@ -148,16 +150,27 @@ fn assignment_sees_coverage_on_other_shards() {
     let a = id_on_shard("gpu", 0, 2);
     let b = id_on_shard("gpu", 1, 2);
     let first = register(s.addr, &gpu_worker(&a));
-    assert_eq!(first["assigned_services"].as_array().unwrap().len(), 6);
-    // Everything is covered once now (by a worker on the other shard), so
-    // the second GPU worker takes only the first service in priority order.
+    assert_eq!(first["assigned_services"].as_array().unwrap().len(), 7);
+    // Everything but doc-processor is covered once now (by a worker on the
+    // other shard), so the second GPU worker takes only that.
     let second = register(s.addr, &gpu_worker(&b));
-    assert_eq!(second["assigned_services"], json!(["llm-inference"]));
-    // Re-registering the first worker does not count itself as coverage.
+    assert_eq!(second["assigned_services"], json!(["doc-processor"]));
+    // All covered: a third takes only the first service in priority order.
+    let third = register(s.addr, &gpu_worker(&id_on_shard("gpu-c", 0, 2)));
+    assert_eq!(third["assigned_services"], json!(["llm-inference"]));
+    // Re-registering the first worker does not count itself as coverage:
+    // only llm-inference and doc-processor are covered without it.
     let again = register(s.addr, &gpu_worker(&a));
     assert_eq!(
-        again["assigned_services"].as_array().unwrap().len(),
-        5,
+        again["assigned_services"],
+        json!([
+            "vision-ocr",
+            "rag-embeddings",
+            "ner-extraction",
+            "document-processing",
+            "notes-coa",
+            "client-rag"
+        ]),
         "{again}"
     );
 }
@@ -348,7 +361,9 @@ fn discover_and_gaps() {
     let a = id_on_shard("g", 0, 2);
     let b = id_on_shard("g", 1, 2);
     register(s.addr, &gpu_worker(&a));
-    register(s.addr, &gpu_worker(&b));
+    // The second is assigned doc-processor only (the rest is covered) and
+    // declares llm-inference.
+    register(s.addr, &with_service(gpu_worker(&b), "llm-inference"));
     heartbeat(s.addr, &json!({"worker_id": a, "current_load": 0.9}));
     heartbeat(s.addr, &json!({"worker_id": b, "current_load": 0.1}));
     // Both run llm-inference (alias "llm"); the least loaded is recommended.
@@ -383,7 +398,7 @@ fn worker_list_reflects_every_change_since_it_was_last_served() {
     let s = start(2, |_| {});
     let ids: Vec<String> = (0..2).map(|sh| id_on_shard("cache", sh, 2)).collect();
     for id in &ids {
-        register(s.addr, &gpu_worker(id));
+        register(s.addr, &with_service(gpu_worker(id), "llm-inference"));
     }
     let find = |id: &str| -> serde_json::Value {
         let j = get(s.addr, "/api/coordinator/workers").json();
@@ -427,4 +442,123 @@ fn worker_list_reflects_every_change_since_it_was_last_served() {
     assert_eq!(r.status, 200);
     assert!(find(&ids[1]).is_null());
     assert_eq!(get(s.addr, "/api/coordinator/workers").json()["count"], 1);
+}
+
+/// Every built-in catalog service's image, as the service original gave
+/// them where it had the service.
+const IMAGES: [(&str, &str); 16] = [
+    ("llm-inference", "ghcr.io/rma/vllm-worker:latest"),
+    ("vision-ocr", "ghcr.io/rma/ollama-vision-worker:latest"),
+    ("rag-embeddings", "ghcr.io/rma/rag-worker:latest"),
+    ("ner-extraction", "ghcr.io/rma/ner-worker:latest"),
+    ("document-processing", "ghcr.io/rma/upload-worker:latest"),
+    ("notes-coa", "ghcr.io/rma/notes-worker:latest"),
+    ("client-rag", "ghcr.io/rma/client-rag-worker:latest"),
+    ("doc-processor", "ghcr.io/rma/doc-processor-worker:latest"),
+    ("chromadb", "chromadb/chroma:latest"),
+    ("redis", "redis:7-alpine"),
+    ("postgres", "postgres:16-alpine"),
+    ("minio", "minio/minio:latest"),
+    ("neo4j", "neo4j:5.15"),
+    ("coordinator", "ghcr.io/rma/coordinator:latest"),
+    ("edge-proxy", "ghcr.io/rma/edge-proxy:latest"),
+    ("load-balancer", "ghcr.io/rma/load-balancer:latest"),
+];
+
+fn edge_worker(id: &str) -> serde_json::Value {
+    json!({"worker_id": id, "tunnel_url": format!("http://{id}.example:8000"),
+           "capabilities": {"hostname": id, "has_edge": true, "ram": "8GB"}})
+}
+
+/// `assigned_containers` of `worker` checked against [`IMAGES`], with
+/// `WORKER_ID` and `COORDINATOR_URL` filled in; returns the service names.
+fn check_containers(worker: &serde_json::Value, id: &str, url: &str) -> Vec<String> {
+    let containers = worker["assigned_containers"].as_array().unwrap();
+    assert!(!containers.is_empty(), "{worker}");
+    containers
+        .iter()
+        .map(|c| {
+            let name = c["name"].as_str().unwrap();
+            let (_, image) = IMAGES.iter().find(|(n, _)| *n == name).unwrap();
+            assert_eq!(c["image"], *image, "{name}");
+            assert_eq!(c["env"]["WORKER_ID"], id, "{name}");
+            assert_eq!(c["env"]["COORDINATOR_URL"], url, "{name}");
+            name.to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn every_catalog_service_gets_its_image_and_an_env_for_the_worker() {
+    let url = "https://coord.example";
+    let s = start(2, |c| c.public_url = Some(format!("{url}/")));
+    // A gpu, a cpu, two storage and an edge worker cover the whole
+    // built-in catalog between them, on both shards.
+    let bodies = [
+        gpu_worker(&id_on_shard("img-gpu", 0, 2)),
+        cpu_worker(&id_on_shard("img-cpu", 1, 2)),
+        storage_worker(&id_on_shard("img-st", 0, 2)),
+        storage_worker(&id_on_shard("img-st2", 1, 2)),
+        edge_worker(&id_on_shard("img-edge", 0, 2)),
+    ];
+    let mut replies = Vec::new();
+    for b in &bodies {
+        let r = register(s.addr, b);
+        assert_eq!(r["coordinator_url"], url, "no trailing slash");
+        replies.push(r);
+    }
+    let mut seen = HashSet::new();
+    for r in &replies {
+        let id = r["worker_id"].as_str().unwrap();
+        seen.extend(check_containers(r, id, url));
+    }
+    let all: HashSet<String> = IMAGES.iter().map(|(n, _)| n.to_string()).collect();
+    assert_eq!(seen, all);
+    // Per-image extras, expanded too.
+    let gpu = &replies[0]["assigned_containers"];
+    let ocr = gpu
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "vision-ocr")
+        .unwrap();
+    assert_eq!(ocr["env"]["OLLAMA_HOST"], "0.0.0.0:8104");
+    assert_eq!(gpu[0]["env"]["GPU_MEMORY_UTILIZATION"], "0.9");
+    // The worker list (served by either shard) shows the same containers,
+    // expanded the same way.
+    for shard in 0..2 {
+        let list = conn_on_shard(s.addr, shard)
+            .get("/api/coordinator/workers")
+            .json();
+        let workers = list["workers"].as_array().unwrap();
+        assert_eq!(workers.len(), replies.len());
+        for r in &replies {
+            let id = r["worker_id"].as_str().unwrap();
+            let w = workers.iter().find(|w| w["worker_id"] == id).unwrap();
+            check_containers(w, id, url);
+            assert_eq!(w["assigned_containers"], r["assigned_containers"], "{id}");
+        }
+        let admin = conn_on_shard(s.addr, shard)
+            .get("/api/admin/workers")
+            .json();
+        for w in admin["workers"].as_array().unwrap() {
+            check_containers(w, w["worker_id"].as_str().unwrap(), url);
+        }
+    }
+}
+
+#[test]
+fn without_a_public_url_agents_get_the_host_they_used_and_lists_the_listen_address() {
+    let s = start(2, |_| {});
+    let r = register(s.addr, &cpu_worker("no-url"));
+    // The reply names the Host the agent came in by, in its containers too.
+    assert_eq!(r["coordinator_url"], "http://test");
+    check_containers(&r, "no-url", "http://test");
+    // A listing has no agent's Host: it names our listen address.
+    let list = get(s.addr, "/api/coordinator/workers").json();
+    check_containers(
+        &list["workers"][0],
+        "no-url",
+        &format!("http://127.0.0.1:{}", s.addr.port()),
+    );
 }

@@ -51,13 +51,14 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
         | Route::Unregister
         | Route::Tasks
         | Route::TaskComplete => Need::Role(Worker),
-        // Callers of the pool: inference, the generic service proxy,
+        // Callers of the pool: inference, the generic service proxies,
         // discovery, task submission and results.
         Route::InferenceLlm
         | Route::InferenceVision
         | Route::InferenceRag
         | Route::InferenceGraph
         | Route::ServiceProxy
+        | Route::ApiServiceProxy
         | Route::Discover
         | Route::ServicesList
         | Route::TaskSubmit
@@ -92,7 +93,7 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
 
 /// Every route with a sample method and path that the router maps to it
 /// (used by the unit test below and by the whole-table HTTP test).
-pub const SAMPLES: [(Route, &str, &str); 30] = [
+pub const SAMPLES: [(Route, &str, &str); 31] = [
     (Route::Register, "POST", "/api/worker/register"),
     (Route::Heartbeat, "POST", "/api/worker/heartbeat"),
     (Route::Unregister, "DELETE", "/api/worker/unregister/w-1"),
@@ -127,6 +128,7 @@ pub const SAMPLES: [(Route, &str, &str); 30] = [
     (Route::MethodNotAllowed, "GET", "/api/worker/heartbeat"),
     (Route::AuthLogin, "POST", "/api/auth/login"),
     (Route::AuthVerify, "GET", "/api/auth/verify"),
+    (Route::ApiServiceProxy, "POST", "/api/service/upload/files"),
 ];
 
 #[cfg(test)]
@@ -163,7 +165,7 @@ mod tests {
         };
         let rows = [
             ("worker", "register heartbeat unregister tasks task_complete"),
-            ("client", "inference_llm inference_vision inference_rag inference_graph service_proxy discover services_list task_submit task_get coordinator_workers"),
+            ("client", "inference_llm inference_vision inference_rag inference_graph service_proxy api_service_proxy discover services_list task_submit task_get coordinator_workers"),
             ("admin", "broadcast admin_workers admin_services admin_stats admin_health admin_gaps admin_tasks admin_pins"),
             ("public", "health metrics preflight auth_login"),
             ("any", "auth_verify not_found method_not_allowed"),
@@ -184,6 +186,7 @@ mod tests {
         use Role::*;
         assert_eq!(need(Route::Register, false), Need::Role(Worker));
         assert_eq!(need(Route::ServiceProxy, false), Need::Role(Client));
+        assert_eq!(need(Route::ApiServiceProxy, false), Need::Role(Client));
         assert_eq!(need(Route::AdminPins, false), Need::Role(Admin));
         assert_eq!(need(Route::Health, false), Need::Public);
         assert_eq!(need(Route::Health, true), Need::Role(Admin));

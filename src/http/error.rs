@@ -83,9 +83,7 @@ impl From<ProxyError> for ApiError {
             ProxyError::NoWorker(_) => ApiError::Unavailable(detail),
             ProxyError::UnknownService(_) => ApiError::NotFound(detail),
             ProxyError::Loop => ApiError::LoopDetected(detail),
-            ProxyError::BadGateway(_) | ProxyError::Answered(_) | ProxyError::Refused(_) => {
-                ApiError::BadGateway(detail)
-            }
+            ProxyError::BadGateway(_) | ProxyError::Refused(_) => ApiError::BadGateway(detail),
             ProxyError::Timeout(_) => ApiError::GatewayTimeout(detail),
         }
     }

@@ -37,10 +37,11 @@ pub enum Route {
     MethodNotAllowed,
     AuthLogin,
     AuthVerify,
+    ApiServiceProxy,
 }
 
 /// Metric labels, indexed by `Route as usize`.
-pub(crate) const ROUTE_NAMES: [&str; 30] = [
+pub(crate) const ROUTE_NAMES: [&str; 31] = [
     "register",
     "heartbeat",
     "unregister",
@@ -71,6 +72,7 @@ pub(crate) const ROUTE_NAMES: [&str; 30] = [
     "method_not_allowed",
     "auth_login",
     "auth_verify",
+    "api_service_proxy",
 ];
 
 impl Route {
@@ -94,19 +96,26 @@ pub(crate) struct Matched<'a> {
 }
 
 pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
-    // Routes that take more than one method.
-    if let Some(rest) = path.strip_prefix("/service/") {
-        // Any method is forwarded; OPTIONS stays ours (CORS preflight).
-        let route = if method == Method::OPTIONS {
-            Route::Preflight
-        } else {
-            Route::ServiceProxy
-        };
-        return Matched {
-            route,
-            param: Some(rest),
-            allow: "GET, POST, PUT, PATCH, DELETE, HEAD",
-        };
+    // Routes that take more than one method: the generic proxies (the
+    // local original's `/service/`, the service original's
+    // `/api/service/`). Any method is forwarded; OPTIONS stays ours (CORS
+    // preflight).
+    for (prefix, proxy) in [
+        ("/service/", Route::ServiceProxy),
+        ("/api/service/", Route::ApiServiceProxy),
+    ] {
+        if let Some(rest) = path.strip_prefix(prefix) {
+            let route = if method == Method::OPTIONS {
+                Route::Preflight
+            } else {
+                proxy
+            };
+            return Matched {
+                route,
+                param: Some(rest),
+                allow: "GET, POST, PUT, PATCH, DELETE, HEAD",
+            };
+        }
     }
     if path == "/api/admin/pins" {
         let allow = "GET, PUT, DELETE";
@@ -230,6 +239,20 @@ mod tests {
             route(&Method::OPTIONS, "/service/ocr/x").route,
             Route::Preflight
         );
+        let m = route(&Method::DELETE, "/api/service/client-rag/docs/1");
+        assert_eq!(
+            (m.route, m.param),
+            (Route::ApiServiceProxy, Some("client-rag/docs/1"))
+        );
+        assert_eq!(
+            route(&Method::OPTIONS, "/api/service/rag/x").route,
+            Route::Preflight
+        );
+        // `/api/services/...` is another family of routes.
+        assert_eq!(
+            route(&Method::GET, "/api/services/list").route,
+            Route::ServicesList
+        );
         assert_eq!(
             route(&Method::PUT, "/api/admin/pins").route,
             Route::AdminPins
@@ -258,5 +281,6 @@ mod tests {
         assert_eq!(Route::AdminPins.name(), "admin_pins");
         assert_eq!(Route::TaskSubmit.name(), "task_submit");
         assert_eq!(Route::AuthVerify.name(), "auth_verify");
+        assert_eq!(Route::ApiServiceProxy.name(), "api_service_proxy");
     }
 }

@@ -1,15 +1,26 @@
-//! The service catalog (what a worker of each type may run) and the
-//! assignment rule, as data plus one pure function.
+//! The service catalog (what a worker of each type may run, with the
+//! container image and env an agent starts for it) and the assignment
+//! rule, as data plus one pure function.
 //!
-//! The built-in table is the local original's. `--catalog FILE` replaces it
-//! with a TOML file (`[[services]]` tables, optional `[aliases]`) or a JSON
-//! file (`{"services": [...], "aliases": {...}}`), validated at start.
+//! The built-in table is the local original's services, with the service
+//! original's container images and env (`models/worker.py` there), plus the
+//! two services only the service original had (`client-rag`,
+//! `doc-processor`). `--catalog FILE` replaces it with a TOML file
+//! (`[[services]]` tables, optional `[aliases]`) or a JSON file
+//! (`{"services": [...], "aliases": {...}}`), validated at start.
+//!
+//! Env values are templates (`model::env`): `{worker_id}`,
+//! `{coordinator_url}` and `{port}` are filled in per worker when its
+//! containers are written. Every service's env carries `COORDINATOR_URL`
+//! and `WORKER_ID` (added when a table leaves them out): the worker images
+//! read both.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::env::{self, ContainerJson, Env, Vars};
 use super::tier::WorkerType;
 
 /// One service a worker can be told to run.
@@ -23,11 +34,36 @@ pub struct ServiceSpec {
     /// Lower runs first when coverage is equal.
     pub priority: u32,
     pub port: u16,
-    /// Container image told to agents; default `rma/<name>:latest`.
+    /// Container image told to agents; default `ghcr.io/rma/<name>:latest`
+    /// (the originals' registry).
     #[serde(default)]
     pub image: String,
+    /// Container env templates (see `model::env`).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+}
+
+impl ServiceSpec {
+    /// This service's `assigned_containers` entry for `worker_id`.
+    pub fn container<'a>(
+        &'a self,
+        worker_id: &'a str,
+        coordinator_url: &'a str,
+    ) -> ContainerJson<'a> {
+        ContainerJson {
+            name: &self.name,
+            image: &self.image,
+            port: self.port,
+            env: Env {
+                templates: &self.env,
+                vars: Vars {
+                    worker_id,
+                    coordinator_url,
+                    port: self.port,
+                },
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +71,17 @@ pub struct Catalog {
     services: Vec<ServiceSpec>,
     /// Short name -> service name (`llm` -> `llm-inference`).
     aliases: BTreeMap<String, String>,
+    /// The env every container gets, for a container whose service is no
+    /// longer in the catalog (a record recovered under another catalog).
+    base_env: BTreeMap<String, String>,
+}
+
+/// What writing a worker's containers needs besides its record: the
+/// catalog (the env templates) and the URL agents reach us at.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvContext<'a> {
+    pub catalog: &'a Catalog,
+    pub coordinator_url: &'a str,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,22 +105,157 @@ struct CatalogFile {
     aliases: BTreeMap<String, String>,
 }
 
-const DEFAULT: [(&str, u8, WorkerType, u32, u16); 14] = [
-    ("llm-inference", 1, WorkerType::Gpu, 1, 8105),
-    ("vision-ocr", 1, WorkerType::Gpu, 1, 8104),
-    ("rag-embeddings", 1, WorkerType::Gpu, 2, 8102),
-    ("ner-extraction", 2, WorkerType::Cpu, 2, 8108),
-    ("document-processing", 2, WorkerType::Cpu, 2, 8103),
-    ("notes-coa", 2, WorkerType::Cpu, 3, 8100),
-    ("chromadb", 3, WorkerType::Storage, 1, 8000),
-    ("redis", 3, WorkerType::Storage, 2, 6379),
-    ("postgres", 3, WorkerType::Storage, 3, 5432),
-    ("minio", 3, WorkerType::Storage, 4, 9000),
-    ("neo4j", 3, WorkerType::Storage, 5, 7474),
-    ("coordinator", 4, WorkerType::Edge, 1, 8080),
-    ("edge-proxy", 4, WorkerType::Edge, 1, 8787),
-    ("load-balancer", 4, WorkerType::Edge, 2, 8090),
+/// Env every container carries; a catalog may set other values for them.
+const BASE_ENV: [(&str, &str); 2] = [
+    ("COORDINATOR_URL", "{coordinator_url}"),
+    ("WORKER_ID", "{worker_id}"),
 ];
+
+/// A row of the built-in table.
+struct Builtin {
+    name: &'static str,
+    tier: u8,
+    requires: WorkerType,
+    priority: u32,
+    port: u16,
+    image: &'static str,
+    /// Beyond [`BASE_ENV`].
+    env: &'static [(&'static str, &'static str)],
+}
+
+const fn row(
+    name: &'static str,
+    tier: u8,
+    requires: WorkerType,
+    priority: u32,
+    port: u16,
+    image: &'static str,
+    env: &'static [(&'static str, &'static str)],
+) -> Builtin {
+    Builtin {
+        name,
+        tier,
+        requires,
+        priority,
+        port,
+        image,
+        env,
+    }
+}
+
+/// Services, tiers, priorities and ports: the local original's table, plus
+/// the service original's `client-rag` and `doc-processor`. Images and
+/// extra env: the service original's container assignments, except
+/// credentials it hard-coded (`JWT_SECRET`, `POSTGRES_PASSWORD`,
+/// `NEO4J_AUTH`): worker listings show env to clients, so secrets do not
+/// belong in it. Ollama is told to listen on the catalog port
+/// (`0.0.0.0:{port}`; the original said 11434 while routing elsewhere).
+/// Services neither original gave an image get the default.
+const DEFAULT: [Builtin; 16] = {
+    use WorkerType::{Cpu, Edge, Gpu, Storage};
+    const NONE: &[(&str, &str)] = &[];
+    [
+        row(
+            "llm-inference",
+            1,
+            Gpu,
+            1,
+            8105,
+            "ghcr.io/rma/vllm-worker:latest",
+            &[
+                ("MODEL_NAME", "meta-llama/Llama-2-7b-hf"),
+                ("GPU_MEMORY_UTILIZATION", "0.9"),
+            ],
+        ),
+        row(
+            "vision-ocr",
+            1,
+            Gpu,
+            1,
+            8104,
+            "ghcr.io/rma/ollama-vision-worker:latest",
+            &[("OLLAMA_HOST", "0.0.0.0:{port}")],
+        ),
+        row(
+            "rag-embeddings",
+            1,
+            Gpu,
+            2,
+            8102,
+            "ghcr.io/rma/rag-worker:latest",
+            NONE,
+        ),
+        row(
+            "ner-extraction",
+            2,
+            Cpu,
+            2,
+            8108,
+            "ghcr.io/rma/ner-worker:latest",
+            NONE,
+        ),
+        row(
+            "document-processing",
+            2,
+            Cpu,
+            2,
+            8103,
+            "ghcr.io/rma/upload-worker:latest",
+            NONE,
+        ),
+        row(
+            "notes-coa",
+            2,
+            Cpu,
+            3,
+            8100,
+            "ghcr.io/rma/notes-worker:latest",
+            NONE,
+        ),
+        row(
+            "client-rag",
+            2,
+            Cpu,
+            4,
+            8101,
+            "ghcr.io/rma/client-rag-worker:latest",
+            NONE,
+        ),
+        row(
+            "doc-processor",
+            2,
+            Cpu,
+            4,
+            8104,
+            "ghcr.io/rma/doc-processor-worker:latest",
+            NONE,
+        ),
+        row(
+            "chromadb",
+            3,
+            Storage,
+            1,
+            8000,
+            "chromadb/chroma:latest",
+            NONE,
+        ),
+        row("redis", 3, Storage, 2, 6379, "redis:7-alpine", NONE),
+        row(
+            "postgres",
+            3,
+            Storage,
+            3,
+            5432,
+            "postgres:16-alpine",
+            &[("POSTGRES_USER", "rma_user"), ("POSTGRES_DB", "rma_db")],
+        ),
+        row("minio", 3, Storage, 4, 9000, "minio/minio:latest", NONE),
+        row("neo4j", 3, Storage, 5, 7474, "neo4j:5.15", NONE),
+        row("coordinator", 4, Edge, 1, 8080, "", NONE),
+        row("edge-proxy", 4, Edge, 1, 8787, "", NONE),
+        row("load-balancer", 4, Edge, 2, 8090, "", NONE),
+    ]
+};
 
 const DEFAULT_ALIASES: [(&str, &str); 6] = [
     ("rag", "rag-embeddings"),
@@ -100,18 +282,30 @@ impl Catalog {
     }
 }
 
+/// An environment variable name as shells and Docker take it.
+fn valid_env_name(k: &str) -> bool {
+    let mut b = k.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
 impl Default for Catalog {
     fn default() -> Self {
         let services = DEFAULT
             .iter()
-            .map(|&(name, tier, requires, priority, port)| ServiceSpec {
-                name: name.into(),
-                tier,
-                requires,
-                priority,
-                port,
-                image: String::new(),
-                env: BTreeMap::new(),
+            .map(|b| ServiceSpec {
+                name: b.name.into(),
+                tier: b.tier,
+                requires: b.requires,
+                priority: b.priority,
+                port: b.port,
+                image: b.image.into(),
+                env: b
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
             })
             .collect();
         let aliases = DEFAULT_ALIASES
@@ -124,7 +318,8 @@ impl Default for Catalog {
 
 impl Catalog {
     /// Validates and builds a catalog: names unique and non-empty, aliases
-    /// pointing at real services. Fills default images.
+    /// pointing at real services, env names valid and env values valid
+    /// templates. Fills default images and the base env.
     pub fn new(
         mut services: Vec<ServiceSpec>,
         aliases: BTreeMap<String, String>,
@@ -146,8 +341,22 @@ impl Catalog {
                     s.name
                 )));
             }
-            if s.image.is_empty() {
-                s.image = format!("rma/{}:latest", s.name);
+            if s.image.trim().is_empty() {
+                s.image = format!("ghcr.io/rma/{}:latest", s.name);
+            }
+            for (k, v) in BASE_ENV {
+                s.env.entry(k.into()).or_insert_with(|| v.into());
+            }
+            for (k, v) in &s.env {
+                if !valid_env_name(k) {
+                    return Err(CatalogError::Invalid(format!(
+                        "service {}: bad env name {k:?}",
+                        s.name
+                    )));
+                }
+                env::check(v).map_err(|e| {
+                    CatalogError::Invalid(format!("service {}: env {k}: {e}", s.name))
+                })?;
             }
         }
         for (alias, target) in &aliases {
@@ -157,7 +366,15 @@ impl Catalog {
                 )));
             }
         }
-        Ok(Self { services, aliases })
+        let base_env = BASE_ENV
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Ok(Self {
+            services,
+            aliases,
+            base_env,
+        })
     }
 
     /// Reads a catalog file: JSON when the name ends in `.json`, else TOML.
@@ -183,6 +400,15 @@ impl Catalog {
         &self.services
     }
 
+    /// The env templates of the service named exactly `name`, or the base
+    /// env when the catalog has no such service.
+    pub fn env_of(&self, name: &str) -> &BTreeMap<String, String> {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .map_or(&self.base_env, |s| &s.env)
+    }
+
     /// A service by full name or short alias.
     pub fn resolve(&self, name: &str) -> Option<&ServiceSpec> {
         let full = self.aliases.get(name).map_or(name, String::as_str);
@@ -197,7 +423,8 @@ impl Catalog {
     /// coverage, then priority, then catalog order. A gpu worker takes every
     /// uncovered one (or the first, when all are covered); any other worker
     /// takes 1 when `in_tier >= e`, 2 when `2 * in_tier >= e`, else
-    /// `min(3, e)`, where `e` is the number eligible.
+    /// `min(3, e)`, where `e` is the number eligible. A service whose port
+    /// an earlier pick already uses is passed over.
     pub fn assign(
         &self,
         worker_type: WorkerType,
@@ -219,11 +446,10 @@ impl Catalog {
             return Vec::new();
         }
         if worker_type == WorkerType::Gpu {
-            let uncovered: Vec<&ServiceSpec> = eligible
-                .iter()
-                .filter(|(n, _)| *n == 0)
-                .map(|(_, s)| *s)
-                .collect();
+            let uncovered: Vec<&ServiceSpec> = one_per_port(
+                eligible.iter().filter(|(n, _)| *n == 0).map(|(_, s)| *s),
+                usize::MAX,
+            );
             return if uncovered.is_empty() {
                 vec![eligible[0].1]
             } else {
@@ -239,8 +465,28 @@ impl Catalog {
         } else {
             3.min(e)
         };
-        eligible.into_iter().take(take).map(|(_, s)| s).collect()
+        one_per_port(eligible.into_iter().map(|(_, s)| s), take)
     }
+}
+
+/// Up to `take` of `specs`, in order, skipping any whose port an earlier
+/// one took: one machine cannot run two containers on one port (the
+/// built-in `vision-ocr` and `doc-processor` both use 8104, as they did in
+/// their originals, which never gave both to one worker).
+fn one_per_port<'a>(
+    specs: impl Iterator<Item = &'a ServiceSpec>,
+    take: usize,
+) -> Vec<&'a ServiceSpec> {
+    let mut out: Vec<&ServiceSpec> = Vec::new();
+    for s in specs {
+        if out.len() == take {
+            break;
+        }
+        if out.iter().all(|o| o.port != s.port) {
+            out.push(s);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -264,8 +510,10 @@ mod tests {
                 "rag-embeddings",
                 "ner-extraction",
                 "document-processing",
-                "notes-coa"
-            ]
+                "notes-coa",
+                "client-rag"
+            ],
+            "doc-processor shares vision-ocr's port 8104: left for another worker"
         );
     }
 
@@ -280,7 +528,9 @@ mod tests {
                 "rag-embeddings",
                 "ner-extraction",
                 "document-processing",
-                "notes-coa"
+                "notes-coa",
+                "client-rag",
+                "doc-processor"
             ]
         );
         let all = |n: &str| if n == "vision-ocr" { 1 } else { 2 };
@@ -299,9 +549,10 @@ mod tests {
         // Coverage first: the covered ones go to the back.
         let f = |n: &str| u32::from(n == "chromadb" || n == "redis");
         assert_eq!(names(c.assign(WorkerType::Storage, &f, 9)), ["postgres"]);
-        // 3 cpu services.
-        assert_eq!(names(c.assign(WorkerType::Cpu, &|_| 0, 1)).len(), 3);
-        assert_eq!(names(c.assign(WorkerType::Cpu, &|_| 0, 2)).len(), 2);
+        // 5 cpu services.
+        assert_eq!(names(c.assign(WorkerType::Cpu, &|_| 0, 2)).len(), 3);
+        assert_eq!(names(c.assign(WorkerType::Cpu, &|_| 0, 3)).len(), 2);
+        assert_eq!(names(c.assign(WorkerType::Cpu, &|_| 0, 5)).len(), 1);
         assert_eq!(
             names(c.assign(WorkerType::Edge, &|_| 0, 3)),
             ["coordinator"]
@@ -314,7 +565,98 @@ mod tests {
         assert_eq!(c.resolve("llm").unwrap().name, "llm-inference");
         assert_eq!(c.resolve("ner-extraction").unwrap().port, 8108);
         assert!(c.resolve("nope").is_none());
-        assert_eq!(c.services()[0].image, "rma/llm-inference:latest");
+        assert_eq!(c.services()[0].image, "ghcr.io/rma/vllm-worker:latest");
+    }
+
+    #[test]
+    fn a_worker_never_gets_two_services_on_one_port() {
+        let spec = |name: &str, priority, port| ServiceSpec {
+            name: name.into(),
+            tier: 2,
+            requires: WorkerType::Cpu,
+            priority,
+            port,
+            image: String::new(),
+            env: BTreeMap::new(),
+        };
+        let c = Catalog::new(
+            vec![spec("a", 1, 80), spec("b", 2, 80), spec("c", 3, 81)],
+            BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(names(c.assign(WorkerType::Cpu, &|_| 0, 0)), ["a", "c"]);
+        assert_eq!(names(c.assign(WorkerType::Gpu, &|_| 0, 0)), ["a", "c"]);
+        // Covered `a` goes to the back: `b` now comes first and wins 80.
+        let f = |n: &str| u32::from(n == "a");
+        assert_eq!(names(c.assign(WorkerType::Cpu, &f, 0)), ["b", "c"]);
+        assert_eq!(names(c.assign(WorkerType::Cpu, &f, 9)), ["b"]);
+    }
+
+    /// The service original's images, and the env every container needs.
+    #[test]
+    fn built_in_images_and_env() {
+        let c = Catalog::default();
+        let image = |n: &str| c.resolve(n).unwrap().image.as_str();
+        for (service, want) in [
+            ("llm-inference", "ghcr.io/rma/vllm-worker:latest"),
+            ("vision-ocr", "ghcr.io/rma/ollama-vision-worker:latest"),
+            ("rag-embeddings", "ghcr.io/rma/rag-worker:latest"),
+            ("ner-extraction", "ghcr.io/rma/ner-worker:latest"),
+            ("document-processing", "ghcr.io/rma/upload-worker:latest"),
+            ("notes-coa", "ghcr.io/rma/notes-worker:latest"),
+            ("client-rag", "ghcr.io/rma/client-rag-worker:latest"),
+            ("doc-processor", "ghcr.io/rma/doc-processor-worker:latest"),
+            ("postgres", "postgres:16-alpine"),
+            ("coordinator", "ghcr.io/rma/coordinator:latest"),
+        ] {
+            assert_eq!(image(service), want);
+        }
+        assert_eq!(c.resolve("client-rag").unwrap().port, 8101);
+        assert_eq!(c.resolve("doc-processor").unwrap().port, 8104);
+        for s in c.services() {
+            assert_eq!(s.env["COORDINATOR_URL"], "{coordinator_url}", "{}", s.name);
+            assert_eq!(s.env["WORKER_ID"], "{worker_id}", "{}", s.name);
+            assert!(!s.env.contains_key("JWT_SECRET") && !s.env.contains_key("POSTGRES_PASSWORD"));
+        }
+        let json = serde_json::to_value(
+            c.resolve("ocr")
+                .unwrap()
+                .container("gpu-1", "https://c.example"),
+        )
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "name": "vision-ocr", "image": "ghcr.io/rma/ollama-vision-worker:latest", "port": 8104,
+                "env": {"COORDINATOR_URL": "https://c.example", "WORKER_ID": "gpu-1",
+                        "OLLAMA_HOST": "0.0.0.0:8104"}
+            })
+        );
+        // A container whose service left the catalog still gets the base env.
+        assert_eq!(c.env_of("gone").len(), 2);
+        assert_eq!(c.env_of("llm-inference")["GPU_MEMORY_UTILIZATION"], "0.9");
+    }
+
+    #[test]
+    fn env_templates_and_names_are_checked() {
+        let with_env = |k: &str, v: &str| {
+            let mut s = Catalog::default().services()[0].clone();
+            s.env = [(k.to_string(), v.to_string())].into();
+            Catalog::new(vec![s], BTreeMap::new())
+        };
+        assert!(with_env("URL", "{coordinator_url}/x").is_ok());
+        // A table may set its own value for the base variables.
+        let c = with_env("COORDINATOR_URL", "http://coordinator:8080").unwrap();
+        assert_eq!(
+            c.services()[0].env["COORDINATOR_URL"],
+            "http://coordinator:8080"
+        );
+        let e = with_env("URL", "{coordinator}").unwrap_err().to_string();
+        assert!(e.contains("llm-inference") && e.contains("URL"), "{e}");
+        assert!(with_env("X", "a{b").is_err());
+        for bad in ["", "1X", "A-B", "A B"] {
+            assert!(with_env(bad, "v").is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -342,6 +684,7 @@ env = { MODEL = "small" }
         let c = Catalog::load(&toml_path).unwrap();
         assert_eq!(c.resolve("tts").unwrap().image, "acme/tts:2");
         assert_eq!(c.services()[0].env["MODEL"], "small");
+        assert_eq!(c.services()[0].env["WORKER_ID"], "{worker_id}");
 
         let json_path = dir.join("c.json");
         std::fs::write(
@@ -351,7 +694,7 @@ env = { MODEL = "small" }
         .unwrap();
         assert_eq!(
             Catalog::load(&json_path).unwrap().services()[0].image,
-            "rma/a:latest"
+            "ghcr.io/rma/a:latest"
         );
 
         std::fs::write(

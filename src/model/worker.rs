@@ -6,17 +6,16 @@
 //! store persists them and the proxy reads their addresses, so the type
 //! lives here, below all three.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
-
-use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::model::time::iso8601;
-use crate::model::{Classification, ServiceSpec, WorkerType};
+use crate::model::{Classification, EnvContext, ServiceSpec, WorkerType};
 
 /// How liveness is judged.
 #[derive(Debug, Clone, Copy)]
@@ -242,8 +241,15 @@ impl WorkerRecord {
     }
 
     /// Serialises the full record (plus `age_seconds`/`is_healthy` for admin
-    /// views) onto `out`.
-    pub fn write_json(&self, out: &mut Vec<u8>, now: Instant, live: &Liveness, admin: bool) {
+    /// views) onto `out`; `env` expands the containers' env templates.
+    pub fn write_json(
+        &self,
+        out: &mut Vec<u8>,
+        now: Instant,
+        live: &Liveness,
+        admin: bool,
+        env: EnvContext<'_>,
+    ) {
         let age = self.age(now);
         let view = WorkerView {
             worker_id: &self.worker_id,
@@ -258,7 +264,11 @@ impl WorkerRecord {
             containers: OrEmpty(self.containers.as_deref(), "[]"),
             assigned_services: Assigned(&self.assigned, |s| s.name.as_str()),
             service_configs: Assigned(&self.assigned, ServiceConfigView::of),
-            assigned_containers: Assigned(&self.assigned, ContainerView::of),
+            assigned_containers: Containers {
+                specs: &self.assigned,
+                worker_id: &self.worker_id,
+                coordinator_url: env.coordinator_url,
+            },
             current_load: self.state.current_load,
             available_memory: self.state.available_memory.as_deref(),
             loaded_models: &self.state.loaded_models,
@@ -291,7 +301,7 @@ struct WorkerView<'a> {
     containers: OrEmpty<'a>,
     assigned_services: Assigned<'a, &'static str>,
     service_configs: Assigned<'a, ServiceConfigView<'static>>,
-    assigned_containers: Assigned<'a, ContainerView<'static>>,
+    assigned_containers: Containers<'a>,
     current_load: f64,
     available_memory: Option<&'a str>,
     loaded_models: &'a [String],
@@ -351,22 +361,21 @@ impl ServiceConfigView<'static> {
     }
 }
 
-/// The container an agent runs for an assigned service.
-#[derive(Serialize)]
-pub(crate) struct ContainerView<'a> {
-    name: &'a str,
-    image: &'a str,
-    port: u16,
-    env: &'a std::collections::BTreeMap<String, String>,
+/// The assigned services' containers for `worker_id`, each env expanded
+/// from the catalog's templates. The registration reply and the listings
+/// both write this, so the two cannot drift apart.
+pub(crate) struct Containers<'a> {
+    pub specs: &'a [&'static ServiceSpec],
+    pub worker_id: &'a str,
+    pub coordinator_url: &'a str,
 }
 
-impl ContainerView<'static> {
-    pub(crate) fn of(s: &'static ServiceSpec) -> Self {
-        Self {
-            name: &s.name,
-            image: &s.image,
-            port: s.port,
-            env: &s.env,
-        }
+impl Serialize for Containers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.specs
+                .iter()
+                .map(|spec| spec.container(self.worker_id, self.coordinator_url)),
+        )
     }
 }

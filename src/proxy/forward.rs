@@ -14,6 +14,13 @@
 //! request may have had its effect. A connection failure, a timeout or a
 //! 5xx also cools the worker (`balance`).
 //!
+//! A worker's own answer is relayed as it sent it (status, headers minus
+//! hop-by-hop, body), errors included: agents answer e.g.
+//! `503 {"detail": "DHT router not initialized"}` and clients read that
+//! `detail`. When a retried 5xx finds no better answer (no other worker, or
+//! the other one cannot be reached), the 5xx is relayed. Our own 502/504
+//! are only for workers that gave no answer at all.
+//!
 //! This file owns the outcome labels and counts them (per service and per
 //! attempt); it must not open connections itself (`pool`) or decide which
 //! worker comes next (`balance`, `route`).
@@ -41,7 +48,7 @@ use crate::runtime;
 pub(crate) type Forwarded = Response<Streamed>;
 
 /// Picks a worker, sends, fails over once, and returns the worker's
-/// response with its body still streaming. `fetch` supplies the healthy
+/// response (any status, 5xx included) with its body still streaming. `fetch` supplies the healthy
 /// workers of the service (it is given the name) when the shard's cache
 /// is stale.
 pub(crate) async fn forward<F, Fut, E>(
@@ -79,6 +86,9 @@ async fn forward_to(
     let pinned = balancer.pinned(&req.service, req.model.as_deref());
     let mut tried: Vec<&str> = Vec::new();
     let mut last: Option<ProxyError> = None;
+    // A worker's 5xx held back while an idempotent request is retried:
+    // relayed if the retry gets no answer of its own.
+    let mut answered: Option<Forwarded> = None;
     for attempt in 0..2 {
         let ask = Ask {
             model: req.model.as_deref(),
@@ -113,20 +123,12 @@ async fn forward_to(
             Ok(resp) if resp.status().is_server_error() => {
                 balancer.cool(&up.worker_id, cfg.cooldown);
                 state.count_attempt(&up.worker_id, "upstream_5xx");
-                let err = ProxyError::Answered(format!(
-                    "worker {} answered {}",
-                    up.worker_id,
-                    resp.status()
-                ));
                 if attempt == 0 && idempotent(&req.method) {
-                    last = Some(err);
+                    answered = Some(resp);
                     continue;
                 }
                 state.count(&req.service, "upstream_5xx");
-                return Err(Failed {
-                    error: err,
-                    worker: Some(up.worker_id.clone()),
-                });
+                return Ok(resp);
             }
             Ok(resp) => {
                 state.count_attempt(&up.worker_id, "ok");
@@ -153,12 +155,16 @@ async fn forward_to(
             }
         }
     }
+    if let Some(resp) = answered {
+        state.count(&req.service, "upstream_5xx");
+        return Ok(resp);
+    }
     let err = last.unwrap_or_else(|| ProxyError::NoWorker(req.service.clone()));
     let label = match err {
         ProxyError::NoWorker(_) | ProxyError::UnknownService(_) | ProxyError::Loop => "no_worker",
         ProxyError::Timeout(_) => "timeout",
         ProxyError::Refused(_) => "refused",
-        ProxyError::BadGateway(_) | ProxyError::Answered(_) => "bad_gateway",
+        ProxyError::BadGateway(_) => "bad_gateway",
     };
     state.count(&req.service, label);
     Err(Failed {

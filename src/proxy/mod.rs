@@ -104,7 +104,8 @@ impl Upstream {
     }
 }
 
-/// How forwarding ended, for metrics and the HTTP error. The texts of
+/// How forwarding ended without a worker's answer, for metrics and the
+/// HTTP error (a worker's answer, 5xx included, is relayed instead). The texts of
 /// `BadGateway`, `Timeout` and `Refused` may name addresses, ports and OS
 /// errors: only an admin sees them (see [`Failed::for_caller`]).
 #[derive(Debug, thiserror::Error)]
@@ -117,9 +118,6 @@ pub(crate) enum ProxyError {
     /// The request already passed through this coordinator.
     #[error("Loop detected: the request already passed through this coordinator")]
     Loop,
-    /// The worker answered with a 5xx (no address in the text).
-    #[error("Worker request failed: {0}")]
-    Answered(String),
     #[error("Worker request failed: {0}")]
     BadGateway(String),
     #[error("Worker request timed out: {0}")]

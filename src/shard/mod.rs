@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::metrics::ShardMetrics;
 use crate::model::placement::owner_of;
 use crate::model::worker::{Liveness, WorkerRecord};
+use crate::model::EnvContext;
 use crate::proxy::{ProxySetup, ProxyState};
 use crate::runtime::{self, Mesh, ShardEnv};
 use crate::store::recovery::Boot;
@@ -70,6 +71,9 @@ pub(crate) struct Shard {
     pub count: usize,
     pub cfg: Arc<Config>,
     live: Liveness,
+    /// `cfg.coordinator_url()`, made once: worker listings expand every
+    /// container's env with it.
+    coordinator_url: String,
     registry: RefCell<Registry>,
     pub tasks: RefCell<TaskTable>,
     pub proxy: Rc<ProxyState>,
@@ -104,6 +108,7 @@ impl Shard {
             id,
             count,
             live,
+            coordinator_url: cfg.coordinator_url(),
             cfg,
             registry: RefCell::new(Registry::new(live)),
             tasks: RefCell::new(TaskTable::new(retention)),
@@ -142,6 +147,15 @@ impl Shard {
 
     pub(crate) fn owner_of(&self, worker_id: &str) -> usize {
         owner_of(worker_id, self.count)
+    }
+
+    /// What writing a worker's containers needs: the catalog's env
+    /// templates and our public URL.
+    pub(crate) fn env(&self) -> EnvContext<'_> {
+        EnvContext {
+            catalog: self.cfg.catalog,
+            coordinator_url: &self.coordinator_url,
+        }
     }
 
     pub(crate) fn is_healthy(&self, w: &WorkerRecord, now: Instant) -> bool {

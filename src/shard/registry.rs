@@ -36,6 +36,7 @@ use hashbrown::HashTable;
 use super::wheel::{Ticket, Wheel};
 use crate::model::wire::HeartbeatRequest;
 use crate::model::worker::{Liveness, WorkerRecord};
+use crate::model::EnvContext;
 
 type Hasher = ahash::RandomState;
 
@@ -683,6 +684,7 @@ impl Registry {
         &mut self,
         service: Option<&str>,
         now: Instant,
+        env: EnvContext<'_>,
         out: &mut Vec<u8>,
         mut seen: impl FnMut(&WorkerRecord, &[u8]),
     ) -> (usize, Option<Instant>) {
@@ -719,7 +721,7 @@ impl Registry {
                 Some(b) => b,
                 None => {
                     scratch.clear();
-                    w.write_json(&mut scratch, now, &live, false);
+                    w.write_json(&mut scratch, now, &live, false, env);
                     if *listed_bytes + scratch.len() <= LISTED_BUDGET {
                         *listed_bytes += scratch.len();
                         e.listed = Some(scratch.as_slice().into());

@@ -63,7 +63,7 @@ impl Shard {
                 if count > 0 {
                     items.push(b',');
                 }
-                w.write_json(&mut items, now, &self.live, true);
+                w.write_json(&mut items, now, &self.live, true, self.env());
                 count += 1;
                 if w.is_healthy(now, &self.live) {
                     healthy += 1;
@@ -85,14 +85,15 @@ impl Shard {
         }
         let mut best: Option<(f64, Vec<u8>)> = None;
         let mut items = Vec::with_capacity(if service.is_none() { cache.hint } else { 4096 });
-        let (n, valid_until) = reg.write_healthy(service, now, &mut items, |w, json| {
-            if service.is_some() {
-                let load = w.state.current_load;
-                if best.as_ref().is_none_or(|(b, _)| load < *b) {
-                    best = Some((load, json.to_vec()));
+        let (n, valid_until) =
+            reg.write_healthy(service, now, self.env(), &mut items, |w, json| {
+                if service.is_some() {
+                    let load = w.state.current_load;
+                    if best.as_ref().is_none_or(|(b, _)| load < *b) {
+                        best = Some((load, json.to_vec()));
+                    }
                 }
-            }
-        });
+            });
         let listing = Listing {
             items: items.into(),
             count: n,

@@ -266,6 +266,36 @@ mod tests {
     }
 
     #[test]
+    fn a_row_of_an_earlier_build_loads_its_services_from_the_catalog() {
+        // Rows of earlier builds kept copies of each assigned service's
+        // config and container (env then always `{}`); records now refer to
+        // the catalog entries by name, and a name the catalog no longer has
+        // is dropped.
+        let record = r#"{"worker_id":"w2","worker_type":"cpu","tier":2,
+            "assigned_services":["notes-coa","gone-service"],
+            "service_configs":[{"name":"notes-coa","port":8100,"priority":1}],
+            "assigned_containers":[{"name":"notes-coa","image":"rma/notes-coa:latest","port":8100,"env":{}}],
+            "capabilities":{"cpu_cores":4},"services":[],
+            "registered_at_us":0,"last_heartbeat_us":0}"#;
+        let row = RecoveredWorker {
+            id: "w2".into(),
+            record: record.into(),
+            heartbeat_us: None,
+            state: None,
+        };
+        let catalog = Catalog::builtin();
+        let back = restore(&row, Instant::now(), SystemTime::now(), catalog).unwrap();
+        let names: Vec<&str> = back.assigned_services().collect();
+        assert_eq!(names, ["notes-coa"]);
+        assert_eq!(
+            back.port_of("notes-coa"),
+            catalog.resolve("notes-coa").map(|s| s.port)
+        );
+        assert_eq!(back.capabilities.get(), r#"{"cpu_cores":4}"#);
+        assert!(back.services.is_none() && back.declared.is_empty());
+    }
+
+    #[test]
     fn undecodable_rows_are_errors() {
         let row = RecoveredWorker {
             id: "w".into(),

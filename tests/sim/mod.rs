@@ -3,7 +3,9 @@
 //! `loaded_models`, and answers the worker APIs the proxy targets:
 //! `/v1/completions` (JSON or SSE stream), `/api/generate`, `/query`,
 //! `/extract`, and anything else as an echo of what arrived. It can be told
-//! to fail (500), stall, or die (stop accepting and drop its connections).
+//! to fail (500), answer an error of its own (`Mode::Answer`: a status, a
+//! custom header and a JSON `detail`, as agents do), stall, or die (stop
+//! accepting and drop its connections).
 //! `start_tls` serves the same over TLS (rustls, a certificate the test makes).
 //! The client-side readers of those answers through the coordinator
 //! ([`worker_of`], [`read_events`]) live here too, next to what they parse.
@@ -24,8 +26,15 @@ use crate::common::Resp;
 pub enum Mode {
     Ok,
     Fail,
+    /// Answers every request with this status, the header
+    /// `x-agent-error: <worker id>` and
+    /// `{"detail": "DHT router not initialized", "worker": <id>}`.
+    Answer(u16),
     Stall(Duration),
 }
+
+/// The `detail` a simulator in [`Mode::Answer`] sends.
+pub const AGENT_DETAIL: &str = "DHT router not initialized";
 
 struct State {
     id: String,
@@ -213,6 +222,20 @@ fn serve<S: Read + Write>(conn: S, st: Arc<State>) {
         match mode {
             Mode::Fail => {
                 if respond(w, 500, &json!({"detail": "simulated failure"})).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Mode::Answer(status) => {
+                let b = json!({"detail": AGENT_DETAIL, "worker": st.id}).to_string();
+                let sent = write!(
+                    w,
+                    "HTTP/1.1 {status} Agent Error\r\ncontent-type: application/json\r\nx-agent-error: {}\r\ncontent-length: {}\r\n\r\n{b}",
+                    st.id,
+                    b.len()
+                )
+                .and_then(|()| w.flush());
+                if sent.is_err() {
                     return;
                 }
                 continue;

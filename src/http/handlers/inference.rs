@@ -1,6 +1,7 @@
 //! Inference routes (the service coordinator's `/api/inference/*`), the
-//! local coordinator's generic `ANY /service/{service}/{path}` proxy, and
-//! the admin pins that steer them. Worker choice, failover and streaming
+//! generic proxies (the local coordinator's `ANY /service/{service}/{path}`,
+//! the service coordinator's `ANY /api/service/{name}/{path}`), and the
+//! admin pins that steer them. Worker choice, failover and streaming
 //! are in `proxy`; this file turns HTTP requests into `Outbound`s
 //! and proxy outcomes into responses.
 
@@ -36,10 +37,11 @@ fn service_name(ctx: &Ctx, s: &str) -> String {
 }
 
 /// Healthy workers of `service` from every shard; `None` when the service
-/// is unknown (not in the catalog, declared by no registered worker), so
-/// that random names create no per-service state.
-async fn fetch(ctx: &Ctx, service: String) -> Result<Option<Vec<Upstream>>, ApiError> {
-    let in_catalog = ctx.shard.cfg.catalog.resolve(&service).is_some();
+/// is unknown (not in the catalog, declared by no registered worker, and
+/// not `known` to the route), so that random names create no per-service
+/// state.
+async fn fetch(ctx: &Ctx, service: String, known: bool) -> Result<Option<Vec<Upstream>>, ApiError> {
+    let in_catalog = known || ctx.shard.cfg.catalog.resolve(&service).is_some();
     let (mut all, known) = ctx
         .shard
         .map_reduce(
@@ -62,8 +64,20 @@ async fn fetch(ctx: &Ctx, service: String) -> Result<Option<Vec<Upstream>>, ApiE
 /// whether a failure's detail may show the worker's address and the OS
 /// error, or only its id. Operators get the full error in the log.
 async fn forward(ctx: &Ctx, out: Outbound, admin: bool) -> Result<Response<Body>, ApiError> {
+    forward_known(ctx, out, admin, false).await
+}
+
+/// [`forward`], where `known` says the route itself names the service,
+/// so no worker for it is a 503 rather than a 404.
+async fn forward_known(
+    ctx: &Ctx,
+    out: Outbound,
+    admin: bool,
+    known: bool,
+) -> Result<Response<Body>, ApiError> {
     let cfg = ctx.shard.cfg.proxy();
-    match proxy::forward(&ctx.shard.proxy, &cfg, out, |service| fetch(ctx, service)).await? {
+    let candidates = |service| fetch(ctx, service, known);
+    match proxy::forward(&ctx.shard.proxy, &cfg, out, candidates).await? {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
             Ok(Response::from_parts(parts, crate::http::streamed(body)))
@@ -234,6 +248,55 @@ pub(super) async fn service(
     let svc = percent_decode(svc, false)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::NotFound("Not Found".into()))?;
+    let service = service_name(&ctx, &svc);
+    generic(&ctx, service, path, req, false).await
+}
+
+/// The names the service original proxies under `/api/service/`. Each is
+/// resolved like a `/service/` name (the catalog's short names: `upload`
+/// is `document-processing`, `rag` `rag-embeddings`, `notes` `notes-coa`,
+/// `ner` `ner-extraction`); `client-rag` and `doc-processor` are catalog
+/// services; no catalog has a `frontend`: it goes to workers that declare
+/// one. The original matched "container name contains the name" instead,
+/// so its `rag` also caught `client-rag` containers.
+const API_SERVICE_NAMES: [&str; 7] = [
+    "upload",
+    "rag",
+    "notes",
+    "ner",
+    "client-rag",
+    "doc-processor",
+    "frontend",
+];
+
+/// `ANY /api/service/{name}/{path}` (the service original's proxy, which
+/// its edge router forwards to): like `/service/`, for the names in
+/// [`API_SERVICE_NAMES`]. The worker is sent `/{path}` and the query, as
+/// the original sent `{tunnel_url}/{path}`. Any other name is a 404; a
+/// listed name no healthy worker serves is a 503, as in the original.
+pub(super) async fn api_service(
+    ctx: Ctx,
+    rest: String,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (name, path) = rest.split_once('/').unwrap_or((rest.as_str(), ""));
+    let name = percent_decode(name, false).unwrap_or_default();
+    if !API_SERVICE_NAMES.contains(&name.as_str()) {
+        return Err(ApiError::NotFound(format!("Service '{name}' not found")));
+    }
+    let service = service_name(&ctx, &name);
+    generic(&ctx, service, path, req, true).await
+}
+
+/// Forwards `req` to a worker of `service` at `/{path}` plus its query,
+/// as the generic proxies do.
+async fn generic(
+    ctx: &Ctx,
+    service: String,
+    path: &str,
+    req: Request<Incoming>,
+    known: bool,
+) -> Result<Response<Body>, ApiError> {
     let mut path_and_query = crate::proxy::guard::normalise_path(path)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if let Some(q) = req.uri().query() {
@@ -249,7 +312,7 @@ pub(super) async fn service(
         .map(str::to_string);
     // Borrowed, not cloned: the config's Arc is shared by every shard, and
     // cloning it per request would bump a cross-shard atomic.
-    let admin = is_admin(&ctx, req.headers());
+    let admin = is_admin(ctx, req.headers());
     let headers = proxy::upstream_headers(
         req.headers().clone(),
         ctx.peer.map(|p| p.ip()),
@@ -257,7 +320,7 @@ pub(super) async fn service(
     );
     let body = ctx.body(req).await?;
     let out = Outbound {
-        service: service_name(&ctx, &svc),
+        service,
         model,
         session: sess,
         method,
@@ -265,7 +328,7 @@ pub(super) async fn service(
         headers,
         body,
     };
-    forward(&ctx, out, admin).await
+    forward_known(ctx, out, admin, known).await
 }
 
 /// `GET|PUT|DELETE /api/admin/pins`. PUT `{service | model, workers: [..]}`

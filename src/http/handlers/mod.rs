@@ -38,6 +38,7 @@ pub(super) async fn handle(
         Route::InferenceRag => inference::rag(ctx, req).await,
         Route::InferenceGraph => inference::graph(ctx, req).await,
         Route::ServiceProxy => inference::service(ctx, param.unwrap_or_default(), req).await,
+        Route::ApiServiceProxy => inference::api_service(ctx, param.unwrap_or_default(), req).await,
         Route::AdminPins => inference::pins(ctx, req).await,
         Route::CoordinatorWorkers => coordinator::workers(ctx).await,
         Route::Broadcast => coordinator::broadcast(ctx, req).await,

@@ -11,9 +11,7 @@ use super::super::error::ApiError;
 use super::super::request::{parse_object, valid_id};
 use super::super::{json, json_static, Body, Ctx};
 use crate::model::wire::{HeartbeatRequest, RegisterRequest};
-use crate::model::worker::{
-    Assigned, ContainerView, Registration, ServiceConfigView, WorkerRecord,
-};
+use crate::model::worker::{Assigned, Containers, Registration, ServiceConfigView, WorkerRecord};
 use crate::model::{classify, Classification, ServiceSpec};
 use crate::shard::msg::{Coverage, ProxyOp, Reply, Request as ShardRequest};
 
@@ -36,23 +34,24 @@ struct Registered<'a> {
     tier: u8,
     assigned_services: Assigned<'a, &'static str>,
     service_configs: Assigned<'a, ServiceConfigView<'static>>,
-    assigned_containers: Assigned<'a, ContainerView<'static>>,
+    assigned_containers: Containers<'a>,
     heartbeat_url: &'static str,
     heartbeat_interval: u64,
-    coordinator_url: String,
+    coordinator_url: &'a str,
     tunnel_url: Option<&'a str>,
     endpoint: Option<&'a str>,
     message: String,
 }
 
-/// Where agents are told to reach us: `--public-url`, else the Host they used.
+/// Where agents (and the containers they start) are told to reach us:
+/// `--public-url`, else the Host the agent came in by (it reached us
+/// there), else our listen address.
 fn coordinator_url(ctx: &Ctx, host: Option<String>) -> String {
-    ctx.shard
-        .cfg
-        .public_url
-        .clone()
-        .or_else(|| host.map(|h| format!("http://{h}")))
-        .unwrap_or_default()
+    let cfg = &ctx.shard.cfg;
+    match (&cfg.public_url, host) {
+        (None, Some(h)) => format!("http://{h}"),
+        _ => cfg.coordinator_url(),
+    }
 }
 
 /// `POST /api/worker/register`: read and check the body, assign services
@@ -107,6 +106,7 @@ pub(super) async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Respons
     // Once this reply is out, a proxied request on any shard finds the
     // worker (no shard keeps a list without it).
     refresh_routing(&ctx).await;
+    let coordinator_url = coordinator_url(&ctx, host);
     let reply = Registered {
         status: "registered",
         worker_id: &worker_id,
@@ -114,10 +114,14 @@ pub(super) async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Respons
         tier: class.tier,
         assigned_services: Assigned(&assigned, |s| s.name.as_str()),
         service_configs: Assigned(&assigned, ServiceConfigView::of),
-        assigned_containers: Assigned(&assigned, ContainerView::of),
+        assigned_containers: Containers {
+            specs: &assigned,
+            worker_id: &worker_id,
+            coordinator_url: &coordinator_url,
+        },
         heartbeat_url: "/api/worker/heartbeat",
         heartbeat_interval: cfg.heartbeat_interval_secs,
-        coordinator_url: coordinator_url(&ctx, host),
+        coordinator_url: &coordinator_url,
         tunnel_url: tunnel_url.as_deref(),
         endpoint: endpoint.as_deref(),
         message: format!(
@@ -318,5 +322,43 @@ mod tests {
             assert!(id.starts_with("worker-"));
             assert!(id[7..].bytes().all(|b| b.is_ascii_hexdigit()));
         }
+    }
+
+    #[test]
+    fn a_listing_expands_the_container_env_as_the_reply_does() {
+        let catalog = crate::model::Catalog::builtin();
+        let assigned: Vec<&'static ServiceSpec> = catalog.services().iter().take(3).collect();
+        let reg = Registration {
+            worker_id: "w".into(),
+            capabilities: Default::default(),
+            tunnel_url: None,
+            ip_address: None,
+            services: vec![],
+            containers: vec![],
+        };
+        let rec = WorkerRecord::registered(reg, classify(&Default::default()), &assigned);
+        let url = "https://coord.example";
+        let reply = serde_json::to_value(Containers {
+            specs: &assigned,
+            worker_id: "w",
+            coordinator_url: url,
+        })
+        .unwrap();
+        let mut listed = Vec::new();
+        let live = crate::model::worker::Liveness {
+            heartbeat_timeout: std::time::Duration::from_secs(60),
+            worker_timeout: std::time::Duration::from_secs(60),
+        };
+        let env = crate::model::EnvContext {
+            catalog,
+            coordinator_url: url,
+        };
+        rec.write_json(&mut listed, std::time::Instant::now(), &live, false, env);
+        let listed: serde_json::Value = serde_json::from_slice(&listed).unwrap();
+        assert_eq!(reply, listed["assigned_containers"]);
+        assert_eq!(reply[0]["env"]["WORKER_ID"], "w");
+        assert_eq!(reply[0]["env"]["COORDINATOR_URL"], url);
+        let names: Vec<&str> = assigned.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(listed["assigned_services"], serde_json::json!(names));
     }
 }
