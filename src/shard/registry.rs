@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hashbrown::HashTable;
 
+use super::msg::Summary;
 use super::wheel::{Ticket, Wheel};
 use crate::model::wire::HeartbeatRequest;
 use crate::model::worker::{Liveness, WorkerRecord};
@@ -56,6 +57,39 @@ const LISTED_BUDGET: usize = 8 << 20;
 /// Wheel resolution: deadlines are honoured to within this (plus the
 /// sweep interval).
 const WHEEL_RESOLUTION: Duration = Duration::from_millis(100);
+
+/// Records in fixed-size chunks, indexed by slot: growth adds a chunk and
+/// never moves (copies) the records already held.
+#[derive(Default)]
+struct Slab(Vec<Vec<SlotCell>>);
+
+impl std::ops::Deref for Slab {
+    type Target = Vec<Vec<SlotCell>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Slab {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl std::ops::Index<Slot> for Slab {
+    type Output = SlotCell;
+    fn index(&self, slot: Slot) -> &SlotCell {
+        let s = slot as usize;
+        &self.0[s / CHUNK][s % CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<Slot> for Slab {
+    fn index_mut(&mut self, slot: Slot) -> &mut SlotCell {
+        let s = slot as usize;
+        &mut self.0[s / CHUNK][s % CHUNK]
+    }
+}
 
 struct Entry {
     rec: WorkerRecord,
@@ -102,22 +136,9 @@ pub(crate) struct Expired {
     pub more: bool,
 }
 
-/// Registry-wide aggregates for stats / health / services, O(services).
-#[derive(Debug, Default)]
-pub(crate) struct Aggregates {
-    pub total: u64,
-    pub healthy: u64,
-    pub stale: u64,
-    pub tier_count: [u64; 5],
-    pub tier_load: [f64; 5],
-    pub by_status: HashMap<String, u64>,
-    /// Healthy workers per service (index key).
-    pub services: HashMap<String, u64>,
-}
-
 /// The shard-local registry.
 pub struct Registry {
-    chunks: Vec<Vec<SlotCell>>,
+    chunks: Slab,
     free: Vec<Slot>,
     len: usize,
     /// Id -> slot; hashed by the id stored in the slot's record, so the id
@@ -226,7 +247,7 @@ impl Counts {
 impl Registry {
     pub fn new(live: Liveness) -> Self {
         Self {
-            chunks: Vec::new(),
+            chunks: Slab::default(),
             free: Vec::new(),
             len: 0,
             ids: HashTable::new(),
@@ -263,8 +284,7 @@ impl Registry {
         let chunks = &self.chunks;
         self.ids
             .find(hash, |&s| {
-                let s = s as usize;
-                chunks[s / CHUNK][s % CHUNK]
+                chunks[s]
                     .entry
                     .as_ref()
                     .is_some_and(|e| e.rec.worker_id == id)
@@ -304,10 +324,6 @@ impl Registry {
                         Some(((c * CHUNK + i) as Slot, &e.rec))
                     })
             })
-    }
-
-    pub(crate) fn tasks_completed(&self) -> u64 {
-        self.tasks_completed
     }
 
     /// The records of the workers indexed under `service`, in slot order.
@@ -382,8 +398,7 @@ impl Registry {
                 generation,
                 ..
             } = self;
-            let s = slot as usize;
-            let cell = &mut chunks[s / CHUNK][s % CHUNK];
+            let cell = &mut chunks[slot];
             let Some(e) = cell.entry.as_mut() else {
                 return false;
             };
@@ -421,12 +436,10 @@ impl Registry {
             hasher,
             ..
         } = self;
-        let s = slot as usize;
-        chunks[s / CHUNK][s % CHUNK].entry = Some(entry);
+        chunks[slot].entry = Some(entry);
         let chunks = &*chunks;
         ids.insert_unique(hash, slot, |&x| {
-            let x = x as usize;
-            chunks[x / CHUNK][x % CHUNK]
+            chunks[x]
                 .entry
                 .as_ref()
                 .map_or(0, |e| hasher.hash_one(e.rec.worker_id.as_str()))
@@ -446,7 +459,7 @@ impl Registry {
             self.chunks.push(Vec::with_capacity(CHUNK));
         }
         let c = self.chunks.len() - 1;
-        let chunk = &mut self.chunks[c];
+        let chunk = &mut self.chunks.0[c];
         chunk.push(SlotCell::default());
         (c * CHUNK + chunk.len() - 1) as Slot
     }
@@ -482,7 +495,7 @@ impl Registry {
     }
 
     /// Totals for stats, health and the services views: O(services).
-    pub(crate) fn aggregates(&self) -> Aggregates {
+    pub(crate) fn aggregates(&self) -> Summary {
         let c = &self.counts;
         let mut by_status: HashMap<String, u64> = c
             .fresh_by_status
@@ -492,7 +505,7 @@ impl Registry {
         if c.stale > 0 {
             *by_status.entry("stale".into()).or_default() += c.stale;
         }
-        Aggregates {
+        Summary {
             total: self.len as u64,
             healthy: c.healthy,
             stale: c.stale,
@@ -504,6 +517,7 @@ impl Registry {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v as u64))
                 .collect(),
+            tasks_completed: self.tasks_completed,
         }
     }
 
@@ -541,8 +555,7 @@ impl Registry {
                     generation,
                     ..
                 } = self;
-                let s = t.slot as usize;
-                if let Some(e) = chunks[s / CHUNK][s % CHUNK].entry.as_mut() {
+                if let Some(e) = chunks[t.slot].entry.as_mut() {
                     Self::changed(listed_bytes, generation, e);
                     counts.take(e);
                     e.fresh = false;
@@ -578,8 +591,7 @@ impl Registry {
             free,
             ..
         } = self;
-        let s = slot as usize;
-        let cell = &mut chunks[s / CHUNK][s % CHUNK];
+        let cell = &mut chunks[slot];
         let mut e = cell.entry.take()?;
         // Any ticket left in the wheel for this tenancy is now void.
         cell.serial = cell.serial.wrapping_add(1);
@@ -612,8 +624,7 @@ impl Registry {
             generation,
             ..
         } = self;
-        let s = slot as usize;
-        let cell = &mut chunks[s / CHUNK][s % CHUNK];
+        let cell = &mut chunks[slot];
         let e = cell.entry.as_mut()?;
         Self::changed(listed_bytes, generation, e);
         let (was_fresh, was_healthy) = (e.fresh, e.healthy);
@@ -738,8 +749,7 @@ impl Registry {
         match service {
             Some(_) => {
                 for s in slots {
-                    let s = s as usize;
-                    if let Some(e) = chunks[s / CHUNK][s % CHUNK].entry.as_mut() {
+                    if let Some(e) = chunks[s].entry.as_mut() {
                         emit(e, out);
                     }
                 }
@@ -767,8 +777,7 @@ impl Registry {
             tasks_completed,
             ..
         } = self;
-        let s = slot as usize;
-        match chunks[s / CHUNK][s % CHUNK].entry.as_mut() {
+        match chunks[slot].entry.as_mut() {
             Some(e) => {
                 Self::changed(listed_bytes, generation, e);
                 e.rec.tasks_completed += 1;

@@ -109,18 +109,7 @@ impl Shard {
     /// Totals for stats / health / services: read off the registry's
     /// incremental counts, O(services), however many workers there are.
     pub(super) fn summary(&self) -> Summary {
-        let reg = self.registry.borrow();
-        let a = reg.aggregates();
-        Summary {
-            total: a.total,
-            healthy: a.healthy,
-            stale: a.stale,
-            tier_count: a.tier_count,
-            tier_load: a.tier_load,
-            by_status: a.by_status,
-            services: a.services,
-            tasks_completed: reg.tasks_completed(),
-        }
+        self.registry.borrow().aggregates()
     }
 
     /// Healthy worker ids per service, for the admin services view: the
