@@ -212,20 +212,7 @@ pub fn run(plan: Plan) {
             continue;
         }
         let wait = wake - now;
-        let ts = libc::timespec {
-            tv_sec: wait.as_secs() as libc::time_t,
-            tv_nsec: wait.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: pollfds is a valid, exclusively borrowed array of
-        // `pollfds.len()` entries; ts lives across the call; no sigmask.
-        let n = unsafe {
-            libc::ppoll(
-                pollfds.as_mut_ptr(),
-                pollfds.len() as libc::nfds_t,
-                &ts,
-                std::ptr::null(),
-            )
-        };
+        let n = ppoll_for(&mut pollfds, wait);
         if n > 0 {
             for (pfd, &ci) in pollfds.iter().zip(&poll_map) {
                 if pfd.revents != 0 {
@@ -408,5 +395,24 @@ pub fn status_kind(status: u16) -> &'static str {
         s if s < 400 => "status_3xx",
         s if s < 500 => "status_4xx_other",
         _ => "status_5xx_other",
+    }
+}
+
+/// Waits up to `wait` for readiness on `pollfds` (`ppoll`, no signal mask
+/// change); returns what `ppoll` returns.
+pub(crate) fn ppoll_for(pollfds: &mut [libc::pollfd], wait: std::time::Duration) -> libc::c_int {
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs() as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: pollfds is a valid, exclusively borrowed array of
+    // `pollfds.len()` entries; ts lives across the call; no sigmask.
+    unsafe {
+        libc::ppoll(
+            pollfds.as_mut_ptr(),
+            pollfds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
     }
 }

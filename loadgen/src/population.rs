@@ -410,20 +410,7 @@ fn run_thread(plan: &Plan, shared: &Shared, conns: usize, cpu: Option<usize>) ->
             continue;
         }
         let wait = wake - now;
-        let ts = libc::timespec {
-            tv_sec: wait.as_secs() as libc::time_t,
-            tv_nsec: wait.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: pollfds is a valid, exclusively borrowed array of
-        // `pollfds.len()` entries; ts lives across the call; no sigmask.
-        let n = unsafe {
-            libc::ppoll(
-                pollfds.as_mut_ptr(),
-                pollfds.len() as libc::nfds_t,
-                &ts,
-                std::ptr::null(),
-            )
-        };
+        let n = crate::driver::ppoll_for(&mut pollfds, wait);
         if n > 0 {
             for (pfd, &i) in pollfds.iter().zip(&poll_map) {
                 if pfd.revents != 0 {
