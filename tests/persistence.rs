@@ -193,9 +193,7 @@ fn verify_tasks(addr: SocketAddr, l: &Ledger, round: usize) {
         }
     }
     // Nothing that was never sent, and only in-flight submissions unacked.
-    let r = conn.get("/api/admin/tasks?limit=10000");
-    assert_eq!(r.status, 200, "{}", r.text());
-    let listed = r.json()["tasks"].as_array().unwrap().clone();
+    let listed = walk_pages(&mut conn, "/api/admin/tasks?limit=1000", "tasks");
     let mut unacked = 0;
     for t in &listed {
         let marker = t["payload"]["m"].as_str().unwrap();
@@ -480,13 +478,14 @@ fn kill_9_mid_load_loses_nothing_acknowledged() {
     }
     // Every queued task sits in a queue its new shard serves: a fresh
     // worker of the service drains exactly those.
-    let queued: HashSet<String> = conn.get("/api/admin/tasks?state=queued&limit=10000").json()
-        ["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["task_id"].as_str().unwrap().to_string())
-        .collect();
+    let queued: HashSet<String> = walk_pages(
+        &mut conn,
+        "/api/admin/tasks?state=queued&limit=1000",
+        "tasks",
+    )
+    .iter()
+    .map(|t| t["task_id"].as_str().unwrap().to_string())
+    .collect();
     assert!(!queued.is_empty(), "no queued task survived to re-place");
     register(p.addr, &with_service(worker_body("kp-final"), TASK_SERVICE));
     let mut pulled = HashSet::new();

@@ -45,10 +45,11 @@ use crate::store::recovery::Boot;
 use crate::store::{self, Op, Store};
 use crate::tasks::TaskTable;
 use durable::committed;
-use msg::{Envelope, ListKind, ProxyOp, Reply, Request};
+use msg::{Envelope, ProxyOp, Reply, Request};
 use registry::Registry;
 use scrape::MetricsSnapshot;
 use views::ListCache;
+pub(crate) use views::PAGE_ITEMS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -313,10 +314,7 @@ impl Shard {
                 Reply::Found(self.registry.borrow_mut().complete_task(&id))
             }
             Request::Coverage { exclude } => Reply::Coverage(self.coverage(exclude.as_deref())),
-            Request::List(kind) => Reply::Listing(self.listing(now, kind, None)),
-            Request::Discover(service) => {
-                Reply::Listing(self.listing(now, ListKind::Healthy, Some(&service)))
-            }
+            Request::List(q) => Reply::Listing(self.listing(now, &q)),
             Request::Summary => Reply::Summary(Box::new(self.summary())),
             Request::ServiceMembers => Reply::Members(self.members(now)),
             Request::Broadcast(job) => Reply::Delivered(self.broadcast(now, &job)),

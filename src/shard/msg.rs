@@ -12,10 +12,12 @@ use std::sync::Arc;
 use futures::channel::oneshot;
 use serde_json::Value;
 
+use super::registry::Slot;
 use super::scrape::MetricsSnapshot;
+use crate::model::filter::WorkerFilter;
 use crate::model::wire::HeartbeatRequest;
 use crate::model::worker::WorkerRecord;
-use crate::tasks::{CompleteError, Completion, TaskListing, TaskOp, TaskReply};
+use crate::tasks::{CompleteError, Completion, TaskListing, TaskOp, TaskPage, TaskReply};
 
 /// Which records a worker listing wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,40 @@ pub(crate) enum ListKind {
     Healthy,
     /// Every worker, with `age_seconds` and `is_healthy` (`/api/admin/workers`).
     Admin,
+}
+
+/// One step of a worker listing on one shard: which records, from where,
+/// how many. Every listing (whole, paged, streamed) is a series of these,
+/// each a short synchronous piece of work on the owning shard, walked in
+/// (shard, slot) order: a worker keeps its slot while it stays registered,
+/// so a walk resumed after a slot sees each such worker exactly once.
+#[derive(Debug, Clone)]
+pub(crate) struct ListQuery {
+    pub kind: ListKind,
+    pub filter: WorkerFilter,
+    /// Start after this slot (None: from the shard's first worker).
+    pub after: Option<Slot>,
+    /// Records to list at most (the shard caps it at its page size).
+    pub max: usize,
+    /// The caller would take this shard's whole part in one piece when it
+    /// is small (unpaged lists): the cached healthy part, or a small
+    /// service's workers with their per-worker cached JSON.
+    pub whole: bool,
+    /// Track the least-loaded listed worker (discovery's `recommended`).
+    pub best: bool,
+}
+
+/// How a shard's walk goes on after a [`Listing`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum Rest {
+    /// Nothing after what was listed matches on this shard.
+    #[default]
+    Done,
+    /// `max` were listed and another match follows `Listing::last`.
+    More,
+    /// The shard stopped looking early (piece bytes, time or scan budget
+    /// spent): everything up to this slot was looked at; go on after it.
+    After(Slot),
 }
 
 /// A job fanned out to every shard by broadcast.
@@ -48,9 +84,8 @@ pub(crate) enum Request {
     Coverage {
         exclude: Option<String>,
     },
-    List(ListKind),
-    /// Healthy workers indexed under a service.
-    Discover(String),
+    /// A piece of a worker listing (healthy, admin, discovery).
+    List(Box<ListQuery>),
     Summary,
     /// Healthy worker ids per service (admin view; O(workers)).
     ServiceMembers,
@@ -104,31 +139,20 @@ impl Coverage {
     }
 }
 
-/// One shard's worker listing: `items` is a comma-separated run of JSON
-/// objects (no brackets), ready to be spliced into an array.
+/// A piece of one shard's worker listing: `items` is a comma-separated
+/// run of JSON objects (no brackets), ready to be spliced into an array.
 #[derive(Debug, Default)]
 pub(crate) struct Listing {
     pub items: bytes::Bytes,
     pub count: usize,
-    /// Healthy workers among those this shard looked at.
+    /// Healthy workers among those listed.
     pub healthy: usize,
     /// For discovery: the least-loaded healthy worker's (load, record JSON).
     pub best: Option<(f64, Vec<u8>)>,
-}
-
-impl Listing {
-    /// Adds another shard's counts and keeps the less loaded `best`; the
-    /// items are the caller's to splice (see the worker list handlers).
-    pub(crate) fn merge(mut self, o: Listing) -> Self {
-        self.count += o.count;
-        self.healthy += o.healthy;
-        if let Some((load, rec)) = o.best {
-            if self.best.as_ref().is_none_or(|(b, _)| load < *b) {
-                self.best = Some((load, rec));
-            }
-        }
-        self
-    }
+    /// Slot of the last worker listed (a cursor's key).
+    pub last: Option<Slot>,
+    /// Where the walk over this shard goes on.
+    pub rest: Rest,
 }
 
 /// Aggregates for stats / health / services / gaps, mergeable by addition.
@@ -238,6 +262,7 @@ impl Reply {
     task_accessor!(extended, Extended, usize);
     task_accessor!(task, Task, Option<Value>);
     task_accessor!(task_listing, Listing, Box<TaskListing>);
+    task_accessor!(task_page, Page, Box<TaskPage>);
     accessor!(coverage, Coverage, Coverage);
     accessor!(listing, Listing, Listing);
     accessor!(summary, Summary, Box<Summary>);

@@ -71,6 +71,11 @@ pub(super) fn task(shard: &Shard, op: TaskOp) -> TaskReply {
             tb.expire(now);
             TaskReply::Listing(Box::new(tb.list(&f)))
         }
+        TaskOp::Page { filter, after, max } => {
+            let mut tb = shard.tasks.borrow_mut();
+            tb.expire(now);
+            TaskReply::Page(Box::new(tb.page(&filter, after.as_deref(), max)))
+        }
     }
 }
 

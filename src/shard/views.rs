@@ -1,16 +1,49 @@
 //! A shard's answers to whole-registry questions: coverage for service
-//! assignment, worker listings (with the cached healthy part), the summary
-//! behind stats/health/services, and a broadcast's per-worker tasks. Each
-//! is this shard's part only; the asking shard folds the parts with
-//! `Shard::map_reduce`.
+//! assignment, worker listings (pieces walked in slot order, and the cached
+//! healthy part of a small shard), the summary behind
+//! stats/health/services, and a broadcast's per-worker tasks. Each is this
+//! shard's part only; the asking shard folds the parts with
+//! `Shard::map_reduce`, or walks the listing pieces shard by shard.
+//!
+//! A listing piece is one short synchronous step (at most [`PAGE_ITEMS`]
+//! records, about [`PAGE_BYTES`] of JSON, [`SCAN_BUDGET`] records looked
+//! at, about [`PIECE_TIME`] of work), so heartbeats on this shard wait for
+//! one piece at most, never for a whole list.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::msg::{BroadcastJob, Coverage, ListKind, Listing, Summary};
+use super::msg::{BroadcastJob, Coverage, ListKind, ListQuery, Listing, Rest, Summary};
+use super::registry::Slot;
 use super::Shard;
 use crate::model::truthy;
+use crate::model::worker::WorkerRecord;
 use crate::tasks::{Target, Task};
+
+/// Most records one listing piece holds (a paged request asks for up to
+/// this many per step).
+pub(crate) const PAGE_ITEMS: usize = 128;
+/// A piece stops once its JSON reaches this size.
+const PAGE_BYTES: usize = 128 << 10;
+/// Most records one piece looks at (a sparse filter returns what it found
+/// so far and where it stopped).
+const SCAN_BUDGET: usize = 4096;
+/// A piece stops after about this much work. It runs in one synchronous
+/// step on the shard, so this is what a heartbeat arriving meanwhile waits
+/// for (records of ~1 KB encode in ~5 us; larger ones, or a slower
+/// machine, take longer: a time bound covers all). Measured with a
+/// million workers on one shard, 10k heartbeats/s and the whole list
+/// streamed back to back: 300 us pieces let the heartbeats queue up
+/// (p99 65-72 ms over 16 connections), 120 us ones kept p99 at 1.7-2.8 ms
+/// (docs/performance.md). A 1M list then takes ~9 s instead of ~6 s alone.
+const PIECE_TIME: Duration = Duration::from_micros(120);
+/// How many records between two looks at the clock.
+const CLOCK_EVERY: usize = 8;
+/// Largest healthy part a shard builds whole and keeps; a shard whose part
+/// is larger answers in pages, so no cache ever holds more than this.
+pub(crate) const CACHE_MAX_BYTES: usize = 4 << 20;
+/// Bytes per listed worker assumed before any listing was built.
+const DEFAULT_RECORD_BYTES: usize = 1024;
 
 /// This shard's part of the healthy worker list, kept while it is true.
 ///
@@ -18,12 +51,16 @@ use crate::tasks::{Target, Task};
 /// workers heartbeat. The part is reused until the registry changes
 /// (`Registry::generation`) or one of the listed workers goes stale; a
 /// rebuild reuses each unchanged worker's JSON (see `Registry::listed`), so
-/// a poll costs a copy, not a re-encoding.
+/// a poll costs a copy, not a re-encoding. Only a part of at most
+/// [`CACHE_MAX_BYTES`] is built whole and kept.
 #[derive(Default)]
 pub(super) struct ListCache {
     part: Option<(bytes::Bytes, usize, u64, Option<Instant>)>,
     /// Size of the last listing, to allocate the next one once.
     hint: usize,
+    /// Bytes per worker of the last listing built (0: none yet), to judge
+    /// whether a whole part would fit before building it.
+    per_record: usize,
 }
 
 impl ListCache {
@@ -34,13 +71,37 @@ impl ListCache {
             items: items.clone(),
             count: *count,
             healthy: *count,
-            best: None,
+            ..Default::default()
         })
     }
 
     fn put(&mut self, l: &Listing, generation: u64, valid_until: Option<Instant>) {
         self.hint = l.items.len() + l.items.len() / 8;
-        self.part = Some((l.items.clone(), l.count, generation, valid_until));
+        self.part = (l.items.len() <= CACHE_MAX_BYTES)
+            .then(|| (l.items.clone(), l.count, generation, valid_until));
+    }
+
+    /// Learns the size of listed records from a piece just built.
+    fn observe(&mut self, bytes: usize, count: usize) {
+        if count > 0 {
+            self.per_record = bytes.div_ceil(count);
+        }
+    }
+
+    /// Most records a part built whole may hold (by the size of the
+    /// records listed last).
+    fn max_whole(&self) -> usize {
+        let per = match self.per_record {
+            0 => DEFAULT_RECORD_BYTES,
+            n => n,
+        };
+        CACHE_MAX_BYTES / (per + 1)
+    }
+
+    /// Whether `workers` records would make a part small enough to build
+    /// whole.
+    fn fits(&self, workers: usize) -> bool {
+        workers <= self.max_whole()
     }
 }
 
@@ -53,57 +114,131 @@ impl Shard {
         }
     }
 
-    pub(super) fn listing(&self, now: Instant, kind: ListKind, service: Option<&str>) -> Listing {
-        if kind == ListKind::Admin {
-            // Admin records carry their age, so they are encoded fresh.
-            let reg = self.registry.borrow();
-            let mut items = Vec::with_capacity(self.list_cache.borrow().hint);
-            let (mut count, mut healthy) = (0, 0);
-            for w in reg.workers() {
-                if count > 0 {
-                    items.push(b',');
-                }
-                w.write_json(&mut items, now, &self.live, true, self.env());
-                count += 1;
-                if w.is_healthy(now, &self.live) {
-                    healthy += 1;
-                }
+    /// A piece of this shard's worker listing (see [`ListQuery`]).
+    pub(super) fn listing(&self, now: Instant, q: &ListQuery) -> Listing {
+        let whole = q.whole && q.kind == ListKind::Healthy && q.after.is_none();
+        if whole && q.filter.only_service() {
+            if let Some(l) = self.whole_healthy(now, q.filter.service.as_deref(), q.best) {
+                return l;
             }
-            return Listing {
-                items: items.into(),
-                count,
-                healthy,
-                best: None,
-            };
         }
+        self.page(now, q)
+    }
+
+    /// The whole healthy part (of one service, when given) in one piece,
+    /// when it is small: from the cache, or built with the registry's
+    /// per-worker JSON. None when it is too large to build whole.
+    fn whole_healthy(&self, now: Instant, service: Option<&str>, best: bool) -> Option<Listing> {
         let mut reg = self.registry.borrow_mut();
         let mut cache = self.list_cache.borrow_mut();
-        if service.is_none() {
-            if let Some(hit) = cache.get(reg.generation(), now) {
-                return hit;
+        let fits = match service {
+            None => {
+                if let Some(hit) = cache.get(reg.generation(), now) {
+                    return Some(hit);
+                }
+                cache.fits(reg.len())
             }
+            // Counted up to the limit only: a large service is paged.
+            Some(s) => {
+                let limit = cache.max_whole();
+                reg.service_workers(s).take(limit + 1).count() <= limit
+            }
+        };
+        if !fits {
+            return None;
         }
-        let mut best: Option<(f64, Vec<u8>)> = None;
+        let mut top: Option<(f64, Vec<u8>)> = None;
         let mut items = Vec::with_capacity(if service.is_none() { cache.hint } else { 4096 });
         let (n, valid_until) =
             reg.write_healthy(service, now, self.env(), &mut items, |w, json| {
-                if service.is_some() {
+                if best {
                     let load = w.state.current_load;
-                    if best.as_ref().is_none_or(|(b, _)| load < *b) {
-                        best = Some((load, json.to_vec()));
+                    if top.as_ref().is_none_or(|(b, _)| load < *b) {
+                        top = Some((load, json.to_vec()));
                     }
                 }
             });
+        cache.observe(items.len(), n);
         let listing = Listing {
             items: items.into(),
             count: n,
             healthy: n,
-            best,
+            best: top,
+            ..Default::default()
         };
         if service.is_none() {
             cache.put(&listing, reg.generation(), valid_until);
         }
-        listing
+        Some(listing)
+    }
+
+    /// Up to `q.max` (at most [`PAGE_ITEMS`]) matching records after slot
+    /// `q.after`, in slot order, encoded fresh. `now` is when the request
+    /// started (it also bounds the piece's time).
+    fn page(&self, now: Instant, q: &ListQuery) -> Listing {
+        let reg = self.registry.borrow();
+        let first = match q.after {
+            Some(slot) => match slot.checked_add(1) {
+                Some(f) => f,
+                None => return Listing::default(),
+            },
+            None => 0,
+        };
+        let records: Box<dyn Iterator<Item = (Slot, &WorkerRecord)> + '_> = match &q.filter.service
+        {
+            Some(s) => Box::new(reg.service_workers_from(s, first)),
+            None => Box::new(reg.workers_from(first)),
+        };
+        let admin = q.kind == ListKind::Admin;
+        let max = q.max.min(PAGE_ITEMS);
+        let env = self.env();
+        let mut out = Vec::with_capacity((max * 1024).min(PAGE_BYTES + (64 << 10)));
+        let (mut count, mut healthy, mut looked) = (0, 0, 0);
+        let mut best: Option<(f64, Vec<u8>)> = None;
+        let mut last: Option<Slot> = None;
+        let mut rest = Rest::Done;
+        for (slot, w) in records {
+            looked += 1;
+            let is_healthy = w.is_healthy(now, &self.live);
+            if (admin || is_healthy) && q.filter.matches(w, now, &self.live) {
+                if count == max {
+                    rest = Rest::More;
+                    break;
+                }
+                if count > 0 {
+                    out.push(b',');
+                }
+                let start = out.len();
+                w.write_json(&mut out, now, &self.live, admin, env);
+                if q.best && is_healthy {
+                    let load = w.state.current_load;
+                    if best.as_ref().is_none_or(|(b, _)| load < *b) {
+                        best = Some((load, out[start..].to_vec()));
+                    }
+                }
+                count += 1;
+                healthy += usize::from(is_healthy);
+                last = Some(slot);
+                if out.len() >= PAGE_BYTES {
+                    rest = Rest::After(slot);
+                    break;
+                }
+            }
+            let out_of_time = looked % CLOCK_EVERY == 0 && now.elapsed() >= PIECE_TIME;
+            if looked >= SCAN_BUDGET || out_of_time {
+                rest = Rest::After(slot);
+                break;
+            }
+        }
+        self.list_cache.borrow_mut().observe(out.len(), count);
+        Listing {
+            items: out.into(),
+            count,
+            healthy,
+            best,
+            last,
+            rest,
+        }
     }
 
     /// Totals for stats / health / services: read off the registry's

@@ -29,7 +29,7 @@ use serde_json::Value;
 use crate::model::truthy;
 use crate::model::worker::WorkerRecord;
 pub(crate) use table::{
-    CompleteError, Completion, EventKind, Filter, TaskCounters, TaskEvent, TaskListing,
+    CompleteError, Completion, EventKind, Filter, TaskCounters, TaskEvent, TaskListing, TaskPage,
 };
 pub use table::{Outcome, TaskTable};
 pub(crate) use task::{Lease, TaskState};
@@ -67,6 +67,12 @@ pub(crate) enum TaskOp {
     },
     Get(String),
     List(Filter),
+    /// Up to `max` tasks matching the filter with ids above `after`.
+    Page {
+        filter: Filter,
+        after: Option<String>,
+        max: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -80,6 +86,7 @@ pub(crate) enum TaskReply {
     Extended(usize),
     Task(Option<Value>),
     Listing(Box<TaskListing>),
+    Page(Box<TaskPage>),
 }
 
 /// The queues a worker takes work from, in priority order: its own, then

@@ -11,7 +11,7 @@
 //! counts it and hands a [`TaskEvent`] to the sink (with a database, the
 //! shard's sink turns each event into a store operation).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::channel::oneshot;
@@ -100,7 +100,34 @@ pub(crate) struct Filter {
     pub state: Option<TaskState>,
     pub service: Option<String>,
     pub worker: Option<String>,
+    /// The task's `type`.
+    pub task_type: Option<String>,
     pub limit: usize,
+}
+
+impl Filter {
+    fn matches(&self, t: &Task) -> bool {
+        self.state.is_none_or(|s| t.state == s)
+            && self.task_type.as_deref().is_none_or(|x| t.task_type == x)
+            && self
+                .service
+                .as_deref()
+                .is_none_or(|s| matches!(&t.target, Target::Service(x) if x == s))
+            && self.worker.as_deref().is_none_or(|w| {
+                matches!(&t.target, Target::Worker(x) if x == w)
+                    || t.last_worker.as_deref() == Some(w)
+            })
+    }
+}
+
+/// One shard's page of an admin listing in task id order.
+#[derive(Debug, Default)]
+pub(crate) struct TaskPage {
+    pub tasks: Vec<Value>,
+    /// Id of the last task in `tasks`.
+    pub last: Option<String>,
+    /// Another match follows `last` on this shard.
+    pub more: bool,
 }
 
 /// One shard's part of an admin listing.
@@ -557,22 +584,11 @@ impl TaskTable {
             counts: self.counters.by_state,
             ..Default::default()
         };
-        let mut hits: Vec<&Task> = self
-            .tasks
-            .values()
-            .filter(|t| f.state.is_none_or(|s| t.state == s))
-            .filter(|t| {
-                f.service
-                    .as_deref()
-                    .is_none_or(|s| t.target == Target::Service(s.to_string()))
-            })
-            .filter(|t| {
-                f.worker.as_deref().is_none_or(|w| {
-                    t.target == Target::Worker(w.to_string()) || t.last_worker.as_deref() == Some(w)
-                })
-            })
-            .collect();
+        let mut hits: Vec<&Task> = self.tasks.values().filter(|t| f.matches(t)).collect();
         out.matched = hits.len() as u64;
+        if f.limit == 0 {
+            hits.clear();
+        }
         hits.sort_by(|a, b| {
             b.created_at
                 .cmp(&a.created_at)
@@ -581,6 +597,41 @@ impl TaskTable {
         out.tasks = hits.into_iter().take(f.limit).map(task_view).collect();
         out.queues = self.queue_depths();
         out
+    }
+
+    /// Up to `max` tasks matching `f` with ids above `after`, in id order.
+    ///
+    /// The table is not kept in id order (its lookups are by hash), so
+    /// this is one pass keeping the `max + 1` smallest ids in a bounded
+    /// heap: O(tasks * log max), about what [`TaskTable::list`] costs, and
+    /// the table is bounded by the retention limit plus what is queued.
+    pub(crate) fn page(&self, f: &Filter, after: Option<&str>, max: usize) -> TaskPage {
+        let mut heap: BinaryHeap<&str> = BinaryHeap::with_capacity(max + 2);
+        for t in self.tasks.values() {
+            let id = t.id.as_str();
+            if after.is_some_and(|a| id <= a) || !f.matches(t) {
+                continue;
+            }
+            if heap.len() > max && heap.peek().is_some_and(|top| id >= *top) {
+                continue;
+            }
+            heap.push(id);
+            if heap.len() > max + 1 {
+                heap.pop();
+            }
+        }
+        let more = heap.len() > max;
+        let mut ids = heap.into_sorted_vec();
+        ids.truncate(max);
+        TaskPage {
+            last: ids.last().map(|id| id.to_string()),
+            tasks: ids
+                .into_iter()
+                .filter_map(|id| self.tasks.get(id))
+                .map(task_view)
+                .collect(),
+            more,
+        }
     }
 
     /// Queued tasks per queue key (for metrics).
@@ -653,6 +704,71 @@ mod tests {
     }
 
     const L: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn pages_walk_ids_in_order_with_the_filter() {
+        let mut tb = table();
+        for (i, id) in ["e", "a", "d", "b", "c", "f"].iter().enumerate() {
+            let target = if i % 2 == 0 {
+                Target::Service("s".into())
+            } else {
+                Target::Worker("w".into())
+            };
+            submit(&mut tb, id, target, 1);
+        }
+        let f = Filter::default();
+        let ids = |p: &TaskPage| -> Vec<String> {
+            p.tasks
+                .iter()
+                .map(|t| t["task_id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let p = tb.page(&f, None, 4);
+        assert_eq!(
+            (ids(&p), p.more),
+            (
+                vec!["a", "b", "c", "d"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                true
+            )
+        );
+        assert_eq!(p.last.as_deref(), Some("d"));
+        let p = tb.page(&f, Some("d"), 4);
+        assert_eq!(
+            (ids(&p), p.more),
+            (vec!["e".to_string(), "f".to_string()], false)
+        );
+        // Exactly `max` left: no more after them.
+        let p = tb.page(&f, Some("b"), 4);
+        assert_eq!((ids(&p).len(), p.more), (4, false));
+        let p = tb.page(&f, Some("f"), 4);
+        assert!(p.tasks.is_empty() && p.last.is_none() && !p.more);
+        // A probe for whether anything follows.
+        assert!(tb.page(&f, Some("c"), 0).more);
+        let svc = Filter {
+            service: Some("s".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(&tb.page(&svc, None, 10)),
+            ["c", "d", "e"].map(String::from)
+        );
+        let typed = Filter {
+            task_type: Some("other".into()),
+            ..Default::default()
+        };
+        assert!(tb.page(&typed, None, 10).tasks.is_empty());
+        let worker = Filter {
+            worker: Some("w".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            ids(&tb.page(&worker, Some("a"), 10)),
+            ["b", "f"].map(String::from)
+        );
+    }
 
     #[test]
     fn lease_complete_and_idempotent_repeat() {

@@ -154,18 +154,53 @@ impl Conn {
             let (k, v) = h.split_once(':')?;
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; len];
-        self.reader.read_exact(&mut body).ok()?;
+        let chunked = headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        let body = if chunked {
+            self.read_chunked()?
+        } else {
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            self.reader.read_exact(&mut body).ok()?;
+            body
+        };
         Some(Resp {
             status,
             headers,
             body,
         })
+    }
+
+    /// A chunked body (RFC 9112 7.1), without trailers; None when it is
+    /// cut short (the server aborted the stream) or malformed.
+    fn read_chunked(&mut self) -> Option<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let size = line.trim_end().split(';').next()?;
+            let size = usize::from_str_radix(size.trim(), 16).ok()?;
+            if size == 0 {
+                let mut end = String::new();
+                self.reader.read_line(&mut end).ok()?;
+                return (end == "\r\n").then_some(body);
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            self.reader.read_exact(&mut body[start..]).ok()?;
+            let mut crlf = [0u8; 2];
+            self.reader.read_exact(&mut crlf).ok()?;
+            if &crlf != b"\r\n" {
+                return None;
+            }
+        }
     }
 
     /// True when the server closes this connection within `wait` (any
@@ -333,4 +368,29 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     f()
+}
+
+/// Every element of `key` over all pages of a paged list: `path` (with its
+/// query, `limit` included) and then `&after=<next>` until `next` is null.
+pub fn walk_pages(conn: &mut Conn, path: &str, key: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..100_000 {
+        let url = match &next {
+            Some(c) => format!("{path}&after={c}"),
+            None => path.to_string(),
+        };
+        let r = conn.get(&url);
+        assert_eq!(r.status, 200, "{url}: {}", r.text());
+        let page = r.json();
+        all.extend(page[key].as_array().expect("a list").iter().cloned());
+        match page["next"].as_str() {
+            Some(c) => next = Some(c.to_string()),
+            None => {
+                assert!(page["next"].is_null(), "no next key: {page}");
+                return all;
+            }
+        }
+    }
+    panic!("{path}: more than 100,000 pages");
 }

@@ -3,24 +3,53 @@
 
 use std::collections::HashMap;
 
-use hyper::{Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
 use serde_json::json as j;
 
 use super::super::error::ApiError;
 use super::super::{json, Body, Ctx};
-use super::{list_request, listing, put, put_items, summary};
+use super::lists::{self, Tally, Walk};
+use super::{put, put_items, summary};
 use crate::model::time::now_iso8601;
-use crate::shard::msg::{ListKind, Reply, Request as ShardRequest};
+use crate::shard::msg::{ListKind, ListQuery, Reply, Request as ShardRequest};
 
-pub(super) async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let (items, l) = listing(&ctx, list_request(ListKind::Admin)).await?;
-    let mut out = Vec::with_capacity(items.array_len() + 64);
-    out.push(b'{');
-    put_items(&mut out, "workers", &items);
-    put(&mut out, "total", &l.count);
-    put(&mut out, "healthy", &l.healthy);
-    out.push(b'}');
-    Ok(json(StatusCode::OK, out))
+/// `GET /api/admin/workers`: every worker (filtered) with its age and
+/// health, whole (streamed when large) or one page at a time. `total` and
+/// `healthy` count the workers in the reply.
+pub(super) async fn workers(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = req.uri().query();
+    let query = ListQuery {
+        kind: ListKind::Admin,
+        filter: lists::worker_filter(&ctx, q)?,
+        after: None,
+        max: 0,
+        whole: true,
+        best: false,
+    };
+    if let Some(paging) = lists::paging(q, ctx.shard.count)? {
+        drop(req);
+        let page = lists::page(&ctx, query, paging).await?;
+        let mut out = Vec::with_capacity(page.items.array_len() + 256);
+        out.push(b'{');
+        put_items(&mut out, "workers", &page.items);
+        put(&mut out, "total", &page.tally.count);
+        put(&mut out, "healthy", &page.tally.healthy);
+        put(&mut out, "next", &page.next);
+        out.push(b'}');
+        return Ok(json(StatusCode::OK, out));
+    }
+    drop(req);
+    let walk = Walk::start(&ctx, query).await?;
+    let suffix = |t: &Tally| {
+        let mut out = b"]".to_vec();
+        put(&mut out, "total", &t.count);
+        put(&mut out, "healthy", &t.healthy);
+        out.push(b'}');
+        out
+    };
+    walk.respond(b"{\"workers\":[".to_vec(), Box::new(suffix))
+        .await
 }
 
 pub(super) async fn services(ctx: Ctx) -> Result<Response<Body>, ApiError> {

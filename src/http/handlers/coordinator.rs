@@ -8,20 +8,47 @@ use hyper::{Request, Response, StatusCode};
 use super::super::error::ApiError;
 use super::super::request::parse_object;
 use super::super::{json, Body, Ctx};
-use super::{list_request, listing, put, put_items};
+use super::lists::{self, Tally, Walk};
+use super::{put, put_items};
 use crate::model::time::now_iso8601;
 use crate::model::wire::BroadcastRequest;
-use crate::shard::msg::{BroadcastJob, ListKind, Reply, Request as ShardRequest};
+use crate::shard::msg::{BroadcastJob, ListKind, ListQuery, Reply, Request as ShardRequest};
 
-pub(super) async fn workers(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let (items, l) = listing(&ctx, list_request(ListKind::Healthy)).await?;
-    let mut out = Vec::with_capacity(items.array_len() + 96);
-    out.push(b'{');
-    put_items(&mut out, "workers", &items);
-    put(&mut out, "count", &l.count);
-    put(&mut out, "timestamp", &now_iso8601());
-    out.push(b'}');
-    Ok(json(StatusCode::OK, out))
+/// `GET /api/coordinator/workers`: every healthy worker (filtered), whole
+/// (streamed when large) or one page at a time (`limit`, `after`).
+pub(super) async fn workers(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = req.uri().query();
+    let query = ListQuery {
+        kind: ListKind::Healthy,
+        filter: lists::worker_filter(&ctx, q)?,
+        after: None,
+        max: 0,
+        whole: true,
+        best: false,
+    };
+    if let Some(paging) = lists::paging(q, ctx.shard.count)? {
+        drop(req);
+        let page = lists::page(&ctx, query, paging).await?;
+        let mut out = Vec::with_capacity(page.items.array_len() + 256);
+        out.push(b'{');
+        put_items(&mut out, "workers", &page.items);
+        put(&mut out, "count", &page.tally.count);
+        put(&mut out, "timestamp", &now_iso8601());
+        put(&mut out, "next", &page.next);
+        out.push(b'}');
+        return Ok(json(StatusCode::OK, out));
+    }
+    drop(req);
+    let walk = Walk::start(&ctx, query).await?;
+    let suffix = |t: &Tally| {
+        let mut out = b"]".to_vec();
+        put(&mut out, "count", &t.count);
+        put(&mut out, "timestamp", &now_iso8601());
+        out.push(b'}');
+        out
+    };
+    walk.respond(b"{\"workers\":[".to_vec(), Box::new(suffix))
+        .await
 }
 
 pub(super) async fn broadcast(

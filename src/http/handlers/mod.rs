@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod coordinator;
 mod inference;
+mod lists;
 mod ops;
 mod services;
 mod tasks;
@@ -15,7 +16,7 @@ use hyper::{Request, Response};
 
 use super::error::ApiError;
 use super::{Body, Ctx, Route};
-use crate::shard::msg::{ListKind, Listing, Reply, Request as ShardRequest, Summary};
+use crate::shard::msg::{Reply, Request as ShardRequest, Summary};
 
 pub(super) async fn handle(
     ctx: Ctx,
@@ -40,14 +41,14 @@ pub(super) async fn handle(
         Route::ServiceProxy => inference::service(ctx, param.unwrap_or_default(), req).await,
         Route::ApiServiceProxy => inference::api_service(ctx, param.unwrap_or_default(), req).await,
         Route::AdminPins => inference::pins(ctx, req).await,
-        Route::CoordinatorWorkers => coordinator::workers(ctx).await,
+        Route::CoordinatorWorkers => coordinator::workers(ctx, req).await,
         Route::Broadcast => coordinator::broadcast(ctx, req).await,
-        Route::AdminWorkers => admin::workers(ctx).await,
+        Route::AdminWorkers => admin::workers(ctx, req).await,
         Route::AdminServices => admin::services(ctx).await,
         Route::AdminStats => admin::stats(ctx).await,
         Route::AdminHealth => admin::health(ctx).await,
         Route::AdminGaps => admin::gaps(ctx).await,
-        Route::Discover => services::discover(ctx, param.unwrap_or_default()).await,
+        Route::Discover => services::discover(ctx, param.unwrap_or_default(), req).await,
         Route::ServicesList => services::list(ctx).await,
         Route::Health => ops::health(ctx).await,
         Route::Metrics => ops::metrics(ctx).await,
@@ -72,8 +73,8 @@ async fn summary(ctx: &Ctx) -> Result<Summary, ApiError> {
     Ok(total)
 }
 
-/// Worker JSON from every shard, spliced into one array only when the
-/// response is written, so each byte is copied once.
+/// Worker JSON pieces (from one shard or several), spliced into one array
+/// only when the response is written, so each byte is copied once.
 struct Items(Vec<bytes::Bytes>);
 
 impl Items {
@@ -85,36 +86,25 @@ impl Items {
 
     fn write_array(&self, out: &mut Vec<u8>) {
         out.push(b'[');
+        self.write_inner(out);
+        out.push(b']');
+    }
+
+    /// The elements, comma-separated, without the brackets.
+    fn write_inner(&self, out: &mut Vec<u8>) {
         for (i, p) in self.0.iter().filter(|p| !p.is_empty()).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(p);
         }
-        out.push(b']');
     }
 }
 
-/// Worker listings from every shard and their merged counts.
-async fn listing(ctx: &Ctx, make: impl Fn() -> ShardRequest) -> Result<(Items, Listing), ApiError> {
-    let init = (Vec::with_capacity(ctx.shard.count), Listing::default());
-    let (items, merged) = ctx
-        .shard
-        .map_reduce(make, Reply::listing, init, |(mut items, merged), mut l| {
-            items.push(std::mem::take(&mut l.items));
-            (items, merged.merge(l))
-        })
-        .await?;
-    Ok((Items(items), merged))
-}
-
-fn list_request(kind: ListKind) -> impl Fn() -> ShardRequest {
-    move || ShardRequest::List(kind)
-}
-
-/// Appends `"key":` for responses assembled from pre-serialised parts.
+/// Appends `"key":` for responses assembled from pre-serialised parts
+/// (a comma first unless it is the object's first key).
 fn put_key(out: &mut Vec<u8>, key: &str) {
-    if out.len() > 1 {
+    if out.last().is_some_and(|b| *b != b'{') {
         out.push(b',');
     }
     out.push(b'"');

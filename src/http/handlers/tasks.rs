@@ -14,15 +14,19 @@ use serde_json::{json, Map, Value};
 use super::super::error::ApiError;
 use super::super::request::{parse_object, query_param, valid_id};
 use super::super::{json, Body, Ctx};
+use super::lists;
 use crate::runtime;
 use crate::shard::msg::{Reply, Request as ShardRequest};
 use crate::shard::ShardError;
 use crate::tasks::task::{new_task_id, shard_of_key, shard_of_task};
 use crate::tasks::{CompleteError, Filter, Outcome, Target, Task, TaskListing, TaskOp, TaskState};
 
-/// Upper bound on `max` per pull and on admin listing size.
+/// Upper bound on `max` per pull.
 const MAX_PULL: usize = 1000;
-const MAX_LIST: usize = 10_000;
+/// Tasks in an admin listing without `limit` (newest first).
+const COMPAT_LIST: usize = 100;
+/// Most tasks one shard lists per step of a paged walk.
+const PAGE_TASKS: usize = 256;
 
 /// Runs `op` on `shard` and takes out the answer `unpack` names.
 async fn task_op<T>(
@@ -140,52 +144,71 @@ pub(super) async fn get(ctx: Ctx, raw: String) -> Result<Response<Body>, ApiErro
     }
 }
 
-/// `GET /api/admin/tasks?state=&service=&worker=&limit=`: merged from every shard.
+/// `GET /api/admin/tasks?state=&service=&worker=&type=`: merged from every
+/// shard. Without `limit`/`after`: the newest [`COMPAT_LIST`] (the shape
+/// it always had). With them: one page in (shard, task id) order and the
+/// cursor of the next (see `lists`).
 pub(super) async fn admin_list(
     ctx: Ctx,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let q = req.uri().query();
-    let state = match query_param(q, "state") {
+    let state = match lists::param(q, "state")? {
         Some(s) => Some(TaskState::parse(&s).ok_or_else(|| {
-            ApiError::field(
+            lists::bad(
                 "state",
                 "expected queued, leased, completed, failed or dead",
             )
         })?),
         None => None,
     };
-    let limit = match query_param(q, "limit") {
-        Some(s) => s
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n <= MAX_LIST)
-            .ok_or_else(|| ApiError::field("limit", format!("expected 0..={MAX_LIST}")))?,
-        None => 100,
+    let name = |field: &str| -> Result<Option<String>, ApiError> {
+        lists::param(q, field)?
+            .map(|v| crate::model::filter::parse_name(&v).map_err(|e| lists::bad(field, e)))
+            .transpose()
+    };
+    let worker = match name("worker")? {
+        Some(w) => Some(w),
+        None => name("worker_id")?,
     };
     let filter = Filter {
         state,
-        service: query_param(q, "service"),
-        worker: query_param(q, "worker").or_else(|| query_param(q, "worker_id")),
-        limit,
+        service: name("service")?,
+        worker,
+        task_type: name("type")?,
+        limit: COMPAT_LIST,
+    };
+    let paging = lists::paging(q, ctx.shard.count)?;
+    let paged = paging.is_some();
+    drop(req);
+    // Counts and queue depths over every shard (a page adds its tasks).
+    let counting = Filter {
+        limit: if paging.is_some() { 0 } else { COMPAT_LIST },
+        ..filter.clone()
     };
     let mut merged = ctx
         .shard
         .map_reduce(
-            || ShardRequest::Task(TaskOp::List(filter.clone())),
+            || ShardRequest::Task(TaskOp::List(counting.clone())),
             Reply::task_listing,
             TaskListing::default(),
             |all, part| all.merge(*part),
         )
         .await?;
-    // Newest first across shards, then the limit.
-    merged.tasks.sort_by(|a, b| {
-        b["created_at"]
-            .as_str()
-            .cmp(&a["created_at"].as_str())
-            .then_with(|| a["task_id"].as_str().cmp(&b["task_id"].as_str()))
-    });
-    merged.tasks.truncate(limit);
+    let mut next = None;
+    match paging {
+        Some(p) => (merged.tasks, next) = task_page(&ctx, filter, p).await?,
+        None => {
+            // Newest first across shards, then the limit.
+            merged.tasks.sort_by(|a, b| {
+                b["created_at"]
+                    .as_str()
+                    .cmp(&a["created_at"].as_str())
+                    .then_with(|| a["task_id"].as_str().cmp(&b["task_id"].as_str()))
+            });
+            merged.tasks.truncate(COMPAT_LIST);
+        }
+    }
     merged.queues.sort();
     let counts: Map<String, Value> = TaskState::ALL
         .iter()
@@ -201,15 +224,62 @@ pub(super) async fn admin_list(
         .iter()
         .map(|(k, n)| json!({"queue": k, "depth": n}))
         .collect();
-    Ok(ok_json(
-        StatusCode::OK,
-        &json!({
-            "tasks": merged.tasks,
-            "count": merged.matched,
-            "counts": counts,
-            "queues": queues,
-        }),
-    ))
+    let mut out = json!({
+        "tasks": merged.tasks,
+        "count": merged.matched,
+        "counts": counts,
+        "queues": queues,
+    });
+    if paged {
+        out["next"] = Value::from(next);
+    }
+    Ok(ok_json(StatusCode::OK, &out))
+}
+
+/// One page of tasks from `paging.after` on, shard by shard in task id
+/// order, and the cursor of the next page (None when nothing follows: a
+/// full page looks on for one more match without listing it).
+async fn task_page(
+    ctx: &Ctx,
+    filter: Filter,
+    paging: lists::Paging,
+) -> Result<(Vec<Value>, Option<String>), ApiError> {
+    let shards = ctx.shard.count;
+    let (mut at, mut after) = match paging.after {
+        Some(c) => (c.shard, Some(c.key)),
+        None => (0, None),
+    };
+    let mut want = paging.limit;
+    let mut tasks = Vec::new();
+    let mut last: Option<lists::Cursor> = None;
+    let mut steps = 0;
+    while at < shards {
+        if steps > 0 {
+            // Each step scans a shard's tasks: let this shard serve what
+            // arrived in between.
+            runtime::breathe().await;
+        }
+        steps += 1;
+        let op = TaskOp::Page {
+            filter: filter.clone(),
+            after: after.clone(),
+            max: want.min(PAGE_TASKS),
+        };
+        let page = task_op(ctx, at, op, Reply::task_page).await?;
+        want -= page.tasks.len().min(want);
+        tasks.extend(page.tasks);
+        if let Some(key) = page.last {
+            after = Some(key.clone());
+            last = Some(lists::Cursor { shard: at, key });
+        }
+        if !page.more {
+            at += 1;
+            after = None;
+        } else if want == 0 {
+            return Ok((tasks, last.map(|c| c.encode(shards))));
+        }
+    }
+    Ok((tasks, None))
 }
 
 fn parse_wait(q: Option<&str>, max: Duration) -> Result<Duration, ApiError> {
