@@ -30,12 +30,12 @@ const PAGE_BYTES: usize = 128 << 10;
 const SCAN_BUDGET: usize = 4096;
 /// A piece stops after about this much work. It runs in one synchronous
 /// step on the shard, so this is what a heartbeat arriving meanwhile waits
-/// for (records of ~1 KB encode in ~5 us; larger ones, or a slower
-/// machine, take longer: a time bound covers all). Measured with a
-/// million workers on one shard, 10k heartbeats/s and the whole list
-/// streamed back to back: 300 us pieces let the heartbeats queue up
-/// (p99 65-72 ms over 16 connections), 120 us ones kept p99 at 1.7-2.8 ms
-/// (docs/performance.md). A 1M list then takes ~9 s instead of ~6 s alone.
+/// for (records of ~1 KB encode in a few us; larger ones, or a slower
+/// machine, take longer: a time bound covers all). With a million workers
+/// on one shard and 10k heartbeats/s, 300 us pieces let heartbeats queue
+/// behind a list streamed back to back; with 120 us ones heartbeat p99
+/// stayed at 1.1-1.4 ms (docs/performance.md, "Lists of one million
+/// workers").
 const PIECE_TIME: Duration = Duration::from_micros(120);
 /// How many records between two looks at the clock.
 const CLOCK_EVERY: usize = 8;
