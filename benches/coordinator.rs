@@ -29,7 +29,7 @@ use coordinator::model::size::parse_size;
 use coordinator::model::time::now_iso8601;
 use coordinator::model::wire::{HeartbeatRequest, RegisterRequest};
 use coordinator::model::worker::Liveness;
-use coordinator::model::{classify, Catalog, EnvContext, WorkerType};
+use coordinator::model::{classify, Catalog, WorkerType};
 use coordinator::shard::registry::Registry;
 
 const LIVE: Liveness = Liveness {
@@ -40,11 +40,7 @@ const LIVE: Liveness = Liveness {
 /// What GET /api/coordinator/workers does for one shard's registry: the
 /// healthy records serialised into one body.
 fn worker_list(reg: &Registry) -> Vec<u8> {
-    let catalog = Catalog::builtin();
-    let env = EnvContext {
-        catalog,
-        coordinator_url: "http://127.0.0.1:8080",
-    };
+    let url = "http://127.0.0.1:8080";
     let now = Instant::now();
     let mut items = Vec::with_capacity(1024 * reg.len() + 64);
     let mut count = 0usize;
@@ -56,7 +52,7 @@ fn worker_list(reg: &Registry) -> Vec<u8> {
         if count > 0 {
             items.push(b',');
         }
-        w.write_json(&mut items, now, &LIVE, false, env);
+        w.write_json(&mut items, now, &LIVE, false, url);
         count += 1;
     }
     items.extend_from_slice(b"],\"count\":");

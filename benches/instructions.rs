@@ -30,7 +30,7 @@ use coordinator::http::request::parse_object;
 use coordinator::metrics::ShardMetrics;
 use coordinator::model::wire::{HeartbeatRequest, RegisterRequest};
 use coordinator::model::worker::{Registration, WorkerRecord};
-use coordinator::model::{classify, Catalog, EnvContext, ServiceSpec};
+use coordinator::model::{classify, Catalog, ServiceSpec};
 use coordinator::proxy::route::{choose, Ask, Candidate};
 use coordinator::shard::registry::Registry;
 use coordinator::shard::scrape::{encode, Gauges, MetricsSnapshot};
@@ -101,23 +101,17 @@ fn register(
 
 // ---- worker list: 1,000 healthy workers -------------------------------------
 
-fn list_setup(warm: bool) -> (Registry, &'static Catalog, Vec<u8>) {
+/// The public URL a shard lists with (containers' `COORDINATOR_URL`).
+const URL: &str = "http://127.0.0.1:8080";
+
+fn list_setup(warm: bool) -> (Registry, Vec<u8>) {
     let mut reg = registry_of(WORKERS);
-    let catalog = Catalog::builtin();
     let mut out = Vec::with_capacity(2 << 20);
     if warm {
-        reg.write_healthy(None, Instant::now(), env(catalog), &mut out, |_, _| {});
+        reg.write_healthy(None, Instant::now(), URL, &mut out, |_, _| {});
         out.clear();
     }
-    (reg, catalog, out)
-}
-
-/// The env context a shard lists with.
-fn env(catalog: &Catalog) -> EnvContext<'_> {
-    EnvContext {
-        catalog,
-        coordinator_url: "http://127.0.0.1:8080",
-    }
+    (reg, out)
 }
 
 // `GET /api/coordinator/workers` on one shard: the healthy records' JSON
@@ -127,12 +121,10 @@ fn env(catalog: &Catalog) -> EnvContext<'_> {
 #[library_benchmark]
 #[bench::cold(args = (false), setup = list_setup)]
 #[bench::warm(args = (true), setup = list_setup)]
-fn worker_list_1000(
-    (mut reg, catalog, mut out): (Registry, &'static Catalog, Vec<u8>),
-) -> (Registry, &'static Catalog, Vec<u8>) {
-    let (n, _) = reg.write_healthy(None, Instant::now(), env(catalog), &mut out, |_, _| {});
+fn worker_list_1000((mut reg, mut out): (Registry, Vec<u8>)) -> (Registry, Vec<u8>) {
+    let (n, _) = reg.write_healthy(None, Instant::now(), URL, &mut out, |_, _| {});
     assert_eq!(n, WORKERS);
-    (reg, catalog, out)
+    (reg, out)
 }
 
 // ---- routing choice over 100 candidates -------------------------------------

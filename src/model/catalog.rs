@@ -71,17 +71,6 @@ pub struct Catalog {
     services: Vec<ServiceSpec>,
     /// Short name -> service name (`llm` -> `llm-inference`).
     aliases: BTreeMap<String, String>,
-    /// The env every container gets, for a container whose service is no
-    /// longer in the catalog (a record recovered under another catalog).
-    base_env: BTreeMap<String, String>,
-}
-
-/// What writing a worker's containers needs besides its record: the
-/// catalog (the env templates) and the URL agents reach us at.
-#[derive(Debug, Clone, Copy)]
-pub struct EnvContext<'a> {
-    pub catalog: &'a Catalog,
-    pub coordinator_url: &'a str,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -366,15 +355,7 @@ impl Catalog {
                 )));
             }
         }
-        let base_env = BASE_ENV
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Ok(Self {
-            services,
-            aliases,
-            base_env,
-        })
+        Ok(Self { services, aliases })
     }
 
     /// Reads a catalog file: JSON when the name ends in `.json`, else TOML.
@@ -398,15 +379,6 @@ impl Catalog {
 
     pub fn services(&self) -> &[ServiceSpec] {
         &self.services
-    }
-
-    /// The env templates of the service named exactly `name`, or the base
-    /// env when the catalog has no such service.
-    pub fn env_of(&self, name: &str) -> &BTreeMap<String, String> {
-        self.services
-            .iter()
-            .find(|s| s.name == name)
-            .map_or(&self.base_env, |s| &s.env)
     }
 
     /// A service by full name or short alias.
@@ -632,9 +604,6 @@ mod tests {
                         "OLLAMA_HOST": "0.0.0.0:8104"}
             })
         );
-        // A container whose service left the catalog still gets the base env.
-        assert_eq!(c.env_of("gone").len(), 2);
-        assert_eq!(c.env_of("llm-inference")["GPU_MEMORY_UTILIZATION"], "0.9");
     }
 
     #[test]

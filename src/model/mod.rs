@@ -20,6 +20,6 @@ pub mod time;
 pub mod wire;
 pub mod worker;
 
-pub use catalog::{Catalog, EnvContext, ServiceSpec};
+pub use catalog::{Catalog, ServiceSpec};
 pub use tier::{classify, WorkerType};
 pub(crate) use tier::{truthy, Classification};

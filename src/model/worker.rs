@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::model::time::iso8601;
-use crate::model::{Classification, EnvContext, ServiceSpec, WorkerType};
+use crate::model::{Classification, ServiceSpec, WorkerType};
 
 /// How liveness is judged.
 #[derive(Debug, Clone, Copy)]
@@ -241,14 +241,15 @@ impl WorkerRecord {
     }
 
     /// Serialises the full record (plus `age_seconds`/`is_healthy` for admin
-    /// views) onto `out`; `env` expands the containers' env templates.
+    /// views) onto `out`; the containers' env templates are expanded with
+    /// `coordinator_url` (our public URL) and the worker's id.
     pub fn write_json(
         &self,
         out: &mut Vec<u8>,
         now: Instant,
         live: &Liveness,
         admin: bool,
-        env: EnvContext<'_>,
+        coordinator_url: &str,
     ) {
         let age = self.age(now);
         let view = WorkerView {
@@ -267,7 +268,7 @@ impl WorkerRecord {
             assigned_containers: Containers {
                 specs: &self.assigned,
                 worker_id: &self.worker_id,
-                coordinator_url: env.coordinator_url,
+                coordinator_url,
             },
             current_load: self.state.current_load,
             available_memory: self.state.available_memory.as_deref(),

@@ -38,7 +38,6 @@ use crate::config::Config;
 use crate::metrics::ShardMetrics;
 use crate::model::placement::owner_of;
 use crate::model::worker::{Liveness, WorkerRecord};
-use crate::model::EnvContext;
 use crate::proxy::{ProxySetup, ProxyState};
 use crate::runtime::{self, Mesh, ShardEnv};
 use crate::store::recovery::Boot;
@@ -148,15 +147,6 @@ impl Shard {
 
     pub(crate) fn owner_of(&self, worker_id: &str) -> usize {
         owner_of(worker_id, self.count)
-    }
-
-    /// What writing a worker's containers needs: the catalog's env
-    /// templates and our public URL.
-    pub(crate) fn env(&self) -> EnvContext<'_> {
-        EnvContext {
-            catalog: self.cfg.catalog,
-            coordinator_url: &self.coordinator_url,
-        }
     }
 
     pub(crate) fn is_healthy(&self, w: &WorkerRecord, now: Instant) -> bool {

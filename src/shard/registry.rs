@@ -37,7 +37,6 @@ use super::msg::Summary;
 use super::wheel::{Ticket, Wheel};
 use crate::model::wire::HeartbeatRequest;
 use crate::model::worker::{Liveness, WorkerRecord};
-use crate::model::EnvContext;
 
 type Hasher = ahash::RandomState;
 
@@ -695,7 +694,7 @@ impl Registry {
         &mut self,
         service: Option<&str>,
         now: Instant,
-        env: EnvContext<'_>,
+        coordinator_url: &str,
         out: &mut Vec<u8>,
         mut seen: impl FnMut(&WorkerRecord, &[u8]),
     ) -> (usize, Option<Instant>) {
@@ -732,7 +731,7 @@ impl Registry {
                 Some(b) => b,
                 None => {
                     scratch.clear();
-                    w.write_json(&mut scratch, now, &live, false, env);
+                    w.write_json(&mut scratch, now, &live, false, coordinator_url);
                     if *listed_bytes + scratch.len() <= LISTED_BUDGET {
                         *listed_bytes += scratch.len();
                         e.listed = Some(scratch.as_slice().into());

@@ -149,15 +149,20 @@ impl Shard {
         }
         let mut top: Option<(f64, Vec<u8>)> = None;
         let mut items = Vec::with_capacity(if service.is_none() { cache.hint } else { 4096 });
-        let (n, valid_until) =
-            reg.write_healthy(service, now, self.env(), &mut items, |w, json| {
+        let (n, valid_until) = reg.write_healthy(
+            service,
+            now,
+            &self.coordinator_url,
+            &mut items,
+            |w, json| {
                 if best {
                     let load = w.state.current_load;
                     if top.as_ref().is_none_or(|(b, _)| load < *b) {
                         top = Some((load, json.to_vec()));
                     }
                 }
-            });
+            },
+        );
         cache.observe(items.len(), n);
         let listing = Listing {
             items: items.into(),
@@ -191,7 +196,6 @@ impl Shard {
         };
         let admin = q.kind == ListKind::Admin;
         let max = q.max.min(PAGE_ITEMS);
-        let env = self.env();
         let mut out = Vec::with_capacity((max * 1024).min(PAGE_BYTES + (64 << 10)));
         let (mut count, mut healthy, mut looked) = (0, 0, 0);
         let mut best: Option<(f64, Vec<u8>)> = None;
@@ -209,7 +213,7 @@ impl Shard {
                     out.push(b',');
                 }
                 let start = out.len();
-                w.write_json(&mut out, now, &self.live, admin, env);
+                w.write_json(&mut out, now, &self.live, admin, &self.coordinator_url);
                 if q.best && is_healthy {
                     let load = w.state.current_load;
                     if best.as_ref().is_none_or(|(b, _)| load < *b) {

@@ -349,11 +349,7 @@ mod tests {
             heartbeat_timeout: std::time::Duration::from_secs(60),
             worker_timeout: std::time::Duration::from_secs(60),
         };
-        let env = crate::model::EnvContext {
-            catalog,
-            coordinator_url: url,
-        };
-        rec.write_json(&mut listed, std::time::Instant::now(), &live, false, env);
+        rec.write_json(&mut listed, std::time::Instant::now(), &live, false, url);
         let listed: serde_json::Value = serde_json::from_slice(&listed).unwrap();
         assert_eq!(reply, listed["assigned_containers"]);
         assert_eq!(reply[0]["env"]["WORKER_ID"], "w");
