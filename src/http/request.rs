@@ -129,12 +129,23 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
-/// The first value of query parameter `name`, percent-decoded.
+/// The values of query parameter `name`, in order, still percent-encoded.
+pub(crate) fn query_values<'q>(
+    query: Option<&'q str>,
+    name: &'q str,
+) -> impl Iterator<Item = &'q str> + 'q {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k, true).as_deref() == Some(name)).then_some(v)
+        })
+}
+
+/// The first value of query parameter `name` that percent-decodes.
 pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k, true).as_deref() == Some(name)).then(|| percent_decode(v, true))?
-    })
+    query_values(query, name).find_map(|v| percent_decode(v, true))
 }
 
 /// Decodes `%XX` (and `+` as space in query strings); None on bad escapes

@@ -30,7 +30,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 
 use super::super::error::ApiError;
-use super::super::request::percent_decode;
+use super::super::request::{percent_decode, query_values};
 use super::super::{json, streamed, Body, Ctx};
 use super::Items;
 use crate::model::filter::{self, WorkerFilter};
@@ -46,19 +46,13 @@ const DEFAULT_LIMIT: usize = 100;
 /// Longest key a cursor may carry (worker ids are at most 256 bytes).
 const MAX_KEY_BYTES: usize = 1024;
 
-/// A query parameter, percent-decoded; a value that does not decode is a
-/// 400 rather than silently absent.
+/// A query parameter's first value, percent-decoded; a value that does
+/// not decode is a 400 rather than silently absent.
 pub(super) fn param(query: Option<&str>, name: &str) -> Result<Option<String>, ApiError> {
-    let Some(q) = query else { return Ok(None) };
-    for pair in q.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(k, true).as_deref() == Some(name) {
-            return percent_decode(v, true)
-                .map(Some)
-                .ok_or_else(|| bad(name, "invalid percent-encoding"));
-        }
-    }
-    Ok(None)
+    query_values(query, name)
+        .next()
+        .map(|v| percent_decode(v, true).ok_or_else(|| bad(name, "invalid percent-encoding")))
+        .transpose()
 }
 
 /// 400 `{"detail": "<field>: <message>"}`.
