@@ -9,8 +9,8 @@ use serde_json::json as j;
 
 use super::super::error::ApiError;
 use super::super::{json, Body, Ctx};
-use super::lists::{self, Tally, Walk};
-use super::{put, put_items, summary};
+use super::lists;
+use super::{put, summary};
 use crate::model::time::now_iso8601;
 use crate::shard::msg::{ListKind, ListQuery, Reply, Request as ShardRequest};
 
@@ -27,29 +27,13 @@ pub(super) async fn workers(ctx: Ctx, req: Request<Incoming>) -> Result<Response
         whole: true,
         best: false,
     };
-    if let Some(paging) = lists::paging(q, ctx.shard.count)? {
-        drop(req);
-        let page = lists::page(&ctx, query, paging).await?;
-        let mut out = Vec::with_capacity(page.items.array_len() + 256);
-        out.push(b'{');
-        put_items(&mut out, "workers", &page.items);
-        put(&mut out, "total", &page.tally.count);
-        put(&mut out, "healthy", &page.tally.healthy);
-        put(&mut out, "next", &page.next);
-        out.push(b'}');
-        return Ok(json(StatusCode::OK, out));
-    }
+    let paging = lists::paging(q, ctx.shard.count)?;
     drop(req);
-    let walk = Walk::start(&ctx, query).await?;
-    let suffix = |t: &Tally| {
-        let mut out = b"]".to_vec();
-        put(&mut out, "total", &t.count);
-        put(&mut out, "healthy", &t.healthy);
-        out.push(b'}');
-        out
+    let tail: lists::Tail = |out, t| {
+        put(out, "total", &t.count);
+        put(out, "healthy", &t.healthy);
     };
-    walk.respond(b"{\"workers\":[".to_vec(), Box::new(suffix))
-        .await
+    lists::reply(&ctx, query, paging, Vec::new(), tail, None).await
 }
 
 pub(super) async fn services(ctx: Ctx) -> Result<Response<Body>, ApiError> {

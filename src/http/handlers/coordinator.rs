@@ -8,8 +8,8 @@ use hyper::{Request, Response, StatusCode};
 use super::super::error::ApiError;
 use super::super::request::parse_object;
 use super::super::{json, Body, Ctx};
-use super::lists::{self, Tally, Walk};
-use super::{put, put_items};
+use super::lists;
+use super::put;
 use crate::model::time::now_iso8601;
 use crate::model::wire::BroadcastRequest;
 use crate::shard::msg::{BroadcastJob, ListKind, ListQuery, Reply, Request as ShardRequest};
@@ -26,29 +26,13 @@ pub(super) async fn workers(ctx: Ctx, req: Request<Incoming>) -> Result<Response
         whole: true,
         best: false,
     };
-    if let Some(paging) = lists::paging(q, ctx.shard.count)? {
-        drop(req);
-        let page = lists::page(&ctx, query, paging).await?;
-        let mut out = Vec::with_capacity(page.items.array_len() + 256);
-        out.push(b'{');
-        put_items(&mut out, "workers", &page.items);
-        put(&mut out, "count", &page.tally.count);
-        put(&mut out, "timestamp", &now_iso8601());
-        put(&mut out, "next", &page.next);
-        out.push(b'}');
-        return Ok(json(StatusCode::OK, out));
-    }
+    let paging = lists::paging(q, ctx.shard.count)?;
     drop(req);
-    let walk = Walk::start(&ctx, query).await?;
-    let suffix = |t: &Tally| {
-        let mut out = b"]".to_vec();
-        put(&mut out, "count", &t.count);
-        put(&mut out, "timestamp", &now_iso8601());
-        out.push(b'}');
-        out
+    let tail: lists::Tail = |out, t| {
+        put(out, "count", &t.count);
+        put(out, "timestamp", &now_iso8601());
     };
-    walk.respond(b"{\"workers\":[".to_vec(), Box::new(suffix))
-        .await
+    lists::reply(&ctx, query, paging, Vec::new(), tail, None).await
 }
 
 pub(super) async fn broadcast(

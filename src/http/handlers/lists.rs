@@ -32,7 +32,7 @@ use hyper::{Response, StatusCode};
 use super::super::error::ApiError;
 use super::super::request::{percent_decode, query_values};
 use super::super::{json, streamed, Body, Ctx};
-use super::Items;
+use super::{put, put_items, put_key, Items};
 use crate::model::filter::{self, WorkerFilter};
 use crate::runtime;
 use crate::shard::msg::{ListQuery, Listing, Reply, Request as ShardRequest, Rest};
@@ -179,9 +179,49 @@ pub(super) fn worker_filter(ctx: &Ctx, query: Option<&str>) -> Result<WorkerFilt
     })
 }
 
-/// Writes what follows a whole list's array (from the `]` on), from the
-/// walk's tally.
-pub(super) type Suffix = Box<dyn FnOnce(&Tally) -> Vec<u8>>;
+/// Writes a worker list reply's keys after `workers` from what was listed
+/// (e.g. `"count": n`).
+pub(super) type Tail = fn(&mut Vec<u8>, &Tally);
+
+/// A worker list reply, `{<head>, "workers": [...], <tail>}`: one page
+/// (`paging`, with `"next"` added) or the whole list (one buffer when
+/// small, else streamed; see [`Walk::respond`]). `head` holds the keys
+/// before `workers` (without the brace; may be empty). With `when_empty`,
+/// a list with no worker from its start is that error instead.
+pub(super) async fn reply(
+    ctx: &Ctx,
+    query: ListQuery,
+    paging: Option<Paging>,
+    head: Vec<u8>,
+    tail: Tail,
+    when_empty: Option<&dyn Fn() -> ApiError>,
+) -> Result<Response<Body>, ApiError> {
+    let mut out = Vec::with_capacity(head.len() + 16);
+    out.push(b'{');
+    out.extend_from_slice(&head);
+    let Some(paging) = paging else {
+        let mut walk = Walk::start(ctx, query).await?;
+        if let Some(err) = when_empty {
+            if !walk.any().await? {
+                return Err(err());
+            }
+        }
+        put_key(&mut out, "workers");
+        out.push(b'[');
+        return walk.respond(out, tail).await;
+    };
+    let from_start = paging.after.is_none();
+    let page = page(ctx, query, paging).await?;
+    if let Some(err) = when_empty.filter(|_| from_start && page.tally.count == 0) {
+        return Err(err());
+    }
+    out.reserve(page.items.array_len() + 256);
+    put_items(&mut out, "workers", &page.items);
+    tail(&mut out, &page.tally);
+    put(&mut out, "next", &page.next);
+    out.push(b'}');
+    Ok(json(StatusCode::OK, out))
+}
 
 /// What a walk listed so far.
 #[derive(Debug, Default)]
@@ -210,7 +250,7 @@ async fn fetch(shard: &Shard, to: usize, q: ListQuery) -> Result<Listing, ApiErr
 }
 
 /// One page of a paged worker list.
-pub(super) struct Page {
+struct Page {
     pub items: Items,
     pub tally: Tally,
     /// Cursor of the next page; None on the last.
@@ -221,7 +261,7 @@ pub(super) struct Page {
 /// every shard is done, a bounded piece per step. When the page is full
 /// it looks on (without listing) for one more match, so `next` is None
 /// exactly when nothing follows.
-pub(super) async fn page(ctx: &Ctx, template: ListQuery, paging: Paging) -> Result<Page, ApiError> {
+async fn page(ctx: &Ctx, template: ListQuery, paging: Paging) -> Result<Page, ApiError> {
     let shard = &ctx.shard;
     let (mut at, mut after) = match paging.after {
         Some(c) => (c.shard, Some(slot_of(&c)?)),
@@ -292,7 +332,7 @@ fn slot_of(c: &Cursor) -> Result<Slot, ApiError> {
 
 /// A whole (unpaged) worker list in progress: the first piece of every
 /// shard, asked for at once, then shard by shard, piece by piece.
-pub(super) struct Walk {
+struct Walk {
     shard: Rc<Shard>,
     template: ListQuery,
     /// Each shard's first piece until the walk gets there.
@@ -308,7 +348,7 @@ impl Walk {
     /// Asks every shard for its first piece at once. A shard whose healthy
     /// part is small answers it whole (from its cache), so a small list
     /// costs one fan-out, as before paging existed.
-    pub(super) async fn start(ctx: &Ctx, template: ListQuery) -> Result<Walk, ApiError> {
+    async fn start(ctx: &Ctx, template: ListQuery) -> Result<Walk, ApiError> {
         let first = ctx
             .shard
             .map_reduce(
@@ -382,7 +422,7 @@ impl Walk {
 
     /// Whether the list has any worker: walks (holding what it finds)
     /// until the first one. For replies that are an error when empty.
-    pub(super) async fn any(&mut self) -> Result<bool, ApiError> {
+    async fn any(&mut self) -> Result<bool, ApiError> {
         if !self.ready.is_empty() {
             return Ok(true);
         }
@@ -403,33 +443,28 @@ impl Walk {
     }
 
     /// The reply: `prefix` (up to and including the array's `[`), the
-    /// workers, then `suffix` (from the `]` on, made from the tally at the
-    /// end). One buffer when every piece is already in hand (small lists);
-    /// otherwise a chunked body that asks for the next piece only when
-    /// hyper wants the next frame.
-    pub(super) async fn respond(
-        mut self,
-        prefix: Vec<u8>,
-        suffix: Suffix,
-    ) -> Result<Response<Body>, ApiError> {
+    /// workers, then `]`, the `tail` keys (made from the tally at the end)
+    /// and `}`. One buffer when every piece is already in hand (small
+    /// lists); otherwise a chunked body that asks for the next piece only
+    /// when hyper wants the next frame.
+    async fn respond(mut self, prefix: Vec<u8>, tail: Tail) -> Result<Response<Body>, ApiError> {
         if self.complete() {
             let mut parts = Vec::new();
             while let Some(l) = self.next_piece().await? {
                 parts.push(l.items);
             }
             let items = Items(parts);
-            let tail = suffix(&self.tally);
-            let mut out = Vec::with_capacity(prefix.len() + items.array_len() + tail.len());
+            let mut out = Vec::with_capacity(prefix.len() + items.array_len() + 256);
             out.extend_from_slice(&prefix);
             items.write_inner(&mut out);
-            out.extend_from_slice(&tail);
+            out.extend_from_slice(&suffix(tail, &self.tally));
             return Ok(json(StatusCode::OK, out));
         }
         let state = Streaming {
             walk: self,
             prefix: Some(prefix.into()),
             pending: None,
-            suffix: Some(suffix),
+            tail: Some(tail),
             wrote: false,
         };
         let frames = futures::stream::unfold(state, Streaming::step);
@@ -441,14 +476,22 @@ impl Walk {
     }
 }
 
+/// What closes a whole list: `]`, the tail keys, `}`.
+fn suffix(tail: Tail, tally: &Tally) -> Vec<u8> {
+    let mut out = b"]".to_vec();
+    tail(&mut out, tally);
+    out.push(b'}');
+    out
+}
+
 /// A whole list being written as a chunked body.
 struct Streaming {
     walk: Walk,
     prefix: Option<Bytes>,
     /// A piece to write after the comma just written.
     pending: Option<Bytes>,
-    /// None once the suffix (or an error) was written: the end.
-    suffix: Option<Suffix>,
+    /// None once the end (or an error) was written.
+    tail: Option<Tail>,
     wrote: bool,
 }
 
@@ -457,7 +500,7 @@ impl Streaming {
         if let Some(p) = self.prefix.take().or_else(|| self.pending.take()) {
             return Some((Ok(p), self));
         }
-        self.suffix.as_ref()?;
+        self.tail?;
         match self.walk.next_piece().await {
             Ok(Some(l)) if self.wrote => {
                 self.pending = Some(l.items);
@@ -468,15 +511,14 @@ impl Streaming {
                 Some((Ok(l.items), self))
             }
             Ok(None) => {
-                let suffix = self.suffix.take()?;
-                let tail = suffix(&self.walk.tally);
-                Some((Ok(tail.into()), self))
+                let end = suffix(self.tail.take()?, &self.walk.tally);
+                Some((Ok(end.into()), self))
             }
             Err(e) => {
                 // The head is sent: all we can do is cut the body short,
                 // which the client sees as an incomplete chunked reply.
                 tracing::warn!(shard = self.walk.shard.id, error = %e, "worker list stream aborted");
-                self.suffix = None;
+                self.tail = None;
                 Some((Err(e), self))
             }
         }

@@ -7,8 +7,8 @@ use serde_json::json as j;
 use super::super::error::ApiError;
 use super::super::request::percent_decode;
 use super::super::{json, Body, Ctx};
-use super::lists::{self, Tally, Walk};
-use super::{put, put_items, put_raw, summary};
+use super::lists;
+use super::{put, put_raw, summary};
 use crate::model::time::now_iso8601;
 use crate::shard::msg::{ListKind, ListQuery};
 
@@ -48,43 +48,18 @@ pub(super) async fn discover(
             "No healthy workers available for service: {service}"
         ))
     };
-    if let Some(paging) = lists::paging(q, ctx.shard.count)? {
-        drop(req);
-        let from_start = paging.after.is_none();
-        let page = lists::page(&ctx, query, paging).await?;
-        if from_start && page.tally.count == 0 {
-            return Err(none());
-        }
-        let best = page.tally.best.as_ref().map(|(_, b)| b.as_slice());
-        let best = best.unwrap_or(b"null");
-        let mut out = Vec::with_capacity(page.items.array_len() + best.len() + 256);
-        out.push(b'{');
-        put(&mut out, "service", &service);
-        put_items(&mut out, "workers", &page.items);
-        put(&mut out, "count", &page.tally.count);
-        put_raw(&mut out, "recommended", best);
-        put(&mut out, "next", &page.next);
-        out.push(b'}');
-        return Ok(json(StatusCode::OK, out));
-    }
+    let paging = lists::paging(q, ctx.shard.count)?;
     drop(req);
-    let mut walk = Walk::start(&ctx, query).await?;
-    if !walk.any().await? {
-        return Err(none());
-    }
-    let mut prefix = b"{".to_vec();
-    put(&mut prefix, "service", &service);
-    prefix.extend_from_slice(b",\"workers\":[");
-    let suffix = |t: &Tally| {
+    let mut head = Vec::new();
+    put(&mut head, "service", &service);
+    let tail: lists::Tail = |out, t| {
+        put(out, "count", &t.count);
+        // A page's least loaded; for a whole list null only if every
+        // worker left between its first piece and its end.
         let best = t.best.as_ref().map(|(_, b)| b.as_slice());
-        let mut out = b"]".to_vec();
-        put(&mut out, "count", &t.count);
-        // Only null if every worker left between the first piece and the end.
-        put_raw(&mut out, "recommended", best.unwrap_or(b"null"));
-        out.push(b'}');
-        out
+        put_raw(out, "recommended", best.unwrap_or(b"null"));
     };
-    walk.respond(prefix, Box::new(suffix)).await
+    lists::reply(&ctx, query, paging, head, tail, Some(&none)).await
 }
 
 pub(super) async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
