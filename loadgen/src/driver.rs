@@ -71,7 +71,8 @@ struct Conn {
     done: bool,
 }
 
-fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+/// A non-blocking keep-alive connection to `addr` (no Nagle delay).
+pub(crate) fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_nodelay(true)?;
     s.set_nonblocking(true)?;

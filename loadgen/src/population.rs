@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::driver::{cpu_for, pin, status_kind};
+use crate::driver::{connect, cpu_for, pin, status_kind};
 use crate::http::{build_request, ResponseReader};
 use crate::scenario::{register_body, worker_id};
 use crate::schedule::split_connections;
@@ -447,13 +447,6 @@ fn start(s: &mut Slot, plan: &Plan, shared: &Shared, n: usize, counts: &mut Coun
     s.written = 0;
     s.busy = true;
     s.sent = Instant::now();
-}
-
-fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_nodelay(true)?;
-    s.set_nonblocking(true)?;
-    Ok(s)
 }
 
 /// Drives the registration in flight on `s`; records its outcome when it
