@@ -120,7 +120,8 @@ fn raw(v: &impl Serialize) -> Box<RawValue> {
     serde_json::value::to_raw_value(v).unwrap_or_else(|_| empty_object())
 }
 
-fn empty_object() -> Box<RawValue> {
+/// `{}` as JSON text.
+pub(crate) fn empty_object() -> Box<RawValue> {
     RawValue::from_string("{}".into()).expect("valid JSON")
 }
 

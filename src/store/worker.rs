@@ -8,12 +8,13 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{Op, RecoveredWorker};
-use crate::model::worker::{declared_of, raw_list, Assigned, ReportedState, WorkerRecord};
+use crate::model::worker::{declared_of, empty_object, Assigned, ReportedState, WorkerRecord};
 use crate::model::{Catalog, WorkerType};
 
 /// Microseconds since the Unix epoch (negative before it).
@@ -114,6 +115,24 @@ pub(crate) fn heartbeat_op(rec: &WorkerRecord) -> Op {
     }
 }
 
+/// A stored list (`services`, `containers`): its items, and its JSON text
+/// kept as it is (not encoded again) unless absent, null or empty, which a
+/// record holds as `None`.
+fn stored_list<T: DeserializeOwned>(
+    raw: Option<Box<RawValue>>,
+    field: &str,
+    id: &str,
+) -> Result<(Vec<T>, Option<Box<RawValue>>), String> {
+    let Some(raw) = raw else {
+        return Ok((Vec::new(), None));
+    };
+    let items = serde_json::from_str::<Option<Vec<T>>>(raw.get())
+        .map_err(|e| format!("{field} of worker {id:?} cannot be decoded: {e}"))?
+        .unwrap_or_default();
+    let raw = (!items.is_empty()).then_some(raw);
+    Ok((items, raw))
+}
+
 /// Wall-clock age of a heartbeat at `wall` (zero if the clock went back).
 pub(crate) fn age_at(last_heartbeat: SystemTime, wall: SystemTime) -> Duration {
     wall.duration_since(last_heartbeat).unwrap_or_default()
@@ -147,19 +166,11 @@ pub(crate) fn restore(
     };
     let last_heartbeat_at = from_us(w.heartbeat_us.unwrap_or(row.last_heartbeat_us));
     let age = age_at(last_heartbeat_at, wall);
-    let list = |raw: Option<Box<RawValue>>, field: &str| -> Result<Vec<Value>, String> {
-        match raw {
-            None => Ok(Vec::new()),
-            Some(r) => serde_json::from_str::<Option<Vec<Value>>>(r.get())
-                .map(Option::unwrap_or_default)
-                .map_err(|e| format!("{field} of worker {:?} cannot be decoded: {e}", w.id)),
-        }
-    };
-    let services = list(row.services, "services")?;
-    let containers = list(row.containers, "containers")?;
+    let (services, services_raw) = stored_list::<Value>(row.services, "services", &w.id)?;
+    let (_, containers) = stored_list::<IgnoredAny>(row.containers, "containers", &w.id)?;
     let capabilities = match row.capabilities {
         Some(c) if c.get().starts_with('{') => c,
-        _ => RawValue::from_string("{}".into()).map_err(|e| e.to_string())?,
+        _ => empty_object(),
     };
     Ok(WorkerRecord {
         worker_id: row.worker_id,
@@ -169,8 +180,8 @@ pub(crate) fn restore(
         ip_address: row.ip_address,
         capabilities,
         declared: declared_of(&services),
-        services: raw_list(&services),
-        containers: raw_list(&containers),
+        services: services_raw,
+        containers,
         assigned: row
             .assigned_services
             .iter()
@@ -187,6 +198,7 @@ pub(crate) fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::worker::raw_list;
 
     #[test]
     fn microseconds_round_trip() {
