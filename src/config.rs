@@ -65,6 +65,12 @@ pub struct Config {
     /// most its share, `ceil(max_workers / shards)`, so the check needs no
     /// cross-shard call. Re-registering a known id always works.
     pub max_workers: usize,
+    /// Events each shard keeps for subscribers to resume from
+    /// (`--event-ring`); older cursors get a `reset`.
+    pub event_ring: usize,
+    /// How far (in events) a caught-up subscriber may fall behind before it
+    /// is dropped with a `reset` (`--event-subscriber-buffer`).
+    pub event_subscriber_buffer: usize,
     /// Largest `capabilities` object accepted at registration, as JSON
     /// bytes (`--max-capabilities-bytes`); also the largest heartbeat body.
     pub max_capabilities_bytes: usize,
@@ -186,6 +192,8 @@ impl Default for Config {
             catalog: Catalog::builtin(),
             max_body_bytes: 1 << 20,
             max_workers: 1_000_000,
+            event_ring: 100_000,
+            event_subscriber_buffer: 10_000,
             max_capabilities_bytes: 64 << 10,
             max_worker_entries: 64,
             max_header_bytes: 64 << 10,

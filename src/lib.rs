@@ -16,8 +16,10 @@
 //!   builders of Prometheus families; each owner turns its own snapshot
 //!   into families (`shard::scrape`, `tasks::scrape`, `proxy::scrape`,
 //!   `store::stats`) and the `prometheus` crate's text encoder writes them.
-//! - [`tasks`] | [`proxy`]: task queues and leases (no shards, no HTTP) |
-//!   the inference proxy: worker choice, connection pool, forwarding.
+//! - [`tasks`] | [`proxy`] | `events`: task queues and leases (no shards,
+//!   no HTTP) | the inference proxy: worker choice, connection pool,
+//!   forwarding | the change stream's events, per-shard rings, cursors,
+//!   filters and wire framing.
 //! - [`store`]: durable state in SQLite: one writer thread fed over a
 //!   channel, group commit, migrations, startup recovery.
 //! - [`config`]: the validated configuration.
@@ -36,6 +38,7 @@
 //! No lock or shared atomic sits on that path.
 
 pub mod config;
+pub(crate) mod events;
 pub mod http;
 pub mod metrics;
 pub mod model;

@@ -128,6 +128,10 @@ options! {
     max_header_bytes: usize, env = "MAX_HEADER_BYTES";
     /// Registered workers at most; each shard takes its share [default: 1000000]
     max_workers: usize, env = "MAX_WORKERS";
+    /// Events each shard keeps for resuming subscribers, 16..=10000000 [default: 100000]
+    event_ring: usize, env = "EVENT_RING";
+    /// Events a subscriber may fall behind before it is dropped with a reset [default: 10000]
+    event_subscriber_buffer: usize, env = "EVENT_SUBSCRIBER_BUFFER";
     /// Largest worker `capabilities` (JSON bytes) and heartbeat body [default: 65536]
     max_capabilities_bytes: usize, env = "MAX_CAPABILITIES_BYTES";
     /// Most `services` / `containers` entries in one registration [default: 64]
@@ -307,6 +311,11 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         max_body_bytes: cli.max_body_bytes.unwrap_or(d.max_body_bytes),
         max_header_bytes: cli.max_header_bytes.unwrap_or(d.max_header_bytes).max(256),
         max_workers: cli.max_workers.unwrap_or(d.max_workers).max(1),
+        event_ring: cli.event_ring.unwrap_or(d.event_ring).clamp(16, 10_000_000),
+        event_subscriber_buffer: cli
+            .event_subscriber_buffer
+            .unwrap_or(d.event_subscriber_buffer)
+            .max(1),
         max_capabilities_bytes: cli
             .max_capabilities_bytes
             .unwrap_or(d.max_capabilities_bytes)

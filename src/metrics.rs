@@ -150,6 +150,16 @@ pub struct ShardMetrics {
     pub mesh_sent: u64,
     pub mesh_received: u64,
     pub workers_removed: u64,
+    /// Events appended to this shard's ring (its head).
+    pub events_published: u64,
+    /// Event subscribers on this shard now (SSE, WebSocket, waiting
+    /// blocking queries).
+    pub event_subscribers: u64,
+    pub event_subscribers_total: u64,
+    /// Subscribers dropped for falling too far behind.
+    pub event_subscribers_dropped: u64,
+    /// Events written to subscribers.
+    pub events_sent: u64,
 }
 
 impl ShardMetrics {
@@ -254,6 +264,31 @@ impl ShardMetrics {
                 "coordinator_workers_removed_total",
                 "Workers removed after WORKER_TIMEOUT_SECONDS of silence.",
                 of(|s| s.workers_removed),
+            ),
+            counter(
+                "coordinator_events_published_total",
+                "Events appended to the shard's ring.",
+                of(|s| s.events_published),
+            ),
+            gauge(
+                "coordinator_event_subscribers",
+                "Event subscribers (SSE, WebSocket, blocking queries) now.",
+                of(|s| s.event_subscribers),
+            ),
+            counter(
+                "coordinator_event_subscribers_total",
+                "Event subscriptions started.",
+                of(|s| s.event_subscribers_total),
+            ),
+            counter(
+                "coordinator_event_subscribers_dropped_total",
+                "Event subscribers dropped for falling too far behind.",
+                of(|s| s.event_subscribers_dropped),
+            ),
+            counter(
+                "coordinator_events_sent_total",
+                "Events written to subscribers.",
+                of(|s| s.events_sent),
             ),
         ]
     }

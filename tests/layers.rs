@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["runtime", "model"],
     &["metrics"],
-    &["tasks", "proxy"],
+    &["tasks", "proxy", "events"],
     &["store"],
     &["config"],
     &["shard"],

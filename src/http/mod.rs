@@ -114,6 +114,8 @@ pub(crate) struct Ctx {
     pub guard: Rc<auth::Guard>,
     /// Who is calling, as the guard established for this route.
     pub grant: auth::Grant,
+    /// The connection's activity: lets a handler close it (`abort`).
+    pub activity: Rc<ConnActivity>,
 }
 
 impl Ctx {
@@ -251,6 +253,7 @@ async fn connection(
                 stopping: stopping.clone(),
                 guard: guard.clone(),
                 grant: auth::Grant::ANONYMOUS,
+                activity: activity.clone(),
             };
             let activity = activity.clone();
             async move {
@@ -264,10 +267,13 @@ async fn connection(
     let mut timed_out = false;
     {
         let watchdog = pin!(watchdog(&activity, cfg.idle_timeout, cfg.header_timeout));
+        let aborted = pin!(activity.aborted());
         let stop = pin!(shutdown.wait());
-        match select(conn.as_mut(), select(watchdog, stop)).await {
+        match select(conn.as_mut(), select(select(watchdog, aborted), stop)).await {
             Either::Left(_) => {}
-            Either::Right((Either::Left(_), _)) => timed_out = true,
+            Either::Right((Either::Left((Either::Left(_), _)), _)) => timed_out = true,
+            // A handler asked for the connection to go: drop it.
+            Either::Right((Either::Left((Either::Right(_), _)), _)) => {}
             Either::Right((Either::Right(_), _)) => {
                 // Finish the request in progress, then close.
                 conn.as_mut().graceful_shutdown();

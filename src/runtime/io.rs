@@ -30,6 +30,9 @@ pub(crate) struct ConnActivity {
     request_started: Cell<Option<Instant>>,
     /// Requests dispatched to the service and not yet answered.
     in_flight: Cell<u32>,
+    /// Set by [`ConnActivity::abort`]: close the connection now.
+    aborted: Cell<bool>,
+    abort_waker: std::cell::RefCell<Option<std::task::Waker>>,
 }
 
 impl ConnActivity {
@@ -40,7 +43,30 @@ impl ConnActivity {
             last_io: Cell::new(now),
             request_started: Cell::new(Some(now)),
             in_flight: Cell::new(0),
+            aborted: Cell::new(false),
+            abort_waker: std::cell::RefCell::new(None),
         }
+    }
+
+    /// Asks for the connection to be closed at once, whatever it is doing
+    /// (a stalled event subscriber whose socket never drains).
+    pub(crate) fn abort(&self) {
+        self.aborted.set(true);
+        if let Some(w) = self.abort_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once [`ConnActivity::abort`] was called.
+    pub(crate) fn aborted(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.aborted.get() {
+                std::task::Poll::Ready(())
+            } else {
+                *self.abort_waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
     }
 
     pub(crate) fn last_io(&self) -> Instant {

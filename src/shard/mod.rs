@@ -18,6 +18,8 @@
 //! for it), `scrape` (metrics snapshot and families).
 
 mod durable;
+mod events;
+mod hub;
 pub(crate) mod msg;
 mod ops;
 pub mod registry;
@@ -26,7 +28,7 @@ mod views;
 mod wheel;
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -35,6 +37,7 @@ use futures::channel::oneshot;
 use futures::future::join_all;
 
 use crate::config::Config;
+use crate::events::Ring;
 use crate::metrics::ShardMetrics;
 use crate::model::placement::owner_of;
 use crate::model::worker::{Liveness, WorkerRecord};
@@ -44,6 +47,7 @@ use crate::store::recovery::Boot;
 use crate::store::{self, Op, Store};
 use crate::tasks::TaskTable;
 use durable::committed;
+pub(crate) use hub::{Next, Subscription};
 use msg::{Envelope, ProxyOp, Reply, Request};
 use registry::Registry;
 use scrape::MetricsSnapshot;
@@ -88,6 +92,18 @@ pub(crate) struct Shard {
     /// in the same synchronous step (see [`Shard::apply`]).
     task_ops: Rc<RefCell<Vec<Op>>>,
     list_cache: RefCell<ListCache>,
+    /// This run's start (cursors of other runs are told apart by it).
+    pub epoch: u64,
+    /// This shard's events; shared with the task table's sink.
+    ring: Rc<RefCell<Ring>>,
+    /// Subscribers on this shard and the mirrors they read.
+    hub: hub::Hub,
+    /// As the owner of services: every shard's level for each (coverage).
+    levels: RefCell<events::Levels>,
+    /// The level this shard last reported for each service it has.
+    reported: RefCell<HashMap<String, u8, ahash::RandomState>>,
+    /// Levels to send to other owners (the sending task drains it).
+    levels_out: RefCell<Option<futures::channel::mpsc::UnboundedSender<(usize, String, u8)>>>,
 }
 
 impl Shard {
@@ -100,6 +116,7 @@ impl Shard {
         proxy: ProxySetup,
     ) -> Self {
         let retention = cfg.task_retention;
+        let event_ring = cfg.event_ring;
         let live = Liveness {
             heartbeat_timeout: cfg.heartbeat_timeout,
             worker_timeout: cfg.worker_timeout,
@@ -116,6 +133,12 @@ impl Shard {
             metrics: RefCell::new(ShardMetrics::new(n_routes)),
             mesh,
             list_cache: RefCell::new(ListCache::default()),
+            epoch: 0,
+            ring: Rc::new(RefCell::new(Ring::new(event_ring))),
+            hub: hub::Hub::default(),
+            levels: RefCell::default(),
+            reported: RefCell::default(),
+            levels_out: RefCell::new(None),
             store: None,
             dirty: RefCell::default(),
             task_ops: Rc::default(),
@@ -124,12 +147,16 @@ impl Shard {
 
     /// Makes this shard persist its mutations in `store`.
     pub(crate) fn with_store(mut self, store: Option<Store>) -> Self {
-        if store.is_some() {
-            let pending = self.task_ops.clone();
-            self.tasks.get_mut().set_sink(Box::new(move |ev| {
+        let pending = store.is_some().then(|| self.task_ops.clone());
+        let ring = self.ring.clone();
+        self.tasks.get_mut().set_sink(Box::new(move |ev| {
+            if let Some(pending) = &pending {
                 pending.borrow_mut().push(store::task::event_op(ev));
-            }));
-        }
+            }
+            if let Some(d) = events::task_event(ev) {
+                ring.borrow_mut().push(d);
+            }
+        }));
         self.store = store;
         self
     }
@@ -208,8 +235,11 @@ impl Shard {
     }
 
     /// Answers a request from another shard (called by the mesh loop).
-    pub(crate) fn serve_remote(&self, env: Envelope) {
+    pub(crate) fn serve_remote(self: &Rc<Self>, env: Envelope) {
         self.metrics.borrow_mut().mesh_received += 1;
+        if let Request::Events(q) = env.request {
+            return self.serve_events_remote(q, env.reply);
+        }
         let (reply, ack) = self.apply(env.request);
         match ack {
             // The requester may have timed out and gone; nothing to do then.
@@ -260,8 +290,15 @@ impl Shard {
         }
     }
 
-    /// Executes one operation against this shard's state.
+    /// Executes one operation against this shard's state, then publishes
+    /// the events of what it changed.
     pub(crate) fn handle(&self, req: Request) -> Reply {
+        let reply = self.execute(req);
+        self.publish();
+        reply
+    }
+
+    fn execute(&self, req: Request) -> Reply {
         let now = Instant::now();
         match req {
             Request::RegisterNew(rec) => {
@@ -308,9 +345,24 @@ impl Shard {
             Request::Summary => Reply::Summary(Box::new(self.summary())),
             Request::ServiceMembers => Reply::Members(self.members(now)),
             Request::Broadcast(job) => Reply::Delivered(self.broadcast(now, &job)),
+            Request::Events(q) => Reply::Events(Box::new(self.events_now(&q))),
+            Request::CoverageLevel {
+                service,
+                from,
+                level,
+            } => {
+                self.coverage_level(service, from, level);
+                Reply::Found(true)
+            }
+            Request::Delta(q) => Reply::Delta(Box::new(self.delta(&q))),
             Request::Metrics => Reply::Metrics(Box::new(MetricsSnapshot {
                 shard: self.id,
-                metrics: self.metrics.borrow().clone(),
+                metrics: {
+                    let mut m = self.metrics.borrow().clone();
+                    m.events_published = self.ring.borrow().head();
+                    m.event_subscribers = self.subscribers() as u64;
+                    m
+                },
                 workers: self.registry.borrow().len() as u64,
                 tasks: self.tasks.borrow().counters(),
                 queues: self.tasks.borrow().queue_depths(),
@@ -325,6 +377,7 @@ impl Shard {
     fn sweep(&self) -> (Vec<String>, bool) {
         let now = Instant::now();
         let ex = self.registry.borrow_mut().expire(now, SWEEP_BATCH);
+        self.publish();
         let removed = ex.removed;
         if !removed.is_empty() {
             if let Some(store) = &self.store {
@@ -417,11 +470,32 @@ pub(crate) fn start(
         listener,
         shutdown,
     } = env;
-    let shard =
+    let mut shard =
         Shard::new(id, count, cfg.clone(), mesh, n_routes, proxy).with_store(boot.store.clone());
+    shard.epoch = boot.epoch;
     shard.restore(boot.take(id));
     drop(boot);
     let shard = Rc::new(shard);
+    {
+        // Coverage levels for other owners go out from one task, in order.
+        let (tx, mut rx) = futures::channel::mpsc::unbounded::<(usize, String, u8)>();
+        *shard.levels_out.borrow_mut() = Some(tx);
+        let s = shard.clone();
+        runtime::spawn(async move {
+            use futures::StreamExt;
+            while let Some((owner, service, level)) = rx.next().await {
+                let req = Request::CoverageLevel {
+                    service,
+                    from: s.id,
+                    level,
+                };
+                if let Err(e) = s.call(owner, req).await {
+                    tracing::debug!(shard = s.id, error = %e, "coverage level not delivered");
+                }
+            }
+        });
+        shard.report_all_levels();
+    }
     {
         let shard = shard.clone();
         inbox.serve(move |env| shard.serve_remote(env));

@@ -91,6 +91,50 @@ pub(crate) enum Request {
     ServiceMembers,
     Broadcast(Arc<BroadcastJob>),
     Metrics,
+    /// Events of this shard's ring after a position (see [`EventsQuery`]).
+    Events(EventsQuery),
+    /// Shard `from` now has `level` (0, 1, or 2 for two or more) healthy
+    /// workers of `service`: sent to the service's owner shard, which
+    /// tracks the whole pool's coverage and emits `service.coverage`.
+    CoverageLevel {
+        service: String,
+        from: usize,
+        level: u8,
+    },
+    /// What changed in a worker list since a position in this shard's ring.
+    Delta(Box<DeltaQuery>),
+}
+
+/// Asks a shard for the events after `after` (None: none, just the head).
+/// With `wait`, an answer that would be empty waits up to that long for
+/// the next event (the hubs' long poll).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EventsQuery {
+    pub after: Option<u64>,
+    pub max: usize,
+    pub wait: Option<std::time::Duration>,
+}
+
+/// A worker list's changes after `after` on one shard.
+#[derive(Debug, Clone)]
+pub(crate) struct DeltaQuery {
+    pub kind: ListKind,
+    pub filter: WorkerFilter,
+    pub after: u64,
+}
+
+/// One shard's part of a list delta.
+#[derive(Debug, Default)]
+pub(crate) struct Delta {
+    /// Comma-separated JSON of the changed workers now in the list.
+    pub upserts: Vec<u8>,
+    pub upserted: usize,
+    /// Changed workers no longer in the list.
+    pub removed: Vec<String>,
+    /// The ring's head when answered: this shard's position in the reply.
+    pub head: u64,
+    /// Events after `after` are gone (or too many changed): re-list.
+    pub reset: bool,
 }
 
 /// An operation on a shard's part of the inference proxy.
@@ -217,6 +261,8 @@ pub(crate) enum Reply {
     /// Broadcast: (worker id, task id) of each worker that got the job.
     Delivered(Vec<(String, String)>),
     Metrics(Box<MetricsSnapshot>),
+    Events(Box<crate::events::Batch>),
+    Delta(Box<Delta>),
     /// The owner applied a mutation but could not make it durable.
     StoreFailed(String),
 }
@@ -269,6 +315,8 @@ impl Reply {
     accessor!(delivered, Delivered, Vec<(String, String)>);
     accessor!(metrics, Metrics, Box<MetricsSnapshot>);
     accessor!(members, Members, HashMap<String, Vec<String>>);
+    accessor!(events, Events, Box<crate::events::Batch>);
+    accessor!(delta, Delta, Box<Delta>);
 
     /// Heartbeat: `None` for an unknown worker, else whether routing
     /// changed.

@@ -112,7 +112,10 @@ pub(super) fn proxy(shard: &Shard, op: ProxyOp) -> ProxyReply {
             ProxyReply::Done
         }
         ProxyOp::SetPin { key, workers } => {
+            // Every shard holds a replica; shard 0 tells subscribers.
+            let event = (shard.id == 0).then(|| super::events::pin_event(&key, workers.as_deref()));
             shard.proxy.set_pin(key, workers);
+            shard.append(event);
             ProxyReply::Done
         }
     }

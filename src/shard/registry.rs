@@ -35,6 +35,7 @@ use hashbrown::HashTable;
 
 use super::msg::Summary;
 use super::wheel::{Ticket, Wheel};
+use crate::events::{Draft, Kind};
 use crate::model::wire::HeartbeatRequest;
 use crate::model::worker::{Liveness, WorkerRecord};
 
@@ -122,6 +123,9 @@ struct Counts {
     tier_load_micros: [i64; 5],
     /// Healthy workers per index key (service).
     per_service: HashMap<String, u32, Hasher>,
+    /// Services whose healthy count crossed 0 or 1 (either way) since the
+    /// shard last looked: their coverage may have changed.
+    crossed: Vec<String>,
 }
 
 /// What one call to `expire` did.
@@ -153,6 +157,50 @@ pub struct Registry {
     /// built earlier still describes the registry.
     generation: u64,
     tasks_completed: u64,
+    /// Events of the changes made since the shard last drained them
+    /// ([`Registry::drain_events`]); none while `emit` is off (restore).
+    outbox: Vec<Draft>,
+    emit: bool,
+}
+
+/// Why a worker left the registry (`worker.removed`'s `reason`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Removal {
+    Unregistered,
+    Expired,
+}
+
+/// A worker's state as `worker.state` events name it: its reported
+/// status while fresh, `stale` once it missed its heartbeat deadline.
+fn label(e: &Entry) -> &str {
+    if e.fresh {
+        &e.rec.state.status
+    } else {
+        "stale"
+    }
+}
+
+/// An event about worker `rec`, filed under its services.
+fn worker_event(kind: Kind, rec: &WorkerRecord, data: &impl serde::Serialize) -> Draft {
+    let mut services: Vec<&str> = rec.index_keys().into_iter().collect();
+    services.sort_unstable();
+    let services = services.into_iter().map(Into::into).collect();
+    Draft::new(kind, &rec.worker_id, Some(&rec.worker_id), services, data)
+}
+
+/// What `worker.registered` and `worker.updated` say about a worker.
+fn worker_data(rec: &WorkerRecord) -> serde_json::Value {
+    let mut services: Vec<&str> = rec.index_keys().into_iter().collect();
+    services.sort_unstable();
+    serde_json::json!({
+        "worker_type": rec.worker_type,
+        "tier": rec.tier,
+        "services": services,
+        "models": rec.state.loaded_models,
+        "tunnel_url": rec.tunnel_url,
+        "ip_address": rec.ip_address,
+        "status": rec.state.status,
+    })
 }
 
 impl Default for Registry {
@@ -217,13 +265,23 @@ impl Counts {
     /// Adds (or takes away) a healthy entry's service coverage.
     fn services(&mut self, rec: &WorkerRecord, add: bool) {
         for k in rec.index_keys() {
-            if add {
-                *self.per_service.entry(k.to_string()).or_default() += 1;
+            let n = if add {
+                let n = self.per_service.entry(k.to_string()).or_default();
+                *n += 1;
+                *n
             } else if let Some(n) = self.per_service.get_mut(k) {
                 *n = n.saturating_sub(1);
-                if *n == 0 {
+                let left = *n;
+                if left == 0 {
                     self.per_service.remove(k);
                 }
+                left
+            } else {
+                continue;
+            };
+            // 0 <-> 1 and 1 <-> 2 are the crossings coverage events track.
+            if n <= 1 + u32::from(add) {
+                self.crossed.push(k.to_string());
             }
         }
     }
@@ -258,6 +316,8 @@ impl Registry {
             listed_bytes: 0,
             generation: 0,
             tasks_completed: 0,
+            outbox: Vec::new(),
+            emit: true,
         }
     }
 
@@ -406,11 +466,28 @@ impl Registry {
             unindex(by_service, &e.rec, slot);
             rec.tasks_completed += e.rec.tasks_completed;
             let was_fresh = e.fresh;
-            e.rec = rec;
+            let old = std::mem::replace(&mut e.rec, rec);
+            let from = self.emit.then(|| label(e).to_string());
             e.fresh = fresh;
             e.healthy = healthy;
             counts.add(e);
             index(by_service, &e.rec, slot);
+            if let Some(from) = from {
+                let new = &e.rec;
+                if old.index_keys() != new.index_keys()
+                    || old.tunnel_url != new.tunnel_url
+                    || old.ip_address != new.ip_address
+                {
+                    self.outbox
+                        .push(worker_event(Kind::WorkerUpdated, new, &worker_data(new)));
+                }
+                let to = label(e);
+                if from != to {
+                    let data = serde_json::json!({ "from": from, "to": to });
+                    self.outbox
+                        .push(worker_event(Kind::WorkerState, new, &data));
+                }
+            }
             // A stale worker's ticket is due at its removal; fresh again,
             // it needs one at its (earlier) stale deadline.
             if !was_fresh && fresh {
@@ -427,6 +504,11 @@ impl Registry {
             healthy,
             listed: None,
         };
+        if self.emit {
+            let rec = &entry.rec;
+            self.outbox
+                .push(worker_event(Kind::WorkerRegistered, rec, &worker_data(rec)));
+        }
         self.counts.add(&entry);
         index(&mut self.by_service, &entry.rec, slot);
         let Self {
@@ -542,7 +624,7 @@ impl Registry {
             let age = e.rec.age(now);
             if age > self.live.worker_timeout {
                 let id = e.rec.worker_id.clone();
-                self.remove(&id);
+                self.remove_for(&id, Removal::Expired);
                 out.removed.push(id);
                 continue;
             }
@@ -557,6 +639,11 @@ impl Registry {
                 if let Some(e) = chunks[t.slot].entry.as_mut() {
                     Self::changed(listed_bytes, generation, e);
                     counts.take(e);
+                    if self.emit {
+                        let data = serde_json::json!({ "from": label(e), "to": "stale" });
+                        self.outbox
+                            .push(worker_event(Kind::WorkerState, &e.rec, &data));
+                    }
                     e.fresh = false;
                     e.healthy = false;
                     counts.add(e);
@@ -571,13 +658,21 @@ impl Registry {
 
     /// Puts back a record read from the database at startup, counting its
     /// completed tasks into the shard's total.
+    /// Restored workers are not news: no events.
     pub(crate) fn restore(&mut self, rec: WorkerRecord) {
         self.tasks_completed += rec.tasks_completed;
+        let emit = std::mem::replace(&mut self.emit, false);
         self.insert(rec);
+        self.emit = emit;
+    }
+
+    /// Removes a worker that unregistered.
+    pub(crate) fn remove(&mut self, id: &str) -> Option<WorkerRecord> {
+        self.remove_for(id, Removal::Unregistered)
     }
 
     /// Removes a worker and every index entry naming it.
-    pub(crate) fn remove(&mut self, id: &str) -> Option<WorkerRecord> {
+    fn remove_for(&mut self, id: &str, why: Removal) -> Option<WorkerRecord> {
         let slot = self.slot_of(id)?;
         let hash = self.hasher.hash_one(id);
         let Self {
@@ -602,7 +697,47 @@ impl Registry {
         }
         free.push(slot);
         self.len -= 1;
+        if self.emit {
+            let reason = match why {
+                Removal::Unregistered => "unregistered",
+                Removal::Expired => "expired",
+            };
+            let data = serde_json::json!({ "reason": reason });
+            self.outbox
+                .push(worker_event(Kind::WorkerRemoved, &e.rec, &data));
+        }
         Some(e.rec)
+    }
+
+    /// The events of the changes since the last call, oldest first, and
+    /// the services whose coverage may have changed meanwhile (with their
+    /// healthy count now). Empty (and free) when nothing happened.
+    pub(crate) fn drain_events(&mut self) -> (Vec<Draft>, Vec<(String, u32)>) {
+        let events = std::mem::take(&mut self.outbox);
+        let mut crossed = std::mem::take(&mut self.counts.crossed);
+        crossed.sort_unstable();
+        crossed.dedup();
+        let per = &self.counts.per_service;
+        let levels = crossed
+            .into_iter()
+            .map(|s| {
+                let n = per.get(&s).copied().unwrap_or(0);
+                (s, n)
+            })
+            .collect();
+        (events, levels)
+    }
+
+    /// Healthy workers per service on this shard, for every service with
+    /// at least one (O(services)).
+    pub(crate) fn service_levels(&self) -> Vec<(String, u32)> {
+        let per = &self.counts.per_service;
+        per.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Whether any change is waiting in [`Registry::drain_events`].
+    pub(crate) fn has_events(&self) -> bool {
+        !self.outbox.is_empty() || !self.counts.crossed.is_empty()
     }
 
     /// Applies a heartbeat. `None` when the worker is unknown; otherwise
@@ -631,6 +766,7 @@ impl Registry {
             .status
             .map_or(Cow::Borrowed("healthy"), crate::model::worker::status_of);
         let same_status = was_fresh && e.rec.state.status == status;
+        let from = (!same_status && self.emit).then(|| label(e).to_string());
         // Same status while fresh means the same verdict, so only the
         // load part of the counts can change: take it away, add it back.
         let t = (e.rec.tier as usize).min(4);
@@ -676,6 +812,19 @@ impl Registry {
         }
         if was_healthy != e.healthy {
             counts.services(&e.rec, e.healthy);
+        }
+        if let Some(from) = from {
+            let to = label(e);
+            if from != to {
+                let data = serde_json::json!({ "from": from, "to": to });
+                self.outbox
+                    .push(worker_event(Kind::WorkerState, &e.rec, &data));
+            }
+        }
+        if models_changed && self.emit {
+            let data = worker_data(&e.rec);
+            self.outbox
+                .push(worker_event(Kind::WorkerUpdated, &e.rec, &data));
         }
         let routing = was_healthy != e.healthy || (e.healthy && models_changed);
         if !was_fresh {

@@ -29,6 +29,9 @@ pub(crate) struct ShardSlice {
 /// Handed to every shard at start: the store handle and its slice.
 pub(crate) struct Boot {
     pub store: Option<Store>,
+    /// When this run started (µs since the Unix epoch): the epoch of its
+    /// event cursors, so a cursor of an earlier run is told apart.
+    pub epoch: u64,
     slices: Mutex<Vec<Option<ShardSlice>>>,
 }
 
@@ -37,6 +40,7 @@ impl Boot {
     pub(crate) fn in_memory() -> Arc<Boot> {
         Arc::new(Boot {
             store: None,
+            epoch: run_epoch(),
             slices: Mutex::new(Vec::new()),
         })
     }
@@ -95,6 +99,7 @@ impl Boot {
         );
         Ok(Arc::new(Boot {
             store: Some(store),
+            epoch: run_epoch(),
             slices: Mutex::new(slices.into_iter().map(Some).collect()),
         }))
     }
@@ -107,4 +112,11 @@ impl Boot {
         };
         g.get_mut(id).and_then(Option::take).unwrap_or_default()
     }
+}
+
+/// Microseconds since the Unix epoch now: unique per run in practice.
+fn run_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
 }

@@ -9,7 +9,7 @@ use serde_json::json as j;
 
 use super::super::error::ApiError;
 use super::super::{json, Body, Ctx};
-use super::lists;
+use super::{events, lists};
 use super::{put, summary};
 use crate::model::time::now_iso8601;
 use crate::shard::msg::{ListKind, ListQuery, Reply, Request as ShardRequest};
@@ -18,7 +18,8 @@ use crate::shard::msg::{ListKind, ListQuery, Reply, Request as ShardRequest};
 /// health, whole (streamed when large) or one page at a time. `total` and
 /// `healthy` count the workers in the reply.
 pub(super) async fn workers(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let q = req.uri().query();
+    let q = req.uri().query().map(str::to_string);
+    let q = q.as_deref();
     let query = ListQuery {
         kind: ListKind::Admin,
         filter: lists::worker_filter(&ctx, q)?,
@@ -33,7 +34,7 @@ pub(super) async fn workers(ctx: Ctx, req: Request<Incoming>) -> Result<Response
         put(out, "total", &t.count);
         put(out, "healthy", &t.healthy);
     };
-    lists::reply(&ctx, query, paging, Vec::new(), tail, None).await
+    events::worker_list(&ctx, q, query, paging, tail).await
 }
 
 pub(super) async fn services(ctx: Ctx) -> Result<Response<Body>, ApiError> {

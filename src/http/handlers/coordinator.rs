@@ -8,8 +8,8 @@ use hyper::{Request, Response, StatusCode};
 use super::super::error::ApiError;
 use super::super::request::parse_object;
 use super::super::{json, Body, Ctx};
-use super::lists;
 use super::put;
+use super::{events, lists};
 use crate::model::time::now_iso8601;
 use crate::model::wire::BroadcastRequest;
 use crate::shard::msg::{BroadcastJob, ListKind, ListQuery, Reply, Request as ShardRequest};
@@ -17,7 +17,8 @@ use crate::shard::msg::{BroadcastJob, ListKind, ListQuery, Reply, Request as Sha
 /// `GET /api/coordinator/workers`: every healthy worker (filtered), whole
 /// (streamed when large) or one page at a time (`limit`, `after`).
 pub(super) async fn workers(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let q = req.uri().query();
+    let q = req.uri().query().map(str::to_string);
+    let q = q.as_deref();
     let query = ListQuery {
         kind: ListKind::Healthy,
         filter: lists::worker_filter(&ctx, q)?,
@@ -32,7 +33,7 @@ pub(super) async fn workers(ctx: Ctx, req: Request<Incoming>) -> Result<Response
         put(out, "count", &t.count);
         put(out, "timestamp", &now_iso8601());
     };
-    lists::reply(&ctx, query, paging, Vec::new(), tail, None).await
+    events::worker_list(&ctx, q, query, paging, tail).await
 }
 
 pub(super) async fn broadcast(

@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod coordinator;
+mod events;
 mod inference;
 mod lists;
 mod ops;
@@ -42,6 +43,7 @@ pub(super) async fn handle(
         Route::ApiServiceProxy => inference::api_service(ctx, param.unwrap_or_default(), req).await,
         Route::AdminPins => inference::pins(ctx, req).await,
         Route::CoordinatorWorkers => coordinator::workers(ctx, req).await,
+        Route::Events => events::stream(ctx, req).await,
         Route::Broadcast => coordinator::broadcast(ctx, req).await,
         Route::AdminWorkers => admin::workers(ctx, req).await,
         Route::AdminServices => admin::services(ctx).await,

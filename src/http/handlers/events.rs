@@ -1,0 +1,332 @@
+//! The change stream over HTTP: `GET /api/events` (Server-Sent Events, or
+//! NDJSON when asked for), and the blocking queries and deltas of the
+//! worker lists (`?index=&wait=`, `?since=`, `X-Coordinator-Index`).
+//!
+//! Must not: buffer events per subscriber (a subscription is positions;
+//! the events stay in the rings), or answer a stalled subscriber by
+//! holding anything for it.
+
+use std::convert::Infallible;
+use std::pin::pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{join_all, select, Either};
+use futures::TryStreamExt;
+use http_body_util::StreamBody;
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{HeaderMap, Request, Response, StatusCode};
+
+use super::super::error::ApiError;
+use super::super::{json, streamed, Body, Ctx};
+use super::lists::{self, bad, param, Paging, Tail};
+use super::{put, put_key};
+use crate::events::frame::{self, Format};
+use crate::events::{Cursor, CursorError, Filter};
+use crate::model::filter::WorkerFilter;
+use crate::runtime::{self, LocalShutdown};
+use crate::shard::msg::{DeltaQuery, ListKind, ListQuery, Reply, Request as ShardRequest};
+use crate::shard::{Next, Shard, Subscription};
+
+/// An SSE comment (NDJSON: a blank line) this often keeps proxies from
+/// closing an idle stream.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// A blocking query waits this long unless it says otherwise, and at
+/// most `MAX_WAIT`.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// The header every worker list reply carries: the cursor of the list.
+const INDEX_HEADER: &str = "x-coordinator-index";
+
+/// `GET /api/events`: the events passing the filters, from `Last-Event-ID`
+/// or `?since=` (else from now), until the client goes away.
+pub(super) async fn stream(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = req.uri().query();
+    let filter = Filter::new(
+        param(q, "topics")?.as_deref(),
+        param(q, "worker_id")?.as_deref(),
+        param(q, "service")?.as_deref(),
+        param(q, "task_id")?.as_deref(),
+    )
+    .map_err(ApiError::BadRequest)?;
+    let since = match req.headers().get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| bad("Last-Event-ID", "not a cursor"))?
+                .to_string(),
+        ),
+        None => param(q, "since")?,
+    };
+    let from = since.map(|c| cursor(&ctx.shard, &c, "since")).transpose()?;
+    let format = if wants_ndjson(req.headers()) {
+        Format::Ndjson
+    } else {
+        Format::Sse
+    };
+    drop(req);
+    let activity = ctx.activity.clone();
+    let abort: Box<dyn Fn()> = Box::new(move || activity.abort());
+    let sub = ctx.shard.subscribe(filter, from, Some(abort)).await?;
+    let state = Streaming {
+        sub,
+        stopping: ctx.stopping.clone(),
+        format,
+        done: false,
+    };
+    let frames = futures::stream::unfold(state, Streaming::step);
+    let body = StreamBody::new(frames.map_ok(Frame::data));
+    let mut r = Response::new(streamed(body));
+    let kind = match format {
+        Format::Ndjson => "application/x-ndjson",
+        _ => "text/event-stream",
+    };
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Reverse proxies (nginx) would otherwise hold events back.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(r)
+}
+
+fn wants_ndjson(h: &HeaderMap) -> bool {
+    h.get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/x-ndjson"))
+}
+
+/// A cursor sent by a client: malformed is a 400; another run's is kept
+/// as an error the subscription turns into a reset.
+fn cursor(shard: &Shard, text: &str, field: &str) -> Result<Result<Cursor, CursorError>, ApiError> {
+    match Cursor::parse(text, shard.epoch, shard.count) {
+        Err(CursorError::Malformed) => Err(bad(field, "not a cursor of this server")),
+        r => Ok(r),
+    }
+}
+
+/// A subscription being written as a response body.
+struct Streaming {
+    sub: Subscription,
+    stopping: LocalShutdown,
+    format: Format,
+    done: bool,
+}
+
+impl Streaming {
+    async fn step(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
+        if self.done {
+            return None;
+        }
+        let next = {
+            let next = pin!(self.sub.next());
+            let keepalive = pin!(runtime::sleep(KEEPALIVE));
+            let stop = pin!(self.stopping.wait());
+            match select(next, select(keepalive, stop)).await {
+                Either::Left((n, _)) => Some(n),
+                Either::Right((Either::Left(_), _)) => None,
+                // The shard is stopping: end the stream so the drain can
+                // finish (the client reconnects with its last id).
+                Either::Right((Either::Right(_), _)) => return None,
+            }
+        };
+        let mut out = Vec::new();
+        match next {
+            None => match self.format {
+                Format::Sse => out.extend_from_slice(frame::KEEPALIVE),
+                _ => out.push(b'\n'),
+            },
+            Some(Next::Events { source, events }) => {
+                let (epoch, pos) = self.sub.positions();
+                for e in &events {
+                    frame::event(&mut out, self.format, epoch, &pos, source, e);
+                }
+                drop(pos);
+                self.sub.shard().metrics.borrow_mut().events_sent += events.len() as u64;
+            }
+            Some(Next::Reset(why)) => {
+                // Follow from now once re-listed.
+                let shard = self.sub.shard().clone();
+                let pos = shard
+                    .heads()
+                    .await
+                    .unwrap_or_else(|_| self.sub.cursor().pos);
+                frame::reset(&mut out, self.format, shard.epoch, &pos, why);
+                self.done = true;
+            }
+        }
+        Some((Ok(out.into()), self))
+    }
+}
+
+/// A worker list (`/api/coordinator/workers`, `/api/admin/workers`) with
+/// its change-stream parameters: a delta for `since`, a wait for `index`,
+/// and the list's cursor in `X-Coordinator-Index`.
+pub(super) async fn worker_list(
+    ctx: &Ctx,
+    q: Option<&str>,
+    query: ListQuery,
+    paging: Option<Paging>,
+    tail: Tail,
+) -> Result<Response<Body>, ApiError> {
+    match before_list(ctx, q, query.kind, &query.filter).await? {
+        Before::Reply(r) => Ok(r),
+        Before::List(index) => {
+            let mut r = lists::reply(ctx, query, paging, Vec::new(), tail, None).await?;
+            r.headers_mut().insert(INDEX_HEADER, index);
+            Ok(r)
+        }
+    }
+}
+
+/// What a worker list asked of the change stream before listing.
+enum Before {
+    /// List now; the reply carries this index.
+    List(HeaderValue),
+    /// The reply is this (a delta).
+    Reply(Response<Body>),
+}
+
+/// Handles `?since=` (a delta instead of the list) and `?index=&wait=`
+/// (wait for a worker change after the cursor, then list) for a worker
+/// list of `kind` with `filter`; otherwise just takes the index.
+async fn before_list(
+    ctx: &Ctx,
+    q: Option<&str>,
+    kind: ListKind,
+    filter: &WorkerFilter,
+) -> Result<Before, ApiError> {
+    let shard = &ctx.shard;
+    if let Some(since) = param(q, "since")? {
+        let from = cursor(shard, &since, "since")?;
+        return Ok(Before::Reply(delta(ctx, from.ok(), kind, filter).await?));
+    }
+    if let Some(index) = param(q, "index")? {
+        let wait = match param(q, "wait")? {
+            Some(w) => parse_wait(&w)
+                .ok_or_else(|| bad("wait", "expected a duration such as 30s, 5m or 500ms"))?,
+            None => DEFAULT_WAIT,
+        };
+        if let Ok(from) = cursor(shard, &index, "index")? {
+            let mut sub = shard
+                .subscribe(Filter::workers(), Some(Ok(from)), None)
+                .await?;
+            let changed = pin!(sub.next());
+            let sleep = pin!(runtime::sleep(wait));
+            let stop = pin!(ctx.stopping.wait());
+            let _ = select(changed, select(sleep, stop)).await;
+        }
+    }
+    Ok(Before::List(index_value(
+        &shard.heads().await?,
+        shard.epoch,
+    )))
+}
+
+fn index_value(heads: &[u64], epoch: u64) -> HeaderValue {
+    let c = Cursor {
+        epoch,
+        pos: heads.to_vec(),
+    };
+    HeaderValue::from_str(&c.encode()).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// `30s`, `5m`, `500ms` or plain seconds, at most [`MAX_WAIT`].
+fn parse_wait(s: &str) -> Option<Duration> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return None,
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(secs.min(MAX_WAIT.as_secs_f64())))
+}
+
+/// `{"index", "upserts", "removed", "reset"}`: the workers changed since
+/// `from` that are in the list now, and those that left it. `from` None
+/// (another run's cursor) or events gone on any shard: `reset` true, and
+/// the client re-lists.
+async fn delta(
+    ctx: &Ctx,
+    from: Option<Cursor>,
+    kind: ListKind,
+    filter: &WorkerFilter,
+) -> Result<Response<Body>, ApiError> {
+    let shard = &ctx.shard;
+    let mut reset = from.is_none();
+    let after = from
+        .map(|c| c.pos)
+        .unwrap_or_else(|| vec![u64::MAX; shard.count]);
+    let calls = after.iter().enumerate().map(|(s, &after)| {
+        let q = DeltaQuery {
+            kind,
+            filter: filter.clone(),
+            after,
+        };
+        shard.call(s, ShardRequest::Delta(Box::new(q)))
+    });
+    let mut heads = Vec::with_capacity(shard.count);
+    let mut upserts = b"[".to_vec();
+    let mut removed: Vec<String> = Vec::new();
+    for reply in join_all(calls).await {
+        let d = Reply::delta(reply?)?;
+        heads.push(d.head);
+        reset |= d.reset;
+        if d.upserted > 0 {
+            if upserts.len() > 1 {
+                upserts.push(b',');
+            }
+            upserts.extend_from_slice(&d.upserts);
+        }
+        removed.extend(d.removed);
+    }
+    if reset {
+        upserts.truncate(1);
+        removed.clear();
+    }
+    upserts.push(b']');
+    let index = Cursor {
+        epoch: shard.epoch,
+        pos: heads,
+    }
+    .encode();
+    let mut out = Vec::with_capacity(upserts.len() + 64);
+    out.push(b'{');
+    put(&mut out, "index", &index);
+    put_key(&mut out, "upserts");
+    out.extend_from_slice(&upserts);
+    put(&mut out, "removed", &removed);
+    put(&mut out, "reset", &reset);
+    out.push(b'}');
+    let mut r = json(StatusCode::OK, out);
+    if let Ok(v) = HeaderValue::from_str(&index) {
+        r.headers_mut().insert(INDEX_HEADER, v);
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_parse_with_units_and_are_capped() {
+        assert_eq!(parse_wait("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_wait("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_wait("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_wait("12"), Some(Duration::from_secs(12)));
+        assert_eq!(parse_wait("1h"), None);
+        assert_eq!(parse_wait("99999m"), Some(MAX_WAIT));
+        assert_eq!(parse_wait("s"), None);
+        assert_eq!(parse_wait("-1s"), None);
+    }
+}
