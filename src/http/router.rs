@@ -38,10 +38,12 @@ pub enum Route {
     AuthLogin,
     AuthVerify,
     ApiServiceProxy,
+    SessionCreate,
+    SessionDelete,
 }
 
 /// Metric labels, indexed by `Route as usize`.
-pub(crate) const ROUTE_NAMES: [&str; 31] = [
+pub(crate) const ROUTE_NAMES: [&str; 33] = [
     "register",
     "heartbeat",
     "unregister",
@@ -73,6 +75,8 @@ pub(crate) const ROUTE_NAMES: [&str; 31] = [
     "auth_login",
     "auth_verify",
     "api_service_proxy",
+    "session_create",
+    "session_delete",
 ];
 
 impl Route {
@@ -128,6 +132,19 @@ pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
             route,
             param: None,
             allow,
+        };
+    }
+    if path == "/api/session" {
+        let route = match *method {
+            Method::POST => Route::SessionCreate,
+            Method::DELETE => Route::SessionDelete,
+            Method::OPTIONS => Route::Preflight,
+            _ => Route::MethodNotAllowed,
+        };
+        return Matched {
+            route,
+            param: None,
+            allow: "POST, DELETE",
         };
     }
     let (expected, route, param): (&'static str, Route, Option<&'a str>) = match path {
@@ -271,6 +288,19 @@ mod tests {
             Route::InferenceLlm
         );
         assert_eq!(route(&Method::GET, "/api/tasks/t-1").route, Route::TaskGet);
+        assert_eq!(
+            route(&Method::POST, "/api/session").route,
+            Route::SessionCreate
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/api/session").route,
+            Route::SessionDelete
+        );
+        let m = route(&Method::GET, "/api/session");
+        assert_eq!(
+            (m.route, m.allow),
+            (Route::MethodNotAllowed, "POST, DELETE")
+        );
     }
 
     #[test]
@@ -282,5 +312,6 @@ mod tests {
         assert_eq!(Route::TaskSubmit.name(), "task_submit");
         assert_eq!(Route::AuthVerify.name(), "auth_verify");
         assert_eq!(Route::ApiServiceProxy.name(), "api_service_proxy");
+        assert_eq!(Route::SessionDelete.name(), "session_delete");
     }
 }
