@@ -781,6 +781,144 @@ mod tests {
         assert!(g.find_key(b"").is_none());
     }
 
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn session_cookie_is_found_among_others() {
+        let h = headers(&[("cookie", "a=1; coordinator_session= t.o.k ;b=2")]);
+        assert_eq!(session_cookie(&h), Some(&b"t.o.k"[..]));
+        let h = headers(&[("cookie", "a=1"), ("cookie", "coordinator_session=x")]);
+        assert_eq!(session_cookie(&h), Some(&b"x"[..]));
+        for none in [
+            "coordinator_sessionx=1",
+            "xcoordinator_session=1",
+            "coordinator_session",
+        ] {
+            assert_eq!(
+                session_cookie(&headers(&[("cookie", none)])),
+                None,
+                "{none}"
+            );
+        }
+    }
+
+    #[test]
+    fn sessions_round_trip_across_guards_and_follow_the_keys() {
+        let tweak = |c: &mut Config| {
+            c.keys = vec![
+                ApiKey::new("ak", Role::Admin),
+                ApiKey::new("ck", Role::Client),
+            ];
+        };
+        let a = guard(tweak);
+        // Another shard's guard, built from the same config.
+        let b = guard(tweak);
+        let s = a.open_session(None, Some("ck"), &HeaderMap::new()).unwrap();
+        assert_eq!(s.role, Role::Client);
+        assert_eq!(s.max_age, 12 * 3600);
+        let cookie = format!("coordinator_session={}", s.token);
+        let g = b
+            .check(
+                Route::ServicesList,
+                &Method::GET,
+                &headers(&[("cookie", &cookie)]),
+            )
+            .unwrap();
+        assert_eq!(g.who, Who::Key(1));
+        assert!(matches!(
+            b.check(
+                Route::AdminStats,
+                &Method::GET,
+                &headers(&[("cookie", &cookie)])
+            ),
+            Err(ApiError::Forbidden(_))
+        ));
+        // Headers win over the cookie.
+        let h = headers(&[("cookie", &cookie), ("x-api-key", "ak")]);
+        assert!(b.check(Route::AdminStats, &Method::GET, &h).is_ok());
+        // Another key set: another signing key.
+        let other = guard(|c| c.keys = vec![ApiKey::new("ck", Role::Client)]);
+        assert!(other.session(s.token.as_bytes()).is_none());
+        assert!(b.session(b"garbage").is_none());
+        // Unknown key 403, none 401, a bearer key works too.
+        assert!(matches!(
+            a.open_session(None, Some("nope"), &HeaderMap::new()),
+            Err(ApiError::InvalidApiKey)
+        ));
+        assert!(matches!(
+            a.open_session(None, None, &HeaderMap::new()),
+            Err(ApiError::MissingApiKey)
+        ));
+        let s = a
+            .open_session(None, None, &headers(&[("authorization", "Bearer ak")]))
+            .unwrap();
+        assert_eq!(s.role, Role::Admin);
+    }
+
+    #[test]
+    fn session_ttl_is_clamped() {
+        let short = guard(|c| {
+            c.api_key = Some("k".into());
+            c.session_ttl = Duration::from_secs(1);
+        });
+        assert_eq!(short.session_ttl, SESSION_TTL_MIN);
+        let long = guard(|c| {
+            c.api_key = Some("k".into());
+            c.session_ttl = Duration::from_secs(u64::MAX / 4);
+        });
+        assert_eq!(long.session_ttl, SESSION_TTL_MAX);
+    }
+
+    #[test]
+    fn cross_site_rule() {
+        let g = guard(|c| {
+            c.api_key = Some("k".into());
+            c.allowed_origins = vec!["https://dash.example".into(), "*".into()];
+            c.public_url = Some("HTTPS://coord.example".into());
+        });
+        assert!(g.secure_cookie());
+        let ok = |m: Method, h: &[(&str, &str)]| g.same_site(&m, &headers(h)).is_ok();
+        assert!(ok(Method::GET, &[]));
+        assert!(ok(Method::HEAD, &[]));
+        assert!(!ok(Method::POST, &[]));
+        assert!(!ok(Method::DELETE, &[("host", "coord.example")]));
+        assert!(ok(Method::POST, &[("x-requested-with", "fetch")]));
+        assert!(ok(
+            Method::PUT,
+            &[
+                ("host", "coord.example:8080"),
+                ("origin", "https://Coord.example:8080")
+            ]
+        ));
+        assert!(!ok(
+            Method::PUT,
+            &[
+                ("host", "coord.example:8080"),
+                ("origin", "https://coord.example")
+            ]
+        ));
+        assert!(ok(
+            Method::POST,
+            &[("host", "x"), ("origin", "https://dash.example")]
+        ));
+        // `*` in the CORS list does not open the cookie to every site.
+        assert!(!ok(
+            Method::POST,
+            &[("host", "x"), ("origin", "https://evil.example")]
+        ));
+        assert!(!ok(Method::POST, &[("host", "null"), ("origin", "null")]));
+        assert!(!guard(|c| c.public_url = Some("http://c.example".into())).secure_cookie());
+    }
+
     #[test]
     fn worker_scopes() {
         let mut k = ApiKey::new("gk", Role::Worker);
