@@ -10,6 +10,11 @@ use crate::model::credential::{ApiKey, Role, Secret, User, MIN_JWT_SECRET};
 use crate::model::Catalog;
 use crate::store::SyncMode;
 
+/// Shortest browser session: shorter ones would sign users out mid-task.
+pub const SESSION_TTL_MIN: Duration = Duration::from_secs(60);
+/// Longest browser session: a stolen cookie stays useful at most a week.
+pub const SESSION_TTL_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address to listen on (`HOST`, `PORT`).
@@ -39,6 +44,9 @@ pub struct Config {
     pub jwt_secret: Option<Secret>,
     /// Lifetime of a login token.
     pub token_expiry: Duration,
+    /// Lifetime of a browser session cookie (`--session-ttl`); the guard
+    /// clamps it to [`SESSION_TTL_MIN`]..=[`SESSION_TTL_MAX`].
+    pub session_ttl: Duration,
     /// Failed logins allowed per client address and window (per shard).
     pub login_max_failures: u32,
     pub login_window: Duration,
@@ -156,6 +164,51 @@ impl Config {
         format!("http://{}", SocketAddr::new(ip, self.listen.port()))
     }
 
+    /// The HS256 key of browser session cookies (`POST /api/session`).
+    ///
+    /// Derived, not random: every shard builds its own guard from this one
+    /// config and must accept the cookies the others issue, and a restart
+    /// must not sign everyone out. The input is every credential secret
+    /// (`JWT_SECRET`, each key with its role, each user's name, role and
+    /// password hash), so nobody without them can compute it, and changing
+    /// any key, user or the secret revokes every session (indices into the
+    /// key and user lists, which sessions carry, then mean nothing).
+    /// HMAC-SHA256 keyed by that material over a fixed label, with every
+    /// field length-prefixed so no two configs share an input.
+    pub fn session_secret(&self) -> [u8; 32] {
+        let mut m = Vec::with_capacity(256);
+        let put_len = |m: &mut Vec<u8>, n: usize| m.extend_from_slice(&(n as u64).to_le_bytes());
+        let put = |m: &mut Vec<u8>, b: &[u8]| {
+            put_len(m, b.len());
+            m.extend_from_slice(b);
+        };
+        put(
+            &mut m,
+            self.jwt_secret.as_ref().map_or(&[][..], |s| s.0.as_bytes()),
+        );
+        put(&mut m, self.api_key.as_deref().unwrap_or("").as_bytes());
+        put_len(&mut m, self.keys.len());
+        for k in &self.keys {
+            put(&mut m, k.key.0.as_bytes());
+            put(&mut m, k.role.as_str().as_bytes());
+            put_len(&mut m, k.workers.len());
+            for w in &k.workers {
+                put(&mut m, w.as_bytes());
+            }
+        }
+        put_len(&mut m, self.users.len());
+        for u in &self.users {
+            put(&mut m, u.username.as_bytes());
+            put(&mut m, u.role.as_str().as_bytes());
+            put(&mut m, u.password_hash.0.as_bytes());
+        }
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &m);
+        let tag = ring::hmac::sign(&key, b"coordinator browser session v1");
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     pub fn proxy(&self) -> crate::proxy::ProxyConfig {
         crate::proxy::ProxyConfig {
             connect_timeout: self.proxy_connect_timeout,
@@ -181,6 +234,7 @@ impl Default for Config {
             users: Vec::new(),
             jwt_secret: None,
             token_expiry: Duration::from_secs(24 * 3600),
+            session_ttl: Duration::from_secs(12 * 3600),
             login_max_failures: 5,
             login_window: Duration::from_secs(60),
             protect_metrics: false,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use coordinator::config::{SESSION_TTL_MAX, SESSION_TTL_MIN};
 use coordinator::model::credential::{self as auth, ApiKey, Role, Secret};
 use coordinator::model::Catalog;
 use coordinator::server::StartError;
@@ -106,6 +107,8 @@ options! {
     jwt_secret: String, env = "JWT_SECRET";
     /// Lifetime of a login token, seconds [default: 86400]
     token_expiry: f64, env = "TOKEN_EXPIRY_SECONDS";
+    /// Lifetime of a browser session cookie (POST /api/session), seconds, clamped to 60..=604800 [default: 43200]
+    session_ttl: f64, env = "SESSION_TTL_SECONDS";
     /// Failed logins allowed per client address per window (per shard) [default: 5]
     login_max_failures: u32, env = "LOGIN_MAX_FAILURES";
     /// Login rate-limit window, seconds [default: 60]
@@ -280,6 +283,8 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         },
         jwt_secret: cli.jwt_secret.as_deref().map(Secret::from),
         token_expiry: secs("token-expiry", cli.token_expiry, d.token_expiry)?,
+        session_ttl: secs("session-ttl", cli.session_ttl, d.session_ttl)?
+            .clamp(SESSION_TTL_MIN, SESSION_TTL_MAX),
         login_max_failures: cli
             .login_max_failures
             .unwrap_or(d.login_max_failures)

@@ -16,8 +16,8 @@ use crate::model::credential::Role;
 /// coordinator is open, as the originals were without `API_KEY`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
-    /// Anyone: liveness, CORS preflight, and the login form itself (it
-    /// checks credentials of its own).
+    /// Anyone: liveness, CORS preflight, and the login and session routes
+    /// (they check credentials of their own).
     Public,
     /// Any valid credential, whatever its role.
     Authenticated,
@@ -85,7 +85,11 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
                 Need::Public
             }
         }
-        Route::Preflight | Route::AuthLogin => Need::Public,
+        // Login and session creation check credentials of their own;
+        // ending a session only clears the browser's cookie.
+        Route::Preflight | Route::AuthLogin | Route::SessionCreate | Route::SessionDelete => {
+            Need::Public
+        }
         Route::AuthVerify => Need::Authenticated,
         // Unknown paths and wrong methods need a credential too: otherwise
         // an anonymous caller could tell the paths that exist (401) from
@@ -96,7 +100,7 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
 
 /// Every route with a sample method and path that the router maps to it
 /// (used by the unit test below and by the whole-table HTTP test).
-pub const SAMPLES: [(Route, &str, &str); 32] = [
+pub const SAMPLES: [(Route, &str, &str); 34] = [
     (Route::Events, "GET", "/api/events"),
     (Route::Register, "POST", "/api/worker/register"),
     (Route::Heartbeat, "POST", "/api/worker/heartbeat"),
@@ -133,6 +137,8 @@ pub const SAMPLES: [(Route, &str, &str); 32] = [
     (Route::AuthLogin, "POST", "/api/auth/login"),
     (Route::AuthVerify, "GET", "/api/auth/verify"),
     (Route::ApiServiceProxy, "POST", "/api/service/upload/files"),
+    (Route::SessionCreate, "POST", "/api/session"),
+    (Route::SessionDelete, "DELETE", "/api/session"),
 ];
 
 #[cfg(test)]
@@ -171,7 +177,7 @@ mod tests {
             ("worker", "register heartbeat unregister tasks task_complete"),
             ("client", "inference_llm inference_vision inference_rag inference_graph service_proxy api_service_proxy discover services_list task_submit task_get coordinator_workers events"),
             ("admin", "broadcast admin_workers admin_services admin_stats admin_health admin_gaps admin_tasks admin_pins"),
-            ("public", "health metrics preflight auth_login"),
+            ("public", "health metrics preflight auth_login session_create session_delete"),
             ("any", "auth_verify not_found method_not_allowed"),
         ];
         let mut seen = 0;

@@ -3,20 +3,22 @@
 //!
 //! Owns: the key and user file formats and their validation, the
 //! per-shard [`Guard`] (key digests, token keys, the login rate limiter),
-//! password hashing and verification, token issue and validation, and
-//! worker-id scopes of worker keys.
+//! password hashing and verification, token issue and validation,
+//! browser session cookies (issue, validation, and the cross-site rule for
+//! requests they authenticate), and worker-id scopes of worker keys.
 //!
 //! Must not: decide a route's role (that is `access::need`), look at the
-//! raw path, compare secrets with an early exit, or block the shard on
-//! password hashing (verification runs off the shard).
+//! raw path, compare secrets with an early exit, block the shard on
+//! password hashing (verification runs off the shard), or keep session
+//! state per shard (a cookie issued by one shard is checked by any other).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use hyper::header::AUTHORIZATION;
-use hyper::HeaderMap;
+use hyper::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN};
+use hyper::{HeaderMap, Method};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -24,7 +26,7 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 use super::access::{self, Need};
 use super::error::ApiError;
 use super::router::Route;
-use crate::config::Config;
+use crate::config::{Config, SESSION_TTL_MAX, SESSION_TTL_MIN};
 use crate::model::credential::{glob_match, verify_password, ApiKey, Role};
 
 /// Who made a request, as established by [`Guard::check`].
@@ -60,6 +62,45 @@ struct Claims {
     exp: u64,
 }
 
+/// Session cookie claims. `who` names the credential the session was
+/// opened with, by index into this config's keys or users: the signing key
+/// is derived from all of them ([`Config::session_secret`]), so an index
+/// from another config never validates.
+#[derive(Serialize, Deserialize)]
+struct SessionClaims {
+    who: SessionWho,
+    role: Role,
+    iat: u64,
+    exp: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum SessionWho {
+    Key(u32),
+    User(u32),
+}
+
+/// Name of the browser session cookie.
+pub(crate) const SESSION_COOKIE: &str = "coordinator_session";
+
+/// A session just opened: the cookie's value and when it expires.
+pub(crate) struct Session {
+    pub role: Role,
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+    pub max_age: u64,
+}
+
+/// Which request header carried the credential: a cookie is sent by the
+/// browser on its own, so only cookie requests get the cross-site check.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Header,
+    Cookie,
+}
+
 /// One key's digest and what it grants.
 struct Entry {
     digest: [u8; 32],
@@ -80,6 +121,14 @@ pub(crate) struct Guard {
     user_index: HashMap<String, u32>,
     tokens: Option<(EncodingKey, DecodingKey, Validation)>,
     token_expiry: Duration,
+    /// Session cookie signing (present whenever the guard is enabled).
+    sessions: Option<(EncodingKey, DecodingKey, Validation)>,
+    session_ttl: Duration,
+    /// `Secure` on the cookie: the public URL is `https://`.
+    secure_cookie: bool,
+    /// Origins besides the request's own host that may send state-changing
+    /// requests by cookie: the explicit CORS origins (`*` is not one).
+    csrf_origins: Vec<String>,
     limiter: RefCell<LoginLimiter>,
     verifying: Cell<u32>,
 }
@@ -138,8 +187,33 @@ impl Guard {
                     v,
                 )
             });
+        let enabled = !keys.is_empty() || !users.is_empty();
+        let sessions = enabled.then(|| {
+            let secret = cfg.session_secret();
+            let mut v = Validation::new(Algorithm::HS256);
+            v.leeway = 0;
+            v.set_required_spec_claims(&["exp"]);
+            (
+                EncodingKey::from_secret(&secret),
+                DecodingKey::from_secret(&secret),
+                v,
+            )
+        });
+        let secure_cookie = cfg
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.len() >= 8 && u[..8].eq_ignore_ascii_case("https://"));
         Guard {
-            enabled: !keys.is_empty() || !users.is_empty(),
+            enabled,
+            sessions,
+            session_ttl: cfg.session_ttl.clamp(SESSION_TTL_MIN, SESSION_TTL_MAX),
+            secure_cookie,
+            csrf_origins: cfg
+                .allowed_origins
+                .iter()
+                .filter(|o| *o != "*")
+                .cloned()
+                .collect(),
             protect_metrics: cfg.protect_metrics,
             keys,
             users,
@@ -156,13 +230,19 @@ impl Guard {
     }
 
     /// Establishes who is calling and whether `route` lets them.
-    /// 401: no credential, or a bad token; 403: a key we do not know
-    /// (as before), or a valid credential whose role is not enough.
-    pub(crate) fn check(&self, route: Route, headers: &HeaderMap) -> Result<Grant, ApiError> {
+    /// 401: no credential, or a bad token or session cookie; 403: a key we
+    /// do not know (as before), a valid credential whose role is not
+    /// enough, or a state-changing request by cookie from another site.
+    pub(crate) fn check(
+        &self,
+        route: Route,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<Grant, ApiError> {
         if !self.enabled {
             // Open coordinator; only the token routes look at credentials.
             return if route == Route::AuthVerify {
-                self.authenticate(headers)
+                self.authenticate(headers).map(|(g, _)| g)
             } else {
                 Ok(Grant::ANONYMOUS)
             };
@@ -171,7 +251,10 @@ impl Guard {
         if need == Need::Public {
             return Ok(Grant::ANONYMOUS);
         }
-        let grant = self.authenticate(headers)?;
+        let (grant, via) = self.authenticate(headers)?;
+        if via == Via::Cookie {
+            self.same_site(method, headers)?;
+        }
         match grant.role {
             Some(role) if need.allows(role) => Ok(grant),
             Some(role) => Err(ApiError::Forbidden(format!(
@@ -182,26 +265,77 @@ impl Guard {
         }
     }
 
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Grant, ApiError> {
+    /// The request's credential: the headers first (they win over a
+    /// cookie sent along), then the session cookie.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<(Grant, Via), ApiError> {
+        if let Some(g) = self.header_credential(headers) {
+            return g.map(|g| (g, Via::Header));
+        }
+        match session_cookie(headers) {
+            Some(c) => self
+                .session(c)
+                .map(|g| (g, Via::Cookie))
+                .ok_or(ApiError::InvalidToken),
+            None => Err(ApiError::MissingApiKey),
+        }
+    }
+
+    /// `X-API-Key` or `Authorization`; `None` when neither is sent.
+    fn header_credential(&self, headers: &HeaderMap) -> Option<Result<Grant, ApiError>> {
         if let Some(k) = headers.get("x-api-key") {
             let k = k.as_bytes();
-            return match self.find_key(k) {
-                Some(g) => Ok(g),
-                None => Err(ApiError::InvalidApiKey),
-            };
+            return Some(self.find_key(k).ok_or(ApiError::InvalidApiKey));
         }
-        let Some(auth) = headers.get(AUTHORIZATION) else {
-            return Err(ApiError::MissingApiKey);
-        };
-        let auth = auth.as_bytes();
+        let auth = headers.get(AUTHORIZATION)?.as_bytes();
         if auth.len() < 7 || !auth[..7].eq_ignore_ascii_case(b"bearer ") {
-            return Err(ApiError::InvalidToken);
+            return Some(Err(ApiError::InvalidToken));
         }
         let cred = auth[7..].trim_ascii();
         if let Some(g) = self.find_key(cred) {
-            return Ok(g);
+            return Some(Ok(g));
         }
-        self.token(cred).ok_or(ApiError::InvalidToken)
+        Some(self.token(cred).ok_or(ApiError::InvalidToken))
+    }
+
+    /// The cross-site rule for requests authenticated by the session
+    /// cookie. `SameSite=Strict` already keeps the cookie off cross-site
+    /// requests in current browsers; this holds without it (older
+    /// browsers, a sibling subdomain counting as same-site). A
+    /// state-changing method needs an `Origin` of this site (its `Host`) or
+    /// of an explicit CORS origin, or an `X-Requested-With` header, which a
+    /// cross-site page cannot add without a preflight that names it.
+    fn same_site(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+        if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+            || headers.contains_key("x-requested-with")
+        {
+            return Ok(());
+        }
+        let Some(origin) = headers.get(ORIGIN).and_then(|o| o.to_str().ok()) else {
+            return Err(ApiError::Forbidden(
+                "Cross-site request refused: a request authenticated by the session cookie must send X-Requested-With or an Origin of this site".into(),
+            ));
+        };
+        let own = headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|host| {
+                let rest = origin
+                    .strip_prefix("https://")
+                    .or_else(|| origin.strip_prefix("http://"));
+                rest.is_some_and(|r| !r.is_empty() && r.eq_ignore_ascii_case(host.trim()))
+            });
+        if own
+            || self
+                .csrf_origins
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(origin))
+        {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "Cross-site request refused: origin {origin:?} is neither this site nor an allowed origin"
+            )))
+        }
     }
 
     /// Compares the credential's digest with every key's, without an early
@@ -239,6 +373,99 @@ impl Guard {
         (role == claims.role).then_some(Grant {
             who: Who::User(i),
             role: Some(role),
+        })
+    }
+
+    /// A session cookie's grant: signed with this config's session key,
+    /// unexpired, and naming a key or user that still has the role.
+    fn session(&self, cookie: &[u8]) -> Option<Grant> {
+        let (_, dec, validation) = self.sessions.as_ref()?;
+        if cookie.is_empty() || cookie.len() > MAX_CREDENTIAL {
+            return None;
+        }
+        let cookie = std::str::from_utf8(cookie).ok()?;
+        let c = jsonwebtoken::decode::<SessionClaims>(cookie, dec, validation)
+            .ok()?
+            .claims;
+        let (who, role) = match c.who {
+            SessionWho::Key(i) => (Who::Key(i), self.keys.get(i as usize)?.role),
+            SessionWho::User(i) => (Who::User(i), self.users.get(i as usize)?.1),
+        };
+        (role == c.role).then_some(Grant {
+            who,
+            role: Some(role),
+        })
+    }
+
+    /// The coordinator is open (no key, no user): sessions mean nothing.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.enabled
+    }
+
+    /// Whether session cookies carry `Secure`.
+    pub(crate) fn secure_cookie(&self) -> bool {
+        self.secure_cookie
+    }
+
+    /// Opens a browser session for the key in the body (`body_key`), else
+    /// for the credential in the headers (`X-API-Key`, or `Authorization:
+    /// Bearer` with a key or login token; never a cookie). 401 with none,
+    /// 403 for an unknown `api_key` / `X-API-Key`, 401 for a bad bearer
+    /// credential. Failed attempts count against the login limiter.
+    pub(crate) fn open_session(
+        &self,
+        peer: Option<IpAddr>,
+        body_key: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Session, ApiError> {
+        let presented = body_key.is_some()
+            || headers.contains_key("x-api-key")
+            || headers.contains_key(AUTHORIZATION);
+        if !presented {
+            return Err(ApiError::MissingApiKey);
+        }
+        let ip = peer.map(limiter_key);
+        if let Some(ip) = ip {
+            // As for logins: counted first, given back on success.
+            self.limiter
+                .borrow_mut()
+                .admit(ip, Instant::now())
+                .map_err(|retry_after| ApiError::TooManyRequests { retry_after })?;
+        }
+        let grant = match body_key {
+            Some(k) => self.find_key(k.as_bytes()).ok_or(ApiError::InvalidApiKey)?,
+            None => self
+                .header_credential(headers)
+                .unwrap_or(Err(ApiError::MissingApiKey))?,
+        };
+        if let Some(ip) = ip {
+            self.limiter.borrow_mut().refund(ip);
+        }
+        let who = match grant.who {
+            Who::Key(i) => SessionWho::Key(i),
+            Who::User(i) => SessionWho::User(i),
+            Who::Anonymous => return Err(ApiError::MissingApiKey),
+        };
+        let role = grant.role.ok_or(ApiError::MissingApiKey)?;
+        let (enc, _, _) = self
+            .sessions
+            .as_ref()
+            .ok_or_else(|| ApiError::Unavailable("Cannot issue sessions now".into()))?;
+        let iat = jsonwebtoken::get_current_timestamp();
+        let max_age = self.session_ttl.as_secs();
+        let claims = SessionClaims {
+            who,
+            role,
+            iat,
+            exp: iat + max_age,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, enc)
+            .map_err(|_| ApiError::Unavailable("Cannot issue sessions now".into()))?;
+        Ok(Session {
+            role,
+            token,
+            expires_at: claims.exp,
+            max_age,
         })
     }
 
@@ -354,6 +581,20 @@ impl Guard {
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, enc).ok()
     }
+}
+
+/// The value of the first `coordinator_session` cookie, from any `Cookie`
+/// header (HTTP/1.1 sends one, but several are harmless to read).
+fn session_cookie(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get_all(COOKIE).iter().find_map(|v| {
+        v.as_bytes().split(|b| *b == b';').find_map(|pair| {
+            let (name, value) = pair.trim_ascii().split_at_checked(SESSION_COOKIE.len())?;
+            (name == SESSION_COOKIE.as_bytes())
+                .then_some(value)?
+                .strip_prefix(b"=")
+                .map(<[u8]>::trim_ascii)
+        })
+    })
 }
 
 struct Decrement<'a>(&'a Cell<u32>);
@@ -472,37 +713,58 @@ mod tests {
         });
         let none = HeaderMap::new();
         assert!(matches!(
-            g.check(Route::AdminStats, &none),
+            g.check(Route::AdminStats, &Method::GET, &none),
             Err(ApiError::MissingApiKey)
         ));
-        assert!(g.check(Route::Health, &none).is_ok());
+        assert!(g.check(Route::Health, &Method::GET, &none).is_ok());
         assert!(matches!(
-            g.check(Route::AdminStats, &with_key("x-api-key", "s3creT")),
+            g.check(
+                Route::AdminStats,
+                &Method::GET,
+                &with_key("x-api-key", "s3creT")
+            ),
             Err(ApiError::InvalidApiKey)
         ));
         assert!(g
-            .check(Route::AdminStats, &with_key("x-api-key", "s3cret"))
+            .check(
+                Route::AdminStats,
+                &Method::GET,
+                &with_key("x-api-key", "s3cret")
+            )
             .is_ok());
         let w = g
-            .check(Route::Heartbeat, &with_key("authorization", "Bearer wk"))
+            .check(
+                Route::Heartbeat,
+                &Method::GET,
+                &with_key("authorization", "Bearer wk"),
+            )
             .unwrap();
         assert_eq!(w.role, Some(Role::Worker));
         assert!(matches!(
-            g.check(Route::ServiceProxy, &with_key("x-api-key", "wk")),
+            g.check(
+                Route::ServiceProxy,
+                &Method::GET,
+                &with_key("x-api-key", "wk")
+            ),
             Err(ApiError::Forbidden(_))
         ));
         assert!(g
-            .check(Route::ServiceProxy, &with_key("x-api-key", "ck"))
+            .check(
+                Route::ServiceProxy,
+                &Method::GET,
+                &with_key("x-api-key", "ck")
+            )
             .is_ok());
         assert!(matches!(
             g.check(
                 Route::ServiceProxy,
+                &Method::GET,
                 &with_key("authorization", "Bearer nope")
             ),
             Err(ApiError::InvalidToken)
         ));
         assert!(matches!(
-            g.check(Route::NotFound, &none),
+            g.check(Route::NotFound, &Method::GET, &none),
             Err(ApiError::MissingApiKey)
         ));
     }
@@ -512,10 +774,149 @@ mod tests {
         let g = guard(|c| c.keys = vec![ApiKey::new("", Role::Admin)]);
         assert!(!g.enabled);
         assert_eq!(
-            g.check(Route::AdminStats, &HeaderMap::new()).unwrap(),
+            g.check(Route::AdminStats, &Method::GET, &HeaderMap::new())
+                .unwrap(),
             Grant::ANONYMOUS
         );
         assert!(g.find_key(b"").is_none());
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn session_cookie_is_found_among_others() {
+        let h = headers(&[("cookie", "a=1; coordinator_session= t.o.k ;b=2")]);
+        assert_eq!(session_cookie(&h), Some(&b"t.o.k"[..]));
+        let h = headers(&[("cookie", "a=1"), ("cookie", "coordinator_session=x")]);
+        assert_eq!(session_cookie(&h), Some(&b"x"[..]));
+        for none in [
+            "coordinator_sessionx=1",
+            "xcoordinator_session=1",
+            "coordinator_session",
+        ] {
+            assert_eq!(
+                session_cookie(&headers(&[("cookie", none)])),
+                None,
+                "{none}"
+            );
+        }
+    }
+
+    #[test]
+    fn sessions_round_trip_across_guards_and_follow_the_keys() {
+        let tweak = |c: &mut Config| {
+            c.keys = vec![
+                ApiKey::new("ak", Role::Admin),
+                ApiKey::new("ck", Role::Client),
+            ];
+        };
+        let a = guard(tweak);
+        // Another shard's guard, built from the same config.
+        let b = guard(tweak);
+        let s = a.open_session(None, Some("ck"), &HeaderMap::new()).unwrap();
+        assert_eq!(s.role, Role::Client);
+        assert_eq!(s.max_age, 12 * 3600);
+        let cookie = format!("coordinator_session={}", s.token);
+        let g = b
+            .check(
+                Route::ServicesList,
+                &Method::GET,
+                &headers(&[("cookie", &cookie)]),
+            )
+            .unwrap();
+        assert_eq!(g.who, Who::Key(1));
+        assert!(matches!(
+            b.check(
+                Route::AdminStats,
+                &Method::GET,
+                &headers(&[("cookie", &cookie)])
+            ),
+            Err(ApiError::Forbidden(_))
+        ));
+        // Headers win over the cookie.
+        let h = headers(&[("cookie", &cookie), ("x-api-key", "ak")]);
+        assert!(b.check(Route::AdminStats, &Method::GET, &h).is_ok());
+        // Another key set: another signing key.
+        let other = guard(|c| c.keys = vec![ApiKey::new("ck", Role::Client)]);
+        assert!(other.session(s.token.as_bytes()).is_none());
+        assert!(b.session(b"garbage").is_none());
+        // Unknown key 403, none 401, a bearer key works too.
+        assert!(matches!(
+            a.open_session(None, Some("nope"), &HeaderMap::new()),
+            Err(ApiError::InvalidApiKey)
+        ));
+        assert!(matches!(
+            a.open_session(None, None, &HeaderMap::new()),
+            Err(ApiError::MissingApiKey)
+        ));
+        let s = a
+            .open_session(None, None, &headers(&[("authorization", "Bearer ak")]))
+            .unwrap();
+        assert_eq!(s.role, Role::Admin);
+    }
+
+    #[test]
+    fn session_ttl_is_clamped() {
+        let short = guard(|c| {
+            c.api_key = Some("k".into());
+            c.session_ttl = Duration::from_secs(1);
+        });
+        assert_eq!(short.session_ttl, SESSION_TTL_MIN);
+        let long = guard(|c| {
+            c.api_key = Some("k".into());
+            c.session_ttl = Duration::from_secs(u64::MAX / 4);
+        });
+        assert_eq!(long.session_ttl, SESSION_TTL_MAX);
+    }
+
+    #[test]
+    fn cross_site_rule() {
+        let g = guard(|c| {
+            c.api_key = Some("k".into());
+            c.allowed_origins = vec!["https://dash.example".into(), "*".into()];
+            c.public_url = Some("HTTPS://coord.example".into());
+        });
+        assert!(g.secure_cookie());
+        let ok = |m: Method, h: &[(&str, &str)]| g.same_site(&m, &headers(h)).is_ok();
+        assert!(ok(Method::GET, &[]));
+        assert!(ok(Method::HEAD, &[]));
+        assert!(!ok(Method::POST, &[]));
+        assert!(!ok(Method::DELETE, &[("host", "coord.example")]));
+        assert!(ok(Method::POST, &[("x-requested-with", "fetch")]));
+        assert!(ok(
+            Method::PUT,
+            &[
+                ("host", "coord.example:8080"),
+                ("origin", "https://Coord.example:8080")
+            ]
+        ));
+        assert!(!ok(
+            Method::PUT,
+            &[
+                ("host", "coord.example:8080"),
+                ("origin", "https://coord.example")
+            ]
+        ));
+        assert!(ok(
+            Method::POST,
+            &[("host", "x"), ("origin", "https://dash.example")]
+        ));
+        // `*` in the CORS list does not open the cookie to every site.
+        assert!(!ok(
+            Method::POST,
+            &[("host", "x"), ("origin", "https://evil.example")]
+        ));
+        assert!(!ok(Method::POST, &[("host", "null"), ("origin", "null")]));
+        assert!(!guard(|c| c.public_url = Some("http://c.example".into())).secure_cookie());
     }
 
     #[test]

@@ -346,7 +346,7 @@ async fn dispatch(mut ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
     let result = if route == Route::Preflight {
         cors::preflight(cfg, origin.as_ref(), req.headers(), allow)
     } else {
-        match ctx.guard.check(route, req.headers()) {
+        match ctx.guard.check(route, req.method(), req.headers()) {
             Err(e) => Err(e),
             Ok(grant) => {
                 ctx.grant = grant;

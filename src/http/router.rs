@@ -38,11 +38,13 @@ pub enum Route {
     AuthLogin,
     AuthVerify,
     ApiServiceProxy,
+    SessionCreate,
+    SessionDelete,
     Events,
 }
 
 /// Metric labels, indexed by `Route as usize`.
-pub(crate) const ROUTE_NAMES: [&str; 32] = [
+pub(crate) const ROUTE_NAMES: [&str; 34] = [
     "register",
     "heartbeat",
     "unregister",
@@ -74,6 +76,8 @@ pub(crate) const ROUTE_NAMES: [&str; 32] = [
     "auth_login",
     "auth_verify",
     "api_service_proxy",
+    "session_create",
+    "session_delete",
     "events",
 ];
 
@@ -130,6 +134,19 @@ pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
             route,
             param: None,
             allow,
+        };
+    }
+    if path == "/api/session" {
+        let route = match *method {
+            Method::POST => Route::SessionCreate,
+            Method::DELETE => Route::SessionDelete,
+            Method::OPTIONS => Route::Preflight,
+            _ => Route::MethodNotAllowed,
+        };
+        return Matched {
+            route,
+            param: None,
+            allow: "POST, DELETE",
         };
     }
     let (expected, route, param): (&'static str, Route, Option<&'a str>) = match path {
@@ -274,6 +291,19 @@ mod tests {
             Route::InferenceLlm
         );
         assert_eq!(route(&Method::GET, "/api/tasks/t-1").route, Route::TaskGet);
+        assert_eq!(
+            route(&Method::POST, "/api/session").route,
+            Route::SessionCreate
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/api/session").route,
+            Route::SessionDelete
+        );
+        let m = route(&Method::GET, "/api/session");
+        assert_eq!(
+            (m.route, m.allow),
+            (Route::MethodNotAllowed, "POST, DELETE")
+        );
     }
 
     #[test]
@@ -285,5 +315,6 @@ mod tests {
         assert_eq!(Route::TaskSubmit.name(), "task_submit");
         assert_eq!(Route::AuthVerify.name(), "auth_verify");
         assert_eq!(Route::ApiServiceProxy.name(), "api_service_proxy");
+        assert_eq!(Route::SessionDelete.name(), "session_delete");
     }
 }

@@ -9,6 +9,7 @@ mod inference;
 mod lists;
 mod ops;
 mod services;
+mod session;
 mod tasks;
 mod worker;
 
@@ -56,6 +57,8 @@ pub(super) async fn handle(
         Route::Metrics => ops::metrics(ctx).await,
         Route::AuthLogin => auth::login(ctx, req).await,
         Route::AuthVerify => auth::verify(ctx).await,
+        Route::SessionCreate => session::create(ctx, req).await,
+        Route::SessionDelete => session::delete(ctx).await,
         Route::NotFound => Err(ApiError::NotFound("Not Found".into())),
         Route::MethodNotAllowed | Route::Preflight => Err(ApiError::MethodNotAllowed { allow }),
     }
