@@ -241,6 +241,7 @@ async fn connection(
     // bumping its count would make all cores write one cache line.
     let cfg = &shard.cfg;
     let activity = Rc::new(ConnActivity::new());
+    activity.set_fd(std::os::fd::AsRawFd::as_raw_fd(&stream));
     let io = HyperIo::new(stream, activity.clone()).with_error_bodies(error::hyper_error_body);
     let svc = {
         let shard = shard.clone();

@@ -32,6 +32,8 @@ pub(crate) struct ConnActivity {
     in_flight: Cell<u32>,
     /// Set by [`ConnActivity::abort`]: close the connection now.
     aborted: Cell<bool>,
+    /// The connection's socket, for socket options.
+    fd: Cell<Option<std::os::fd::RawFd>>,
     abort_waker: std::cell::RefCell<Option<std::task::Waker>>,
 }
 
@@ -44,8 +46,34 @@ impl ConnActivity {
             request_started: Cell::new(Some(now)),
             in_flight: Cell::new(0),
             aborted: Cell::new(false),
+            fd: Cell::new(None),
             abort_waker: std::cell::RefCell::new(None),
         }
+    }
+
+    /// Caps the kernel's send buffer of connection `fd` at about `bytes`
+    /// (the kernel doubles it for bookkeeping) instead of letting it grow
+    /// to megabytes: a long-lived stream to a client that stops reading
+    /// then backs up, and is noticed, after a bounded amount.
+    pub(crate) fn limit_send_buffer(&self, bytes: usize) {
+        let Some(fd) = self.fd.get() else { return };
+        let v = bytes.min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live
+        // local; a bad fd only makes it fail, which is harmless here.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+
+    /// Records the connection's socket (see [`ConnActivity::limit_send_buffer`]).
+    pub(crate) fn set_fd(&self, fd: std::os::fd::RawFd) {
+        self.fd.set(Some(fd));
     }
 
     /// Asks for the connection to be closed at once, whatever it is doing

@@ -32,6 +32,8 @@ use crate::shard::{Next, Shard, Subscription};
 /// An SSE comment (NDJSON: a blank line) this often keeps proxies from
 /// closing an idle stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Kernel send buffer of a subscriber's connection (the kernel doubles it).
+const SEND_BUFFER: usize = 64 << 10;
 /// A blocking query waits this long unless it says otherwise, and at
 /// most `MAX_WAIT`.
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
@@ -66,6 +68,9 @@ pub(super) async fn stream(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
         Format::Sse
     };
     drop(req);
+    // The subscriber's buffer: what the kernel holds for it is bounded, so
+    // one that stops reading backs up and is dropped (see `shard::hub`).
+    ctx.activity.limit_send_buffer(SEND_BUFFER);
     let activity = ctx.activity.clone();
     let abort: Box<dyn Fn()> = Box::new(move || activity.abort());
     let sub = ctx.shard.subscribe(filter, from, Some(abort)).await?;
