@@ -180,27 +180,46 @@ fn label(e: &Entry) -> &str {
     }
 }
 
-/// An event about worker `rec`, filed under its services.
-fn worker_event(kind: Kind, rec: &WorkerRecord, data: &impl serde::Serialize) -> Draft {
+/// The services an event about `rec` is filed under, sorted.
+fn service_names(rec: &WorkerRecord) -> Vec<&str> {
     let mut services: Vec<&str> = rec.index_keys().into_iter().collect();
     services.sort_unstable();
-    let services = services.into_iter().map(Into::into).collect();
+    services
+}
+
+/// An event about worker `rec`, filed under its services.
+fn worker_event(kind: Kind, rec: &WorkerRecord, data: &impl serde::Serialize) -> Draft {
+    let services = service_names(rec).into_iter().map(Into::into).collect();
     Draft::new(kind, &rec.worker_id, Some(&rec.worker_id), services, data)
 }
 
-/// What `worker.registered` and `worker.updated` say about a worker.
-fn worker_data(rec: &WorkerRecord) -> serde_json::Value {
-    let mut services: Vec<&str> = rec.index_keys().into_iter().collect();
-    services.sort_unstable();
-    serde_json::json!({
-        "worker_type": rec.worker_type,
-        "tier": rec.tier,
-        "services": services,
-        "models": rec.state.loaded_models,
-        "tunnel_url": rec.tunnel_url,
-        "ip_address": rec.ip_address,
-        "status": rec.state.status,
-    })
+/// What `worker.registered` and `worker.updated` say about a worker,
+/// serialised straight from the record.
+#[derive(serde::Serialize)]
+struct WorkerData<'a> {
+    worker_type: crate::model::WorkerType,
+    tier: u8,
+    services: &'a [&'a str],
+    models: &'a [String],
+    tunnel_url: &'a Option<String>,
+    ip_address: &'a Option<String>,
+    status: &'a str,
+}
+
+/// A `worker.registered` or `worker.updated` event.
+fn worker_news(kind: Kind, rec: &WorkerRecord) -> Draft {
+    let names = service_names(rec);
+    let data = WorkerData {
+        worker_type: rec.worker_type,
+        tier: rec.tier,
+        services: &names,
+        models: &rec.state.loaded_models,
+        tunnel_url: &rec.tunnel_url,
+        ip_address: &rec.ip_address,
+        status: &rec.state.status,
+    };
+    let services = names.iter().map(|&n| n.into()).collect();
+    Draft::new(kind, &rec.worker_id, Some(&rec.worker_id), services, &data)
 }
 
 impl Default for Registry {
@@ -478,8 +497,7 @@ impl Registry {
                     || old.tunnel_url != new.tunnel_url
                     || old.ip_address != new.ip_address
                 {
-                    self.outbox
-                        .push(worker_event(Kind::WorkerUpdated, new, &worker_data(new)));
+                    self.outbox.push(worker_news(Kind::WorkerUpdated, new));
                 }
                 let to = label(e);
                 if from != to {
@@ -506,8 +524,7 @@ impl Registry {
         };
         if self.emit {
             let rec = &entry.rec;
-            self.outbox
-                .push(worker_event(Kind::WorkerRegistered, rec, &worker_data(rec)));
+            self.outbox.push(worker_news(Kind::WorkerRegistered, rec));
         }
         self.counts.add(&entry);
         index(&mut self.by_service, &entry.rec, slot);
@@ -822,9 +839,7 @@ impl Registry {
             }
         }
         if models_changed && self.emit {
-            let data = worker_data(&e.rec);
-            self.outbox
-                .push(worker_event(Kind::WorkerUpdated, &e.rec, &data));
+            self.outbox.push(worker_news(Kind::WorkerUpdated, &e.rec));
         }
         let routing = was_healthy != e.healthy || (e.healthy && models_changed);
         if !was_fresh {
