@@ -66,6 +66,9 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
         // Edge caches poll the worker list to route by themselves: they
         // hold client keys.
         Route::CoordinatorWorkers => Need::Role(Client),
+        // Dashboards and edge caches follow registry changes live with the
+        // same client keys.
+        Route::EventsWs => Need::Role(Client),
         // Operator views and actions that change routing for everyone.
         Route::Broadcast
         | Route::AdminWorkers
@@ -93,7 +96,7 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
 
 /// Every route with a sample method and path that the router maps to it
 /// (used by the unit test below and by the whole-table HTTP test).
-pub const SAMPLES: [(Route, &str, &str); 31] = [
+pub const SAMPLES: [(Route, &str, &str); 32] = [
     (Route::Register, "POST", "/api/worker/register"),
     (Route::Heartbeat, "POST", "/api/worker/heartbeat"),
     (Route::Unregister, "DELETE", "/api/worker/unregister/w-1"),
@@ -129,6 +132,7 @@ pub const SAMPLES: [(Route, &str, &str); 31] = [
     (Route::AuthLogin, "POST", "/api/auth/login"),
     (Route::AuthVerify, "GET", "/api/auth/verify"),
     (Route::ApiServiceProxy, "POST", "/api/service/upload/files"),
+    (Route::EventsWs, "GET", "/api/events/ws"),
 ];
 
 #[cfg(test)]
@@ -165,7 +169,7 @@ mod tests {
         };
         let rows = [
             ("worker", "register heartbeat unregister tasks task_complete"),
-            ("client", "inference_llm inference_vision inference_rag inference_graph service_proxy api_service_proxy discover services_list task_submit task_get coordinator_workers"),
+            ("client", "inference_llm inference_vision inference_rag inference_graph service_proxy api_service_proxy discover services_list task_submit task_get coordinator_workers events_ws"),
             ("admin", "broadcast admin_workers admin_services admin_stats admin_health admin_gaps admin_tasks admin_pins"),
             ("public", "health metrics preflight auth_login"),
             ("any", "auth_verify not_found method_not_allowed"),

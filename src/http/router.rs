@@ -38,10 +38,11 @@ pub enum Route {
     AuthLogin,
     AuthVerify,
     ApiServiceProxy,
+    EventsWs,
 }
 
 /// Metric labels, indexed by `Route as usize`.
-pub(crate) const ROUTE_NAMES: [&str; 31] = [
+pub(crate) const ROUTE_NAMES: [&str; 32] = [
     "register",
     "heartbeat",
     "unregister",
@@ -73,6 +74,7 @@ pub(crate) const ROUTE_NAMES: [&str; 31] = [
     "auth_login",
     "auth_verify",
     "api_service_proxy",
+    "events_ws",
 ];
 
 impl Route {
@@ -153,6 +155,7 @@ pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         "/api/inference/graph/extract" => ("POST", Route::InferenceGraph, None),
         "/api/auth/login" => ("POST", Route::AuthLogin, None),
         "/api/auth/verify" => ("GET", Route::AuthVerify, None),
+        "/api/events/ws" => ("GET", Route::EventsWs, None),
         _ => {
             if let Some(id) = tail(path, "/api/worker/unregister/") {
                 ("DELETE", Route::Unregister, Some(id))
@@ -282,5 +285,6 @@ mod tests {
         assert_eq!(Route::TaskSubmit.name(), "task_submit");
         assert_eq!(Route::AuthVerify.name(), "auth_verify");
         assert_eq!(Route::ApiServiceProxy.name(), "api_service_proxy");
+        assert_eq!(Route::EventsWs.name(), "events_ws");
     }
 }

@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod coordinator;
+pub(super) mod events_ws;
 mod inference;
 mod lists;
 mod ops;
@@ -54,6 +55,7 @@ pub(super) async fn handle(
         Route::Metrics => ops::metrics(ctx).await,
         Route::AuthLogin => auth::login(ctx, req).await,
         Route::AuthVerify => auth::verify(ctx).await,
+        Route::EventsWs => events_ws::upgrade(ctx, req).await,
         Route::NotFound => Err(ApiError::NotFound("Not Found".into())),
         Route::MethodNotAllowed | Route::Preflight => Err(ApiError::MethodNotAllowed { allow }),
     }
