@@ -22,7 +22,7 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use async_tungstenite::WebSocketStream;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderValue, CONNECTION, UPGRADE};
 use hyper::{Request, Response, StatusCode};
@@ -119,7 +119,12 @@ pub(crate) enum Received {
 pub(crate) struct Gone;
 
 /// A server-side WebSocket on an upgraded connection.
-pub(crate) struct Socket(WebSocketStream<TcpConn>);
+pub(crate) struct Socket {
+    ws: WebSocketStream<TcpConn>,
+    /// The client sent its close: tungstenite has queued the echo and
+    /// refuses any other frame.
+    peer_closed: bool,
+}
 
 impl Socket {
     /// Speaks WebSocket on `tcp`, starting with `read_ahead`: bytes the
@@ -136,19 +141,25 @@ impl Socket {
             .max_write_buffer_size(4 << 20);
         let ws =
             WebSocketStream::from_partially_read(tcp, read_ahead, Role::Server, Some(config)).await;
-        Socket(ws)
+        Socket {
+            ws,
+            peer_closed: false,
+        }
     }
 
     /// The next thing the client sent. Cancel-safe: a frame read in part
     /// stays buffered for the next call. Also sends the pong (or close
     /// echo) tungstenite queued for what it read before.
     pub(crate) async fn recv(&mut self) -> Received {
-        match self.0.next().await {
+        match self.ws.next().await {
             None => Received::Gone,
             Some(Ok(Message::Text(t))) => Received::Text(t),
             Some(Ok(Message::Binary(_))) => Received::Binary,
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Received::Alive,
-            Some(Ok(Message::Close(_))) => Received::Closed,
+            Some(Ok(Message::Close(_))) => {
+                self.peer_closed = true;
+                Received::Closed
+            }
             Some(Err(WsError::Capacity(_))) => {
                 Received::Violation(code::TOO_BIG, "message too big")
             }
@@ -171,7 +182,7 @@ impl Socket {
     }
 
     async fn send(&mut self, m: Message) -> Result<(), Gone> {
-        match runtime::timeout(WRITE_TIMEOUT, self.0.send(m)).await {
+        match runtime::timeout(WRITE_TIMEOUT, self.ws.send(m)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Gone),
         }
@@ -184,10 +195,14 @@ impl Socket {
             code: CloseCode::from(code),
             reason: Utf8Bytes::from_static(reason),
         };
-        // Errors mean the peer is gone or closed first: nothing to add.
-        let _ = runtime::timeout(WRITE_TIMEOUT, self.0.close(Some(frame))).await;
+        // Errors mean the peer is gone: nothing to add.
+        let _ = if self.peer_closed {
+            runtime::timeout(WRITE_TIMEOUT, self.ws.flush()).await
+        } else {
+            runtime::timeout(WRITE_TIMEOUT, self.ws.close(Some(frame))).await
+        };
         // Unread input would make the close a reset; what a client may
         // still be sending is bounded by time and by 16 messages' worth.
-        runtime::finish(self.0.into_inner(), CLOSE_LINGER, 16 * MAX_MESSAGE_BYTES).await;
+        runtime::finish(self.ws.into_inner(), CLOSE_LINGER, 16 * MAX_MESSAGE_BYTES).await;
     }
 }
