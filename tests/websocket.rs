@@ -195,6 +195,21 @@ fn frames_sent_with_the_handshake_are_not_lost() {
 }
 
 #[test]
+fn an_unmasked_client_frame_closes_1002() {
+    let s = start(2, |_| {});
+    let mut c = Conn::open(s.addr);
+    let r = c.request("GET", PATH, &handshake_headers(), None);
+    assert_eq!(r.status, 101, "{}", r.text());
+    // A text frame "hi" without the mask a client's frames must carry.
+    c.send_raw(&[0x81, 0x02, b'h', b'i']);
+    let mut head = [0u8; 4];
+    c.stream().read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x88, "a close frame: {head:?}");
+    assert_eq!(u16::from_be_bytes([head[2], head[3]]), 1002);
+    assert!(c.closed_within(WAIT), "server kept the socket open");
+}
+
+#[test]
 fn refused_handshakes_are_json_errors_and_the_connection_stays_http() {
     let s = start(2, |_| {});
     let mut c = Conn::open(s.addr);
