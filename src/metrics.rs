@@ -147,6 +147,9 @@ pub struct ShardMetrics {
     pub connections_open: u64,
     pub connections_rejected: u64,
     pub connections_timed_out: u64,
+    /// Open connections that switched to WebSocket (also in
+    /// `connections_open`).
+    pub websocket_sessions: u64,
     pub mesh_sent: u64,
     pub mesh_received: u64,
     pub workers_removed: u64,
@@ -249,6 +252,11 @@ impl ShardMetrics {
                 "coordinator_connections_timed_out_total",
                 "Connections closed for idleness or slow headers.",
                 of(|s| s.connections_timed_out),
+            ),
+            gauge(
+                "coordinator_websocket_sessions",
+                "WebSocket sessions open now (also counted as open connections).",
+                of(|s| s.websocket_sessions),
             ),
             counter(
                 "coordinator_mesh_sent_total",

@@ -73,7 +73,6 @@ impl Filter {
 
     /// From a WebSocket `{"subscribe": {...}}` object: the same fields,
     /// `topics` as a list or a comma-separated string.
-    #[allow(dead_code)] // until the WebSocket endpoint lands
     pub(crate) fn from_json(o: &Map<String, Value>) -> Result<Filter, String> {
         for k in o.keys() {
             if !matches!(k.as_str(), "topics" | "worker_id" | "service" | "task_id") {

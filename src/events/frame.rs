@@ -15,7 +15,6 @@ pub(crate) enum Format {
     /// `application/x-ndjson`.
     Ndjson,
     /// One bare object (a WebSocket text frame).
-    #[allow(dead_code)] // until the WebSocket endpoint lands
     Object,
 }
 

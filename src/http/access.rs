@@ -69,6 +69,9 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
         // The change stream shows what the worker list and task results
         // show: the same callers.
         Route::Events => Need::Role(Client),
+        // Dashboards and edge caches follow registry changes live with the
+        // same client keys.
+        Route::EventsWs => Need::Role(Client),
         // Operator views and actions that change routing for everyone.
         Route::Broadcast
         | Route::AdminWorkers
@@ -100,7 +103,7 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
 
 /// Every route with a sample method and path that the router maps to it
 /// (used by the unit test below and by the whole-table HTTP test).
-pub const SAMPLES: [(Route, &str, &str); 34] = [
+pub const SAMPLES: [(Route, &str, &str); 35] = [
     (Route::Events, "GET", "/api/events"),
     (Route::Register, "POST", "/api/worker/register"),
     (Route::Heartbeat, "POST", "/api/worker/heartbeat"),
@@ -139,6 +142,7 @@ pub const SAMPLES: [(Route, &str, &str); 34] = [
     (Route::ApiServiceProxy, "POST", "/api/service/upload/files"),
     (Route::SessionCreate, "POST", "/api/session"),
     (Route::SessionDelete, "DELETE", "/api/session"),
+    (Route::EventsWs, "GET", "/api/events/ws"),
 ];
 
 #[cfg(test)]
@@ -175,7 +179,7 @@ mod tests {
         };
         let rows = [
             ("worker", "register heartbeat unregister tasks task_complete"),
-            ("client", "inference_llm inference_vision inference_rag inference_graph service_proxy api_service_proxy discover services_list task_submit task_get coordinator_workers events"),
+            ("client", "inference_llm inference_vision inference_rag inference_graph service_proxy api_service_proxy discover services_list task_submit task_get coordinator_workers events events_ws"),
             ("admin", "broadcast admin_workers admin_services admin_stats admin_health admin_gaps admin_tasks admin_pins"),
             ("public", "health metrics preflight auth_login session_create session_delete"),
             ("any", "auth_verify not_found method_not_allowed"),

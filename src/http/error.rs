@@ -27,6 +27,10 @@ pub enum ApiError {
     TooLarge(String),
     #[error("Request body not received in time")]
     RequestTimeout,
+    /// A WebSocket handshake for a protocol version we do not speak (426,
+    /// with the version we do).
+    #[error("Unsupported WebSocket version (this server speaks 13)")]
+    WebSocketVersion,
     #[error("Missing API key (header X-API-Key or Authorization: Bearer)")]
     MissingApiKey,
     /// An `X-API-Key` no configured key matches.
@@ -113,6 +117,7 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::WebSocketVersion => StatusCode::UPGRADE_REQUIRED,
             ApiError::MissingApiKey => StatusCode::UNAUTHORIZED,
             ApiError::InvalidApiKey | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::InvalidToken | ApiError::BadLogin => StatusCode::UNAUTHORIZED,
@@ -128,13 +133,18 @@ impl ApiError {
     }
 
     /// A header the answer must carry besides the body: `Allow` on 405,
-    /// `WWW-Authenticate` on 401 (RFC 9110), `Retry-After` on 429.
+    /// `WWW-Authenticate` on 401 (RFC 9110), `Retry-After` on 429,
+    /// `Sec-WebSocket-Version` on 426 (RFC 6455 4.4).
     pub(crate) fn header(&self) -> Option<(HeaderName, HeaderValue)> {
         match self {
             ApiError::MethodNotAllowed { allow } => Some((ALLOW, HeaderValue::from_static(allow))),
             ApiError::MissingApiKey | ApiError::InvalidToken | ApiError::BadLogin => {
                 Some((WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")))
             }
+            ApiError::WebSocketVersion => Some((
+                HeaderName::from_static("sec-websocket-version"),
+                HeaderValue::from_static("13"),
+            )),
             ApiError::TooManyRequests { retry_after } => {
                 Some((RETRY_AFTER, HeaderValue::from(*retry_after)))
             }

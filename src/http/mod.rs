@@ -3,9 +3,10 @@
 //! Owns: hyper connection setup over the runtime's IO adapter, connection
 //! caps and timeouts (idle, slow headers, slow bodies), graceful shutdown,
 //! routing to handlers, CORS and credential checks (`auth`, against the
-//! role table in `access`), metrics per route, and the
-//! mapping of every error to a JSON response. Handlers live one file per
-//! API area under `handlers/`.
+//! role table in `access`), metrics per route, the
+//! mapping of every error to a JSON response, and handing a connection
+//! whose request switched to WebSocket (`ws`) to its session. Handlers live
+//! one file per API area under `handlers/`.
 //!
 //! Must not: touch another shard's state (go through `Shard::call` /
 //! `map_reduce`), block, or panic on any input.
@@ -17,6 +18,7 @@ pub(crate) mod error;
 mod handlers;
 pub mod request;
 pub(crate) mod router;
+pub(crate) mod ws;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -116,6 +118,8 @@ pub(crate) struct Ctx {
     pub grant: auth::Grant,
     /// The connection's activity: lets a handler close it (`abort`).
     pub activity: Rc<ConnActivity>,
+    /// Where a WebSocket handshake leaves its session's parameters.
+    pub switch: ws::SwitchSlot,
 }
 
 impl Ctx {
@@ -242,11 +246,14 @@ async fn connection(
     let cfg = &shard.cfg;
     let activity = Rc::new(ConnActivity::new());
     activity.set_fd(std::os::fd::AsRawFd::as_raw_fd(&stream));
+    let switch = ws::SwitchSlot::default();
     let io = HyperIo::new(stream, activity.clone()).with_error_bodies(error::hyper_error_body);
     let svc = {
         let shard = shard.clone();
         let activity = activity.clone();
         let stopping = shutdown.clone();
+        let guard = guard.clone();
+        let switch = switch.clone();
         service_fn(move |req: Request<Incoming>| {
             let ctx = Ctx {
                 shard: shard.clone(),
@@ -255,6 +262,7 @@ async fn connection(
                 guard: guard.clone(),
                 grant: auth::Grant::ANONYMOUS,
                 activity: activity.clone(),
+                switch: switch.clone(),
             };
             let activity = activity.clone();
             async move {
@@ -264,22 +272,51 @@ async fn connection(
             }
         })
     };
-    let mut conn = pin!(builder.serve_connection(io, svc));
+    // Not pinned in place: after a `101`, `into_parts` takes the socket
+    // back out (the connection is `Unpin`, so polling it needs no pin).
+    let mut conn = builder.serve_connection(io, svc);
     let mut timed_out = false;
-    {
+    let done = {
         let watchdog = pin!(watchdog(&activity, cfg.idle_timeout, cfg.header_timeout));
         let aborted = pin!(activity.aborted());
         let stop = pin!(shutdown.wait());
-        match select(conn.as_mut(), select(select(watchdog, aborted), stop)).await {
-            Either::Left(_) => {}
-            Either::Right((Either::Left((Either::Left(_), _)), _)) => timed_out = true,
+        match select(&mut conn, select(select(watchdog, aborted), stop)).await {
+            Either::Left((r, _)) => r.is_ok(),
+            Either::Right((Either::Left((Either::Left(_), _)), _)) => {
+                timed_out = true;
+                false
+            }
             // A handler asked for the connection to go: drop it.
-            Either::Right((Either::Left((Either::Right(_), _)), _)) => {}
+            Either::Right((Either::Left((Either::Right(_), _)), _)) => false,
             Either::Right((Either::Right(_), _)) => {
                 // Finish the request in progress, then close.
-                conn.as_mut().graceful_shutdown();
-                let _ = runtime::timeout(cfg.shutdown_timeout, conn.as_mut()).await;
+                Pin::new(&mut conn).graceful_shutdown();
+                matches!(
+                    runtime::timeout(cfg.shutdown_timeout, &mut conn).await,
+                    Ok(Ok(()))
+                )
             }
+        }
+    };
+    // A handler answered 101 and hyper, done with the connection, left the
+    // socket open: the session runs on it (its own pings replace the idle
+    // watchdog; it still counts as an open connection until it ends).
+    if let Some(sw) = switch.take().filter(|_| done) {
+        let parts = conn.into_parts();
+        if let Some(tcp) = parts.io.into_plain() {
+            let socket = ws::Socket::server(tcp, parts.read_buf.to_vec()).await;
+            let ctx = Ctx {
+                shard: shard.clone(),
+                peer,
+                stopping: shutdown,
+                guard,
+                grant: sw.grant,
+                activity: activity.clone(),
+                switch,
+            };
+            shard.metrics.borrow_mut().websocket_sessions += 1;
+            handlers::events_ws::session(ctx, sw.query, socket).await;
+            shard.metrics.borrow_mut().websocket_sessions -= 1;
         }
     }
     let mut m = shard.metrics.borrow_mut();

@@ -41,10 +41,11 @@ pub enum Route {
     SessionCreate,
     SessionDelete,
     Events,
+    EventsWs,
 }
 
 /// Metric labels, indexed by `Route as usize`.
-pub(crate) const ROUTE_NAMES: [&str; 34] = [
+pub(crate) const ROUTE_NAMES: [&str; 35] = [
     "register",
     "heartbeat",
     "unregister",
@@ -79,6 +80,7 @@ pub(crate) const ROUTE_NAMES: [&str; 34] = [
     "session_create",
     "session_delete",
     "events",
+    "events_ws",
 ];
 
 impl Route {
@@ -173,6 +175,7 @@ pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         "/api/auth/login" => ("POST", Route::AuthLogin, None),
         "/api/auth/verify" => ("GET", Route::AuthVerify, None),
         "/api/events" => ("GET", Route::Events, None),
+        "/api/events/ws" => ("GET", Route::EventsWs, None),
         _ => {
             if let Some(id) = tail(path, "/api/worker/unregister/") {
                 ("DELETE", Route::Unregister, Some(id))
@@ -316,5 +319,6 @@ mod tests {
         assert_eq!(Route::AuthVerify.name(), "auth_verify");
         assert_eq!(Route::ApiServiceProxy.name(), "api_service_proxy");
         assert_eq!(Route::SessionDelete.name(), "session_delete");
+        assert_eq!(Route::EventsWs.name(), "events_ws");
     }
 }

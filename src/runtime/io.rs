@@ -259,6 +259,17 @@ impl HyperIo {
         self
     }
 
+    /// The plain socket back, once the HTTP on it is over and the caller
+    /// speaks another protocol on it (a WebSocket after `101`). Activity
+    /// tracking ends here: that protocol keeps its own liveness. None for a
+    /// TLS session (only outbound connections have one).
+    pub(crate) fn into_plain(self) -> Option<TcpStream> {
+        match self.stream {
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(_) => None,
+        }
+    }
+
     /// Connects to `addr` (for the outbound proxy client).
     pub(crate) async fn connect(
         addr: std::net::SocketAddr,

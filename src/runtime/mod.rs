@@ -26,7 +26,7 @@ pub(crate) use executor::{plan_cpus, start_pool, PoolHandle, PoolSpec, ShardEnv,
 pub use failfast::EXIT_STATUS as PANIC_EXIT_STATUS;
 pub(crate) use io::{ConnActivity, HyperIo};
 pub(crate) use mesh::Mesh;
-pub(crate) use net::{answer_and_close, bind_reuseport, Listener, TcpConn};
+pub(crate) use net::{answer_and_close, bind_reuseport, finish, Listener, TcpConn};
 pub(crate) use notify::{local_shutdown, LocalShutdown, Shutdown};
 pub(crate) use preflight::{preflight, PreflightError};
 pub(crate) use time::{breathe, sleep, timeout};

@@ -95,14 +95,29 @@ pub(crate) async fn answer_and_close(
         if stream.write_all(bytes).await.is_err() || stream.flush().await.is_err() {
             return;
         }
-        let _ = stream.shutdown(std::net::Shutdown::Write).await;
-        let mut drained = 0;
-        while drained < 64 << 10 {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
+        shut_and_drain(&mut stream, 64 << 10).await;
     })
     .await;
+}
+
+/// Closes a connection whose last bytes the caller has written and
+/// flushed, without a reset: shuts the write half (the peer sees the end)
+/// and reads until the peer closes too, discarding at most `max_drain`
+/// bytes, all within `within`. Dropping a socket with unread input instead
+/// makes the kernel send RST, which can destroy those last bytes in flight.
+pub(crate) async fn finish(mut stream: TcpConn, within: std::time::Duration, max_drain: usize) {
+    let _ = super::timeout(within, shut_and_drain(&mut stream, max_drain)).await;
+}
+
+async fn shut_and_drain(stream: &mut TcpConn, max_drain: usize) {
+    use futures::AsyncReadExt;
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let mut buf = [0u8; 4096];
+    let mut drained = 0;
+    while drained < max_drain {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
 }

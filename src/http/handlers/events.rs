@@ -45,23 +45,8 @@ const INDEX_HEADER: &str = "x-coordinator-index";
 /// `GET /api/events`: the events passing the filters, from `Last-Event-ID`
 /// or `?since=` (else from now), until the client goes away.
 pub(super) async fn stream(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let q = req.uri().query();
-    let filter = Filter::new(
-        param(q, "topics")?.as_deref(),
-        param(q, "worker_id")?.as_deref(),
-        param(q, "service")?.as_deref(),
-        param(q, "task_id")?.as_deref(),
-    )
-    .map_err(ApiError::BadRequest)?;
-    let since = match req.headers().get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| bad("Last-Event-ID", "not a cursor"))?
-                .to_string(),
-        ),
-        None => param(q, "since")?,
-    };
-    let from = since.map(|c| cursor(&ctx.shard, &c, "since")).transpose()?;
+    let last_id = req.headers().get("last-event-id");
+    let (filter, from) = subscription(&ctx.shard, req.uri().query(), last_id)?;
     let format = if wants_ndjson(req.headers()) {
         Format::Ndjson
     } else {
@@ -93,6 +78,35 @@ pub(super) async fn stream(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
     // Reverse proxies (nginx) would otherwise hold events back.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(r)
+}
+
+/// What a subscription asks for: its filter (`topics`, `worker_id`,
+/// `service`, `task_id`) and where it starts (`Last-Event-ID`, else
+/// `since`, else now). Bad values are a 400 before anything starts.
+pub(super) type Start = Option<Result<Cursor, CursorError>>;
+
+pub(super) fn subscription(
+    shard: &Shard,
+    q: Option<&str>,
+    last_id: Option<&HeaderValue>,
+) -> Result<(Filter, Start), ApiError> {
+    let filter = Filter::new(
+        param(q, "topics")?.as_deref(),
+        param(q, "worker_id")?.as_deref(),
+        param(q, "service")?.as_deref(),
+        param(q, "task_id")?.as_deref(),
+    )
+    .map_err(ApiError::BadRequest)?;
+    let since = match last_id {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| bad("Last-Event-ID", "not a cursor"))?
+                .to_string(),
+        ),
+        None => param(q, "since")?,
+    };
+    let from = since.map(|c| cursor(shard, &c, "since")).transpose()?;
+    Ok((filter, from))
 }
 
 fn wants_ndjson(h: &HeaderMap) -> bool {

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod coordinator;
 mod events;
+pub(super) mod events_ws;
 mod inference;
 mod lists;
 mod ops;
@@ -59,6 +60,7 @@ pub(super) async fn handle(
         Route::AuthVerify => auth::verify(ctx).await,
         Route::SessionCreate => session::create(ctx, req).await,
         Route::SessionDelete => session::delete(ctx).await,
+        Route::EventsWs => events_ws::upgrade(ctx, req).await,
         Route::NotFound => Err(ApiError::NotFound("Not Found".into())),
         Route::MethodNotAllowed | Route::Preflight => Err(ApiError::MethodNotAllowed { allow }),
     }
