@@ -41,9 +41,16 @@ const WORKERS: usize = 1_000;
 
 // ---- heartbeat: body decode + registry apply --------------------------------
 
+/// The steady state: the worker already sent this heartbeat once, as an
+/// agent does every 30 s, so the measured one changes nothing a
+/// subscriber hears about (a first heartbeat that loads models also
+/// publishes a `worker.updated` event).
 fn heartbeat_setup() -> (Registry, Vec<u8>) {
     let body = serde_json::to_vec(&heartbeat("w-000500")).expect("encodes");
-    (registry_of(WORKERS), body)
+    let mut reg = registry_of(WORKERS);
+    let hb: HeartbeatRequest = parse_object(&body).expect("valid heartbeat");
+    reg.heartbeat(hb, Instant::now(), SystemTime::now());
+    (reg, body)
 }
 
 // What `POST /api/worker/heartbeat` does with a body once it has it.
