@@ -210,6 +210,23 @@ fn index(addr: SocketAddr) -> String {
     r.header("x-coordinator-index").unwrap().to_string()
 }
 
+/// Submits a task for `service`; its id.
+fn submit(addr: SocketAddr, service: &str) -> String {
+    let r = post(
+        addr,
+        "/api/tasks",
+        &json!({"type": "t", "payload": {}, "service": service}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["task_id"].as_str().unwrap().to_string()
+}
+
+/// Worker `w` pulls one task.
+fn pull(addr: SocketAddr, w: &str) {
+    let r = get(addr, &format!("/api/worker/tasks?worker_id={w}&max=1"));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 #[test]
 fn every_event_type_arrives_with_its_data() {
     let s = start(2, |c| {
@@ -257,13 +274,7 @@ fn every_event_type_arrives_with_its_data() {
     // Tasks: submitted, leased, completed; a failure with an attempt left
     // is requeued, then failed; a lease that runs out on the last attempt
     // is dead.
-    let r = post(
-        s.addr,
-        "/api/tasks",
-        &json!({"type": "t", "payload": {}, "service": "svc-ev"}),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    let t1 = r.json()["task_id"].as_str().unwrap().to_string();
+    let t1 = submit(s.addr, "svc-ev");
     let leased = get(s.addr, &format!("/api/worker/tasks?worker_id={w}&max=1")).json();
     assert_eq!(leased["tasks"][0]["task_id"], t1.as_str());
     let done = json!({"worker_id": w, "task_id": t1, "result": {"ok": 1}});
@@ -277,15 +288,10 @@ fn every_event_type_arrives_with_its_data() {
     assert_eq!(got[1].data["data"]["worker_id"], w.as_str());
     assert_eq!(got[2].data["data"]["state"], "completed");
 
-    let r = post(
-        s.addr,
-        "/api/tasks",
-        &json!({"type": "t", "payload": {}, "service": "svc-ev"}),
-    );
-    let t2 = r.json()["task_id"].as_str().unwrap().to_string();
+    let t2 = submit(s.addr, "svc-ev");
     let fail = json!({"worker_id": w, "task_id": t2, "status": "failed", "error": "oom"});
     for _ in 0..2 {
-        get(s.addr, &format!("/api/worker/tasks?worker_id={w}&max=1"));
+        pull(s.addr, &w);
         assert_eq!(post(s.addr, "/api/worker/task-complete", &fail).status, 200);
     }
     let got = es.until(WAIT, |e| e.kind == "task.failed");
@@ -301,16 +307,11 @@ fn every_event_type_arrives_with_its_data() {
     );
     assert_eq!(got[2].data["data"]["reason"], "failed");
 
-    let r = post(
-        s.addr,
-        "/api/tasks",
-        &json!({"type": "t", "payload": {}, "service": "svc-ev"}),
-    );
-    let t3 = r.json()["task_id"].as_str().unwrap().to_string();
-    get(s.addr, &format!("/api/worker/tasks?worker_id={w}&max=1"));
+    let t3 = submit(s.addr, "svc-ev");
+    pull(s.addr, &w);
     let got = es.until(WAIT, |e| e.kind == "task.requeued");
     assert_eq!(got.last().unwrap().data["data"]["reason"], "lease expired");
-    get(s.addr, &format!("/api/worker/tasks?worker_id={w}&max=1"));
+    pull(s.addr, &w);
     let got = es.until(WAIT, |e| e.kind == "task.dead");
     assert_eq!(got.last().unwrap().data["key"], t3.as_str());
 

@@ -12,29 +12,17 @@ use super::super::{json, Body, Ctx};
 use super::{events, lists};
 use super::{put, summary};
 use crate::model::time::now_iso8601;
-use crate::shard::msg::{ListKind, ListQuery, Reply, Request as ShardRequest};
+use crate::shard::msg::{ListKind, Reply, Request as ShardRequest};
 
 /// `GET /api/admin/workers`: every worker (filtered) with its age and
 /// health, whole (streamed when large) or one page at a time. `total` and
 /// `healthy` count the workers in the reply.
 pub(super) async fn workers(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let q = req.uri().query().map(str::to_string);
-    let q = q.as_deref();
-    let query = ListQuery {
-        kind: ListKind::Admin,
-        filter: lists::worker_filter(&ctx, q)?,
-        after: None,
-        max: 0,
-        whole: true,
-        best: false,
-    };
-    let paging = lists::paging(q, ctx.shard.count)?;
-    drop(req);
     let tail: lists::Tail = |out, t| {
         put(out, "total", &t.count);
         put(out, "healthy", &t.healthy);
     };
-    events::worker_list(&ctx, q, query, paging, tail).await
+    events::worker_list(ctx, req, ListKind::Admin, tail).await
 }
 
 pub(super) async fn services(ctx: Ctx) -> Result<Response<Body>, ApiError> {

@@ -12,28 +12,16 @@ use super::put;
 use super::{events, lists};
 use crate::model::time::now_iso8601;
 use crate::model::wire::BroadcastRequest;
-use crate::shard::msg::{BroadcastJob, ListKind, ListQuery, Reply, Request as ShardRequest};
+use crate::shard::msg::{BroadcastJob, ListKind, Reply, Request as ShardRequest};
 
 /// `GET /api/coordinator/workers`: every healthy worker (filtered), whole
 /// (streamed when large) or one page at a time (`limit`, `after`).
 pub(super) async fn workers(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let q = req.uri().query().map(str::to_string);
-    let q = q.as_deref();
-    let query = ListQuery {
-        kind: ListKind::Healthy,
-        filter: lists::worker_filter(&ctx, q)?,
-        after: None,
-        max: 0,
-        whole: true,
-        best: false,
-    };
-    let paging = lists::paging(q, ctx.shard.count)?;
-    drop(req);
     let tail: lists::Tail = |out, t| {
         put(out, "count", &t.count);
         put(out, "timestamp", &now_iso8601());
     };
-    events::worker_list(&ctx, q, query, paging, tail).await
+    events::worker_list(ctx, req, ListKind::Healthy, tail).await
 }
 
 pub(super) async fn broadcast(

@@ -20,7 +20,7 @@ use hyper::{HeaderMap, Request, Response, StatusCode};
 
 use super::super::error::ApiError;
 use super::super::{json, streamed, Body, Ctx};
-use super::lists::{self, bad, param, Paging, Tail};
+use super::lists::{self, bad, param, Tail};
 use super::{put, put_key};
 use crate::events::frame::{self, Format};
 use crate::events::{Cursor, CursorError, Filter};
@@ -179,20 +179,32 @@ impl Streaming {
     }
 }
 
-/// A worker list (`/api/coordinator/workers`, `/api/admin/workers`) with
-/// its change-stream parameters: a delta for `since`, a wait for `index`,
-/// and the list's cursor in `X-Coordinator-Index`.
+/// A worker list (`/api/coordinator/workers`, `/api/admin/workers`): the
+/// filters and paging of `lists`, the keys after `workers` from `tail`,
+/// and its change-stream parameters: a delta for `since`, a wait for
+/// `index`, and the list's cursor in `X-Coordinator-Index`.
 pub(super) async fn worker_list(
-    ctx: &Ctx,
-    q: Option<&str>,
-    query: ListQuery,
-    paging: Option<Paging>,
+    ctx: Ctx,
+    req: Request<Incoming>,
+    kind: ListKind,
     tail: Tail,
 ) -> Result<Response<Body>, ApiError> {
-    match before_list(ctx, q, query.kind, &query.filter).await? {
+    let q = req.uri().query().map(str::to_string);
+    drop(req);
+    let q = q.as_deref();
+    let query = ListQuery {
+        kind,
+        filter: lists::worker_filter(&ctx, q)?,
+        after: None,
+        max: 0,
+        whole: true,
+        best: false,
+    };
+    let paging = lists::paging(q, ctx.shard.count)?;
+    match before_list(&ctx, q, kind, &query.filter).await? {
         Before::Reply(r) => Ok(r),
         Before::List(index) => {
-            let mut r = lists::reply(ctx, query, paging, Vec::new(), tail, None).await?;
+            let mut r = lists::reply(&ctx, query, paging, Vec::new(), tail, None).await?;
             r.headers_mut().insert(INDEX_HEADER, index);
             Ok(r)
         }
