@@ -51,6 +51,8 @@ struct InFlight {
     sent: Instant,
     pool: usize,
     req: usize,
+    /// Which version of the request (`Mix::variant`).
+    variant: u8,
     written: usize,
 }
 
@@ -186,7 +188,7 @@ pub fn run(plan: Plan) {
             }
             if let Some(f) = &c.flight {
                 if let Some(s) = &c.stream {
-                    let events = if f.written < plan.mix.get(f.pool, f.req).1.len() {
+                    let events = if f.written < plan.mix.get(f.pool, f.req, f.variant).1.len() {
                         libc::POLLOUT
                     } else {
                         libc::POLLIN
@@ -255,6 +257,7 @@ fn start(
     }
     c.retry_at = None;
     let (pool, req) = plan.mix.pick_index(c.rng.next_u64(), c.seq);
+    let variant = plan.mix.variant(pool, req);
     c.seq += 1;
     let sent = Instant::now();
     if open && in_window(intended) {
@@ -267,6 +270,7 @@ fn start(
         sent,
         pool,
         req,
+        variant,
         written: 0,
     });
 }
@@ -322,7 +326,7 @@ fn drive(
         return Err("io");
     };
     let open = plan.rate.is_some();
-    let bytes = plan.mix.get(f.pool, f.req).1;
+    let bytes = plan.mix.get(f.pool, f.req, f.variant).1;
     while f.written < bytes.len() {
         match stream.write(&bytes[f.written..]) {
             Ok(0) => return Err("io"),

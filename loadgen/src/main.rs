@@ -8,7 +8,9 @@
 //! the same load direct to the worker and through the coordinator),
 //! `tasks` (the stateful submit -> pull -> complete driver), `population`
 //! (`--population`: bulk registration of background workers before any
-//! scenario). This file: the command line and the run's timeline.
+//! scenario), `subscribers` (`--subscribers`: change-stream subscriptions
+//! held open during the load, with delivery latency) and `stream` (their
+//! incremental chunked + SSE/NDJSON parsing). This file: the command line and the run's timeline.
 //!
 //! Honest numbers: request i of a connection is due at t0 + i/rate_per_conn
 //! and its latency is measured from that due time, so a server stall shows
@@ -25,6 +27,8 @@ mod report;
 mod scenario;
 mod schedule;
 mod sim;
+mod stream;
+mod subscribers;
 mod tasks;
 
 use std::io::IsTerminal;
@@ -80,6 +84,15 @@ enum TaskTarget {
     /// Each task names one pseudo-worker, round robin: one queue per worker,
     /// spread over the shards.
     Worker,
+}
+
+/// How subscribers ask for the change stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SubFormat {
+    /// Server-Sent Events (`text/event-stream`).
+    Sse,
+    /// One JSON object per line (`Accept: application/x-ndjson`).
+    Ndjson,
 }
 
 /// Open-loop HTTP/1.1 load generator for the coordinator.
@@ -184,6 +197,30 @@ struct Cli {
     /// then is reported and the scenario runs anyway.
     #[arg(long, default_value = "5m", value_parser = parse_dur)]
     population_timeout: Duration,
+    /// Change-stream subscriptions (`GET /api/events`) held open during the
+    /// run (heartbeat, register, workers, broadcast, mixed, get): all are
+    /// streaming before the warm-up starts; the report gives events
+    /// received in the window, events/s and delivery latency (receipt time
+    /// minus the event's `time`), resets and early disconnections.
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
+    /// Threads reading the subscriptions (pinned after the load threads
+    /// on --cpus).
+    #[arg(long, default_value_t = 1)]
+    subscriber_threads: usize,
+    /// Query string of the subscriptions, e.g. 'topics=worker' (default:
+    /// every event).
+    #[arg(long, default_value = "")]
+    subscriber_query: String,
+    /// Framing the subscriptions ask for.
+    #[arg(long, value_enum, default_value_t = SubFormat::Sse)]
+    subscriber_format: SubFormat,
+    /// Every K-th heartbeat of each worker switches its status between
+    /// "healthy" and "busy" (0 = off), so the server emits rate/K
+    /// `worker.state` events per second: a known event rate for
+    /// --subscribers.
+    #[arg(long, default_value_t = 0)]
+    status_flip_every: u64,
     /// Allow a non-loopback target. Only load machines you are allowed to.
     #[arg(long)]
     allow_remote: bool,
@@ -293,6 +330,27 @@ fn main() -> ExitCode {
         return fail("give --rate R (open loop) or --max (closed loop)");
     }
 
+    let plain_run = !matches!(
+        cli.scenario,
+        Scenario::Rss | Scenario::Proxy | Scenario::Tasks
+    );
+    if cli.subscribers > 0 && !plain_run {
+        return fail(
+            "--subscribers works with heartbeat, register, workers, broadcast, mixed and get",
+        );
+    }
+    if cli.subscriber_threads == 0 {
+        return fail("--subscriber-threads must be at least 1");
+    }
+    if cli.subscribers > 0 {
+        // Every subscription is a socket: make room (soft limit up to the
+        // hard one) or say why not.
+        let need = cli.subscribers + cli.connections + 64;
+        if let Err(e) = raise_nofile(need as u64) {
+            return fail(format!("--subscribers {}: {e}", cli.subscribers));
+        }
+    }
+
     // The background population, before anything of the scenario's own.
     let pop = (cli.population > 0).then(|| {
         let plan = population::Plan {
@@ -334,14 +392,24 @@ fn main() -> ExitCode {
         },
         Scenario::Rss | Scenario::Proxy | Scenario::Tasks => unreachable!("handled above"),
     };
+    if cli.status_flip_every > 0 && !kinds.iter().any(|(k, _)| *k == Kind::Heartbeat) {
+        return fail("--status-flip-every needs heartbeats (heartbeat, or mixed with heartbeat)");
+    }
     let mix = Arc::new(Mix::new(
         kinds
             .iter()
             .map(|(k, w)| {
-                (
-                    scenario::pool(*k, &host, &cli.prefix, cli.workers, &cli.path),
-                    *w,
-                )
+                let pool = if *k == Kind::Heartbeat && cli.status_flip_every > 0 {
+                    scenario::Pool::flipping_heartbeats(
+                        &host,
+                        &cli.prefix,
+                        cli.workers,
+                        cli.status_flip_every,
+                    )
+                } else {
+                    scenario::pool(*k, &host, &cli.prefix, cli.workers, &cli.path)
+                };
+                (pool, *w)
             })
             .collect(),
     ));
@@ -378,7 +446,41 @@ fn main() -> ExitCode {
         eprintln!("loadgen: --compare-metrics needs a single-route scenario; skipped");
     }
 
-    let report = run_load(
+    // Subscriptions, after the workers registered and before the load.
+    let sub_plan = (cli.subscribers > 0).then(|| subscribers::Plan {
+        addr,
+        host: host.clone(),
+        subscribers: cli.subscribers,
+        threads: cli.subscriber_threads,
+        query: cli.subscriber_query.clone(),
+        format: match cli.subscriber_format {
+            SubFormat::Sse => stream::Format::Sse,
+            SubFormat::Ndjson => stream::Format::Ndjson,
+        },
+        cpus: (0..cli.subscriber_threads)
+            .map(|t| driver::cpu_for(cpus.as_deref(), cli.threads + t))
+            .collect(),
+        timeout: cli.timeout,
+    });
+    let subs = match &sub_plan {
+        None => None,
+        Some(plan) => {
+            let started = Instant::now();
+            match subscribers::start(plan) {
+                Ok(s) => {
+                    eprintln!(
+                        "loadgen: {} subscribers streaming in {:.1} s",
+                        plan.subscribers,
+                        started.elapsed().as_secs_f64()
+                    );
+                    Some(s)
+                }
+                Err(e) => return fail(format!("subscribing: {e}")),
+            }
+        }
+    };
+
+    let mut report = run_load(
         &cli,
         addr,
         &host,
@@ -386,7 +488,12 @@ fn main() -> ExitCode {
         cpus.as_deref(),
         route,
         cli_scenario_name(&cli),
+        subs.as_ref(),
     );
+    if let (Some(plan), Some(subs)) = (&sub_plan, subs) {
+        let tally = subs.finish();
+        report.events = Some(subscribers::Events::new(plan, &tally, cli.duration));
+    }
     let failed = bounds.map(|b| check::failures(&b, &report));
     finish(&cli, &report.table(), &report, failed, pop)
 }
@@ -438,7 +545,9 @@ fn finish(
 }
 
 /// One measured run of `mix` against `addr` with the command line's rate,
-/// connections, threads, warm-up and duration.
+/// connections, threads, warm-up and duration; `subs` (already streaming)
+/// are told the measured window.
+#[allow(clippy::too_many_arguments)]
 fn run_load(
     cli: &Cli,
     addr: SocketAddr,
@@ -447,12 +556,16 @@ fn run_load(
     cpus: Option<&[usize]>,
     route: Option<&'static str>,
     scenario: String,
+    subs: Option<&subscribers::Running>,
 ) -> Report {
     let rate = if cli.max { None } else { cli.rate };
     let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
     let progress = std::io::stderr().is_terminal();
     let t0 = Instant::now() + Duration::from_millis(300);
     let window = (cli.warmup, cli.warmup + cli.duration);
+    if let Some(s) = subs {
+        s.set_window(t0 + window.0, t0 + window.1);
+    }
     let groups = schedule::split_connections(cli.connections, cli.threads);
     let mut handles = Vec::new();
     for (thread, conns) in groups.into_iter().enumerate() {
@@ -617,6 +730,34 @@ fn register_workers(
             .collect()
     });
     results.into_iter().sum()
+}
+
+/// Raises the soft open-file limit to at least `need` (within the hard
+/// limit).
+fn raise_nofile(need: u64) -> Result<(), String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit the call writes into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err("cannot read the open-file limit".into());
+    }
+    if lim.rlim_cur >= need {
+        return Ok(());
+    }
+    if lim.rlim_max < need {
+        return Err(format!(
+            "needs {need} open files, the hard limit is {} (ulimit -Hn)",
+            lim.rlim_max
+        ));
+    }
+    lim.rlim_cur = need;
+    // SAFETY: `lim` is a valid rlimit within the hard limit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(format!("cannot raise the open-file limit to {need}"));
+    }
+    Ok(())
 }
 
 /// VmRSS of a process, in bytes.

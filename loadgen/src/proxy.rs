@@ -174,7 +174,16 @@ pub fn run(
             1,
         )]));
         let before = sim.hits();
-        let r = run_load(cli, target, host, mix, cpus, kind.route(), name.into());
+        let r = run_load(
+            cli,
+            target,
+            host,
+            mix,
+            cpus,
+            kind.route(),
+            name.into(),
+            None,
+        );
         (r, sim.hits() - before)
     };
     let (direct, direct_hits) = phase(

@@ -167,6 +167,9 @@ pub struct Report {
     pub send_lag_p99_us: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerHistogram>,
+    /// What the `--subscribers` measured (absent without them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<crate::subscribers::Events>,
 }
 
 impl Report {
@@ -253,6 +256,9 @@ impl Report {
                 "send lag:    p99 {} us (how late requests left vs schedule)",
                 self.send_lag_p99_us
             );
+        }
+        if let Some(e) = &self.events {
+            s.push_str(&e.lines());
         }
         if let Some(srv) = &self.server {
             let _ = writeln!(
@@ -356,6 +362,7 @@ pub fn build(meta: Meta, t: &Tally, window: Duration, server: Option<ServerHisto
         latency: Latency::from_hist(&t.latency),
         send_lag_p99_us: quantile(&t.send_lag, 0.99),
         server,
+        events: None,
     }
 }
 

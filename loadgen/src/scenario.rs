@@ -6,6 +6,8 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde_json::json;
 
@@ -146,9 +148,14 @@ pub fn register_body(id: &str, n: usize) -> Vec<u8> {
 
 /// A heartbeat body for worker `id`; `n` varies the reported figures.
 pub fn heartbeat_body(id: &str, n: usize) -> Vec<u8> {
+    heartbeat_body_with(id, n, if n % 10 == 9 { "busy" } else { "healthy" })
+}
+
+/// A heartbeat body for worker `id` reporting `status`.
+pub fn heartbeat_body_with(id: &str, n: usize, status: &str) -> Vec<u8> {
     let v = json!({
         "worker_id": id,
-        "status": if n % 10 == 9 { "busy" } else { "healthy" },
+        "status": status,
         "current_load": (n % 100) as f64 / 100.0,
         "available_memory": format!("{}.5GB", 4 + n % 12),
         "loaded_models": ["llama3-8b-instruct", "nomic-embed-text"],
@@ -220,6 +227,56 @@ pub fn broadcast_body(n: usize) -> Vec<u8> {
 pub struct Pool {
     pub kind: Kind,
     pub requests: Vec<Vec<u8>>,
+    /// `--status-flip-every`: a second version of every request, sent in
+    /// turns with the first (heartbeats only).
+    pub flip: Option<Arc<Flip>>,
+}
+
+/// Heartbeats whose status changes every `every`-th heartbeat of each
+/// worker, "healthy" then "busy" then "healthy": the server emits a
+/// `worker.state` event exactly on each change, so the event rate is the
+/// heartbeat rate / `every`. The count is per worker and shared by all
+/// connections (a worker's heartbeats come from several), so the status
+/// sequence the server sees is the intended one as long as two heartbeats
+/// of one worker are not in flight at once (a worker's turns come
+/// milliseconds apart at any realistic rate and worker count).
+#[derive(Debug)]
+pub struct Flip {
+    every: u64,
+    /// The "busy" version of each request (the pool's own say "healthy").
+    busy: Vec<Vec<u8>>,
+    /// Heartbeats handed out per worker so far.
+    sent: Vec<AtomicU64>,
+}
+
+impl Pool {
+    /// Heartbeats that alternate "healthy" and "busy" every `every`-th
+    /// heartbeat of each worker (see [`Flip`]).
+    pub fn flipping_heartbeats(host: &str, prefix: &str, workers: usize, every: u64) -> Pool {
+        let workers = workers.max(1);
+        let with = |status: &str| -> Vec<Vec<u8>> {
+            (0..workers)
+                .map(|n| {
+                    let id = worker_id(prefix, n);
+                    build_request(
+                        "POST",
+                        host,
+                        "/api/worker/heartbeat",
+                        Some(&heartbeat_body_with(&id, n, status)),
+                    )
+                })
+                .collect()
+        };
+        Pool {
+            kind: Kind::Heartbeat,
+            requests: with("healthy"),
+            flip: Some(Arc::new(Flip {
+                every: every.max(1),
+                busy: with("busy"),
+                sent: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            })),
+        }
+    }
 }
 
 /// Builds the request pool of a kind.
@@ -277,7 +334,11 @@ pub fn pool(kind: Kind, host: &str, prefix: &str, workers: usize, path: &str) ->
             Some(&llm_body()),
         )],
     };
-    Pool { kind, requests }
+    Pool {
+        kind,
+        requests,
+        flip: None,
+    }
 }
 
 /// A weighted choice among pools, driven by a per-connection generator.
@@ -319,17 +380,33 @@ impl Mix {
         (i, (seq % n) as usize)
     }
 
-    /// The kind and bytes of a picked request.
-    pub fn get(&self, pool: usize, req: usize) -> (Kind, &[u8]) {
+    /// Which version of a picked request to send now (0 unless its pool
+    /// flips): call once per request sent.
+    pub fn variant(&self, pool: usize, req: usize) -> u8 {
+        match &self.pools[pool].flip {
+            None => 0,
+            Some(f) => {
+                let n = f.sent[req].fetch_add(1, Ordering::Relaxed);
+                ((n / f.every) % 2) as u8
+            }
+        }
+    }
+
+    /// The kind and bytes of version `variant` of a picked request.
+    pub fn get(&self, pool: usize, req: usize, variant: u8) -> (Kind, &[u8]) {
         let p = &self.pools[pool];
-        (p.kind, &p.requests[req])
+        let bytes = match (&p.flip, variant) {
+            (Some(f), 1) => &f.busy[req],
+            _ => &p.requests[req],
+        };
+        (p.kind, bytes)
     }
 
     /// Kind and bytes for draw `r` and sequence number `seq`.
     #[cfg(test)]
     pub fn pick(&self, r: u64, seq: u64) -> (Kind, &[u8]) {
         let (p, q) = self.pick_index(r, seq);
-        self.get(p, q)
+        self.get(p, q, 0)
     }
 }
 
@@ -378,6 +455,7 @@ mod tests {
         let p = |k| Pool {
             kind: k,
             requests: vec![k.name().as_bytes().to_vec()],
+            flip: None,
         };
         let m = Mix::new(vec![(p(Kind::Heartbeat), 90), (p(Kind::Workers), 10)]);
         let mut rng = Rng::new(7);
@@ -414,5 +492,28 @@ mod tests {
         let m = Mix::single(p);
         let (_, r) = m.pick(0, 4);
         assert!(String::from_utf8_lossy(r).contains("lg-000001"));
+    }
+
+    #[test]
+    fn flips_change_status_every_kth_heartbeat_of_a_worker() {
+        let m = Mix::single(Pool::flipping_heartbeats("h", "lg", 2, 2));
+        let status = |v: u8| -> String {
+            let bytes = m.get(0, 1, v).1;
+            let body = &bytes[bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(v["worker_id"], "lg-000001");
+            v["status"].as_str().unwrap().to_string()
+        };
+        let seq: Vec<String> = (0..8).map(|_| status(m.variant(0, 1))).collect();
+        assert_eq!(
+            seq,
+            ["healthy", "healthy", "busy", "busy", "healthy", "healthy", "busy", "busy"]
+        );
+        // Worker 0 keeps its own count.
+        assert_eq!(m.variant(0, 0), 0);
+        // Without a flip every request is sent as built.
+        let plain = Mix::single(pool(Kind::Heartbeat, "h", "lg", 2, "/"));
+        assert_eq!(plain.variant(0, 1), 0);
+        assert_eq!(plain.get(0, 1, 1).1, plain.pick(0, 1).1);
     }
 }

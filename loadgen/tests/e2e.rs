@@ -467,3 +467,82 @@ fn population_failures_are_counted_and_the_run_ends() {
     assert_eq!(p["errors"]["connect"], 100, "{p}");
     assert!(stdout.contains("0 of 100 workers registered"), "{stdout}");
 }
+
+/// `--subscribers` with a known event rate: 200 heartbeats/s whose status
+/// flips every 2nd heartbeat of a worker make 100 `worker.state` events/s,
+/// and every subscription receives all of them.
+fn subscribers_receive_the_flips(format: &str) {
+    let srv = server();
+    let target = srv.addr().to_string();
+    let json = json_path(&format!("events-{format}.json"));
+    let (code, stdout, stderr) = loadgen(&[
+        "heartbeat",
+        "--target",
+        &target,
+        "--rate",
+        "200",
+        "--connections",
+        "4",
+        "--workers",
+        "20",
+        "--warmup",
+        "500ms",
+        "--duration",
+        "2s",
+        "--status-flip-every",
+        "2",
+        "--subscribers",
+        "3",
+        "--subscriber-query",
+        "topics=worker",
+        "--subscriber-format",
+        format,
+        "--check",
+        "errors=0",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("3 subscribers streaming"), "{stderr}");
+    assert!(stdout.contains("events:      3 subscribers"), "{stdout}");
+    let r = report(&json);
+    let e = &r["events"];
+    assert_eq!(e["subscribers"], 3, "{e}");
+    assert_eq!(e["format"], format);
+    assert_eq!(e["resets"], 0, "{e}");
+    assert_eq!(e["disconnected"], 0, "{e}");
+    // 400 heartbeats in the window, one status change per two, seen by 3
+    // subscribers: 600, give or take the window's edges.
+    let received = e["received"].as_u64().unwrap();
+    assert!((480..=720).contains(&received), "{e}");
+    let per_sec = e["per_sec"].as_f64().unwrap();
+    assert!((per_sec - received as f64 / 2.0).abs() < 1e-6, "{e}");
+    let p50 = e["delivery_p50_us"].as_u64().unwrap();
+    let p99 = e["delivery_p99_us"].as_u64().unwrap();
+    let p999 = e["delivery_p999_us"].as_u64().unwrap();
+    let max = e["delivery_max_us"].as_u64().unwrap();
+    assert!(p50 > 0 && p50 <= p99 && p99 <= p999 && p999 <= max, "{e}");
+}
+
+#[test]
+fn sse_subscribers_receive_every_status_change() {
+    subscribers_receive_the_flips("sse");
+}
+
+#[test]
+fn ndjson_subscribers_receive_every_status_change() {
+    subscribers_receive_the_flips("ndjson");
+}
+
+#[test]
+fn subscribers_and_flips_refuse_what_they_cannot_do() {
+    let (code, _, stderr) = loadgen(&["workers", "--rate", "10", "--status-flip-every", "2"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--status-flip-every needs heartbeats"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = loadgen(&["tasks", "--rate", "10", "--subscribers", "1"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--subscribers works with"), "{stderr}");
+}
