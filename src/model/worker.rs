@@ -7,7 +7,6 @@
 //! lives here, below all three.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -217,11 +216,16 @@ impl WorkerRecord {
 
     /// Services this worker is indexed under: what it was assigned plus
     /// what it declared running (`services: [{name, ..}]` or `["name"]`).
-    pub(crate) fn index_keys(&self) -> HashSet<&str> {
+    /// Sorted and without repeats: the same order on every run (a hash
+    /// set's order, and so the work done in it, would change per process).
+    pub(crate) fn index_keys(&self) -> Vec<&str> {
         let assigned = self.assigned.iter().map(|s| s.name.as_str());
-        assigned
+        let mut keys: Vec<&str> = assigned
             .chain(self.declared.iter().map(|d| &*d.name))
-            .collect()
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     pub(crate) fn age(&self, now: Instant) -> Duration {

@@ -180,16 +180,9 @@ fn label(e: &Entry) -> &str {
     }
 }
 
-/// The services an event about `rec` is filed under, sorted.
-fn service_names(rec: &WorkerRecord) -> Vec<&str> {
-    let mut services: Vec<&str> = rec.index_keys().into_iter().collect();
-    services.sort_unstable();
-    services
-}
-
 /// An event about worker `rec`, filed under its services.
 fn worker_event(kind: Kind, rec: &WorkerRecord, data: &impl serde::Serialize) -> Draft {
-    let services = service_names(rec).into_iter().map(Into::into).collect();
+    let services = rec.index_keys().into_iter().map(Into::into).collect();
     Draft::new(kind, &rec.worker_id, Some(&rec.worker_id), services, data)
 }
 
@@ -208,7 +201,7 @@ struct WorkerData<'a> {
 
 /// A `worker.registered` or `worker.updated` event.
 fn worker_news(kind: Kind, rec: &WorkerRecord) -> Draft {
-    let names = service_names(rec);
+    let names = rec.index_keys();
     let data = WorkerData {
         worker_type: rec.worker_type,
         tier: rec.tier,
@@ -321,17 +314,36 @@ impl Counts {
 }
 
 impl Registry {
+    /// Its hash tables get random seeds: worker ids and service names come
+    /// from clients, who must not be able to pick colliding ones.
     pub fn new(live: Liveness) -> Self {
+        Self::with_hasher(live, Hasher::new())
+    }
+
+    /// With fixed hash seeds: the same work on every run, for the
+    /// instruction-count benches (never for serving).
+    pub fn seeded(live: Liveness, seed: u64) -> Self {
+        Self::with_hasher(
+            live,
+            Hasher::with_seeds(seed, !seed, seed ^ 0x5555, seed ^ 0xaaaa),
+        )
+    }
+
+    fn with_hasher(live: Liveness, hasher: Hasher) -> Self {
         Self {
             chunks: Slab::default(),
             free: Vec::new(),
             len: 0,
             ids: HashTable::new(),
-            hasher: Hasher::new(),
-            by_service: HashMap::default(),
+            by_service: HashMap::with_hasher(hasher.clone()),
+            counts: Counts {
+                fresh_by_status: HashMap::with_hasher(hasher.clone()),
+                per_service: HashMap::with_hasher(hasher.clone()),
+                ..Counts::default()
+            },
+            hasher,
             wheel: Wheel::new(Instant::now(), WHEEL_RESOLUTION),
             live,
-            counts: Counts::default(),
             listed_bytes: 0,
             generation: 0,
             tasks_completed: 0,

@@ -93,9 +93,7 @@ pub(crate) enum TaskReply {
 /// its services', then its truthy capabilities'.
 pub(crate) fn pull_keys(w: &WorkerRecord) -> Vec<String> {
     let mut keys = vec![task::worker_key(&w.worker_id)];
-    let mut services: Vec<&str> = w.index_keys().into_iter().collect();
-    services.sort_unstable();
-    keys.extend(services.into_iter().map(task::service_key));
+    keys.extend(w.index_keys().into_iter().map(task::service_key));
     // Parsed per pull: the record keeps capabilities as text (memory per
     // worker), and a pull is rare next to heartbeats.
     let caps = w.capability_map();
