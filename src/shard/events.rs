@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Instant;
 
-use futures::future::{select, Either};
+use futures::future::select;
 
 use super::msg::{Delta, DeltaQuery, EventsQuery, ListKind, Reply, Request};
 use super::{Shard, ShardError};
@@ -58,14 +58,10 @@ impl Shard {
 
     /// Appends events to this shard's ring.
     pub(super) fn append(&self, drafts: impl IntoIterator<Item = Draft>) {
+        // `events_published` is the ring's head, read at scrape time.
         let mut ring = self.ring.borrow_mut();
-        let mut n = 0;
         for d in drafts {
             ring.push(d);
-            n += 1;
-        }
-        if n > 0 {
-            self.metrics.borrow_mut().events_published += n;
         }
     }
 
@@ -142,16 +138,21 @@ impl Shard {
         if to != self.id {
             return Ok(*self.call(to, Request::Events(q)).await?.events()?);
         }
+        Ok(self.events_waiting(q).await)
+    }
+
+    /// This shard's ring read as `q` asks: at once, or (with `wait`, when
+    /// nothing follows `q.after` yet) at the next append or when the wait
+    /// is over, whichever comes first.
+    async fn events_waiting(&self, q: EventsQuery) -> Batch {
         let b = self.events_now(&q);
-        match q.wait {
-            Some(wait) if b.events.is_empty() && !b.gone && q.after.is_some() => {
-                let rx = self.ring.borrow_mut().wait();
-                let sleep = std::pin::pin!(runtime::sleep(wait));
-                let _ = select(rx, sleep).await;
-                Ok(self.events_now(&q))
-            }
-            _ => Ok(b),
-        }
+        let Some(wait) = wait_for(&q, &b) else {
+            return b;
+        };
+        let rx = self.ring.borrow_mut().wait();
+        let sleep = std::pin::pin!(runtime::sleep(wait));
+        let _ = select(rx, sleep).await;
+        self.events_now(&q)
     }
 
     /// A long poll from another shard's hub: answered as soon as there is
@@ -162,18 +163,15 @@ impl Shard {
         reply: futures::channel::oneshot::Sender<Reply>,
     ) {
         let b = self.events_now(&q);
-        let Some(wait) = q.wait.filter(|_| b.events.is_empty() && !b.gone) else {
+        if wait_for(&q, &b).is_none() {
             let _ = reply.send(Reply::Events(Box::new(b)));
             return;
-        };
-        let rx = self.ring.borrow_mut().wait();
+        }
         let shard = self.clone();
+        // Not awaited here: the mesh loop must not wait for the long poll.
         runtime::spawn(async move {
-            let sleep = std::pin::pin!(runtime::sleep(wait));
-            if let Either::Right(_) = select(rx, sleep).await {
-                // Nothing came; answer anyway so the hub can look again.
-            }
-            let _ = reply.send(Reply::Events(Box::new(shard.events_now(&q))));
+            let b = shard.events_waiting(q).await;
+            let _ = reply.send(Reply::Events(Box::new(b)));
         });
     }
 
@@ -247,6 +245,13 @@ impl Shard {
         }
         d
     }
+}
+
+/// How long a read answered with `b` waits for the next append: only a
+/// long poll (`wait`) from a position, with nothing after it yet.
+fn wait_for(q: &EventsQuery, b: &Batch) -> Option<std::time::Duration> {
+    q.wait
+        .filter(|_| q.after.is_some() && b.events.is_empty() && !b.gone)
 }
 
 /// The event of a task change, if it is one subscribers see (lease
