@@ -20,6 +20,17 @@ struct Ev {
     data: Value,
 }
 
+/// A read that timed out or was interrupted (the server's threads share
+/// this process and their signals): try again.
+fn transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
+    )
+}
+
 /// A streaming `GET` read incrementally: the head, then the chunked body.
 struct Stream {
     s: TcpStream,
@@ -94,16 +105,7 @@ impl Stream {
                 self.raw.extend_from_slice(&buf[..n]);
                 true
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) =>
-            {
-                true
-            }
+            Err(e) if transient(&e) => true,
             Err(_) => {
                 self.ended = true;
                 false
@@ -665,13 +667,7 @@ fn a_stalled_subscriber_is_dropped_while_the_others_keep_up() {
         match stalled.read(&mut buf) {
             Ok(0) => break true,
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if transient(&e) => {}
             Err(_) => break true,
         }
         if Instant::now() > deadline {

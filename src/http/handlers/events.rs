@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use super::super::{json, streamed, Body, Ctx};
 use super::lists::{self, bad, param, Tail};
 use super::{put, put_key};
 use crate::events::frame::{self, Format};
-use crate::events::{Cursor, CursorError, Filter};
+use crate::events::{Cursor, CursorError, Event, Filter};
 use crate::model::filter::WorkerFilter;
 use crate::runtime::{self, LocalShutdown};
 use crate::shard::msg::{DeltaQuery, ListKind, ListQuery, Reply, Request as ShardRequest};
@@ -157,26 +158,47 @@ impl Streaming {
                 _ => out.push(b'\n'),
             },
             Some(Next::Events { source, events }) => {
-                let (epoch, pos) = self.sub.positions();
-                for e in &events {
-                    frame::event(&mut out, self.format, epoch, &pos, source, e);
-                }
-                drop(pos);
-                self.sub.shard().metrics.borrow_mut().events_sent += events.len() as u64;
+                write_events(&self.sub, source, &events, self.format, &mut out, |_| {});
             }
             Some(Next::Reset(why)) => {
-                // Follow from now once re-listed.
-                let shard = self.sub.shard().clone();
-                let pos = shard
-                    .heads()
-                    .await
-                    .unwrap_or_else(|_| self.sub.cursor().pos);
-                frame::reset(&mut out, self.format, shard.epoch, &pos, why);
+                write_reset(&self.sub, self.format, why, &mut out).await;
                 self.done = true;
             }
         }
         Some((Ok(out.into()), self))
     }
+}
+
+/// Writes a batch of shard `source`'s events to `out` as `format` frames
+/// them, calling `each` after every event (a WebSocket takes each one as
+/// its own frame); counts them as sent.
+pub(super) fn write_events(
+    sub: &Subscription,
+    source: usize,
+    events: &[Arc<Event>],
+    format: Format,
+    out: &mut Vec<u8>,
+    mut each: impl FnMut(&mut Vec<u8>),
+) {
+    let (epoch, pos) = sub.positions();
+    for e in events {
+        frame::event(out, format, epoch, &pos, source, e);
+        each(out);
+    }
+    drop(pos);
+    sub.shard().metrics.borrow_mut().events_sent += events.len() as u64;
+}
+
+/// Writes the `reset` that ends a subscription: its index is now, where
+/// the client follows from once it has re-listed (the subscription's own
+/// positions if the shards do not answer).
+pub(super) async fn write_reset(sub: &Subscription, format: Format, why: &str, out: &mut Vec<u8>) {
+    let shard = sub.shard();
+    let pos = match shard.heads().await {
+        Ok(p) => p,
+        Err(_) => sub.cursor().pos,
+    };
+    frame::reset(out, format, shard.epoch, &pos, why);
 }
 
 /// A worker list (`/api/coordinator/workers`, `/api/admin/workers`): the
@@ -325,23 +347,17 @@ async fn delta(
         removed.clear();
     }
     upserts.push(b']');
-    let index = Cursor {
-        epoch: shard.epoch,
-        pos: heads,
-    }
-    .encode();
+    let index = index_value(&heads, shard.epoch);
     let mut out = Vec::with_capacity(upserts.len() + 64);
     out.push(b'{');
-    put(&mut out, "index", &index);
+    put(&mut out, "index", &index.to_str().unwrap_or_default());
     put_key(&mut out, "upserts");
     out.extend_from_slice(&upserts);
     put(&mut out, "removed", &removed);
     put(&mut out, "reset", &reset);
     out.push(b'}');
     let mut r = json(StatusCode::OK, out);
-    if let Ok(v) = HeaderValue::from_str(&index) {
-        r.headers_mut().insert(INDEX_HEADER, v);
-    }
+    r.headers_mut().insert(INDEX_HEADER, index);
     Ok(r)
 }
 

@@ -14,7 +14,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{Map, Value};
 
-use crate::events::frame::{self, Format};
+use super::events::{write_events, write_reset};
+use crate::events::frame::Format;
 use crate::events::Filter;
 use crate::http::ws::{self, code, Received, Socket};
 use crate::http::{ApiError, Body, Ctx};
@@ -125,12 +126,8 @@ pub(crate) async fn session(ctx: Ctx, query: Option<String>, mut ws: Socket) {
                 }
             }
             Wake::Events(Next::Reset(why)) => {
-                let pos = match ctx.shard.heads().await {
-                    Ok(p) => p,
-                    Err(_) => source.cursor().pos,
-                };
                 let mut out = Vec::new();
-                frame::reset(&mut out, Format::Object, ctx.shard.epoch, &pos, why);
+                write_reset(&source, Format::Object, why, &mut out).await;
                 let _ = ws
                     .send_text(String::from_utf8_lossy(&out).into_owned())
                     .await;
@@ -140,18 +137,13 @@ pub(crate) async fn session(ctx: Ctx, query: Option<String>, mut ws: Socket) {
                 source: from,
                 events,
             }) => {
-                let texts: Vec<String> = {
-                    let (epoch, pos) = source.positions();
-                    events
-                        .iter()
-                        .map(|e| {
-                            let mut out = Vec::with_capacity(e.tail.len() + 64);
-                            frame::event(&mut out, Format::Object, epoch, &pos, from, e);
-                            String::from_utf8_lossy(&out).into_owned()
-                        })
-                        .collect()
-                };
-                ctx.shard.metrics.borrow_mut().events_sent += texts.len() as u64;
+                // Framed first (the positions are borrowed), sent after.
+                let mut texts = Vec::with_capacity(events.len());
+                let mut out = Vec::new();
+                write_events(&source, from, &events, Format::Object, &mut out, |o| {
+                    texts.push(String::from_utf8_lossy(o).into_owned());
+                    o.clear();
+                });
                 for text in texts {
                     if ws.send_text(text).await.is_err() {
                         return;
