@@ -186,6 +186,14 @@ fn worker_event(kind: Kind, rec: &WorkerRecord, data: &impl serde::Serialize) ->
     Draft::new(kind, &rec.worker_id, Some(&rec.worker_id), services, data)
 }
 
+/// A `worker.state` event, when the state changed at all.
+fn state_event(rec: &WorkerRecord, from: &str, to: &str) -> Option<Draft> {
+    (from != to).then(|| {
+        let data = serde_json::json!({ "from": from, "to": to });
+        worker_event(Kind::WorkerState, rec, &data)
+    })
+}
+
 /// What `worker.registered` and `worker.updated` say about a worker,
 /// serialised straight from the record.
 #[derive(serde::Serialize)]
@@ -511,12 +519,7 @@ impl Registry {
                 {
                     self.outbox.push(worker_news(Kind::WorkerUpdated, new));
                 }
-                let to = label(e);
-                if from != to {
-                    let data = serde_json::json!({ "from": from, "to": to });
-                    self.outbox
-                        .push(worker_event(Kind::WorkerState, new, &data));
-                }
+                self.outbox.extend(state_event(new, &from, label(e)));
             }
             // A stale worker's ticket is due at its removal; fresh again,
             // it needs one at its (earlier) stale deadline.
@@ -669,9 +672,7 @@ impl Registry {
                     Self::changed(listed_bytes, generation, e);
                     counts.take(e);
                     if self.emit {
-                        let data = serde_json::json!({ "from": label(e), "to": "stale" });
-                        self.outbox
-                            .push(worker_event(Kind::WorkerState, &e.rec, &data));
+                        self.outbox.extend(state_event(&e.rec, label(e), "stale"));
                     }
                     e.fresh = false;
                     e.healthy = false;
@@ -843,12 +844,7 @@ impl Registry {
             counts.services(&e.rec, e.healthy);
         }
         if let Some(from) = from {
-            let to = label(e);
-            if from != to {
-                let data = serde_json::json!({ "from": from, "to": to });
-                self.outbox
-                    .push(worker_event(Kind::WorkerState, &e.rec, &data));
-            }
+            self.outbox.extend(state_event(&e.rec, &from, label(e)));
         }
         if models_changed && self.emit {
             self.outbox.push(worker_news(Kind::WorkerUpdated, &e.rec));
