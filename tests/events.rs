@@ -706,3 +706,24 @@ fn the_stream_needs_a_credential_by_header_or_cookie() {
     assert_eq!(es.next(WAIT).unwrap().kind, "worker.registered");
     assert_eq!(by_cookie.next(WAIT).unwrap().kind, "worker.registered");
 }
+
+#[test]
+fn re_registering_a_busy_worker_reports_its_state_change() {
+    let s = start(2, |_| {});
+    let mut es = Stream::open(s.addr, "/api/events?topics=worker", &[]);
+    register(s.addr, &cpu_worker("again"));
+    heartbeat(s.addr, &json!({"worker_id": "again", "status": "busy"}));
+    // A re-registration starts it over as healthy: busy -> healthy.
+    register(s.addr, &cpu_worker("again"));
+    let got = es.until(WAIT, |e| {
+        e.kind == "worker.state" && e.data["data"]["to"] == "healthy"
+    });
+    assert_eq!(
+        kinds(&got),
+        ["worker.registered", "worker.state", "worker.state"]
+    );
+    assert_eq!(
+        got[2].data["data"],
+        json!({"from": "busy", "to": "healthy"})
+    );
+}

@@ -505,8 +505,9 @@ impl Registry {
             unindex(by_service, &e.rec, slot);
             rec.tasks_completed += e.rec.tasks_completed;
             let was_fresh = e.fresh;
-            let old = std::mem::replace(&mut e.rec, rec);
+            // Its state before the new record replaces the old one.
             let from = self.emit.then(|| label(e).to_string());
+            let old = std::mem::replace(&mut e.rec, rec);
             e.fresh = fresh;
             e.healthy = healthy;
             counts.add(e);
