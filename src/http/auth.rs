@@ -29,6 +29,25 @@ use super::router::Route;
 use crate::config::{Config, SESSION_TTL_MAX, SESSION_TTL_MIN};
 use crate::model::credential::{glob_match, verify_password, ApiKey, Role};
 
+/// The claims of a signed token (a login token or a session cookie) that
+/// `keys` verify: signature, expiry, and a length within
+/// `MAX_CREDENTIAL`.
+fn verified<C: serde::de::DeserializeOwned>(
+    keys: &(EncodingKey, DecodingKey, Validation),
+    raw: &[u8],
+) -> Option<C> {
+    let (_, dec, validation) = keys;
+    if raw.is_empty() || raw.len() > MAX_CREDENTIAL {
+        return None;
+    }
+    let text = std::str::from_utf8(raw).ok()?;
+    Some(
+        jsonwebtoken::decode::<C>(text, dec, validation)
+            .ok()?
+            .claims,
+    )
+}
+
 /// Who made a request, as established by [`Guard::check`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Who {
@@ -358,14 +377,7 @@ impl Guard {
     }
 
     fn token(&self, token: &[u8]) -> Option<Grant> {
-        let (_, dec, validation) = self.tokens.as_ref()?;
-        if token.len() > MAX_CREDENTIAL {
-            return None;
-        }
-        let token = std::str::from_utf8(token).ok()?;
-        let claims = jsonwebtoken::decode::<Claims>(token, dec, validation)
-            .ok()?
-            .claims;
+        let claims: Claims = verified(self.tokens.as_ref()?, token)?;
         // The users file is the authority: a user removed or given another
         // role since the token was issued (and a restart) loses it.
         let i = *self.user_index.get(&claims.sub)?;
@@ -379,14 +391,7 @@ impl Guard {
     /// A session cookie's grant: signed with this config's session key,
     /// unexpired, and naming a key or user that still has the role.
     fn session(&self, cookie: &[u8]) -> Option<Grant> {
-        let (_, dec, validation) = self.sessions.as_ref()?;
-        if cookie.is_empty() || cookie.len() > MAX_CREDENTIAL {
-            return None;
-        }
-        let cookie = std::str::from_utf8(cookie).ok()?;
-        let c = jsonwebtoken::decode::<SessionClaims>(cookie, dec, validation)
-            .ok()?
-            .claims;
+        let c: SessionClaims = verified(self.sessions.as_ref()?, cookie)?;
         let (who, role) = match c.who {
             SessionWho::Key(i) => (Who::Key(i), self.keys.get(i as usize)?.role),
             SessionWho::User(i) => (Who::User(i), self.users.get(i as usize)?.1),
