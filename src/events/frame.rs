@@ -39,7 +39,7 @@ pub(crate) fn event(
     out.extend_from_slice(b"{\"index\":\"");
     write_parts(out, epoch, pos, at);
     out.extend_from_slice(b"\",");
-    out.extend_from_slice(e.tail.as_bytes());
+    out.extend_from_slice(e.tail().as_bytes());
     end(out, f);
 }
 

@@ -118,9 +118,10 @@ pub(crate) struct Draft {
     pub worker: Option<Box<str>>,
     /// The services it concerns, for the `service` filter.
     pub services: Box<[Box<str>]>,
-    /// The event object after its `index`: `"type":..,"key":..,"time":..,
-    /// "data":..}`. Written once here; every subscriber copies it.
-    pub tail: Box<str>,
+    /// The event object without its `index`: `{"type":..,"key":..,
+    /// "time":..,"data":..}`. Written once here; every subscriber copies
+    /// it (see [`Draft::tail`]).
+    object: Box<str>,
 }
 
 impl Draft {
@@ -146,16 +147,23 @@ impl Draft {
             time: crate::model::time::iso8601(SystemTime::now()),
             data,
         };
-        // The serializer writes `{"type":..}`; the ring keeps it without
-        // the brace so a subscriber writes `{"index":"..",` then this.
-        let text = serde_json::to_string(&tail).unwrap_or_else(|_| "{}".into());
+        // Cannot fail (every part came from JSON or is a string); should
+        // it, the event still says what it is.
+        let text = serde_json::to_string(&tail)
+            .unwrap_or_else(|_| format!("{{\"type\":\"{}\"}}", kind.as_str()));
         Draft {
             kind,
             key: key.into(),
             worker: worker.map(Into::into),
             services,
-            tail: text[1..].into(),
+            object: text.into_boxed_str(),
         }
+    }
+
+    /// The event object after its opening brace, so a subscriber writes
+    /// `{"index":"..",` and then this.
+    pub(crate) fn tail(&self) -> &str {
+        &self.object[1..]
     }
 }
 

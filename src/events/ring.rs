@@ -167,7 +167,7 @@ mod tests {
         assert_eq!(w.try_recv(), Ok(None));
         let e = r.push(draft("w1"));
         assert_eq!(w.try_recv(), Ok(Some(())));
-        let obj = format!("{{\"index\":\"x\",{}", e.tail);
+        let obj = format!("{{\"index\":\"x\",{}", e.tail());
         let v: serde_json::Value = serde_json::from_str(&obj).unwrap();
         assert_eq!(v["type"], "worker.registered");
         assert_eq!(v["key"], "w1");
