@@ -148,7 +148,33 @@ pub fn register_body(id: &str, n: usize) -> Vec<u8> {
 
 /// A heartbeat body for worker `id`; `n` varies the reported figures.
 pub fn heartbeat_body(id: &str, n: usize) -> Vec<u8> {
-    heartbeat_body_with(id, n, if n % 10 == 9 { "busy" } else { "healthy" })
+    heartbeat_body_with(id, n, status_of(n))
+}
+
+/// The status worker `n` reports: one in ten is busy.
+fn status_of(n: usize) -> &'static str {
+    if n % 10 == 9 {
+        "busy"
+    } else {
+        "healthy"
+    }
+}
+
+/// One heartbeat request per worker `prefix-000000..`, worker `n`
+/// reporting `status(n)`.
+fn heartbeats(
+    host: &str,
+    prefix: &str,
+    workers: usize,
+    status: impl Fn(usize) -> &'static str,
+) -> Vec<Vec<u8>> {
+    (0..workers)
+        .map(|n| {
+            let id = worker_id(prefix, n);
+            let body = heartbeat_body_with(&id, n, status(n));
+            build_request("POST", host, "/api/worker/heartbeat", Some(&body))
+        })
+        .collect()
 }
 
 /// A heartbeat body for worker `id` reporting `status`.
@@ -254,25 +280,12 @@ impl Pool {
     /// heartbeat of each worker (see [`Flip`]).
     pub fn flipping_heartbeats(host: &str, prefix: &str, workers: usize, every: u64) -> Pool {
         let workers = workers.max(1);
-        let with = |status: &str| -> Vec<Vec<u8>> {
-            (0..workers)
-                .map(|n| {
-                    let id = worker_id(prefix, n);
-                    build_request(
-                        "POST",
-                        host,
-                        "/api/worker/heartbeat",
-                        Some(&heartbeat_body_with(&id, n, status)),
-                    )
-                })
-                .collect()
-        };
         Pool {
             kind: Kind::Heartbeat,
-            requests: with("healthy"),
+            requests: heartbeats(host, prefix, workers, |_| "healthy"),
             flip: Some(Arc::new(Flip {
                 every: every.max(1),
-                busy: with("busy"),
+                busy: heartbeats(host, prefix, workers, |_| "busy"),
                 sent: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             })),
         }
@@ -287,17 +300,7 @@ impl Pool {
 pub fn pool(kind: Kind, host: &str, prefix: &str, workers: usize, path: &str) -> Pool {
     let workers = workers.max(1);
     let requests = match kind {
-        Kind::Heartbeat => (0..workers)
-            .map(|n| {
-                let id = worker_id(prefix, n);
-                build_request(
-                    "POST",
-                    host,
-                    "/api/worker/heartbeat",
-                    Some(&heartbeat_body(&id, n)),
-                )
-            })
-            .collect(),
+        Kind::Heartbeat => heartbeats(host, prefix, workers, status_of),
         Kind::Register => (0..workers)
             .map(|n| {
                 let id = worker_id(&format!("{prefix}-r"), n);
