@@ -640,7 +640,12 @@ fn a_stalled_subscriber_is_dropped_while_the_others_keep_up() {
         .write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut good = Stream::open(s.addr, "/api/events?topics=worker", &[]);
-    std::thread::sleep(Duration::from_millis(300));
+    let subscribers = |m: &str| sum_samples(m, "coordinator_event_subscribers{");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while subscribers(&get(s.addr, "/metrics").text()) < 2.0 {
+        assert!(Instant::now() < deadline, "both subscribers are counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let addr = s.addr;
     let n = 3000;
     let producer = std::thread::spawn(move || {
@@ -657,7 +662,23 @@ fn a_stalled_subscriber_is_dropped_while_the_others_keep_up() {
         ids.insert(e.data["key"].as_str().unwrap().to_string());
     }
     producer.join().unwrap();
-    // The stalled subscriber was dropped: its connection ends.
+    // Wait for the server to drop it before touching its socket: reading
+    // drains the socket, which would let a not-yet-dropped subscriber catch
+    // up. The gauge falls to 1 (the reading one) when the stalled one's
+    // connection is closed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = get(s.addr, "/metrics").text();
+        if subscribers(&m) <= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled subscriber was never dropped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its connection ends.
     stalled
         .set_read_timeout(Some(Duration::from_secs(1)))
         .unwrap();
@@ -687,7 +708,10 @@ fn the_stream_needs_a_credential_by_header_or_cookie() {
     let s = start(2, with_keys);
     let r = get(s.addr, "/api/events");
     assert_eq!(r.status, 401);
-    let mut es = Stream::open(s.addr, "/api/events", &[("X-API-Key", CLIENT_KEY)]);
+    // Only worker events: a service.coverage event comes from the service's
+    // owner shard and may arrive before or after the registration.
+    let path = "/api/events?topics=worker";
+    let mut es = Stream::open(s.addr, path, &[("X-API-Key", CLIENT_KEY)]);
     assert_eq!(es.status, 200);
     // A browser: a session cookie, as EventSource cannot send headers.
     let body = json!({"api_key": CLIENT_KEY}).to_string();
@@ -700,7 +724,7 @@ fn the_stream_needs_a_credential_by_header_or_cookie() {
         .next()
         .unwrap()
         .to_string();
-    let mut by_cookie = Stream::open(s.addr, "/api/events", &[("Cookie", &cookie)]);
+    let mut by_cookie = Stream::open(s.addr, path, &[("Cookie", &cookie)]);
     assert_eq!(by_cookie.status, 200);
     register_admin(s.addr, &cpu_worker("authed"));
     assert_eq!(es.next(WAIT).unwrap().kind, "worker.registered");
