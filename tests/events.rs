@@ -751,3 +751,68 @@ fn re_registering_a_busy_worker_reports_its_state_change() {
         json!({"from": "busy", "to": "healthy"})
     );
 }
+
+#[test]
+fn subscribers_in_step_each_get_their_own_format_and_filter() {
+    // Subscribers reading the same events from the same positions share
+    // one framing of them: an SSE, an NDJSON and a filtered subscriber must
+    // still each get exactly their own bytes.
+    let s = start(2, |_| {});
+    let mut sse = Stream::open(s.addr, "/api/events?topics=worker", &[]);
+    let mut sse2 = Stream::open(s.addr, "/api/events?topics=worker", &[]);
+    let nd_accept = [("Accept", "application/x-ndjson")];
+    let mut nd = Stream::open(s.addr, "/api/events?topics=worker", &nd_accept);
+    let odd = id_on_shard("step-odd", 1, 2);
+    let mut one = Stream::open(s.addr, &format!("/api/events?worker_id={odd}"), &[]);
+    let n = 40;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = if i == n / 2 {
+            odd.clone()
+        } else {
+            format!("step-{i}")
+        };
+        register(s.addr, &cpu_worker(&id));
+        ids.push(id);
+    }
+    let a: Vec<Ev> = (0..n).map(|_| sse.next(WAIT).unwrap()).collect();
+    let b: Vec<Ev> = (0..n).map(|_| sse2.next(WAIT).unwrap()).collect();
+    let c: Vec<Value> = (0..n).map(|_| nd.next_line(WAIT).unwrap()).collect();
+    // Shards interleave differently for each subscriber (only each shard's
+    // own order is kept), and the index says where in every shard a
+    // subscriber is: so compare by worker, without the index.
+    let by_key = |objs: Vec<&Value>| -> BTreeMap<String, Value> {
+        objs.into_iter()
+            .map(|o| {
+                let mut o = o.clone();
+                o.as_object_mut().unwrap().remove("index");
+                (o["key"].as_str().unwrap().to_string(), o)
+            })
+            .collect()
+    };
+    for e in a.iter().chain(&b) {
+        assert_eq!(e.kind, "worker.registered");
+        // SSE: the `id:` line is the object's index.
+        assert_eq!(e.id, e.data["index"].as_str().unwrap());
+    }
+    let a_objs = by_key(a.iter().map(|e| &e.data).collect());
+    assert_eq!(a_objs.len(), n);
+    assert_eq!(a_objs, by_key(b.iter().map(|e| &e.data).collect()));
+    assert_eq!(a_objs, by_key(c.iter().collect()));
+    let mut seen: Vec<&str> = a.iter().map(|e| e.data["key"].as_str().unwrap()).collect();
+    seen.sort_unstable();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(seen, want);
+    let only = one.next(WAIT).unwrap();
+    assert_eq!(only.data["key"], odd.as_str());
+    // Nothing else reached the filtered one: the next thing it reads is
+    // the state change made now.
+    heartbeat(s.addr, &json!({"worker_id": odd, "status": "busy"}));
+    let again = one.next(WAIT).unwrap();
+    assert_eq!(
+        (again.kind.as_str(), again.data["key"].as_str()),
+        ("worker.state", Some(odd.as_str()))
+    );
+    assert_ne!(again.id, only.id);
+}

@@ -31,13 +31,17 @@ pub(crate) fn event(
     let at = Some((source, e.seq));
     if f == Format::Sse {
         out.extend_from_slice(b"id: ");
+        let id = out.len();
         write_parts(out, epoch, pos, at);
+        let id = id..out.len();
         out.extend_from_slice(b"\nevent: ");
         out.extend_from_slice(e.kind.as_str().as_bytes());
-        out.extend_from_slice(b"\ndata: ");
+        out.extend_from_slice(b"\ndata: {\"index\":\"");
+        out.extend_from_within(id);
+    } else {
+        out.extend_from_slice(b"{\"index\":\"");
+        write_parts(out, epoch, pos, at);
     }
-    out.extend_from_slice(b"{\"index\":\"");
-    write_parts(out, epoch, pos, at);
     out.extend_from_slice(b"\",");
     out.extend_from_slice(e.tail().as_bytes());
     end(out, f);

@@ -36,6 +36,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 
+use crate::config::Config;
 use crate::runtime::{
     self, ConnActivity, HyperIo, Listener, LocalShutdown, Shutdown, TaskGroup, TcpConn,
 };
@@ -273,38 +274,30 @@ async fn connection(
         })
     };
     // Not pinned in place: after a `101`, `into_parts` takes the socket
-    // back out (the connection is `Unpin`, so polling it needs no pin).
+    // back out, and a streaming response moves it to the background queue
+    // (the connection is `Unpin`, so polling it needs no pin).
     let mut conn = builder.serve_connection(io, svc);
-    let mut timed_out = false;
-    let done = {
-        let watchdog = pin!(watchdog(&activity, cfg.idle_timeout, cfg.header_timeout));
-        let aborted = pin!(activity.aborted());
-        let stop = pin!(shutdown.wait());
-        match select(&mut conn, select(select(watchdog, aborted), stop)).await {
-            Either::Left((r, _)) => r.is_ok(),
-            Either::Right((Either::Left((Either::Left(_), _)), _)) => {
-                timed_out = true;
-                false
-            }
-            // A handler asked for the connection to go: drop it.
-            Either::Right((Either::Left((Either::Right(_), _)), _)) => false,
-            Either::Right((Either::Right(_), _)) => {
-                // Finish the request in progress, then close.
-                Pin::new(&mut conn).graceful_shutdown();
-                matches!(
-                    runtime::timeout(cfg.shutdown_timeout, &mut conn).await,
-                    Ok(Ok(()))
-                )
-            }
-        }
-    };
+    let mut served = drive(&mut conn, &activity, cfg, &shutdown, true).await;
+    if served == Served::ToBackground {
+        // An event stream: the rest of this connection (every write to the
+        // subscriber) runs in the background queue, so a thousand streams
+        // cannot hold up the requests on this shard. This task waits for it
+        // and stays the connection's member of the shutdown group.
+        let (shard, activity, shutdown) = (shard.clone(), activity.clone(), shutdown.clone());
+        let moved = runtime::in_background(async move {
+            let served = drive(&mut conn, &activity, &shard.cfg, &shutdown, false).await;
+            (conn, served)
+        });
+        (conn, served) = moved.await;
+    }
+    let done = served == Served::Finished(true);
     // A handler answered 101 and hyper, done with the connection, left the
-    // socket open: the session runs on it (its own pings replace the idle
-    // watchdog; it still counts as an open connection until it ends).
+    // socket open: the session runs on it, in the background queue (its
+    // own pings replace the idle watchdog; it still counts as an open
+    // connection until it ends).
     if let Some(sw) = switch.take().filter(|_| done) {
         let parts = conn.into_parts();
         if let Some(tcp) = parts.io.into_plain() {
-            let socket = ws::Socket::server(tcp, parts.read_buf.to_vec()).await;
             let ctx = Ctx {
                 shard: shard.clone(),
                 peer,
@@ -314,15 +307,79 @@ async fn connection(
                 activity: activity.clone(),
                 switch,
             };
-            shard.metrics.borrow_mut().websocket_sessions += 1;
-            handlers::events_ws::session(ctx, sw.query, socket).await;
-            shard.metrics.borrow_mut().websocket_sessions -= 1;
+            let read_buf = parts.read_buf.to_vec();
+            runtime::in_background(async move {
+                let socket = ws::Socket::server(tcp, read_buf).await;
+                ctx.shard.metrics.borrow_mut().websocket_sessions += 1;
+                let shard = ctx.shard.clone();
+                handlers::events_ws::session(ctx, sw.query, socket).await;
+                shard.metrics.borrow_mut().websocket_sessions -= 1;
+            })
+            .await;
         }
     }
     let mut m = shard.metrics.borrow_mut();
     m.connections_open -= 1;
-    if timed_out {
+    if served == Served::TimedOut {
         m.connections_timed_out += 1;
+    }
+}
+
+/// How serving a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// hyper finished with it (true: cleanly, so a `101` can take over).
+    Finished(bool),
+    /// The watchdog closed it (idle, or a request head too slow).
+    TimedOut,
+    /// A handler asked for the rest to run in the background queue.
+    ToBackground,
+}
+
+/// Polls `conn` until it ends, the watchdog or a handler closes it, the
+/// shard stops (the request in progress is finished first), or, when
+/// `may_move`, a handler asks to move it to the background queue.
+async fn drive<S>(
+    conn: &mut http1::Connection<HyperIo, S>,
+    activity: &ConnActivity,
+    cfg: &Config,
+    shutdown: &LocalShutdown,
+    may_move: bool,
+) -> Served
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<BoxError>,
+{
+    let watchdog = pin!(watchdog(activity, cfg.idle_timeout, cfg.header_timeout));
+    let aborted = pin!(activity.aborted());
+    let stop = pin!(shutdown.wait());
+    // Polled after `conn` in the same pass, which is where a handler sets it.
+    let moved = pin!(async {
+        if may_move {
+            activity.moved_to_background().await
+        } else {
+            std::future::pending().await
+        }
+    });
+    let ended = select(watchdog, select(aborted, moved));
+    match select(&mut *conn, select(ended, stop)).await {
+        Either::Left((r, _)) => Served::Finished(r.is_ok()),
+        Either::Right((Either::Left((Either::Left(_), _)), _)) => Served::TimedOut,
+        // A handler asked for the connection to go: drop it.
+        Either::Right((Either::Left((Either::Right((Either::Left(_), _)), _)), _)) => {
+            Served::Finished(false)
+        }
+        Either::Right((Either::Left((Either::Right((Either::Right(_), _)), _)), _)) => {
+            Served::ToBackground
+        }
+        Either::Right((Either::Right(_), _)) => {
+            // Finish the request in progress, then close.
+            Pin::new(&mut *conn).graceful_shutdown();
+            Served::Finished(matches!(
+                runtime::timeout(cfg.shutdown_timeout, &mut *conn).await,
+                Ok(Ok(()))
+            ))
+        }
     }
 }
 

@@ -35,6 +35,9 @@ pub(crate) struct ConnActivity {
     /// The connection's socket, for socket options.
     fd: Cell<Option<std::os::fd::RawFd>>,
     abort_waker: std::cell::RefCell<Option<std::task::Waker>>,
+    /// Set by [`ConnActivity::to_background`]: serve the rest of this
+    /// connection from the background queue.
+    background: Cell<bool>,
 }
 
 impl ConnActivity {
@@ -48,6 +51,7 @@ impl ConnActivity {
             aborted: Cell::new(false),
             fd: Cell::new(None),
             abort_waker: std::cell::RefCell::new(None),
+            background: Cell::new(false),
         }
     }
 
@@ -92,6 +96,27 @@ impl ConnActivity {
                 std::task::Poll::Ready(())
             } else {
                 *self.abort_waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+    }
+
+    /// Asks for the rest of the connection to be served in the shard's
+    /// background queue (see [`super::in_background`]): a response that
+    /// streams for as long as the client stays (an event stream) must not
+    /// compete with requests on equal terms.
+    pub(crate) fn to_background(&self) {
+        self.background.set(true);
+    }
+
+    /// Resolves once [`ConnActivity::to_background`] was called. It needs
+    /// no waker: only a handler calls it, inside the connection's poll, so
+    /// a future polled after the connection in the same pass sees it.
+    pub(crate) fn moved_to_background(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |_| {
+            if self.background.get() {
+                std::task::Poll::Ready(())
+            } else {
                 std::task::Poll::Pending
             }
         })

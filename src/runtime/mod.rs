@@ -19,6 +19,8 @@ mod notify;
 mod preflight;
 mod time;
 
+use std::time::Duration;
+
 pub(crate) use blocking::off_shard;
 #[cfg(test)]
 pub(crate) use executor::block_on;
@@ -53,6 +55,46 @@ where
     F::Output: 'static,
 {
     glommio::spawn_local(fut).detach();
+}
+
+/// CPU weight of the background queue against the request queue's 1000:
+/// when both have work, background tasks get 1/6 of the core.
+const BACKGROUND_SHARES: usize = 200;
+/// While background tasks run, the reactor is polled at least this often,
+/// so a request arriving meanwhile waits at most about this long (the
+/// request queue's default is 10 ms, see `executor`).
+const BACKGROUND_SLICE: Duration = Duration::from_micros(500);
+
+thread_local! {
+    static BACKGROUND: std::cell::OnceCell<glommio::TaskQueueHandle> =
+        const { std::cell::OnceCell::new() };
+}
+
+/// Runs `fut` in the shard's background queue and waits for its output.
+///
+/// Long-running bulk work that must never delay request handling (event
+/// streams writing to a thousand subscribers) goes here: glommio runs
+/// its queues by weight, so under contention requests get 5/6 of the core
+/// and background work the rest, and it yields to the reactor every
+/// `BACKGROUND_SLICE`. When requests are idle it gets the whole core.
+/// Dropping the returned future cancels `fut`.
+pub(crate) async fn in_background<F>(fut: F) -> F::Output
+where
+    F: std::future::Future + 'static,
+    F::Output: 'static,
+{
+    let queue = BACKGROUND.with(|q| {
+        *q.get_or_init(|| {
+            glommio::executor().create_task_queue(
+                glommio::Shares::Static(BACKGROUND_SHARES),
+                glommio::Latency::Matters(BACKGROUND_SLICE),
+                "background",
+            )
+        })
+    });
+    glommio::spawn_local_into(fut, queue)
+        .expect("the background queue exists on this executor for its lifetime")
+        .await
 }
 
 /// Tracks in-flight tasks so shutdown can wait for them.

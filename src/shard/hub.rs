@@ -40,6 +40,11 @@ const FETCH_MAX: usize = 4096;
 const READ_MAX: usize = 512;
 /// How often slow subscribers are looked for.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Subscribers are woken at most this often: events arriving meanwhile
+/// go out together, so each subscriber writes one batch per wake instead
+/// of one write per event (at 5k events/s and 1,000 subscribers that is
+/// 5M writes/s against 0.5M). It bounds the latency it adds.
+const LINGER: Duration = Duration::from_millis(2);
 
 /// One shard's newest events, as this shard last fetched them.
 #[derive(Default)]
@@ -77,6 +82,8 @@ pub(crate) struct Hub {
     /// Subscribers waiting for the next fetched batch.
     waiters: RefCell<Vec<oneshot::Sender<()>>>,
     checking: Cell<bool>,
+    /// A wake is due within `LINGER`.
+    waking: Cell<bool>,
 }
 
 /// What a subscriber reads next.
@@ -107,6 +114,20 @@ impl Hub {
         for w in self.waiters.borrow_mut().drain(..) {
             let _ = w.send(());
         }
+    }
+
+    /// Wakes the subscribers `LINGER` from now, with whatever the
+    /// fetchers brought meanwhile (one timer however many batches).
+    fn wake_soon(shard: &Rc<Shard>) {
+        if shard.hub.waking.replace(true) {
+            return;
+        }
+        let shard = shard.clone();
+        runtime::spawn(async move {
+            runtime::sleep(LINGER).await;
+            shard.hub.waking.set(false);
+            shard.hub.wake();
+        });
     }
 
     fn live(&self) -> usize {
@@ -220,7 +241,7 @@ async fn fetch(shard: Rc<Shard>, source: usize) {
         let excess = m.events.len().saturating_sub(MIRROR_CAP);
         m.events.drain(..excess);
         drop(mirrors);
-        shard.hub.wake();
+        Hub::wake_soon(&shard);
     }
     shard.hub.mirrors.borrow_mut()[source].fetching = false;
 }
