@@ -79,6 +79,9 @@ pub struct Config {
     /// How far (in events) a caught-up subscriber may fall behind before it
     /// is dropped with a `reset` (`--event-subscriber-buffer`).
     pub event_subscriber_buffer: usize,
+    /// Access-log lines per second per shard at most (0: no access log);
+    /// requests beyond are counted in one line per second.
+    pub access_log_rate: u32,
     /// Largest `capabilities` object accepted at registration, as JSON
     /// bytes (`--max-capabilities-bytes`); also the largest heartbeat body.
     pub max_capabilities_bytes: usize,
@@ -248,6 +251,7 @@ impl Default for Config {
             max_workers: 1_000_000,
             event_ring: 100_000,
             event_subscriber_buffer: 10_000,
+            access_log_rate: 100,
             max_capabilities_bytes: 64 << 10,
             max_worker_entries: 64,
             max_header_bytes: 64 << 10,

@@ -169,6 +169,8 @@ options! {
     worker_networks: String, env = "WORKER_NETWORKS";
     /// Log filter, e.g. info or coordinator=debug [default: info]
     log_level: String, env = "RUST_LOG";
+    /// Access-log lines (one per request, at info) per second per shard at most; the rest are counted in one line per second; 0 turns the access log off [default: 100]
+    access_log_rate: u32, env = "ACCESS_LOG_RATE";
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -317,6 +319,7 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
         max_header_bytes: cli.max_header_bytes.unwrap_or(d.max_header_bytes).max(256),
         max_workers: cli.max_workers.unwrap_or(d.max_workers).max(1),
         event_ring: cli.event_ring.unwrap_or(d.event_ring).clamp(16, 10_000_000),
+        access_log_rate: cli.access_log_rate.unwrap_or(d.access_log_rate),
         event_subscriber_buffer: cli
             .event_subscriber_buffer
             .unwrap_or(d.event_subscriber_buffer)
@@ -381,12 +384,125 @@ fn init_logging(cli: &Cli) {
     }
 }
 
+/// Where an option's value came from, for error messages: its flag, its
+/// environment variable, or the `--config` file (in precedence order).
+fn origin(flag: &str, env: &str) -> String {
+    let long = format!("--{flag}");
+    let with_value = format!("{long}=");
+    if std::env::args().any(|a| a == long || a.starts_with(&with_value)) {
+        long
+    } else if std::env::var_os(env).is_some() {
+        format!("{env} (environment, for {long})")
+    } else {
+        format!("`{}` in the config file", flag.replace('-', "_"))
+    }
+}
+
+/// Refuses what would otherwise be accepted silently and run differently
+/// from what was asked: a log filter that does not parse (it would switch
+/// every line off), and options that contradict each other.
+fn check_options(cli: &Cli) -> Result<(), String> {
+    if let Some(level) = &cli.log_level {
+        check_log_filter(level).map_err(|e| {
+            format!(
+                "{}: {level:?} is not a log filter ({e}); e.g. info, warn, coordinator=debug",
+                origin("log-level", "RUST_LOG")
+            )
+        })?;
+    }
+    if cli.in_memory {
+        if let Some(db) = &cli.db {
+            return Err(format!(
+                "--in-memory keeps no database, but {} names one ({}): drop one of them",
+                origin("db", "DATABASE_PATH"),
+                db.display()
+            ));
+        }
+    }
+    if cli.baseline_hello {
+        let keyed = [
+            (cli.api_key.is_some(), "api-key", "API_KEY"),
+            (cli.keys_file.is_some(), "keys-file", "KEYS_FILE"),
+            (cli.users_file.is_some(), "users-file", "USERS_FILE"),
+        ];
+        if let Some((_, flag, env)) = keyed.iter().find(|k| k.0) {
+            return Err(format!(
+                "--baseline-hello answers every path without any check, but {} sets credentials: \
+                 the baseline is for benchmarks only",
+                origin(flag, env)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A log filter as `tracing` reads it, minus one trap: a bare word that
+/// is not a level (`nonsense`, `inf`) is taken as a target name, which
+/// switches every other line off; here it is an error.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !d.contains(['=', '[', ':']);
+        let level = LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)) || d.parse::<u8>().is_ok();
+        if bare && !level {
+            return Err(format!(
+                "{d:?} is neither a level ({}) nor target=level",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A command line or environment value clap refused: says which
+/// environment variable it came from when it was not on the command line
+/// (clap names only the flag), and exits 2.
+fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let from_env = matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation)
+        .then(|| match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) => Some(arg.clone()),
+            _ => None,
+        })
+        .flatten()
+        .and_then(|arg| {
+            let long = arg.split_whitespace().next()?.trim_start_matches("--").to_string();
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let env = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long.as_str()))?
+                .get_env()?
+                .to_string_lossy()
+                .into_owned();
+            let flag = format!("--{long}");
+            let on_line = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+            (!on_line && std::env::var_os(&env).is_some()).then_some((env, flag))
+        });
+    match from_env {
+        Some((env, flag)) => {
+            let text = e.to_string();
+            let what = text.lines().next().unwrap_or_default();
+            let what = what.strip_prefix("error: ").unwrap_or(what);
+            eprintln!("coordinator: environment variable {env} (for {flag}): {what}");
+            ExitCode::from(2)
+        }
+        None => {
+            let _ = e.print();
+            ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // A file-size limit (RLIMIT_FSIZE) must surface as a failed database
     // write (503, retried) rather than kill the process with SIGXFSZ.
     // SAFETY: setting a signal disposition before any thread exists.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    let mut cli = Cli::parse();
+    let mut cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return clap_error(e),
+    };
     if let Some(Command::HashPassword) = cli.command {
         return hash_password_command();
     }
@@ -401,6 +517,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if let Err(e) = check_options(&cli) {
+        eprintln!("coordinator: {e}");
+        return ExitCode::from(2);
     }
     init_logging(&cli);
     let cfg = match build_config(&cli) {
@@ -421,11 +541,23 @@ fn main() -> ExitCode {
             return ExitCode::from(if config { 2 } else { 1 });
         }
     };
-    println!(
-        "coordinator listening on http://{} with {} shard(s)",
-        server.addr(),
-        server.shards()
-    );
+    if let Some(shards) = cli.shards.filter(|&n| n > coordinator::server::available_cpus()) {
+        tracing::warn!(
+            shards,
+            cpus = coordinator::server::available_cpus(),
+            from = %origin("shards", "SHARDS"),
+            "more shards than CPUs: shards share cores and latency suffers"
+        );
+    }
+    // With --log-json, stdout carries JSON only: the listening line above
+    // (from the server, as a log record) says the same.
+    if !cli.log_json {
+        println!(
+            "coordinator listening on http://{} with {} shard(s)",
+            server.addr(),
+            server.shards()
+        );
+    }
 
     // Signals are taken on a plain thread; it only flips the shards'
     // shutdown triggers, which then drain on their own cores.
@@ -433,6 +565,10 @@ fn main() -> ExitCode {
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        // Logs go to stderr (journald, docker): there is nothing to
+        // reopen, so SIGHUP drains and stops like SIGTERM instead of
+        // killing the process mid-request.
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {

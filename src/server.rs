@@ -100,7 +100,13 @@ impl Server {
             shard_main(env, cfg.clone(), boot.clone(), proxy.clone())
         })
         .map_err(StartError::Spawn)?;
-        tracing::info!(%addr, shards = n, pinned = ?cpus, "coordinator listening");
+        let pinned: Vec<String> = cpus.iter().flatten().map(usize::to_string).collect();
+        tracing::info!(
+            %addr,
+            shards = n,
+            cpus = %if pinned.is_empty() { "unpinned".to_string() } else { pinned.join(",") },
+            "coordinator listening"
+        );
         Ok(Server {
             addr,
             shards: n,
@@ -173,4 +179,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop_inner();
     }
+}
+
+/// CPUs this process may run on (its affinity mask), for checking a
+/// configured shard count before starting.
+pub fn available_cpus() -> usize {
+    runtime::allowed_cpus().len()
 }

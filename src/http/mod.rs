@@ -12,6 +12,7 @@
 //! `map_reduce`), block, or panic on any input.
 
 pub mod access;
+pub(crate) mod accesslog;
 pub(crate) mod auth;
 mod cors;
 pub(crate) mod error;
@@ -121,12 +122,19 @@ pub(crate) struct Ctx {
     pub activity: Rc<ConnActivity>,
     /// Where a WebSocket handshake leaves its session's parameters.
     pub switch: ws::SwitchSlot,
+    /// This shard's access log and request ids.
+    pub log: Rc<accesslog::AccessLog>,
+    /// Where the handler notes the worker of a request being logged.
+    pub note: Option<accesslog::WorkerNote>,
 }
 
 impl Ctx {
     /// 403 unless the caller may act for worker `id` (worker keys limited
     /// to id patterns); handlers call it once they know the id.
     pub(crate) fn may_act_for(&self, id: &str) -> Result<(), ApiError> {
+        if let Some(note) = &self.note {
+            note.borrow_mut().get_or_insert_with(|| id.to_string());
+        }
         self.guard.may_act_for(&self.grant, id)
     }
 
@@ -165,6 +173,11 @@ pub(crate) async fn serve(shard: Rc<Shard>, listener: Listener, shutdown: Shutdo
         .max_headers(100);
     let builder = Rc::new(builder);
     let guard = Rc::new(auth::Guard::new(cfg));
+    let log = Rc::new(accesslog::AccessLog::new(
+        shard.epoch,
+        shard.id,
+        cfg.access_log_rate,
+    ));
     let conns = Rc::new(TaskGroup::default());
     // Connections learn of shutdown from this shard, not from the other
     // thread that requested it (see `runtime::notify`).
@@ -204,6 +217,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, listener: Listener, shutdown: Shutdo
             accepted.stream,
             accepted.peer,
             guard.clone(),
+            log.clone(),
             conns_stop.clone(),
         );
         if !conns.spawn(task) {
@@ -240,6 +254,7 @@ async fn connection(
     stream: TcpConn,
     peer: Option<SocketAddr>,
     guard: Rc<auth::Guard>,
+    log: Rc<accesslog::AccessLog>,
     shutdown: LocalShutdown,
 ) {
     // Borrowed, never cloned: `cfg` is one `Arc` shared by every shard, and
@@ -255,6 +270,7 @@ async fn connection(
         let stopping = shutdown.clone();
         let guard = guard.clone();
         let switch = switch.clone();
+        let log = log.clone();
         service_fn(move |req: Request<Incoming>| {
             let ctx = Ctx {
                 shard: shard.clone(),
@@ -264,6 +280,8 @@ async fn connection(
                 grant: auth::Grant::ANONYMOUS,
                 activity: activity.clone(),
                 switch: switch.clone(),
+                log: log.clone(),
+                note: None,
             };
             let activity = activity.clone();
             async move {
@@ -306,6 +324,8 @@ async fn connection(
                 grant: sw.grant,
                 activity: activity.clone(),
                 switch,
+                log,
+                note: None,
             };
             let read_buf = parts.read_buf.to_vec();
             runtime::in_background(async move {
@@ -424,7 +444,7 @@ async fn watchdog(act: &ConnActivity, idle: Duration, header: Duration) {
 }
 
 /// Routes, checks, runs the handler, and turns the outcome into a response.
-async fn dispatch(mut ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
+async fn dispatch(mut ctx: Ctx, mut req: Request<Incoming>) -> Response<Body> {
     if ctx.shard.cfg.baseline_hello {
         // The benchmark baseline is hyper on our runtime adapter and nothing
         // else: no routing, CORS, shard header or metrics (docs/performance.md).
@@ -433,9 +453,27 @@ async fn dispatch(mut ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let shard = ctx.shard.clone();
     let cfg = &shard.cfg;
+    // The request's id: the client's, or one made here; handlers (and the
+    // proxy, to the worker) see it on the request, the client on the reply.
+    let request_id = match accesslog::client_id(req.headers().get(accesslog::REQUEST_ID)) {
+        Some(id) => id,
+        None => {
+            let id = ctx.log.new_id();
+            req.headers_mut()
+                .insert(accesslog::REQUEST_ID, id.clone());
+            id
+        }
+    };
     let matched = router::route(req.method(), req.uri().path());
     let (route, allow) = (matched.route, matched.allow);
     let origin = req.headers().get(hyper::header::ORIGIN).cloned();
+    let log = ctx.log.clone();
+    let logged = log.admit(started);
+    if logged {
+        ctx.note = Some(Default::default());
+    }
+    let note = ctx.note.clone();
+    let method = req.method().clone();
 
     // The guard judges the matched route, never the raw path.
     let result = if route == Route::Preflight {
@@ -462,12 +500,26 @@ async fn dispatch(mut ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
         }
     };
     cors::decorate(cfg, origin.as_ref(), resp.headers_mut());
-    resp.headers_mut()
-        .insert(SHARD_HEADER, HeaderValue::from(shard.id as u64));
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    if logged {
+        log.line(accesslog::Line {
+            method: method.as_str(),
+            route: route.name(),
+            status,
+            elapsed,
+            bytes: hyper::body::Body::size_hint(resp.body()).exact().unwrap_or(0),
+            request_id: request_id.to_str().unwrap_or(""),
+            worker: note.as_ref(),
+        });
+    }
+    let h = resp.headers_mut();
+    h.insert(SHARD_HEADER, HeaderValue::from(shard.id as u64));
+    h.insert(accesslog::REQUEST_ID, request_id);
     shard
         .metrics
         .borrow_mut()
-        .record(route.index(), resp.status().as_u16(), started.elapsed());
+        .record(route.index(), status, elapsed);
     resp
 }
 

@@ -88,7 +88,7 @@ impl Route {
         self as usize
     }
 
-    #[cfg(test)]
+    /// The route's name, as metrics and the access log give it.
     pub(crate) fn name(self) -> &'static str {
         ROUTE_NAMES[self.index()]
     }

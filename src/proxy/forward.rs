@@ -107,6 +107,7 @@ async fn forward_to(
         let target = match &up.target {
             Ok(t) => t,
             Err(e) => {
+                tracing::warn!(worker_id = %up.worker_id, error = %e, "worker endpoint unusable");
                 state.count_attempt(&up.worker_id, "unusable");
                 last = Some(ProxyError::BadGateway(format!("{}: {e}", up.worker_id)));
                 continue;
@@ -121,6 +122,13 @@ async fn forward_to(
                 return Ok(resp);
             }
             Ok(resp) if resp.status().is_server_error() => {
+                tracing::warn!(
+                    worker_id = %up.worker_id,
+                    service = %req.service,
+                    status = resp.status().as_u16(),
+                    attempt,
+                    "upstream answered a server error"
+                );
                 balancer.cool(&up.worker_id, cfg.cooldown);
                 state.count_attempt(&up.worker_id, "upstream_5xx");
                 if attempt == 0 && idempotent(&req.method) {
@@ -139,6 +147,14 @@ async fn forward_to(
                 return Ok(resp);
             }
             Err(Failure { sent, err }) => {
+                tracing::warn!(
+                    worker_id = %up.worker_id,
+                    service = %req.service,
+                    sent,
+                    attempt,
+                    error = %err,
+                    "upstream request failed"
+                );
                 balancer.cool(&up.worker_id, cfg.cooldown);
                 let label = match err {
                     ProxyError::Timeout(_) => "timeout",

@@ -393,7 +393,20 @@ impl Shard {
                 );
             }
             self.metrics.borrow_mut().workers_removed += removed.len() as u64;
-            tracing::info!(shard = self.id, count = removed.len(), workers = ?removed, "removed silent workers");
+            tracing::info!(
+                shard = self.id,
+                count = removed.len(),
+                workers = %capped(&removed),
+                "removed silent workers"
+            );
+        }
+        if ex.went_stale > 0 {
+            tracing::info!(
+                shard = self.id,
+                count = ex.went_stale,
+                workers = %capped(&ex.stale_ids),
+                "workers went stale (missed their heartbeat)"
+            );
         }
         (removed, ex.more)
     }
@@ -549,4 +562,15 @@ impl Shard {
         }
         tracing::debug!(shard = self.id, "shard stopped");
     }
+}
+
+/// At most `LOG_IDS` ids, comma-separated, and how many more there were:
+/// one log line stays short however many workers it is about.
+fn capped(ids: &[String]) -> String {
+    let shown = ids.len().min(registry::LOG_IDS);
+    let mut s = ids[..shown].join(",");
+    if ids.len() > shown {
+        s.push_str(&format!(" (+{} more)", ids.len() - shown));
+    }
+    s
 }

@@ -128,6 +128,9 @@ struct Counts {
     crossed: Vec<String>,
 }
 
+/// Worker ids a log line names at most (the count is always given).
+pub(crate) const LOG_IDS: usize = 10;
+
 /// What one call to `expire` did.
 #[derive(Debug, Default)]
 pub(crate) struct Expired {
@@ -135,6 +138,8 @@ pub(crate) struct Expired {
     pub removed: Vec<String>,
     /// How many workers went stale.
     pub went_stale: usize,
+    /// The first `LOG_IDS` of them, for the log.
+    pub stale_ids: Vec<String>,
     /// More entries are due: call again (after letting requests run).
     pub more: bool,
 }
@@ -680,6 +685,11 @@ impl Registry {
                     counts.add(e);
                 }
                 out.went_stale += 1;
+                if out.stale_ids.len() < LOG_IDS {
+                    if let Some(e) = self.chunks[t.slot].entry.as_ref() {
+                        out.stale_ids.push(e.rec.worker_id.clone());
+                    }
+                }
             }
             self.schedule(t.slot, Some(now));
         }

@@ -114,7 +114,7 @@ fn post_to(ctx: &Ctx, h: &HeaderMap, alias: &str, path_and_query: String) -> Out
 
 /// Built from scratch (only these headers go on), so there is nothing
 /// hop-by-hop to strip: only `X-Forwarded-For` is added. `Authorization`
-/// goes on unless it carries our own key; `Via` goes on so that a loop
+/// goes on unless it carries our own key; `X-Request-Id` goes on; `Via` goes on so that a loop
 /// through these routes is seen too.
 fn json_headers(h: &HeaderMap, ctx: &Ctx) -> HeaderMap {
     let mut out = HeaderMap::new();
@@ -123,6 +123,11 @@ fn json_headers(h: &HeaderMap, ctx: &Ctx) -> HeaderMap {
         if let Some(v) = h.get(&name) {
             out.insert(name, v.clone());
         }
+    }
+    // The request's id (the dispatcher made one if the client sent none),
+    // so the worker's logs can be matched with ours.
+    if let Some(v) = h.get(crate::http::accesslog::REQUEST_ID) {
+        out.insert(crate::http::accesslog::REQUEST_ID, v.clone());
     }
     for v in h.get_all(hyper::header::VIA) {
         out.append(hyper::header::VIA, v.clone());
