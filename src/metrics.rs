@@ -433,7 +433,7 @@ fn cpu_seconds() -> Option<f64> {
     }
     // Summed in whole microseconds, so the text shows e.g. 0.047454 rather
     // than a float sum's 0.047453999999999996.
-    let micros = |t: libc::timeval| t.tv_sec as i64 * 1_000_000 + t.tv_usec as i64;
+    let micros = |t: libc::timeval| t.tv_sec * 1_000_000 + t.tv_usec;
     Some((micros(u.ru_utime) + micros(u.ru_stime)) as f64 / 1e6)
 }
 
