@@ -264,6 +264,7 @@ fn metrics_encode(shards: Vec<MetricsSnapshot>) -> (Vec<MetricsSnapshot>, String
         workers_active: 990,
         services_total: 6,
         tasks_completed: 12_345,
+        ..Default::default()
     };
     let text = encode(&ROUTES, black_box(&shards), &gauges);
     (shards, text)

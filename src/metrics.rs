@@ -10,12 +10,20 @@
 //! [`encode_text`] writes them with the crate's `TextEncoder`, which escapes
 //! label values and formats the numbers.
 //!
+//! Two families come from outside the shards: `coordinator_build_info`
+//! (version and the commit `build.rs` found) and the `process_*` families,
+//! which the crate's `ProcessCollector` reads from `/proc/self` at scrape
+//! time ([`process_families`]; the one collector of the crate used here).
+//!
 //! This module must not know about HTTP routing, tasks, the proxy or the
 //! store: it imports nothing from the crate but `model`, and callers pass
 //! route names and values in.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use prometheus::core::Collector;
+use prometheus::process_collector::ProcessCollector;
 use prometheus::proto::{self, Bucket, LabelPair, Metric, MetricType};
 use prometheus::TextEncoder;
 
@@ -372,6 +380,63 @@ pub(crate) fn histogram_family(
     family(name, help, MetricType::HISTOGRAM, metrics)
 }
 
+/// `coordinator_build_info{version, commit} 1`: the package version and the
+/// short git commit of the build (`unknown` when the build had no git, see
+/// `build.rs`), so dashboards can tell which build each target runs.
+pub(crate) fn build_info() -> MetricFamily {
+    let labels = vec![
+        label("version", env!("CARGO_PKG_VERSION")),
+        label("commit", env!("COORDINATOR_GIT_COMMIT")),
+    ];
+    gauge(
+        "coordinator_build_info",
+        "Build of this coordinator (value 1): package version and git commit.",
+        vec![(labels, 1)],
+    )
+}
+
+/// The standard `process_*` families of this process (CPU seconds, resident
+/// and virtual memory, open and maximum file descriptors, start time,
+/// threads), read from `/proc/self` now. Empty where `/proc` is unreadable.
+///
+/// Reading `/proc/self/fd` walks every open descriptor (tens of thousands
+/// with full connection caps): call it off the shard threads.
+pub(crate) fn process_families() -> Vec<MetricFamily> {
+    // One collector for the process: it reads the start time once, and its
+    // counters are atomics, so concurrent scrapes from two shards are safe.
+    static COLLECTOR: OnceLock<ProcessCollector> = OnceLock::new();
+    let mut families = COLLECTOR.get_or_init(ProcessCollector::for_self).collect();
+    // The collector counts CPU time in whole seconds (an integer counter),
+    // which makes `rate()` over a minute jump between 0 and 1/60 s; getrusage
+    // has microseconds.
+    if let Some(cpu) = cpu_seconds() {
+        for f in &mut families {
+            if f.name() == "process_cpu_seconds_total" {
+                for m in f.mut_metric() {
+                    let mut c = proto::Counter::default();
+                    c.set_value(cpu);
+                    m.set_counter(c);
+                }
+            }
+        }
+    }
+    families
+}
+
+/// User plus system CPU time of the whole process (every thread), seconds.
+fn cpu_seconds() -> Option<f64> {
+    // SAFETY: getrusage only writes the struct we pass; zeroed is a valid
+    // `rusage`.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return None;
+    }
+    // Summed in whole microseconds, so the text shows e.g. 0.047454 rather
+    // than a float sum's 0.047453999999999996.
+    let micros = |t: libc::timeval| t.tv_sec * 1_000_000 + t.tv_usec;
+    Some((micros(u.ru_utime) + micros(u.ru_stime)) as f64 / 1e6)
+}
+
 fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name(name.to_string());
@@ -425,6 +490,42 @@ mod tests {
             "# HELP h H.\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"2\"} 1\n\
              h_bucket{le=\"4\"} 2\nh_bucket{le=\"+Inf\"} 3\nh_sum 13\nh_count 3\n"
         );
+    }
+
+    #[test]
+    fn build_info_and_process_families() {
+        let text = encode_text(&[build_info()]);
+        let commit = env!("COORDINATOR_GIT_COMMIT");
+        assert!(
+            commit == "unknown" || commit.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{commit}"
+        );
+        assert!(text.contains(&format!(
+            "coordinator_build_info{{version=\"{}\",commit=\"{commit}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+        let value = |families: &[MetricFamily], name: &str| {
+            let f = families.iter().find(|f| f.name() == name).expect(name);
+            let m = &f.get_metric()[0];
+            if f.get_field_type() == MetricType::COUNTER {
+                m.get_counter().get_value()
+            } else {
+                m.get_gauge().get_value()
+            }
+        };
+        let before = cpu_seconds().unwrap();
+        let families = process_families();
+        let after = cpu_seconds().unwrap();
+        // Microseconds, not the collector's whole seconds (which would be
+        // below `before` unless it happened to be a whole number).
+        let cpu = value(&families, "process_cpu_seconds_total");
+        assert!(before <= cpu && cpu <= after, "{before} {cpu} {after}");
+        let value = |name: &str| value(&families, name);
+        assert!(value("process_resident_memory_bytes") > 0.0);
+        assert!(value("process_virtual_memory_bytes") >= value("process_resident_memory_bytes"));
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_max_fds") >= value("process_open_fds"));
+        assert!(value("process_start_time_seconds") > 1.6e9);
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub(crate) struct ReportedState {
 }
 
 /// Statuses agents report, kept without an allocation.
-const KNOWN_STATUSES: [&str; 9] = [
+pub(crate) const KNOWN_STATUSES: [&str; 9] = [
     "healthy",
     "busy",
     "loading",

@@ -7,7 +7,9 @@
 //! This module must not parse HTTP or know about routes beyond the names
 //! it is given.
 
-use crate::metrics::{self, by_shard, counter, gauge, unlabelled, MetricFamily, ShardMetrics};
+use crate::metrics::{
+    self, by_shard, counter, gauge, label, unlabelled, MetricFamily, ShardMetrics,
+};
 use crate::proxy::{scrape as proxy_scrape, ProxyCounters};
 use crate::tasks::{scrape as task_scrape, TaskCounters};
 
@@ -30,6 +32,13 @@ pub struct Gauges {
     pub workers_active: u64,
     pub services_total: u64,
     pub tasks_completed: u64,
+    /// Workers by reported status (bounded set of names; "stale" for
+    /// workers without a fresh heartbeat), sorted.
+    pub workers_by_status: Vec<(String, u64)>,
+    /// Healthy workers of tiers 1..=4 (index 0 unused).
+    pub healthy_by_tier: [u64; 5],
+    /// Every catalog service: (name, tier, healthy workers).
+    pub catalog_services: Vec<(String, u8, u64)>,
 }
 
 /// The families of one scrape, in the order they are exposed.
@@ -40,10 +49,16 @@ pub(crate) fn families(
 ) -> Vec<MetricFamily> {
     // `coordinator_workers_total` and `coordinator_services_total` are
     // gauges with a counter's suffix, kept for compatibility (docs/api.md);
-    // `.ci/promtool` accepts exactly these two findings.
+    // `.ci/promtool` accepts exactly these two findings. `coordinator_workers`
+    // and `coordinator_services` carry the same values under correct names.
     let mut out = vec![
         gauge(
             "coordinator_workers_total",
+            "Registered workers (compatibility name of coordinator_workers).",
+            unlabelled(g.workers_total),
+        ),
+        gauge(
+            "coordinator_workers",
             "Registered workers.",
             unlabelled(g.workers_total),
         ),
@@ -54,8 +69,39 @@ pub(crate) fn families(
         ),
         gauge(
             "coordinator_services_total",
+            "Services with at least one healthy worker (compatibility name of coordinator_services).",
+            unlabelled(g.services_total),
+        ),
+        gauge(
+            "coordinator_services",
             "Services with at least one healthy worker.",
             unlabelled(g.services_total),
+        ),
+        gauge(
+            "coordinator_workers_by_status",
+            "Registered workers by reported status (\"stale\": no fresh heartbeat; \"other\": a status outside the known set).",
+            g.workers_by_status
+                .iter()
+                .map(|(status, n)| (vec![label("status", status.as_str())], *n))
+                .collect(),
+        ),
+        gauge(
+            "coordinator_healthy_workers_by_tier",
+            "Healthy workers by tier (1 gpu, 2 cpu, 3 storage, 4 edge).",
+            (1..g.healthy_by_tier.len())
+                .map(|t| (vec![label("tier", t.to_string())], g.healthy_by_tier[t]))
+                .collect(),
+        ),
+        gauge(
+            "coordinator_service_healthy_workers",
+            "Healthy workers running each catalog service (0: a coverage gap).",
+            g.catalog_services
+                .iter()
+                .map(|(name, tier, n)| {
+                    let labels = vec![label("service", name.as_str()), label("tier", tier.to_string())];
+                    (labels, *n)
+                })
+                .collect(),
         ),
         counter(
             "coordinator_tasks_completed_total",

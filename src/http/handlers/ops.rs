@@ -1,4 +1,10 @@
 //! Operations routes: liveness summary and Prometheus metrics.
+//!
+//! `/metrics` gathers the shards' snapshots and the registry summary,
+//! reads the process figures off the shard, and appends the build info.
+//! Must not keep state between scrapes or block the shard on `/proc`.
+
+use std::collections::HashMap;
 
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
@@ -7,7 +13,10 @@ use serde_json::json as j;
 use super::super::error::ApiError;
 use super::super::{json, Body, Ctx, ROUTE_NAMES};
 use super::summary;
+use crate::metrics;
 use crate::model::time::now_iso8601;
+use crate::model::worker::KNOWN_STATUSES;
+use crate::runtime;
 use crate::shard::msg::{Reply, Request as ShardRequest};
 use crate::shard::scrape::{encode, Gauges};
 
@@ -36,22 +45,62 @@ pub(super) async fn metrics(ctx: Ctx) -> Result<Response<Body>, ApiError> {
             all
         },
     );
-    let (s, shards) = futures::join!(summary(&ctx), snapshots);
+    // /proc/self/fd lists every descriptor (tens of thousands at full
+    // connection caps): read off the shard, while the fan-out runs.
+    let process = runtime::off_shard("process-metrics", metrics::process_families);
+    let (s, shards, process) = futures::join!(summary(&ctx), snapshots, process);
     let (s, shards) = (s?, shards?);
+    let catalog_services = ctx
+        .shard
+        .cfg
+        .catalog
+        .services()
+        .iter()
+        .map(|svc| {
+            let n = s.services.get(&svc.name).copied().unwrap_or(0);
+            (svc.name.clone(), svc.tier, n)
+        })
+        .collect();
     let gauges = Gauges {
         workers_total: s.total,
         workers_active: s.healthy,
         services_total: s.services.values().filter(|n| **n > 0).count() as u64,
         tasks_completed: s.tasks_completed,
+        workers_by_status: workers_by_status(&s.by_status),
+        healthy_by_tier: s.tier_count,
+        catalog_services,
     };
     let mut text = encode(&ROUTE_NAMES, &shards, &gauges);
     if let Some(store) = ctx.shard.store() {
         store.snapshot().encode(&mut text);
     }
+    let mut process = process.unwrap_or_default();
+    process.insert(0, metrics::build_info());
+    text.push_str(&metrics::encode_text(&process));
     let mut r = json(StatusCode::OK, text.into_bytes());
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(r)
+}
+
+/// Workers by status with the label values bounded: agents may report any
+/// string, so statuses outside the known set are summed as "other" (one
+/// series each would let agents grow the scrape without limit).
+fn workers_by_status(by_status: &HashMap<String, u64>) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for (status, n) in by_status {
+        let name = if status == "stale" || KNOWN_STATUSES.contains(&status.as_str()) {
+            status.as_str()
+        } else {
+            "other"
+        };
+        match out.iter_mut().find(|(s, _)| s == name) {
+            Some((_, m)) => *m += n,
+            None => out.push((name.to_string(), *n)),
+        }
+    }
+    out.sort_unstable();
+    out
 }
