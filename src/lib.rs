@@ -28,8 +28,9 @@
 //!   and the joins between registry, tasks and proxy.
 //! - [`http`]: accept loop, limits, the route table with a role per route,
 //!   handlers per API area, credentials, errors as JSON.
-//! - [`server`]: start and stop a whole coordinator (used by `main.rs` and
-//!   the tests).
+//! - [`server`] | [`probe`]: start and stop a whole coordinator (used by
+//!   `main.rs` and the tests) | the `--healthcheck` client: one `GET
+//!   /health` over `std::net`.
 //!
 //! A request's life: the kernel hands a connection to one shard's listener;
 //! that shard parses the request; if it concerns one worker it runs on the
@@ -42,6 +43,7 @@ pub(crate) mod events;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod probe;
 pub mod proxy;
 pub mod runtime;
 pub mod server;

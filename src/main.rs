@@ -43,6 +43,12 @@ macro_rules! options {
             /// Keep all state in memory: no database, nothing survives a restart.
             #[arg(long)]
             in_memory: bool,
+            /// Probe a running coordinator instead of starting one: GET
+            /// http://127.0.0.1:PORT/health (PORT from --port/PORT/config; HOST
+            /// only if it is a specific address), print one line, exit 0 on
+            /// status 200 and 1 otherwise. For container HEALTHCHECKs.
+            #[arg(long)]
+            healthcheck: bool,
             #[command(subcommand)]
             command: Option<Command>,
             $( $(#[$doc])* #[arg(long, env = $env)] $name: Option<$ty>, )*
@@ -200,6 +206,30 @@ fn hash_password_command() -> ExitCode {
         }
         Err(e) => {
             eprintln!("coordinator: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// How long `--healthcheck` waits for the whole exchange; under the
+/// timeouts health checkers use (Docker's default is 30 s, the shipped
+/// Dockerfile and compose file use 5 s).
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `coordinator --healthcheck`: one line on stdout, exit 0 if healthy.
+fn healthcheck_command(cli: &Cli) -> ExitCode {
+    let port = cli.port.unwrap_or(Config::default().listen.port());
+    let addr = coordinator::probe::probe_addr(cli.host, port);
+    // With --protect-metrics /health needs the admin role: send a key of it
+    // when the environment has one.
+    let key = cli.api_key.as_deref().or(cli.admin_key.as_deref());
+    match coordinator::probe::check_health(addr, key, HEALTHCHECK_TIMEOUT) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(line) => {
+            println!("{line}");
             ExitCode::from(1)
         }
     }
@@ -517,6 +547,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if cli.healthcheck {
+        return healthcheck_command(&cli);
     }
     if let Err(e) = check_options(&cli) {
         eprintln!("coordinator: {e}");

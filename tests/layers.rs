@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     &["shard"],
     &["http"],
-    &["server"],
+    &["server", "probe"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

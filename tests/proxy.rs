@@ -599,3 +599,35 @@ fn api_service_refuses_other_names_and_needs_the_role_service_needs() {
     assert_eq!(status("/api/service/nope/x", None), 401);
     assert_eq!(w.hits(), 4);
 }
+
+#[test]
+fn request_ids_are_echoed_and_passed_to_the_worker() {
+    let s = start(2, |c| c.route_cache_ttl = Duration::ZERO);
+    let w = &sims(&s, "rid", 1, &["notes-coa"])[0];
+    let mut c = Conn::open(s.addr);
+    // The client's id goes to the worker and comes back.
+    let r = c.request("GET", "/service/notes/x", &[("X-Request-Id", "edge-42")], None);
+    assert_eq!(worker_of(&r), w.id);
+    assert_eq!(r.header("x-request-id"), Some("edge-42"));
+    assert_eq!(r.json()["headers"]["x-request-id"], "edge-42");
+    // Without one (or with an unusable one), the coordinator makes one,
+    // and the worker sees the id the client is told.
+    for sent in [None, Some("has space"), Some(&*"x".repeat(129))] {
+        let headers: Vec<(&str, &str)> = sent.map(|v| ("X-Request-Id", v)).into_iter().collect();
+        let r = c.request("GET", "/service/notes/x", &headers, None);
+        let id = r.header("x-request-id").expect("an id on every reply").to_string();
+        assert_ne!(Some(id.as_str()), sent);
+        assert!(!id.is_empty() && id.len() <= 128, "{id}");
+        assert_eq!(r.json()["headers"]["x-request-id"], id.as_str());
+    }
+    // Every reply has one, each its own, on every shard.
+    let mut ids = std::collections::HashSet::new();
+    for shard in 0..s.shards {
+        let mut c = conn_on_shard(s.addr, shard);
+        for _ in 0..5 {
+            let r = c.get("/health");
+            assert!(ids.insert(r.header("x-request-id").unwrap().to_string()));
+        }
+    }
+    assert_eq!(ids.len(), 10);
+}

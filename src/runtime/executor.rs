@@ -149,11 +149,37 @@ pub(crate) fn allowed_cpus() -> Vec<usize> {
     ids
 }
 
-/// Shard count and pinning: `shards` defaults to the CPUs we may run on; with
-/// more shards than CPUs the CPUs are reused round-robin (useful in tests).
+/// Shard count and pinning: `shards` defaults to [`default_shards`] of the
+/// CPUs we may run on and the cgroup CPU quota; with more shards than CPUs
+/// the CPUs are reused round-robin (useful in tests), with fewer the first
+/// ones are used.
 pub(crate) fn plan_cpus(shards: Option<usize>, pin: bool) -> Vec<Option<usize>> {
     let cpus = allowed_cpus();
-    let n = shards.unwrap_or(cpus.len()).max(1);
+    let n = match shards {
+        Some(n) => {
+            tracing::info!(shards = n, "shard count from --shards");
+            n
+        }
+        None => {
+            let quota = super::cgroup::cpu_quota();
+            let (n, by) = default_shards(cpus.len(), quota.map(|(q, _)| q));
+            match (by, quota) {
+                (ShardLimit::Quota, Some((q, source))) => tracing::info!(
+                    shards = n,
+                    allowed_cpus = cpus.len(),
+                    quota_cpus = q.as_f64(),
+                    "shard count from the CPU quota ({source})"
+                ),
+                _ => tracing::info!(
+                    shards = n,
+                    quota_cpus = quota.map(|(q, _)| q.as_f64()),
+                    "shard count from the CPUs this process may use (sched_getaffinity)"
+                ),
+            }
+            n
+        }
+    }
+    .max(1);
     (0..n)
         .map(|i| {
             if pin && !cpus.is_empty() {
@@ -163,6 +189,31 @@ pub(crate) fn plan_cpus(shards: Option<usize>, pin: bool) -> Vec<Option<usize>> 
             }
         })
         .collect()
+}
+
+/// Which limit decided the default shard count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ShardLimit {
+    /// The CPUs the process may run on (affinity, cpusets).
+    Affinity,
+    /// The cgroup's CPU time quota, rounded up to whole CPUs.
+    Quota,
+}
+
+/// The default shard count: min(allowed CPUs, ceil(quota)), at least 1.
+///
+/// A quota of 1.5 CPUs on an 8-CPU machine would otherwise give 8 shards
+/// that the kernel throttles in turn: each shard's latency then includes
+/// the others' share of every period. `allowed` of 0 means the affinity
+/// could not be read.
+pub(crate) fn default_shards(
+    allowed: usize,
+    quota: Option<super::cgroup::CpuQuota>,
+) -> (usize, ShardLimit) {
+    match quota.map(|q| q.cpus()) {
+        Some(q) if allowed == 0 || q < allowed => (q.max(1), ShardLimit::Quota),
+        _ => (allowed.max(1), ShardLimit::Affinity),
+    }
 }
 
 /// Starts one executor thread per shard and runs `shard_main` on each.
@@ -229,4 +280,43 @@ pub(crate) fn block_on<F: Future>(fut: F) -> std::io::Result<F::Output> {
         .make()
         .map_err(std::io::Error::from)?;
     Ok(ex.run(fut))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::cgroup::parse_cpu_max;
+    use super::*;
+
+    #[test]
+    fn default_shards_take_the_smaller_of_affinity_and_quota() {
+        let quota = |s: &str| parse_cpu_max(s);
+        assert_eq!(default_shards(8, None), (8, ShardLimit::Affinity));
+        assert_eq!(
+            default_shards(8, quota("max 100000")),
+            (8, ShardLimit::Affinity)
+        );
+        assert_eq!(
+            default_shards(8, quota("150000 100000")),
+            (2, ShardLimit::Quota)
+        );
+        assert_eq!(
+            default_shards(8, quota("50000 100000")),
+            (1, ShardLimit::Quota)
+        );
+        // A quota above the CPUs we may use changes nothing.
+        assert_eq!(
+            default_shards(2, quota("400000 100000")),
+            (2, ShardLimit::Affinity)
+        );
+        assert_eq!(
+            default_shards(2, quota("200000 100000")),
+            (2, ShardLimit::Affinity)
+        );
+        // Affinity unknown: the quota alone, else one shard.
+        assert_eq!(
+            default_shards(0, quota("300000 100000")),
+            (3, ShardLimit::Quota)
+        );
+        assert_eq!(default_shards(0, None), (1, ShardLimit::Affinity));
+    }
 }

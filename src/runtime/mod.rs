@@ -3,13 +3,15 @@
 //! It owns executors (one pinned thread per shard), listening sockets
 //! (SO_REUSEPORT, one per shard on the same port), the cross-shard channel
 //! mesh, timers, task spawning, the hyper <-> glommio IO adapter (plain or
-//! client TLS), and running blocking calls off the shard threads.
+//! client TLS), running blocking calls off the shard threads, and how many
+//! shards the CPUs and the cgroup CPU quota allow.
 //! Everything above it (shards, HTTP, tasks) speaks in terms of the small
 //! API re-exported here, so swapping the runtime touches only this folder.
 //!
 //! It must not know about workers, routes or JSON.
 
 mod blocking;
+mod cgroup;
 mod executor;
 mod failfast;
 mod io;
