@@ -490,25 +490,32 @@ fn check_log_filter(filter: &str) -> Result<(), String> {
 /// (clap names only the flag), and exits 2.
 fn clap_error(e: clap::Error) -> ExitCode {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    let from_env = matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation)
-        .then(|| match e.get(ContextKind::InvalidArg) {
-            Some(ContextValue::String(arg)) => Some(arg.clone()),
-            _ => None,
-        })
-        .flatten()
-        .and_then(|arg| {
-            let long = arg.split_whitespace().next()?.trim_start_matches("--").to_string();
-            let cmd = <Cli as clap::CommandFactory>::command();
-            let env = cmd
-                .get_arguments()
-                .find(|a| a.get_long() == Some(long.as_str()))?
-                .get_env()?
-                .to_string_lossy()
-                .into_owned();
-            let flag = format!("--{long}");
-            let on_line = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
-            (!on_line && std::env::var_os(&env).is_some()).then_some((env, flag))
-        });
+    let from_env = matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    )
+    .then(|| match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => Some(arg.clone()),
+        _ => None,
+    })
+    .flatten()
+    .and_then(|arg| {
+        let long = arg
+            .split_whitespace()
+            .next()?
+            .trim_start_matches("--")
+            .to_string();
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let env = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()))?
+            .get_env()?
+            .to_string_lossy()
+            .into_owned();
+        let flag = format!("--{long}");
+        let on_line = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+        (!on_line && std::env::var_os(&env).is_some()).then_some((env, flag))
+    });
     match from_env {
         Some((env, flag)) => {
             let text = e.to_string();
@@ -574,7 +581,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if config { 2 } else { 1 });
         }
     };
-    if let Some(shards) = cli.shards.filter(|&n| n > coordinator::server::available_cpus()) {
+    if let Some(shards) = cli
+        .shards
+        .filter(|&n| n > coordinator::server::available_cpus())
+    {
         tracing::warn!(
             shards,
             cpus = coordinator::server::available_cpus(),

@@ -606,7 +606,12 @@ fn request_ids_are_echoed_and_passed_to_the_worker() {
     let w = &sims(&s, "rid", 1, &["notes-coa"])[0];
     let mut c = Conn::open(s.addr);
     // The client's id goes to the worker and comes back.
-    let r = c.request("GET", "/service/notes/x", &[("X-Request-Id", "edge-42")], None);
+    let r = c.request(
+        "GET",
+        "/service/notes/x",
+        &[("X-Request-Id", "edge-42")],
+        None,
+    );
     assert_eq!(worker_of(&r), w.id);
     assert_eq!(r.header("x-request-id"), Some("edge-42"));
     assert_eq!(r.json()["headers"]["x-request-id"], "edge-42");
@@ -615,7 +620,10 @@ fn request_ids_are_echoed_and_passed_to_the_worker() {
     for sent in [None, Some("has space"), Some(&*"x".repeat(129))] {
         let headers: Vec<(&str, &str)> = sent.map(|v| ("X-Request-Id", v)).into_iter().collect();
         let r = c.request("GET", "/service/notes/x", &headers, None);
-        let id = r.header("x-request-id").expect("an id on every reply").to_string();
+        let id = r
+            .header("x-request-id")
+            .expect("an id on every reply")
+            .to_string();
         assert_ne!(Some(id.as_str()), sent);
         assert!(!id.is_empty() && id.len() <= 128, "{id}");
         assert_eq!(r.json()["headers"]["x-request-id"], id.as_str());

@@ -96,7 +96,6 @@ impl AccessLog {
             "request"
         );
     }
-
 }
 
 /// What one access-log line says.
@@ -168,7 +167,9 @@ mod tests {
     fn a_window_admits_its_rate_then_counts_the_rest() {
         let l = Limit::new(3);
         let t0 = Instant::now();
-        let got: Vec<bool> = (0..5).map(|i| l.admit(t0 + Duration::from_millis(i)).0).collect();
+        let got: Vec<bool> = (0..5)
+            .map(|i| l.admit(t0 + Duration::from_millis(i)).0)
+            .collect();
         assert_eq!(got, [true, true, true, false, false]);
         // The next window admits again and reports the two skipped.
         let (ok, report) = l.admit(t0 + Duration::from_millis(1500));

@@ -459,8 +459,7 @@ async fn dispatch(mut ctx: Ctx, mut req: Request<Incoming>) -> Response<Body> {
         Some(id) => id,
         None => {
             let id = ctx.log.new_id();
-            req.headers_mut()
-                .insert(accesslog::REQUEST_ID, id.clone());
+            req.headers_mut().insert(accesslog::REQUEST_ID, id.clone());
             id
         }
     };
@@ -508,7 +507,9 @@ async fn dispatch(mut ctx: Ctx, mut req: Request<Incoming>) -> Response<Body> {
             route: route.name(),
             status,
             elapsed,
-            bytes: hyper::body::Body::size_hint(resp.body()).exact().unwrap_or(0),
+            bytes: hyper::body::Body::size_hint(resp.body())
+                .exact()
+                .unwrap_or(0),
             request_id: request_id.to_str().unwrap_or(""),
             worker: note.as_ref(),
         });
