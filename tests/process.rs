@@ -264,3 +264,117 @@ fn a_request_outliving_the_shutdown_timeout_does_not_crash_the_exit() {
     assert!(client.join().unwrap().is_none());
     held.join().unwrap();
 }
+
+#[test]
+fn silent_misconfiguration_is_refused_naming_its_source() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+        cmd.args(["--port", "0", "--host", "127.0.0.1"]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (args, env, needle) in [
+        // A bare word is a target name to tracing: it would switch every
+        // other line off.
+        (
+            vec!["--in-memory", "--log-level", "nonsense"],
+            vec![],
+            "--log-level",
+        ),
+        (vec!["--in-memory"], vec![("RUST_LOG", "inf")], "RUST_LOG"),
+        (vec!["--in-memory", "--db", "x.db"], vec![], "--db"),
+        (
+            vec!["--in-memory"],
+            vec![("DATABASE_PATH", "x.db")],
+            "DATABASE_PATH",
+        ),
+        (
+            vec!["--baseline-hello", "--in-memory", "--api-key", "k"],
+            vec![],
+            "--api-key",
+        ),
+        (
+            vec!["--in-memory", "--public-url", "not a url"],
+            vec![],
+            "--public-url",
+        ),
+        (
+            vec!["--in-memory"],
+            vec![("SHARDS", "two")],
+            "environment variable SHARDS",
+        ),
+    ] {
+        let (code, err) = run(&args, &env);
+        assert_eq!(code, Some(2), "{args:?} {env:?}: {err}");
+        assert!(err.contains(needle), "{args:?} {env:?}: {err}");
+    }
+    // What is valid still starts: levels and target=level directives.
+    let (mut child, addr) = spawn(
+        &[
+            "--shards",
+            "2",
+            "--no-pin",
+            "--log-level",
+            "warn,coordinator=info",
+        ],
+        &[("HOST", "127.0.0.1"), ("PORT", "0")],
+    );
+    assert_eq!(get(addr, "/health").status, 200);
+    signal(&child, libc::SIGTERM);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)), Some(0));
+}
+
+#[test]
+fn sighup_drains_like_sigterm_and_log_json_keeps_stdout_json() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["--in-memory", "--shards", "2", "--no-pin", "--log-json"])
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The address comes from the JSON record on stderr.
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while addr.is_none() {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "no listening record");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines only");
+        if v["fields"]["message"] == "coordinator listening" {
+            addr = v["fields"]["addr"].as_str().map(|a| {
+                let port = a.rsplit(':').next().unwrap();
+                format!("127.0.0.1:{port}").parse::<SocketAddr>().unwrap()
+            });
+        }
+    }
+    let addr = addr.unwrap();
+    let r = get(addr, "/health");
+    assert_eq!(r.status, 200);
+    let id = r.header("x-request-id").unwrap().to_string();
+    signal(&child, libc::SIGHUP);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(15)), Some(0));
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert_eq!(out, "", "stdout carries nothing but JSON (here: nothing)");
+    // The rest of stderr: JSON lines, among them the access line of the
+    // request above with its id, and the drain.
+    let rest: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).expect("JSON log lines only"))
+        .collect();
+    let access = rest
+        .iter()
+        .find(|v| v["target"] == "access" && v["fields"]["request_id"] == id.as_str())
+        .expect("an access line for the request");
+    assert_eq!(access["fields"]["route"], "health");
+    assert_eq!(access["fields"]["status"], 200);
+    assert!(access["fields"]["duration_us"].is_u64());
+    assert!(rest.iter().any(|v| v["fields"]["message"] == "stopped"));
+}
