@@ -2,10 +2,12 @@
 //! server answers 200 on /health, 1 when it refuses (401 under
 //! --protect-metrics without a key) or nothing listens.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+
+mod common;
+use common::spawn_listening;
 
 /// Starts the binary on 127.0.0.1 with an ephemeral port and 2 unpinned
 /// shards, in memory; returns it with the address it printed.
@@ -22,23 +24,11 @@ fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
         "0",
     ])
     .args(args)
-    .stdout(Stdio::piped())
     .stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn coordinator");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    // "coordinator listening on http://127.0.0.1:PORT with N shard(s)"
-    let url = line.split_whitespace().nth(3).expect("address line");
-    let addr = url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("socket address");
-    (child, addr)
+    spawn_listening(cmd)
 }
 
 /// Runs `coordinator --healthcheck --port PORT` with a clean environment

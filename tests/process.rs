@@ -13,22 +13,11 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
     // These tests are about flags, not persistence: write no database.
     cmd.arg("--in-memory");
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.args(args).stderr(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn coordinator");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    // "coordinator listening on http://127.0.0.1:PORT with N shard(s)"
-    let url = line.split_whitespace().nth(3).expect("address line");
-    let addr = url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("socket address");
-    (child, addr)
+    spawn_listening(cmd)
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {

@@ -394,3 +394,21 @@ pub fn walk_pages(conn: &mut Conn, path: &str, key: &str) -> Vec<Value> {
     }
     panic!("{path}: more than 100,000 pages");
 }
+
+/// Spawns the real binary as `cmd` says (stdout piped) and returns it with
+/// the address from its first stdout line, "coordinator listening on
+/// http://ADDR with N shard(s)".
+pub fn spawn_listening(mut cmd: std::process::Command) -> (std::process::Child, SocketAddr) {
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn coordinator");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.split_whitespace().nth(3).expect("address line");
+    let addr = url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("socket address");
+    (child, addr)
+}
