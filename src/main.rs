@@ -418,14 +418,22 @@ fn init_logging(cli: &Cli) {
 /// environment variable, or the `--config` file (in precedence order).
 fn origin(flag: &str, env: &str) -> String {
     let long = format!("--{flag}");
-    let with_value = format!("{long}=");
-    if std::env::args().any(|a| a == long || a.starts_with(&with_value)) {
+    if on_command_line(&long) {
         long
     } else if std::env::var_os(env).is_some() {
         format!("{env} (environment, for {long})")
     } else {
         format!("`{}` in the config file", flag.replace('-', "_"))
     }
+}
+
+/// Whether `--flag` was given on the command line (as `--flag v` or
+/// `--flag=v`).
+fn on_command_line(long: &str) -> bool {
+    std::env::args().any(|a| {
+        a.strip_prefix(long)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+    })
 }
 
 /// Refuses what would otherwise be accepted silently and run differently
@@ -485,38 +493,36 @@ fn check_log_filter(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The environment variable (and its flag) a value clap refused came
+/// from, when it was not on the command line.
+fn env_source(e: &clap::Error) -> Option<(String, String)> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // "--port <PORT>"
+    let flag = arg.split_whitespace().next()?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let env = cmd
+        .get_arguments()
+        .find(|a| a.get_long() == flag.strip_prefix("--"))?
+        .get_env()?
+        .to_string_lossy()
+        .into_owned();
+    (!on_command_line(flag) && std::env::var_os(&env).is_some()).then(|| (env, flag.to_string()))
+}
+
 /// A command line or environment value clap refused: says which
 /// environment variable it came from when it was not on the command line
 /// (clap names only the flag), and exits 2.
 fn clap_error(e: clap::Error) -> ExitCode {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
-    let from_env = matches!(
-        e.kind(),
-        ErrorKind::InvalidValue | ErrorKind::ValueValidation
-    )
-    .then(|| match e.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(arg)) => Some(arg.clone()),
-        _ => None,
-    })
-    .flatten()
-    .and_then(|arg| {
-        let long = arg
-            .split_whitespace()
-            .next()?
-            .trim_start_matches("--")
-            .to_string();
-        let cmd = <Cli as clap::CommandFactory>::command();
-        let env = cmd
-            .get_arguments()
-            .find(|a| a.get_long() == Some(long.as_str()))?
-            .get_env()?
-            .to_string_lossy()
-            .into_owned();
-        let flag = format!("--{long}");
-        let on_line = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
-        (!on_line && std::env::var_os(&env).is_some()).then_some((env, flag))
-    });
-    match from_env {
+    match env_source(&e) {
         Some((env, flag)) => {
             let text = e.to_string();
             let what = text.lines().next().unwrap_or_default();
@@ -581,17 +587,6 @@ fn main() -> ExitCode {
             return ExitCode::from(if config { 2 } else { 1 });
         }
     };
-    if let Some(shards) = cli
-        .shards
-        .filter(|&n| n > coordinator::server::available_cpus())
-    {
-        tracing::warn!(
-            shards,
-            cpus = coordinator::server::available_cpus(),
-            from = %origin("shards", "SHARDS"),
-            "more shards than CPUs: shards share cores and latency suffers"
-        );
-    }
     // With --log-json, stdout carries JSON only: the listening line above
     // (from the server, as a log record) says the same.
     if !cli.log_json {

@@ -180,9 +180,3 @@ impl Drop for Server {
         self.stop_inner();
     }
 }
-
-/// CPUs this process may run on (its affinity mask), for checking a
-/// configured shard count before starting.
-pub fn available_cpus() -> usize {
-    runtime::allowed_cpus().len()
-}

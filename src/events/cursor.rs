@@ -77,7 +77,7 @@ pub(crate) fn write_parts(out: &mut Vec<u8>, epoch: u64, pos: &[u64], at: Option
 }
 
 /// Lower-case hex without leading zeros (`0` for zero), as `{:x}` writes.
-fn push_hex(out: &mut Vec<u8>, v: u64) {
+pub(crate) fn push_hex(out: &mut Vec<u8>, v: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let n = (64 - v.leading_zeros()).div_ceil(4).max(1);
     for i in (0..n).rev() {

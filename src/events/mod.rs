@@ -23,7 +23,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-pub(crate) use cursor::{Cursor, CursorError};
+pub(crate) use cursor::{push_hex, Cursor, CursorError};
 pub(crate) use filter::Filter;
 pub(crate) use ring::{Batch, Ring};
 

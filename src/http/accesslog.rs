@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use hyper::header::HeaderValue;
 
+use crate::events::push_hex;
+
 /// The header carrying a request's id, both ways and to workers.
 pub(crate) const REQUEST_ID: &str = "x-request-id";
 
@@ -37,21 +39,25 @@ pub(crate) fn client_id(v: Option<&HeaderValue>) -> Option<HeaderValue> {
 
 /// One shard's access log: its id counter and its rate limit.
 pub(crate) struct AccessLog {
-    epoch: u64,
     shard: usize,
+    /// `<epoch>-<shard>-`, the part every id made here starts with.
+    id_prefix: Vec<u8>,
     next_id: Cell<u64>,
     limit: Limit,
 }
 
-/// The worker a logged request was about, as its handler noted it (see
-/// `Ctx::note_worker`); a request that is not logged has none.
+/// The worker a logged request was about, as its handler noted it (in
+/// `Ctx::may_act_for`); a request that is not logged has none.
 pub(crate) type WorkerNote = Rc<RefCell<Option<String>>>;
 
 impl AccessLog {
     pub(crate) fn new(epoch: u64, shard: usize, per_second: u32) -> Self {
+        let mut id_prefix = Vec::new();
+        push_hex(&mut id_prefix, epoch);
+        id_prefix.extend_from_slice(format!("-{shard}-").as_bytes());
         Self {
-            epoch,
             shard,
+            id_prefix,
             next_id: Cell::new(0),
             limit: Limit::new(per_second),
         }
@@ -61,8 +67,12 @@ impl AccessLog {
     pub(crate) fn new_id(&self) -> HeaderValue {
         let n = self.next_id.get();
         self.next_id.set(n + 1);
-        let s = format!("{:x}-{}-{:x}", self.epoch, self.shard, n);
-        HeaderValue::from_str(&s).expect("hex digits and dashes are a valid header value")
+        // One allocation, handed to the header value without a copy.
+        let mut id = Vec::with_capacity(self.id_prefix.len() + 16);
+        id.extend_from_slice(&self.id_prefix);
+        push_hex(&mut id, n);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
+            .expect("hex digits and dashes are a valid header value")
     }
 
     /// Whether the request starting `now` is logged; says (once a second)
@@ -82,7 +92,7 @@ impl AccessLog {
 
     /// Writes the line of a logged request.
     pub(crate) fn line(&self, l: Line<'_>) {
-        let worker = l.worker.and_then(|w| w.borrow_mut().take());
+        let worker = l.worker.borrow_mut().take();
         tracing::info!(
             target: "access",
             method = l.method,
@@ -107,7 +117,7 @@ pub(crate) struct Line<'a> {
     /// Response body bytes when known in advance (streams: 0).
     pub bytes: u64,
     pub request_id: &'a str,
-    pub worker: Option<&'a WorkerNote>,
+    pub worker: &'a WorkerNote,
 }
 
 /// At most `per_second` admissions per one-second window.

@@ -126,6 +126,9 @@ pub(crate) struct Ctx {
     pub log: Rc<accesslog::AccessLog>,
     /// Where the handler notes the worker of a request being logged.
     pub note: Option<accesslog::WorkerNote>,
+    /// The request's id (`X-Request-Id`): the client's, or one made by
+    /// the dispatcher; the proxy passes it to workers.
+    pub request_id: HeaderValue,
 }
 
 impl Ctx {
@@ -282,6 +285,7 @@ async fn connection(
                 switch: switch.clone(),
                 log: log.clone(),
                 note: None,
+                request_id: HeaderValue::from_static(""),
             };
             let activity = activity.clone();
             async move {
@@ -326,6 +330,7 @@ async fn connection(
                 switch,
                 log,
                 note: None,
+                request_id: HeaderValue::from_static(""),
             };
             let read_buf = parts.read_buf.to_vec();
             runtime::in_background(async move {
@@ -444,7 +449,7 @@ async fn watchdog(act: &ConnActivity, idle: Duration, header: Duration) {
 }
 
 /// Routes, checks, runs the handler, and turns the outcome into a response.
-async fn dispatch(mut ctx: Ctx, mut req: Request<Incoming>) -> Response<Body> {
+async fn dispatch(mut ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
     if ctx.shard.cfg.baseline_hello {
         // The benchmark baseline is hyper on our runtime adapter and nothing
         // else: no routing, CORS, shard header or metrics (docs/performance.md).
@@ -453,26 +458,21 @@ async fn dispatch(mut ctx: Ctx, mut req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let shard = ctx.shard.clone();
     let cfg = &shard.cfg;
-    // The request's id: the client's, or one made here; handlers (and the
-    // proxy, to the worker) see it on the request, the client on the reply.
-    let request_id = match accesslog::client_id(req.headers().get(accesslog::REQUEST_ID)) {
-        Some(id) => id,
-        None => {
-            let id = ctx.log.new_id();
-            req.headers_mut().insert(accesslog::REQUEST_ID, id.clone());
-            id
-        }
-    };
+    // The request's id: the client's, or one made here; the proxy passes
+    // it to the worker (from `ctx`), the client gets it on the reply.
+    let request_id = accesslog::client_id(req.headers().get(accesslog::REQUEST_ID))
+        .unwrap_or_else(|| ctx.log.new_id());
+    ctx.request_id = request_id.clone();
     let matched = router::route(req.method(), req.uri().path());
     let (route, allow) = (matched.route, matched.allow);
     let origin = req.headers().get(hyper::header::ORIGIN).cloned();
     let log = ctx.log.clone();
-    let logged = log.admit(started);
-    if logged {
-        ctx.note = Some(Default::default());
-    }
-    let note = ctx.note.clone();
-    let method = req.method().clone();
+    // What a logged request's line needs that the handler consumes.
+    let logged = log.admit(started).then(|| {
+        let note = accesslog::WorkerNote::default();
+        ctx.note = Some(note.clone());
+        (req.method().clone(), note)
+    });
 
     // The guard judges the matched route, never the raw path.
     let result = if route == Route::Preflight {
@@ -501,7 +501,7 @@ async fn dispatch(mut ctx: Ctx, mut req: Request<Incoming>) -> Response<Body> {
     cors::decorate(cfg, origin.as_ref(), resp.headers_mut());
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
-    if logged {
+    if let Some((method, note)) = &logged {
         log.line(accesslog::Line {
             method: method.as_str(),
             route: route.name(),
@@ -511,7 +511,7 @@ async fn dispatch(mut ctx: Ctx, mut req: Request<Incoming>) -> Response<Body> {
                 .exact()
                 .unwrap_or(0),
             request_id: request_id.to_str().unwrap_or(""),
-            worker: note.as_ref(),
+            worker: note,
         });
     }
     let h = resp.headers_mut();

@@ -158,6 +158,14 @@ pub(crate) fn plan_cpus(shards: Option<usize>, pin: bool) -> Vec<Option<usize>> 
     let n = match shards {
         Some(n) => {
             tracing::info!(shards = n, "shard count from --shards");
+            if n > cpus.len() {
+                tracing::warn!(
+                    shards = n,
+                    cpus = cpus.len(),
+                    "more shards (--shards / SHARDS) than CPUs this process may run on: \
+                     shards share cores and latency suffers"
+                );
+            }
             n
         }
         None => {
@@ -289,34 +297,25 @@ mod tests {
 
     #[test]
     fn default_shards_take_the_smaller_of_affinity_and_quota() {
-        let quota = |s: &str| parse_cpu_max(s);
-        assert_eq!(default_shards(8, None), (8, ShardLimit::Affinity));
-        assert_eq!(
-            default_shards(8, quota("max 100000")),
-            (8, ShardLimit::Affinity)
-        );
-        assert_eq!(
-            default_shards(8, quota("150000 100000")),
-            (2, ShardLimit::Quota)
-        );
-        assert_eq!(
-            default_shards(8, quota("50000 100000")),
-            (1, ShardLimit::Quota)
-        );
-        // A quota above the CPUs we may use changes nothing.
-        assert_eq!(
-            default_shards(2, quota("400000 100000")),
-            (2, ShardLimit::Affinity)
-        );
-        assert_eq!(
-            default_shards(2, quota("200000 100000")),
-            (2, ShardLimit::Affinity)
-        );
-        // Affinity unknown: the quota alone, else one shard.
-        assert_eq!(
-            default_shards(0, quota("300000 100000")),
-            (3, ShardLimit::Quota)
-        );
-        assert_eq!(default_shards(0, None), (1, ShardLimit::Affinity));
+        use ShardLimit::{Affinity, Quota};
+        for (allowed, cpu_max, want) in [
+            (8, None, (8, Affinity)),
+            (8, Some("max 100000"), (8, Affinity)),
+            (8, Some("150000 100000"), (2, Quota)),
+            (8, Some("50000 100000"), (1, Quota)),
+            // A quota above the CPUs we may use changes nothing.
+            (2, Some("400000 100000"), (2, Affinity)),
+            (2, Some("200000 100000"), (2, Affinity)),
+            // Affinity unknown: the quota alone, else one shard.
+            (0, Some("300000 100000"), (3, Quota)),
+            (0, None, (1, Affinity)),
+        ] {
+            let quota = cpu_max.and_then(parse_cpu_max);
+            assert_eq!(
+                default_shards(allowed, quota),
+                want,
+                "{allowed} {cpu_max:?}"
+            );
+        }
     }
 }

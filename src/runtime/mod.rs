@@ -26,9 +26,7 @@ use std::time::Duration;
 pub(crate) use blocking::off_shard;
 #[cfg(test)]
 pub(crate) use executor::block_on;
-pub(crate) use executor::{
-    allowed_cpus, plan_cpus, start_pool, PoolHandle, PoolSpec, ShardEnv, Stopper,
-};
+pub(crate) use executor::{plan_cpus, start_pool, PoolHandle, PoolSpec, ShardEnv, Stopper};
 pub use failfast::EXIT_STATUS as PANIC_EXIT_STATUS;
 pub(crate) use io::{ConnActivity, HyperIo};
 pub(crate) use mesh::Mesh;

@@ -683,13 +683,11 @@ impl Registry {
                     e.fresh = false;
                     e.healthy = false;
                     counts.add(e);
-                }
-                out.went_stale += 1;
-                if out.stale_ids.len() < LOG_IDS {
-                    if let Some(e) = self.chunks[t.slot].entry.as_ref() {
+                    if out.stale_ids.len() < LOG_IDS {
                         out.stale_ids.push(e.rec.worker_id.clone());
                     }
                 }
+                out.went_stale += 1;
             }
             self.schedule(t.slot, Some(now));
         }

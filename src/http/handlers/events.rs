@@ -209,34 +209,29 @@ fn framed(sub: &Subscription, source: usize, events: &[Arc<Event>], format: Form
             && f.seqs.iter().zip(events).all(|(s, e)| *s == e.seq)
     };
     let hit = FRAMED.with(|c| c.borrow().iter().find(|f| same(f)).map(|f| f.bytes.clone()));
-    drop(pos);
-    match hit {
-        Some(b) => {
-            sub.shard().metrics.borrow_mut().events_sent += events.len() as u64;
-            b
-        }
-        None => {
-            let mut out = Vec::new();
-            write_events(sub, source, events, format, &mut out, |_| {});
-            let bytes = Bytes::from(out);
-            let entry = Framed {
-                format,
-                epoch,
-                source,
-                pos: sub.positions().1.clone(),
-                seqs: events.iter().map(|e| e.seq).collect(),
-                bytes: bytes.clone(),
-            };
-            FRAMED.with(|c| {
-                let mut c = c.borrow_mut();
-                if c.len() == FRAMED_KEEP {
-                    c.pop_front();
-                }
-                c.push_back(entry);
-            });
-            bytes
-        }
+    if let Some(bytes) = hit {
+        sub.shard().metrics.borrow_mut().events_sent += events.len() as u64;
+        return bytes;
     }
+    let mut out = Vec::new();
+    write_events(sub, source, events, format, &mut out, |_| {});
+    let bytes = Bytes::from(out);
+    let entry = Framed {
+        format,
+        epoch,
+        source,
+        pos: pos.clone(),
+        seqs: events.iter().map(|e| e.seq).collect(),
+        bytes: bytes.clone(),
+    };
+    FRAMED.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() == FRAMED_KEEP {
+            c.pop_front();
+        }
+        c.push_back(entry);
+    });
+    bytes
 }
 
 /// Writes a batch of shard `source`'s events to `out` as `format` frames

@@ -11,6 +11,7 @@ use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
+use super::super::accesslog::REQUEST_ID;
 use super::super::error::ApiError;
 use super::super::request::{parse_object, percent_decode, query_param};
 use super::super::{json, Body, Ctx};
@@ -124,11 +125,8 @@ fn json_headers(h: &HeaderMap, ctx: &Ctx) -> HeaderMap {
             out.insert(name, v.clone());
         }
     }
-    // The request's id (the dispatcher made one if the client sent none),
-    // so the worker's logs can be matched with ours.
-    if let Some(v) = h.get(crate::http::accesslog::REQUEST_ID) {
-        out.insert(crate::http::accesslog::REQUEST_ID, v.clone());
-    }
+    // The request's id, so the worker's logs can be matched with ours.
+    out.insert(REQUEST_ID, ctx.request_id.clone());
     for v in h.get_all(hyper::header::VIA) {
         out.append(hyper::header::VIA, v.clone());
     }
@@ -318,11 +316,13 @@ async fn generic(
     // Borrowed, not cloned: the config's Arc is shared by every shard, and
     // cloning it per request would bump a cross-shard atomic.
     let admin = is_admin(ctx, req.headers());
-    let headers = proxy::upstream_headers(
+    let mut headers = proxy::upstream_headers(
         req.headers().clone(),
         ctx.peer.map(|p| p.ip()),
         ctx.guard.authorization_is_ours(&ctx.grant, req.headers()),
     );
+    // The id the client is told (a client's unusable one is replaced).
+    headers.insert(REQUEST_ID, ctx.request_id.clone());
     let body = ctx.body(req).await?;
     let out = Outbound {
         service,
