@@ -26,6 +26,8 @@ pub enum StartError {
     },
     #[error("cannot start shard threads: {0}")]
     Spawn(std::io::Error),
+    #[error("cannot start the shards: {0}")]
+    NotReady(#[from] runtime::NotReady),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -100,6 +102,11 @@ impl Server {
             shard_main(env, cfg.clone(), boot.clone(), proxy.clone())
         })
         .map_err(StartError::Spawn)?;
+        // Dropping the pool on failure stops the shards that did start.
+        pool.wait_ready(|missing, waited| {
+            let ids: Vec<String> = missing.iter().map(usize::to_string).collect();
+            tracing::warn!(shards = %ids.join(","), waited_s = waited.as_secs(), "shards still starting");
+        })?;
         let pinned: Vec<String> = cpus.iter().flatten().map(usize::to_string).collect();
         tracing::info!(
             %addr,

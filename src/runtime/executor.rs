@@ -35,12 +35,40 @@ pub(crate) struct ShardEnv<M: Send + 'static> {
     pub inbox: Inbox<M>,
     pub listener: Listener,
     pub shutdown: Shutdown,
+    /// Sent once the shard serves its mesh and is about to accept; see
+    /// [`PoolHandle::wait_ready`].
+    pub ready: Ready,
 }
+
+/// A shard's "started" signal to the thread that started the pool. Dropped
+/// unsent (the shard's thread failed first), it tells that thread so at once.
+pub(crate) struct Ready {
+    id: usize,
+    tx: crossbeam_channel::Sender<usize>,
+}
+
+impl Ready {
+    pub(crate) fn signal(self) {
+        let _ = self.tx.send(self.id);
+    }
+}
+
+/// The pool did not come up: these shards' threads ended before they
+/// started serving (their own error is logged as they are joined).
+#[derive(Debug, thiserror::Error)]
+#[error("shard(s) {missing:?} stopped before they started")]
+pub struct NotReady {
+    pub missing: Vec<usize>,
+}
+
+/// How often [`PoolHandle::wait_ready`] reports shards still starting.
+const READY_NOTICE: Duration = Duration::from_secs(10);
 
 /// Handle on a running pool: trigger shutdown, wait for the threads.
 pub(crate) struct PoolHandle {
     threads: Vec<ExecutorJoinHandle<()>>,
     stopper: Stopper,
+    ready: crossbeam_channel::Receiver<usize>,
 }
 
 /// Requests shutdown of every shard; cloneable and usable from any thread
@@ -61,6 +89,40 @@ impl Stopper {
 }
 
 impl PoolHandle {
+    /// Waits until every shard has signalled [`Ready`]; fails only when a
+    /// shard's thread ended first. While some are still starting (a large
+    /// registry to restore, a loaded machine) it calls `slow` with their ids
+    /// and the time waited so far, every [`READY_NOTICE`].
+    ///
+    /// The listening sockets exist before any shard runs, so the kernel
+    /// queues connections from the start; a caller that went on before the
+    /// shards run could have a request reach a shard whose peers have not
+    /// started yet, and wait on them (or time out) on a loaded machine.
+    pub(crate) fn wait_ready(
+        &self,
+        mut slow: impl FnMut(&[usize], Duration),
+    ) -> Result<(), NotReady> {
+        let since = std::time::Instant::now();
+        let mut started = vec![false; self.threads.len()];
+        let missing = |started: &[bool]| -> Vec<usize> {
+            (0..started.len()).filter(|&i| !started[i]).collect()
+        };
+        while started.iter().any(|s| !s) {
+            match self.ready.recv_timeout(READY_NOTICE) {
+                Ok(id) => started[id] = true,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    slow(&missing(&started), since.elapsed());
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(NotReady {
+                        missing: missing(&started),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Asks every shard to stop accepting and drain.
     pub(crate) fn shutdown(&mut self) {
         self.stopper.stop();
@@ -226,7 +288,8 @@ pub(crate) fn default_shards(
 
 /// Starts one executor thread per shard and runs `shard_main` on each.
 ///
-/// Returns once every thread is spawned; each shard gets its mesh ends
+/// Returns once every thread is spawned (see [`PoolHandle::wait_ready`]
+/// for when they run); each shard gets its mesh ends
 /// ready-made, so none waits for another to start. An executor that cannot start (io_uring refused) surfaces
 /// as an error from its thread; call [`super::preflight`] first to turn the
 /// common causes into clear messages.
@@ -241,6 +304,7 @@ where
     let mut ends = mesh::build::<M>(count, spec.mesh_capacity).into_iter();
     let mut threads = Vec::with_capacity(count);
     let mut triggers = Vec::with_capacity(count);
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded(count);
     for (i, (cpu, listener)) in spec.cpus.into_iter().zip(spec.listeners).enumerate() {
         let placement = match cpu {
             Some(c) => Placement::Fixed(c),
@@ -250,6 +314,10 @@ where
         triggers.push(trigger);
         let (mesh, inbox) = ends.next().expect("one mesh end per shard");
         let shard_main = shard_main.clone();
+        let ready = Ready {
+            id: i,
+            tx: ready_tx.clone(),
+        };
         let ex = LocalExecutorBuilder::new(placement)
             .name(&format!("{}-{i}", spec.name))
             // glommio registers 10 MiB of io memory by default; we do no
@@ -266,6 +334,7 @@ where
                     inbox,
                     listener: Listener::from_std(listener),
                     shutdown,
+                    ready,
                 };
                 shard_main(env).await;
             })
@@ -275,6 +344,7 @@ where
     Ok(PoolHandle {
         threads,
         stopper: Stopper(Arc::new(Mutex::new(triggers))),
+        ready: ready_rx,
     })
 }
 

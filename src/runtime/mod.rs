@@ -26,6 +26,7 @@ use std::time::Duration;
 pub(crate) use blocking::off_shard;
 #[cfg(test)]
 pub(crate) use executor::block_on;
+pub use executor::NotReady;
 pub(crate) use executor::{plan_cpus, start_pool, PoolHandle, PoolSpec, ShardEnv, Stopper};
 pub use failfast::EXIT_STATUS as PANIC_EXIT_STATUS;
 pub(crate) use io::{ConnActivity, HyperIo};

@@ -482,6 +482,7 @@ pub(crate) fn start(
         inbox,
         listener,
         shutdown,
+        ready,
     } = env;
     let mut shard =
         Shard::new(id, count, cfg.clone(), mesh, n_routes, proxy).with_store(boot.store.clone());
@@ -549,6 +550,7 @@ pub(crate) fn start(
         });
     }
     inject_fault(id);
+    ready.signal();
     tracing::debug!(shard = id, shards = count, "shard started");
     (shard, listener, shutdown)
 }
