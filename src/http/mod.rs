@@ -173,6 +173,9 @@ pub(crate) async fn serve(shard: Rc<Shard>, listener: Listener, shutdown: Shutdo
         // least 8 KiB.
         .max_header_size(cfg.max_header_bytes)
         .max_buf_size(cfg.max_header_bytes.saturating_add(1).max(8192))
+        // Queue body buffers, never copy them into a per-connection buffer
+        // that keeps its largest size (see `runtime::io`).
+        .writev(true)
         .max_headers(100);
     let builder = Rc::new(builder);
     let guard = Rc::new(auth::Guard::new(cfg));

@@ -350,39 +350,88 @@ impl hyper::rt::Read for HyperIo {
     }
 }
 
-impl hyper::rt::Write for HyperIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
+impl HyperIo {
+    /// Writes (part of) `buf`: every write goes through here.
+    fn write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         // hyper's own error answer is written in one call before the
         // connection closes (a request head it could not take was never
         // dispatched); anything else passes through untouched.
-        if this.rewritten.is_none() && this.activity.request_started().is_some() {
-            if let Some(out) = this.error_bodies.and_then(|f| rewrite_empty_error(buf, f)) {
-                this.rewritten = Some((out, 0));
+        if self.rewritten.is_none() && self.activity.request_started().is_some() {
+            if let Some(out) = self.error_bodies.and_then(|f| rewrite_empty_error(buf, f)) {
+                self.rewritten = Some((out, 0));
             }
         }
-        if let Some((out, sent)) = &mut this.rewritten {
+        if let Some((out, sent)) = &mut self.rewritten {
             // Report `buf` written only once all of the replacement is.
             while *sent < out.len() {
-                match this.stream.poll_write(cx, &out[*sent..]) {
+                match self.stream.poll_write(cx, &out[*sent..]) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => *sent += n,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            this.rewritten = None;
-            this.activity.on_write();
+            self.rewritten = None;
+            self.activity.on_write();
             return Poll::Ready(Ok(buf.len()));
         }
-        let r = this.stream.poll_write(cx, buf);
+        let r = self.stream.poll_write(cx, buf);
         if let Poll::Ready(Ok(_)) = r {
-            this.activity.on_write();
+            self.activity.on_write();
         }
+        r
+    }
+}
+
+/// Vectored, so that hyper queues body buffers instead of copying them.
+///
+/// A non-vectored IO makes hyper "flatten": it copies every body into one
+/// per-connection buffer, and that buffer keeps its largest size for the
+/// connection's life. A keep-alive client polling a 2 MB worker list then
+/// pins 2 MB (measured: RSS 9 MB -> 64 MB with 16 such connections, 46 MB
+/// of it in hyper's write buffers, heaptrack). Queued, the body is the
+/// response's own `Bytes` (often the shard's cached list, shared).
+impl hyper::rt::Write for HyperIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().write(cx, buf)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    /// Small parts (a head and a short body) go out in one write through
+    /// the read scratch buffer (unused between reads), so a small response
+    /// still costs one syscall; a large part is written from where it is.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let mut parts = bufs.iter().filter(|b| !b.is_empty());
+        let Some(first) = parts.next() else {
+            return Poll::Ready(Ok(0));
+        };
+        if parts.next().is_none() || first.len() >= this.scratch.len() {
+            return this.write(cx, first);
+        }
+        let mut scratch = std::mem::take(&mut this.scratch);
+        let mut filled = 0;
+        for part in bufs {
+            let take = part.len().min(scratch.len() - filled);
+            scratch[filled..filled + take].copy_from_slice(&part[..take]);
+            filled += take;
+            if filled == scratch.len() {
+                break;
+            }
+        }
+        let r = this.write(cx, &scratch[..filled]);
+        this.scratch = scratch;
         r
     }
 
