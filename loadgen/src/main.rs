@@ -27,6 +27,7 @@ mod report;
 mod scenario;
 mod schedule;
 mod sim;
+mod soak;
 mod stream;
 mod subscribers;
 mod tasks;
@@ -74,6 +75,15 @@ enum Scenario {
     /// --task-batch) and complete; checks at the end that the server
     /// completed every task submitted (exit 1 otherwise).
     Tasks,
+    /// Long-run stability: everything at once for --duration (after
+    /// --warmup) at --rate (heartbeats, list polls, registrations, workers
+    /// coming and going, proxied completions to a simulated worker, see
+    /// --mix) plus task cycles at --task-rate; every --report-every it
+    /// prints the server's RSS, open connections and queue depths with the
+    /// interval's latency. Fails (exit 1) on any error or lost task, or
+    /// when RSS rises more than --max-rss-growth over its value at the end
+    /// of the warm-up.
+    Soak,
 }
 
 /// What the `tasks` scenario's tasks target.
@@ -145,9 +155,11 @@ struct Cli {
     /// ids to rotate over (register) or to register (rss).
     #[arg(long, default_value_t = 1000)]
     workers: usize,
-    /// Weights for `mixed`, e.g. heartbeat=90,workers=8,register=2.
-    #[arg(long, default_value = "heartbeat=90,workers=8,register=2")]
-    mix: String,
+    /// Weights for `mixed` (default heartbeat=90,workers=8,register=2)
+    /// and `soak` (default heartbeat=70,llm=15,churn=8,register=5,workers=2;
+    /// llm and churn are soak-only).
+    #[arg(long)]
+    mix: Option<String>,
     /// Path for `get`.
     #[arg(long, default_value = "/")]
     path: String,
@@ -221,6 +233,16 @@ struct Cli {
     /// --subscribers.
     #[arg(long, default_value_t = 0)]
     status_flip_every: u64,
+    /// Tasks submitted per second during `soak` (0 = no task cycles).
+    #[arg(long, default_value_t = 20.0)]
+    task_rate: f64,
+    /// How often `soak` samples the server and prints a line (5s..10m).
+    #[arg(long, default_value = "1m", value_parser = parse_dur)]
+    report_every: Duration,
+    /// Largest rise of the server's RSS `soak` accepts after the warm-up,
+    /// percent of its value at the end of the warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    max_rss_growth: f64,
     /// Allow a non-loopback target. Only load machines you are allowed to.
     #[arg(long)]
     allow_remote: bool,
@@ -332,12 +354,15 @@ fn main() -> ExitCode {
 
     let plain_run = !matches!(
         cli.scenario,
-        Scenario::Rss | Scenario::Proxy | Scenario::Tasks
+        Scenario::Rss | Scenario::Proxy | Scenario::Tasks | Scenario::Soak
     );
     if cli.subscribers > 0 && !plain_run {
         return fail(
             "--subscribers works with heartbeat, register, workers, broadcast, mixed and get",
         );
+    }
+    if cli.mix.is_some() && !matches!(cli.scenario, Scenario::Mixed | Scenario::Soak) {
+        return fail("--mix is for mixed and soak");
     }
     if cli.subscriber_threads == 0 {
         return fail("--subscriber-threads must be at least 1");
@@ -376,6 +401,7 @@ fn main() -> ExitCode {
         Scenario::Rss => return rss(&cli, addr, &host, pop),
         Scenario::Proxy => return proxy::run(&cli, addr, &host, cpus.as_deref(), bounds, pop),
         Scenario::Tasks => return tasks::run(&cli, addr, &host, cpus.as_deref(), bounds, pop),
+        Scenario::Soak => return soak::run(&cli, addr, &host, cpus.as_deref(), bounds, pop),
         _ => {}
     }
 
@@ -386,11 +412,16 @@ fn main() -> ExitCode {
         Scenario::Workers => vec![(Kind::Workers, 1)],
         Scenario::Broadcast => vec![(Kind::Broadcast, 1)],
         Scenario::Get => vec![(Kind::Get, 1)],
-        Scenario::Mixed => match scenario::parse_mix(&cli.mix) {
+        Scenario::Mixed => match scenario::parse_mix(cli.mix.as_deref().unwrap_or(MIXED_MIX)) {
+            Ok(m) if m.iter().any(|(k, _)| matches!(k, Kind::Llm | Kind::Churn)) => {
+                return fail("--mix: llm and churn are for soak (which sets up what they need)")
+            }
             Ok(m) => m,
             Err(e) => return fail(format!("--mix: {e}")),
         },
-        Scenario::Rss | Scenario::Proxy | Scenario::Tasks => unreachable!("handled above"),
+        Scenario::Rss | Scenario::Proxy | Scenario::Tasks | Scenario::Soak => {
+            unreachable!("handled above")
+        }
     };
     if cli.status_flip_every > 0 && !kinds.iter().any(|(k, _)| *k == Kind::Heartbeat) {
         return fail("--status-flip-every needs heartbeats (heartbeat, or mixed with heartbeat)");
@@ -558,11 +589,42 @@ fn run_load(
     scenario: String,
     subs: Option<&subscribers::Running>,
 ) -> Report {
+    let span = Span {
+        warmup: cli.warmup,
+        duration: cli.duration,
+        progress: std::io::stderr().is_terminal(),
+    };
+    run_span(cli, span, addr, host, mix, cpus, route, scenario, subs)
+}
+
+/// The time shape of one driver run.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    warmup: Duration,
+    duration: Duration,
+    /// Show a progress line on stderr.
+    progress: bool,
+}
+
+/// [`run_load`] for a given warm-up and duration (`soak` runs one per
+/// reporting interval).
+#[allow(clippy::too_many_arguments)]
+fn run_span(
+    cli: &Cli,
+    span: Span,
+    addr: SocketAddr,
+    host: &str,
+    mix: Arc<Mix>,
+    cpus: Option<&[usize]>,
+    route: Option<&'static str>,
+    scenario: String,
+    subs: Option<&subscribers::Running>,
+) -> Report {
     let rate = if cli.max { None } else { cli.rate };
     let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
-    let progress = std::io::stderr().is_terminal();
+    let progress = span.progress;
     let t0 = Instant::now() + Duration::from_millis(300);
-    let window = (cli.warmup, cli.warmup + cli.duration);
+    let window = (span.warmup, span.warmup + span.duration);
     if let Some(s) = subs {
         s.set_window(t0 + window.0, t0 + window.1);
     }
@@ -653,15 +715,18 @@ fn run_load(
         target: host.to_string(),
         threads: cli.threads,
         connections: cli.connections,
-        warmup_s: cli.warmup.as_secs_f64(),
+        warmup_s: span.warmup.as_secs_f64(),
         target_rate: rate,
     };
-    report::build(meta, &total, cli.duration, server)
+    report::build(meta, &total, span.duration, server)
 }
+
+/// The mix of `mixed` without `--mix`.
+const MIXED_MIX: &str = "heartbeat=90,workers=8,register=2";
 
 fn cli_scenario_name(cli: &Cli) -> String {
     match cli.scenario {
-        Scenario::Mixed => format!("mixed ({})", cli.mix),
+        Scenario::Mixed => format!("mixed ({})", cli.mix.as_deref().unwrap_or(MIXED_MIX)),
         Scenario::Get => format!("get {}", cli.path),
         s => format!("{s:?}").to_lowercase(),
     }

@@ -103,9 +103,23 @@ struct ProxyReport {
 /// Registers the worker, heartbeats it with the model loaded, and waits
 /// until a proxied request reaches it.
 fn setup(addr: SocketAddr, host: &str, id: &str, sim: &SimWorker) -> Result<(), String> {
+    setup_service(addr, host, id, sim, SERVICE, "/api/inference/llm")
+}
+
+/// [`setup`] for any service the simulated worker should declare, probed
+/// with a completion `POST`ed to `probe_path` (`soak` uses a service of its
+/// own through `/service/{name}/v1/completions`).
+pub fn setup_service(
+    addr: SocketAddr,
+    host: &str,
+    id: &str,
+    sim: &SimWorker,
+    service: &str,
+    probe_path: &str,
+) -> Result<(), String> {
     let mut conn = BlockingConn::new(addr);
     let reg =
-        scenario::serving_register_body(id, Some(&sim.url()), &[SERVICE], Some(sim.addr().port()));
+        scenario::serving_register_body(id, Some(&sim.url()), &[service], Some(sim.addr().port()));
     conn.expect(200, "POST", host, "/api/worker/register", Some(&reg))?;
     conn.expect(
         200,
@@ -117,7 +131,7 @@ fn setup(addr: SocketAddr, host: &str, id: &str, sim: &SimWorker) -> Result<(), 
     let probe = scenario::llm_body();
     let until = Instant::now() + READY_WITHIN;
     loop {
-        match conn.json("POST", host, "/api/inference/llm", Some(&probe)) {
+        match conn.json("POST", host, probe_path, Some(&probe)) {
             Ok((200, _)) => break,
             Ok((status, v)) if Instant::now() >= until => {
                 return Err(format!(

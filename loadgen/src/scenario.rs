@@ -25,6 +25,9 @@ pub enum Kind {
     /// The same completion sent straight to the simulated worker's
     /// `/v1/completions` (`proxy`'s baseline).
     Completion,
+    /// Workers coming and going (`soak`): a registration of one id, then
+    /// the unregistration of another registered half a cycle earlier.
+    Churn,
 }
 
 impl Kind {
@@ -37,6 +40,7 @@ impl Kind {
             Kind::Get => "get",
             Kind::Llm => "llm",
             Kind::Completion => "completion",
+            Kind::Churn => "churn",
         }
     }
 
@@ -48,7 +52,7 @@ impl Kind {
             Kind::Workers => Some("coordinator_workers"),
             Kind::Broadcast => Some("broadcast"),
             Kind::Llm => Some("inference_llm"),
-            Kind::Get | Kind::Completion => None,
+            Kind::Get | Kind::Completion | Kind::Churn => None,
         }
     }
 }
@@ -62,9 +66,12 @@ impl FromStr for Kind {
             "workers" | "list" => Kind::Workers,
             "broadcast" => Kind::Broadcast,
             "get" => Kind::Get,
+            "llm" => Kind::Llm,
+            "churn" => Kind::Churn,
             other => {
                 return Err(format!(
-                    "unknown request kind {other:?} (heartbeat, register, workers, broadcast, get)"
+                    "unknown request kind {other:?} \
+                     (heartbeat, register, workers, broadcast, get; soak also: llm, churn)"
                 ))
             }
         })
@@ -256,6 +263,10 @@ pub struct Pool {
     /// `--status-flip-every`: a second version of every request, sent in
     /// turns with the first (heartbeats only).
     pub flip: Option<Arc<Flip>>,
+    /// Sent in order, one cursor shared by every connection (churn: an id
+    /// is unregistered only after its registration went out), instead of
+    /// at each connection's own position.
+    pub sequential: Option<Arc<AtomicU64>>,
 }
 
 /// Heartbeats whose status changes every `every`-th heartbeat of each
@@ -288,8 +299,50 @@ impl Pool {
                 busy: heartbeats(host, prefix, workers, |_| "busy"),
                 sent: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             })),
+            sequential: None,
         }
     }
+
+    /// Churn over `ids` ids `prefix-c-..` (all registered beforehand, see
+    /// [`churn_ids`]): the registration of id `i`, then the unregistration
+    /// of id `i + ids/2`, for every `i` in turn. An id is unregistered half
+    /// a cycle (`ids` requests) after its registration went out and
+    /// registered again half a cycle after that, so with fewer requests
+    /// than that in flight every request finds the state it expects (200,
+    /// never 404), and the registry keeps its size.
+    pub fn churn(host: &str, prefix: &str, ids: usize) -> Pool {
+        let ids = ids.max(2);
+        let names = churn_ids(prefix, ids);
+        let mut requests = Vec::with_capacity(2 * ids);
+        for (i, id) in names.iter().enumerate() {
+            requests.push(build_request(
+                "POST",
+                host,
+                "/api/worker/register",
+                Some(&register_body(id, i)),
+            ));
+            let gone = &names[(i + ids / 2) % ids];
+            requests.push(build_request(
+                "DELETE",
+                host,
+                &format!("/api/worker/unregister/{gone}"),
+                None,
+            ));
+        }
+        Pool {
+            kind: Kind::Churn,
+            requests,
+            flip: None,
+            sequential: Some(Arc::new(AtomicU64::new(0))),
+        }
+    }
+}
+
+/// The ids a churn pool cycles over, to register before it runs.
+pub fn churn_ids(prefix: &str, ids: usize) -> Vec<String> {
+    (0..ids.max(2))
+        .map(|n| worker_id(&format!("{prefix}-c"), n))
+        .collect()
 }
 
 /// Builds the request pool of a kind.
@@ -336,11 +389,13 @@ pub fn pool(kind: Kind, host: &str, prefix: &str, workers: usize, path: &str) ->
             "/v1/completions",
             Some(&llm_body()),
         )],
+        Kind::Churn => return Pool::churn(host, prefix, workers),
     };
     Pool {
         kind,
         requests,
         flip: None,
+        sequential: None,
     }
 }
 
@@ -379,7 +434,12 @@ impl Mix {
             .cumulative
             .partition_point(|c| *c <= x)
             .min(self.pools.len() - 1);
-        let n = self.pools[i].requests.len() as u64;
+        let pool = &self.pools[i];
+        let n = pool.requests.len() as u64;
+        let seq = match &pool.sequential {
+            Some(cursor) => cursor.fetch_add(1, Ordering::Relaxed),
+            None => seq,
+        };
         (i, (seq % n) as usize)
     }
 
@@ -459,6 +519,7 @@ mod tests {
             kind: k,
             requests: vec![k.name().as_bytes().to_vec()],
             flip: None,
+            sequential: None,
         };
         let m = Mix::new(vec![(p(Kind::Heartbeat), 90), (p(Kind::Workers), 10)]);
         let mut rng = Rng::new(7);
@@ -495,6 +556,45 @@ mod tests {
         let m = Mix::single(p);
         let (_, r) = m.pick(0, 4);
         assert!(String::from_utf8_lossy(r).contains("lg-000001"));
+    }
+
+    #[test]
+    fn churn_unregisters_only_what_it_registered_half_a_cycle_before() {
+        let m = Mix::single(Pool::churn("h", "lg", 4));
+        let line = |seq: u64| -> String {
+            let (_, bytes) = m.pick(0, seq);
+            let text = String::from_utf8_lossy(bytes).to_string();
+            let first = text.lines().next().unwrap().to_string();
+            match first.split(' ').nth(1).unwrap() {
+                "/api/worker/register" => {
+                    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+                    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                    format!("+{}", v["worker_id"].as_str().unwrap())
+                }
+                path => format!("-{}", path.rsplit('/').next().unwrap()),
+            }
+        };
+        // The connection's own sequence number does not matter: one shared
+        // cursor walks the cycle in order.
+        let seen: Vec<String> = [9, 0, 5, 5, 1, 7, 3, 2, 8]
+            .iter()
+            .map(|&s| line(s))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                "+lg-c-000000",
+                "-lg-c-000002",
+                "+lg-c-000001",
+                "-lg-c-000003",
+                "+lg-c-000002",
+                "-lg-c-000000",
+                "+lg-c-000003",
+                "-lg-c-000001",
+                "+lg-c-000000",
+            ]
+        );
+        assert_eq!(churn_ids("lg", 4).len(), 4);
     }
 
     #[test]

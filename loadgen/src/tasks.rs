@@ -365,6 +365,235 @@ fn latency_line(name: &str, l: &Latency) -> String {
     )
 }
 
+/// What a task load needs: where, how fast, by whom, and when.
+pub struct TaskSpec {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub prefix: String,
+    /// Submissions per second over all submitters (open loop).
+    pub rate: f64,
+    pub submitters: usize,
+    pub workers: usize,
+    pub batch: usize,
+    pub target: TaskTarget,
+    /// CPUs round robin over submitters first, then workers.
+    pub cpus: Option<Vec<usize>>,
+    /// The first CPU slot this load takes on `cpus` (after another load's).
+    pub cpu_slot: usize,
+    /// Submissions are due from `t0` until `window.1`; latency is measured
+    /// for tasks due inside `window`.
+    pub t0: Instant,
+    pub window: (Duration, Duration),
+}
+
+/// The task cycle running on its own threads: the whole `tasks` scenario,
+/// or one part of `soak`. Submitters stop at the end of the window;
+/// [`TaskLoad::finish`] then lets the workers drain and verifies.
+pub struct TaskLoad {
+    run: Run,
+    target_name: String,
+    submitters: Vec<std::thread::JoinHandle<Tally>>,
+    workers: Vec<std::thread::JoinHandle<WorkerTally>>,
+    before: ServerCounts,
+    _beats: Heartbeats,
+}
+
+/// What a finished task load saw, checked against the server.
+pub struct TaskOutcome {
+    /// The submitters: schedule, send lag, ack latency, errors.
+    pub submit: Tally,
+    /// The workers: due -> completion latency and pull/complete errors.
+    pub work: Tally,
+    pub complete_ack: Histogram<u64>,
+    pub completed_in_window: u64,
+    pub pulls: u64,
+    pub empty_pulls: u64,
+    /// Whole run, warm-up and drain included.
+    pub submitted: u64,
+    pub completed: u64,
+    before: ServerCounts,
+    after: ServerCounts,
+    /// Empty when every acknowledged task was completed and none is left.
+    pub problems: Vec<String>,
+}
+
+impl TaskLoad {
+    /// Registers the pseudo-workers (kept healthy by a heartbeat thread)
+    /// and starts submitting and working.
+    pub fn start(spec: TaskSpec) -> Result<TaskLoad, String> {
+        let TaskSpec {
+            addr,
+            host,
+            prefix,
+            rate,
+            submitters,
+            workers: n_workers,
+            batch,
+            target,
+            cpus,
+            cpu_slot,
+            t0,
+            window,
+        } = spec;
+        let service = format!("{prefix}-tasks");
+        let workers: Arc<Vec<String>> = Arc::new(
+            (0..n_workers)
+                .map(|i| scenario::worker_id(&format!("{prefix}-tw"), i))
+                .collect(),
+        );
+        let mut setup = BlockingConn::new(addr);
+        let mut beats = Vec::new();
+        for id in workers.iter() {
+            let reg = scenario::serving_register_body(id, None, &[&service], None);
+            let hb = scenario::heartbeat_body(id, 0);
+            setup
+                .expect(200, "POST", &host, "/api/worker/register", Some(&reg))
+                .and_then(|_| setup.expect(200, "POST", &host, "/api/worker/heartbeat", Some(&hb)))
+                .map_err(|e| format!("registering task worker {id}: {e}"))?;
+            beats.push(build_request(
+                "POST",
+                &host,
+                "/api/worker/heartbeat",
+                Some(&hb),
+            ));
+        }
+        let beats = Heartbeats::start(addr, beats, Duration::from_secs(10));
+        let before = ServerCounts::take(addr, &host)?;
+        let (target, target_name) = match target {
+            TaskTarget::Service => (
+                Target::Service(service.clone()),
+                format!("service:{service}"),
+            ),
+            TaskTarget::Worker => (Target::Workers(workers.clone()), "workers".to_string()),
+        };
+        let run = Run {
+            addr,
+            host,
+            t0,
+            window,
+            progress: Arc::new(Progress::default()),
+        };
+        let cpus = cpus.as_deref();
+        let worker_threads = workers
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let (run, id) = (run.clone(), id.clone());
+                let cpu = cpu_for(cpus, cpu_slot + submitters + i);
+                std::thread::Builder::new()
+                    .name(format!("loadgen-tw-{i}"))
+                    .spawn(move || {
+                        pin(cpu);
+                        worker_loop(run, id, batch)
+                    })
+                    .expect("spawn task worker")
+            })
+            .collect();
+        let submit_threads = (0..submitters)
+            .map(|c| {
+                let (run, target) = (run.clone(), target.clone());
+                let sched = ConnSchedule::new(rate, submitters, c);
+                let cpu = cpu_for(cpus, cpu_slot + c);
+                std::thread::Builder::new()
+                    .name(format!("loadgen-submit-{c}"))
+                    .spawn(move || {
+                        pin(cpu);
+                        submit_loop(run, sched, c, submitters, target)
+                    })
+                    .expect("spawn submitter")
+            })
+            .collect();
+        Ok(TaskLoad {
+            run,
+            target_name,
+            submitters: submit_threads,
+            workers: worker_threads,
+            before,
+            _beats: beats,
+        })
+    }
+
+    /// Tasks submitted and completed so far (acknowledged to loadgen).
+    pub fn progress(&self) -> (u64, u64) {
+        let p = &self.run.progress;
+        (
+            p.submitted.load(Ordering::Relaxed),
+            p.completed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Waits for the submitters (the end of the window), lets the workers
+    /// complete what is left (at most `DRAIN`), stops them and checks the
+    /// server's counts.
+    pub fn finish(self) -> Result<TaskOutcome, String> {
+        let mut submit = Tally::default();
+        for h in self.submitters {
+            if let Ok(t) = h.join() {
+                submit.merge(&t);
+            }
+        }
+        let p = &self.run.progress;
+        let drain_end = Instant::now() + DRAIN;
+        while p.completed.load(Ordering::Relaxed) < p.submitted.load(Ordering::Relaxed)
+            && Instant::now() < drain_end
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        p.stop.store(true, Ordering::Relaxed);
+        let mut work = Tally::default();
+        let mut complete_ack = new_histogram();
+        let (mut completed_in_window, mut pulls, mut empty_pulls) = (0, 0, 0);
+        for h in self.workers {
+            if let Ok(w) = h.join() {
+                work.merge(&w.tally);
+                let _ = complete_ack.add(&w.complete_ack);
+                completed_in_window += w.completed_in_window;
+                pulls += w.pulls;
+                empty_pulls += w.empty_pulls;
+            }
+        }
+        let (submitted, completed) = (
+            p.submitted.load(Ordering::Relaxed),
+            p.completed.load(Ordering::Relaxed),
+        );
+        let after = ServerCounts::take(self.run.addr, &self.run.host)?;
+        let problems = verify(&self.before, &after, submitted, completed);
+        Ok(TaskOutcome {
+            submit,
+            work,
+            complete_ack,
+            completed_in_window,
+            pulls,
+            empty_pulls,
+            submitted,
+            completed,
+            before: self.before,
+            after,
+            problems,
+        })
+    }
+
+    /// `service:<name>` or `workers`.
+    pub fn target_name(&self) -> &str {
+        &self.target_name
+    }
+}
+
+impl TaskOutcome {
+    /// One line on the server's verdict.
+    pub fn verdict(&self) -> String {
+        if self.problems.is_empty() {
+            format!(
+                "verified:         server completed {} of {} submitted, none left queued/leased/failed/dead\n",
+                self.after.completed_events - self.before.completed_events,
+                self.after.submitted_events - self.before.submitted_events
+            )
+        } else {
+            format!("VERIFICATION FAILED: {}\n", self.problems.join("; "))
+        }
+    }
+}
+
 pub fn run(
     cli: &Cli,
     addr: SocketAddr,
@@ -382,129 +611,37 @@ pub fn run(
     if !(1..=MAX_BATCH).contains(&cli.task_batch) {
         return fail(format!("--task-batch must be 1..={MAX_BATCH}"));
     }
-    let service = format!("{}-tasks", cli.prefix);
-    let workers: Arc<Vec<String>> = Arc::new(
-        (0..cli.task_workers)
-            .map(|i| scenario::worker_id(&format!("{}-tw", cli.prefix), i))
-            .collect(),
-    );
-
-    // Setup: the pseudo-workers, registered and healthy.
-    let mut setup = BlockingConn::new(addr);
-    let mut beats = Vec::new();
-    for id in workers.iter() {
-        let reg = scenario::serving_register_body(id, None, &[&service], None);
-        let hb = scenario::heartbeat_body(id, 0);
-        let r = setup
-            .expect(200, "POST", host, "/api/worker/register", Some(&reg))
-            .and_then(|_| setup.expect(200, "POST", host, "/api/worker/heartbeat", Some(&hb)));
-        if let Err(e) = r {
-            return fail(format!("registering task worker {id}: {e}"));
-        }
-        beats.push(build_request(
-            "POST",
-            host,
-            "/api/worker/heartbeat",
-            Some(&hb),
-        ));
-    }
-    let _beats = Heartbeats::start(addr, beats, Duration::from_secs(10));
-    let before = match ServerCounts::take(addr, host) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    let target = match cli.task_target {
-        TaskTarget::Service => Target::Service(service.clone()),
-        TaskTarget::Worker => Target::Workers(workers.clone()),
-    };
-
-    let run = Run {
+    let load = match TaskLoad::start(TaskSpec {
         addr,
         host: host.to_string(),
+        prefix: cli.prefix.clone(),
+        rate,
+        submitters: cli.connections,
+        workers: cli.task_workers,
+        batch: cli.task_batch,
+        target: cli.task_target,
+        cpus: cpus.map(<[usize]>::to_vec),
+        cpu_slot: 0,
         t0: Instant::now() + Duration::from_millis(300),
         window: (cli.warmup, cli.warmup + cli.duration),
-        progress: Arc::new(Progress::default()),
-    };
-    let worker_threads: Vec<_> = workers
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let (run, id, batch) = (run.clone(), id.clone(), cli.task_batch);
-            // CPUs round robin over submitters first, then workers.
-            let cpu = cpu_for(cpus, cli.connections + i);
-            std::thread::Builder::new()
-                .name(format!("loadgen-tw-{i}"))
-                .spawn(move || {
-                    pin(cpu);
-                    worker_loop(run, id, batch)
-                })
-                .expect("spawn task worker")
-        })
-        .collect();
-    let submitters: Vec<_> = (0..cli.connections)
-        .map(|c| {
-            let (run, target, conns) = (run.clone(), target.clone(), cli.connections);
-            let sched = ConnSchedule::new(rate, conns, c);
-            let cpu = cpu_for(cpus, c);
-            std::thread::Builder::new()
-                .name(format!("loadgen-submit-{c}"))
-                .spawn(move || {
-                    pin(cpu);
-                    submit_loop(run, sched, c, conns, target)
-                })
-                .expect("spawn submitter")
-        })
-        .collect();
-
-    let mut submit = Tally::default();
-    for h in submitters {
-        if let Ok(t) = h.join() {
-            submit.merge(&t);
-        }
-    }
-    // Drain: stop when everything acknowledged is done, or at the bound.
-    let p = &run.progress;
-    let drain_end = Instant::now() + DRAIN;
-    while p.completed.load(Ordering::Relaxed) < p.submitted.load(Ordering::Relaxed)
-        && Instant::now() < drain_end
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    p.stop.store(true, Ordering::Relaxed);
-    let mut work = Tally::default();
-    let mut complete_ack = new_histogram();
-    let (mut in_window, mut pulls, mut empty_pulls) = (0, 0, 0);
-    for h in worker_threads {
-        if let Ok(w) = h.join() {
-            work.merge(&w.tally);
-            let _ = complete_ack.add(&w.complete_ack);
-            in_window += w.completed_in_window;
-            pulls += w.pulls;
-            empty_pulls += w.empty_pulls;
-        }
-    }
-    let (submitted, completed) = (
-        p.submitted.load(Ordering::Relaxed),
-        p.completed.load(Ordering::Relaxed),
-    );
-
-    let after = match ServerCounts::take(addr, host) {
-        Ok(c) => c,
+    }) {
+        Ok(l) => l,
         Err(e) => return fail(e),
     };
-    let problems = verify(&before, &after, submitted, completed);
+    let target_name = load.target_name().to_string();
+    let out = match load.finish() {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
 
     // The headline report counts tasks: the submitters' schedule, send lag
     // and errors, the workers' end-to-end latency and errors.
-    let submit_ack = Latency::from_hist(&submit.latency);
-    let mut schedule_only = submit.clone();
+    let submit_ack = Latency::from_hist(&out.submit.latency);
+    let mut schedule_only = out.submit.clone();
     schedule_only.latency.reset();
     schedule_only.ok = 0;
+    let mut work = out.work.clone();
     work.merge(&schedule_only);
-    let target_name = match cli.task_target {
-        TaskTarget::Service => format!("service:{service}"),
-        TaskTarget::Worker => "workers".to_string(),
-    };
     let meta = Meta {
         scenario: format!(
             "tasks (submit -> pull -> complete; target {target_name}, {} workers, batch {}; \
@@ -518,32 +655,28 @@ pub fn run(
         target_rate: Some(rate),
     };
     let tasks = report::build(meta, &work, cli.duration, None);
-    let completed_per_s = in_window as f64 / cli.duration.as_secs_f64();
-    let complete_ack = Latency::from_hist(&complete_ack);
+    let completed_per_s = out.completed_in_window as f64 / cli.duration.as_secs_f64();
+    let complete_ack = Latency::from_hist(&out.complete_ack);
     let mut table = tasks.table();
     table += &latency_line("submit ack:", &submit_ack);
     table += &latency_line("complete ack:", &complete_ack);
     table += &format!(
         "throughput:       {completed_per_s:.0} tasks completed/s in the window; \
-         {submitted} submitted, {completed} completed in the whole run\n\
-         pulls:            {pulls} ({empty_pulls} empty), {:.1} tasks per non-empty pull\n",
-        completed as f64 / (pulls - empty_pulls).max(1) as f64
+         {} submitted, {} completed in the whole run\n\
+         pulls:            {} ({} empty), {:.1} tasks per non-empty pull\n",
+        out.submitted,
+        out.completed,
+        out.pulls,
+        out.empty_pulls,
+        out.completed as f64 / (out.pulls - out.empty_pulls).max(1) as f64
     );
-    table += &if problems.is_empty() {
-        format!(
-            "verified:         server completed {} of {} submitted, none left queued/leased/failed/dead\n",
-            after.completed_events - before.completed_events,
-            after.submitted_events - before.submitted_events
-        )
-    } else {
-        format!("VERIFICATION FAILED: {}\n", problems.join("; "))
-    };
+    table += &out.verdict();
 
     let mut failed: Option<Vec<String>> = bounds.map(|b| check::failures(&b, &tasks));
-    if !problems.is_empty() {
+    if !out.problems.is_empty() {
         failed
             .get_or_insert_with(Vec::new)
-            .extend(problems.iter().map(|p| format!("verification: {p}")));
+            .extend(out.problems.iter().map(|p| format!("verification: {p}")));
     }
     let report = TasksReport {
         scenario: "tasks",
@@ -554,15 +687,15 @@ pub fn run(
         submit_ack,
         complete_ack,
         completed_per_s,
-        submitted,
-        completed,
-        pulls,
-        empty_pulls,
+        submitted: out.submitted,
+        completed: out.completed,
+        pulls: out.pulls,
+        empty_pulls: out.empty_pulls,
         verification: Verification {
-            ok: problems.is_empty(),
-            problems,
-            before,
-            after,
+            ok: out.problems.is_empty(),
+            problems: out.problems,
+            before: out.before,
+            after: out.after,
         },
     };
     finish(cli, &table, &report, failed, pop)

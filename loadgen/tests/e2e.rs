@@ -546,3 +546,65 @@ fn subscribers_and_flips_refuse_what_they_cannot_do() {
     assert_eq!(code, 2);
     assert!(stderr.contains("--subscribers works with"), "{stderr}");
 }
+
+#[test]
+fn a_short_soak_runs_everything_at_once_and_passes_with_its_samples() {
+    let srv = server();
+    let target = srv.addr().to_string();
+    let json = json_path("soak.json");
+    let (code, stdout, stderr) = loadgen(&[
+        "soak",
+        "--target",
+        &target,
+        "--rate",
+        "200",
+        "--task-rate",
+        "20",
+        "--connections",
+        "4",
+        "--workers",
+        "100",
+        "--warmup",
+        "2s",
+        "--duration",
+        "10s",
+        "--report-every",
+        "5s",
+        // A test server is small and fresh: what matters here is that the
+        // samples and the verdict are there, not the growth of a warm-up
+        // this short (CI's soak judges that, .ci/soak).
+        "--max-rss-growth",
+        "1000",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("soak passed"), "{stdout}");
+    let r = report(&json);
+    let intervals = r["intervals"].as_array().expect("intervals");
+    // The warm-up, then two intervals of 5 s.
+    assert_eq!(intervals.len(), 3, "{r}");
+    assert_eq!(intervals[0]["warmup"], true);
+    for iv in intervals {
+        assert_eq!(iv["errors"], 0, "{iv}");
+        assert!(iv["server"]["rss_bytes"].as_u64().unwrap() > 1 << 20, "{iv}");
+        // loadgen's connections (4) and the task threads' are open while
+        // the sample is taken.
+        assert!(iv["server"]["connections_open"].as_u64().unwrap() >= 4, "{iv}");
+        // 2 x 100 workers, half of the 256 churn ids, the simulated worker
+        // and the task workers.
+        let workers = iv["server"]["workers"].as_u64().unwrap();
+        assert!((200 + 128..=200 + 256 + 16).contains(&workers), "{iv}");
+    }
+    // Every kind of work reached the server.
+    assert!(r["proxied_completions"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["tasks_submitted"].as_u64().unwrap() >= 200, "{r}");
+    assert_eq!(r["tasks_submitted"], r["tasks_completed"], "{r}");
+    let text = get_raw(srv.addr(), "/metrics");
+    for route in ["heartbeat", "register", "unregister", "coordinator_workers", "service_proxy"] {
+        assert!(
+            text.contains(&format!("route=\"{route}\"")),
+            "no {route} requests in /metrics"
+        );
+    }
+}
