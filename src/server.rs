@@ -50,6 +50,7 @@ impl Server {
     pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         cfg.validate().map_err(StartError::Config)?;
         runtime::preflight()?;
+        runtime::tune_allocator();
         // Built once for all shards; a bad CA file fails the start here.
         let proxy_tls = crate::proxy::tls::client_config(cfg.proxy_ca_file.as_deref())?;
         let cpus = runtime::plan_cpus(cfg.shards, cfg.pin);

@@ -511,8 +511,9 @@ fn main() -> ExitCode {
         }
     };
 
-    let mut report = run_load(
+    let mut report = run_span(
         &cli,
+        Span::of(&cli),
         addr,
         &host,
         mix,
@@ -575,28 +576,6 @@ fn finish(
     ExitCode::SUCCESS
 }
 
-/// One measured run of `mix` against `addr` with the command line's rate,
-/// connections, threads, warm-up and duration; `subs` (already streaming)
-/// are told the measured window.
-#[allow(clippy::too_many_arguments)]
-fn run_load(
-    cli: &Cli,
-    addr: SocketAddr,
-    host: &str,
-    mix: Arc<Mix>,
-    cpus: Option<&[usize]>,
-    route: Option<&'static str>,
-    scenario: String,
-    subs: Option<&subscribers::Running>,
-) -> Report {
-    let span = Span {
-        warmup: cli.warmup,
-        duration: cli.duration,
-        progress: std::io::stderr().is_terminal(),
-    };
-    run_span(cli, span, addr, host, mix, cpus, route, scenario, subs)
-}
-
 /// The time shape of one driver run.
 #[derive(Debug, Clone, Copy)]
 struct Span {
@@ -606,8 +585,20 @@ struct Span {
     progress: bool,
 }
 
-/// [`run_load`] for a given warm-up and duration (`soak` runs one per
-/// reporting interval).
+impl Span {
+    /// The command line's warm-up and duration, with progress on a terminal.
+    fn of(cli: &Cli) -> Span {
+        Span {
+            warmup: cli.warmup,
+            duration: cli.duration,
+            progress: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// One measured run of `mix` against `addr` with the command line's rate,
+/// connections and threads over `span` (`soak` runs one per reporting
+/// interval); `subs` (already streaming) are told the measured window.
 #[allow(clippy::too_many_arguments)]
 fn run_span(
     cli: &Cli,

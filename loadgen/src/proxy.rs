@@ -27,7 +27,7 @@ use crate::population::Population;
 use crate::report::Report;
 use crate::scenario::{self, Kind, Mix};
 use crate::sim::SimWorker;
-use crate::{check, fail, finish, run_load, Cli};
+use crate::{check, fail, finish, run_span, Cli, Span};
 
 /// The service the simulated worker declares (the llm route's service).
 const SERVICE: &str = "llm-inference";
@@ -100,6 +100,20 @@ struct ProxyReport {
     sim_hits: SimHits,
 }
 
+/// Heartbeats worker `id` (with the model loaded) every 10 s until dropped.
+pub fn keep_healthy(addr: SocketAddr, host: &str, id: &str) -> Heartbeats {
+    Heartbeats::start(
+        addr,
+        vec![build_request(
+            "POST",
+            host,
+            "/api/worker/heartbeat",
+            Some(&scenario::heartbeat_body(id, 0)),
+        )],
+        Duration::from_secs(10),
+    )
+}
+
 /// Registers the worker, heartbeats it with the model loaded, and waits
 /// until a proxied request reaches it.
 fn setup(addr: SocketAddr, host: &str, id: &str, sim: &SimWorker) -> Result<(), String> {
@@ -165,16 +179,7 @@ pub fn run(
     if let Err(e) = setup(addr, host, &id, &sim) {
         return fail(e);
     }
-    let _beats = Heartbeats::start(
-        addr,
-        vec![build_request(
-            "POST",
-            host,
-            "/api/worker/heartbeat",
-            Some(&scenario::heartbeat_body(&id, 0)),
-        )],
-        Duration::from_secs(10),
-    );
+    let _beats = keep_healthy(addr, host, &id);
     eprintln!(
         "loadgen: simulated worker {id} at {} registered for {SERVICE}",
         sim.url()
@@ -188,8 +193,9 @@ pub fn run(
             1,
         )]));
         let before = sim.hits();
-        let r = run_load(
+        let r = run_span(
             cli,
+            Span::of(cli),
             target,
             host,
             mix,

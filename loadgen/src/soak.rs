@@ -33,13 +33,14 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::check::Bound;
-use crate::client::{BlockingConn, Heartbeats};
+use crate::client::BlockingConn;
 use crate::http::build_request;
 use crate::population::Population;
 use crate::report::Report;
@@ -299,16 +300,7 @@ pub fn run(
             return fail(e);
         }
     }
-    let _sim_beats = Heartbeats::start(
-        addr,
-        vec![build_request(
-            "POST",
-            host,
-            "/api/worker/heartbeat",
-            Some(&scenario::heartbeat_body(&sim_id, 0)),
-        )],
-        Duration::from_secs(10),
-    );
+    let _sim_beats = proxy::keep_healthy(addr, host, &sim_id);
     // The heartbeating workers, the ids `register` re-registers and the
     // churn's: the registry has its full size before the warm-up starts.
     let started = Instant::now();
@@ -349,6 +341,13 @@ pub fn run(
                         )],
                         flip: None,
                         sequential: None,
+                    },
+                    // In turn, so every id is re-registered each cycle (at
+                    // each connection's own position, some would not be
+                    // for longer than --worker-timeout and be removed).
+                    Kind::Register => Pool {
+                        sequential: Some(Arc::new(AtomicU64::new(0))),
+                        ..scenario::pool(Kind::Register, host, &cli.prefix, cli.workers, "/")
                     },
                     k => scenario::pool(*k, host, &cli.prefix, cli.workers, &cli.path),
                 };

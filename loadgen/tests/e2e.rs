@@ -565,9 +565,9 @@ fn a_short_soak_runs_everything_at_once_and_passes_with_its_samples() {
         "--workers",
         "100",
         "--warmup",
-        "2s",
+        "1s",
         "--duration",
-        "10s",
+        "6s",
         "--report-every",
         "5s",
         // A test server is small and fresh: what matters here is that the
@@ -582,15 +582,21 @@ fn a_short_soak_runs_everything_at_once_and_passes_with_its_samples() {
     assert!(stdout.contains("soak passed"), "{stdout}");
     let r = report(&json);
     let intervals = r["intervals"].as_array().expect("intervals");
-    // The warm-up, then two intervals of 5 s.
+    // The warm-up, then intervals of 5 s and 1 s.
     assert_eq!(intervals.len(), 3, "{r}");
     assert_eq!(intervals[0]["warmup"], true);
     for iv in intervals {
         assert_eq!(iv["errors"], 0, "{iv}");
-        assert!(iv["server"]["rss_bytes"].as_u64().unwrap() > 1 << 20, "{iv}");
+        assert!(
+            iv["server"]["rss_bytes"].as_u64().unwrap() > 1 << 20,
+            "{iv}"
+        );
         // loadgen's connections (4) and the task threads' are open while
         // the sample is taken.
-        assert!(iv["server"]["connections_open"].as_u64().unwrap() >= 4, "{iv}");
+        assert!(
+            iv["server"]["connections_open"].as_u64().unwrap() >= 4,
+            "{iv}"
+        );
         // 2 x 100 workers, half of the 256 churn ids, the simulated worker
         // and the task workers.
         let workers = iv["server"]["workers"].as_u64().unwrap();
@@ -598,10 +604,17 @@ fn a_short_soak_runs_everything_at_once_and_passes_with_its_samples() {
     }
     // Every kind of work reached the server.
     assert!(r["proxied_completions"].as_u64().unwrap() > 0, "{r}");
-    assert!(r["tasks_submitted"].as_u64().unwrap() >= 200, "{r}");
+    // 20 tasks/s for 7 s.
+    assert!(r["tasks_submitted"].as_u64().unwrap() >= 100, "{r}");
     assert_eq!(r["tasks_submitted"], r["tasks_completed"], "{r}");
     let text = get_raw(srv.addr(), "/metrics");
-    for route in ["heartbeat", "register", "unregister", "coordinator_workers", "service_proxy"] {
+    for route in [
+        "heartbeat",
+        "register",
+        "unregister",
+        "coordinator_workers",
+        "service_proxy",
+    ] {
         assert!(
             text.contains(&format!("route=\"{route}\"")),
             "no {route} requests in /metrics"

@@ -49,6 +49,31 @@ pub(crate) fn release_free_memory() {
     }
 }
 
+/// Large blocks (128 KiB and up) come from `mmap` and go back to the system
+/// when freed, instead of glibc's default of raising that threshold to the
+/// largest block freed so far (up to 32 MiB).
+///
+/// With the default, the multi-megabyte list bodies and their growing
+/// buffers move into the shard's heap arena once the first one is freed,
+/// and the arena keeps what fragmentation pins: a soak (1 shard, 1,000
+/// req/s of heartbeats, lists of 2,000 workers, churn, proxying, tasks)
+/// had 11 MB in use in that arena and 38 MB held by it (`malloc_stats`),
+/// and RSS still creeping 0.1-0.2 MB a minute after ten minutes. Blocks
+/// this large are few (a list reply, a body being read), so the extra
+/// `mmap`/`munmap` per block costs nothing measurable next to producing it.
+pub(crate) fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before the
+    // shard threads start allocating.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+/// See [`tune_allocator`]: glibc's own initial value, kept fixed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 128 << 10;
+
 /// Runs `fut` on the current shard, detached: it lives until it finishes.
 /// glommio may poll it before this returns, so callers must not hold a
 /// `RefCell` borrow the future also takes.
