@@ -252,6 +252,13 @@ fn parse_dur(s: &str) -> Result<Duration, String> {
     check::parse_duration(s).ok_or_else(|| format!("bad duration {s:?} (e.g. 10s, 500ms, 1m)"))
 }
 
+/// `--rate` for a scenario that has no closed-loop mode.
+fn open_loop_rate(cli: &Cli, scenario: &str) -> Result<f64, ExitCode> {
+    cli.rate
+        .filter(|_| !cli.max)
+        .ok_or_else(|| fail(format!("{scenario} is open loop only: give --rate R")))
+}
+
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("loadgen: {msg}");
     ExitCode::from(2)

@@ -47,7 +47,9 @@ use crate::report::Report;
 use crate::scenario::{self, Kind, Mix, Pool};
 use crate::sim::SimWorker;
 use crate::tasks::{TaskLoad, TaskSpec};
-use crate::{fail, finish, metrics_text, proxy, register_workers, run_span, Cli, Span};
+use crate::{
+    fail, finish, metrics_text, open_loop_rate, proxy, register_workers, run_span, Cli, Span,
+};
 
 /// The mix without `--mix`: mostly heartbeats, as a real pool sends.
 pub const SOAK_MIX: &str = "heartbeat=70,llm=15,churn=8,register=5,workers=2";
@@ -264,8 +266,9 @@ pub fn run(
     bounds: Option<Vec<Bound>>,
     pop: Option<&Population>,
 ) -> ExitCode {
-    let Some(rate) = cli.rate.filter(|_| !cli.max) else {
-        return fail("soak is open loop only: give --rate R");
+    let rate = match open_loop_rate(cli, "soak") {
+        Ok(r) => r,
+        Err(code) => return code,
     };
     if bounds.is_some() {
         return fail(

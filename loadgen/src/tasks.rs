@@ -41,7 +41,7 @@ use crate::http::build_request;
 use crate::population::Population;
 use crate::report::{self, new_histogram, us, Latency, Meta, Report, Tally};
 use crate::schedule::ConnSchedule;
-use crate::{check, fail, finish, metrics_text, scenario, Cli, TaskTarget};
+use crate::{check, fail, finish, metrics_text, open_loop_rate, scenario, Cli, TaskTarget};
 
 /// How long the pseudo-workers may take, after the last submission, to
 /// complete what is still queued before the run stops anyway.
@@ -602,8 +602,9 @@ pub fn run(
     bounds: Option<Vec<Bound>>,
     pop: Option<&Population>,
 ) -> ExitCode {
-    let Some(rate) = cli.rate.filter(|_| !cli.max) else {
-        return fail("tasks is open loop only: give --rate R");
+    let rate = match open_loop_rate(cli, "tasks") {
+        Ok(r) => r,
+        Err(code) => return code,
     };
     if cli.task_workers == 0 {
         return fail("--task-workers must be at least 1");
