@@ -287,6 +287,24 @@ pub struct Flip {
 }
 
 impl Pool {
+    /// `requests` of `kind`, each connection at its own position.
+    pub fn of(kind: Kind, requests: Vec<Vec<u8>>) -> Pool {
+        Pool {
+            kind,
+            requests,
+            flip: None,
+            sequential: None,
+        }
+    }
+
+    /// The same requests sent in order, one cursor for every connection.
+    pub fn in_turn(self) -> Pool {
+        Pool {
+            sequential: Some(Arc::new(AtomicU64::new(0))),
+            ..self
+        }
+    }
+
     /// Heartbeats that alternate "healthy" and "busy" every `every`-th
     /// heartbeat of each worker (see [`Flip`]).
     pub fn flipping_heartbeats(host: &str, prefix: &str, workers: usize, every: u64) -> Pool {
@@ -329,20 +347,26 @@ impl Pool {
                 None,
             ));
         }
-        Pool {
-            kind: Kind::Churn,
-            requests,
-            flip: None,
-            sequential: Some(Arc::new(AtomicU64::new(0))),
-        }
+        Pool::of(Kind::Churn, requests).in_turn()
     }
 }
 
-/// The ids a churn pool cycles over, to register before it runs.
+/// The id prefix of the `register` pool's workers (`pool`), registered the
+/// way `register_workers` does.
+pub fn register_prefix(prefix: &str) -> String {
+    format!("{prefix}-r")
+}
+
+/// The id prefix of a churn pool's workers: ids `churn_prefix(p)-000000..`
+/// with `register_body(id, n)`, as `register_workers` registers them.
+pub fn churn_prefix(prefix: &str) -> String {
+    format!("{prefix}-c")
+}
+
+/// The ids a churn pool cycles over.
 pub fn churn_ids(prefix: &str, ids: usize) -> Vec<String> {
-    (0..ids.max(2))
-        .map(|n| worker_id(&format!("{prefix}-c"), n))
-        .collect()
+    let prefix = churn_prefix(prefix);
+    (0..ids.max(2)).map(|n| worker_id(&prefix, n)).collect()
 }
 
 /// Builds the request pool of a kind.
@@ -354,17 +378,20 @@ pub fn pool(kind: Kind, host: &str, prefix: &str, workers: usize, path: &str) ->
     let workers = workers.max(1);
     let requests = match kind {
         Kind::Heartbeat => heartbeats(host, prefix, workers, status_of),
-        Kind::Register => (0..workers)
-            .map(|n| {
-                let id = worker_id(&format!("{prefix}-r"), n);
-                build_request(
-                    "POST",
-                    host,
-                    "/api/worker/register",
-                    Some(&register_body(&id, n)),
-                )
-            })
-            .collect(),
+        Kind::Register => {
+            let prefix = register_prefix(prefix);
+            (0..workers)
+                .map(|n| {
+                    let id = worker_id(&prefix, n);
+                    build_request(
+                        "POST",
+                        host,
+                        "/api/worker/register",
+                        Some(&register_body(&id, n)),
+                    )
+                })
+                .collect()
+        }
         Kind::Workers => vec![build_request("GET", host, "/api/coordinator/workers", None)],
         Kind::Broadcast => (0..16)
             .map(|n| {
@@ -391,12 +418,7 @@ pub fn pool(kind: Kind, host: &str, prefix: &str, workers: usize, path: &str) ->
         )],
         Kind::Churn => return Pool::churn(host, prefix, workers),
     };
-    Pool {
-        kind,
-        requests,
-        flip: None,
-        sequential: None,
-    }
+    Pool::of(kind, requests)
 }
 
 /// A weighted choice among pools, driven by a per-connection generator.
@@ -515,12 +537,7 @@ mod tests {
 
     #[test]
     fn mix_follows_weights() {
-        let p = |k| Pool {
-            kind: k,
-            requests: vec![k.name().as_bytes().to_vec()],
-            flip: None,
-            sequential: None,
-        };
+        let p = |k: Kind| Pool::of(k, vec![k.name().as_bytes().to_vec()]);
         let m = Mix::new(vec![(p(Kind::Heartbeat), 90), (p(Kind::Workers), 10)]);
         let mut rng = Rng::new(7);
         let n = 100_000;

@@ -33,14 +33,12 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::check::Bound;
-use crate::client::BlockingConn;
 use crate::http::build_request;
 use crate::population::Population;
 use crate::report::Report;
@@ -307,19 +305,13 @@ pub fn run(
     // The heartbeating workers, the ids `register` re-registers and the
     // churn's: the registry has its full size before the warm-up starts.
     let started = Instant::now();
-    for prefix in [cli.prefix.clone(), format!("{}-r", cli.prefix)] {
-        if let Err(e) = register_workers(addr, host, &prefix, cli.workers, 4, None) {
-            return fail(format!("pre-registering {} workers: {e}", cli.workers));
-        }
-    }
-    let mut conn = BlockingConn::new(addr);
-    for (n, id) in scenario::churn_ids(&cli.prefix, CHURN_IDS)
-        .iter()
-        .enumerate()
-    {
-        let body = scenario::register_body(id, n);
-        if let Err(e) = conn.expect(200, "POST", host, "/api/worker/register", Some(&body)) {
-            return fail(format!("registering churn worker {id}: {e}"));
+    for (prefix, n) in [
+        (cli.prefix.clone(), cli.workers),
+        (scenario::register_prefix(&cli.prefix), cli.workers),
+        (scenario::churn_prefix(&cli.prefix), CHURN_IDS),
+    ] {
+        if let Err(e) = register_workers(addr, host, &prefix, n, 4, None) {
+            return fail(format!("pre-registering {n} workers {prefix}-..: {e}"));
         }
     }
     eprintln!(
@@ -334,24 +326,22 @@ pub fn run(
             .map(|(k, w)| {
                 let pool = match k {
                     Kind::Churn => Pool::churn(host, &cli.prefix, CHURN_IDS),
-                    Kind::Llm => Pool {
-                        kind: Kind::Llm,
-                        requests: vec![build_request(
+                    Kind::Llm => Pool::of(
+                        Kind::Llm,
+                        vec![build_request(
                             "POST",
                             host,
                             &llm_path,
                             Some(&scenario::llm_body()),
                         )],
-                        flip: None,
-                        sequential: None,
-                    },
+                    ),
                     // In turn, so every id is re-registered each cycle (at
                     // each connection's own position, some would not be
                     // for longer than --worker-timeout and be removed).
-                    Kind::Register => Pool {
-                        sequential: Some(Arc::new(AtomicU64::new(0))),
-                        ..scenario::pool(Kind::Register, host, &cli.prefix, cli.workers, "/")
-                    },
+                    Kind::Register => {
+                        scenario::pool(Kind::Register, host, &cli.prefix, cli.workers, "/")
+                            .in_turn()
+                    }
                     k => scenario::pool(*k, host, &cli.prefix, cli.workers, &cli.path),
                 };
                 (pool, *w)

@@ -63,8 +63,9 @@ pub(crate) fn release_free_memory() {
 /// `mmap`/`munmap` per block costs nothing measurable next to producing it.
 pub(crate) fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before the
-    // shard threads start allocating.
+    // SAFETY: mallopt only changes allocator parameters, under glibc's own
+    // arena lock, so other threads may allocate meanwhile (tests start
+    // servers while others run); setting the same value again is a no-op.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
