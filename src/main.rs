@@ -184,6 +184,9 @@ enum Command {
     /// Read a password from standard input (one line) and print its argon2id
     /// PHC string for the `password_hash` of a --users-file entry.
     HashPassword,
+    /// Print the OpenAPI 3.1 document of this build (what `GET
+    /// /openapi.json` serves), e.g. to generate a client without a server.
+    Openapi,
 }
 
 /// `coordinator hash-password`: stdin -> PHC string on stdout.
@@ -546,8 +549,13 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return clap_error(e),
     };
-    if let Some(Command::HashPassword) = cli.command {
-        return hash_password_command();
+    match cli.command {
+        Some(Command::HashPassword) => return hash_password_command(),
+        Some(Command::Openapi) => {
+            println!("{:#}", coordinator::http::openapi_document());
+            return ExitCode::SUCCESS;
+        }
+        None => {}
     }
     if let Some(path) = cli.config.clone() {
         let file = std::fs::read_to_string(&path)

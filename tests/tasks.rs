@@ -334,9 +334,14 @@ fn bad_task_requests_get_clear_4xx() {
         422
     );
     assert_eq!(
-        get(s.addr, "/api/worker/tasks?worker_id=bw&max=0").status,
+        get(s.addr, "/api/worker/tasks?worker_id=bw&max=ten").status,
         422
     );
+    // Out-of-range counts are clamped (to 1..=1000), not refused.
+    for max in ["0", "-5", "99999999999999999999999"] {
+        let r = get(s.addr, &format!("/api/worker/tasks?worker_id=bw&max={max}"));
+        assert_eq!(r.status, 200, "max={max}: {}", r.text());
+    }
     assert_eq!(get(s.addr, "/api/admin/tasks?state=zombie").status, 400);
     assert_eq!(call(s.addr, "DELETE", "/api/tasks", None).status, 405);
     // Still serving.

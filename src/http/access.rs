@@ -93,6 +93,10 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
         Route::Preflight | Route::AuthLogin | Route::SessionCreate | Route::SessionDelete => {
             Need::Public
         }
+        // The API's own description and its viewers, public as in the
+        // FastAPI originals: they show the routes, never any data. The
+        // pages' "Try it out" calls need credentials like any other call.
+        Route::OpenApi | Route::Docs | Route::Redoc | Route::DocsAsset => Need::Public,
         Route::AuthVerify => Need::Authenticated,
         // Unknown paths and wrong methods need a credential too: otherwise
         // an anonymous caller could tell the paths that exist (401) from
@@ -103,7 +107,7 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
 
 /// Every route with a sample method and path that the router maps to it
 /// (used by the unit test below and by the whole-table HTTP test).
-pub const SAMPLES: [(Route, &str, &str); 35] = [
+pub const SAMPLES: [(Route, &str, &str); 39] = [
     (Route::Events, "GET", "/api/events"),
     (Route::Register, "POST", "/api/worker/register"),
     (Route::Heartbeat, "POST", "/api/worker/heartbeat"),
@@ -143,6 +147,10 @@ pub const SAMPLES: [(Route, &str, &str); 35] = [
     (Route::SessionCreate, "POST", "/api/session"),
     (Route::SessionDelete, "DELETE", "/api/session"),
     (Route::EventsWs, "GET", "/api/events/ws"),
+    (Route::OpenApi, "GET", "/openapi.json"),
+    (Route::Docs, "GET", "/docs"),
+    (Route::Redoc, "GET", "/redoc"),
+    (Route::DocsAsset, "GET", "/docs/assets/swagger-ui.css"),
 ];
 
 #[cfg(test)]
@@ -181,7 +189,7 @@ mod tests {
             ("worker", "register heartbeat unregister tasks task_complete"),
             ("client", "inference_llm inference_vision inference_rag inference_graph service_proxy api_service_proxy discover services_list task_submit task_get coordinator_workers events events_ws"),
             ("admin", "broadcast admin_workers admin_services admin_stats admin_health admin_gaps admin_tasks admin_pins"),
-            ("public", "health metrics preflight auth_login session_create session_delete"),
+            ("public", "health metrics preflight auth_login session_create session_delete openapi docs redoc docs_asset"),
             ("any", "auth_verify not_found method_not_allowed"),
         ];
         let mut seen = 0;

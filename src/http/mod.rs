@@ -44,6 +44,11 @@ use crate::runtime::{
 use crate::shard::Shard;
 pub(crate) use error::ApiError;
 pub use router::Route;
+
+/// The OpenAPI 3.1 document of the HTTP API (`GET /openapi.json`).
+pub fn openapi_document() -> serde_json::Value {
+    handlers::openapi::document()
+}
 pub(crate) use router::ROUTE_NAMES;
 
 /// Response body type for every route: a complete buffer (nearly every

@@ -175,7 +175,8 @@ pub(crate) fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Ids we accept from agents: non-empty, at most 256 bytes, printable.
+/// Ids we accept from agents: 1 to 256 characters, printable (the
+/// OpenAPI spec states the same rule as `model::wire::schema::ID_PATTERN`).
 /// Control characters and the invisible formatting ones (bidi overrides
 /// and isolates, zero-width characters, line separators) are refused: an
 /// id is shown to operators in logs and dashboards, where those could
@@ -184,8 +185,10 @@ pub(crate) fn valid_id(field: &str, id: &str) -> Result<(), ApiError> {
     if id.is_empty() {
         return Err(ApiError::field(field, "must not be empty"));
     }
-    if id.len() > 256 {
-        return Err(ApiError::field(field, "longer than 256 bytes"));
+    // Characters, not bytes: a limit a JSON Schema (`maxLength`) can
+    // state. At most 1 KiB either way.
+    if id.chars().count() > 256 {
+        return Err(ApiError::field(field, "longer than 256 characters"));
     }
     if id.chars().any(char::is_control) {
         return Err(ApiError::field(field, "contains control characters"));
@@ -201,6 +204,36 @@ pub(crate) fn valid_id(field: &str, id: &str) -> Result<(), ApiError> {
 
 /// Unicode format (Cf) and separator characters that render as nothing
 /// or reorder the text around them.
+/// A JSON number that is a non-negative integer, as JSON Schema's
+/// `integer` counts them (`3.0` is one); `u64::MAX` for larger ones.
+pub(crate) fn whole_number(v: &serde_json::Value) -> Option<u64> {
+    let n = v.as_number()?;
+    match (n.as_u64(), n.as_f64()) {
+        (Some(u), _) => Some(u),
+        (None, Some(x)) if x >= 0.0 && x.fract() == 0.0 => Some(x.min(u64::MAX as f64) as u64),
+        _ => None,
+    }
+}
+
+/// An integer parameter clamped to `lo..=hi`: any run of digits with an
+/// optional sign (below `lo`, including every negative, gives `lo`; above
+/// `hi`, however long, gives `hi`); None when it is not an integer.
+pub(crate) fn clamp_integer(s: &str, lo: u64, hi: u64) -> Option<u64> {
+    let t = s.trim();
+    let (negative, digits) = match t.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if negative {
+        return Some(lo);
+    }
+    // All digits: only overflow fails to parse, and that is above `hi`.
+    Some(digits.parse::<u64>().map_or(hi, |n| n.clamp(lo, hi)))
+}
+
 fn invisible(c: char) -> bool {
     matches!(c,
         '\u{00AD}'                     // soft hyphen

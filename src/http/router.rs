@@ -42,10 +42,14 @@ pub enum Route {
     SessionDelete,
     Events,
     EventsWs,
+    OpenApi,
+    Docs,
+    Redoc,
+    DocsAsset,
 }
 
 /// Metric labels, indexed by `Route as usize`.
-pub(crate) const ROUTE_NAMES: [&str; 35] = [
+pub(crate) const ROUTE_NAMES: [&str; 39] = [
     "register",
     "heartbeat",
     "unregister",
@@ -81,6 +85,10 @@ pub(crate) const ROUTE_NAMES: [&str; 35] = [
     "session_delete",
     "events",
     "events_ws",
+    "openapi",
+    "docs",
+    "redoc",
+    "docs_asset",
 ];
 
 impl Route {
@@ -89,7 +97,7 @@ impl Route {
     }
 
     /// The route's name, as metrics and the access log give it.
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         ROUTE_NAMES[self.index()]
     }
 }
@@ -176,6 +184,9 @@ pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         "/api/auth/verify" => ("GET", Route::AuthVerify, None),
         "/api/events" => ("GET", Route::Events, None),
         "/api/events/ws" => ("GET", Route::EventsWs, None),
+        "/openapi.json" => ("GET", Route::OpenApi, None),
+        "/docs" => ("GET", Route::Docs, None),
+        "/redoc" => ("GET", Route::Redoc, None),
         _ => {
             if let Some(id) = tail(path, "/api/worker/unregister/") {
                 ("DELETE", Route::Unregister, Some(id))
@@ -183,6 +194,8 @@ pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
                 ("GET", Route::Discover, Some(s))
             } else if let Some(id) = tail(path, "/api/tasks/") {
                 ("GET", Route::TaskGet, Some(id))
+            } else if let Some(file) = tail(path, "/docs/assets/") {
+                ("GET", Route::DocsAsset, Some(file))
             } else {
                 return Matched {
                     route: Route::NotFound,

@@ -158,11 +158,14 @@ impl Serialize for Env<'_> {
 /// The JSON of one `assigned_containers` entry: `{name, image, port, env}`
 /// with the env expanded. The registration reply and the worker listings
 /// both write this, so the two cannot drift apart.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Container)]
 pub struct ContainerJson<'a> {
     pub name: &'a str,
     pub image: &'a str,
     pub port: u16,
+    /// Environment of the container, templates filled in.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub env: Env<'a>,
 }
 

@@ -71,12 +71,13 @@ impl WorkerFilter {
 }
 
 /// Longest value a text filter (status, model, service) may have.
-pub(crate) const MAX_FILTER_BYTES: usize = 256;
+pub(crate) const MAX_FILTER_CHARS: usize = 256;
 
 fn text(v: &str) -> Result<&str, String> {
-    if v.is_empty() || v.len() > MAX_FILTER_BYTES || v.chars().any(char::is_control) {
+    // Characters, not bytes: what `wire::schema::TEXT_PATTERN` can state.
+    if v.is_empty() || v.chars().count() > MAX_FILTER_CHARS || v.chars().any(char::is_control) {
         return Err(format!(
-            "expected 1..={MAX_FILTER_BYTES} bytes without control characters"
+            "expected 1..={MAX_FILTER_CHARS} characters without control characters"
         ));
     }
     Ok(v)
@@ -166,7 +167,7 @@ mod tests {
             Ok(StatusFilter::Reported("busy".into()))
         );
         assert!(parse_status("").is_err());
-        assert!(parse_name(&"m".repeat(MAX_FILTER_BYTES + 1)).is_err());
+        assert!(parse_name(&"m".repeat(MAX_FILTER_CHARS + 1)).is_err());
         assert!(parse_name("a\nb").is_err());
     }
 

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::size::{size_of, GIGABYTE};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerType {
     Gpu,

@@ -9,65 +9,198 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 /// `POST /api/worker/register`, both the local and the service shape.
-#[derive(Debug, Default, Deserialize)]
+///
+/// The `#[schema]` attributes give the OpenAPI spec what the lenient
+/// deserialisers below really accept (see [`schema`]).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct RegisterRequest {
+    /// Chosen by the worker (local shape), 1-256 bytes without control
+    /// characters; absent: `worker-` + 8 hex digits (service shape).
     #[serde(default, deserialize_with = "opt_string")]
+    #[schema(schema_with = schema::id)]
     pub worker_id: Option<String>,
     #[serde(default, deserialize_with = "opt_string")]
+    #[schema(schema_with = schema::string)]
     pub tunnel_url: Option<String>,
+    /// Free-form: the local flags (`has_gpu`, `worker_type`, ...) or the
+    /// service sizes (`cpu_cores`, `ram`, `gpu_memory`, `gpu_type`).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub capabilities: Option<Map<String, Value>>,
+    /// Declared services: `[{"name", "port"}]` or `["name"]`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Value>>)]
     pub services: Option<Vec<Value>>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Value>>)]
     pub containers: Option<Vec<Value>>,
+    /// Absent: the connection's peer address.
     #[serde(default, deserialize_with = "opt_string")]
+    #[schema(schema_with = schema::string)]
     pub ip_address: Option<String>,
 }
 
 /// `POST /api/worker/heartbeat`. Every field but `worker_id` may be missing
 /// or null; a missing field keeps its previous value, except `status`,
 /// which defaults to "healthy" as in the originals.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatRequest {
     #[serde(deserialize_with = "req_string")]
+    #[schema(schema_with = schema::required_id)]
     pub worker_id: String,
+    /// Any string; `healthy` when absent.
     #[serde(default, deserialize_with = "opt_string")]
+    #[schema(schema_with = schema::string)]
     pub status: Option<String>,
+    /// 0..1 by convention (any finite number is kept).
     #[serde(default, deserialize_with = "opt_f64")]
+    #[schema(schema_with = schema::number)]
     pub current_load: Option<f64>,
     #[serde(default, deserialize_with = "opt_string")]
+    #[schema(schema_with = schema::string)]
     pub available_memory: Option<String>,
     #[serde(default)]
     pub loaded_models: Option<Vec<String>>,
     #[serde(default, deserialize_with = "opt_u64")]
+    #[schema(schema_with = schema::count)]
     pub active_requests: Option<u64>,
     #[serde(default, deserialize_with = "opt_f64")]
+    #[schema(schema_with = schema::number)]
     pub gpu_utilization: Option<f64>,
     /// Kept as the JSON text it arrived as (it is only echoed back).
     #[serde(default, deserialize_with = "opt_raw_object")]
+    #[schema(value_type = Option<Object>)]
     pub services_status: Option<Box<serde_json::value::RawValue>>,
     #[serde(default, deserialize_with = "opt_string")]
+    #[schema(schema_with = schema::string)]
     pub specialization: Option<String>,
     /// Progress: the tasks the worker is still on (their leases are
     /// extended). `task_ids`, else `active_tasks`; `Some` whenever the key
     /// is present, holding the string elements of an array (anything else
     /// counts as no ids: agents also send `active_tasks` as a count).
     #[serde(default, deserialize_with = "lenient_ids")]
+    #[schema(value_type = Option<Value>)]
     pub task_ids: Option<Vec<String>>,
     #[serde(default, deserialize_with = "lenient_ids")]
+    #[schema(value_type = Option<Value>)]
     pub active_tasks: Option<Vec<String>>,
 }
 
 /// `POST /api/coordinator/broadcast-job`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct BroadcastRequest {
     #[serde(deserialize_with = "req_string")]
+    #[schema(schema_with = schema::required_string)]
     pub job_type: String,
+    /// Any JSON: the payload of each worker's task.
     #[serde(default)]
+    #[schema(value_type = Option<Value>)]
     pub job_data: Value,
+    /// Only workers whose capability of this name is truthy.
     #[serde(default, deserialize_with = "opt_string")]
+    #[schema(schema_with = schema::string)]
     pub required_capability: Option<String>,
+}
+
+/// JSON Schemas of the lenient field types, for the OpenAPI spec: what
+/// the deserialisers of this module accept, no more and no less (the
+/// schemathesis gate sends values just outside each schema and expects a
+/// 4xx).
+pub(crate) mod schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, SchemaType, Type};
+    use utoipa::openapi::{RefOr, Schema};
+
+    fn of(types: &[Type]) -> ObjectBuilder {
+        ObjectBuilder::new().schema_type(SchemaType::from_iter(types.iter().cloned()))
+    }
+
+    /// A string; numbers and booleans are taken as their text; null is absent.
+    pub fn string() -> ObjectBuilder {
+        of(&[Type::String, Type::Number, Type::Boolean, Type::Null])
+    }
+
+    /// Like [`string`], but must not be empty or null.
+    pub fn required_string() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1)),
+            )
+            .item(of(&[Type::Number, Type::Boolean]))
+            .into()
+    }
+
+    /// An id as [`required_string`] reads it, or absent.
+    pub fn id() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(id_string())
+            .item(of(&[Type::Number, Type::Boolean, Type::Null]))
+            .into()
+    }
+
+    /// A required id: 1-256 bytes, no control characters.
+    pub fn required_id() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(id_string())
+            .item(of(&[Type::Number, Type::Boolean]))
+            .into()
+    }
+
+    fn id_string() -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(ID_PATTERN))
+    }
+
+    /// The ids `http::request::valid_id` takes, as an ECMA-262 regular
+    /// expression: 1-256 characters, no control character (Cc) and none of
+    /// the invisible formatting ones it lists.
+    pub const ID_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]{1,256}$";
+
+    /// Filter texts (`filter::parse_name`, `parse_status`): 1-256
+    /// characters, no control character.
+    pub const TEXT_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]{1,256}$";
+
+    /// `worker_type=`, any case.
+    pub const WORKER_TYPE_PATTERN: &str =
+        "^([gG][pP][uU]|[cC][pP][uU]|[sS][tT][oO][rR][aA][gG][eE]|[eE][dD][gG][eE])$";
+
+    /// A finite number, or its decimal text (no exponent); null is absent.
+    pub fn number() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .minimum(Some(-f64::MAX))
+                    .maximum(Some(f64::MAX)),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)\s*$")),
+            )
+            .into()
+    }
+
+    /// A non-negative integer (below 2^64), or its decimal text; null is absent.
+    pub fn count() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0))
+                    .maximum(Some(u64::MAX)),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^\s*\+?[0-9]{1,19}\s*$")),
+            )
+            .into()
+    }
 }
 
 fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -110,7 +243,7 @@ fn opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     let n = match v {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(n)) => n.as_f64(),
-        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(Value::String(s)) => decimal(&s),
         Some(other) => {
             return Err(serde::de::Error::custom(format!(
                 "expected a number, got {}",
@@ -124,11 +257,43 @@ fn opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     }
 }
 
+/// Decimal text (`"0.25"`, `" -3 "`, `"+.5"`): digits with an optional
+/// sign and point, no exponent, `inf` or `nan` (exactly what
+/// [`schema::number`] says).
+fn decimal(s: &str) -> Option<f64> {
+    let t = s.trim();
+    let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    let ok = !(int.is_empty() && frac.is_empty()) && all_digits(int) && all_digits(frac);
+    ok.then(|| t.parse::<f64>().ok()).flatten()
+}
+
 fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    match opt_f64(d)? {
-        None => Ok(None),
-        Some(x) if x >= 0.0 && x.fract() == 0.0 && x <= u64::MAX as f64 => Ok(Some(x as u64)),
-        Some(_) => Err(serde::de::Error::custom("expected a non-negative integer")),
+    let bad = || serde::de::Error::custom("expected a non-negative integer");
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(u), _) => Ok(Some(u)),
+            // 3.0 is an integer (as in JSON Schema); 2^64 and up are not u64s.
+            (None, Some(x)) if x >= 0.0 && x.fract() == 0.0 && x < 18_446_744_073_709_551_616.0 => {
+                Ok(Some(x as u64))
+            }
+            _ => Err(bad()),
+        },
+        Some(Value::String(s)) => {
+            let t = s.trim();
+            let digits = t.strip_prefix('+').unwrap_or(t);
+            // At most 19 digits, as the spec's pattern says (all below 2^64).
+            match digits.len() <= 19 && digits.bytes().all(|b| b.is_ascii_digit()) {
+                true => digits.parse::<u64>().map(Some).map_err(|_| bad()),
+                false => Err(bad()),
+            }
+        }
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a non-negative integer, got {}",
+            kind(&other)
+        ))),
     }
 }
 

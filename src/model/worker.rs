@@ -293,34 +293,55 @@ impl WorkerRecord {
     }
 }
 
-#[derive(Serialize)]
-struct WorkerView<'a> {
+/// The JSON of a worker in every listing; `#[schema]` attributes give the
+/// OpenAPI spec the shapes that hand-written `Serialize` impls produce.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Worker)]
+pub(crate) struct WorkerView<'a> {
     worker_id: &'a str,
     worker_type: WorkerType,
+    /// 1 gpu, 2 cpu, 3 storage, 4 edge.
     tier: u8,
+    /// As last reported (any string; `healthy` until a heartbeat says otherwise).
     status: &'a str,
     tunnel_url: Option<&'a str>,
     ip_address: Option<&'a str>,
+    /// `tunnel_url`, else `ip_address`.
     endpoint: Option<&'a str>,
+    /// As the agent sent them.
+    #[schema(value_type = Object)]
     capabilities: &'a RawValue,
+    /// The services the agent declared, as sent.
+    #[schema(value_type = Vec<Value>)]
     services: OrEmpty<'a>,
+    #[schema(value_type = Vec<Value>)]
     containers: OrEmpty<'a>,
+    #[schema(value_type = Vec<String>)]
     assigned_services: Assigned<'a, &'static str>,
+    #[schema(value_type = Vec<ServiceConfigView<'static>>)]
     service_configs: Assigned<'a, ServiceConfigView<'static>>,
+    #[schema(value_type = Vec<crate::model::env::ContainerJson<'static>>)]
     assigned_containers: Containers<'a>,
     current_load: f64,
     available_memory: Option<&'a str>,
     loaded_models: &'a [String],
     active_requests: u64,
     gpu_utilization: Option<f64>,
+    /// The last heartbeat's `services_status` object (`{}` until one came).
+    #[schema(value_type = Object)]
     services_status: OrEmpty<'a>,
     specialization: Option<&'a str>,
     tasks_completed: u64,
+    /// ISO 8601, UTC with offset.
     registered_at: String,
     last_heartbeat: String,
+    /// Admin listing only: seconds since the last heartbeat.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
     age_seconds: Option<f64>,
+    /// Admin listing only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
     is_healthy: Option<bool>,
 }
 
@@ -350,7 +371,8 @@ impl<T: Serialize> Serialize for Assigned<'_, T> {
 }
 
 /// An assigned service's port and priority, as agents read them.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ServiceConfig)]
 pub(crate) struct ServiceConfigView<'a> {
     name: &'a str,
     port: u16,

@@ -17,6 +17,26 @@ use crate::shard::msg::{ListKind, Reply, Request as ShardRequest};
 /// `GET /api/admin/workers`: every worker (filtered) with its age and
 /// health, whole (streamed when large) or one page at a time. `total` and
 /// `healthy` count the workers in the reply.
+#[utoipa::path(
+    get,
+    path = "/api/admin/workers",
+    tag = "admin",
+    summary = "Every worker",
+    description = "Healthy or not, with `age_seconds` and `is_healthy`. Filters, paging, `index`/`wait` and `since` as `/api/coordinator/workers`.",
+    params(
+        ("limit" = Option<u32>, Query, description = "One page of at most this many (clamped to 1..=1000)"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+        ("service" = Option<String>, Query, description = "Workers indexed under this service (short names resolve)"),
+        ("tier" = Option<u8>, Query, description = "Tier 0..=4", minimum = 0, maximum = 4),
+        ("worker_type" = Option<String>, Query, description = "gpu, cpu, storage or edge"),
+        ("model" = Option<String>, Query, description = "A model in `loaded_models`"),
+        ("status" = Option<String>, Query, description = "healthy, stale, or a reported status"),
+        ("index" = Option<String>, Query, description = "A cursor: with `wait`, hold the request until a worker changes"),
+        ("wait" = Option<String>, Query, pattern = r"^([0-9]+\.?[0-9]*|\.[0-9]+)(ms|s|m)?$", description = "How long to hold an `index` request (`30s`, `500ms`, `5m`, or seconds; at most 300 s)"),
+        ("since" = Option<String>, Query, description = "A cursor: answer only the changes since"),
+    ),
+    responses((status = 200, description = "Workers, or with `since` the changes", body = super::openapi::AdminWorkersOrDelta))
+)]
 pub(super) async fn workers(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let tail: lists::Tail = |out, t| {
         put(out, "total", &t.count);
@@ -25,6 +45,10 @@ pub(super) async fn workers(ctx: Ctx, req: Request<Incoming>) -> Result<Response
     events::worker_list(ctx, req, ListKind::Admin, tail).await
 }
 
+#[utoipa::path(
+    get, path = "/api/admin/services", tag = "admin", summary = "Services and their healthy workers",
+    responses((status = 200, description = "Services", body = super::openapi::AdminServices))
+)]
 pub(super) async fn services(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let members = ctx
         .shard
@@ -61,6 +85,10 @@ const TIER_KEYS: [(usize, &str); 3] = [
     (3, "data_workers"),
 ];
 
+#[utoipa::path(
+    get, path = "/api/admin/stats", tag = "admin", summary = "Counts and average load by tier",
+    responses((status = 200, description = "Stats", body = super::openapi::Stats))
+)]
 pub(super) async fn stats(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let s = summary(&ctx).await?;
     let mut by_tier = serde_json::Map::new();
@@ -85,6 +113,10 @@ pub(super) async fn stats(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     Ok(json(StatusCode::OK, out.to_string().into_bytes()))
 }
 
+#[utoipa::path(
+    get, path = "/api/admin/health", tag = "admin", summary = "Pool health",
+    responses((status = 200, description = "Health", body = super::openapi::AdminHealth))
+)]
 pub(super) async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let s = summary(&ctx).await?;
     let gpu = s.tier_count[1] > 0;
@@ -100,6 +132,10 @@ pub(super) async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     Ok(json(StatusCode::OK, out.to_string().into_bytes()))
 }
 
+#[utoipa::path(
+    get, path = "/api/admin/gaps", tag = "admin", summary = "Catalog services with few or no healthy workers",
+    responses((status = 200, description = "Coverage", body = super::openapi::Gaps))
+)]
 pub(super) async fn gaps(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let s = summary(&ctx).await?;
     let cfg = &ctx.shard.cfg;

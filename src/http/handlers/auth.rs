@@ -24,6 +24,18 @@ struct Login {
 /// would only make the password hash work longer.
 const MAX_FIELD: usize = 1024;
 
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    tag = "auth",
+    summary = "Log in (users of --users-file)",
+    request_body(content = super::openapi::Login),
+    responses(
+        (status = 200, description = "A bearer token", body = super::openapi::Token),
+        (status = 401, description = "Incorrect username or password", body = super::openapi::Detail),
+        (status = 429, description = "Too many failures: see Retry-After", body = super::openapi::Detail),
+    )
+)]
 pub(super) async fn login(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     // A login form is small: read at most 16 KiB whatever the body limit.
     let body = ctx.body_within(req, 16 << 10).await?;
@@ -44,6 +56,10 @@ pub(super) async fn login(ctx: Ctx, req: Request<Incoming>) -> Result<Response<B
 
 /// Answers for the caller's credential (the guard has checked it): a
 /// token names its user; an API key has no username.
+#[utoipa::path(
+    get, path = "/api/auth/verify", tag = "auth", summary = "Check a credential",
+    responses((status = 200, description = "Valid", body = super::openapi::Verified))
+)]
 pub(super) async fn verify(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let Some(role) = ctx.grant.role else {
         return Err(ApiError::InvalidToken);

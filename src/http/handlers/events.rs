@@ -45,6 +45,27 @@ const INDEX_HEADER: &str = "x-coordinator-index";
 
 /// `GET /api/events`: the events passing the filters, from `Last-Event-ID`
 /// or `?since=` (else from now), until the client goes away.
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    tag = "events",
+    summary = "The change stream",
+    description = "Server-Sent Events (or NDJSON with `Accept: application/x-ndjson`) of every change: workers, tasks, pins, coverage. Resume with `Last-Event-ID` or `since`.",
+    params(
+        ("topics" = Option<String>, Query, description = "Comma list: workers, tasks, pins, services"),
+        ("worker_id" = Option<String>, Query, description = "Only this worker's events"),
+        ("service" = Option<String>, Query, description = "Only this service's events"),
+        ("task_id" = Option<String>, Query, description = "Only this task's events"),
+        ("since" = Option<String>, Query, description = "Resume after this cursor"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor (SSE)"),
+    ),
+    responses(
+        (status = 200, description = "The stream (it does not end by itself)", content(
+            (String = "text/event-stream"),
+            (String = "application/x-ndjson"),
+        )),
+    )
+)]
 pub(super) async fn stream(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let last_id = req.headers().get("last-event-id");
     let (filter, from) = subscription(&ctx.shard, req.uri().query(), last_id)?;
@@ -316,16 +337,17 @@ async fn before_list(
     filter: &WorkerFilter,
 ) -> Result<Before, ApiError> {
     let shard = &ctx.shard;
+    // A malformed `wait` is an error whether or not `index` makes it count.
+    let wait = match param(q, "wait")? {
+        Some(w) => parse_wait(&w)
+            .ok_or_else(|| bad("wait", "expected a duration such as 30s, 5m or 500ms"))?,
+        None => DEFAULT_WAIT,
+    };
     if let Some(since) = param(q, "since")? {
         let from = cursor(shard, &since, "since")?;
         return Ok(Before::Reply(delta(ctx, from.ok(), kind, filter).await?));
     }
     if let Some(index) = param(q, "index")? {
-        let wait = match param(q, "wait")? {
-            Some(w) => parse_wait(&w)
-                .ok_or_else(|| bad("wait", "expected a duration such as 30s, 5m or 500ms"))?,
-            None => DEFAULT_WAIT,
-        };
         if let Ok(from) = cursor(shard, &index, "index")? {
             let mut sub = shard
                 .subscribe(Filter::workers(), Some(Ok(from)), None)

@@ -36,6 +36,24 @@ const BURST: u32 = 16;
 /// The handshake: 101 and the connection runs [`session`] next.
 /// Its filter and cursor are checked first: bad ones are a 400, not a
 /// session that closes at once.
+#[utoipa::path(
+    get,
+    path = "/api/events/ws",
+    tag = "events",
+    summary = "The change stream over a WebSocket",
+    description = "RFC 6455 upgrade; the query takes the filters of `/api/events`. One JSON event per text frame; a client may send `{\"subscribe\": {...}}` to change its filter.",
+    params(
+        ("topics" = Option<String>, Query, description = "Comma list: workers, tasks, pins, services"),
+        ("worker_id" = Option<String>, Query, description = "Only this worker's events"),
+        ("service" = Option<String>, Query, description = "Only this service's events"),
+        ("task_id" = Option<String>, Query, description = "Only this task's events"),
+        ("since" = Option<String>, Query, description = "Resume after this cursor"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols"),
+        (status = 426, description = "`Sec-WebSocket-Version` is not 13", body = super::openapi::Detail),
+    )
+)]
 pub(super) async fn upgrade(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     super::events::subscription(&ctx.shard, req.uri().query(), None)?;
     ws::accept(&ctx, &req)

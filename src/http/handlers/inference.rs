@@ -149,9 +149,29 @@ fn inference_body(o: &Map<String, Value>) -> Result<(String, Map<String, Value>)
         Some(Value::String(_)) => {}
         _ => return Err(ApiError::field("prompt", "field required")),
     }
+    // The service original's pydantic model: `max_tokens: int = 512`,
+    // `temperature: float = 0.7`; a value of another type is a 422, null
+    // is the default.
     let mut b = o.clone();
-    b.entry("max_tokens").or_insert(json!(512));
-    b.entry("temperature").or_insert(json!(0.7));
+    match o.get("max_tokens") {
+        None | Some(Value::Null) => {
+            b.insert("max_tokens".into(), json!(512));
+        }
+        Some(v) if super::super::request::whole_number(v).is_some() => {}
+        Some(_) => {
+            return Err(ApiError::field(
+                "max_tokens",
+                "expected a non-negative integer",
+            ))
+        }
+    }
+    match o.get("temperature") {
+        None | Some(Value::Null) => {
+            b.insert("temperature".into(), json!(0.7));
+        }
+        Some(Value::Number(_)) => {}
+        Some(_) => return Err(ApiError::field("temperature", "expected a number")),
+    }
     Ok((model, b))
 }
 
@@ -164,6 +184,13 @@ async fn read_json_object(
 }
 
 /// `POST /api/inference/llm` -> worker `POST /v1/completions` (OpenAI style).
+#[utoipa::path(
+    post, path = "/api/inference/llm", tag = "inference", summary = "Completion (to a worker's /v1/completions)",
+    request_body(content = super::openapi::Inference, example = json!({"model": "llama3:8b", "prompt": "Say hello", "max_tokens": 64, "temperature": 0.7})),
+    responses(
+        (status = "default", description = "The worker's own answer, relayed as it sent it (any status, headers and body); or the coordinator's `{\"detail\"}` error: 502 no worker could be reached, 503 no healthy worker serves it, 504 the worker did not answer in time, and the 4xx of a bad request"),
+    )
+)]
 pub(super) async fn llm(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let mut out = post_to(&ctx, req.headers(), "llm", "/v1/completions".into());
     let admin = is_admin(&ctx, req.headers());
@@ -175,6 +202,13 @@ pub(super) async fn llm(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bod
 }
 
 /// `POST /api/inference/vision` -> worker `POST /api/generate` (Ollama style).
+#[utoipa::path(
+    post, path = "/api/inference/vision", tag = "inference", summary = "Vision (to a worker's /api/generate)",
+    request_body(content = super::openapi::Inference, example = json!({"model": "llava", "prompt": "What is in the picture?", "images": ["<base64>"]})),
+    responses(
+        (status = "default", description = "The worker's own answer, relayed as it sent it (any status, headers and body); or the coordinator's `{\"detail\"}` error: 502 no worker could be reached, 503 no healthy worker serves it, 504 the worker did not answer in time, and the 4xx of a bad request"),
+    )
+)]
 pub(super) async fn vision(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let mut out = post_to(&ctx, req.headers(), "ocr", "/api/generate".into());
     let admin = is_admin(&ctx, req.headers());
@@ -216,6 +250,16 @@ fn query(params: &[(&str, Option<String>)]) -> String {
 }
 
 /// `POST /api/inference/rag/query?query=..&context=..` -> worker `POST /query?...`.
+#[utoipa::path(
+    post, path = "/api/inference/rag/query", tag = "inference", summary = "RAG query (to a worker's /query)",
+    params(
+        ("query" = String, Query, description = "The question"),
+        ("context" = Option<String>, Query, description = "Extra context"),
+    ),
+    responses(
+        (status = "default", description = "The worker's own answer, relayed as it sent it (any status, headers and body); or the coordinator's `{\"detail\"}` error: 502 no worker could be reached, 503 no healthy worker serves it, 504 the worker did not answer in time, and the 4xx of a bad request"),
+    )
+)]
 pub(super) async fn rag(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = req.uri().query();
     let text = query_param(q, "query").ok_or_else(|| ApiError::field("query", "field required"))?;
@@ -228,6 +272,13 @@ pub(super) async fn rag(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bod
 }
 
 /// `POST /api/inference/graph/extract?text=..` -> worker `POST /extract?text=..`.
+#[utoipa::path(
+    post, path = "/api/inference/graph/extract", tag = "inference", summary = "Entity extraction (to a worker's /extract)",
+    params(("text" = String, Query, description = "The text")),
+    responses(
+        (status = "default", description = "The worker's own answer, relayed as it sent it (any status, headers and body); or the coordinator's `{\"detail\"}` error: 502 no worker could be reached, 503 no healthy worker serves it, 504 the worker did not answer in time, and the 4xx of a bad request"),
+    )
+)]
 pub(super) async fn graph(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = req.uri().query();
     let text = query_param(q, "text").ok_or_else(|| ApiError::field("text", "field required"))?;
@@ -242,6 +293,21 @@ pub(super) async fn graph(ctx: Ctx, req: Request<Incoming>) -> Result<Response<B
 /// (`guard::normalise_path`: `.`/`..`, also as `%2e`, resolved; climbing
 /// above the service root, or an encoded `/` or `\`, is a 400), so it
 /// stays under the worker URL's prefix; the query passes unchanged.
+#[utoipa::path(
+    method(get, post, put, patch, delete),
+    path = "/service/{service}/{path}",
+    tag = "inference",
+    summary = "Any request, to a worker of a service",
+    description = "Method, `/{path}?{query}`, headers (minus hop-by-hop and credentials) and body go to a healthy worker of the service, balanced with failover. `path` may hold several segments.",
+    params(
+        ("service" = String, Path, description = "A catalog name or short name"),
+        ("path" = String, Path, description = "The worker's path (several segments; no encoded `/` or `\\`, no climbing above the service with `..`)", pattern = r"^(?!\.\.?$)[^/\\]*$"),
+    ),
+    request_body(content = Option<Vec<u8>>, content_type = "application/octet-stream", description = "Any body of any type, or none, passed on as it is"),
+    responses(
+        (status = "default", description = "The worker's own answer, relayed as it sent it (any status, headers and body); or the coordinator's `{\"detail\"}` error: 502 no worker could be reached, 503 no healthy worker serves it, 504 the worker did not answer in time, and the 4xx of a bad request"),
+    )
+)]
 pub(super) async fn service(
     ctx: Ctx,
     rest: String,
@@ -277,6 +343,21 @@ const API_SERVICE_NAMES: [&str; 7] = [
 /// [`API_SERVICE_NAMES`]. The worker is sent `/{path}` and the query, as
 /// the original sent `{tunnel_url}/{path}`. Any other name is a 404; a
 /// listed name no healthy worker serves is a 503, as in the original.
+#[utoipa::path(
+    method(get, post, put, patch, delete),
+    path = "/api/service/{name}/{path}",
+    tag = "inference",
+    summary = "The service original's proxy",
+    description = "`name` is one of upload, rag, notes, ner, client-rag, doc-processor, frontend; the worker is sent `/{path}?{query}`.",
+    params(
+        ("name" = String, Path, description = "upload, rag, notes, ner, client-rag, doc-processor or frontend"),
+        ("path" = String, Path, description = "The worker's path (several segments; no encoded `/` or `\\`, no climbing above the service with `..`)", pattern = r"^(?!\.\.?$)[^/\\]*$"),
+    ),
+    request_body(content = Option<Vec<u8>>, content_type = "application/octet-stream", description = "Any body of any type, or none, passed on as it is"),
+    responses(
+        (status = "default", description = "The worker's own answer, relayed as it sent it (any status, headers and body); or the coordinator's `{\"detail\"}` error: 502 no worker could be reached, 503 no healthy worker serves it, 504 the worker did not answer in time, and the 4xx of a bad request"),
+    )
+)]
 pub(super) async fn api_service(
     ctx: Ctx,
     rest: String,
@@ -336,10 +417,47 @@ async fn generic(
     forward_known(ctx, out, admin, known).await
 }
 
+/// `GET /api/admin/pins` (the spec's view of `pins`, which serves all
+/// three methods).
+#[utoipa::path(
+    get, path = "/api/admin/pins", tag = "admin", summary = "Routing pins",
+    responses((status = 200, description = "The pins", body = super::openapi::Pins))
+)]
+#[allow(dead_code)]
+pub(super) fn pins_get() {}
+
+/// `DELETE /api/admin/pins?service=..|model=..` (served by `pins`).
+#[utoipa::path(
+    delete, path = "/api/admin/pins", tag = "admin", summary = "Remove a pin",
+    params(
+        ("service" = Option<String>, Query, description = "The pinned service (or give `model`)"),
+        ("model" = Option<String>, Query, description = "The pinned model"),
+    ),
+    responses(
+        (status = 200, description = "The pins now", body = super::openapi::Pins),
+        (status = 404, description = "No such pin", body = super::openapi::Detail),
+        (status = 422, description = "Neither or both of `service` and `model`", body = super::openapi::Detail),
+    )
+)]
+#[allow(dead_code)]
+pub(super) fn pins_delete() {}
+
 /// `GET|PUT|DELETE /api/admin/pins`. PUT `{service | model, workers: [..]}`
 /// pins a service or a model to those workers (when any of them is a
 /// healthy candidate); DELETE `?service=..` or `?model=..` removes it.
 /// Pins are replicated to every shard.
+#[utoipa::path(
+    put,
+    path = "/api/admin/pins",
+    tag = "admin",
+    summary = "Pin a service or a model to workers",
+    description = "Routing for the service (or requests naming the model) then prefers these workers. Stored before the reply; replicated to every shard.",
+    request_body(content = super::openapi::Pin, example = json!({"service": "llm-inference", "workers": ["gpu-1", "gpu-2"]})),
+    responses(
+        (status = 200, description = "The pins now", body = super::openapi::Pins),
+        (status = 422, description = "A bad pin", body = super::openapi::Detail),
+    )
+)]
 pub(super) async fn pins(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let method = req.method().clone();
     if method == Method::GET || method == Method::HEAD {
@@ -347,11 +465,12 @@ pub(super) async fn pins(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bo
     }
     let (key, workers) = if method == Method::PUT {
         let o = read_json_object(&ctx, req).await?;
-        let key = pin_key(
-            o.get("service").and_then(Value::as_str).map(str::to_string),
-            o.get("model").and_then(Value::as_str).map(str::to_string),
-            &ctx,
-        )?;
+        let text = |name: &str| match o.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::field(name, "expected a string")),
+        };
+        let key = pin_key(text("service")?, text("model")?, &ctx)?;
         let workers: Vec<String> = match o.get("workers") {
             Some(Value::Array(a)) if !a.is_empty() => a
                 .iter()
@@ -386,10 +505,12 @@ pub(super) async fn pins(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bo
     Ok(pins_view(&ctx))
 }
 
+/// Exactly one of `service` and `model`; an empty one counts as absent.
 fn pin_key(service: Option<String>, model: Option<String>, ctx: &Ctx) -> Result<String, ApiError> {
-    match (service, model) {
-        (Some(s), None) if !s.is_empty() => Ok(format!("service:{}", service_name(ctx, &s))),
-        (None, Some(m)) if !m.is_empty() => Ok(format!("model:{m}")),
+    let given = |v: Option<String>| v.filter(|s| !s.is_empty());
+    match (given(service), given(model)) {
+        (Some(s), None) => Ok(format!("service:{}", service_name(ctx, &s))),
+        (None, Some(m)) => Ok(format!("model:{m}")),
         _ => Err(ApiError::field(
             "service",
             "give exactly one of service, model",

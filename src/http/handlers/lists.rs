@@ -110,24 +110,13 @@ pub(super) struct Paging {
 
 /// `limit`: an integer, clamped to 1..=[`MAX_LIMIT`].
 fn parse_limit(s: &str) -> Result<usize, ApiError> {
-    let t = s.trim();
-    let (negative, digits) = match t.strip_prefix('-') {
-        Some(d) => (true, d),
-        None => (false, t),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad(
+    match super::super::request::clamp_integer(s, 1, MAX_LIMIT as u64) {
+        Some(n) => Ok(n as usize),
+        None => Err(bad(
             "limit",
             format!("expected an integer (clamped to 1..={MAX_LIMIT})"),
-        ));
+        )),
     }
-    if negative {
-        return Ok(1);
-    }
-    // All digits: only overflow fails to parse, and that is above the cap.
-    Ok(digits
-        .parse::<u64>()
-        .map_or(MAX_LIMIT, |n| n.clamp(1, MAX_LIMIT as u64) as usize))
 }
 
 /// The paging parameters; None when neither `limit` nor `after` is given

@@ -4,10 +4,12 @@
 mod admin;
 mod auth;
 mod coordinator;
+mod docs;
 mod events;
 pub(super) mod events_ws;
 mod inference;
 mod lists;
+pub(super) mod openapi;
 mod ops;
 mod services;
 mod session;
@@ -61,6 +63,10 @@ pub(super) async fn handle(
         Route::SessionCreate => session::create(ctx, req).await,
         Route::SessionDelete => session::delete(ctx).await,
         Route::EventsWs => events_ws::upgrade(ctx, req).await,
+        Route::OpenApi => Ok(docs::openapi_json()),
+        Route::Docs => Ok(docs::swagger()),
+        Route::Redoc => Ok(docs::redoc()),
+        Route::DocsAsset => docs::asset(param.as_deref().unwrap_or_default()),
         Route::NotFound => Err(ApiError::NotFound("Not Found".into())),
         Route::MethodNotAllowed | Route::Preflight => Err(ApiError::MethodNotAllowed { allow }),
     }

@@ -20,6 +20,10 @@ use crate::runtime;
 use crate::shard::msg::{Reply, Request as ShardRequest};
 use crate::shard::scrape::{encode, Gauges};
 
+#[utoipa::path(
+    get, path = "/health", tag = "ops", summary = "Liveness and worker counts",
+    responses((status = 200, description = "Alive", body = super::openapi::Health))
+)]
 pub(super) async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let s = summary(&ctx).await?;
     let cfg = &ctx.shard.cfg;
@@ -35,6 +39,10 @@ pub(super) async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     Ok(json(StatusCode::OK, out.to_string().into_bytes()))
 }
 
+#[utoipa::path(
+    get, path = "/metrics", tag = "ops", summary = "Prometheus metrics",
+    responses((status = 200, description = "Text exposition format 0.0.4", content_type = "text/plain", body = String))
+)]
 pub(super) async fn metrics(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let snapshots = ctx.shard.map_reduce(
         || ShardRequest::Metrics,

@@ -16,6 +16,25 @@ use crate::shard::msg::{ListKind, ListQuery};
 /// (filtered) and the least loaded of them, whole (streamed when large) or
 /// one page at a time (then `recommended` is the page's least loaded).
 /// 503 when a walk from the start finds none.
+#[utoipa::path(
+    get,
+    path = "/api/services/discover/{service}",
+    tag = "pool",
+    summary = "The healthy workers of a service",
+    params(
+        ("service" = String, Path, description = "A catalog name or short name (`llm`, `ocr`, `rag`, `ner`, `upload`, `notes`)"),
+        ("limit" = Option<u32>, Query, description = "One page of at most this many (clamped to 1..=1000)"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+        ("tier" = Option<u8>, Query, description = "Tier 0..=4", minimum = 0, maximum = 4),
+        ("worker_type" = Option<String>, Query, description = "gpu, cpu, storage or edge"),
+        ("model" = Option<String>, Query, description = "A model in `loaded_models`"),
+        ("status" = Option<String>, Query, description = "healthy, stale, or a reported status"),
+    ),
+    responses(
+        (status = 200, description = "Workers and the recommended one", body = super::openapi::Discovery),
+        (status = 503, description = "No healthy worker runs it", body = super::openapi::Detail),
+    )
+)]
 pub(super) async fn discover(
     ctx: Ctx,
     raw: String,
@@ -62,6 +81,10 @@ pub(super) async fn discover(
     lists::reply(&ctx, query, paging, head, tail, Some(&none)).await
 }
 
+#[utoipa::path(
+    get, path = "/api/services/list", tag = "pool", summary = "Catalog services and their healthy workers",
+    responses((status = 200, description = "Services", body = super::openapi::ServicesList))
+)]
 pub(super) async fn list(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let s = summary(&ctx).await?;
     let mut services = serde_json::Map::new();

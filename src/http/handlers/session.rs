@@ -24,6 +24,20 @@ struct Open {
     api_key: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/session",
+    tag = "auth",
+    summary = "Open a browser session",
+    description = "Sets the `coordinator_session` cookie (HttpOnly, SameSite=Strict) for the key given in the body or in `X-API-Key`.",
+    request_body(content = Option<super::openapi::SessionRequest>),
+    responses(
+        (status = 200, description = "Opened", body = super::openapi::Session),
+        (status = 401, description = "No key", body = super::openapi::Detail),
+        (status = 403, description = "Unknown key", body = super::openapi::Detail),
+        (status = 429, description = "Too many failures", body = super::openapi::Detail),
+    )
+)]
 pub(super) async fn create(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     // On an open coordinator every route is open to anyone: say so with the
     // role everyone effectively has, and set no cookie (there is nothing to
@@ -36,7 +50,8 @@ pub(super) async fn create(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
     // `{"api_key": "..."}` is small: read at most 16 KiB whatever the body
     // limit; an empty body means the key comes in a header.
     let body = ctx.body_within(req, 16 << 10).await?;
-    let body_key = if body.iter().all(u8::is_ascii_whitespace) {
+    // No body, or JSON `null`, means the same: the key is in a header.
+    let body_key = if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
         None
     } else {
         parse_object::<Open>(&body)?.api_key
@@ -56,6 +71,10 @@ pub(super) async fn create(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
 /// Tells the browser to drop the cookie. The token itself stays valid
 /// until it expires (nothing is stored to revoke); changing any key, user
 /// or `JWT_SECRET` revokes every session.
+#[utoipa::path(
+    delete, path = "/api/session", tag = "auth", summary = "End the browser session (clears the cookie)",
+    responses((status = 204, description = "Cleared"))
+)]
 pub(super) async fn delete(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let mut r = Response::new(super::super::full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;

@@ -70,6 +70,17 @@ fn str_field(o: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiEr
 }
 
 /// `POST /api/tasks` `{type, payload, worker_id | service | capability, max_attempts?}`.
+#[utoipa::path(
+    post,
+    path = "/api/tasks",
+    tag = "tasks",
+    summary = "Submit a task",
+    request_body(content = super::openapi::TaskSubmit, example = json!({"type": "embed", "payload": {"text": "..."}, "service": "rag-embeddings", "max_attempts": 3})),
+    responses(
+        (status = 201, description = "Queued", body = super::openapi::Submitted),
+        (status = 404, description = "Unknown `worker_id`", body = super::openapi::Detail),
+    )
+)]
 pub(super) async fn submit(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let cfg = &ctx.shard.cfg;
     let body = ctx.body(req).await?;
@@ -108,7 +119,7 @@ pub(super) async fn submit(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
     let target = targets.remove(0);
     let max_attempts = match o.get("max_attempts") {
         None | Some(Value::Null) => cfg.task_max_attempts,
-        Some(v) => match v.as_u64() {
+        Some(v) => match super::super::request::whole_number(v) {
             Some(n) if (1..=100).contains(&n) => n as u32,
             _ => return Err(ApiError::field("max_attempts", "expected 1..=100")),
         },
@@ -133,6 +144,17 @@ pub(super) async fn submit(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
 }
 
 /// `GET /api/tasks/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/tasks/{task_id}",
+    tag = "tasks",
+    summary = "A task",
+    params(("task_id" = String, Path, description = "`t-<16 hex>-<16 hex>`")),
+    responses(
+        (status = 200, description = "The task", body = super::openapi::Task),
+        (status = 404, description = "Unknown, or finished and evicted", body = super::openapi::Detail),
+    )
+)]
 pub(super) async fn get(ctx: Ctx, raw: String) -> Result<Response<Body>, ApiError> {
     let id = super::super::request::percent_decode(&raw, false)
         .ok_or_else(|| ApiError::field("task_id", "invalid percent-encoding"))?;
@@ -148,6 +170,21 @@ pub(super) async fn get(ctx: Ctx, raw: String) -> Result<Response<Body>, ApiErro
 /// shard. Without `limit`/`after`: the newest [`COMPAT_LIST`] (the shape
 /// it always had). With them: one page in (shard, task id) order and the
 /// cursor of the next (see `lists`).
+#[utoipa::path(
+    get,
+    path = "/api/admin/tasks",
+    tag = "admin",
+    summary = "Tasks",
+    params(
+        ("state" = Option<String>, Query, description = "queued, leased, completed, failed or dead"),
+        ("type" = Option<String>, Query, description = "The task's type"),
+        ("service" = Option<String>, Query, description = "Tasks queued for the service"),
+        ("worker" = Option<String>, Query, description = "Tasks targeted at or last leased to the worker (also `worker_id`)"),
+        ("limit" = Option<u32>, Query, description = "One page of at most this many (clamped to 1..=1000)"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+    ),
+    responses((status = 200, description = "Tasks", body = super::openapi::AdminTasks))
+)]
 pub(super) async fn admin_list(
     ctx: Ctx,
     req: Request<Incoming>,
@@ -311,6 +348,23 @@ pub(crate) fn clamp_seconds(s: &str, max: Duration) -> Option<Duration> {
 /// handler then sleeps on those waiters (no polling) until one fires or the
 /// deadline passes, and asks again. If the client goes away, hyper drops
 /// this future: the waiters' receivers go with it, and nothing was leased.
+#[utoipa::path(
+    get,
+    path = "/api/worker/tasks",
+    tag = "workers",
+    summary = "Lease tasks",
+    description = "Leases up to `max` queued tasks for the worker (its own queue, then its services', then its capabilities'). With `wait` and nothing to lease, waits until a task is queued or the time is up (then `[]`).",
+    params(
+        ("worker_id" = String, Query, description = "The pulling worker"),
+        ("max" = Option<u32>, Query, description = "At most this many (default 10, clamped to 1..=1000)"),
+        ("wait" = Option<f64>, Query, minimum = 0, description = "Long-poll seconds (decimals allowed), capped at --task-max-wait"),
+    ),
+    responses(
+        (status = 200, description = "Leased tasks (maybe none)", body = super::openapi::Pulled),
+        (status = 404, description = "Unknown worker", body = super::openapi::Detail),
+        (status = 422, description = "No `worker_id`, or a bad `max`/`wait`", body = super::openapi::Detail),
+    )
+)]
 pub(super) async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let cfg = &ctx.shard.cfg;
     let q = req.uri().query();
@@ -321,11 +375,14 @@ pub(super) async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bo
     let wait = parse_wait(q, cfg.task_max_wait)?;
     let max = match query_param(q, "max") {
         None => cfg.task_pull_max,
-        Some(s) => s
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_PULL).contains(n))
-            .ok_or_else(|| ApiError::field("max", format!("expected 1..={MAX_PULL}")))?,
+        Some(s) => {
+            super::super::request::clamp_integer(&s, 1, MAX_PULL as u64).ok_or_else(|| {
+                ApiError::field(
+                    "max",
+                    format!("expected an integer (clamped to 1..={MAX_PULL})"),
+                )
+            })? as usize
+        }
     };
     drop(req);
     let owner = ctx.shard.owner_of(&worker_id);
@@ -409,6 +466,24 @@ pub(super) async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bo
 ///
 /// `status: "failed"` reports a failure: the task is retried while attempts
 /// remain (unless `retry: false`), else it ends `failed`.
+#[utoipa::path(
+    post,
+    path = "/api/worker/task-complete",
+    tag = "workers",
+    summary = "Report a task's result",
+    description = "The real agent sends everything in the body. The service original's shape is taken too: `worker_id` and `task_id` in the query, the result as the body (`status=failed` makes it the error). Repeating a report is harmless.",
+    params(
+        ("worker_id" = Option<String>, Query, description = "Service shape: the worker"),
+        ("task_id" = Option<String>, Query, description = "Service shape: the task"),
+        ("status" = Option<String>, Query, description = "Service shape: `failed` reports a failure"),
+    ),
+    request_body(content = super::openapi::Complete, example = json!({"worker_id": "gpu-box-1", "task_id": "t-0123456789abcdef-0123456789abcdef", "result": {"ok": true}})),
+    responses(
+        (status = 200, description = "Recorded", body = super::openapi::Completed),
+        (status = 404, description = "Unknown task", body = super::openapi::Detail),
+        (status = 409, description = "The lease expired and the task went to another worker", body = super::openapi::Detail),
+    )
+)]
 pub(super) async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = req.uri().query().map(str::to_string);
     let q = q.as_deref();
@@ -416,29 +491,33 @@ pub(super) async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Respons
     let q_task = query_param(q, "task_id");
     let q_status = query_param(q, "status");
     let body = ctx.body(req).await?;
-    let (worker_id, task_id, status, result, error, retry) = if q_worker.is_some() {
-        let v = if body.iter().all(u8::is_ascii_whitespace) {
-            Value::Null
+    // The service original's shape names both ids in the query; anything
+    // else is the agent's (a body object, the query filling in what the
+    // body leaves out).
+    let (worker_id, task_id, status, result, error, retry) =
+        if q_worker.is_some() && q_task.is_some() {
+            let v = if body.iter().all(u8::is_ascii_whitespace) {
+                Value::Null
+            } else {
+                super::super::request::parse_json::<Value>(&body)?
+            };
+            (q_worker, q_task, q_status, v.clone(), v, true)
         } else {
-            super::super::request::parse_json::<Value>(&body)?
+            let o: Map<String, Value> = parse_object(&body)?;
+            let retry = match o.get("retry") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(ApiError::field("retry", "expected a boolean")),
+            };
+            (
+                str_field(&o, "worker_id")?.or(q_worker),
+                str_field(&o, "task_id")?.or(q_task),
+                str_field(&o, "status")?.or(q_status),
+                o.get("result").cloned().unwrap_or(Value::Null),
+                o.get("error").cloned().unwrap_or(Value::Null),
+                retry,
+            )
         };
-        (q_worker, q_task, q_status, v.clone(), v, true)
-    } else {
-        let o: Map<String, Value> = parse_object(&body)?;
-        let retry = match o.get("retry") {
-            None | Some(Value::Null) => true,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(ApiError::field("retry", "expected a boolean")),
-        };
-        (
-            str_field(&o, "worker_id")?,
-            str_field(&o, "task_id")?.or(q_task),
-            str_field(&o, "status")?.or(q_status),
-            o.get("result").cloned().unwrap_or(Value::Null),
-            o.get("error").cloned().unwrap_or(Value::Null),
-            retry,
-        )
-    };
     let worker_id = worker_id.ok_or_else(|| ApiError::field("worker_id", "field required"))?;
     let task_id = task_id.ok_or_else(|| ApiError::field("task_id", "field required"))?;
     valid_id("worker_id", &worker_id)?;

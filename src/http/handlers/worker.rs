@@ -26,14 +26,18 @@ fn worker_not_found() -> ApiError {
 /// `WorkerRecord::registered` derives the record's, so the record can go to
 /// its owner shard first and the reply is serialised once, with the id
 /// the owner accepted.
-#[derive(Serialize)]
-struct Registered<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Registered<'a> {
+    /// Always `registered`.
     status: &'static str,
     worker_id: &'a str,
     worker_type: crate::model::WorkerType,
     tier: u8,
+    #[schema(value_type = Vec<String>)]
     assigned_services: Assigned<'a, &'static str>,
+    #[schema(value_type = Vec<ServiceConfigView<'static>>)]
     service_configs: Assigned<'a, ServiceConfigView<'static>>,
+    #[schema(value_type = Vec<crate::model::env::ContainerJson<'static>>)]
     assigned_containers: Containers<'a>,
     heartbeat_url: &'static str,
     heartbeat_interval: u64,
@@ -57,6 +61,21 @@ fn coordinator_url(ctx: &Ctx, host: Option<String>) -> String {
 /// `POST /api/worker/register`: read and check the body, assign services
 /// against the cluster's coverage, place the record on its owner shard
 /// (drawing a new id if a generated one is taken), then answer.
+#[utoipa::path(
+    post,
+    path = "/api/worker/register",
+    tag = "workers",
+    summary = "Register a worker",
+    description = "Both originals' shapes: the local one (the worker chooses `worker_id`, flags such as `has_gpu` decide the type) and the service one (no `worker_id`: `worker-` + 8 hex digits is made; sizes decide the tier). Re-registering an id replaces its record. The reply carries the fields of both originals.",
+    request_body(content = crate::model::wire::RegisterRequest, examples(
+        ("local" = (summary = "Local agent: the worker chooses its id", value = json!({"worker_id": "gpu-box-1", "tunnel_url": "https://gpu-box-1.example", "capabilities": {"hostname": "gpu-box-1", "cpu_cores": 16, "has_gpu": true, "gpu_type": "RTX 4090", "gpu_memory": "24GB", "worker_type": "gpu", "ram": "64GB"}, "services": [{"name": "llm-inference", "port": 8105}], "vpn_ip": "10.8.0.5"}))),
+        ("service" = (summary = "Service agent: sizes decide the tier", value = json!({"capabilities": {"cpu_cores": 16, "ram": "64GB", "gpu_memory": "24576MB", "gpu_type": "RTX 4090"}, "ip_address": "203.0.113.7"}))),
+    )),
+    responses(
+        (status = 200, description = "Registered", body = Registered),
+        (status = 507, description = "The registry is full (--max-workers)", body = super::openapi::Detail),
+    )
+)]
 pub(super) async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let host = req
         .headers()
@@ -240,6 +259,18 @@ fn generate_id() -> String {
     format!("worker-{:08x}", fastrand::u32(..))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/worker/heartbeat",
+    tag = "workers",
+    summary = "Heartbeat",
+    description = "Every field but `worker_id` may be missing or null; a missing one keeps its value, except `status` (default `healthy`). `task_ids` extends those tasks' leases. Agents re-register on 404.",
+    request_body(content = crate::model::wire::HeartbeatRequest, example = json!({"worker_id": "gpu-box-1", "status": "busy", "current_load": 0.42, "available_memory": "48GB", "loaded_models": ["llama3:8b"], "active_requests": 2, "gpu_utilization": 0.6, "services_status": {"llm-inference": "running"}, "specialization": "llm"})),
+    responses(
+        (status = 200, description = "Recorded", body = super::openapi::Ack, example = json!({"status": "ok", "message": "Heartbeat received"})),
+        (status = 404, description = "Unknown worker (re-register)", body = super::openapi::Detail, example = json!({"detail": "Worker not found"})),
+    )
+)]
 pub(super) async fn heartbeat(
     ctx: Ctx,
     req: Request<Incoming>,
@@ -291,6 +322,18 @@ async fn refresh_routing(ctx: &Ctx) {
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/worker/unregister/{worker_id}",
+    tag = "workers",
+    summary = "Unregister a worker",
+    params(("worker_id" = String, Path, description = "The worker's id (percent-encoded)")),
+    responses(
+        (status = 200, description = "Removed", body = super::openapi::Ack),
+        (status = 404, description = "Unknown worker", body = super::openapi::Detail),
+        (status = 422, description = "Not a valid id", body = super::openapi::Detail),
+    )
+)]
 pub(super) async fn unregister(ctx: Ctx, raw_id: String) -> Result<Response<Body>, ApiError> {
     let id = super::super::request::percent_decode(&raw_id, false)
         .ok_or_else(|| ApiError::field("worker_id", "invalid percent-encoding"))?;
