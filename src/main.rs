@@ -187,6 +187,8 @@ enum Command {
     /// Print the OpenAPI 3.1 document of this build (what `GET
     /// /openapi.json` serves), e.g. to generate a client without a server.
     Openapi,
+    /// Print the GraphQL schema (SDL) of `/graphql`.
+    GraphqlSchema,
 }
 
 /// `coordinator hash-password`: stdin -> PHC string on stdout.
@@ -553,6 +555,10 @@ fn main() -> ExitCode {
         Some(Command::HashPassword) => return hash_password_command(),
         Some(Command::Openapi) => {
             println!("{:#}", coordinator::http::openapi_document());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::GraphqlSchema) => {
+            print!("{}", coordinator::http::graphql_sdl());
             return ExitCode::SUCCESS;
         }
         None => {}

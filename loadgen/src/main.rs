@@ -163,6 +163,10 @@ struct Cli {
     /// Path for `get`.
     #[arg(long, default_value = "/")]
     path: String,
+    /// `get` sends this as a JSON body with POST instead (e.g. a GraphQL
+    /// query to /graphql).
+    #[arg(long)]
+    body: Option<String>,
     /// Worker id prefix (keeps concurrent or repeated runs apart).
     #[arg(long, default_value = "lg")]
     prefix: String,
@@ -444,6 +448,9 @@ fn main() -> ExitCode {
                         cli.workers,
                         cli.status_flip_every,
                     )
+                } else if let (Kind::Get, Some(body)) = (k, &cli.body) {
+                    let post = http::build_request("POST", &host, &cli.path, Some(body.as_bytes()));
+                    scenario::Pool::of(Kind::Get, vec![post])
                 } else {
                     scenario::pool(*k, &host, &cli.prefix, cli.workers, &cli.path)
                 };

@@ -98,6 +98,9 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
         // pages' "Try it out" calls need credentials like any other call.
         Route::OpenApi | Route::Docs | Route::Redoc | Route::DocsAsset => Need::Public,
         Route::AuthVerify => Need::Authenticated,
+        // Any credential; each field then needs the role of the REST route
+        // it mirrors (handlers::graphql), checked against this table.
+        Route::GraphQl => Need::Authenticated,
         // Unknown paths and wrong methods need a credential too: otherwise
         // an anonymous caller could tell the paths that exist (401) from
         // those that do not (404). Any role may see a 404/405.
@@ -107,7 +110,7 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
 
 /// Every route with a sample method and path that the router maps to it
 /// (used by the unit test below and by the whole-table HTTP test).
-pub const SAMPLES: [(Route, &str, &str); 39] = [
+pub const SAMPLES: [(Route, &str, &str); 40] = [
     (Route::Events, "GET", "/api/events"),
     (Route::Register, "POST", "/api/worker/register"),
     (Route::Heartbeat, "POST", "/api/worker/heartbeat"),
@@ -151,6 +154,7 @@ pub const SAMPLES: [(Route, &str, &str); 39] = [
     (Route::Docs, "GET", "/docs"),
     (Route::Redoc, "GET", "/redoc"),
     (Route::DocsAsset, "GET", "/docs/assets/swagger-ui.css"),
+    (Route::GraphQl, "POST", "/graphql"),
 ];
 
 #[cfg(test)]
@@ -190,7 +194,7 @@ mod tests {
             ("client", "inference_llm inference_vision inference_rag inference_graph service_proxy api_service_proxy discover services_list task_submit task_get coordinator_workers events events_ws"),
             ("admin", "broadcast admin_workers admin_services admin_stats admin_health admin_gaps admin_tasks admin_pins"),
             ("public", "health metrics preflight auth_login session_create session_delete openapi docs redoc docs_asset"),
-            ("any", "auth_verify not_found method_not_allowed"),
+            ("any", "auth_verify not_found method_not_allowed graphql"),
         ];
         let mut seen = 0;
         for (role, names) in rows {

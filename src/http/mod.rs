@@ -49,6 +49,11 @@ pub use router::Route;
 pub fn openapi_document() -> serde_json::Value {
     handlers::openapi::document()
 }
+
+/// The GraphQL schema of `/graphql`, as SDL.
+pub fn graphql_sdl() -> String {
+    handlers::graphql_sdl()
+}
 pub(crate) use router::ROUTE_NAMES;
 
 /// Response body type for every route: a complete buffer (nearly every

@@ -46,10 +46,11 @@ pub enum Route {
     Docs,
     Redoc,
     DocsAsset,
+    GraphQl,
 }
 
 /// Metric labels, indexed by `Route as usize`.
-pub(crate) const ROUTE_NAMES: [&str; 39] = [
+pub(crate) const ROUTE_NAMES: [&str; 40] = [
     "register",
     "heartbeat",
     "unregister",
@@ -89,6 +90,7 @@ pub(crate) const ROUTE_NAMES: [&str; 39] = [
     "docs",
     "redoc",
     "docs_asset",
+    "graphql",
 ];
 
 impl Route {
@@ -144,6 +146,18 @@ pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
             route,
             param: None,
             allow,
+        };
+    }
+    if path == "/graphql" {
+        let route = match *method {
+            Method::GET | Method::HEAD | Method::POST => Route::GraphQl,
+            Method::OPTIONS => Route::Preflight,
+            _ => Route::MethodNotAllowed,
+        };
+        return Matched {
+            route,
+            param: None,
+            allow: "GET, POST",
         };
     }
     if path == "/api/session" {

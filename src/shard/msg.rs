@@ -86,6 +86,8 @@ pub(crate) enum Request {
     },
     /// A piece of a worker listing (healthy, admin, discovery).
     List(Box<ListQuery>),
+    /// One worker's admin JSON, by id (on its owner shard).
+    Worker(String),
     Summary,
     /// Healthy worker ids per service (admin view; O(workers)).
     ServiceMembers,
@@ -257,6 +259,8 @@ pub(crate) enum Reply {
     Proxy(ProxyReply),
     Coverage(Coverage),
     Listing(Listing),
+    /// [`Request::Worker`]: the admin JSON of the worker, if registered.
+    Worker(Option<Vec<u8>>),
     Summary(Box<Summary>),
     /// Broadcast: (worker id, task id) of each worker that got the job.
     Delivered(Vec<(String, String)>),
@@ -311,6 +315,7 @@ impl Reply {
     task_accessor!(task_page, Page, Box<TaskPage>);
     accessor!(coverage, Coverage, Coverage);
     accessor!(listing, Listing, Listing);
+    accessor!(worker, Worker, Option<Vec<u8>>);
     accessor!(summary, Summary, Box<Summary>);
     accessor!(delivered, Delivered, Vec<(String, String)>);
     accessor!(metrics, Metrics, Box<MetricsSnapshot>);

@@ -115,6 +115,15 @@ impl Shard {
     }
 
     /// A piece of this shard's worker listing (see [`ListQuery`]).
+    /// One worker's admin JSON (what `/api/admin/workers` lists for it).
+    pub(super) fn worker_json(&self, now: Instant, id: &str) -> Option<Vec<u8>> {
+        let reg = self.registry.borrow();
+        let w = reg.get(id)?;
+        let mut out = Vec::with_capacity(1024);
+        w.write_json(&mut out, now, &self.live, true, &self.coordinator_url);
+        Some(out)
+    }
+
     pub(super) fn listing(&self, now: Instant, q: &ListQuery) -> Listing {
         let whole = q.whole && q.kind == ListKind::Healthy && q.after.is_none();
         if whole && q.filter.only_service() {

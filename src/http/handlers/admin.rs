@@ -49,7 +49,7 @@ pub(super) async fn workers(ctx: Ctx, req: Request<Incoming>) -> Result<Response
     get, path = "/api/admin/services", tag = "admin", summary = "Services and their healthy workers",
     responses((status = 200, description = "Services", body = super::openapi::AdminServices))
 )]
-pub(super) async fn services(ctx: Ctx) -> Result<Response<Body>, ApiError> {
+pub(super) async fn services(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let members = ctx
         .shard
         .map_reduce(
@@ -89,8 +89,8 @@ const TIER_KEYS: [(usize, &str); 3] = [
     get, path = "/api/admin/stats", tag = "admin", summary = "Counts and average load by tier",
     responses((status = 200, description = "Stats", body = super::openapi::Stats))
 )]
-pub(super) async fn stats(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let s = summary(&ctx).await?;
+pub(super) async fn stats(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let s = summary(ctx).await?;
     let mut by_tier = serde_json::Map::new();
     let mut load = serde_json::Map::new();
     for (t, k) in TIER_KEYS {
@@ -117,8 +117,8 @@ pub(super) async fn stats(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     get, path = "/api/admin/health", tag = "admin", summary = "Pool health",
     responses((status = 200, description = "Health", body = super::openapi::AdminHealth))
 )]
-pub(super) async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let s = summary(&ctx).await?;
+pub(super) async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let s = summary(ctx).await?;
     let gpu = s.tier_count[1] > 0;
     let service = s.tier_count[2] > 0;
     let out = j!({
@@ -136,8 +136,8 @@ pub(super) async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     get, path = "/api/admin/gaps", tag = "admin", summary = "Catalog services with few or no healthy workers",
     responses((status = 200, description = "Coverage", body = super::openapi::Gaps))
 )]
-pub(super) async fn gaps(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let s = summary(&ctx).await?;
+pub(super) async fn gaps(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let s = summary(ctx).await?;
     let cfg = &ctx.shard.cfg;
     let mut critical = Vec::new();
     let mut warning = Vec::new();

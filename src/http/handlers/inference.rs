@@ -463,14 +463,13 @@ pub(super) async fn pins(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bo
     if method == Method::GET || method == Method::HEAD {
         return Ok(pins_view(&ctx));
     }
-    let (key, workers) = if method == Method::PUT {
+    if method == Method::PUT {
         let o = read_json_object(&ctx, req).await?;
         let text = |name: &str| match o.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(ApiError::field(name, "expected a string")),
         };
-        let key = pin_key(text("service")?, text("model")?, &ctx)?;
         let workers: Vec<String> = match o.get("workers") {
             Some(Value::Array(a)) if !a.is_empty() => a
                 .iter()
@@ -484,15 +483,28 @@ pub(super) async fn pins(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bo
                 ))
             }
         };
-        (key, Some(workers))
+        set_pin(&ctx, text("service")?, text("model")?, Some(workers)).await
     } else {
         let q = req.uri().query();
-        let key = pin_key(query_param(q, "service"), query_param(q, "model"), &ctx)?;
-        if !ctx.shard.proxy.pins().contains_key(&key) {
-            return Err(ApiError::NotFound("Pin not found".into()));
-        }
-        (key, None)
-    };
+        let (service, model) = (query_param(q, "service"), query_param(q, "model"));
+        drop(req);
+        set_pin(&ctx, service, model, None).await
+    }
+}
+
+/// Pins `service` or `model` (exactly one) to `workers`, or with `None`
+/// removes its pin (404 if there is none), on every shard; answers the
+/// pins now (REST and GraphQL `setPin` / `removePin`).
+pub(super) async fn set_pin(
+    ctx: &Ctx,
+    service: Option<String>,
+    model: Option<String>,
+    workers: Option<Vec<String>>,
+) -> Result<Response<Body>, ApiError> {
+    let key = pin_key(service, model, ctx)?;
+    if workers.is_none() && !ctx.shard.proxy.pins().contains_key(&key) {
+        return Err(ApiError::NotFound("Pin not found".into()));
+    }
     let set = || {
         ShardRequest::Proxy(ProxyOp::SetPin {
             key: key.clone(),
@@ -502,7 +514,7 @@ pub(super) async fn pins(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bo
     ctx.shard
         .map_reduce(set, Reply::done, (), |(), ()| ())
         .await?;
-    Ok(pins_view(&ctx))
+    Ok(pins_view(ctx))
 }
 
 /// Exactly one of `service` and `model`; an empty one counts as absent.
@@ -518,7 +530,7 @@ fn pin_key(service: Option<String>, model: Option<String>, ctx: &Ctx) -> Result<
     }
 }
 
-fn pins_view(ctx: &Ctx) -> Response<Body> {
+pub(super) fn pins_view(ctx: &Ctx) -> Response<Body> {
     let pins: Vec<Value> = ctx
         .shard
         .proxy

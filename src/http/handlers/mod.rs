@@ -6,6 +6,8 @@ mod auth;
 mod coordinator;
 mod docs;
 mod events;
+mod graphql;
+pub(super) use graphql::sdl as graphql_sdl;
 pub(super) mod events_ws;
 mod inference;
 mod lists;
@@ -37,7 +39,7 @@ pub(super) async fn handle(
         Route::Tasks => tasks::pull(ctx, req).await,
         Route::TaskComplete => tasks::complete(ctx, req).await,
         Route::TaskSubmit => tasks::submit(ctx, req).await,
-        Route::TaskGet => tasks::get(ctx, param.unwrap_or_default()).await,
+        Route::TaskGet => tasks::get(&ctx, param.unwrap_or_default()).await,
         Route::AdminTasks => tasks::admin_list(ctx, req).await,
         Route::InferenceLlm => inference::llm(ctx, req).await,
         Route::InferenceVision => inference::vision(ctx, req).await,
@@ -50,13 +52,13 @@ pub(super) async fn handle(
         Route::Events => events::stream(ctx, req).await,
         Route::Broadcast => coordinator::broadcast(ctx, req).await,
         Route::AdminWorkers => admin::workers(ctx, req).await,
-        Route::AdminServices => admin::services(ctx).await,
-        Route::AdminStats => admin::stats(ctx).await,
-        Route::AdminHealth => admin::health(ctx).await,
-        Route::AdminGaps => admin::gaps(ctx).await,
+        Route::AdminServices => admin::services(&ctx).await,
+        Route::AdminStats => admin::stats(&ctx).await,
+        Route::AdminHealth => admin::health(&ctx).await,
+        Route::AdminGaps => admin::gaps(&ctx).await,
         Route::Discover => services::discover(ctx, param.unwrap_or_default(), req).await,
         Route::ServicesList => services::list(ctx).await,
-        Route::Health => ops::health(ctx).await,
+        Route::Health => ops::health(&ctx).await,
         Route::Metrics => ops::metrics(ctx).await,
         Route::AuthLogin => auth::login(ctx, req).await,
         Route::AuthVerify => auth::verify(ctx).await,
@@ -67,6 +69,7 @@ pub(super) async fn handle(
         Route::Docs => Ok(docs::swagger()),
         Route::Redoc => Ok(docs::redoc()),
         Route::DocsAsset => docs::asset(param.as_deref().unwrap_or_default()),
+        Route::GraphQl => graphql::serve_request(ctx, req).await,
         Route::NotFound => Err(ApiError::NotFound("Not Found".into())),
         Route::MethodNotAllowed | Route::Preflight => Err(ApiError::MethodNotAllowed { allow }),
     }

@@ -134,6 +134,7 @@ cookie of `POST /api/session`. Every error is `{\"detail\": \"...\"}`.",
         super::docs::swagger,
         super::docs::redoc,
         super::docs::asset,
+        super::graphql::serve_request,
     ),
     components(schemas(Detail)),
     modifiers(&Shared),
@@ -146,6 +147,7 @@ cookie of `POST /api/session`. Every error is `{\"detail\": \"...\"}`.",
         (name = "events", description = "The change stream: Server-Sent Events, NDJSON, WebSocket."),
         (name = "auth", description = "Login tokens and browser sessions."),
         (name = "ops", description = "Liveness, metrics, this document."),
+        (name = "graphql", description = "The same data as GraphQL (docs/graphql.md)."),
     )
 )]
 struct Api;
@@ -849,3 +851,26 @@ macro_rules! one_of {
 
 one_of!(WorkerListOrDelta, WorkerList, WorkerDelta);
 one_of!(AdminWorkersOrDelta, AdminWorkers, WorkerDelta);
+
+/// A GraphQL request (GraphQL over HTTP).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct GraphQlRequest {
+    #[schema(
+        example = "{ workers(first: 10) { nodes { workerId status } pageInfo { endCursor } } }"
+    )]
+    query: String,
+    variables: Option<BTreeMap<String, Value>>,
+    #[serde(rename = "operationName")]
+    operation_name: Option<String>,
+}
+
+/// A GraphQL response.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct GraphQlResponse {
+    #[schema(value_type = Option<Object>, required = false)]
+    data: Option<()>,
+    #[schema(value_type = Option<Vec<Object>>, required = false)]
+    errors: Option<()>,
+}

@@ -24,8 +24,8 @@ use crate::shard::scrape::{encode, Gauges};
     get, path = "/health", tag = "ops", summary = "Liveness and worker counts",
     responses((status = 200, description = "Alive", body = super::openapi::Health))
 )]
-pub(super) async fn health(ctx: Ctx) -> Result<Response<Body>, ApiError> {
-    let s = summary(&ctx).await?;
+pub(super) async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let s = summary(ctx).await?;
     let cfg = &ctx.shard.cfg;
     let out = j!({
         "status": "healthy",

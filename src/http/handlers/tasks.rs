@@ -82,9 +82,16 @@ fn str_field(o: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiEr
     )
 )]
 pub(super) async fn submit(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let cfg = &ctx.shard.cfg;
     let body = ctx.body(req).await?;
-    let o: Map<String, Value> = parse_object(&body)?;
+    submit_object(&ctx, parse_object(&body)?).await
+}
+
+/// A task submit from its body object (REST and GraphQL `submitTask`).
+pub(super) async fn submit_object(
+    ctx: &Ctx,
+    o: Map<String, Value>,
+) -> Result<Response<Body>, ApiError> {
+    let cfg = &ctx.shard.cfg;
     let task_type = match str_field(&o, "type")?
         .or(str_field(&o, "task_type")?)
         .or(str_field(&o, "job_type")?)
@@ -129,7 +136,7 @@ pub(super) async fn submit(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
     let shard = shard_of_key(&key, ctx.shard.count);
     let task = Task::new(id.clone(), task_type, payload, target.clone(), max_attempts);
     let op = TaskOp::Submit(Box::new(task));
-    if !task_op(&ctx, shard, op, Reply::submitted).await? {
+    if !task_op(ctx, shard, op, Reply::submitted).await? {
         return Err(ApiError::NotFound("Worker not found".into()));
     }
     Ok(ok_json(
@@ -155,12 +162,12 @@ pub(super) async fn submit(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
         (status = 404, description = "Unknown, or finished and evicted", body = super::openapi::Detail),
     )
 )]
-pub(super) async fn get(ctx: Ctx, raw: String) -> Result<Response<Body>, ApiError> {
+pub(super) async fn get(ctx: &Ctx, raw: String) -> Result<Response<Body>, ApiError> {
     let id = super::super::request::percent_decode(&raw, false)
         .ok_or_else(|| ApiError::field("task_id", "invalid percent-encoding"))?;
     let not_found = || ApiError::NotFound("Task not found".into());
     let shard = shard_of_task(&id, ctx.shard.count).ok_or_else(not_found)?;
-    match task_op(&ctx, shard, TaskOp::Get(id), Reply::task).await? {
+    match task_op(ctx, shard, TaskOp::Get(id), Reply::task).await? {
         Some(v) => Ok(ok_json(StatusCode::OK, &v)),
         None => Err(not_found()),
     }
@@ -189,7 +196,16 @@ pub(super) async fn admin_list(
     ctx: Ctx,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let q = req.uri().query();
+    let q = req.uri().query().map(str::to_string);
+    drop(req);
+    admin_list_query(&ctx, q.as_deref()).await
+}
+
+/// `/api/admin/tasks` from its query string (REST and GraphQL `tasks`).
+pub(super) async fn admin_list_query(
+    ctx: &Ctx,
+    q: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
     let state = match lists::param(q, "state")? {
         Some(s) => Some(TaskState::parse(&s).ok_or_else(|| {
             lists::bad(
@@ -217,7 +233,6 @@ pub(super) async fn admin_list(
     };
     let paging = lists::paging(q, ctx.shard.count)?;
     let paged = paging.is_some();
-    drop(req);
     // Counts and queue depths over every shard (a page adds its tasks).
     let counting = Filter {
         limit: if paging.is_some() { 0 } else { COMPAT_LIST },
@@ -234,7 +249,7 @@ pub(super) async fn admin_list(
         .await?;
     let mut next = None;
     match paging {
-        Some(p) => (merged.tasks, next) = task_page(&ctx, filter, p).await?,
+        Some(p) => (merged.tasks, next) = task_page(ctx, filter, p).await?,
         None => {
             // Newest first across shards, then the limit.
             merged.tasks.sort_by(|a, b| {

@@ -1,0 +1,682 @@
+//! `POST /graphql` (and `GET /graphql?query=`): the pool, its tasks and
+//! pins as a GraphQL API (`async-graphql`).
+//!
+//! async-graphql wants `Send` resolvers; a shard (`Rc`, its mesh, its
+//! executor) is not. So each request runs two things on its shard thread:
+//! the schema's execution, whose resolvers only send an [`Ask`] (plain
+//! data) over a channel and await the answer, and a local loop that owns
+//! the request's [`Ctx`] and answers each ask with the same code the REST
+//! routes run (their typed fan-outs over the shards). No resolver locks or
+//! shares shard state; the loop ends with the execution.
+//!
+//! Auth is the REST routes': `/graphql` needs any valid credential, and
+//! every field needs the role of the REST route it mirrors (`workers` that
+//! are all healthy: the client's worker list; any other `workers`: the
+//! admin list; `tasks`: admin; `task`: client; ...), checked against the
+//! same role table (`access::need`).
+//!
+//! Must not: run without depth and complexity limits, or answer anything
+//! REST would not answer the same caller.
+
+use std::cell::OnceCell;
+use std::pin::pin;
+
+use async_graphql::{
+    Context, EmptySubscription, ErrorExtensions, InputObject, Json, Object, Schema, SimpleObject,
+};
+use futures::channel::{mpsc, oneshot};
+use futures::future::{select, Either};
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::super::access::need;
+use super::super::error::ApiError;
+use super::super::request::query_param;
+use super::super::router::Route;
+use super::super::{json, Body, Ctx};
+use super::{lists, tasks};
+use crate::model::credential::Role;
+use crate::shard::msg::{ListKind, ListQuery, Request as ShardRequest};
+
+/// Deepest query accepted (a worker page's nodes' fields are depth 3).
+pub(crate) const MAX_DEPTH: usize = 8;
+/// Most complex query accepted (async-graphql counts one per field).
+pub(crate) const MAX_COMPLEXITY: usize = 500;
+
+pub(crate) type CoordinatorSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// The schema, built once per shard thread.
+fn schema() -> CoordinatorSchema {
+    thread_local! {
+        static SCHEMA: OnceCell<CoordinatorSchema> = const { OnceCell::new() };
+    }
+    SCHEMA.with(|s| s.get_or_init(build).clone())
+}
+
+fn build() -> CoordinatorSchema {
+    Schema::build(Query, Mutation, EmptySubscription)
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .finish()
+}
+
+/// The schema in GraphQL SDL (for docs and client generators).
+pub(crate) fn sdl() -> String {
+    build().sdl()
+}
+
+/// What a resolver asks of its shard: plain data, so it may cross the
+/// `Send` boundary of async-graphql.
+enum Ask {
+    /// A page of the worker list, as the REST query string says.
+    Workers {
+        kind: ListKind,
+        query: String,
+    },
+    Worker(String),
+    Services,
+    Gaps,
+    Stats,
+    Health,
+    Pins,
+    /// A page of `/api/admin/tasks`.
+    Tasks(String),
+    Task(String),
+    Submit(Map<String, Value>),
+    SetPin {
+        service: Option<String>,
+        model: Option<String>,
+        workers: Option<Vec<String>>,
+    },
+}
+
+type Answer = Result<Value, ApiError>;
+
+/// The resolvers' side of the channel, and who is asking.
+struct Bridge {
+    tx: mpsc::UnboundedSender<(Ask, oneshot::Sender<Answer>)>,
+    /// The caller's role; `Admin` on an open coordinator.
+    role: Role,
+}
+
+/// Sends `ask` for a field that mirrors REST route `route`; refused when
+/// the caller's role may not call that route.
+async fn ask(ctx: &Context<'_>, route: Route, ask: Ask) -> async_graphql::Result<Value> {
+    let bridge = ctx.data::<Bridge>()?;
+    if !need(route, false).allows(bridge.role) {
+        return Err(async_graphql::Error::new(format!(
+            "Forbidden: the {} role may not read this field",
+            bridge.role.as_str()
+        ))
+        .extend_with(|_, e| e.set("status", 403)));
+    }
+    let (reply, answer) = oneshot::channel();
+    bridge
+        .tx
+        .unbounded_send((ask, reply))
+        .map_err(|_| async_graphql::Error::new("the request is ending"))?;
+    match answer.await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            let status = e.status().as_u16();
+            Err(async_graphql::Error::new(e.to_string())
+                .extend_with(|_, x| x.set("status", status)))
+        }
+        Err(_) => Err(async_graphql::Error::new("the request is ending")),
+    }
+}
+
+fn decode<T: DeserializeOwned>(v: Value) -> async_graphql::Result<T> {
+    serde_json::from_value(v).map_err(|e| async_graphql::Error::new(format!("bad reply: {e}")))
+}
+
+/// Answers asks with the REST routes' own code until the execution drops
+/// its side of the channel.
+async fn serve(ctx: &Ctx, mut rx: mpsc::UnboundedReceiver<(Ask, oneshot::Sender<Answer>)>) {
+    while let Some((ask, reply)) = rx.next().await {
+        let _ = reply.send(answer(ctx, ask).await);
+    }
+}
+
+async fn answer(ctx: &Ctx, ask: Ask) -> Answer {
+    let reply = match ask {
+        Ask::Workers { kind, query } => return worker_page(ctx, kind, &query).await,
+        Ask::Worker(id) => {
+            let owner = ctx.shard.owner_of(&id);
+            let got = ctx.shard.call(owner, ShardRequest::Worker(id)).await?;
+            return match got.worker()? {
+                Some(bytes) => from_slice(&bytes),
+                None => Ok(Value::Null),
+            };
+        }
+        Ask::Services => super::admin::services(ctx).await?,
+        Ask::Gaps => super::admin::gaps(ctx).await?,
+        Ask::Stats => super::admin::stats(ctx).await?,
+        Ask::Health => super::admin::health(ctx).await?,
+        Ask::Pins => super::inference::pins_view(ctx),
+        Ask::Tasks(q) => tasks::admin_list_query(ctx, Some(&q)).await?,
+        Ask::Task(id) => match tasks::get(ctx, id).await {
+            Err(ApiError::NotFound(_)) => return Ok(Value::Null),
+            other => other?,
+        },
+        Ask::Submit(o) => tasks::submit_object(ctx, o).await?,
+        Ask::SetPin {
+            service,
+            model,
+            workers,
+        } => super::inference::set_pin(ctx, service, model, workers).await?,
+    };
+    body_json(reply).await
+}
+
+fn from_slice(b: &[u8]) -> Answer {
+    serde_json::from_slice(b).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// The JSON of a complete REST reply.
+async fn body_json(r: Response<Body>) -> Answer {
+    let bytes = r
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?
+        .to_bytes();
+    from_slice(&bytes)
+}
+
+/// One page of workers: the REST page walk, `{"workers": [...], "next"}`.
+async fn worker_page(ctx: &Ctx, kind: ListKind, q: &str) -> Answer {
+    let q = Some(q);
+    let query = ListQuery {
+        kind,
+        filter: lists::worker_filter(ctx, q)?,
+        after: None,
+        max: 0,
+        whole: false,
+        best: false,
+    };
+    let paging = lists::paging(q, ctx.shard.count)?
+        .ok_or_else(|| ApiError::BadRequest("first: required".into()))?;
+    let page = lists::page(ctx, query, paging).await?;
+    let mut out = Vec::with_capacity(page.items.array_len() + 64);
+    out.extend_from_slice(b"{\"workers\":");
+    page.items.write_array(&mut out);
+    out.extend_from_slice(b",\"next\":");
+    out.extend_from_slice(&serde_json::to_vec(&page.next).unwrap_or_default());
+    out.push(b'}');
+    from_slice(&out)
+}
+
+/// `POST /graphql` (`{"query", "variables"?, "operationName"?}`) or
+/// `GET /graphql?query=..&variables=..&operationName=..` (queries only).
+#[utoipa::path(
+    method(get, post),
+    path = "/graphql",
+    tag = "graphql",
+    summary = "GraphQL",
+    description = "Queries `workers(filter, first, after)`, `worker(id)`, `services`, `gaps`, `stats`, `health`, `pins`, `tasks(filter, first, after)`, `task(id)`; mutations `submitTask`, `setPin`, `removePin` (POST only). Each field needs the role of the REST route it mirrors. Depth at most 8, complexity at most 500. Errors of the query itself come in `errors` with status 200, as GraphQL over HTTP does.",
+    params(
+        ("query" = Option<String>, Query, description = "GET: the query document"),
+        ("variables" = Option<String>, Query, description = "GET: variables as JSON"),
+        ("operationName" = Option<String>, Query, description = "GET: which operation"),
+    ),
+    request_body(content = Option<super::openapi::GraphQlRequest>, description = "POST"),
+    responses(
+        (status = 200, description = "`data` and/or `errors`", body = super::openapi::GraphQlResponse),
+    )
+)]
+pub(super) async fn serve_request(
+    ctx: Ctx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let gql: async_graphql::Request = if req.method() == Method::GET {
+        let q = req.uri().query();
+        let query = query_param(q, "query")
+            .ok_or_else(|| ApiError::BadRequest("query: required".into()))?;
+        let mut r = async_graphql::Request::new(query);
+        if let Some(v) = query_param(q, "variables") {
+            let vars: Value = serde_json::from_str(&v)
+                .map_err(|e| ApiError::BadRequest(format!("variables: {e}")))?;
+            r = r.variables(async_graphql::Variables::from_json(vars));
+        }
+        if let Some(name) = query_param(q, "operationName") {
+            r = r.operation_name(name);
+        }
+        // A GET must not change anything (browsers and caches repeat them).
+        r.data(GetRequest)
+    } else {
+        let body = ctx.body(req).await?;
+        serde_json::from_slice(&body).map_err(|e| ApiError::Unprocessable(format!("body: {e}")))?
+    };
+    let role = match ctx.guard.is_open() {
+        true => Role::Admin,
+        false => ctx.grant.role.unwrap_or(Role::Client),
+    };
+    let (tx, rx) = mpsc::unbounded();
+    let schema = schema();
+    let exec = pin!(schema.execute(gql.data(Bridge { tx, role })));
+    let served = pin!(serve(&ctx, rx));
+    let resp = match select(exec, served).await {
+        Either::Left((r, _)) => r,
+        // `serve` ends only once the execution dropped its sender.
+        Either::Right(((), exec)) => exec.await,
+    };
+    let out = serde_json::to_vec(&resp).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(json(StatusCode::OK, out))
+}
+
+/// Marks a request that came as a GET: mutations are refused.
+struct GetRequest;
+
+fn refuse_on_get(ctx: &Context<'_>) -> async_graphql::Result<()> {
+    match ctx.data_opt::<GetRequest>() {
+        Some(_) => Err(async_graphql::Error::new("mutations need POST")
+            .extend_with(|_, e| e.set("status", 405))),
+        None => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Types: what the REST replies carry, in GraphQL's camelCase.
+
+/// A worker, as `/api/admin/workers` lists it (`ageSeconds` and
+/// `isHealthy` included).
+#[derive(SimpleObject, Deserialize)]
+pub(crate) struct Worker {
+    worker_id: String,
+    worker_type: String,
+    /// 1 gpu, 2 cpu, 3 storage, 4 edge.
+    tier: i32,
+    /// As last reported.
+    status: String,
+    tunnel_url: Option<String>,
+    ip_address: Option<String>,
+    endpoint: Option<String>,
+    capabilities: Json<Value>,
+    services: Json<Value>,
+    containers: Json<Value>,
+    assigned_services: Vec<String>,
+    service_configs: Json<Value>,
+    assigned_containers: Json<Value>,
+    current_load: f64,
+    available_memory: Option<String>,
+    loaded_models: Vec<String>,
+    active_requests: u64,
+    gpu_utilization: Option<f64>,
+    services_status: Json<Value>,
+    specialization: Option<String>,
+    tasks_completed: u64,
+    registered_at: String,
+    last_heartbeat: String,
+    #[serde(default)]
+    age_seconds: Option<f64>,
+    #[serde(default)]
+    is_healthy: Option<bool>,
+}
+
+/// A page of a list, and where the next one starts.
+#[derive(SimpleObject)]
+pub(crate) struct PageInfo {
+    /// Pass as `after` for the next page; null on the last page.
+    end_cursor: Option<String>,
+    has_next_page: bool,
+}
+
+#[derive(SimpleObject)]
+pub(crate) struct WorkerPage {
+    nodes: Vec<Worker>,
+    page_info: PageInfo,
+}
+
+#[derive(SimpleObject, Deserialize)]
+pub(crate) struct ServiceWorkers {
+    name: String,
+    /// Ids of the healthy workers running it.
+    workers: Vec<String>,
+    worker_count: u64,
+}
+
+#[derive(SimpleObject, Deserialize)]
+pub(crate) struct Gap {
+    service: String,
+    tier: i32,
+    requires: String,
+    healthy_workers: u64,
+    /// `critical` (0), `warning` (1) or `ok`.
+    status: String,
+}
+
+#[derive(SimpleObject, Deserialize)]
+pub(crate) struct Stats {
+    total_workers: u64,
+    healthy_workers: u64,
+    workers_by_tier: Json<Value>,
+    average_load_by_tier: Json<Value>,
+    total_tasks_completed: u64,
+    timestamp: String,
+}
+
+#[derive(SimpleObject, Deserialize)]
+pub(crate) struct Health {
+    /// `healthy` with at least one healthy gpu and one healthy cpu worker.
+    overall_status: String,
+    /// Fresh workers by reported status, and `stale`.
+    workers_by_status: Json<Value>,
+    has_minimum_workers: Json<Value>,
+    total_workers: u64,
+    healthy_workers: u64,
+    timestamp: String,
+}
+
+#[derive(SimpleObject, Deserialize)]
+pub(crate) struct Pin {
+    /// `service` or `model`.
+    kind: String,
+    name: String,
+    workers: Vec<String>,
+}
+
+#[derive(SimpleObject, Deserialize)]
+pub(crate) struct Target {
+    /// `worker`, `service` or `capability`.
+    kind: String,
+    name: String,
+}
+
+/// A task's record, as `GET /api/tasks/{id}` answers it.
+#[derive(SimpleObject, Deserialize)]
+pub(crate) struct Task {
+    task_id: String,
+    #[serde(rename = "type")]
+    #[graphql(name = "type")]
+    task_type: String,
+    payload: Json<Value>,
+    state: String,
+    target: Target,
+    attempts: u32,
+    max_attempts: u32,
+    worker_id: Option<String>,
+    lease_expires_at: Option<String>,
+    result: Json<Value>,
+    error: Json<Value>,
+    finished_by: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(SimpleObject)]
+pub(crate) struct TaskPage {
+    nodes: Vec<Task>,
+    page_info: PageInfo,
+    /// Every task that matches the filter.
+    total: u64,
+}
+
+#[derive(SimpleObject, Deserialize)]
+pub(crate) struct Submitted {
+    task_id: String,
+    state: String,
+    target: Target,
+    max_attempts: u32,
+}
+
+/// The worker filters of the REST lists.
+#[derive(InputObject, Default)]
+pub(crate) struct WorkerFilter {
+    /// Workers indexed under this service (short names resolve).
+    service: Option<String>,
+    /// 0..=4.
+    tier: Option<i32>,
+    /// gpu, cpu, storage or edge.
+    worker_type: Option<String>,
+    /// A model in `loadedModels`.
+    model: Option<String>,
+    /// `healthy`, `stale`, or a reported status.
+    status: Option<String>,
+}
+
+/// The task filters of `/api/admin/tasks`.
+#[derive(InputObject, Default)]
+pub(crate) struct TaskFilter {
+    /// queued, leased, completed, failed or dead.
+    state: Option<String>,
+    service: Option<String>,
+    /// Tasks targeted at or last leased to this worker.
+    worker: Option<String>,
+    #[graphql(name = "type")]
+    task_type: Option<String>,
+}
+
+/// `POST /api/tasks`: exactly one of `workerId`, `service`, `capability`.
+#[derive(InputObject)]
+pub(crate) struct TaskInput {
+    #[graphql(name = "type")]
+    task_type: String,
+    payload: Option<Json<Value>>,
+    worker_id: Option<String>,
+    service: Option<String>,
+    capability: Option<String>,
+    max_attempts: Option<u32>,
+}
+
+/// A query string from (name, value) pairs, values percent-encoded.
+fn query_string(pairs: &[(&str, Option<String>)]) -> String {
+    let enc = |s: &str| {
+        let mut o = String::with_capacity(s.len());
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    o.push(b as char)
+                }
+                _ => o.push_str(&format!("%{b:02X}")),
+            }
+        }
+        o
+    };
+    pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// `first` as the REST `limit` (clamped there to 1..=1000; default 100).
+fn limit(first: Option<i32>) -> Option<String> {
+    Some(first.unwrap_or(100).to_string())
+}
+
+fn page_info(next: Option<String>) -> PageInfo {
+    PageInfo {
+        has_next_page: next.is_some(),
+        end_cursor: next,
+    }
+}
+
+pub(crate) struct Query;
+
+#[Object]
+impl Query {
+    /// Workers, a page at a time, in the REST lists' stable order. With
+    /// `filter.status: "healthy"` the client's list (healthy workers only);
+    /// otherwise every worker (admin).
+    async fn workers(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<WorkerFilter>,
+        #[graphql(desc = "At most this many (clamped to 1..=1000; default 100)")] first: Option<
+            i32,
+        >,
+        #[graphql(desc = "`pageInfo.endCursor` of the previous page")] after: Option<String>,
+    ) -> async_graphql::Result<WorkerPage> {
+        let f = filter.unwrap_or_default();
+        let healthy = f
+            .status
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("healthy"));
+        let (kind, route) = match healthy {
+            true => (ListKind::Healthy, Route::CoordinatorWorkers),
+            false => (ListKind::Admin, Route::AdminWorkers),
+        };
+        let status = f.status.filter(|_| !healthy);
+        let query = query_string(&[
+            ("limit", limit(first)),
+            ("after", Some(after.unwrap_or_default())),
+            ("service", f.service),
+            ("tier", f.tier.map(|t| t.to_string())),
+            ("worker_type", f.worker_type),
+            ("model", f.model),
+            ("status", status),
+        ]);
+        #[derive(Deserialize)]
+        struct P {
+            workers: Vec<Worker>,
+            next: Option<String>,
+        }
+        let p: P = decode(ask(ctx, route, Ask::Workers { kind, query }).await?)?;
+        Ok(WorkerPage {
+            nodes: p.workers,
+            page_info: page_info(p.next),
+        })
+    }
+
+    /// One worker by id (null when not registered).
+    async fn worker(&self, ctx: &Context<'_>, id: String) -> async_graphql::Result<Option<Worker>> {
+        decode(ask(ctx, Route::AdminWorkers, Ask::Worker(id)).await?)
+    }
+
+    /// Services and their healthy workers.
+    async fn services(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ServiceWorkers>> {
+        let v = ask(ctx, Route::AdminServices, Ask::Services).await?;
+        decode(v["services"].clone())
+    }
+
+    /// Catalog services with few or no healthy workers.
+    async fn gaps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Gap>> {
+        let v = ask(ctx, Route::AdminGaps, Ask::Gaps).await?;
+        decode(v["gaps"].clone())
+    }
+
+    async fn stats(&self, ctx: &Context<'_>) -> async_graphql::Result<Stats> {
+        decode(ask(ctx, Route::AdminStats, Ask::Stats).await?)
+    }
+
+    async fn health(&self, ctx: &Context<'_>) -> async_graphql::Result<Health> {
+        decode(ask(ctx, Route::AdminHealth, Ask::Health).await?)
+    }
+
+    /// Routing pins.
+    async fn pins(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Pin>> {
+        let v = ask(ctx, Route::AdminPins, Ask::Pins).await?;
+        decode(v["pins"].clone())
+    }
+
+    /// Tasks, a page at a time in (shard, task id) order.
+    async fn tasks(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<TaskFilter>,
+        #[graphql(desc = "At most this many (clamped to 1..=1000; default 100)")] first: Option<
+            i32,
+        >,
+        #[graphql(desc = "`pageInfo.endCursor` of the previous page")] after: Option<String>,
+    ) -> async_graphql::Result<TaskPage> {
+        let f = filter.unwrap_or_default();
+        let query = query_string(&[
+            ("limit", limit(first)),
+            ("after", Some(after.unwrap_or_default())),
+            ("state", f.state),
+            ("service", f.service),
+            ("worker", f.worker),
+            ("type", f.task_type),
+        ]);
+        #[derive(Deserialize)]
+        struct P {
+            tasks: Vec<Task>,
+            next: Option<String>,
+            count: u64,
+        }
+        let p: P = decode(ask(ctx, Route::AdminTasks, Ask::Tasks(query)).await?)?;
+        Ok(TaskPage {
+            nodes: p.tasks,
+            page_info: page_info(p.next),
+            total: p.count,
+        })
+    }
+
+    /// One task by id (null when unknown or evicted).
+    async fn task(&self, ctx: &Context<'_>, id: String) -> async_graphql::Result<Option<Task>> {
+        decode(ask(ctx, Route::TaskGet, Ask::Task(id)).await?)
+    }
+}
+
+pub(crate) struct Mutation;
+
+#[Object]
+impl Mutation {
+    /// Queues a task (as `POST /api/tasks`).
+    async fn submit_task(
+        &self,
+        ctx: &Context<'_>,
+        input: TaskInput,
+    ) -> async_graphql::Result<Submitted> {
+        refuse_on_get(ctx)?;
+        let mut o = Map::new();
+        o.insert("type".into(), Value::String(input.task_type));
+        if let Some(p) = input.payload {
+            o.insert("payload".into(), p.0);
+        }
+        for (k, v) in [
+            ("worker_id", input.worker_id),
+            ("service", input.service),
+            ("capability", input.capability),
+        ] {
+            if let Some(v) = v {
+                o.insert(k.into(), Value::String(v));
+            }
+        }
+        if let Some(n) = input.max_attempts {
+            o.insert("max_attempts".into(), Value::from(n));
+        }
+        decode(ask(ctx, Route::TaskSubmit, Ask::Submit(o)).await?)
+    }
+
+    /// Pins a service or a model (exactly one) to workers; the pins now.
+    async fn set_pin(
+        &self,
+        ctx: &Context<'_>,
+        service: Option<String>,
+        model: Option<String>,
+        workers: Vec<String>,
+    ) -> async_graphql::Result<Vec<Pin>> {
+        refuse_on_get(ctx)?;
+        let a = Ask::SetPin {
+            service,
+            model,
+            workers: Some(workers),
+        };
+        let v = ask(ctx, Route::AdminPins, a).await?;
+        decode(v["pins"].clone())
+    }
+
+    /// Removes the pin of a service or a model; the pins now.
+    async fn remove_pin(
+        &self,
+        ctx: &Context<'_>,
+        service: Option<String>,
+        model: Option<String>,
+    ) -> async_graphql::Result<Vec<Pin>> {
+        refuse_on_get(ctx)?;
+        let a = Ask::SetPin {
+            service,
+            model,
+            workers: None,
+        };
+        let v = ask(ctx, Route::AdminPins, a).await?;
+        decode(v["pins"].clone())
+    }
+}
