@@ -219,8 +219,18 @@ fn the_documented_examples_work() {
 #[test]
 fn the_docs_pages_load_only_what_the_server_serves() {
     let srv = start(2, with_keys);
-    for page in ["/docs", "/redoc"] {
-        let r = get(srv.addr, page);
+    let mut conn = Conn::open(srv.addr);
+    for page in ["/docs", "/redoc", "/graphql"] {
+        // A browser asks for HTML (GraphiQL is what it gets at /graphql).
+        // /graphql needs a credential as every GraphQL request does (a
+        // browser has its session cookie).
+        let key = [("Accept", "text/html"), ("X-API-Key", ADMIN_KEY)];
+        let headers = if page == "/graphql" {
+            &key[..]
+        } else {
+            &key[..1]
+        };
+        let r = conn.request("GET", page, headers, None);
         assert_eq!(r.status, 200, "{page}");
         assert!(r.header("content-type").unwrap().starts_with("text/html"));
         let html = r.text();
@@ -234,10 +244,13 @@ fn the_docs_pages_load_only_what_the_server_serves() {
         // The spec is named by the page (ReDoc) or by its init script
         // (Swagger UI, which must not call out to a validator either).
         let init = get(srv.addr, "/docs/assets/swagger-init.js").text();
+        let graphiql = get(srv.addr, "/docs/assets/graphiql-init.js").text();
         let names_spec = refs.iter().any(|r| r == "openapi.json")
             || (refs.iter().any(|r| r.ends_with("swagger-init.js"))
                 && init.contains("url: \"openapi.json\"")
-                && init.contains("validatorUrl: null"));
+                && init.contains("validatorUrl: null"))
+            || (refs.iter().any(|r| r.ends_with("graphiql-init.js"))
+                && graphiql.contains("url: \"graphql\""));
         assert!(names_spec, "{page}: {refs:?}");
         for r in refs {
             let a = get(srv.addr, &format!("/{r}"));
@@ -253,7 +266,13 @@ fn the_docs_pages_load_only_what_the_server_serves() {
         }
     }
     // The licences ship with the assets.
-    for l in ["swagger-ui-dist.LICENSE.txt", "redoc.LICENSE.txt"] {
+    for l in [
+        "swagger-ui-dist.LICENSE.txt",
+        "redoc.LICENSE.txt",
+        "graphiql.LICENSE.txt",
+        "react.LICENSE.txt",
+        "react-dom.LICENSE.txt",
+    ] {
         let r = get(srv.addr, &format!("/docs/assets/{l}"));
         assert_eq!(r.status, 200);
         assert!(r.text().contains("License") || r.text().contains("LICENSE"));
@@ -288,5 +307,5 @@ fn vendored_assets_are_the_recorded_npm_files() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 8);
+    assert_eq!(checked, 15);
 }

@@ -42,7 +42,7 @@ const TEXT: &str = "text/plain; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
 
 /// Everything under `/docs/assets/`.
-pub(crate) const ASSETS: [Asset; 9] = [
+pub(crate) const ASSETS: [Asset; 17] = [
     asset!(
         "swagger-ui-bundle.js",
         JS,
@@ -80,10 +80,34 @@ pub(crate) const ASSETS: [Asset; 9] = [
         TEXT,
         "ui/vendor/redoc/redoc.standalone.js.LICENSE.txt"
     ),
+    asset!("graphiql.min.js", JS, "ui/vendor/graphiql/graphiql.min.js"),
+    asset!(
+        "graphiql.min.css",
+        CSS,
+        "ui/vendor/graphiql/graphiql.min.css"
+    ),
+    asset!("graphiql-init.js", JS, "ui/docs/graphiql-init.js"),
+    asset!(
+        "react.production.min.js",
+        JS,
+        "ui/vendor/react/react.production.min.js"
+    ),
+    asset!(
+        "react-dom.production.min.js",
+        JS,
+        "ui/vendor/react-dom/react-dom.production.min.js"
+    ),
+    asset!("graphiql.LICENSE.txt", TEXT, "ui/vendor/graphiql/LICENSE"),
+    asset!("react.LICENSE.txt", TEXT, "ui/vendor/react/LICENSE"),
+    asset!("react-dom.LICENSE.txt", TEXT, "ui/vendor/react-dom/LICENSE"),
 ];
 
 const SWAGGER_HTML: &[u8] =
     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/ui/docs/swagger.html"));
+const GRAPHIQL_HTML: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/ui/docs/graphiql.html"
+));
 const REDOC_HTML: &[u8] =
     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/ui/docs/redoc.html"));
 
@@ -134,7 +158,12 @@ pub(super) fn redoc() -> Response<Body> {
     fixed(HTML, Bytes::from_static(REDOC_HTML), false)
 }
 
-/// The scripts, styles and licences the two pages use.
+/// GraphiQL for `/graphql` (what a browser's `GET /graphql` gets).
+pub(super) fn graphiql() -> Response<Body> {
+    fixed(HTML, Bytes::from_static(GRAPHIQL_HTML), false)
+}
+
+/// The scripts, styles and licences the pages use.
 #[utoipa::path(
     get,
     path = "/docs/assets/{file}",

@@ -227,7 +227,10 @@ async fn worker_page(ctx: &Ctx, kind: ListKind, q: &str) -> Answer {
     ),
     request_body(content = Option<super::openapi::GraphQlRequest>, description = "POST"),
     responses(
-        (status = 200, description = "`data` and/or `errors`", body = super::openapi::GraphQlResponse),
+        (status = 200, description = "`data` and/or `errors`; a browser's GET (`Accept: text/html`) without `query` gets GraphiQL", content(
+            (super::openapi::GraphQlResponse = "application/json"),
+            (String = "text/html"),
+        )),
     )
 )]
 pub(super) async fn serve_request(
@@ -236,6 +239,15 @@ pub(super) async fn serve_request(
 ) -> Result<Response<Body>, ApiError> {
     let gql: async_graphql::Request = if req.method() == Method::GET {
         let q = req.uri().query();
+        // A browser opening /graphql gets GraphiQL.
+        let html = req
+            .headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"));
+        if html && query_param(q, "query").is_none() {
+            return Ok(super::docs::graphiql());
+        }
         let query = query_param(q, "query")
             .ok_or_else(|| ApiError::BadRequest("query: required".into()))?;
         let mut r = async_graphql::Request::new(query);
