@@ -278,3 +278,119 @@ fn each_field_needs_the_role_of_its_rest_route() {
     assert_eq!(ok(&v)["stats"]["totalWorkers"], 1);
     assert_eq!(ok(&v)["tasks"]["total"], 1);
 }
+
+/// A graphql-transport-ws client session on `/graphql`.
+fn graphql_ws(addr: std::net::SocketAddr) -> tungstenite::WebSocket<Tcp> {
+    use tungstenite::client::IntoClientRequest;
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut req = format!("ws://{addr}/graphql")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        tungstenite::http::HeaderValue::from_static("graphql-transport-ws"),
+    );
+    let (ws, resp) = tungstenite::client(req, Tcp(tcp)).expect("handshake");
+    assert_eq!(resp.status().as_u16(), 101);
+    assert_eq!(
+        resp.headers()["sec-websocket-protocol"],
+        "graphql-transport-ws"
+    );
+    ws
+}
+
+fn send(ws: &mut tungstenite::WebSocket<Tcp>, v: Value) {
+    ws.send(tungstenite::Message::text(v.to_string())).unwrap();
+}
+
+/// The next JSON message (pings skipped).
+fn recv(ws: &mut tungstenite::WebSocket<Tcp>) -> Value {
+    loop {
+        match ws.read().expect("a message") {
+            tungstenite::Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_subscription_receives_a_registration_made_after_it_started() {
+    let s = start(2, |_| {});
+    let mut ws = graphql_ws(s.addr);
+    send(&mut ws, json!({"type": "connection_init", "payload": {}}));
+    assert_eq!(recv(&mut ws)["type"], "connection_ack");
+    send(&mut ws, json!({"type": "ping"}));
+    assert_eq!(recv(&mut ws)["type"], "pong");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "s1", "payload": {
+            "query": "subscription { events(topics: [\"worker\"]) }"}}),
+    );
+    // A query on the same socket answers once and completes, while the
+    // subscription goes on.
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "q1", "payload": {"query": "{ stats { totalWorkers } }"}}),
+    );
+    let first = recv(&mut ws);
+    assert_eq!(
+        first,
+        json!({"type": "next", "id": "q1", "payload": {"data": {"stats": {"totalWorkers": 0}}}})
+    );
+    assert_eq!(recv(&mut ws), json!({"type": "complete", "id": "q1"}));
+
+    // Registered after the subscription started, on both shards.
+    for id in ["sub-a", "sub-b", "sub-c"] {
+        register(s.addr, &gpu_worker(id));
+    }
+    let mut seen = BTreeSet::new();
+    while seen.len() < 3 {
+        let m = recv(&mut ws);
+        assert_eq!(m["type"], "next", "{m}");
+        assert_eq!(m["id"], "s1");
+        let e = &m["payload"]["data"]["events"];
+        assert_eq!(e["type"], "worker.registered", "{e}");
+        seen.insert(e["key"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["sub-a".into(), "sub-b".into(), "sub-c".into()])
+    );
+
+    // The client ends it; a bad operation is an `error`; the socket stays.
+    send(&mut ws, json!({"type": "complete", "id": "s1"}));
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "bad", "payload": {"query": "{ nope }"}}),
+    );
+    let m = recv(&mut ws);
+    assert_eq!(
+        (m["type"].as_str(), m["id"].as_str()),
+        (Some("error"), Some("bad")),
+        "{m}"
+    );
+    // Nothing more for s1 after its completion (no event for this one).
+    register(s.addr, &gpu_worker("sub-d"));
+    send(&mut ws, json!({"type": "ping"}));
+    assert_eq!(recv(&mut ws)["type"], "pong");
+
+    // Protocol errors close with the protocol's codes.
+    send(&mut ws, json!({"type": "connection_init"}));
+    match ws.read() {
+        Ok(tungstenite::Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 4429),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    let mut ws = graphql_ws(s.addr);
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "x", "payload": {"query": "{ pins { name } }"}}),
+    );
+    match ws.read() {
+        Ok(tungstenite::Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 4401),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    assert_eq!(get(s.addr, "/health").status, 200);
+}

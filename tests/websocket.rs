@@ -30,37 +30,6 @@ fn handshake_headers() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-/// A blocking socket that retries reads and writes a signal interrupted
-/// (the server's threads in this process use signals; tungstenite does
-/// not retry `Interrupted` by itself).
-struct Tcp(TcpStream);
-
-impl Read for Tcp {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            match self.0.read(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        }
-    }
-}
-
-impl Write for Tcp {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        loop {
-            match self.0.write(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
 /// A client session, with `extra` headers on the handshake.
 fn open_with(addr: SocketAddr, extra: &[(&str, &str)]) -> WebSocket<Tcp> {
     open_at(addr, PATH, extra)

@@ -350,7 +350,12 @@ async fn connection(
                 let socket = ws::Socket::server(tcp, read_buf).await;
                 ctx.shard.metrics.borrow_mut().websocket_sessions += 1;
                 let shard = ctx.shard.clone();
-                handlers::events_ws::session(ctx, sw.query, socket).await;
+                match sw.session {
+                    ws::Session::Events => {
+                        handlers::events_ws::session(ctx, sw.query, socket).await
+                    }
+                    ws::Session::GraphQl => handlers::graphql_ws_session(ctx, socket).await,
+                }
                 shard.metrics.borrow_mut().websocket_sessions -= 1;
             })
             .await;

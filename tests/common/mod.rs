@@ -412,3 +412,34 @@ pub fn spawn_listening(mut cmd: std::process::Command) -> (std::process::Child, 
         .expect("socket address");
     (child, addr)
 }
+
+/// A blocking socket that retries reads and writes a signal interrupted
+/// (the server's threads in this process use signals; tungstenite does
+/// not retry `Interrupted` by itself).
+pub struct Tcp(pub TcpStream);
+
+impl Read for Tcp {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+}
+
+impl Write for Tcp {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}

@@ -43,7 +43,7 @@ const BURST: u32 = 16;
     summary = "The change stream over a WebSocket",
     description = "RFC 6455 upgrade; the query takes the filters of `/api/events`. One JSON event per text frame; a client may send `{\"subscribe\": {...}}` to change its filter.",
     params(
-        ("topics" = Option<String>, Query, description = "Comma list: workers, tasks, pins, services"),
+        ("topics" = Option<String>, Query, description = "Comma list: worker, task, pin, service"),
         ("worker_id" = Option<String>, Query, description = "Only this worker's events"),
         ("service" = Option<String>, Query, description = "Only this service's events"),
         ("task_id" = Option<String>, Query, description = "Only this task's events"),
@@ -56,7 +56,7 @@ const BURST: u32 = 16;
 )]
 pub(super) async fn upgrade(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     super::events::subscription(&ctx.shard, req.uri().query(), None)?;
-    ws::accept(&ctx, &req)
+    ws::accept(&ctx, &req, ws::Session::Events)
 }
 
 /// What woke the session.

@@ -1,5 +1,7 @@
 //! `POST /graphql` (and `GET /graphql?query=`): the pool, its tasks and
-//! pins as a GraphQL API (`async-graphql`).
+//! pins as a GraphQL API (`async-graphql`); GraphiQL for a browser's GET;
+//! subscriptions to the change stream over graphql-transport-ws
+//! ([`ws_session`]).
 //!
 //! async-graphql wants `Send` resolvers; a shard (`Rc`, its mesh, its
 //! executor) is not. So each request runs two things on its shard thread:
@@ -7,7 +9,9 @@
 //! data) over a channel and await the answer, and a local loop that owns
 //! the request's [`Ctx`] and answers each ask with the same code the REST
 //! routes run (their typed fan-outs over the shards). No resolver locks or
-//! shares shard state; the loop ends with the execution.
+//! shares shard state; the loop ends with the execution (for a WebSocket
+//! session, with the session), and also pumps each subscription's events
+//! from the shard's subscriber into its bounded GraphQL stream.
 //!
 //! Auth is the REST routes': `/graphql` needs any valid credential, and
 //! every field needs the role of the REST route it mirrors (`workers` that
@@ -21,12 +25,17 @@
 use std::cell::OnceCell;
 use std::pin::pin;
 
+use std::collections::HashMap;
+
 use async_graphql::{
-    Context, EmptySubscription, ErrorExtensions, InputObject, Json, Object, Schema, SimpleObject,
+    Context, ErrorExtensions, InputObject, Json, Object, Schema, SimpleObject, Subscription,
 };
 use futures::channel::{mpsc, oneshot};
+use futures::future::LocalBoxFuture;
 use futures::future::{select, Either};
+use futures::stream::{AbortHandle, Abortable, BoxStream, FuturesUnordered, SelectAll};
 use futures::StreamExt;
+use futures::{FutureExt, Stream};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -40,6 +49,8 @@ use super::super::request::query_param;
 use super::super::router::Route;
 use super::super::{json, Body, Ctx};
 use super::{lists, tasks};
+use crate::events::frame::Format;
+use crate::http::ws::{self, code, Received, Socket};
 use crate::model::credential::Role;
 use crate::shard::msg::{ListKind, ListQuery, Request as ShardRequest};
 
@@ -48,7 +59,7 @@ pub(crate) const MAX_DEPTH: usize = 8;
 /// Most complex query accepted (async-graphql counts one per field).
 pub(crate) const MAX_COMPLEXITY: usize = 500;
 
-pub(crate) type CoordinatorSchema = Schema<Query, Mutation, EmptySubscription>;
+pub(crate) type CoordinatorSchema = Schema<Query, Mutation, SubscriptionRoot>;
 
 /// The schema, built once per shard thread.
 fn schema() -> CoordinatorSchema {
@@ -59,7 +70,7 @@ fn schema() -> CoordinatorSchema {
 }
 
 fn build() -> CoordinatorSchema {
-    Schema::build(Query, Mutation, EmptySubscription)
+    Schema::build(Query, Mutation, SubscriptionRoot)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()
@@ -93,7 +104,16 @@ enum Ask {
         model: Option<String>,
         workers: Option<Vec<String>>,
     },
+    /// Follow the change stream (`/api/events`'s query string) into `sink`.
+    Subscribe {
+        query: String,
+        sink: mpsc::Sender<Value>,
+    },
 }
+
+/// Events a subscription may have in flight to its client before the
+/// pump waits (and the shard's own subscriber buffer takes the slack).
+const SUBSCRIPTION_BUFFER: usize = 64;
 
 type Answer = Result<Value, ApiError>;
 
@@ -136,10 +156,81 @@ fn decode<T: DeserializeOwned>(v: Value) -> async_graphql::Result<T> {
 }
 
 /// Answers asks with the REST routes' own code until the execution drops
-/// its side of the channel.
+/// its side of the channel, and pumps the change stream into the
+/// subscriptions it started (they end with it, or when their client
+/// stops listening).
 async fn serve(ctx: &Ctx, mut rx: mpsc::UnboundedReceiver<(Ask, oneshot::Sender<Answer>)>) {
-    while let Some((ask, reply)) = rx.next().await {
-        let _ = reply.send(answer(ctx, ask).await);
+    let mut pumps: FuturesUnordered<LocalBoxFuture<'_, ()>> = FuturesUnordered::new();
+    loop {
+        let got = if pumps.is_empty() {
+            rx.next().await
+        } else {
+            match select(rx.next(), pumps.next()).await {
+                Either::Left((got, _)) => got,
+                Either::Right(_) => continue,
+            }
+        };
+        let Some((ask, reply)) = got else { return };
+        let answer = match ask {
+            Ask::Subscribe { query, sink } => match follow(ctx, &query).await {
+                Ok(source) => {
+                    pumps.push(pump(source, sink).boxed_local());
+                    Ok(Value::Null)
+                }
+                Err(e) => Err(e),
+            },
+            ask => answer(ctx, ask).await,
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+/// A change-stream subscription from `/api/events`'s query string.
+async fn follow(ctx: &Ctx, q: &str) -> Result<crate::shard::Subscription, ApiError> {
+    let (filter, from) = super::events::subscription(&ctx.shard, Some(q), None)?;
+    Ok(ctx.shard.subscribe(filter, from, None).await?)
+}
+
+/// Moves events from the shard's subscription to a GraphQL stream, one
+/// JSON object each (the objects `/api/events/ws` sends); a reset is
+/// passed on and ends the stream.
+async fn pump(mut source: crate::shard::Subscription, mut sink: mpsc::Sender<Value>) {
+    use futures::SinkExt;
+    loop {
+        let mut out = Vec::new();
+        let mut values = Vec::new();
+        let reset = match source.next().await {
+            crate::shard::Next::Reset(why) => {
+                super::events::write_reset(&source, Format::Object, why, &mut out).await;
+                values.push(serde_json::from_slice(&out).unwrap_or(Value::Null));
+                true
+            }
+            crate::shard::Next::Events {
+                source: from,
+                events,
+            } => {
+                super::events::write_events(
+                    &source,
+                    from,
+                    &events,
+                    Format::Object,
+                    &mut out,
+                    |o| {
+                        values.push(serde_json::from_slice(o).unwrap_or(Value::Null));
+                        o.clear();
+                    },
+                );
+                false
+            }
+        };
+        for v in values {
+            if sink.send(v).await.is_err() {
+                return;
+            }
+        }
+        if reset {
+            return;
+        }
     }
 }
 
@@ -170,6 +261,8 @@ async fn answer(ctx: &Ctx, ask: Ask) -> Answer {
             model,
             workers,
         } => super::inference::set_pin(ctx, service, model, workers).await?,
+        // Taken by `serve`, which keeps the subscription running.
+        Ask::Subscribe { .. } => return Err(ApiError::BadRequest("not here".into())),
     };
     body_json(reply).await
 }
@@ -215,28 +308,51 @@ async fn worker_page(ctx: &Ctx, kind: ListKind, q: &str) -> Answer {
 /// `POST /graphql` (`{"query", "variables"?, "operationName"?}`) or
 /// `GET /graphql?query=..&variables=..&operationName=..` (queries only).
 #[utoipa::path(
-    method(get, post),
+    get,
+    path = "/graphql",
+    tag = "graphql",
+    summary = "GraphQL query by GET; GraphiQL; the WebSocket",
+    description = "With `query`: runs it (queries only; a mutation is an error with status 405). A browser (`Accept: text/html`) without `query` gets GraphiQL. With `Upgrade: websocket` and `Sec-WebSocket-Protocol: graphql-transport-ws`: a GraphQL WebSocket session (subscriptions, docs/graphql.md).",
+    params(
+        ("query" = String, Query, description = "The query document"),
+        ("variables" = Option<String>, Query, description = "Variables as JSON text"),
+        ("operationName" = Option<String>, Query, description = "Which operation"),
+    ),
+    responses(
+        (status = 200, description = "`data` and/or `errors`; GraphiQL for a browser", content(
+            (super::openapi::GraphQlResponse = "application/json"),
+            (String = "text/html"),
+        )),
+        (status = 101, description = "Switching Protocols (graphql-transport-ws)"),
+    )
+)]
+#[allow(dead_code)]
+pub(super) fn graphql_get() {}
+
+/// `POST /graphql` (`{"query", "variables"?, "operationName"?}`) or
+/// `GET /graphql?query=..&variables=..&operationName=..` (queries only).
+#[utoipa::path(
+    post,
     path = "/graphql",
     tag = "graphql",
     summary = "GraphQL",
     description = "Queries `workers(filter, first, after)`, `worker(id)`, `services`, `gaps`, `stats`, `health`, `pins`, `tasks(filter, first, after)`, `task(id)`; mutations `submitTask`, `setPin`, `removePin` (POST only). Each field needs the role of the REST route it mirrors. Depth at most 8, complexity at most 500. Errors of the query itself come in `errors` with status 200, as GraphQL over HTTP does.",
-    params(
-        ("query" = Option<String>, Query, description = "GET: the query document"),
-        ("variables" = Option<String>, Query, description = "GET: variables as JSON"),
-        ("operationName" = Option<String>, Query, description = "GET: which operation"),
-    ),
-    request_body(content = Option<super::openapi::GraphQlRequest>, description = "POST"),
+    request_body(content = super::openapi::GraphQlRequest),
     responses(
-        (status = 200, description = "`data` and/or `errors`; a browser's GET (`Accept: text/html`) without `query` gets GraphiQL", content(
-            (super::openapi::GraphQlResponse = "application/json"),
-            (String = "text/html"),
-        )),
+        (status = 200, description = "`data` and/or `errors`", body = super::openapi::GraphQlResponse),
     )
 )]
 pub(super) async fn serve_request(
     ctx: Ctx,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    let upgrade = req
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if upgrade {
+        return ws::accept(&ctx, &req, ws::Session::GraphQl);
+    }
     let gql: async_graphql::Request = if req.method() == Method::GET {
         let q = req.uri().query();
         // A browser opening /graphql gets GraphiQL.
@@ -263,12 +379,13 @@ pub(super) async fn serve_request(
         r.data(GetRequest)
     } else {
         let body = ctx.body(req).await?;
-        serde_json::from_slice(&body).map_err(|e| ApiError::Unprocessable(format!("body: {e}")))?
+        let v: Value = super::super::request::parse_json(&body)?;
+        if !v.get("query").is_some_and(Value::is_string) {
+            return Err(ApiError::field("query", "field required (a string)"));
+        }
+        serde_json::from_value(v).map_err(|e| ApiError::Unprocessable(format!("body: {e}")))?
     };
-    let role = match ctx.guard.is_open() {
-        true => Role::Admin,
-        false => ctx.grant.role.unwrap_or(Role::Client),
-    };
+    let role = role_of(&ctx);
     let (tx, rx) = mpsc::unbounded();
     let schema = schema();
     let exec = pin!(schema.execute(gql.data(Bridge { tx, role })));
@@ -280,6 +397,153 @@ pub(super) async fn serve_request(
     };
     let out = serde_json::to_vec(&resp).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(json(StatusCode::OK, out))
+}
+
+/// The caller's role for field checks: admin on an open coordinator.
+fn role_of(ctx: &Ctx) -> Role {
+    match ctx.guard.is_open() {
+        true => Role::Admin,
+        false => ctx.grant.role.unwrap_or(Role::Client),
+    }
+}
+
+/// A graphql-transport-ws session (the graphql-ws library's protocol):
+/// `connection_init` / `connection_ack`, then any number of `subscribe`
+/// operations (queries and mutations answer once, subscriptions stream),
+/// each answered with `next` messages and `complete` (or `error`); the
+/// client's `complete` stops one; `ping` / `pong`. Protocol errors close
+/// with the protocol's codes (4400 bad message, 4401 subscribe before the
+/// ack, 4409 an id in use, 4429 a second init).
+pub(crate) async fn ws_session(ctx: Ctx, mut ws: Socket) {
+    let role = role_of(&ctx);
+    let (tx, rx) = mpsc::unbounded();
+    let (close, reason) = {
+        let served = pin!(serve(&ctx, rx));
+        let talk = pin!(talk(&ctx, &mut ws, tx, role));
+        match select(talk, served).await {
+            Either::Left((end, _)) => end,
+            // `serve` ends only when `talk` dropped its sender.
+            Either::Right(_) => (code::INTERNAL, "session ended"),
+        }
+    };
+    if close != 0 {
+        ws.close(close, reason).await;
+    }
+}
+
+/// What a graphql-transport-ws operation produced: a response, or the end.
+type Tagged = (String, Option<async_graphql::Response>);
+
+/// The protocol loop; returns the close code and reason (0: the socket is
+/// gone, nothing to close).
+async fn talk(
+    ctx: &Ctx,
+    ws: &mut Socket,
+    tx: mpsc::UnboundedSender<(Ask, oneshot::Sender<Answer>)>,
+    role: Role,
+) -> (u16, &'static str) {
+    let schema = schema();
+    let mut acked = false;
+    let mut running: SelectAll<BoxStream<'static, Tagged>> = SelectAll::new();
+    let mut ops: HashMap<String, AbortHandle> = HashMap::new();
+    loop {
+        let msg = {
+            let stop = pin!(ctx.stopping.wait());
+            let recv = pin!(ws.recv());
+            if running.is_empty() {
+                match select(stop, recv).await {
+                    Either::Left(_) => return (code::GOING_AWAY, "server shutting down"),
+                    Either::Right((m, _)) => Either::Left(m),
+                }
+            } else {
+                let out = pin!(running.next());
+                match select(stop, select(recv, out)).await {
+                    Either::Left(_) => return (code::GOING_AWAY, "server shutting down"),
+                    Either::Right((Either::Left((m, _)), _)) => Either::Left(m),
+                    Either::Right((Either::Right((o, _)), _)) => Either::Right(o),
+                }
+            }
+        };
+        let text = match msg {
+            Either::Right(Some((id, Some(resp)))) => {
+                // Errors before anything ran (validation, auth of the
+                // operation itself) are `error`; the rest are `next`.
+                let failed = resp.data == async_graphql::Value::Null && !resp.errors.is_empty();
+                if failed {
+                    if let Some(h) = ops.remove(&id) {
+                        h.abort();
+                    }
+                    serde_json::json!({"type": "error", "id": id, "payload": resp.errors})
+                } else {
+                    serde_json::json!({"type": "next", "id": id, "payload": resp})
+                }
+            }
+            Either::Right(Some((id, None))) => match ops.remove(&id) {
+                Some(_) => serde_json::json!({"type": "complete", "id": id}),
+                None => continue,
+            },
+            Either::Right(None) => continue,
+            Either::Left(Received::Text(t)) => {
+                let Ok(m) = serde_json::from_str::<Value>(&t) else {
+                    return (4400, "malformed message");
+                };
+                let id = m["id"].as_str().map(str::to_string);
+                match (m["type"].as_str(), id) {
+                    (Some("connection_init"), _) if acked => {
+                        return (4429, "Too many initialisation requests")
+                    }
+                    (Some("connection_init"), _) => {
+                        acked = true;
+                        serde_json::json!({"type": "connection_ack"})
+                    }
+                    (Some("ping"), _) => serde_json::json!({"type": "pong"}),
+                    (Some("pong"), _) => continue,
+                    (Some("subscribe"), Some(_)) if !acked => return (4401, "Unauthorized"),
+                    (Some("subscribe"), Some(id)) => {
+                        if ops.contains_key(&id) {
+                            return (4409, "Subscriber for this id already exists");
+                        }
+                        let Ok(req) =
+                            serde_json::from_value::<async_graphql::Request>(m["payload"].clone())
+                        else {
+                            return (4400, "malformed subscribe payload");
+                        };
+                        let bridge = Bridge {
+                            tx: tx.clone(),
+                            role,
+                        };
+                        let (handle, reg) = AbortHandle::new_pair();
+                        let stream = Abortable::new(schema.execute_stream(req.data(bridge)), reg);
+                        let tag = id.clone();
+                        let end = futures::stream::once(futures::future::ready((id.clone(), None)));
+                        running.push(
+                            stream
+                                .map(move |r| (tag.clone(), Some(r)))
+                                .chain(end)
+                                .boxed(),
+                        );
+                        ops.insert(id, handle);
+                        continue;
+                    }
+                    (Some("complete"), Some(id)) => {
+                        if let Some(h) = ops.remove(&id) {
+                            h.abort();
+                        }
+                        continue;
+                    }
+                    _ => return (4400, "unknown message"),
+                }
+            }
+            Either::Left(Received::Alive) => continue,
+            Either::Left(Received::Binary) => return (4400, "binary messages not accepted"),
+            Either::Left(Received::Closed) => return (code::NORMAL, ""),
+            Either::Left(Received::Violation(c, reason)) => return (c, reason),
+            Either::Left(Received::Gone) => return (0, ""),
+        };
+        if ws.send_text(text.to_string()).await.is_err() {
+            return (0, "");
+        }
+    }
 }
 
 /// Marks a request that came as a GET: mutations are refused.
@@ -623,6 +887,37 @@ impl Query {
     /// One task by id (null when unknown or evicted).
     async fn task(&self, ctx: &Context<'_>, id: String) -> async_graphql::Result<Option<Task>> {
         decode(ask(ctx, Route::TaskGet, Ask::Task(id)).await?)
+    }
+}
+
+pub(crate) struct SubscriptionRoot;
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// The change stream (docs/events.md): one JSON event object per item,
+    /// the objects `/api/events/ws` sends. Filters as `/api/events`; from
+    /// `since` (a cursor) or from now. A `reset` event ends it (list
+    /// again, then subscribe). Over WebSocket (graphql-transport-ws) at
+    /// `/graphql`.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "worker, task, pin, service (default: all)")] topics: Option<Vec<String>>,
+        worker_id: Option<String>,
+        service: Option<String>,
+        task_id: Option<String>,
+        since: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = Json<Value>>> {
+        let query = query_string(&[
+            ("topics", topics.map(|t| t.join(","))),
+            ("worker_id", worker_id),
+            ("service", service),
+            ("task_id", task_id),
+            ("since", since),
+        ]);
+        let (sink, events) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        ask(ctx, Route::Events, Ask::Subscribe { query, sink }).await?;
+        Ok(events.map(Json))
     }
 }
 

@@ -7,7 +7,7 @@ mod coordinator;
 mod docs;
 mod events;
 mod graphql;
-pub(super) use graphql::sdl as graphql_sdl;
+pub(super) use graphql::{sdl as graphql_sdl, ws_session as graphql_ws_session};
 pub(super) mod events_ws;
 mod inference;
 mod lists;

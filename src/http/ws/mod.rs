@@ -35,7 +35,20 @@ use crate::runtime::{self, TcpConn};
 pub(crate) struct Switch {
     pub grant: auth::Grant,
     pub query: Option<String>,
+    pub session: Session,
 }
+
+/// Which session runs on the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Session {
+    /// `/api/events/ws`: the change stream, one event per message.
+    Events,
+    /// `/graphql`: the graphql-transport-ws protocol.
+    GraphQl,
+}
+
+/// The subprotocol of GraphQL over WebSocket (graphql-ws).
+pub(crate) const GRAPHQL_WS: &str = "graphql-transport-ws";
 
 /// One per connection, shared by its requests' handlers and the
 /// connection task. Empty unless a handshake was accepted.
@@ -76,7 +89,11 @@ pub(crate) mod code {
 
 /// Checks a handshake, leaves the connection its [`Switch`] and answers
 /// `101`. The guard has already let the caller in.
-pub(crate) fn accept(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub(crate) fn accept(
+    ctx: &Ctx,
+    req: &Request<Incoming>,
+    session: Session,
+) -> Result<Response<Body>, ApiError> {
     let accept = handshake::check(
         req.method(),
         req.version(),
@@ -88,9 +105,27 @@ pub(crate) fn accept(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body
             "Origin not allowed to open a WebSocket (see ALLOWED_ORIGINS)".into(),
         ));
     }
+    // GraphQL clients name their protocol; answering without it makes
+    // them drop the connection, so a client that does not is refused.
+    let graphql = session == Session::GraphQl;
+    if graphql {
+        let offered = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == GRAPHQL_WS);
+        if !offered {
+            return Err(ApiError::BadRequest(format!(
+                "Sec-WebSocket-Protocol: {GRAPHQL_WS} required"
+            )));
+        }
+    }
     ctx.switch.set(Some(Switch {
         grant: ctx.grant,
         query: req.uri().query().map(str::to_string),
+        session,
     }));
     let mut r = Response::new(full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -98,6 +133,12 @@ pub(crate) fn accept(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert("sec-websocket-accept", accept);
+    if graphql {
+        h.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(GRAPHQL_WS),
+        );
+    }
     Ok(r)
 }
 
