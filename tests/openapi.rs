@@ -8,9 +8,8 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use coordinator::http::access::{need, Need, SAMPLES};
+use coordinator::http::access::{need, SAMPLES};
 use coordinator::http::Route;
-use coordinator::model::credential::Role;
 use serde_json::{json, Value};
 
 /// Methods an OpenAPI path item may hold.
@@ -64,16 +63,6 @@ fn matches(template: &str, path: &str) -> bool {
     t.len() == p.len()
 }
 
-fn role_name(n: Need) -> &'static str {
-    match n {
-        Need::Public => "public",
-        Need::Authenticated => "any",
-        Need::Role(Role::Admin) | Need::Either(..) => "admin",
-        Need::Role(Role::Worker) => "worker",
-        Need::Role(Role::Client) => "client",
-    }
-}
-
 /// Every operation of the document exists on the router: a request to it
 /// (as admin) is never the router's 404 or 405; and every route of the
 /// router (but 404, 405 and CORS preflights) is in the document, with the
@@ -120,7 +109,7 @@ fn spec_and_router_agree_route_for_route() {
         let op = &found[0].2;
         assert_eq!(
             op["x-required-role"],
-            role_name(need(*route, false)),
+            need(*route, false).name(),
             "{method} {sample}"
         );
         let id = op["operationId"].as_str().unwrap();
@@ -129,7 +118,7 @@ fn spec_and_router_agree_route_for_route() {
             "{id}"
         );
         // Secured operations name the three ways to give a credential.
-        if role_name(need(*route, false)) != "public" {
+        if need(*route, false).name() != "public" {
             let schemes: Vec<_> = op["security"]
                 .as_array()
                 .expect("security")

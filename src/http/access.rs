@@ -28,6 +28,18 @@ pub enum Need {
 }
 
 impl Need {
+    /// The role's name as the OpenAPI spec (`x-required-role`) and
+    /// docs/security.md give it: public, any, admin, worker or client.
+    pub fn name(self) -> &'static str {
+        match self {
+            Need::Public => "public",
+            Need::Authenticated => "any",
+            Need::Role(Role::Admin) | Need::Either(..) => "admin",
+            Need::Role(Role::Worker) => "worker",
+            Need::Role(Role::Client) => "client",
+        }
+    }
+
     /// Whether a credential of role `role` satisfies this need.
     pub fn allows(self, role: Role) -> bool {
         role == Role::Admin
@@ -80,7 +92,9 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
         | Route::AdminHealth
         | Route::AdminGaps
         | Route::AdminTasks
-        | Route::AdminPins => Need::Role(Admin),
+        | Route::AdminPins
+        | Route::WorkerDrain
+        | Route::WorkerUndrain => Need::Role(Admin),
         Route::Health | Route::Metrics => {
             if protect_metrics {
                 Need::Role(Admin)
@@ -110,7 +124,7 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
 
 /// Every route with a sample method and path that the router maps to it
 /// (used by the unit test below and by the whole-table HTTP test).
-pub const SAMPLES: [(Route, &str, &str); 40] = [
+pub const SAMPLES: [(Route, &str, &str); 42] = [
     (Route::Events, "GET", "/api/events"),
     (Route::Register, "POST", "/api/worker/register"),
     (Route::Heartbeat, "POST", "/api/worker/heartbeat"),
@@ -155,6 +169,12 @@ pub const SAMPLES: [(Route, &str, &str); 40] = [
     (Route::Redoc, "GET", "/redoc"),
     (Route::DocsAsset, "GET", "/docs/assets/swagger-ui.css"),
     (Route::GraphQl, "POST", "/graphql"),
+    (Route::WorkerDrain, "POST", "/api/admin/workers/w-1/drain"),
+    (
+        Route::WorkerUndrain,
+        "POST",
+        "/api/admin/workers/w-1/undrain",
+    ),
 ];
 
 #[cfg(test)]
@@ -192,7 +212,7 @@ mod tests {
         let rows = [
             ("worker", "register heartbeat unregister tasks task_complete"),
             ("client", "inference_llm inference_vision inference_rag inference_graph service_proxy api_service_proxy discover services_list task_submit task_get coordinator_workers events events_ws"),
-            ("admin", "broadcast admin_workers admin_services admin_stats admin_health admin_gaps admin_tasks admin_pins"),
+            ("admin", "broadcast admin_workers admin_services admin_stats admin_health admin_gaps admin_tasks admin_pins worker_drain worker_undrain"),
             ("public", "health metrics preflight auth_login session_create session_delete openapi docs redoc docs_asset"),
             ("any", "auth_verify not_found method_not_allowed graphql"),
         ];

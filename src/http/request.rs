@@ -143,6 +143,28 @@ pub(crate) fn query_values<'q>(
         })
 }
 
+/// A query string of the pairs whose value is given, each value
+/// percent-encoded (all but RFC 3986's unreserved characters).
+pub(crate) fn encode_query(params: &[(&str, Option<String>)]) -> String {
+    let enc = |s: &str| {
+        let mut o = String::with_capacity(s.len());
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    o.push(b as char)
+                }
+                _ => o.push_str(&format!("%{b:02X}")),
+            }
+        }
+        o
+    };
+    params
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// The first value of query parameter `name` that percent-decodes.
 pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query_values(query, name).find_map(|v| percent_decode(v, true))

@@ -47,10 +47,12 @@ pub enum Route {
     Redoc,
     DocsAsset,
     GraphQl,
+    WorkerDrain,
+    WorkerUndrain,
 }
 
 /// Metric labels, indexed by `Route as usize`.
-pub(crate) const ROUTE_NAMES: [&str; 40] = [
+pub(crate) const ROUTE_NAMES: [&str; 42] = [
     "register",
     "heartbeat",
     "unregister",
@@ -91,6 +93,8 @@ pub(crate) const ROUTE_NAMES: [&str; 40] = [
     "redoc",
     "docs_asset",
     "graphql",
+    "worker_drain",
+    "worker_undrain",
 ];
 
 impl Route {
@@ -210,6 +214,12 @@ pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
                 ("GET", Route::TaskGet, Some(id))
             } else if let Some(file) = tail(path, "/docs/assets/") {
                 ("GET", Route::DocsAsset, Some(file))
+            } else if let Some((id, action)) = worker_action(path) {
+                let route = match action {
+                    "drain" => Route::WorkerDrain,
+                    _ => Route::WorkerUndrain,
+                };
+                ("POST", route, Some(id))
             } else {
                 return Matched {
                     route: Route::NotFound,
@@ -239,6 +249,14 @@ pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
             allow: expected,
         }
     }
+}
+
+/// `/api/admin/workers/{id}/drain` or `/undrain`: the id and the action.
+fn worker_action(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/api/admin/workers/")?;
+    let (id, action) = rest.rsplit_once('/')?;
+    let ok = !id.is_empty() && !id.contains('/') && matches!(action, "drain" | "undrain");
+    ok.then_some((id, action))
 }
 
 /// The single non-empty path segment after `prefix`.

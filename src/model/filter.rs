@@ -64,7 +64,7 @@ impl WorkerFilter {
             Some(StatusFilter::Healthy) => w.is_healthy(now, live),
             Some(StatusFilter::Stale) => w.age(now) > live.heartbeat_timeout,
             Some(StatusFilter::Reported(s)) => {
-                w.age(now) <= live.heartbeat_timeout && w.state.status.eq_ignore_ascii_case(s)
+                w.age(now) <= live.heartbeat_timeout && w.shown_status().eq_ignore_ascii_case(s)
             }
         }
     }

@@ -101,6 +101,9 @@ pub struct WorkerRecord {
     pub last_seen: Instant,
     pub(crate) state: ReportedState,
     pub tasks_completed: u64,
+    /// Drained by an operator: no new routed requests or task leases (its
+    /// in-flight ones finish); kept across re-registration and restarts.
+    pub drained: bool,
 }
 
 /// What a registering agent says about itself, validated and defaulted
@@ -178,6 +181,7 @@ impl WorkerRecord {
                 ..Default::default()
             },
             tasks_completed: 0,
+            drained: false,
         }
     }
 
@@ -238,11 +242,22 @@ impl WorkerRecord {
         self.age(now) <= live.heartbeat_timeout && !self.reports_down()
     }
 
-    /// The worker's own status says it should get no work.
+    /// The worker should get no new work: its own status says so, or an
+    /// operator drained it. Such a worker is not healthy for routing,
+    /// listing, coverage and leasing, whatever its heartbeats.
     pub(crate) fn reports_down(&self) -> bool {
-        DOWN_STATUSES
-            .iter()
-            .any(|s| self.state.status.eq_ignore_ascii_case(s))
+        self.drained
+            || DOWN_STATUSES
+                .iter()
+                .any(|s| self.state.status.eq_ignore_ascii_case(s))
+    }
+
+    /// The status views show: `drained` while drained, else the reported one.
+    pub(crate) fn shown_status(&self) -> &str {
+        match self.drained {
+            true => "drained",
+            false => &self.state.status,
+        }
     }
 
     /// Serialises the full record (plus `age_seconds`/`is_healthy` for admin
@@ -261,7 +276,7 @@ impl WorkerRecord {
             worker_id: &self.worker_id,
             worker_type: self.worker_type,
             tier: self.tier,
-            status: &self.state.status,
+            status: self.shown_status(),
             tunnel_url: self.tunnel_url.as_deref(),
             ip_address: self.ip_address.as_deref(),
             endpoint: self.endpoint(),
@@ -287,6 +302,7 @@ impl WorkerRecord {
             last_heartbeat: iso8601(self.last_heartbeat_at),
             age_seconds: admin.then_some(age.as_secs_f64()),
             is_healthy: admin.then(|| self.is_healthy(now, live)),
+            drained: self.drained,
         };
         // Serialising a borrowed struct of plain data into a Vec cannot fail.
         let _ = serde_json::to_writer(out, &view);
@@ -302,7 +318,8 @@ pub(crate) struct WorkerView<'a> {
     worker_type: WorkerType,
     /// 1 gpu, 2 cpu, 3 storage, 4 edge.
     tier: u8,
-    /// As last reported (any string; `healthy` until a heartbeat says otherwise).
+    /// As last reported (any string; `healthy` until a heartbeat says
+    /// otherwise), or `drained` while an operator has it drained.
     status: &'a str,
     tunnel_url: Option<&'a str>,
     ip_address: Option<&'a str>,
@@ -335,6 +352,8 @@ pub(crate) struct WorkerView<'a> {
     /// ISO 8601, UTC with offset.
     registered_at: String,
     last_heartbeat: String,
+    /// Drained by an operator (`POST /api/admin/workers/{id}/drain`).
+    drained: bool,
     /// Admin listing only: seconds since the last heartbeat.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(required = false)]

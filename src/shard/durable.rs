@@ -51,6 +51,7 @@ impl Shard {
         let effect = match &req {
             Request::Register(r) | Request::RegisterNew(r) => Durable::Worker(r.worker_id.clone()),
             Request::CompleteTask(id) => Durable::Worker(id.clone()),
+            Request::Drain { id, .. } => Durable::Worker(id.clone()),
             Request::Unregister(id) => Durable::Removed(id.clone()),
             Request::Heartbeat(hb) => Durable::Heartbeat(
                 (!self.dirty.borrow().contains(hb.worker_id.as_str()))

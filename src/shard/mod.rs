@@ -343,6 +343,9 @@ impl Shard {
             Request::Coverage { exclude } => Reply::Coverage(self.coverage(exclude.as_deref())),
             Request::List(q) => Reply::Listing(self.listing(now, &q)),
             Request::Worker(id) => Reply::Worker(self.worker_json(now, &id)),
+            Request::Drain { id, drained } => {
+                Reply::Drained(self.registry.borrow_mut().set_drained(&id, drained))
+            }
             Request::Summary => Reply::Summary(Box::new(self.summary())),
             Request::ServiceMembers => Reply::Members(self.members(now)),
             Request::Broadcast(job) => Reply::Delivered(self.broadcast(now, &job)),

@@ -88,6 +88,11 @@ pub(crate) enum Request {
     List(Box<ListQuery>),
     /// One worker's admin JSON, by id (on its owner shard).
     Worker(String),
+    /// Drain (or undrain) a worker (on its owner shard).
+    Drain {
+        id: String,
+        drained: bool,
+    },
     Summary,
     /// Healthy worker ids per service (admin view; O(workers)).
     ServiceMembers,
@@ -261,6 +266,9 @@ pub(crate) enum Reply {
     Listing(Listing),
     /// [`Request::Worker`]: the admin JSON of the worker, if registered.
     Worker(Option<Vec<u8>>),
+    /// [`Request::Drain`]: None for an unknown worker, else whether
+    /// routing must be refreshed.
+    Drained(Option<bool>),
     Summary(Box<Summary>),
     /// Broadcast: (worker id, task id) of each worker that got the job.
     Delivered(Vec<(String, String)>),
@@ -316,6 +324,7 @@ impl Reply {
     accessor!(coverage, Coverage, Coverage);
     accessor!(listing, Listing, Listing);
     accessor!(worker, Worker, Option<Vec<u8>>);
+    accessor!(drained, Drained, Option<bool>);
     accessor!(summary, Summary, Box<Summary>);
     accessor!(delivered, Delivered, Vec<(String, String)>);
     accessor!(metrics, Metrics, Box<MetricsSnapshot>);

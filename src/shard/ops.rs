@@ -29,7 +29,11 @@ pub(super) fn task(shard: &Shard, op: TaskOp) -> TaskReply {
             shard.tasks.borrow_mut().submit(*t);
             TaskReply::Submitted(true)
         }
-        TaskOp::Keys(id) => TaskReply::Keys(shard.registry().get(&id).map(pull_keys)),
+        // A drained worker leases nothing new: no queue is its to pull.
+        TaskOp::Keys(id) => TaskReply::Keys(shard.registry().get(&id).map(|w| match w.drained {
+            true => Vec::new(),
+            false => pull_keys(w),
+        })),
         TaskOp::Lease {
             worker_id,
             keys,

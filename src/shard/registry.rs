@@ -179,7 +179,7 @@ pub(crate) enum Removal {
 /// status while fresh, `stale` once it missed its heartbeat deadline.
 fn label(e: &Entry) -> &str {
     if e.fresh {
-        &e.rec.state.status
+        e.rec.shown_status()
     } else {
         "stale"
     }
@@ -266,7 +266,7 @@ impl Counts {
     /// Adds (or takes away) an entry's status and tier contribution.
     fn status_and_tier(&mut self, e: &Entry, add: bool) {
         if e.fresh {
-            bump(&mut self.fresh_by_status, &e.rec.state.status, add);
+            bump(&mut self.fresh_by_status, e.rec.shown_status(), add);
         } else if add {
             self.stale += 1;
         } else {
@@ -509,6 +509,9 @@ impl Registry {
             counts.take(e);
             unindex(by_service, &e.rec, slot);
             rec.tasks_completed += e.rec.tasks_completed;
+            // An operator's drain outlives the agent re-registering.
+            rec.drained |= e.rec.drained;
+            let healthy = healthy && !rec.drained;
             let was_fresh = e.fresh;
             // Its state before the new record replaces the old one.
             let from = self.emit.then(|| label(e).to_string());
@@ -946,6 +949,39 @@ impl Registry {
     }
 
     /// Counts a completed task; false when the worker is unknown.
+    /// Drains (or undrains) worker `id`: it stops (or starts again)
+    /// counting as healthy, so routing, the healthy lists, coverage and
+    /// task leasing leave it out; its in-flight work is untouched. None
+    /// when unknown, else whether routing must be refreshed.
+    pub(crate) fn set_drained(&mut self, id: &str, drained: bool) -> Option<bool> {
+        let slot = self.slot_of(id)?;
+        let Self {
+            chunks,
+            counts,
+            listed_bytes,
+            generation,
+            ..
+        } = self;
+        let e = chunks[slot].entry.as_mut()?;
+        if e.rec.drained == drained {
+            return Some(false);
+        }
+        Self::changed(listed_bytes, generation, e);
+        let was_healthy = e.healthy;
+        let from = self.emit.then(|| label(e).to_string());
+        counts.status_and_tier(e, false);
+        e.rec.drained = drained;
+        e.healthy = e.fresh && !e.rec.reports_down();
+        counts.status_and_tier(e, true);
+        if was_healthy != e.healthy {
+            counts.services(&e.rec, e.healthy);
+        }
+        if let Some(from) = from {
+            self.outbox.extend(state_event(&e.rec, &from, label(e)));
+        }
+        Some(was_healthy != e.healthy)
+    }
+
     pub(crate) fn complete_task(&mut self, id: &str) -> bool {
         let Some(slot) = self.slot_of(id) else {
             return false;

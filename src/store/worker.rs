@@ -49,6 +49,7 @@ struct RowRef<'a> {
     last_heartbeat_us: i64,
     state: &'a ReportedState,
     tasks_completed: u64,
+    drained: bool,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +75,8 @@ struct Row {
     state: ReportedState,
     #[serde(default)]
     tasks_completed: u64,
+    #[serde(default)]
+    drained: bool,
 }
 
 fn state_json(st: &ReportedState) -> String {
@@ -96,6 +99,7 @@ pub(crate) fn put_op(rec: &WorkerRecord) -> Op {
         last_heartbeat_us: to_us(rec.last_heartbeat_at),
         state: &rec.state,
         tasks_completed: rec.tasks_completed,
+        drained: rec.drained,
     };
     Op::PutWorker {
         id: rec.worker_id.clone(),
@@ -192,6 +196,7 @@ pub(crate) fn restore(
         last_seen: now.checked_sub(age).unwrap_or(now),
         state,
         tasks_completed: row.tasks_completed,
+        drained: row.drained,
     })
 }
 
@@ -234,6 +239,7 @@ mod tests {
                 ..Default::default()
             },
             tasks_completed: 3,
+            drained: false,
         };
         let Op::PutWorker {
             id,

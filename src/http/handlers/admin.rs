@@ -23,18 +23,7 @@ use crate::shard::msg::{ListKind, Reply, Request as ShardRequest};
     tag = "admin",
     summary = "Every worker",
     description = "Healthy or not, with `age_seconds` and `is_healthy`. Filters, paging, `index`/`wait` and `since` as `/api/coordinator/workers`.",
-    params(
-        ("limit" = Option<u32>, Query, description = "One page of at most this many (clamped to 1..=1000)"),
-        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
-        ("service" = Option<String>, Query, description = "Workers indexed under this service (short names resolve)"),
-        ("tier" = Option<u8>, Query, description = "Tier 0..=4", minimum = 0, maximum = 4),
-        ("worker_type" = Option<String>, Query, description = "gpu, cpu, storage or edge"),
-        ("model" = Option<String>, Query, description = "A model in `loaded_models`"),
-        ("status" = Option<String>, Query, description = "healthy, stale, or a reported status"),
-        ("index" = Option<String>, Query, description = "A cursor: with `wait`, hold the request until a worker changes"),
-        ("wait" = Option<String>, Query, pattern = r"^([0-9]+\.?[0-9]*|\.[0-9]+)(ms|s|m)?$", description = "How long to hold an `index` request (`30s`, `500ms`, `5m`, or seconds; at most 300 s)"),
-        ("since" = Option<String>, Query, description = "A cursor: answer only the changes since"),
-    ),
+    params(super::openapi::WorkerListParams),
     responses((status = 200, description = "Workers, or with `since` the changes", body = super::openapi::AdminWorkersOrDelta))
 )]
 pub(super) async fn workers(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {

@@ -22,18 +22,7 @@ use crate::shard::msg::{BroadcastJob, ListKind, Reply, Request as ShardRequest};
     tag = "pool",
     summary = "The healthy workers",
     description = "The full record of every healthy worker, as edge caches poll it. Filters and paging as every list; `index` + `wait` block until a worker changes; `since` answers only what changed. Replies carry `X-Coordinator-Index`.",
-    params(
-        ("limit" = Option<u32>, Query, description = "One page of at most this many (clamped to 1..=1000)"),
-        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
-        ("service" = Option<String>, Query, description = "Workers indexed under this service (short names resolve)"),
-        ("tier" = Option<u8>, Query, description = "Tier 0..=4", minimum = 0, maximum = 4),
-        ("worker_type" = Option<String>, Query, description = "gpu, cpu, storage or edge"),
-        ("model" = Option<String>, Query, description = "A model in `loaded_models`"),
-        ("status" = Option<String>, Query, description = "healthy, stale, or a reported status"),
-        ("index" = Option<String>, Query, description = "A cursor: with `wait`, hold the request until a worker changes after it"),
-        ("wait" = Option<String>, Query, pattern = r"^([0-9]+\.?[0-9]*|\.[0-9]+)(ms|s|m)?$", description = "How long to hold an `index` request (`30s`, `5`) (`30s`, `500ms`, `5m`, or seconds; at most 300 s)"),
-        ("since" = Option<String>, Query, description = "A cursor: answer only the changes since"),
-    ),
+    params(super::openapi::WorkerListParams),
     responses(
         (status = 200, description = "The list, or with `since` the changes", body = super::openapi::WorkerListOrDelta),
     )

@@ -52,11 +52,7 @@ const INDEX_HEADER: &str = "x-coordinator-index";
     summary = "The change stream",
     description = "Server-Sent Events (or NDJSON with `Accept: application/x-ndjson`) of every change: workers, tasks, pins, coverage. Resume with `Last-Event-ID` or `since`.",
     params(
-        ("topics" = Option<String>, Query, description = "Comma list: worker, task, pin, service"),
-        ("worker_id" = Option<String>, Query, description = "Only this worker's events"),
-        ("service" = Option<String>, Query, description = "Only this service's events"),
-        ("task_id" = Option<String>, Query, description = "Only this task's events"),
-        ("since" = Option<String>, Query, description = "Resume after this cursor"),
+        super::openapi::EventParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor (SSE)"),
     ),
     responses(

@@ -43,11 +43,7 @@ const BURST: u32 = 16;
     summary = "The change stream over a WebSocket",
     description = "RFC 6455 upgrade; the query takes the filters of `/api/events`. One JSON event per text frame; a client may send `{\"subscribe\": {...}}` to change its filter.",
     params(
-        ("topics" = Option<String>, Query, description = "Comma list: worker, task, pin, service"),
-        ("worker_id" = Option<String>, Query, description = "Only this worker's events"),
-        ("service" = Option<String>, Query, description = "Only this service's events"),
-        ("task_id" = Option<String>, Query, description = "Only this task's events"),
-        ("since" = Option<String>, Query, description = "Resume after this cursor"),
+        super::openapi::EventParams,
     ),
     responses(
         (status = 101, description = "Switching Protocols"),

@@ -45,7 +45,7 @@ use serde_json::{Map, Value};
 
 use super::super::access::need;
 use super::super::error::ApiError;
-use super::super::request::query_param;
+use super::super::request::{encode_query, query_param};
 use super::super::router::Route;
 use super::super::{json, Body, Ctx};
 use super::{lists, tasks};
@@ -103,6 +103,10 @@ enum Ask {
         service: Option<String>,
         model: Option<String>,
         workers: Option<Vec<String>>,
+    },
+    Drain {
+        id: String,
+        drained: bool,
     },
     /// Follow the change stream (`/api/events`'s query string) into `sink`.
     Subscribe {
@@ -261,6 +265,7 @@ async fn answer(ctx: &Ctx, ask: Ask) -> Answer {
             model,
             workers,
         } => super::inference::set_pin(ctx, service, model, workers).await?,
+        Ask::Drain { id, drained } => super::worker::drain(ctx, &id, drained).await?,
         // Taken by `serve`, which keeps the subscription running.
         Ask::Subscribe { .. } => return Err(ApiError::BadRequest("not here".into())),
     };
@@ -593,6 +598,8 @@ pub(crate) struct Worker {
     age_seconds: Option<f64>,
     #[serde(default)]
     is_healthy: Option<bool>,
+    /// Drained by an operator: no new routed requests or task leases.
+    drained: bool,
 }
 
 /// A page of a list, and where the next one starts.
@@ -740,27 +747,6 @@ pub(crate) struct TaskInput {
     max_attempts: Option<u32>,
 }
 
-/// A query string from (name, value) pairs, values percent-encoded.
-fn query_string(pairs: &[(&str, Option<String>)]) -> String {
-    let enc = |s: &str| {
-        let mut o = String::with_capacity(s.len());
-        for b in s.bytes() {
-            match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    o.push(b as char)
-                }
-                _ => o.push_str(&format!("%{b:02X}")),
-            }
-        }
-        o
-    };
-    pairs
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// `first` as the REST `limit` (clamped there to 1..=1000; default 100).
 fn limit(first: Option<i32>) -> Option<String> {
     Some(first.unwrap_or(100).to_string())
@@ -799,7 +785,7 @@ impl Query {
             false => (ListKind::Admin, Route::AdminWorkers),
         };
         let status = f.status.filter(|_| !healthy);
-        let query = query_string(&[
+        let query = encode_query(&[
             ("limit", limit(first)),
             ("after", Some(after.unwrap_or_default())),
             ("service", f.service),
@@ -862,7 +848,7 @@ impl Query {
         #[graphql(desc = "`pageInfo.endCursor` of the previous page")] after: Option<String>,
     ) -> async_graphql::Result<TaskPage> {
         let f = filter.unwrap_or_default();
-        let query = query_string(&[
+        let query = encode_query(&[
             ("limit", limit(first)),
             ("after", Some(after.unwrap_or_default())),
             ("state", f.state),
@@ -908,7 +894,7 @@ impl SubscriptionRoot {
         task_id: Option<String>,
         since: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = Json<Value>>> {
-        let query = query_string(&[
+        let query = encode_query(&[
             ("topics", topics.map(|t| t.join(","))),
             ("worker_id", worker_id),
             ("service", service),
@@ -968,6 +954,21 @@ impl Mutation {
         };
         let v = ask(ctx, Route::AdminPins, a).await?;
         decode(v["pins"].clone())
+    }
+
+    /// Drains a worker (as `POST /api/admin/workers/{id}/drain`): no new
+    /// routed requests or task leases; in-flight ones finish.
+    async fn drain_worker(&self, ctx: &Context<'_>, id: String) -> async_graphql::Result<Worker> {
+        refuse_on_get(ctx)?;
+        let id = encode_query(&[("", Some(id))]).split_off(1);
+        decode(ask(ctx, Route::WorkerDrain, Ask::Drain { id, drained: true }).await?)
+    }
+
+    /// Ends a drain (as `POST /api/admin/workers/{id}/undrain`).
+    async fn undrain_worker(&self, ctx: &Context<'_>, id: String) -> async_graphql::Result<Worker> {
+        refuse_on_get(ctx)?;
+        let id = encode_query(&[("", Some(id))]).split_off(1);
+        decode(ask(ctx, Route::WorkerUndrain, Ask::Drain { id, drained: false }).await?)
     }
 
     /// Removes the pin of a service or a model; the pins now.

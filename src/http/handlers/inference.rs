@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::super::accesslog::REQUEST_ID;
 use super::super::error::ApiError;
-use super::super::request::{parse_object, percent_decode, query_param};
+use super::super::request::{encode_query, parse_object, percent_decode, query_param};
 use super::super::{json, Body, Ctx};
 use crate::proxy::{self, Outbound, Upstream};
 use crate::shard::msg::{ProxyOp, Reply, Request as ShardRequest};
@@ -228,27 +228,6 @@ pub(super) async fn vision(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
     forward(&ctx, out, admin).await
 }
 
-/// Re-encodes chosen query parameters for the worker.
-fn query(params: &[(&str, Option<String>)]) -> String {
-    let enc = |s: &str| {
-        let mut o = String::with_capacity(s.len());
-        for b in s.bytes() {
-            match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    o.push(b as char)
-                }
-                _ => o.push_str(&format!("%{b:02X}")),
-            }
-        }
-        o
-    };
-    params
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 /// `POST /api/inference/rag/query?query=..&context=..` -> worker `POST /query?...`.
 #[utoipa::path(
     post, path = "/api/inference/rag/query", tag = "inference", summary = "RAG query (to a worker's /query)",
@@ -263,7 +242,7 @@ fn query(params: &[(&str, Option<String>)]) -> String {
 pub(super) async fn rag(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = req.uri().query();
     let text = query_param(q, "query").ok_or_else(|| ApiError::field("query", "field required"))?;
-    let qs = query(&[
+    let qs = encode_query(&[
         ("query", Some(text)),
         ("context", query_param(q, "context")),
     ]);
@@ -282,7 +261,7 @@ pub(super) async fn rag(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bod
 pub(super) async fn graph(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = req.uri().query();
     let text = query_param(q, "text").ok_or_else(|| ApiError::field("text", "field required"))?;
-    let path = format!("/extract?{}", query(&[("text", Some(text))]));
+    let path = format!("/extract?{}", encode_query(&[("text", Some(text))]));
     let admin = is_admin(&ctx, req.headers());
     forward(&ctx, post_to(&ctx, req.headers(), "ner", path), admin).await
 }

@@ -70,6 +70,8 @@ pub(super) async fn handle(
         Route::Redoc => Ok(docs::redoc()),
         Route::DocsAsset => docs::asset(param.as_deref().unwrap_or_default()),
         Route::GraphQl => graphql::serve_request(ctx, req).await,
+        Route::WorkerDrain => worker::drain(&ctx, &param.unwrap_or_default(), true).await,
+        Route::WorkerUndrain => worker::drain(&ctx, &param.unwrap_or_default(), false).await,
         Route::NotFound => Err(ApiError::NotFound("Not Found".into())),
         Route::MethodNotAllowed | Route::Preflight => Err(ApiError::MethodNotAllowed { allow }),
     }

@@ -29,11 +29,10 @@ use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
 use utoipa::openapi::{Content, OpenApi as Doc, RefOr};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
-use super::super::access::{need, Need};
+use super::super::access::need;
 use super::super::router::{route, Route};
-use crate::model::credential::Role;
 use crate::model::wire::schema::{ID_PATTERN, TEXT_PATTERN, WORKER_TYPE_PATTERN};
 
 /// The document, built once per shard thread (no lock, no atomic).
@@ -107,6 +106,8 @@ cookie of `POST /api/session`. Every error is `{\"detail\": \"...\"}`.",
         super::tasks::get,
         super::tasks::admin_list,
         super::admin::workers,
+        super::worker::drain,
+        super::worker::undrain,
         super::admin::services,
         super::admin::stats,
         super::admin::health,
@@ -213,7 +214,7 @@ impl Modify for Shared {
                     true => format!("{}_{}", routed.name(), method.to_ascii_lowercase()),
                     false => routed.name().to_string(),
                 });
-                let role = role_name(need(routed, false));
+                let role = need(routed, false).name();
                 let ext = ExtensionsBuilder::new()
                     .add("x-required-role", Value::from(role))
                     .build();
@@ -361,16 +362,6 @@ fn sample_path(templated: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("/")
-}
-
-fn role_name(n: Need) -> &'static str {
-    match n {
-        Need::Public => "public",
-        Need::Authenticated => "any",
-        Need::Role(Role::Admin) | Need::Either(..) => "admin",
-        Need::Role(Role::Worker) => "worker",
-        Need::Role(Role::Client) => "client",
-    }
 }
 
 fn error(description: &str) -> RefOr<utoipa::openapi::Response> {
@@ -874,4 +865,52 @@ pub(super) struct GraphQlResponse {
     data: Option<()>,
     #[schema(value_type = Option<Vec<Object>>, required = false)]
     errors: Option<()>,
+}
+
+/// The query of the worker lists (`/api/coordinator/workers`,
+/// `/api/admin/workers`): paging, filters, and the change-stream cursors.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct WorkerListParams {
+    /// One page of at most this many (clamped to 1..=1000).
+    limit: Option<u32>,
+    /// The `next` cursor of the previous page.
+    after: Option<String>,
+    /// Workers indexed under this service (short names resolve).
+    service: Option<String>,
+    /// Tier 0..=4.
+    #[param(minimum = 0, maximum = 4)]
+    tier: Option<u8>,
+    /// gpu, cpu, storage or edge.
+    worker_type: Option<String>,
+    /// A model in `loaded_models`.
+    model: Option<String>,
+    /// healthy, stale, or a reported status.
+    status: Option<String>,
+    /// A cursor: with `wait`, hold the request until a worker changes after it.
+    index: Option<String>,
+    /// How long to hold an `index` request: `30s`, `500ms`, `5m`, or
+    /// seconds; at most 300 s.
+    #[param(pattern = r"^([0-9]+\.?[0-9]*|\.[0-9]+)(ms|s|m)?$")]
+    wait: Option<String>,
+    /// A cursor: answer only the changes since.
+    since: Option<String>,
+}
+
+/// The change stream's filters and cursor (`/api/events`, its WebSocket).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct EventParams {
+    /// Comma list: worker, task, pin, service.
+    topics: Option<String>,
+    /// Only this worker's events.
+    worker_id: Option<String>,
+    /// Only this service's events.
+    service: Option<String>,
+    /// Only this task's events.
+    task_id: Option<String>,
+    /// Resume after this cursor.
+    since: Option<String>,
 }

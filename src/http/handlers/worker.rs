@@ -353,6 +353,67 @@ pub(super) async fn unregister(ctx: Ctx, raw_id: String) -> Result<Response<Body
     let out = serde_json::json!({"status": "ok", "message": format!("Worker {id} unregistered")});
     Ok(json(StatusCode::OK, out.to_string().into_bytes()))
 }
+
+/// `POST /api/admin/workers/{id}/drain` (or `/undrain`).
+#[utoipa::path(
+    post,
+    path = "/api/admin/workers/{worker_id}/drain",
+    tag = "admin",
+    summary = "Drain a worker",
+    description = "The worker gets no new routed requests and no new task leases; what it is doing finishes. It leaves the healthy lists and the coverage counts, and every view shows it `drained` (`status` and `drained`). Kept across re-registration and restarts. Idempotent.",
+    params(("worker_id" = String, Path, description = "The worker's id (percent-encoded)")),
+    responses(
+        (status = 200, description = "The worker's record now", body = crate::model::worker::WorkerView<'static>),
+        (status = 404, description = "Unknown worker", body = super::openapi::Detail),
+        (status = 422, description = "Not a valid id", body = super::openapi::Detail),
+    )
+)]
+pub(super) async fn drain(
+    ctx: &Ctx,
+    raw_id: &str,
+    drained: bool,
+) -> Result<Response<Body>, ApiError> {
+    let id = super::super::request::percent_decode(raw_id, false)
+        .ok_or_else(|| ApiError::field("worker_id", "invalid percent-encoding"))?;
+    valid_id("worker_id", &id)?;
+    let owner = ctx.shard.owner_of(&id);
+    let request = ShardRequest::Drain {
+        id: id.clone(),
+        drained,
+    };
+    let refresh = ctx.shard.call(owner, request).await?.drained()?;
+    match refresh {
+        None => return Err(worker_not_found()),
+        Some(true) => refresh_routing(ctx).await,
+        Some(false) => {}
+    }
+    tracing::info!(worker_id = id, drained, "worker drain changed");
+    let record = ctx
+        .shard
+        .call(owner, ShardRequest::Worker(id))
+        .await?
+        .worker()?;
+    let record = record.ok_or_else(worker_not_found)?;
+    Ok(json(StatusCode::OK, record))
+}
+
+/// `POST /api/admin/workers/{id}/undrain` (served by [`drain`]).
+#[utoipa::path(
+    post,
+    path = "/api/admin/workers/{worker_id}/undrain",
+    tag = "admin",
+    summary = "Undrain a worker",
+    description = "Ends a drain: the worker gets routed requests and task leases again (while healthy). Idempotent.",
+    params(("worker_id" = String, Path, description = "The worker's id (percent-encoded)")),
+    responses(
+        (status = 200, description = "The worker's record now", body = crate::model::worker::WorkerView<'static>),
+        (status = 404, description = "Unknown worker", body = super::openapi::Detail),
+        (status = 422, description = "Not a valid id", body = super::openapi::Detail),
+    )
+)]
+#[allow(dead_code)]
+pub(super) fn undrain() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
