@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use async_graphql::{
     Context, ErrorExtensions, InputObject, Json, Object, Schema, SimpleObject, Subscription,
 };
+use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
 use futures::future::LocalBoxFuture;
 use futures::future::{select, Either};
@@ -119,7 +120,9 @@ enum Ask {
 /// pump waits (and the shard's own subscriber buffer takes the slack).
 const SUBSCRIPTION_BUFFER: usize = 64;
 
-type Answer = Result<Value, ApiError>;
+/// The JSON text of a REST reply: resolvers decode it straight into their
+/// types (one parse, no intermediate `Value`).
+type Answer = Result<Bytes, ApiError>;
 
 /// The resolvers' side of the channel, and who is asking.
 struct Bridge {
@@ -130,7 +133,7 @@ struct Bridge {
 
 /// Sends `ask` for a field that mirrors REST route `route`; refused when
 /// the caller's role may not call that route.
-async fn ask(ctx: &Context<'_>, route: Route, ask: Ask) -> async_graphql::Result<Value> {
+async fn ask(ctx: &Context<'_>, route: Route, ask: Ask) -> async_graphql::Result<Bytes> {
     let bridge = ctx.data::<Bridge>()?;
     if !need(route, false).allows(bridge.role) {
         return Err(async_graphql::Error::new(format!(
@@ -155,8 +158,15 @@ async fn ask(ctx: &Context<'_>, route: Route, ask: Ask) -> async_graphql::Result
     }
 }
 
-fn decode<T: DeserializeOwned>(v: Value) -> async_graphql::Result<T> {
-    serde_json::from_value(v).map_err(|e| async_graphql::Error::new(format!("bad reply: {e}")))
+fn decode<T: DeserializeOwned>(b: Bytes) -> async_graphql::Result<T> {
+    serde_json::from_slice(&b).map_err(|e| async_graphql::Error::new(format!("bad reply: {e}")))
+}
+
+/// A REST reply's list under `key` (`{"services": [...]}`, ...).
+fn decode_list<T: DeserializeOwned>(b: Bytes, key: &str) -> async_graphql::Result<Vec<T>> {
+    let mut o: serde_json::Map<String, Value> = decode(b)?;
+    let list = o.remove(key).unwrap_or(Value::Array(Vec::new()));
+    serde_json::from_value(list).map_err(|e| async_graphql::Error::new(format!("bad reply: {e}")))
 }
 
 /// Answers asks with the REST routes' own code until the execution drops
@@ -179,7 +189,7 @@ async fn serve(ctx: &Ctx, mut rx: mpsc::UnboundedReceiver<(Ask, oneshot::Sender<
             Ask::Subscribe { query, sink } => match follow(ctx, &query).await {
                 Ok(source) => {
                     pumps.push(pump(source, sink).boxed_local());
-                    Ok(Value::Null)
+                    Ok(Bytes::from_static(b"null"))
                 }
                 Err(e) => Err(e),
             },
@@ -245,8 +255,8 @@ async fn answer(ctx: &Ctx, ask: Ask) -> Answer {
             let owner = ctx.shard.owner_of(&id);
             let got = ctx.shard.call(owner, ShardRequest::Worker(id)).await?;
             return match got.worker()? {
-                Some(bytes) => from_slice(&bytes),
-                None => Ok(Value::Null),
+                Some(bytes) => Ok(Bytes::from(bytes)),
+                None => Ok(Bytes::from_static(b"null")),
             };
         }
         Ask::Services => super::admin::services(ctx).await?,
@@ -256,7 +266,7 @@ async fn answer(ctx: &Ctx, ask: Ask) -> Answer {
         Ask::Pins => super::inference::pins_view(ctx),
         Ask::Tasks(q) => tasks::admin_list_query(ctx, Some(&q)).await?,
         Ask::Task(id) => match tasks::get(ctx, id).await {
-            Err(ApiError::NotFound(_)) => return Ok(Value::Null),
+            Err(ApiError::NotFound(_)) => return Ok(Bytes::from_static(b"null")),
             other => other?,
         },
         Ask::Submit(o) => tasks::submit_object(ctx, o).await?,
@@ -272,19 +282,13 @@ async fn answer(ctx: &Ctx, ask: Ask) -> Answer {
     body_json(reply).await
 }
 
-fn from_slice(b: &[u8]) -> Answer {
-    serde_json::from_slice(b).map_err(|e| ApiError::BadRequest(e.to_string()))
-}
-
 /// The JSON of a complete REST reply.
 async fn body_json(r: Response<Body>) -> Answer {
-    let bytes = r
-        .into_body()
+    Ok(r.into_body()
         .collect()
         .await
         .map_err(|e| ApiError::BadRequest(e.to_string()))?
-        .to_bytes();
-    from_slice(&bytes)
+        .to_bytes())
 }
 
 /// One page of workers: the REST page walk, `{"workers": [...], "next"}`.
@@ -307,7 +311,7 @@ async fn worker_page(ctx: &Ctx, kind: ListKind, q: &str) -> Answer {
     out.extend_from_slice(b",\"next\":");
     out.extend_from_slice(&serde_json::to_vec(&page.next).unwrap_or_default());
     out.push(b'}');
-    from_slice(&out)
+    Ok(Bytes::from(out))
 }
 
 /// `POST /graphql` (`{"query", "variables"?, "operationName"?}`) or
@@ -814,13 +818,13 @@ impl Query {
     /// Services and their healthy workers.
     async fn services(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ServiceWorkers>> {
         let v = ask(ctx, Route::AdminServices, Ask::Services).await?;
-        decode(v["services"].clone())
+        decode_list(v, "services")
     }
 
     /// Catalog services with few or no healthy workers.
     async fn gaps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Gap>> {
         let v = ask(ctx, Route::AdminGaps, Ask::Gaps).await?;
-        decode(v["gaps"].clone())
+        decode_list(v, "gaps")
     }
 
     async fn stats(&self, ctx: &Context<'_>) -> async_graphql::Result<Stats> {
@@ -834,7 +838,7 @@ impl Query {
     /// Routing pins.
     async fn pins(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Pin>> {
         let v = ask(ctx, Route::AdminPins, Ask::Pins).await?;
-        decode(v["pins"].clone())
+        decode_list(v, "pins")
     }
 
     /// Tasks, a page at a time in (shard, task id) order.
@@ -953,7 +957,7 @@ impl Mutation {
             workers: Some(workers),
         };
         let v = ask(ctx, Route::AdminPins, a).await?;
-        decode(v["pins"].clone())
+        decode_list(v, "pins")
     }
 
     /// Drains a worker (as `POST /api/admin/workers/{id}/drain`): no new
@@ -985,6 +989,6 @@ impl Mutation {
             workers: None,
         };
         let v = ask(ctx, Route::AdminPins, a).await?;
-        decode(v["pins"].clone())
+        decode_list(v, "pins")
     }
 }
