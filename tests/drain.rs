@@ -111,8 +111,8 @@ fn a_drained_worker_gets_no_new_requests_or_leases_and_finishes_what_it_has() {
     // Undrain: requests and the waiting task reach it again.
     let rec = drain(s.addr, "dr-a", "undrain");
     assert_eq!(
-        (rec["drained"].clone(), rec["status"].clone()),
-        (json!(false), json!("healthy"))
+        (rec.get("drained"), &rec["status"]),
+        (None, &json!("healthy"))
     );
     let pulled = get(s.addr, "/api/worker/tasks?worker_id=dr-a").json();
     assert_eq!(pulled["tasks"].as_array().unwrap().len(), 1);
@@ -188,5 +188,5 @@ fn graphql_drains_and_undrains() {
     assert_eq!(v["data"]["u"], json!({"drained": false}), "{v}");
     assert_eq!(v["errors"][0]["extensions"]["status"], 404, "{v}");
     let v = get(s.addr, "/api/admin/workers").json();
-    assert_eq!(v["workers"][0]["drained"], false);
+    assert!(v["workers"][0].get("drained").is_none(), "{v}");
 }

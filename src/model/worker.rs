@@ -352,7 +352,11 @@ pub(crate) struct WorkerView<'a> {
     /// ISO 8601, UTC with offset.
     registered_at: String,
     last_heartbeat: String,
-    /// Drained by an operator (`POST /api/admin/workers/{id}/drain`).
+    /// Drained by an operator (`POST /api/admin/workers/{id}/drain`);
+    /// present (true) only while drained, so the lists every edge cache
+    /// polls carry no extra bytes for the workers that are not.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[schema(required = false)]
     drained: bool,
     /// Admin listing only: seconds since the last heartbeat.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -603,6 +603,7 @@ pub(crate) struct Worker {
     #[serde(default)]
     is_healthy: Option<bool>,
     /// Drained by an operator: no new routed requests or task leases.
+    #[serde(default)]
     drained: bool,
 }
 
