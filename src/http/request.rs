@@ -197,6 +197,15 @@ pub(crate) fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A path segment naming an id: percent-decoded, then checked as
+/// [`valid_id`] (422 naming `field` otherwise).
+pub(crate) fn path_id(field: &str, raw: &str) -> Result<String, ApiError> {
+    let id = percent_decode(raw, false)
+        .ok_or_else(|| ApiError::field(field, "invalid percent-encoding"))?;
+    valid_id(field, &id)?;
+    Ok(id)
+}
+
 /// Ids we accept from agents: 1 to 256 characters, printable (the
 /// OpenAPI spec states the same rule as `model::wire::schema::ID_PATTERN`).
 /// Control characters and the invisible formatting ones (bidi overrides
@@ -226,17 +235,6 @@ pub(crate) fn valid_id(field: &str, id: &str) -> Result<(), ApiError> {
 
 /// Unicode format (Cf) and separator characters that render as nothing
 /// or reorder the text around them.
-/// A JSON number that is a non-negative integer, as JSON Schema's
-/// `integer` counts them (`3.0` is one); `u64::MAX` for larger ones.
-pub(crate) fn whole_number(v: &serde_json::Value) -> Option<u64> {
-    let n = v.as_number()?;
-    match (n.as_u64(), n.as_f64()) {
-        (Some(u), _) => Some(u),
-        (None, Some(x)) if x >= 0.0 && x.fract() == 0.0 => Some(x.min(u64::MAX as f64) as u64),
-        _ => None,
-    }
-}
-
 /// An integer parameter clamped to `lo..=hi`: any run of digits with an
 /// optional sign (below `lo`, including every negative, gives `lo`; above
 /// `hi`, however long, gives `hi`); None when it is not an integer.

@@ -269,18 +269,24 @@ fn decimal(s: &str) -> Option<f64> {
     ok.then(|| t.parse::<f64>().ok()).flatten()
 }
 
+/// A JSON number that is a non-negative integer below 2^64, as JSON
+/// Schema's `integer` counts them (`3.0` is one).
+pub(crate) fn whole_number(v: &Value) -> Option<u64> {
+    let n = v.as_number()?;
+    match (n.as_u64(), n.as_f64()) {
+        (Some(u), _) => Some(u),
+        (None, Some(x)) if x >= 0.0 && x.fract() == 0.0 && x < 18_446_744_073_709_551_616.0 => {
+            Some(x as u64)
+        }
+        _ => None,
+    }
+}
+
 fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let bad = || serde::de::Error::custom("expected a non-negative integer");
     match Option::<Value>::deserialize(d)? {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
-            (Some(u), _) => Ok(Some(u)),
-            // 3.0 is an integer (as in JSON Schema); 2^64 and up are not u64s.
-            (None, Some(x)) if x >= 0.0 && x.fract() == 0.0 && x < 18_446_744_073_709_551_616.0 => {
-                Ok(Some(x as u64))
-            }
-            _ => Err(bad()),
-        },
+        Some(n @ Value::Number(_)) => whole_number(&n).map(Some).ok_or_else(bad),
         Some(Value::String(s)) => {
             let t = s.trim();
             let digits = t.strip_prefix('+').unwrap_or(t);

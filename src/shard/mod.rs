@@ -344,7 +344,8 @@ impl Shard {
             Request::List(q) => Reply::Listing(self.listing(now, &q)),
             Request::Worker(id) => Reply::Worker(self.worker_json(now, &id)),
             Request::Drain { id, drained } => {
-                Reply::Drained(self.registry.borrow_mut().set_drained(&id, drained))
+                let refresh = self.registry.borrow_mut().set_drained(&id, drained);
+                Reply::Drained(refresh.zip(self.worker_json(now, &id)))
             }
             Request::Summary => Reply::Summary(Box::new(self.summary())),
             Request::ServiceMembers => Reply::Members(self.members(now)),

@@ -267,8 +267,8 @@ pub(crate) enum Reply {
     /// [`Request::Worker`]: the admin JSON of the worker, if registered.
     Worker(Option<Vec<u8>>),
     /// [`Request::Drain`]: None for an unknown worker, else whether
-    /// routing must be refreshed.
-    Drained(Option<bool>),
+    /// routing must be refreshed and the worker's admin JSON after it.
+    Drained(Option<(bool, Vec<u8>)>),
     Summary(Box<Summary>),
     /// Broadcast: (worker id, task id) of each worker that got the job.
     Delivered(Vec<(String, String)>),
@@ -324,7 +324,7 @@ impl Reply {
     accessor!(coverage, Coverage, Coverage);
     accessor!(listing, Listing, Listing);
     accessor!(worker, Worker, Option<Vec<u8>>);
-    accessor!(drained, Drained, Option<bool>);
+    accessor!(drained, Drained, Option<(bool, Vec<u8>)>);
     accessor!(summary, Summary, Box<Summary>);
     accessor!(delivered, Delivered, Vec<(String, String)>);
     accessor!(metrics, Metrics, Box<MetricsSnapshot>);

@@ -901,7 +901,11 @@ impl Registry {
         } = self;
         let mut emit = |e: &mut Entry, out: &mut Vec<u8>| {
             let w = &e.rec;
-            if !w.is_healthy(now, &live) {
+            // `e.healthy` is kept on every mutation (fresh, not reporting
+            // down, not drained) and cleared by the sweep: only the time
+            // since the last heartbeat is left to look at, not the status
+            // strings of every listed worker.
+            if !e.healthy || w.age(now) > live.heartbeat_timeout {
                 return;
             }
             let stale_at = w.last_seen + live.heartbeat_timeout;

@@ -275,7 +275,7 @@ async fn answer(ctx: &Ctx, ask: Ask) -> Answer {
             model,
             workers,
         } => super::inference::set_pin(ctx, service, model, workers).await?,
-        Ask::Drain { id, drained } => super::worker::drain(ctx, &id, drained).await?,
+        Ask::Drain { id, drained } => super::worker::set_drained(ctx, id, drained).await?,
         // Taken by `serve`, which keeps the subscription running.
         Ask::Subscribe { .. } => return Err(ApiError::BadRequest("not here".into())),
     };
@@ -291,7 +291,8 @@ async fn body_json(r: Response<Body>) -> Answer {
         .to_bytes())
 }
 
-/// One page of workers: the REST page walk, `{"workers": [...], "next"}`.
+/// One page of workers, as the REST lists write it: `{"workers": [...],
+/// "next"}` (no counts: GraphQL does not ask for them).
 async fn worker_page(ctx: &Ctx, kind: ListKind, q: &str) -> Answer {
     let q = Some(q);
     let query = ListQuery {
@@ -302,16 +303,9 @@ async fn worker_page(ctx: &Ctx, kind: ListKind, q: &str) -> Answer {
         whole: false,
         best: false,
     };
-    let paging = lists::paging(q, ctx.shard.count)?
-        .ok_or_else(|| ApiError::BadRequest("first: required".into()))?;
-    let page = lists::page(ctx, query, paging).await?;
-    let mut out = Vec::with_capacity(page.items.array_len() + 64);
-    out.extend_from_slice(b"{\"workers\":");
-    page.items.write_array(&mut out);
-    out.extend_from_slice(b",\"next\":");
-    out.extend_from_slice(&serde_json::to_vec(&page.next).unwrap_or_default());
-    out.push(b'}');
-    Ok(Bytes::from(out))
+    let paging = lists::paging(q, ctx.shard.count)?;
+    let no_counts: lists::Tail = |_, _| {};
+    body_json(lists::reply(ctx, query, paging, Vec::new(), no_counts, None).await?).await
 }
 
 /// `POST /graphql` (`{"query", "variables"?, "operationName"?}`) or
@@ -370,11 +364,11 @@ pub(super) async fn serve_request(
             .get(hyper::header::ACCEPT)
             .and_then(|a| a.to_str().ok())
             .is_some_and(|a| a.contains("text/html"));
-        if html && query_param(q, "query").is_none() {
+        let query = query_param(q, "query");
+        if html && query.is_none() {
             return Ok(super::docs::graphiql());
         }
-        let query = query_param(q, "query")
-            .ok_or_else(|| ApiError::BadRequest("query: required".into()))?;
+        let query = query.ok_or_else(|| ApiError::BadRequest("query: required".into()))?;
         let mut r = async_graphql::Request::new(query);
         if let Some(v) = query_param(q, "variables") {
             let vars: Value = serde_json::from_str(&v)
@@ -965,14 +959,12 @@ impl Mutation {
     /// routed requests or task leases; in-flight ones finish.
     async fn drain_worker(&self, ctx: &Context<'_>, id: String) -> async_graphql::Result<Worker> {
         refuse_on_get(ctx)?;
-        let id = encode_query(&[("", Some(id))]).split_off(1);
         decode(ask(ctx, Route::WorkerDrain, Ask::Drain { id, drained: true }).await?)
     }
 
     /// Ends a drain (as `POST /api/admin/workers/{id}/undrain`).
     async fn undrain_worker(&self, ctx: &Context<'_>, id: String) -> async_graphql::Result<Worker> {
         refuse_on_get(ctx)?;
-        let id = encode_query(&[("", Some(id))]).split_off(1);
         decode(ask(ctx, Route::WorkerUndrain, Ask::Drain { id, drained: false }).await?)
     }
 

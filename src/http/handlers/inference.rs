@@ -157,7 +157,7 @@ fn inference_body(o: &Map<String, Value>) -> Result<(String, Map<String, Value>)
         None | Some(Value::Null) => {
             b.insert("max_tokens".into(), json!(512));
         }
-        Some(v) if super::super::request::whole_number(v).is_some() => {}
+        Some(v) if crate::model::wire::whole_number(v).is_some() => {}
         Some(_) => {
             return Err(ApiError::field(
                 "max_tokens",

@@ -239,7 +239,7 @@ async fn fetch(shard: &Shard, to: usize, q: ListQuery) -> Result<Listing, ApiErr
 }
 
 /// One page of a paged worker list.
-pub(super) struct Page {
+struct Page {
     pub items: Items,
     pub tally: Tally,
     /// Cursor of the next page; None on the last.
@@ -250,7 +250,7 @@ pub(super) struct Page {
 /// every shard is done, a bounded piece per step. When the page is full
 /// it looks on (without listing) for one more match, so `next` is None
 /// exactly when nothing follows.
-pub(super) async fn page(ctx: &Ctx, template: ListQuery, paging: Paging) -> Result<Page, ApiError> {
+async fn page(ctx: &Ctx, template: ListQuery, paging: Paging) -> Result<Page, ApiError> {
     let shard = &ctx.shard;
     let (mut at, mut after) = match paging.after {
         Some(c) => (c.shard, Some(slot_of(&c)?)),

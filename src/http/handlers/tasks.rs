@@ -126,7 +126,7 @@ pub(super) async fn submit_object(
     let target = targets.remove(0);
     let max_attempts = match o.get("max_attempts") {
         None | Some(Value::Null) => cfg.task_max_attempts,
-        Some(v) => match super::super::request::whole_number(v) {
+        Some(v) => match crate::model::wire::whole_number(v) {
             Some(n) if (1..=100).contains(&n) => n as u32,
             _ => return Err(ApiError::field("max_attempts", "expected 1..=100")),
         },

@@ -8,7 +8,7 @@ use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
 use super::super::error::ApiError;
-use super::super::request::{parse_object, valid_id};
+use super::super::request::{parse_object, path_id, valid_id};
 use super::super::{json, json_static, Body, Ctx};
 use crate::model::wire::{HeartbeatRequest, RegisterRequest};
 use crate::model::worker::{Assigned, Containers, Registration, ServiceConfigView, WorkerRecord};
@@ -335,9 +335,7 @@ async fn refresh_routing(ctx: &Ctx) {
     )
 )]
 pub(super) async fn unregister(ctx: Ctx, raw_id: String) -> Result<Response<Body>, ApiError> {
-    let id = super::super::request::percent_decode(&raw_id, false)
-        .ok_or_else(|| ApiError::field("worker_id", "invalid percent-encoding"))?;
-    valid_id("worker_id", &id)?;
+    let id = path_id("worker_id", &raw_id)?;
     ctx.may_act_for(&id)?;
     let owner = ctx.shard.owner_of(&id);
     let found = ctx
@@ -373,27 +371,29 @@ pub(super) async fn drain(
     raw_id: &str,
     drained: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let id = super::super::request::percent_decode(raw_id, false)
-        .ok_or_else(|| ApiError::field("worker_id", "invalid percent-encoding"))?;
+    set_drained(ctx, path_id("worker_id", raw_id)?, drained).await
+}
+
+/// Drains or undrains worker `id` on its owner shard (REST and GraphQL);
+/// answers its record as the admin list has it.
+pub(super) async fn set_drained(
+    ctx: &Ctx,
+    id: String,
+    drained: bool,
+) -> Result<Response<Body>, ApiError> {
     valid_id("worker_id", &id)?;
     let owner = ctx.shard.owner_of(&id);
-    let request = ShardRequest::Drain {
-        id: id.clone(),
-        drained,
-    };
-    let refresh = ctx.shard.call(owner, request).await?.drained()?;
-    match refresh {
-        None => return Err(worker_not_found()),
-        Some(true) => refresh_routing(ctx).await,
-        Some(false) => {}
-    }
-    tracing::info!(worker_id = id, drained, "worker drain changed");
-    let record = ctx
+    tracing::info!(worker_id = id, drained, "worker drain requested");
+    let request = ShardRequest::Drain { id, drained };
+    let (refresh, record) = ctx
         .shard
-        .call(owner, ShardRequest::Worker(id))
+        .call(owner, request)
         .await?
-        .worker()?;
-    let record = record.ok_or_else(worker_not_found)?;
+        .drained()?
+        .ok_or_else(worker_not_found)?;
+    if refresh {
+        refresh_routing(ctx).await;
+    }
     Ok(json(StatusCode::OK, record))
 }
 
