@@ -128,6 +128,16 @@ pub struct Config {
     /// empty = any. Link-local, unspecified and our own listening
     /// addresses are refused whatever this says (see `guard`).
     pub worker_networks: Vec<crate::proxy::guard::Net>,
+    /// Keep historical metrics (`--no-history` turns it off).
+    pub history: bool,
+    /// Seconds between pool-wide history samples (`--history-interval`):
+    /// the width of the raw tier.
+    pub history_interval: Duration,
+    /// Seconds between samples of every worker's load and active requests
+    /// (`--history-worker-interval`); stored from the 1-minute tier up.
+    pub history_worker_interval: Duration,
+    /// How long each history tier is kept (`--history-retention`).
+    pub history_retention: crate::history::Retention,
 }
 
 impl Config {
@@ -141,6 +151,15 @@ impl Config {
         }
         if self.worker_timeout < self.heartbeat_timeout {
             return Err("--worker-timeout must not be shorter than --heartbeat-timeout".into());
+        }
+        for (flag, d) in [
+            ("history-interval", self.history_interval),
+            ("history-worker-interval", self.history_worker_interval),
+        ] {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(3600) || d.subsec_nanos() != 0
+            {
+                return Err(format!("--{flag} must be whole seconds between 1 and 3600"));
+            }
         }
         if self.heartbeat_flush.is_zero() || self.heartbeat_flush > Duration::from_secs(3600) {
             return Err("--heartbeat-flush-ms must be between 1 and 3600000".into());
@@ -246,6 +265,10 @@ impl Default for Config {
             database_path: None,
             sync: SyncMode::Full,
             heartbeat_flush: Duration::from_secs(1),
+            history: true,
+            history_interval: Duration::from_secs(10),
+            history_worker_interval: Duration::from_secs(60),
+            history_retention: crate::history::Retention::default(),
             catalog: Catalog::builtin(),
             max_body_bytes: 1 << 20,
             max_workers: 1_000_000,

@@ -40,6 +40,7 @@
 
 pub mod config;
 pub(crate) mod events;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod model;

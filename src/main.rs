@@ -43,6 +43,9 @@ macro_rules! options {
             /// Keep all state in memory: no database, nothing survives a restart.
             #[arg(long)]
             in_memory: bool,
+            /// Keep no historical metrics (GET /api/history answers 503).
+            #[arg(long)]
+            no_history: bool,
             /// Probe a running coordinator instead of starting one: GET
             /// http://127.0.0.1:PORT/health (PORT from --port/PORT/config; HOST
             /// only if it is a specific address), print one line, exit 0 on
@@ -65,6 +68,8 @@ macro_rules! options {
             protect_metrics: bool,
             #[serde(default)]
             in_memory: bool,
+            #[serde(default)]
+            no_history: bool,
             $( $name: Option<$ty>, )*
         }
 
@@ -76,6 +81,7 @@ macro_rules! options {
                 self.no_pin |= file.no_pin;
                 self.protect_metrics |= file.protect_metrics;
                 self.in_memory |= file.in_memory;
+                self.no_history |= file.no_history;
                 self
             }
         }
@@ -127,6 +133,12 @@ options! {
     db: PathBuf, env = "DATABASE_PATH";
     /// When commits reach the disk: full (fsync each commit), normal, off [default: full]
     sync: String, env = "DATABASE_SYNC";
+    /// Seconds between pool-wide history samples, 1..=3600 [default: 10]
+    history_interval: u64, env = "HISTORY_INTERVAL_SECONDS";
+    /// Seconds between samples of each worker's load and active requests, 1..=3600 [default: 60]
+    history_worker_interval: u64, env = "HISTORY_WORKER_INTERVAL_SECONDS";
+    /// How long history is kept per tier: RAW,1-MINUTE,1-HOUR (units s, m, h, d) [default: 1d,30d,400d]
+    history_retention: String, env = "HISTORY_RETENTION";
     /// Write coalesced heartbeat state at least this often, ms [default: 1000]
     heartbeat_flush_ms: u64, env = "HEARTBEAT_FLUSH_MS";
     /// Service catalog file, TOML or .json [default: built-in table]
@@ -393,6 +405,18 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
             cli.worker_networks.as_deref().unwrap_or(""),
         )
         .map_err(|e| format!("--worker-networks: {e}"))?,
+        history: !cli.no_history,
+        history_interval: cli
+            .history_interval
+            .map_or(d.history_interval, Duration::from_secs),
+        history_worker_interval: cli
+            .history_worker_interval
+            .map_or(d.history_worker_interval, Duration::from_secs),
+        history_retention: match &cli.history_retention {
+            Some(r) => coordinator::history::Retention::parse(r)
+                .map_err(|e| format!("--history-retention: {e}"))?,
+            None => d.history_retention,
+        },
         ..d
     };
     cfg.validate()?;

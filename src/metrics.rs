@@ -103,6 +103,42 @@ impl Histogram {
         self.count
     }
 
+    /// What was observed since `earlier`, a snapshot of the same histogram.
+    pub(crate) fn since(&self, earlier: &Histogram) -> Histogram {
+        let mut d = self.clone();
+        if earlier.bounds == self.bounds {
+            for (a, b) in d.counts.iter_mut().zip(&earlier.counts) {
+                *a = a.saturating_sub(*b);
+            }
+            d.sum = (d.sum - earlier.sum).max(0.0);
+            d.count = d.count.saturating_sub(earlier.count);
+        }
+        d
+    }
+
+    /// The `q`-quantile (0..=1), estimated as Prometheus'
+    /// `histogram_quantile` does: linear inside the bucket that holds it,
+    /// the largest finite bound for the +Inf bucket. `None` when empty.
+    pub(crate) fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * self.count as f64;
+        let mut below = 0u64;
+        for (i, n) in self.counts.iter().enumerate() {
+            if *n > 0 && (below + n) as f64 >= rank {
+                let Some(&hi) = self.bounds.get(i) else {
+                    return self.bounds.last().copied();
+                };
+                let lo = if i == 0 { 0.0 } else { self.bounds[i - 1] };
+                let frac = ((rank - below as f64) / *n as f64).clamp(0.0, 1.0);
+                return Some(lo + (hi - lo) * frac);
+            }
+            below += n;
+        }
+        self.bounds.last().copied()
+    }
+
     fn to_proto(&self) -> proto::Histogram {
         let mut cum = 0;
         let buckets = self
@@ -464,6 +500,28 @@ pub(crate) fn encode_text(families: &[MetricFamily]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_interpolate_inside_buckets_and_deltas_subtract() {
+        let mut h = Histogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for _ in 0..90 {
+            h.observe(0.000_02); // bucket (10 us, 25 us]
+        }
+        let before = h.clone();
+        for _ in 0..10 {
+            h.observe(0.2); // bucket (100 ms, 250 ms]
+        }
+        let p50 = h.quantile(0.5).unwrap();
+        assert!(p50 > 0.000_01 && p50 <= 0.000_025, "{p50}");
+        let p99 = h.quantile(0.99).unwrap();
+        assert!(p99 > 0.1 && p99 <= 0.25, "{p99}");
+        let d = h.since(&before);
+        assert_eq!(d.count(), 10);
+        assert!(d.quantile(0.5).unwrap() > 0.1);
+        h.observe(100.0);
+        assert_eq!(h.quantile(1.0), Some(2.5));
+    }
 
     #[test]
     fn histogram_buckets_are_upper_inclusive() {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::history;
 use crate::http;
 use crate::proxy::ProxySetup;
 use crate::runtime::{self, PoolHandle, PoolSpec, ShardEnv, Stopper};
@@ -31,6 +32,8 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    History(#[from] history::HistoryError),
+    #[error(transparent)]
     ProxyTls(#[from] crate::proxy::tls::TlsSetupError),
 }
 
@@ -44,6 +47,8 @@ pub struct Server {
     /// The database writer, closed and joined after the shards have
     /// stopped so it writes everything they queued.
     writer: Option<(Store, Writer)>,
+    /// The history thread, closed and joined with the writer.
+    history: Option<(history::Handle, history::Thread)>,
 }
 
 impl Server {
@@ -92,6 +97,26 @@ impl Server {
             }
             None => (Boot::in_memory(), None),
         };
+        let history = if cfg.history {
+            let settings = history::Settings {
+                path: cfg.database_path.as_deref().map(history::path_for),
+                interval_s: cfg.history_interval.as_secs() as i64,
+                retention: cfg.history_retention,
+            };
+            match history::start(settings) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    if let Some((store, writer)) = writer {
+                        store.close();
+                        writer.join();
+                    }
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
+        };
+        let handle = history.as_ref().map(|(h, _)| h.clone());
         let cfg = Arc::new(cfg);
         let spec = PoolSpec {
             cpus: cpus.clone(),
@@ -100,7 +125,13 @@ impl Server {
             name: "shard".into(),
         };
         let pool = runtime::start_pool(spec, move |env| {
-            shard_main(env, cfg.clone(), boot.clone(), proxy.clone())
+            shard_main(
+                env,
+                cfg.clone(),
+                boot.clone(),
+                proxy.clone(),
+                handle.clone(),
+            )
         })
         .map_err(StartError::Spawn)?;
         // Dropping the pool on failure stops the shards that did start.
@@ -121,6 +152,7 @@ impl Server {
             pool: Some(pool),
             stop_limit,
             writer,
+            history,
         })
     }
 
@@ -151,6 +183,10 @@ impl Server {
             store.close();
             writer.join();
         }
+        if let Some((handle, thread)) = self.history.take() {
+            handle.close();
+            thread.join();
+        }
     }
 
     /// A handle another thread (a signal handler) can use to request shutdown.
@@ -177,8 +213,15 @@ impl Server {
 /// One shard thread's main: start the shard, serve HTTP on its listener
 /// until shutdown, then let the shard finish. The shard counts requests
 /// by the index of their route in the HTTP route table.
-async fn shard_main(env: ShardEnv<Envelope>, cfg: Arc<Config>, boot: Arc<Boot>, proxy: ProxySetup) {
-    let (shard, listener, shutdown) = shard::start(env, cfg, boot, proxy, http::ROUTE_NAMES.len());
+async fn shard_main(
+    env: ShardEnv<Envelope>,
+    cfg: Arc<Config>,
+    boot: Arc<Boot>,
+    proxy: ProxySetup,
+    history: Option<history::Handle>,
+) {
+    let (shard, listener, shutdown) =
+        shard::start(env, cfg, boot, proxy, &http::ROUTE_NAMES, history);
     http::serve(shard.clone(), listener, shutdown).await;
     shard.finish().await;
 }

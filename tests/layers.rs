@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["runtime", "model"],
     &["metrics"],
-    &["tasks", "proxy", "events"],
+    &["tasks", "proxy", "events", "history"],
     &["store"],
     &["config"],
     &["shard"],

@@ -210,6 +210,55 @@ fn expired_leases_requeue_and_the_last_attempt_dead_letters() {
 }
 
 #[test]
+fn an_operator_requeues_a_dead_letter_and_only_a_dead_or_failed_one() {
+    let s = start(2, |c| {
+        c.task_lease = Duration::from_millis(300);
+        c.task_max_attempts = 1;
+    });
+    let w = id_on_shard("rq", 1, 2);
+    register(s.addr, &worker_with_service(&w, "svc-rq"));
+    let id = submit(s.addr, json!({"type": "x", "service": "svc-rq"}));
+    assert_eq!(pull(s.addr, &w, "")[0]["task_id"], id.as_str());
+    assert!(eventually(Duration::from_secs(3), || task(s.addr, &id)
+        ["state"]
+        == "dead"));
+    // Requeued through either shard's listener: back in its queue with
+    // every attempt available, no error, and pulled again.
+    let path = format!("/api/admin/tasks/{id}/requeue");
+    let r = call(s.addr, "POST", &path, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = r.json();
+    assert_eq!(t["state"], "queued");
+    assert_eq!(t["attempts"], 0);
+    assert!(t["error"].is_null());
+    assert_eq!(task(s.addr, &id)["state"], "queued");
+    let counts = get(s.addr, "/api/admin/tasks").json()["counts"].clone();
+    assert_eq!(
+        (counts["dead"].as_u64(), counts["queued"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let again = pull(s.addr, &w, "");
+    assert_eq!(again[0]["task_id"], id.as_str());
+    assert_eq!(again[0]["attempt"], 1);
+    // Leased now: not a dead letter.
+    let r = call(s.addr, "POST", &path, None);
+    assert_eq!(r.status, 409);
+    assert!(r.detail().contains("leased"), "{}", r.detail());
+    // A reported failure on the last attempt can be requeued too.
+    let fail = json!({"worker_id": w, "task_id": id, "status": "failed", "error": "boom"});
+    let r = post(s.addr, "/api/worker/task-complete", &fail);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(task(s.addr, &id)["state"], "failed");
+    assert_eq!(call(s.addr, "POST", &path, None).status, 200);
+    // Unknown and malformed ids.
+    let r = call(s.addr, "POST", "/api/admin/tasks/t-nope/requeue", None);
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = call(s.addr, "POST", "/api/admin/tasks/%FF/requeue", None);
+    assert!(r.status == 422 || r.status == 400, "{}", r.status);
+    assert_eq!(call(s.addr, "GET", &path, None).status, 405);
+}
+
+#[test]
 fn completion_is_idempotent_and_a_stale_lease_gets_409() {
     let s = start(2, |c| c.task_lease = Duration::from_millis(300));
     let w1 = id_on_shard("st", 0, 2);

@@ -94,7 +94,10 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
         | Route::AdminTasks
         | Route::AdminPins
         | Route::WorkerDrain
-        | Route::WorkerUndrain => Need::Role(Admin),
+        | Route::WorkerUndrain
+        | Route::TaskRequeue
+        | Route::History
+        | Route::HistorySeries => Need::Role(Admin),
         Route::Health | Route::Metrics => {
             if protect_metrics {
                 Need::Role(Admin)
@@ -111,6 +114,9 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
         // FastAPI originals: they show the routes, never any data. The
         // pages' "Try it out" calls need credentials like any other call.
         Route::OpenApi | Route::Docs | Route::Redoc | Route::DocsAsset => Need::Public,
+        // The dashboard's page and scripts hold no data: every call it
+        // makes needs a credential (the session cookie) like any other.
+        Route::Ui => Need::Public,
         Route::AuthVerify => Need::Authenticated,
         // Any credential; each field then needs the role of the REST route
         // it mirrors (handlers::graphql), checked against this table.
@@ -124,7 +130,7 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
 
 /// Every route with a sample method and path that the router maps to it
 /// (used by the unit test below and by the whole-table HTTP test).
-pub const SAMPLES: [(Route, &str, &str); 42] = [
+pub const SAMPLES: [(Route, &str, &str); 46] = [
     (Route::Events, "GET", "/api/events"),
     (Route::Register, "POST", "/api/worker/register"),
     (Route::Heartbeat, "POST", "/api/worker/heartbeat"),
@@ -175,6 +181,10 @@ pub const SAMPLES: [(Route, &str, &str); 42] = [
         "POST",
         "/api/admin/workers/w-1/undrain",
     ),
+    (Route::History, "GET", "/api/history?series=requests"),
+    (Route::HistorySeries, "GET", "/api/history/series"),
+    (Route::TaskRequeue, "POST", "/api/admin/tasks/t-1/requeue"),
+    (Route::Ui, "GET", "/ui/app.js"),
 ];
 
 #[cfg(test)]
@@ -212,8 +222,8 @@ mod tests {
         let rows = [
             ("worker", "register heartbeat unregister tasks task_complete"),
             ("client", "inference_llm inference_vision inference_rag inference_graph service_proxy api_service_proxy discover services_list task_submit task_get coordinator_workers events events_ws"),
-            ("admin", "broadcast admin_workers admin_services admin_stats admin_health admin_gaps admin_tasks admin_pins worker_drain worker_undrain"),
-            ("public", "health metrics preflight auth_login session_create session_delete openapi docs redoc docs_asset"),
+            ("admin", "broadcast admin_workers admin_services admin_stats admin_health admin_gaps admin_tasks admin_pins worker_drain worker_undrain task_requeue history history_series"),
+            ("public", "health metrics preflight auth_login session_create session_delete openapi docs redoc docs_asset ui"),
             ("any", "auth_verify not_found method_not_allowed graphql"),
         ];
         let mut seen = 0;

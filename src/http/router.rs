@@ -49,10 +49,14 @@ pub enum Route {
     GraphQl,
     WorkerDrain,
     WorkerUndrain,
+    History,
+    HistorySeries,
+    TaskRequeue,
+    Ui,
 }
 
 /// Metric labels, indexed by `Route as usize`.
-pub(crate) const ROUTE_NAMES: [&str; 42] = [
+pub(crate) const ROUTE_NAMES: [&str; 46] = [
     "register",
     "heartbeat",
     "unregister",
@@ -95,6 +99,10 @@ pub(crate) const ROUTE_NAMES: [&str; 42] = [
     "graphql",
     "worker_drain",
     "worker_undrain",
+    "history",
+    "history_series",
+    "task_requeue",
+    "ui",
 ];
 
 impl Route {
@@ -205,6 +213,12 @@ pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         "/openapi.json" => ("GET", Route::OpenApi, None),
         "/docs" => ("GET", Route::Docs, None),
         "/redoc" => ("GET", Route::Redoc, None),
+        "/api/history" => ("GET", Route::History, None),
+        "/api/history/series" => ("GET", Route::HistorySeries, None),
+        // `/ui` (no parameter) redirects to the page, whose relative
+        // asset URLs need the slash.
+        "/ui" => ("GET", Route::Ui, None),
+        "/ui/" => ("GET", Route::Ui, Some("")),
         _ => {
             if let Some(id) = tail(path, "/api/worker/unregister/") {
                 ("DELETE", Route::Unregister, Some(id))
@@ -214,6 +228,14 @@ pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
                 ("GET", Route::TaskGet, Some(id))
             } else if let Some(file) = tail(path, "/docs/assets/") {
                 ("GET", Route::DocsAsset, Some(file))
+            } else if let Some(file) = tail(path, "/ui/") {
+                ("GET", Route::Ui, Some(file))
+            } else if let Some(id) = path
+                .strip_prefix("/api/admin/tasks/")
+                .and_then(|rest| rest.strip_suffix("/requeue"))
+                .filter(|id| !id.is_empty() && !id.contains('/'))
+            {
+                ("POST", Route::TaskRequeue, Some(id))
             } else if let Some((id, action)) = worker_action(path) {
                 let route = match action {
                     "drain" => Route::WorkerDrain,
@@ -365,5 +387,17 @@ mod tests {
         assert_eq!(Route::ApiServiceProxy.name(), "api_service_proxy");
         assert_eq!(Route::SessionDelete.name(), "session_delete");
         assert_eq!(Route::EventsWs.name(), "events_ws");
+        assert_eq!(Route::Ui.name(), "ui");
+        let m = route(&Method::POST, "/api/admin/tasks/t-1/requeue");
+        assert_eq!((m.route, m.param), (Route::TaskRequeue, Some("t-1")));
+        assert_eq!(
+            route(&Method::POST, "/api/admin/tasks//requeue").route,
+            Route::NotFound
+        );
+        assert_eq!(route(&Method::GET, "/ui").param, None);
+        assert_eq!(route(&Method::GET, "/ui/").param, Some(""));
+        assert_eq!(route(&Method::GET, "/ui/app.js").param, Some("app.js"));
+        assert_eq!(route(&Method::GET, "/ui/a/b").route, Route::NotFound);
+        assert_eq!(route(&Method::GET, "/api/history").route, Route::History);
     }
 }

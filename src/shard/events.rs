@@ -266,6 +266,7 @@ pub(super) fn task_event(ev: &TaskEvent<'_>) -> Option<Draft> {
         EventKind::Expired => (Kind::TaskRequeued, Some("lease expired")),
         EventKind::Released => (Kind::TaskRequeued, Some("released")),
         EventKind::Dead => (Kind::TaskDead, None),
+        EventKind::Revived => (Kind::TaskRequeued, Some("requeued by an operator")),
         EventKind::Extended | EventKind::Evicted => return None,
     };
     let t = ev.task;

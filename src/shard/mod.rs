@@ -19,6 +19,7 @@
 
 mod durable;
 mod events;
+pub(crate) mod history;
 mod hub;
 pub(crate) mod msg;
 mod ops;
@@ -85,6 +86,11 @@ pub(crate) struct Shard {
     mesh: Mesh<Envelope>,
     /// Where mutations are made durable; `None` runs in memory only.
     store: Option<Store>,
+    /// Where history samples go and `GET /api/history` asks (None with
+    /// `--no-history`).
+    history: Option<crate::history::Handle>,
+    /// Route labels of history samples, by metrics index.
+    route_names: &'static [&'static str],
     /// Workers heartbeated since the last flush to the store.
     dirty: RefCell<HashSet<String, ahash::RandomState>>,
     /// Store operations for task changes not yet handed to the store: the
@@ -140,6 +146,8 @@ impl Shard {
             reported: RefCell::default(),
             levels_out: RefCell::new(None),
             store: None,
+            history: None,
+            route_names: &[],
             dirty: RefCell::default(),
             task_ops: Rc::default(),
         }
@@ -163,6 +171,10 @@ impl Shard {
 
     pub(crate) fn store(&self) -> Option<&Store> {
         self.store.as_ref()
+    }
+
+    pub(crate) fn history(&self) -> Option<&crate::history::Handle> {
+        self.history.as_ref()
     }
 
     /// This shard holds its share of `--max-workers` already: a new id is
@@ -360,6 +372,7 @@ impl Shard {
                 Reply::Found(true)
             }
             Request::Delta(q) => Reply::Delta(Box::new(self.delta(&q))),
+            Request::Sample => Reply::Sample(Box::new(self.sample())),
             Request::Metrics => Reply::Metrics(Box::new(MetricsSnapshot {
                 shard: self.id,
                 metrics: {
@@ -470,15 +483,16 @@ fn inject_fault(id: usize) {
 /// `shutdown`. The caller serves clients with it and then calls
 /// [`Shard::finish`].
 ///
-/// `n_routes` is the number of request kinds the front end counts
-/// (`ShardMetrics` keeps one slot per index it is handed); the shard does
-/// not know what they are.
+/// `route_names` are the request kinds the front end counts, by index
+/// (`ShardMetrics` keeps one slot per index); the shard only uses them as
+/// labels of history samples. With `history`, the shard samples into it.
 pub(crate) fn start(
     env: ShardEnv<Envelope>,
     cfg: Arc<Config>,
     boot: Arc<Boot>,
     proxy: ProxySetup,
-    n_routes: usize,
+    route_names: &'static [&'static str],
+    history: Option<crate::history::Handle>,
 ) -> (Rc<Shard>, runtime::Listener, runtime::Shutdown) {
     let ShardEnv {
         id,
@@ -489,8 +503,10 @@ pub(crate) fn start(
         shutdown,
         ready,
     } = env;
-    let mut shard =
-        Shard::new(id, count, cfg.clone(), mesh, n_routes, proxy).with_store(boot.store.clone());
+    let mut shard = Shard::new(id, count, cfg.clone(), mesh, route_names.len(), proxy)
+        .with_store(boot.store.clone());
+    shard.route_names = route_names;
+    shard.history = history.clone();
     shard.epoch = boot.epoch;
     shard.restore(boot.take(id));
     drop(boot);
@@ -542,6 +558,9 @@ pub(crate) fn start(
         });
     }
     ops::spawn_housekeeping(shard.clone(), shutdown.clone());
+    if let Some(h) = history {
+        history::spawn(shard.clone(), h, shutdown.clone());
+    }
     if shard.store.is_some() {
         let shard = shard.clone();
         let shutdown = shutdown.clone();

@@ -98,6 +98,8 @@ pub(crate) enum Request {
     ServiceMembers,
     Broadcast(Arc<BroadcastJob>),
     Metrics,
+    /// This shard's part of a pool history sample (`shard::history`).
+    Sample,
     /// Events of this shard's ring after a position (see [`EventsQuery`]).
     Events(EventsQuery),
     /// Shard `from` now has `level` (0, 1, or 2 for two or more) healthy
@@ -273,6 +275,7 @@ pub(crate) enum Reply {
     /// Broadcast: (worker id, task id) of each worker that got the job.
     Delivered(Vec<(String, String)>),
     Metrics(Box<MetricsSnapshot>),
+    Sample(Box<super::history::Sample>),
     Events(Box<crate::events::Batch>),
     Delta(Box<Delta>),
     /// The owner applied a mutation but could not make it durable.
@@ -319,6 +322,7 @@ impl Reply {
     task_accessor!(completed, Completed, Result<Completion, CompleteError>);
     task_accessor!(extended, Extended, usize);
     task_accessor!(task, Task, Option<Value>);
+    task_accessor!(requeued, Requeued, Option<Result<Value, &'static str>>);
     task_accessor!(task_listing, Listing, Box<TaskListing>);
     task_accessor!(task_page, Page, Box<TaskPage>);
     accessor!(coverage, Coverage, Coverage);
@@ -328,6 +332,7 @@ impl Reply {
     accessor!(summary, Summary, Box<Summary>);
     accessor!(delivered, Delivered, Vec<(String, String)>);
     accessor!(metrics, Metrics, Box<MetricsSnapshot>);
+    accessor!(sample, Sample, Box<super::history::Sample>);
     accessor!(members, Members, HashMap<String, Vec<String>>);
     accessor!(events, Events, Box<crate::events::Batch>);
     accessor!(delta, Delta, Box<Delta>);

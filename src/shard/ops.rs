@@ -13,7 +13,7 @@ use super::msg::{ProxyOp, ProxyReply};
 use super::Shard;
 use crate::proxy::Upstream;
 use crate::runtime;
-use crate::tasks::{expiry_interval, pull_keys, Target, TaskOp, TaskReply, TaskTable};
+use crate::tasks::{expiry_interval, pull_keys, Target, TaskOp, TaskReply, TaskState, TaskTable};
 
 /// Runs a task operation against this shard's table and registry.
 pub(super) fn task(shard: &Shard, op: TaskOp) -> TaskReply {
@@ -69,6 +69,15 @@ pub(super) fn task(shard: &Shard, op: TaskOp) -> TaskReply {
             let mut tb = shard.tasks.borrow_mut();
             tb.expire(now);
             TaskReply::Task(tb.get(&id).map(crate::tasks::table::task_view))
+        }
+        TaskOp::Requeue(id) => {
+            let mut tb = shard.tasks.borrow_mut();
+            tb.expire(now);
+            TaskReply::Requeued(tb.requeue(&id).map(|r| {
+                r.map(|()| tb.get(&id).map(crate::tasks::table::task_view))
+                    .map(Option::unwrap_or_default)
+                    .map_err(TaskState::as_str)
+            }))
         }
         TaskOp::List(f) => {
             let mut tb = shard.tasks.borrow_mut();

@@ -66,6 +66,8 @@ pub(crate) enum TaskOp {
         task_ids: Vec<String>,
     },
     Get(String),
+    /// An operator puts a dead-lettered or failed task back in its queue.
+    Requeue(String),
     List(Filter),
     /// Up to `max` tasks matching the filter with ids above `after`.
     Page {
@@ -85,6 +87,9 @@ pub(crate) enum TaskReply {
     /// Extend / Release: how many of the leases were changed.
     Extended(usize),
     Task(Option<Value>),
+    /// Requeue: None for an unknown task; else the task after it, or the
+    /// state that cannot be requeued.
+    Requeued(Option<Result<Value, &'static str>>),
     Listing(Box<TaskListing>),
     Page(Box<TaskPage>),
 }

@@ -42,6 +42,8 @@ pub(crate) enum EventKind {
     Released,
     /// A finished task dropped from memory (retention limit).
     Evicted,
+    /// An operator requeued a dead-lettered or failed task.
+    Revived,
 }
 
 /// A state change, as the persistence hook sees it.
@@ -228,7 +230,7 @@ impl TaskTable {
                 c.lease_expiries += 1;
                 c.dead_lettered += 1;
             }
-            EventKind::Released | EventKind::Evicted => {}
+            EventKind::Released | EventKind::Evicted | EventKind::Revived => {}
         }
         if let Some(sink) = self.sink.as_mut() {
             sink(&TaskEvent { kind, task });
@@ -244,7 +246,8 @@ impl TaskTable {
             let Some(old) = self.finished.pop_front() else {
                 break;
             };
-            // A finished task is never revived, so its id is here once.
+            // A revived task leaves this list ([`TaskTable::requeue`]), so
+            // an id is here once.
             if self.tasks.get(&old).is_some_and(|t| t.state.is_terminal()) {
                 let from = self.tasks.get(&old).map(|t| t.state);
                 self.record(EventKind::Evicted, &old, from);
@@ -448,6 +451,32 @@ impl TaskTable {
         }
         self.enqueue(key, id, true, EventKind::Released, Some(TaskState::Leased));
         true
+    }
+
+    /// An operator's requeue of a dead-lettered or failed task: back at
+    /// the end of its queue with no attempts used, no result or error, and
+    /// no last worker (a late answer of the old lease is not taken).
+    /// `None` for an unknown task, `Some(Err(state))` for a task in any
+    /// other state (queued, leased and completed tasks are left alone).
+    pub(crate) fn requeue(&mut self, id: &str) -> Option<Result<(), TaskState>> {
+        let t = self.tasks.get_mut(id)?;
+        if !matches!(t.state, TaskState::Dead | TaskState::Failed) {
+            return Some(Err(t.state));
+        }
+        let from = t.state;
+        t.state = TaskState::Queued;
+        t.attempts = 0;
+        t.lease = None;
+        t.last_worker = None;
+        t.result = None;
+        t.error = None;
+        t.finished_by = None;
+        t.updated_at = SystemTime::now();
+        let key = t.target.queue_key();
+        // O(retention), for a rare operator action.
+        self.finished.retain(|f| f != id);
+        self.enqueue(key, id, false, EventKind::Revived, Some(from));
+        Some(Ok(()))
     }
 
     /// Requeues (or dead-letters) every task whose lease ended by `now`.

@@ -147,12 +147,12 @@ pub(super) fn swagger() -> Response<Body> {
     fixed(HTML, Bytes::from_static(SWAGGER_HTML), false)
 }
 
-/// Re for `/openapi.json`.
+/// ReDoc for `/openapi.json`.
 #[utoipa::path(
     get,
     path = "/redoc",
     tag = "ops",
-    responses((status = 200, description = "Re", content_type = "text/html", body = String))
+    responses((status = 200, description = "ReDoc", content_type = "text/html", body = String))
 )]
 pub(super) fn redoc() -> Response<Body> {
     fixed(HTML, Bytes::from_static(REDOC_HTML), false)

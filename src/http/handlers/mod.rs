@@ -7,6 +7,7 @@ mod coordinator;
 mod docs;
 mod events;
 mod graphql;
+mod history;
 pub(super) use graphql::{sdl as graphql_sdl, ws_session as graphql_ws_session};
 pub(super) mod events_ws;
 mod inference;
@@ -16,6 +17,7 @@ mod ops;
 mod services;
 mod session;
 mod tasks;
+mod ui;
 mod worker;
 
 use hyper::body::Incoming;
@@ -72,6 +74,10 @@ pub(super) async fn handle(
         Route::GraphQl => graphql::serve_request(ctx, req).await,
         Route::WorkerDrain => worker::drain(&ctx, &param.unwrap_or_default(), true).await,
         Route::WorkerUndrain => worker::drain(&ctx, &param.unwrap_or_default(), false).await,
+        Route::History => history::query(ctx, req).await,
+        Route::HistorySeries => history::list(&ctx),
+        Route::TaskRequeue => tasks::requeue(&ctx, &param.unwrap_or_default()).await,
+        Route::Ui => ui::serve(param.as_deref()),
         Route::NotFound => Err(ApiError::NotFound("Not Found".into())),
         Route::MethodNotAllowed | Route::Preflight => Err(ApiError::MethodNotAllowed { allow }),
     }

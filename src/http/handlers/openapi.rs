@@ -137,6 +137,10 @@ cookie of `POST /api/session`. Every error is `{\"detail\": \"...\"}`.",
         super::docs::asset,
         super::graphql::graphql_get,
         super::graphql::serve_request,
+        super::history::query,
+        super::history::list,
+        super::tasks::requeue,
+        super::ui::serve,
     ),
     components(schemas(Detail)),
     modifiers(&Shared),
@@ -913,4 +917,70 @@ pub(super) struct EventParams {
     task_id: Option<String>,
     /// Resume after this cursor.
     since: Option<String>,
+}
+
+/// One line of a history answer; arrays align with `timestamps`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct HistoryLine {
+    /// The line's label, e.g. `{"route": "heartbeat"}` (empty for series
+    /// without a label).
+    labels: BTreeMap<String, String>,
+    /// Mean of the samples in each bucket; `null` where none.
+    avg: Vec<Option<f64>>,
+    min: Vec<Option<f64>>,
+    max: Vec<Option<f64>>,
+    /// The latest sample of each bucket.
+    last: Vec<Option<f64>>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct HistoryAnswer {
+    series: String,
+    /// The worker, for a per-worker series.
+    worker_id: Option<String>,
+    from: i64,
+    to: i64,
+    /// Bucket width, seconds.
+    step: i64,
+    /// The tier read: `raw`, `1m` or `1h`.
+    tier: String,
+    /// Bucket starts, Unix seconds.
+    timestamps: Vec<i64>,
+    lines: Vec<HistoryLine>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct HistorySeriesDef {
+    name: String,
+    unit: String,
+    /// The label telling the series' lines apart (none or one).
+    labels: Vec<String>,
+    help: String,
+    /// Needs `worker_id`.
+    per_worker: bool,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct HistoryRetention {
+    raw: i64,
+    #[schema(rename = "1m")]
+    minute: i64,
+    #[schema(rename = "1h")]
+    hour: i64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct HistorySeries {
+    /// False with `--no-history`.
+    enabled: bool,
+    interval_seconds: u64,
+    worker_interval_seconds: u64,
+    /// How long each tier is kept, seconds.
+    retention_seconds: HistoryRetention,
+    series: Vec<HistorySeriesDef>,
 }

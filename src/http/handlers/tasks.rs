@@ -173,6 +173,34 @@ pub(super) async fn get(ctx: &Ctx, raw: String) -> Result<Response<Body>, ApiErr
     }
 }
 
+/// `POST /api/admin/tasks/{id}/requeue`: an operator puts a dead-lettered
+/// or failed task back in its queue, attempts reset (its owner shard makes
+/// the change durable before the answer).
+#[utoipa::path(
+    post,
+    path = "/api/admin/tasks/{task_id}/requeue",
+    tag = "admin",
+    summary = "Requeue a dead-lettered or failed task",
+    params(("task_id" = String, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task, queued again", body = super::openapi::Task),
+        (status = 404, description = "No such task", body = super::openapi::Detail),
+        (status = 409, description = "The task is not dead or failed", body = super::openapi::Detail),
+    )
+)]
+pub(super) async fn requeue(ctx: &Ctx, raw: &str) -> Result<Response<Body>, ApiError> {
+    let id = super::super::request::path_id("task_id", raw)?;
+    let not_found = || ApiError::NotFound("Task not found".into());
+    let shard = shard_of_task(&id, ctx.shard.count).ok_or_else(not_found)?;
+    match task_op(ctx, shard, TaskOp::Requeue(id), Reply::requeued).await? {
+        None => Err(not_found()),
+        Some(Ok(v)) => Ok(ok_json(StatusCode::OK, &v)),
+        Some(Err(state)) => Err(ApiError::Conflict(format!(
+            "Task is {state}: only dead or failed tasks can be requeued"
+        ))),
+    }
+}
+
 /// `GET /api/admin/tasks?state=&service=&worker=&type=`: merged from every
 /// shard. Without `limit`/`after`: the newest [`COMPAT_LIST`] (the shape
 /// it always had). With them: one page in (shard, task id) order and the
