@@ -137,7 +137,7 @@ options! {
     history_interval: u64, env = "HISTORY_INTERVAL_SECONDS";
     /// Seconds between samples of each worker's load and active requests, 1..=3600 [default: 60]
     history_worker_interval: u64, env = "HISTORY_WORKER_INTERVAL_SECONDS";
-    /// How long history is kept per tier: RAW,1-MINUTE,1-HOUR (units s, m, h, d) [default: 1d,30d,400d]
+    /// How long history is kept per tier: RAW,1-MINUTE,1-HOUR for the pool, then optionally WORKER-1-MINUTE,WORKER-1-HOUR for each worker's lines (units s, m, h, d) [default: 1d,30d,400d,2d,30d]
     history_retention: String, env = "HISTORY_RETENTION";
     /// Write coalesced heartbeat state at least this often, ms [default: 1000]
     heartbeat_flush_ms: u64, env = "HEARTBEAT_FLUSH_MS";

@@ -82,11 +82,13 @@ impl Backend for Memory {
 
     fn prune(&mut self, now: i64, keep: &Retention) -> Result<(), String> {
         let mut n_lines = 0;
-        self.lines.retain(|_, by_label| {
+        self.lines.retain(|(series, _), by_label| {
+            let per_worker = SERIES[*series as usize].per_worker;
             by_label.retain(|_, rings| {
                 for t in Tier::ALL {
                     let ring = &mut rings[t as usize];
-                    while ring.front().is_some_and(|(ts, _)| *ts < now - keep.of(t)) {
+                    let horizon = now - keep.of(t, per_worker);
+                    while ring.front().is_some_and(|(ts, _)| *ts < horizon) {
                         ring.pop_front();
                     }
                 }

@@ -44,47 +44,68 @@ impl Tier {
     }
 }
 
-/// How long each tier is kept, seconds (`--history-retention`).
+/// How long each tier is kept, seconds (`--history-retention`). Lines of
+/// a worker have retentions of their own: there are two per worker, so at
+/// a thousand workers they outweigh the pool's lines a hundredfold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     pub raw: i64,
     pub minute: i64,
     pub hour: i64,
+    pub worker_minute: i64,
+    pub worker_hour: i64,
 }
 
 impl Default for Retention {
-    /// 1 day raw, 30 days of minutes, 400 days of hours.
+    /// Pool: 1 day raw, 30 days of minutes, 400 days of hours; workers:
+    /// 2 days of minutes, 30 days of hours.
     fn default() -> Self {
         Retention {
             raw: 86_400,
             minute: 30 * 86_400,
             hour: 400 * 86_400,
+            worker_minute: 2 * 86_400,
+            worker_hour: 30 * 86_400,
         }
     }
 }
 
 impl Retention {
-    pub fn of(&self, t: Tier) -> i64 {
-        match t {
-            Tier::Raw => self.raw,
-            Tier::Minute => self.minute,
-            Tier::Hour => self.hour,
+    /// How long tier `t` of a pool line (or a worker's line) is kept.
+    pub fn of(&self, t: Tier, per_worker: bool) -> i64 {
+        match (t, per_worker) {
+            (Tier::Raw, false) => self.raw,
+            (Tier::Minute, false) => self.minute,
+            (Tier::Hour, false) => self.hour,
+            // Worker lines have no raw tier.
+            (Tier::Raw, true) => 0,
+            (Tier::Minute, true) => self.worker_minute,
+            (Tier::Hour, true) => self.worker_hour,
         }
     }
 
-    /// Parses `RAW,MINUTE,HOUR` durations such as `1d,30d,400d` (units s,
-    /// m, h, d; a bare number is seconds). Each must be 1 s ..= 10 years.
+    /// Parses `RAW,MINUTE,HOUR[,WORKER_MINUTE,WORKER_HOUR]` durations such
+    /// as `1d,30d,400d,2d,30d` (units s, m, h, d; a bare number is
+    /// seconds). Each must be 1 s ..= 10 years; omitted worker retentions
+    /// keep their defaults.
     pub fn parse(s: &str) -> Result<Retention, String> {
         let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-        let [raw, minute, hour] = parts[..] else {
+        if parts.len() != 3 && parts.len() != 5 {
             return Err(format!(
-                "history retention needs three durations RAW,MINUTE,HOUR (e.g. 1d,30d,400d), got {s:?}"
+                "history retention needs RAW,MINUTE,HOUR[,WORKER_MINUTE,WORKER_HOUR] (e.g. 1d,30d,400d,2d,30d), got {s:?}"
             ));
-        };
+        }
+        let d: Vec<i64> = parts
+            .iter()
+            .map(|p| duration(p))
+            .collect::<Result<_, _>>()?;
+        let def = Retention::default();
         Ok(Retention {
-            raw: duration(raw)?,
-            minute: duration(minute)?,
-            hour: duration(hour)?,
+            raw: d[0],
+            minute: d[1],
+            hour: d[2],
+            worker_minute: d.get(3).copied().unwrap_or(def.worker_minute),
+            worker_hour: d.get(4).copied().unwrap_or(def.worker_hour),
         })
     }
 }
@@ -187,7 +208,7 @@ pub fn plan(q: &Query, per_worker: bool, now: i64, interval_s: i64, keep: &Reten
     let candidates = Tier::ALL
         .into_iter()
         .filter(|t| !(per_worker && *t == Tier::Raw));
-    let covers = |t: Tier| q.from >= now - keep.of(t);
+    let covers = |t: Tier| q.from >= now - keep.of(t, per_worker);
     let tier = candidates
         .clone()
         .find(|t| t.width(interval_s) <= wanted && covers(*t))
@@ -373,7 +394,18 @@ mod tests {
             Retention::default()
         );
         assert_eq!(Retention::parse("90m,36h,3600").unwrap().raw, 5400);
-        for bad in ["1d,30d", "x,1d,1d", "0s,1d,1d", "1d,1d,99999d", "-5,1d,1d"] {
+        let r = Retention::parse("1d,30d,400d,3h,7d").unwrap();
+        assert_eq!((r.worker_minute, r.worker_hour), (3 * 3600, 7 * 86_400));
+        assert_eq!(r.of(Tier::Minute, true), 3 * 3600);
+        assert_eq!(r.of(Tier::Raw, true), 0);
+        for bad in [
+            "1d,30d",
+            "1d,1d,1d,1d",
+            "x,1d,1d",
+            "0s,1d,1d",
+            "1d,1d,99999d",
+            "-5,1d,1d",
+        ] {
             assert!(Retention::parse(bad).is_err(), "{bad}");
         }
     }

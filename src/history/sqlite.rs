@@ -170,9 +170,9 @@ impl Backend for Sqlite {
     fn prune(&mut self, now: i64, keep: &Retention) -> Result<(), String> {
         let mut run = || -> rusqlite::Result<usize> {
             let tx = self.conn.transaction()?;
-            let ids: Vec<i64> = {
-                let mut stmt = tx.prepare("SELECT id FROM series")?;
-                let rows = stmt.query_map([], |r| r.get(0))?;
+            let ids: Vec<(i64, bool)> = {
+                let mut stmt = tx.prepare("SELECT id, worker != '' FROM series")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
             let mut deleted = 0;
@@ -180,9 +180,10 @@ impl Backend for Sqlite {
                 let mut del = tx.prepare_cached(
                     "DELETE FROM samples WHERE series = ?1 AND tier = ?2 AND ts < ?3",
                 )?;
-                for id in &ids {
+                for (id, per_worker) in &ids {
                     for t in Tier::ALL {
-                        deleted += del.execute(params![id, t as i64, now - keep.of(t)])?;
+                        let horizon = now - keep.of(t, *per_worker);
+                        deleted += del.execute(params![id, t as i64, horizon])?;
                     }
                 }
             }

@@ -121,7 +121,8 @@ pub(super) fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         "enabled": c.history && ctx.shard.history().is_some(),
         "interval_seconds": c.history_interval.as_secs(),
         "worker_interval_seconds": c.history_worker_interval.as_secs(),
-        "retention_seconds": {"raw": r.raw, "1m": r.minute, "1h": r.hour},
+        "retention_seconds": {"raw": r.raw, "1m": r.minute, "1h": r.hour,
+            "worker_1m": r.worker_minute, "worker_1h": r.worker_hour},
         "series": &SERIES[..],
     });
     Ok(json(StatusCode::OK, body.to_string().into_bytes()))

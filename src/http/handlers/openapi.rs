@@ -971,6 +971,9 @@ pub(super) struct HistoryRetention {
     minute: i64,
     #[schema(rename = "1h")]
     hour: i64,
+    /// Each worker's lines (no raw tier).
+    worker_1m: i64,
+    worker_1h: i64,
 }
 
 #[derive(ToSchema)]
