@@ -16,10 +16,11 @@
 //!   builders of Prometheus families; each owner turns its own snapshot
 //!   into families (`shard::scrape`, `tasks::scrape`, `proxy::scrape`,
 //!   `store::stats`) and the `prometheus` crate's text encoder writes them.
-//! - [`tasks`] | [`proxy`] | `events`: task queues and leases (no shards,
-//!   no HTTP) | the inference proxy: worker choice, connection pool,
-//!   forwarding | the change stream's events, per-shard rings, cursors,
-//!   filters and wire framing.
+//! - [`tasks`] | [`proxy`] | `events` | [`history`]: task queues and
+//!   leases (no shards, no HTTP) | the inference proxy: worker choice,
+//!   connection pool, forwarding | the change stream's events, per-shard
+//!   rings, cursors, filters and wire framing | historical metrics: series,
+//!   rollups, the history thread and its SQLite file or bounded ring.
 //! - [`store`]: durable state in SQLite: one writer thread fed over a
 //!   channel, group commit, migrations, startup recovery.
 //! - [`config`]: the validated configuration.

@@ -279,7 +279,14 @@ fn param_schema(name: &str, query: bool) -> Option<Value> {
         "state" => {
             json!({"type": "string", "enum": ["queued", "leased", "completed", "failed", "dead"]})
         }
-        "limit" | "max" => json!({"type": "integer"}),
+        "limit" | "max" | "from" | "to" | "step" => json!({"type": "integer"}),
+        "series" => {
+            let names: Vec<&str> = crate::history::series::SERIES
+                .iter()
+                .map(|s| s.name)
+                .collect();
+            json!({"type": "string", "enum": names})
+        }
         _ => return None,
     })
 }
