@@ -186,6 +186,7 @@ pub(super) async fn get(ctx: &Ctx, raw: String) -> Result<Response<Body>, ApiErr
         (status = 200, description = "The task, queued again", body = super::openapi::Task),
         (status = 404, description = "No such task", body = super::openapi::Detail),
         (status = 409, description = "The task is not dead or failed", body = super::openapi::Detail),
+        (status = 422, description = "Not a task id (empty, too long, control or invisible characters)", body = super::openapi::Detail),
     )
 )]
 pub(super) async fn requeue(ctx: &Ctx, raw: &str) -> Result<Response<Body>, ApiError> {
