@@ -83,6 +83,17 @@ function taskLink(id) {
   return h('a', { href: `#/tasks/${enc(id)}` }, id);
 }
 
+/** Statuses that make a fresh worker unhealthy (docs/api.md, heartbeat). */
+const DOWN = new Set(['unhealthy', 'offline', 'error', 'stopping', 'failed']);
+
+/** What a worker is: drained, its reported status while healthy or down, else stale. */
+function workerState(drained, healthy, status) {
+  if (drained) return ['drained', 'drained'];
+  if (healthy) return [status, 'healthy'];
+  if (DOWN.has(String(status).toLowerCase())) return [status, 'down'];
+  return ['stale', 'stale'];
+}
+
 // ---- status line ---------------------------------------------------------
 
 const statusLine = $('#status-line');
@@ -365,6 +376,7 @@ function drawChart(el, reply, { unit = '', keep = () => true } = {}) {
       series,
     }, data, el);
     el._plotKey = key;
+    chartSizes.observe(el);
   }
   el.dataset.points = String(points);
 }
@@ -373,9 +385,11 @@ function chartCard(id, title) {
   return h('div', { class: 'card' }, h('h2', {}, title), h('div', { id, class: 'chart', 'data-points': '0' }));
 }
 
-window.addEventListener('resize', coalesce(() => {
+// Charts follow their card's width (window resizes, a scrollbar coming).
+const chartSizes = new ResizeObserver(coalesce(() => {
   for (const el of document.querySelectorAll('.chart')) {
-    if (el._plot) el._plot.setSize({ width: Math.max(300, el.clientWidth - 2), height: 200 });
+    const width = Math.max(300, el.clientWidth - 2);
+    if (el._plot && el._plot.width !== width) el._plot.setSize({ width, height: 200 });
   }
 }, 250));
 
@@ -481,8 +495,8 @@ function overviewPage(main) {
     chartCard('chart-requests', 'Requests (req/s, all routes)'),
     chartCard('chart-p99', 'Latency p99 (ms, all routes)'),
     chartCard('chart-tasks', 'Task completions (per s)'));
-  main.replaceChildren(h('h1', {}, 'Overview'), summary, coverage,
-    h('div', { class: 'toolbar' }, rangeSelect(() => drawCharts().catch(showError))), charts);
+  main.replaceChildren(h('h1', {}, 'Overview'), summary,
+    h('div', { class: 'toolbar' }, rangeSelect(() => drawCharts().catch(showError))), charts, coverage);
 
   const loadSummary = async () => {
     const [stats, health, gaps, services, tasks] = await Promise.all([
@@ -592,7 +606,7 @@ function workersPage(main, query) {
     { label: 'worker', key: (w) => w.worker_id },
     { label: 'type', key: (w) => w.worker_type },
     { label: 'tier', key: (w) => w.tier, num: true },
-    { label: 'status', key: (w) => w.status },
+    { label: 'status', key: (w) => workerState(w.drained, w.is_healthy, w.status)[0] },
     { label: 'load', key: (w) => w.current_load, num: true },
     { label: 'active', key: (w) => w.active_requests, num: true },
     { label: 'services', key: (w) => (w.assigned_services || []).join(',') },
@@ -603,7 +617,7 @@ function workersPage(main, query) {
     h('td', {}, workerLink(w.worker_id)),
     h('td', {}, w.worker_type),
     h('td', { class: 'num' }, w.tier),
-    h('td', { class: `status ${w.drained ? 'drained' : w.is_healthy ? 'healthy' : 'stale'}` }, w.drained ? 'drained' : w.status),
+    (([text, cls]) => h('td', { class: `status ${cls}`, title: `reported: ${w.status}` }, text))(workerState(w.drained, w.is_healthy, w.status)),
     h('td', { class: 'num' }, fmtNum(w.current_load)),
     h('td', { class: 'num' }, w.active_requests),
     h('td', {}, (w.assigned_services || []).join(', ')),
@@ -701,10 +715,11 @@ function workerPage(main, id) {
     drain.disabled = w.drained;
     undrain.disabled = !w.drained;
     unregister.disabled = false;
-    const status = w.drained ? 'drained' : w.status;
+    const [status, cls] = workerState(w.drained, w.isHealthy, w.status);
     record.replaceChildren(h('div', { class: 'grid' },
       kv([
-        ['status', h('span', { class: `status ${w.drained ? 'drained' : w.isHealthy ? 'healthy' : 'stale'}`, id: 'worker-status' }, status)],
+        ['status', h('span', { class: `status ${cls}`, id: 'worker-status' }, status)],
+        ['reported status', w.status],
         ['healthy', w.isHealthy ? 'yes' : 'no'],
         ['type / tier', `${w.workerType} / ${w.tier}`],
         ['endpoint', w.endpoint || ''],
