@@ -637,7 +637,7 @@ function workersPage(main, query) {
     after = next;
     load().catch(showError);
   });
-  main.replaceChildren(h('h1', {}, 'Workers'), form, table, h('div', { class: 'pager' }, prev, nextBtn, info));
+  main.replaceChildren(h('h1', {}, 'Workers'), form, h('div', { class: 'pager' }, prev, nextBtn, info), table);
 
   let seq = 0;
   async function load() {
@@ -919,7 +919,7 @@ function tasksPage(main, query) {
     after = next;
     load().catch(showError);
   });
-  main.replaceChildren(h('h1', {}, 'Tasks'), counts, form, table, h('div', { class: 'pager' }, prev, nextBtn));
+  main.replaceChildren(h('h1', {}, 'Tasks'), counts, form, h('div', { class: 'pager' }, prev, nextBtn), table);
 
   let seq = 0;
   async function load() {
