@@ -287,11 +287,19 @@ function startStream() {
     live.textContent = 'live';
     live.className = 'live on';
   };
-  // The browser reconnects by itself (with Last-Event-ID); a stream that
-  // ends on a `reset` or a restart is picked up again the same way.
+  // The browser reconnects by itself (with Last-Event-ID) after a stream
+  // ends (a `reset`, a restart). It gives up on an error status (e.g. 401
+  // once the session expired): try again later, if still signed in; an
+  // expired session shows the sign-in form through the next API call.
   es.onerror = () => {
     live.textContent = 'reconnecting';
     live.className = 'live';
+    if (es.readyState !== EventSource.CLOSED || stream !== es) return;
+    stream = null;
+    live.textContent = 'offline';
+    setTimeout(() => {
+      if (authed && !stream) api('GET', '/api/auth/verify').then(startStream, showError);
+    }, 5000);
   };
   for (const type of EVENT_TYPES) {
     es.addEventListener(type, (m) => {
@@ -842,7 +850,7 @@ function servicesPage(main) {
   const refreshPins = coalesce(loadPins);
   p.onEvent = (ev) => {
     if (ev.type.startsWith('pin.')) refreshPins();
-    else if (ev.type.startsWith('worker.') || ev.type === 'service.coverage') refreshCoverage();
+    else if (ev.type.startsWith('worker.') || ev.type === 'service.coverage' || ev.type === 'reset') refreshCoverage();
   };
   loadCoverage().catch(showError);
   loadPins().catch(showError);
@@ -868,11 +876,14 @@ function taskTable(id, tasks) {
     h('td', {}, t.worker_id ? workerLink(t.worker_id) : ''),
     h('td', { class: 'num' }, `${t.attempts ?? ''}/${t.max_attempts ?? ''}`),
     h('td', {}, fmtTime(t.updated_at)),
-    h('td', {}, t.state === 'dead' ? h('button', { type: 'button', class: 'requeue', onclick: () => requeue(t.task_id) }, 'Requeue') : '')));
+    h('td', {}, REQUEUABLE.has(t.state) ? h('button', { type: 'button', class: 'requeue', onclick: () => requeue(t.task_id) }, 'Requeue') : '')));
 }
 
+/** Final states an operator may put back in the queue (POST .../requeue). */
+const REQUEUABLE = new Set(['dead', 'failed']);
+
 async function requeue(id) {
-  if (!(await confirmAction(`Requeue dead task ${id}?`))) return;
+  if (!(await confirmAction(`Requeue task ${id}? It starts again with no attempts used.`))) return;
   try {
     const t = await api('POST', `/api/admin/tasks/${enc(id)}/requeue`);
     setStatus(`Task ${id} requeued (state ${t && t.state}).`);
@@ -894,7 +905,7 @@ function tasksPage(main, query) {
     h('label', {}, 'service', h('input', { name: 'service', value: f.service })),
     h('label', {}, 'worker', h('input', { name: 'worker', value: f.worker })),
     h('button', { type: 'submit' }, 'Apply'),
-    h('a', { href: '#/tasks?state=dead' }, 'dead letters'));
+    h('a', { href: '#/tasks?state=dead' }, 'dead letters'), h('a', { href: '#/tasks?state=failed' }, 'failed'));
   const onFilter = (e) => {
     if (e) e.preventDefault();
     const d = new FormData(form);
@@ -936,7 +947,7 @@ function tasksPage(main, query) {
   p.reload = () => load().catch(showError);
   const refresh = coalesce(load);
   p.onEvent = (ev) => {
-    if (ev.type.startsWith('task.')) refresh();
+    if (ev.type.startsWith('task.') || ev.type === 'reset') refresh();
   };
   load().catch(showError);
 }
@@ -952,7 +963,7 @@ function taskPage(main, id) {
   async function load() {
     const t = await api('GET', `/api/tasks/${enc(id)}`);
     if (!p.alive()) return;
-    requeueBtn.hidden = t.state !== 'dead';
+    requeueBtn.hidden = !REQUEUABLE.has(t.state);
     body.replaceChildren(
       kv([
         ['state', h('span', { id: 'task-state', class: `state-${t.state}` }, t.state)],
