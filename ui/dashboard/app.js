@@ -1018,7 +1018,7 @@ function eventsPage(main) {
   form.addEventListener('input', apply);
   form.addEventListener('submit', (e) => e.preventDefault());
   main.replaceChildren(h('h1', {}, 'Events'),
-    h('p', { class: 'muted' }, `The last ${EVENT_KEEP} events of the change stream since this page was opened, newest first.`),
+    h('p', { class: 'muted' }, `The last ${EVENT_KEEP} events of the change stream since the dashboard was opened, newest first.`),
     form, h('div', { class: 'toolbar' }, pause, count), h('div', { class: 'card' }, list));
 
   const matches = (ev) => {
