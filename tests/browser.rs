@@ -372,6 +372,50 @@ fn a_worker_registered_after_load_appears_within_two_seconds() {
 }
 
 #[test]
+fn the_workers_table_pages_by_cursor_and_sorts_its_page() {
+    if !have_chromedriver() {
+        return;
+    }
+    serial(|| async {
+        let s = start(2, |_| {});
+        for i in 0..60 {
+            register(s.addr, &cpu_worker(&format!("pg-{i:02}")));
+        }
+        let ui = Ui::open(s.addr).await;
+        ui.goto("workers").await;
+        ui.find("#workers-table tr[data-worker-id]", Duration::from_secs(10))
+            .await;
+        let ids = "return [...document.querySelectorAll('#workers-table tbody tr')].map(r => r.dataset.workerId)";
+        let first = ui.js(ids).await;
+        assert_eq!(first.as_array().unwrap().len(), 50, "{first}");
+        // The header sorts the rows on screen.
+        ui.click("#workers-table th.sortable").await;
+        let sorted = ui.js(ids).await;
+        let mut want: Vec<String> = serde_json::from_value(first.clone()).unwrap();
+        want.sort();
+        assert_eq!(sorted, json!(want));
+        ui.click("#workers-next").await;
+        assert!(
+            ui.until(
+                Duration::from_secs(5),
+                "return document.querySelectorAll('#workers-table tbody tr').length === 10"
+            )
+            .await
+        );
+        let second: Vec<String> = serde_json::from_value(ui.js(ids).await).unwrap();
+        assert!(second.iter().all(|id| !want.contains(id)), "{second:?}");
+        assert_eq!(
+            ui.js("return document.querySelector('#workers-next').disabled")
+                .await,
+            json!(true)
+        );
+        let errors = ui.errors().await;
+        assert!(errors.is_empty(), "{errors:#?}");
+        ui.finish().await;
+    });
+}
+
+#[test]
 fn drain_from_the_ui_drains_the_worker() {
     if !have_chromedriver() {
         return;

@@ -103,12 +103,18 @@ function setStatus(text, kind = 'info') {
   statusLine.className = kind === 'error' ? 'error' : '';
 }
 
+// When an error was last shown: routine "Updated" notes do not hide it
+// for a while (another part of the page may load fine right after).
+let errorAt = 0;
+
 function showError(err) {
   if (err instanceof ApiError && err.status === 401) return; // the login form says it
+  errorAt = Date.now();
   setStatus(err instanceof ApiError ? `${err.message}` : `Error: ${err && err.message ? err.message : err}`, 'error');
 }
 
 function updated() {
+  if (Date.now() - errorAt < 10000) return;
   setStatus(`Updated ${new Date().toLocaleTimeString()}`);
 }
 
@@ -198,6 +204,7 @@ function needLogin() {
   if (!authed && !loginForm.hidden) return;
   authed = false;
   stopStream();
+  newPage({}); // whatever the last page still loads draws nothing
   $('#main').replaceChildren();
   loginForm.hidden = false;
   signOut.hidden = true;
