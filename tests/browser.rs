@@ -55,11 +55,13 @@ fn have_chromedriver() -> bool {
 }
 
 /// A chromedriver child process and the browser profile it uses; both
-/// go when this is dropped.
+/// go when this is dropped, and the browser session first (chromedriver
+/// killed alone would leave its Chromium running after a failed test).
 struct Driver {
     child: Child,
     port: u16,
     profile: PathBuf,
+    session: Option<String>,
 }
 
 impl Driver {
@@ -82,6 +84,7 @@ impl Driver {
             child,
             port,
             profile,
+            session: None,
         };
         let ready = eventually(Duration::from_secs(10), || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -93,6 +96,16 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if let Some(id) = &self.session {
+            // Blocking, not through fantoccini: Drop cannot await, and a
+            // failed test never reached `Ui::finish`. Conn reads the reply
+            // by its length (chromedriver keeps the connection open).
+            let mut c = Conn::open(SocketAddr::from(([127, 0, 0, 1], self.port)));
+            c.send_raw(
+                format!("DELETE /session/{id} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
+            );
+            let _ = c.read_response();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
@@ -122,14 +135,14 @@ impl WebDriverCompatibleCommand for BrowserLog {
 struct Ui {
     client: Client,
     base: String,
-    // Dropped after `client` (fields drop in order): the session is
-    // closed in `finish`, then chromedriver goes.
-    _driver: Driver,
+    // The session is closed in `finish`, or by the driver's drop when a
+    // test fails before it; then chromedriver goes.
+    driver: Driver,
 }
 
 impl Ui {
     async fn open(addr: SocketAddr) -> Ui {
-        let driver = Driver::start();
+        let mut driver = Driver::start();
         let mut caps = Capabilities::new();
         let args = [
             "--headless=new",
@@ -154,11 +167,12 @@ impl Ui {
             .connect(&format!("http://127.0.0.1:{}", driver.port))
             .await
             .expect("a WebDriver session");
+        driver.session = client.session_id().await.unwrap();
         client.set_window_size(1400, 900).await.unwrap();
         Ui {
             client,
             base: format!("http://{addr}/ui/"),
-            _driver: driver,
+            driver,
         }
     }
 
@@ -240,8 +254,10 @@ impl Ui {
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
-    async fn finish(self) {
-        let _ = self.client.close().await;
+    async fn finish(mut self) {
+        if self.client.close().await.is_ok() {
+            self.driver.session = None;
+        }
     }
 }
 
