@@ -216,13 +216,14 @@ impl Ui {
     /// Clicks the element matching `css` once it is there and enabled.
     async fn click(&self, css: &str) {
         let el = self.find(css, Duration::from_secs(5)).await;
-        let enabled = self
-            .until(
-                Duration::from_secs(5),
-                &format!("const e = document.querySelector('{css}'); return !!e && !e.disabled && e.offsetParent !== null"),
-            )
-            .await;
-        assert!(enabled, "{css} never became clickable");
+        // The selector goes in as an argument: it may hold any quotes.
+        let script = "const e = document.querySelector(arguments[0]); \
+                      return !!e && !e.disabled && e.offsetParent !== null";
+        let end = Instant::now() + Duration::from_secs(5);
+        while self.client.execute(script, vec![json!(css)]).await.unwrap() != json!(true) {
+            assert!(Instant::now() < end, "{css} never became clickable");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
         el.click().await.unwrap();
     }
 
@@ -432,7 +433,51 @@ fn the_workers_table_pages_by_cursor_and_sorts_its_page() {
 }
 
 #[test]
-fn drain_from_the_ui_drains_the_worker() {
+fn pins_are_set_and_removed_from_the_services_page() {
+    if !have_chromedriver() {
+        return;
+    }
+    serial(|| async {
+        let s = start(2, |_| {});
+        register(s.addr, &gpu_worker("pin-a"));
+        let pins = || get(s.addr, "/api/admin/pins").json()["pins"].clone();
+        let ui = Ui::open(s.addr).await;
+        ui.goto("services").await;
+        ui.find("#pin-form", Duration::from_secs(10)).await;
+        ui.find("#pin-form input[name='name']", Duration::from_secs(1))
+            .await
+            .send_keys("llm-inference")
+            .await
+            .unwrap();
+        ui.find("#pin-form input[name='workers']", Duration::from_secs(1))
+            .await
+            .send_keys("pin-a, pin-b")
+            .await
+            .unwrap();
+        ui.click("#pin-set").await;
+        let want =
+            json!([{"kind": "service", "name": "llm-inference", "workers": ["pin-a", "pin-b"]}]);
+        assert!(
+            eventually(Duration::from_secs(3), || pins() == want),
+            "{}",
+            pins()
+        );
+        ui.click("#pins-table tr[data-pin='service:llm-inference'] button.pin-remove")
+            .await;
+        ui.click("#confirm-yes").await;
+        assert!(
+            eventually(Duration::from_secs(3), || pins() == json!([])),
+            "{}",
+            pins()
+        );
+        let errors = ui.errors().await;
+        assert!(errors.is_empty(), "{errors:#?}");
+        ui.finish().await;
+    });
+}
+
+#[test]
+fn drain_undrain_and_unregister_work_from_the_worker_page() {
     if !have_chromedriver() {
         return;
     }
@@ -478,6 +523,20 @@ fn drain_from_the_ui_drains_the_worker() {
             admin_record(s.addr, "drain-me")["status"] != "drained"
         });
         assert!(back);
+        // Unregister goes back to the list, without the worker.
+        ui.click("#worker-unregister").await;
+        ui.click("#confirm-yes").await;
+        assert!(eventually(Duration::from_secs(3), || {
+            admin_record(s.addr, "drain-me").is_null()
+        }));
+        assert!(
+            ui.until(
+                Duration::from_secs(3),
+                "return location.hash === '#/workers' && !!document.querySelector('#workers-table') \
+                 && !document.querySelector(\"tr[data-worker-id='drain-me']\")"
+            )
+            .await
+        );
         let errors = ui.errors().await;
         assert!(errors.is_empty(), "{errors:#?}");
         ui.finish().await;
