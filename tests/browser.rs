@@ -734,6 +734,15 @@ fn workers_page_renders_within_a_second_with_100k_workers() {
         println!("first render of the workers page with {n} workers: {ms:.0} ms after navigation start ({rows} rows)");
         assert!(ms < 1000.0, "first render took {ms:.0} ms");
         assert_eq!(rows, json!(50));
+        // One page was asked for, never the pool.
+        let lists = ui
+            .js("return performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/api/admin/workers'))")
+            .await;
+        let lists: Vec<String> = serde_json::from_value(lists).unwrap();
+        assert!(
+            !lists.is_empty() && lists.iter().all(|u| u.contains("limit=50")),
+            "{lists:?}"
+        );
         ui.shot("workers-100k").await;
         let errors = ui.errors().await;
         assert!(errors.is_empty(), "{errors:#?}");
