@@ -514,11 +514,13 @@ function overviewPage(main) {
     h('div', { class: 'toolbar' }, rangeSelect(() => drawCharts().catch(showError))), charts, coverage);
 
   const loadSummary = async () => {
-    const [stats, health, gaps, services, tasks] = await Promise.all([
+    // Catalog coverage only (gaps carries the counts): /api/admin/services
+    // lists every healthy worker's id, too heavy to re-read on every change
+    // of a large pool. The Services page shows declared services too.
+    const [stats, health, gaps, tasks] = await Promise.all([
       api('GET', '/api/admin/stats'),
       api('GET', '/api/admin/health'),
       api('GET', '/api/admin/gaps'),
-      api('GET', '/api/admin/services'),
       api('GET', '/api/admin/tasks?limit=1'),
     ]);
     if (!p.alive()) return;
@@ -535,7 +537,7 @@ function overviewPage(main) {
       ])),
       h('div', { class: 'card', id: 'tasks-by-state' }, h('h2', {}, 'Tasks by state'), countList(tasks.counts)),
     );
-    coverage.replaceChildren(h('h2', {}, 'Service coverage'), coverageTable(gaps, services));
+    coverage.replaceChildren(h('h2', {}, 'Service coverage'), coverageTable(gaps, {}));
     updated();
   };
 
