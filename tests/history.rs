@@ -74,6 +74,22 @@ fn pool_and_worker_series_are_sampled_across_shards() {
     assert!(values(&p99, Some(("route", "health")))
         .iter()
         .all(|v| *v > 0.0 && *v < 2500.0));
+    // A task pull's long-poll counts as a request but not in the `all`
+    // latency: 2 s waits on an otherwise idle server leave it far below.
+    let w = &ids[0];
+    for _ in 0..3 {
+        let r = get(s.addr, &format!("/api/worker/tasks?worker_id={w}&wait=2"));
+        assert_eq!(r.status, 200);
+    }
+    let q = format!("series=latency_p99_ms&from={}&step=1", now() - 8);
+    assert!(eventually(WAIT, || {
+        let a = history(s.addr, &q);
+        values(&a, Some(("route", "tasks")))
+            .iter()
+            .any(|v| *v >= 1000.0)
+    }));
+    let all = values(&history(s.addr, &q), Some(("route", "all")));
+    assert!(all.iter().all(|v| *v < 1000.0), "{all:?}");
     // Healthy per tier and per catalog service, gaps as zero.
     let tiers = history(s.addr, &recent("workers_healthy_by_tier"));
     assert_eq!(tiers["lines"].as_array().unwrap().len(), 4);

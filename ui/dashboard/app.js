@@ -508,7 +508,7 @@ function overviewPage(main) {
   const coverage = h('div', { class: 'card' }, h('h2', {}, 'Service coverage'));
   const charts = h('div', { class: 'charts' },
     chartCard('chart-requests', 'Requests (req/s, all routes)'),
-    chartCard('chart-p99', 'Latency p99 (ms, all routes)'),
+    chartCard('chart-p99', 'Latency p99 (ms, all but long-polls)'),
     chartCard('chart-tasks', 'Task completions (per s)'));
   main.replaceChildren(h('h1', {}, 'Overview'), summary,
     h('div', { class: 'toolbar' }, rangeSelect(() => drawCharts().catch(showError))), charts, coverage);
