@@ -581,6 +581,21 @@ function coverageTable(gaps, services) {
       h('td', {}, r.status === 'critical' ? 'gap: no healthy worker' : r.status === 'warning' ? 'one healthy worker' : (r.status || 'declared'))))));
 }
 
+/**
+ * Copies a filter form's fields into `f` when it is submitted or one of its
+ * selects changes, then `restart()`s the list from its first page.
+ */
+function bindFilters(form, f, restart) {
+  const apply = (e) => {
+    if (e) e.preventDefault();
+    const data = new FormData(form);
+    for (const k of Object.keys(f)) f[k] = String(data.get(k) || '').trim();
+    restart();
+  };
+  form.addEventListener('submit', apply);
+  for (const sel of form.querySelectorAll('select')) sel.addEventListener('change', apply);
+}
+
 // Workers -------------------------------------------------------------------
 
 const PAGE_SIZE = 50;
@@ -608,16 +623,11 @@ function workersPage(main, query) {
     h('label', {}, 'service', input('service', { placeholder: 'e.g. llm-inference' })),
     h('label', {}, 'model', input('model', { placeholder: 'exact name' })),
     h('button', { type: 'submit' }, 'Apply'));
-  const onFilter = (e) => {
-    if (e) e.preventDefault();
-    const data = new FormData(form);
-    for (const k of Object.keys(f)) f[k] = String(data.get(k) || '').trim();
+  bindFilters(form, f, () => {
     cursors.length = 0;
     after = '';
     load().catch(showError);
-  };
-  form.addEventListener('submit', onFilter);
-  for (const sel of form.querySelectorAll('select')) sel.addEventListener('change', onFilter);
+  });
 
   const cols = [
     { label: 'worker', key: (w) => w.worker_id },
@@ -915,16 +925,11 @@ function tasksPage(main, query) {
     h('label', {}, 'worker', h('input', { name: 'worker', value: f.worker })),
     h('button', { type: 'submit' }, 'Apply'),
     h('a', { href: '#/tasks?state=dead' }, 'dead letters'), h('a', { href: '#/tasks?state=failed' }, 'failed'));
-  const onFilter = (e) => {
-    if (e) e.preventDefault();
-    const d = new FormData(form);
-    for (const k of Object.keys(f)) f[k] = String(d.get(k) || '').trim();
+  bindFilters(form, f, () => {
     cursors.length = 0;
     after = '';
     load().catch(showError);
-  };
-  form.addEventListener('submit', onFilter);
-  form.querySelector('select').addEventListener('change', onFilter);
+  });
   const counts = h('div', { class: 'card', id: 'task-counts' });
   const table = taskTable('tasks-table', []);
   const prev = h('button', { type: 'button', id: 'tasks-prev', disabled: true }, 'Previous');

@@ -26,7 +26,9 @@ pub(crate) struct Asset {
     pub bytes: &'static [u8],
 }
 
-macro_rules! asset {
+/// An [`Asset`] of a file of this package, compiled in (also used by the
+/// dashboard's `ui`).
+macro_rules! embed {
     ($name:literal, $ty:expr, $path:literal) => {
         Asset {
             name: $name,
@@ -35,71 +37,72 @@ macro_rules! asset {
         }
     };
 }
+pub(super) use embed;
 
-const JS: &str = "text/javascript; charset=utf-8";
-const CSS: &str = "text/css; charset=utf-8";
-const TEXT: &str = "text/plain; charset=utf-8";
-const HTML: &str = "text/html; charset=utf-8";
+pub(super) const JS: &str = "text/javascript; charset=utf-8";
+pub(super) const CSS: &str = "text/css; charset=utf-8";
+pub(super) const TEXT: &str = "text/plain; charset=utf-8";
+pub(super) const HTML: &str = "text/html; charset=utf-8";
 
 /// Everything under `/docs/assets/`.
 pub(crate) const ASSETS: [Asset; 17] = [
-    asset!(
+    embed!(
         "swagger-ui-bundle.js",
         JS,
         "ui/vendor/swagger-ui-dist/swagger-ui-bundle.js"
     ),
-    asset!(
+    embed!(
         "swagger-ui.css",
         CSS,
         "ui/vendor/swagger-ui-dist/swagger-ui.css"
     ),
-    asset!("swagger-init.js", JS, "ui/docs/swagger-init.js"),
-    asset!(
+    embed!("swagger-init.js", JS, "ui/docs/swagger-init.js"),
+    embed!(
         "redoc.standalone.js",
         JS,
         "ui/vendor/redoc/redoc.standalone.js"
     ),
-    asset!(
+    embed!(
         "swagger-ui-dist.LICENSE.txt",
         TEXT,
         "ui/vendor/swagger-ui-dist/LICENSE"
     ),
-    asset!(
+    embed!(
         "swagger-ui-dist.NOTICE.txt",
         TEXT,
         "ui/vendor/swagger-ui-dist/NOTICE"
     ),
-    asset!(
+    embed!(
         "swagger-ui-bundle.js.LICENSE.txt",
         TEXT,
         "ui/vendor/swagger-ui-dist/swagger-ui-bundle.js.LICENSE.txt"
     ),
-    asset!("redoc.LICENSE.txt", TEXT, "ui/vendor/redoc/LICENSE"),
-    asset!(
+    embed!("redoc.LICENSE.txt", TEXT, "ui/vendor/redoc/LICENSE"),
+    embed!(
         "redoc.standalone.js.LICENSE.txt",
         TEXT,
         "ui/vendor/redoc/redoc.standalone.js.LICENSE.txt"
     ),
-    asset!("graphiql.min.js", JS, "ui/vendor/graphiql/graphiql.min.js"),
-    asset!(
+    embed!("graphiql.min.js", JS, "ui/vendor/graphiql/graphiql.min.js"),
+    embed!(
         "graphiql.min.css",
         CSS,
         "ui/vendor/graphiql/graphiql.min.css"
     ),
-    asset!("graphiql-init.js", JS, "ui/docs/graphiql-init.js"),
-    asset!(
+    embed!("graphiql-init.js", JS, "ui/docs/graphiql-init.js"),
+    embed!(
         "react.production.min.js",
         JS,
         "ui/vendor/react/react.production.min.js"
     ),
-    asset!(
+    embed!(
         "react-dom.production.min.js",
         JS,
         "ui/vendor/react-dom/react-dom.production.min.js"
     ),
-    asset!("graphiql.LICENSE.txt", TEXT, "ui/vendor/graphiql/LICENSE"),
-    asset!("react.LICENSE.txt", TEXT, "ui/vendor/react/LICENSE"),
-    asset!("react-dom.LICENSE.txt", TEXT, "ui/vendor/react-dom/LICENSE"),
+    embed!("graphiql.LICENSE.txt", TEXT, "ui/vendor/graphiql/LICENSE"),
+    embed!("react.LICENSE.txt", TEXT, "ui/vendor/react/LICENSE"),
+    embed!("react-dom.LICENSE.txt", TEXT, "ui/vendor/react-dom/LICENSE"),
 ];
 
 const SWAGGER_HTML: &[u8] =

@@ -12,31 +12,16 @@ use hyper::{Response, StatusCode};
 
 use super::super::error::ApiError;
 use super::super::{full, Body};
-use super::docs::Asset;
-
-macro_rules! asset {
-    ($name:literal, $ty:expr, $path:literal) => {
-        Asset {
-            name: $name,
-            content_type: $ty,
-            bytes: include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $path)),
-        }
-    };
-}
-
-const JS: &str = "text/javascript; charset=utf-8";
-const CSS: &str = "text/css; charset=utf-8";
-const TEXT: &str = "text/plain; charset=utf-8";
-const HTML: &str = "text/html; charset=utf-8";
+use super::docs::{embed, Asset, CSS, HTML, JS, TEXT};
 
 /// Everything under `/ui/`; the first is the page itself.
 pub(crate) const FILES: [Asset; 6] = [
-    asset!("index.html", HTML, "ui/dashboard/index.html"),
-    asset!("app.js", JS, "ui/dashboard/app.js"),
-    asset!("app.css", CSS, "ui/dashboard/app.css"),
-    asset!("uPlot.iife.min.js", JS, "ui/vendor/uplot/uPlot.iife.min.js"),
-    asset!("uPlot.min.css", CSS, "ui/vendor/uplot/uPlot.min.css"),
-    asset!("uplot.LICENSE.txt", TEXT, "ui/vendor/uplot/LICENSE"),
+    embed!("index.html", HTML, "ui/dashboard/index.html"),
+    embed!("app.js", JS, "ui/dashboard/app.js"),
+    embed!("app.css", CSS, "ui/dashboard/app.css"),
+    embed!("uPlot.iife.min.js", JS, "ui/vendor/uplot/uPlot.iife.min.js"),
+    embed!("uPlot.min.css", CSS, "ui/vendor/uplot/uPlot.min.css"),
+    embed!("uplot.LICENSE.txt", TEXT, "ui/vendor/uplot/LICENSE"),
 ];
 
 /// Same-origin only: scripts and styles from `/ui/`, API calls and the
