@@ -218,6 +218,21 @@ fn samples_in_sqlite_survive_a_restart() {
         values(&history(s.addr, &query), Some(("status", "healthy"))).len() >= 2
     }));
     let before = history(s.addr, &format!("{query}&to={}", now()));
+    // The history thread's figures are on /metrics.
+    assert!(eventually(WAIT, || {
+        let text = get(s.addr, "/metrics").text();
+        sum_samples(&text, "coordinator_history_samples_total") > 0.0
+            && sum_samples(&text, "coordinator_history_bytes") > 0.0
+    }));
+    let text = get(s.addr, "/metrics").text();
+    assert_eq!(
+        sum_samples(&text, "coordinator_history_write_errors_total"),
+        0.0
+    );
+    assert_eq!(
+        sum_samples(&text, "coordinator_history_dropped_batches_total"),
+        0.0
+    );
     drop(s);
     assert!(db.with_file_name("c-history.db").exists());
     let s = start(2, cfg);

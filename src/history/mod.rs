@@ -27,7 +27,7 @@ pub mod thread;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Sender, TrySendError};
 use futures::channel::oneshot;
@@ -94,12 +94,23 @@ pub(crate) enum Msg {
 /// and queries answered 503.
 pub(crate) const QUEUE: usize = 1024;
 
+/// What the history thread reports: updated by it once per batch under a
+/// mutex only it and `/metrics` scrapes touch (no request path waits).
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub samples: u64,
+    pub write_errors: u64,
+    /// The SQLite file and its WAL (0 in memory).
+    pub bytes: u64,
+}
+
 /// Cheap to clone, one per shard.
 #[derive(Clone)]
 pub struct Handle {
     tx: Sender<Msg>,
     settings: Arc<Settings>,
     dropped: Arc<AtomicU64>,
+    stats: Arc<Mutex<Stats>>,
 }
 
 impl Handle {
@@ -132,6 +143,37 @@ impl Handle {
         rx.await.unwrap_or(Err(HistoryError::Unavailable))
     }
 
+    /// The history families of a `/metrics` scrape.
+    pub(crate) fn families(&self) -> [crate::metrics::MetricFamily; 4] {
+        use crate::metrics::{counter, gauge, unlabelled};
+        let s = match self.stats.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        [
+            counter(
+                "coordinator_history_samples_total",
+                "History samples written (docs/history.md).",
+                unlabelled(s.samples),
+            ),
+            counter(
+                "coordinator_history_write_errors_total",
+                "History batches whose write failed (their samples are lost).",
+                unlabelled(s.write_errors),
+            ),
+            counter(
+                "coordinator_history_dropped_batches_total",
+                "Sample batches dropped because the history thread fell behind.",
+                unlabelled(self.dropped()),
+            ),
+            gauge(
+                "coordinator_history_bytes",
+                "Size of the history file and its write-ahead log (0 in memory).",
+                unlabelled(s.bytes),
+            ),
+        ]
+    }
+
     /// Asks the thread to write what is queued and stop.
     pub fn close(&self) {
         let _ = self.tx.send(Msg::Close);
@@ -142,12 +184,14 @@ impl Handle {
 pub fn start(settings: Settings) -> Result<(Handle, Thread), HistoryError> {
     let (tx, rx) = crossbeam_channel::bounded(QUEUE);
     let settings = Arc::new(settings);
-    let thread = Thread::start(settings.clone(), rx)?;
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let thread = Thread::start(settings.clone(), rx, stats.clone())?;
     Ok((
         Handle {
             tx,
             settings,
             dropped: Arc::default(),
+            stats,
         },
         thread,
     ))

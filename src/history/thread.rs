@@ -1,7 +1,7 @@
 //! The history thread: writes sample batches, prunes old buckets, answers
 //! queries, in arrival order. The only user of its store.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -9,7 +9,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::rollup::{self, Plan, Retention, Row};
 use super::series::SERIES;
-use super::{memory, sqlite, HistoryError, Msg, Point, Settings};
+use super::{memory, sqlite, HistoryError, Msg, Point, Settings, Stats};
 
 /// What the thread needs of a store of samples.
 pub(crate) trait Backend {
@@ -33,6 +33,7 @@ impl Thread {
     pub(crate) fn start(
         settings: Arc<Settings>,
         rx: Receiver<Msg>,
+        stats: Arc<Mutex<Stats>>,
     ) -> Result<Thread, HistoryError> {
         let backend: Box<dyn Backend + Send> = match &settings.path {
             Some(path) => Box::new(sqlite::Sqlite::open(path)?),
@@ -41,7 +42,7 @@ impl Thread {
         let path = settings.path.clone().unwrap_or_default();
         let handle = std::thread::Builder::new()
             .name("history".into())
-            .spawn(move || run(backend, &settings, rx))
+            .spawn(move || run(backend, &settings, rx, &stats))
             .map_err(|e| HistoryError::Open {
                 path,
                 detail: format!("cannot start the history thread: {e}"),
@@ -64,9 +65,19 @@ pub(crate) fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn run(mut backend: Box<dyn Backend + Send>, settings: &Settings, rx: Receiver<Msg>) {
+fn run(
+    mut backend: Box<dyn Backend + Send>,
+    settings: &Settings,
+    rx: Receiver<Msg>,
+    stats: &Mutex<Stats>,
+) {
     let mut pruned = Instant::now() - PRUNE_EVERY;
-    let mut failures: u64 = 0;
+    let mut w = Writes {
+        stats,
+        failures: 0,
+        path: settings.path.clone(),
+        sized: Instant::now() - SIZE_EVERY,
+    };
     loop {
         if pruned.elapsed() >= PRUNE_EVERY {
             if let Err(e) = backend.prune(unix_now(), &settings.retention) {
@@ -86,9 +97,9 @@ fn run(mut backend: Box<dyn Backend + Send>, settings: &Settings, rx: Receiver<M
                     match rx.try_recv() {
                         Ok(Msg::Write(more)) => points.extend(more),
                         Ok(other) => {
-                            write(&mut *backend, &points, &mut failures);
+                            w.write(&mut *backend, &points);
                             points.clear();
-                            if !answer(&mut *backend, settings, other) {
+                            if !answer(&mut *backend, settings, other, &mut w) {
                                 return;
                             }
                             break;
@@ -96,10 +107,10 @@ fn run(mut backend: Box<dyn Backend + Send>, settings: &Settings, rx: Receiver<M
                         Err(_) => break,
                     }
                 }
-                write(&mut *backend, &points, &mut failures);
+                w.write(&mut *backend, &points);
             }
             other => {
-                if !answer(&mut *backend, settings, other) {
+                if !answer(&mut *backend, settings, other, &mut w) {
                     return;
                 }
             }
@@ -107,24 +118,54 @@ fn run(mut backend: Box<dyn Backend + Send>, settings: &Settings, rx: Receiver<M
     }
 }
 
-fn write(backend: &mut dyn Backend, points: &[Point], failures: &mut u64) {
-    if points.is_empty() {
-        return;
-    }
-    match backend.write(points) {
-        Ok(()) => *failures = 0,
-        Err(e) => {
-            *failures += 1;
-            if *failures == 1 || failures.is_multiple_of(60) {
-                tracing::warn!(error = %e, points = points.len(), failures = *failures,
-                    "writing history failed; these samples are lost");
+/// Minimum time between two `stat`s of the history file.
+const SIZE_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes batches and keeps the figures `/metrics` reports.
+struct Writes<'a> {
+    stats: &'a Mutex<Stats>,
+    failures: u64,
+    path: Option<std::path::PathBuf>,
+    sized: Instant,
+}
+
+impl Writes<'_> {
+    fn write(&mut self, backend: &mut dyn Backend, points: &[Point]) {
+        if points.is_empty() {
+            return;
+        }
+        let result = backend.write(points);
+        let mut s = match self.stats.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        match result {
+            Ok(()) => {
+                self.failures = 0;
+                s.samples += points.len() as u64;
             }
+            Err(e) => {
+                self.failures += 1;
+                s.write_errors += 1;
+                if self.failures == 1 || self.failures.is_multiple_of(60) {
+                    tracing::warn!(error = %e, points = points.len(), failures = self.failures,
+                        "writing history failed; these samples are lost");
+                }
+            }
+        }
+        if let Some(path) = self
+            .path
+            .as_deref()
+            .filter(|_| self.sized.elapsed() >= SIZE_EVERY)
+        {
+            s.bytes = sqlite::disk_bytes(path);
+            self.sized = Instant::now();
         }
     }
 }
 
 /// Handles a query or close; false when the thread should stop.
-fn answer(backend: &mut dyn Backend, settings: &Settings, msg: Msg) -> bool {
+fn answer(backend: &mut dyn Backend, settings: &Settings, msg: Msg, w: &mut Writes) -> bool {
     match msg {
         Msg::Query(q, reply) => {
             let def = &SERIES[q.series];
@@ -143,8 +184,7 @@ fn answer(backend: &mut dyn Backend, settings: &Settings, msg: Msg) -> bool {
             true
         }
         Msg::Write(points) => {
-            let mut f = 0;
-            write(backend, &points, &mut f);
+            w.write(backend, &points);
             true
         }
         Msg::Close => false,

@@ -82,6 +82,9 @@ pub(super) async fn metrics(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     if let Some(store) = ctx.shard.store() {
         store.snapshot().encode(&mut text);
     }
+    if let Some(history) = ctx.shard.history() {
+        text.push_str(&metrics::encode_text(&history.families()));
+    }
     let mut process = process.unwrap_or_default();
     process.insert(0, metrics::build_info());
     text.push_str(&metrics::encode_text(&process));
