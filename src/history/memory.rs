@@ -60,18 +60,26 @@ impl Backend for Memory {
         for p in points {
             let per_worker = SERIES[p.series as usize].per_worker;
             let caps = if per_worker { WORKER_CAP } else { CAP };
-            let by_label = self.lines.entry((p.series, p.worker.clone())).or_default();
-            let rings = match by_label.get_mut(&p.label) {
-                Some(r) => r,
-                None => {
-                    if self.n_lines >= MAX_LINES {
-                        self.dropped += 1;
-                        continue;
-                    }
-                    self.n_lines += 1;
-                    by_label.entry(p.label.clone()).or_default()
+            let key = (p.series, p.worker.clone());
+            let known = self
+                .lines
+                .get(&key)
+                .is_some_and(|by_label| by_label.contains_key(&p.label));
+            // Past the cap a new line is dropped before anything is
+            // allocated for it (not even an empty map).
+            if !known {
+                if self.n_lines >= MAX_LINES {
+                    self.dropped += 1;
+                    continue;
                 }
-            };
+                self.n_lines += 1;
+            }
+            let rings = self
+                .lines
+                .entry(key)
+                .or_default()
+                .entry(p.label.clone())
+                .or_default();
             let one = Agg::one(p.value);
             put(&mut rings[0], caps[0], p.ts, one, false);
             put(&mut rings[1], caps[1], bucket(p.ts, 60), one, true);
@@ -191,6 +199,11 @@ mod tests {
         m.write(&pts).unwrap();
         assert_eq!(m.n_lines, MAX_LINES);
         assert_eq!(m.dropped, 10);
+        assert_eq!(
+            m.lines.len(),
+            MAX_LINES,
+            "no empty entries for dropped lines"
+        );
         m.prune(10 * 86_400 * 400, &Retention::default()).unwrap();
         assert_eq!(m.n_lines, 0);
         assert!(m.lines.is_empty());
