@@ -214,17 +214,27 @@ impl Ui {
     }
 
     /// Clicks the element matching `css` once it is there and enabled.
+    /// The page re-renders lists live (an event may replace the element
+    /// between finding and clicking it), so the element is looked up
+    /// afresh for the click, and a stale reference is looked up again.
     async fn click(&self, css: &str) {
-        let el = self.find(css, Duration::from_secs(5)).await;
+        self.find(css, Duration::from_secs(5)).await;
         // The selector goes in as an argument: it may hold any quotes.
         let script = "const e = document.querySelector(arguments[0]); \
                       return !!e && !e.disabled && e.offsetParent !== null";
         let end = Instant::now() + Duration::from_secs(5);
-        while self.client.execute(script, vec![json!(css)]).await.unwrap() != json!(true) {
+        loop {
+            if self.client.execute(script, vec![json!(css)]).await.unwrap() == json!(true) {
+                let el = self.find(css, Duration::from_secs(5)).await;
+                match el.click().await {
+                    Ok(()) => return,
+                    Err(e) if e.to_string().contains("stale element") => {}
+                    Err(e) => panic!("clicking {css}: {e}"),
+                }
+            }
             assert!(Instant::now() < end, "{css} never became clickable");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        el.click().await.unwrap();
     }
 
     /// What went wrong in the page: its own capture (`window.__dashErrors`:
@@ -507,13 +517,12 @@ fn drain_undrain_and_unregister_work_from_the_worker_page() {
         );
         // The list says so too.
         ui.goto("workers").await;
-        let cell = ui
-            .find(
-                "#workers-table tr[data-worker-id='drain-me'] td.status",
-                Duration::from_secs(5),
-            )
-            .await;
-        assert_eq!(cell.text().await.unwrap(), "drained");
+        // Read in the page, not through an element reference: the live
+        // table may be re-rendered between finding a cell and reading it.
+        let drained = "const c = document.querySelector(\
+                       \"#workers-table tr[data-worker-id='drain-me'] td.status\"); \
+                       return !!c && c.textContent === 'drained'";
+        assert!(ui.until(Duration::from_secs(5), drained).await);
         ui.shot("worker-drained").await;
         // And undrain brings it back.
         ui.goto("workers/drain-me").await;
