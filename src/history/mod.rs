@@ -28,6 +28,7 @@ pub mod thread;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Sender, TrySendError};
 use futures::channel::oneshot;
@@ -57,6 +58,14 @@ pub struct Settings {
     /// Seconds between pool samples (the raw tier's width).
     pub interval_s: i64,
     pub retention: Retention,
+}
+
+/// Time since the Unix epoch, as samples and queries count it (0 if the
+/// clock is before 1970).
+pub fn unix_time() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// The history file that goes with database `db`: `data/coordinator.db`

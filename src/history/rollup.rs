@@ -38,10 +38,6 @@ impl Tier {
             Tier::Hour => 3600,
         }
     }
-
-    pub fn from_index(i: i64) -> Option<Tier> {
-        Tier::ALL.get(usize::try_from(i).ok()?).copied()
-    }
 }
 
 /// How long each tier is kept, seconds (`--history-retention`). Lines of
@@ -110,6 +106,9 @@ impl Retention {
     }
 }
 
+/// Longest a tier may be kept, seconds: ten years.
+pub const MAX_RETENTION: i64 = 10 * 366 * 86_400;
+
 fn duration(s: &str) -> Result<i64, String> {
     let (num, mult) = match s.char_indices().last() {
         Some((i, 's')) => (&s[..i], 1),
@@ -122,7 +121,7 @@ fn duration(s: &str) -> Result<i64, String> {
         .parse()
         .map_err(|_| format!("not a duration: {s:?} (use e.g. 36h or 30d)"))?;
     let secs = n.saturating_mul(mult);
-    if !(1..=10 * 366 * 86_400).contains(&secs) {
+    if !(1..=MAX_RETENTION).contains(&secs) {
         return Err(format!("duration {s:?} must be between 1s and 10 years"));
     }
     Ok(secs)

@@ -3,11 +3,11 @@
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::rollup::{self, Plan, Retention, Row};
+use super::rollup::{self, Answer, Plan, Query, Retention, Row};
 use super::series::SERIES;
 use super::{memory, sqlite, HistoryError, Msg, Point, Settings, Stats};
 
@@ -81,11 +81,12 @@ fn lowest_priority() {
     }
 }
 
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+fn unix_now() -> i64 {
+    super::unix_time().as_secs() as i64
 }
+
+/// Most samples written in one transaction; more wait for the next.
+const MAX_BATCH: usize = 65_536;
 
 fn run(
     mut backend: Box<dyn Backend + Send>,
@@ -93,50 +94,50 @@ fn run(
     rx: Receiver<Msg>,
     stats: &Mutex<Stats>,
 ) {
-    let mut pruned = Instant::now() - PRUNE_EVERY;
+    // `None`: never yet (an `Instant` in the past could underflow on a
+    // machine booted less than PRUNE_EVERY ago).
+    let mut pruned: Option<Instant> = None;
     let mut w = Writes {
         stats,
         failures: 0,
         path: settings.path.clone(),
-        sized: Instant::now() - SIZE_EVERY,
+        sized: None,
     };
     loop {
-        if pruned.elapsed() >= PRUNE_EVERY {
+        if pruned.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             if let Err(e) = backend.prune(unix_now(), &settings.retention) {
                 tracing::warn!(error = %e, "pruning history failed");
             }
-            pruned = Instant::now();
+            pruned = Some(Instant::now());
         }
-        let msg = match rx.recv_timeout(PRUNE_EVERY) {
+        let first = match rx.recv_timeout(PRUNE_EVERY) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        match msg {
-            Msg::Write(mut points) => {
-                // Whatever else is queued goes into the same transaction.
-                while points.len() < 65_536 {
-                    match rx.try_recv() {
-                        Ok(Msg::Write(more)) => points.extend(more),
-                        Ok(other) => {
-                            w.write(&mut *backend, &points);
-                            points.clear();
-                            if !answer(&mut *backend, settings, other, &mut w) {
-                                return;
-                            }
-                            break;
-                        }
-                        Err(_) => break,
+        // Whatever else is queued goes into the same transaction; a query
+        // first gets the samples that came before it written.
+        let mut points = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Write(more) => {
+                    points.extend(more);
+                    if points.len() < MAX_BATCH {
+                        next = rx.try_recv().ok();
                     }
                 }
-                w.write(&mut *backend, &points);
-            }
-            other => {
-                if !answer(&mut *backend, settings, other, &mut w) {
+                Msg::Query(q, reply) => {
+                    w.write(&mut *backend, &std::mem::take(&mut points));
+                    let _ = reply.send(query(&mut *backend, settings, &q));
+                }
+                Msg::Close => {
+                    w.write(&mut *backend, &points);
                     return;
                 }
             }
         }
+        w.write(&mut *backend, &points);
     }
 }
 
@@ -148,7 +149,8 @@ struct Writes<'a> {
     stats: &'a Mutex<Stats>,
     failures: u64,
     path: Option<std::path::PathBuf>,
-    sized: Instant,
+    /// When the file was last measured (`None`: not yet).
+    sized: Option<Instant>,
 }
 
 impl Writes<'_> {
@@ -178,37 +180,30 @@ impl Writes<'_> {
         if let Some(path) = self
             .path
             .as_deref()
-            .filter(|_| self.sized.elapsed() >= SIZE_EVERY)
+            .filter(|_| self.sized.is_none_or(|t| t.elapsed() >= SIZE_EVERY))
         {
             s.bytes = sqlite::disk_bytes(path);
-            self.sized = Instant::now();
+            self.sized = Some(Instant::now());
         }
     }
 }
 
-/// Handles a query or close; false when the thread should stop.
-fn answer(backend: &mut dyn Backend, settings: &Settings, msg: Msg, w: &mut Writes) -> bool {
-    match msg {
-        Msg::Query(q, reply) => {
-            let def = &SERIES[q.series];
-            let plan = rollup::plan(
-                &q,
-                def.per_worker,
-                unix_now(),
-                settings.interval_s,
-                &settings.retention,
-            );
-            let result = backend
-                .read(q.series, &q.worker, &plan)
-                .map(|rows| rollup::assemble(&q, &plan, rows))
-                .map_err(HistoryError::Query);
-            let _ = reply.send(result);
-            true
-        }
-        Msg::Write(points) => {
-            w.write(backend, &points);
-            true
-        }
-        Msg::Close => false,
-    }
+/// Answers a query from the tier and range its plan picks.
+fn query(
+    backend: &mut dyn Backend,
+    settings: &Settings,
+    q: &Query,
+) -> Result<Answer, HistoryError> {
+    let def = &SERIES[q.series];
+    let plan = rollup::plan(
+        q,
+        def.per_worker,
+        unix_now(),
+        settings.interval_s,
+        &settings.retention,
+    );
+    backend
+        .read(q.series, &q.worker, &plan)
+        .map(|rows| rollup::assemble(q, &plan, rows))
+        .map_err(HistoryError::Query)
 }

@@ -233,8 +233,6 @@ pub(crate) fn valid_id(field: &str, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Unicode format (Cf) and separator characters that render as nothing
-/// or reorder the text around them.
 /// An integer parameter clamped to `lo..=hi`: any run of digits with an
 /// optional sign (below `lo`, including every negative, gives `lo`; above
 /// `hi`, however long, gives `hi`); None when it is not an integer.
@@ -254,6 +252,8 @@ pub(crate) fn clamp_integer(s: &str, lo: u64, hi: u64) -> Option<u64> {
     Some(digits.parse::<u64>().map_or(hi, |n| n.clamp(lo, hi)))
 }
 
+/// Unicode format (Cf) and separator characters that render as nothing
+/// or reorder the text around them.
 fn invisible(c: char) -> bool {
     matches!(c,
         '\u{00AD}'                     // soft hyphen

@@ -270,13 +270,13 @@ impl ProxyState {
         self.balancer.refresh();
     }
 
-    /// This shard's counters, with the gauges (cooling workers) and the
-    /// pool's own counts filled in as of now.
     /// Upstream latency alone (history samples; no per-worker maps copied).
     pub(crate) fn upstream_latency(&self) -> crate::metrics::Histogram {
         self.counters.borrow().upstream_latency.clone()
     }
 
+    /// This shard's counters, with the gauges (cooling workers) and the
+    /// pool's own counts filled in as of now.
     pub(crate) fn counters(&self) -> ProxyCounters {
         let mut c = self.counters.borrow().clone();
         c.dns_lookups = self.pool.dns_lookups();

@@ -12,13 +12,12 @@
 //! registry borrow across an await.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::history::rollup::bucket;
 use crate::history::series::id;
-use crate::history::{Handle, Point};
+use crate::history::{self, Handle, Point};
 use crate::metrics::Histogram;
-use crate::model::worker::KNOWN_STATUSES;
 use crate::runtime;
 use crate::tasks::{TaskCounters, TaskState};
 
@@ -59,19 +58,7 @@ impl Sample {
             *a += b;
         }
         self.upstream.merge(&o.upstream);
-        let (s, u) = (&mut self.summary, o.summary);
-        s.total += u.total;
-        s.healthy += u.healthy;
-        s.stale += u.stale;
-        for (a, b) in s.tier_count.iter_mut().zip(u.tier_count) {
-            *a += b;
-        }
-        for (k, v) in u.by_status {
-            *s.by_status.entry(k).or_default() += v;
-        }
-        for (k, v) in u.services {
-            *s.services.entry(k).or_default() += v;
-        }
+        self.summary = std::mem::take(&mut self.summary).merge(o.summary);
     }
 }
 
@@ -92,17 +79,11 @@ impl Shard {
     }
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// Sleeps until the next multiple of `every` on the wall clock, so samples
 /// of all nodes and restarts fall on the same bucket starts; returns it.
 async fn next_tick(every: Duration) -> i64 {
     let every_s = every.as_secs().max(1) as f64;
-    let now = unix_now();
+    let now = history::unix_time().as_secs_f64();
     let next = (now / every_s).floor() * every_s + every_s;
     runtime::sleep(Duration::from_secs_f64((next - now).max(0.0))).await;
     next as i64
@@ -186,16 +167,6 @@ fn worker_points(shard: &Shard, ts: i64, from: u32) -> (Vec<Point>, Option<u32>)
     (points, next)
 }
 
-/// Statuses as the series labels them: agents may report any string, so
-/// unknown ones are summed as "other" (bounded labels).
-fn status_label(s: &str) -> &str {
-    if s == "stale" || s == "drained" || KNOWN_STATUSES.contains(&s) {
-        s
-    } else {
-        "other"
-    }
-}
-
 fn pool_points(
     shard: &Shard,
     ts: i64,
@@ -215,16 +186,8 @@ fn pool_points(
             });
         }
     };
-    let mut statuses: Vec<(&str, u64)> = Vec::new();
-    for (k, v) in &s.summary.by_status {
-        let l = status_label(k);
-        match statuses.iter_mut().find(|(n, _)| *n == l) {
-            Some((_, m)) => *m += v,
-            None => statuses.push((l, *v)),
-        }
-    }
-    for (l, v) in statuses {
-        put(id::WORKERS, l, v as f64);
+    for (l, v) in s.summary.bounded_statuses() {
+        put(id::WORKERS, &l, v as f64);
     }
     for tier in 1..=4 {
         put(

@@ -118,7 +118,7 @@ impl Shard {
         count: usize,
         cfg: Arc<Config>,
         mesh: Mesh<Envelope>,
-        n_routes: usize,
+        route_names: &'static [&'static str],
         proxy: ProxySetup,
     ) -> Self {
         let retention = cfg.task_retention;
@@ -136,7 +136,7 @@ impl Shard {
             registry: RefCell::new(Registry::new(live)),
             tasks: RefCell::new(TaskTable::new(retention)),
             proxy: Rc::new(ProxyState::new(proxy)),
-            metrics: RefCell::new(ShardMetrics::new(n_routes)),
+            metrics: RefCell::new(ShardMetrics::new(route_names.len())),
             mesh,
             list_cache: RefCell::new(ListCache::default()),
             epoch: 0,
@@ -147,7 +147,7 @@ impl Shard {
             levels_out: RefCell::new(None),
             store: None,
             history: None,
-            route_names: &[],
+            route_names,
             dirty: RefCell::default(),
             task_ops: Rc::default(),
         }
@@ -503,9 +503,8 @@ pub(crate) fn start(
         shutdown,
         ready,
     } = env;
-    let mut shard = Shard::new(id, count, cfg.clone(), mesh, route_names.len(), proxy)
-        .with_store(boot.store.clone());
-    shard.route_names = route_names;
+    let mut shard =
+        Shard::new(id, count, cfg.clone(), mesh, route_names, proxy).with_store(boot.store.clone());
     shard.history = history.clone();
     shard.epoch = boot.epoch;
     shard.restore(boot.take(id));

@@ -16,7 +16,7 @@ use super::registry::Slot;
 use super::scrape::MetricsSnapshot;
 use crate::model::filter::WorkerFilter;
 use crate::model::wire::HeartbeatRequest;
-use crate::model::worker::WorkerRecord;
+use crate::model::worker::{WorkerRecord, KNOWN_STATUSES};
 use crate::tasks::{CompleteError, Completion, TaskListing, TaskOp, TaskPage, TaskReply};
 
 /// Which records a worker listing wants.
@@ -225,6 +225,29 @@ pub(crate) struct Summary {
 }
 
 impl Summary {
+    /// Workers by status with the label values bounded: agents may report
+    /// any string, so statuses outside the known set are summed as "other"
+    /// (one series each would let agents grow a scrape or the history
+    /// without limit); `stale` and `drained`, which the registry itself
+    /// gives, are kept. Sorted by status.
+    pub(crate) fn bounded_statuses(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for (status, n) in &self.by_status {
+            let s = status.as_str();
+            let name = if s == "stale" || s == "drained" || KNOWN_STATUSES.contains(&s) {
+                s
+            } else {
+                "other"
+            };
+            match out.iter_mut().find(|(s, _)| s == name) {
+                Some((_, m)) => *m += n,
+                None => out.push((name.to_string(), *n)),
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
     /// Adds another shard's summary (a fold step for `map_reduce`).
     pub(crate) fn merge(mut self, o: Summary) -> Self {
         self.total += o.total;

@@ -74,8 +74,7 @@ pub(super) fn task(shard: &Shard, op: TaskOp) -> TaskReply {
             let mut tb = shard.tasks.borrow_mut();
             tb.expire(now);
             TaskReply::Requeued(tb.requeue(&id).map(|r| {
-                r.map(|()| tb.get(&id).map(crate::tasks::table::task_view))
-                    .map(Option::unwrap_or_default)
+                r.map(crate::tasks::table::task_view)
                     .map_err(TaskState::as_str)
             }))
         }

@@ -457,8 +457,9 @@ impl TaskTable {
     /// the end of its queue with no attempts used, no result or error, and
     /// no last worker (a late answer of the old lease is not taken).
     /// `None` for an unknown task, `Some(Err(state))` for a task in any
-    /// other state (queued, leased and completed tasks are left alone).
-    pub(crate) fn requeue(&mut self, id: &str) -> Option<Result<(), TaskState>> {
+    /// other state (queued, leased and completed tasks are left alone),
+    /// else the task as it is now.
+    pub(crate) fn requeue(&mut self, id: &str) -> Option<Result<&Task, TaskState>> {
         let t = self.tasks.get_mut(id)?;
         if !matches!(t.state, TaskState::Dead | TaskState::Failed) {
             return Some(Err(t.state));
@@ -476,7 +477,7 @@ impl TaskTable {
         // O(retention), for a rare operator action.
         self.finished.retain(|f| f != id);
         self.enqueue(key, id, false, EventKind::Revived, Some(from));
-        Some(Ok(()))
+        self.tasks.get(id).map(Ok)
     }
 
     /// Requeues (or dead-letters) every task whose lease ended by `now`.

@@ -596,6 +596,47 @@ function bindFilters(form, f, restart) {
   for (const sel of form.querySelectorAll('select')) sel.addEventListener('change', apply);
 }
 
+/**
+ * Cursor paging over one list route: Previous / Next buttons, the cursors
+ * of the pages before, and a sequence number so that an older, slower load
+ * never overwrites a newer one. `fetchPage(after)` asks for one page,
+ * `render(reply, pageNumber)` draws it; `restart()` goes back to page one.
+ */
+function cursorPager(prefix, p, fetchPage, render) {
+  const cursors = [];
+  let after = '';
+  let next = null;
+  let seq = 0;
+  const prev = h('button', { type: 'button', id: `${prefix}-prev`, disabled: true }, 'Previous');
+  const nextBtn = h('button', { type: 'button', id: `${prefix}-next`, disabled: true }, 'Next page');
+  const load = async () => {
+    const mine = ++seq;
+    const r = await fetchPage(after);
+    // A newer load (filter change, event) may have finished first.
+    if (!p.alive() || mine !== seq) return;
+    next = r.next ?? null;
+    nextBtn.disabled = next === null;
+    prev.disabled = cursors.length === 0;
+    render(r, cursors.length + 1);
+  };
+  prev.addEventListener('click', () => {
+    after = cursors.pop() ?? '';
+    load().catch(showError);
+  });
+  nextBtn.addEventListener('click', () => {
+    if (next === null) return;
+    cursors.push(after);
+    after = next;
+    load().catch(showError);
+  });
+  const restart = () => {
+    cursors.length = 0;
+    after = '';
+    return load();
+  };
+  return { prev, next: nextBtn, load, restart };
+}
+
 // Workers -------------------------------------------------------------------
 
 const PAGE_SIZE = 50;
@@ -608,10 +649,6 @@ function workersPage(main, query) {
     service: query.get('service') || '',
     model: query.get('model') || '',
   };
-  // Cursors of the pages before this one, for "previous".
-  const cursors = [];
-  let after = '';
-  let next = null;
   let first = true;
 
   const input = (name, attrs = {}) => h('input', { name, value: f[name], ...attrs });
@@ -623,11 +660,6 @@ function workersPage(main, query) {
     h('label', {}, 'service', input('service', { placeholder: 'e.g. llm-inference' })),
     h('label', {}, 'model', input('model', { placeholder: 'exact name' })),
     h('button', { type: 'submit' }, 'Apply'));
-  bindFilters(form, f, () => {
-    cursors.length = 0;
-    after = '';
-    load().catch(showError);
-  });
 
   const cols = [
     { label: 'worker', key: (w) => w.worker_id },
@@ -651,38 +683,21 @@ function workersPage(main, query) {
     h('td', {}, (w.loaded_models || []).join(', ')),
     h('td', { class: 'num' }, fmtNum(w.age_seconds, 1)));
   const table = sortableTable('workers-table', cols, [], rowEl);
-  const prev = h('button', { type: 'button', id: 'workers-prev', disabled: true }, 'Previous');
-  const nextBtn = h('button', { type: 'button', id: 'workers-next', disabled: true }, 'Next page');
   const info = h('span', { class: 'muted' });
-  prev.addEventListener('click', () => {
-    after = cursors.pop() ?? '';
-    load().catch(showError);
-  });
-  nextBtn.addEventListener('click', () => {
-    if (next === null) return;
-    cursors.push(after);
-    after = next;
-    load().catch(showError);
-  });
-  main.replaceChildren(h('h1', {}, 'Workers'), form, h('div', { class: 'pager' }, prev, nextBtn, info), table);
-
-  let seq = 0;
-  async function load() {
-    const mine = ++seq;
-    const r = await api('GET', `/api/admin/workers?${qs({ limit: PAGE_SIZE, after, ...f })}`);
-    // A newer load (filter change, event) may have finished first.
-    if (!p.alive() || mine !== seq) return;
-    table.setRows(r.workers || []);
-    next = r.next ?? null;
-    nextBtn.disabled = next === null;
-    prev.disabled = cursors.length === 0;
-    info.textContent = `page ${cursors.length + 1}: ${r.workers.length} worker(s), ${r.healthy} healthy`;
-    if (first) {
-      first = false;
-      performance.mark('workers-rendered');
-    }
-    updated();
-  }
+  const pager = cursorPager('workers', p,
+    (after) => api('GET', `/api/admin/workers?${qs({ limit: PAGE_SIZE, after, ...f })}`),
+    (r, page) => {
+      table.setRows(r.workers || []);
+      info.textContent = `page ${page}: ${r.workers.length} worker(s), ${r.healthy} healthy`;
+      if (first) {
+        first = false;
+        performance.mark('workers-rendered');
+      }
+      updated();
+    });
+  const load = pager.load;
+  bindFilters(form, f, () => pager.restart().catch(showError));
+  main.replaceChildren(h('h1', {}, 'Workers'), form, h('div', { class: 'pager' }, pager.prev, pager.next, info), table);
 
   const refresh = coalesce(load);
   p.onEvent = (ev) => {
@@ -915,9 +930,6 @@ async function requeue(id) {
 function tasksPage(main, query) {
   const p = newPage({});
   const f = { state: query.get('state') || '', service: query.get('service') || '', worker: query.get('worker') || '' };
-  const cursors = [];
-  let after = '';
-  let next = null;
   const form = h('form', { class: 'filters', id: 'tasks-filters' },
     h('label', {}, 'state', h('select', { name: 'state' },
       ['', 'queued', 'leased', 'completed', 'failed', 'dead'].map((s) => h('option', { value: s, selected: s === f.state }, s || 'any')))),
@@ -925,39 +937,19 @@ function tasksPage(main, query) {
     h('label', {}, 'worker', h('input', { name: 'worker', value: f.worker })),
     h('button', { type: 'submit' }, 'Apply'),
     h('a', { href: '#/tasks?state=dead' }, 'dead letters'), h('a', { href: '#/tasks?state=failed' }, 'failed'));
-  bindFilters(form, f, () => {
-    cursors.length = 0;
-    after = '';
-    load().catch(showError);
-  });
   const counts = h('div', { class: 'card', id: 'task-counts' });
   const table = taskTable('tasks-table', []);
-  const prev = h('button', { type: 'button', id: 'tasks-prev', disabled: true }, 'Previous');
-  const nextBtn = h('button', { type: 'button', id: 'tasks-next', disabled: true }, 'Next page');
-  prev.addEventListener('click', () => {
-    after = cursors.pop() ?? '';
-    load().catch(showError);
-  });
-  nextBtn.addEventListener('click', () => {
-    if (next === null) return;
-    cursors.push(after);
-    after = next;
-    load().catch(showError);
-  });
-  main.replaceChildren(h('h1', {}, 'Tasks'), counts, form, h('div', { class: 'pager' }, prev, nextBtn), table);
+  const pager = cursorPager('tasks', p,
+    (after) => api('GET', `/api/admin/tasks?${qs({ limit: PAGE_SIZE, after, ...f })}`),
+    (r) => {
+      counts.replaceChildren(h('h2', {}, 'All tasks by state'), countList(r.counts));
+      table.setRows(r.tasks || []);
+      updated();
+    });
+  const load = pager.load;
+  bindFilters(form, f, () => pager.restart().catch(showError));
+  main.replaceChildren(h('h1', {}, 'Tasks'), counts, form, h('div', { class: 'pager' }, pager.prev, pager.next), table);
 
-  let seq = 0;
-  async function load() {
-    const mine = ++seq;
-    const r = await api('GET', `/api/admin/tasks?${qs({ limit: PAGE_SIZE, after, ...f })}`);
-    if (!p.alive() || mine !== seq) return;
-    counts.replaceChildren(h('h2', {}, 'All tasks by state'), countList(r.counts));
-    table.setRows(r.tasks || []);
-    next = r.next ?? null;
-    nextBtn.disabled = next === null;
-    prev.disabled = cursors.length === 0;
-    updated();
-  }
   p.reload = () => load().catch(showError);
   const refresh = coalesce(load);
   p.onEvent = (ev) => {

@@ -114,7 +114,11 @@ const GRAPHIQL_HTML: &[u8] = include_bytes!(concat!(
 const REDOC_HTML: &[u8] =
     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/ui/docs/redoc.html"));
 
-fn fixed(content_type: &'static str, body: impl Into<Bytes>, cache: bool) -> Response<Body> {
+pub(super) fn fixed(
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+    cache: bool,
+) -> Response<Body> {
     let mut r = Response::new(full(body));
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

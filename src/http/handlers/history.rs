@@ -5,8 +5,6 @@
 //! the history thread (the shard only awaits its answer).
 //! Must not: read samples itself or block the shard.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
@@ -19,13 +17,7 @@ use crate::history::series::{self, SERIES};
 use crate::history::Query;
 
 /// Longest range one query may span (the longest a tier may be kept).
-const MAX_SPAN: u64 = 10 * 366 * 86_400;
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+const MAX_SPAN: u64 = crate::history::rollup::MAX_RETENTION as u64;
 
 /// A whole number of seconds, clamped to `lo..=hi`.
 fn seconds(q: Option<&str>, name: &str, lo: u64, hi: u64) -> Result<Option<u64>, ApiError> {
@@ -82,7 +74,7 @@ pub(super) async fn query(ctx: Ctx, req: Request<Incoming>) -> Result<Response<B
         .shard
         .history()
         .ok_or_else(|| ApiError::Unavailable("History is off (--no-history)".into()))?;
-    let now = unix_now();
+    let now = crate::history::unix_time().as_secs();
     // The range is clamped to what can exist: nothing before the epoch,
     // nothing later than the next sample, at most MAX_SPAN long.
     let latest = now + history.settings().interval_s as u64;
@@ -118,7 +110,7 @@ pub(super) fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let c = &ctx.shard.cfg;
     let r = c.history_retention;
     let body = json!({
-        "enabled": c.history && ctx.shard.history().is_some(),
+        "enabled": ctx.shard.history().is_some(),
         "interval_seconds": c.history_interval.as_secs(),
         "worker_interval_seconds": c.history_worker_interval.as_secs(),
         "retention_seconds": {"raw": r.raw, "1m": r.minute, "1h": r.hour,

@@ -4,8 +4,6 @@
 //! reads the process figures off the shard, and appends the build info.
 //! Must not keep state between scrapes or block the shard on `/proc`.
 
-use std::collections::HashMap;
-
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde_json::json as j;
@@ -15,7 +13,6 @@ use super::super::{json, Body, Ctx, ROUTE_NAMES};
 use super::summary;
 use crate::metrics;
 use crate::model::time::now_iso8601;
-use crate::model::worker::KNOWN_STATUSES;
 use crate::runtime;
 use crate::shard::msg::{Reply, Request as ShardRequest};
 use crate::shard::scrape::{encode, Gauges};
@@ -74,7 +71,7 @@ pub(super) async fn metrics(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         workers_active: s.healthy,
         services_total: s.services.values().filter(|n| **n > 0).count() as u64,
         tasks_completed: s.tasks_completed,
-        workers_by_status: workers_by_status(&s.by_status),
+        workers_by_status: s.bounded_statuses(),
         healthy_by_tier: s.tier_count,
         catalog_services,
     };
@@ -94,24 +91,4 @@ pub(super) async fn metrics(ctx: Ctx) -> Result<Response<Body>, ApiError> {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(r)
-}
-
-/// Workers by status with the label values bounded: agents may report any
-/// string, so statuses outside the known set are summed as "other" (one
-/// series each would let agents grow the scrape without limit).
-fn workers_by_status(by_status: &HashMap<String, u64>) -> Vec<(String, u64)> {
-    let mut out: Vec<(String, u64)> = Vec::new();
-    for (status, n) in by_status {
-        let name = if status == "stale" || KNOWN_STATUSES.contains(&status.as_str()) {
-            status.as_str()
-        } else {
-            "other"
-        };
-        match out.iter_mut().find(|(s, _)| s == name) {
-            Some((_, m)) => *m += n,
-            None => out.push((name.to_string(), *n)),
-        }
-    }
-    out.sort_unstable();
-    out
 }

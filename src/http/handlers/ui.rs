@@ -7,12 +7,12 @@
 //! origin (the Content-Security-Policy says so to the browser too).
 
 use bytes::Bytes;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION};
+use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Response, StatusCode};
 
 use super::super::error::ApiError;
 use super::super::{full, Body};
-use super::docs::{embed, Asset, CSS, HTML, JS, TEXT};
+use super::docs::{embed, fixed, Asset, CSS, HTML, JS, TEXT};
 
 /// Everything under `/ui/`; the first is the page itself.
 pub(crate) const FILES: [Asset; 6] = [
@@ -62,11 +62,10 @@ pub(super) fn serve(name: Option<&str>) -> Result<Response<Body>, ApiError> {
         .iter()
         .find(|a| a.name == name)
         .ok_or_else(|| ApiError::NotFound("Not Found".into()))?;
-    let mut r = Response::new(full(Bytes::from_static(a.bytes)));
+    // Revalidated (not cached for an hour like /docs' assets): the page
+    // and its scripts change together with the binary.
+    let mut r = fixed(a.content_type, Bytes::from_static(a.bytes), false);
     let h = r.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static(a.content_type));
-    // Files change only with the binary; revalidated so an upgrade shows.
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("content-security-policy", HeaderValue::from_static(CSP));
     h.insert(
         "x-content-type-options",
