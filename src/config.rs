@@ -128,6 +128,8 @@ pub struct Config {
     /// empty = any. Link-local, unspecified and our own listening
     /// addresses are refused whatever this says (see `guard`).
     pub worker_networks: Vec<crate::proxy::guard::Net>,
+    /// Cluster mode (`--cluster-etcd` and friends); None runs alone.
+    pub cluster: Option<crate::cluster::Settings>,
     /// Keep historical metrics (`--no-history` turns it off).
     pub history: bool,
     /// Seconds between pool-wide history samples (`--history-interval`):
@@ -163,6 +165,9 @@ impl Config {
         }
         if self.heartbeat_flush.is_zero() || self.heartbeat_flush > Duration::from_secs(3600) {
             return Err("--heartbeat-flush-ms must be between 1 and 3600000".into());
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
         }
         if let Some(url) = &self.public_url {
             check_public_url(url).map_err(|e| format!("--public-url {url:?}: {e}"))?;
@@ -265,6 +270,7 @@ impl Default for Config {
             database_path: None,
             sync: SyncMode::Full,
             heartbeat_flush: Duration::from_secs(1),
+            cluster: None,
             history: true,
             history_interval: Duration::from_secs(10),
             history_worker_interval: Duration::from_secs(60),

@@ -23,6 +23,10 @@
 //!   rollups, the history thread and its SQLite file or bounded ring.
 //! - [`store`]: durable state in SQLite: one writer thread fed over a
 //!   channel, group commit, migrations, startup recovery.
+//! - [`cluster`]: cluster mode on etcd: the membership thread (lease,
+//!   member watch, fencing, adoption of this node's share) and the writer
+//!   thread that makes store operations durable in etcd instead of SQLite;
+//!   rendezvous ownership of keys across nodes.
 //! - [`config`]: the validated configuration.
 //! - [`shard`]: one core's slice of the registry, requests to the owner
 //!   shard (inline or over the mesh), typed `map_reduce` over all shards,
@@ -37,8 +41,11 @@
 //! that shard parses the request; if it concerns one worker it runs on the
 //! worker's owner shard (inline or over the mesh); if it concerns all
 //! workers every shard answers its part and the receiving shard merges.
-//! No lock or shared atomic sits on that path.
+//! No lock or shared atomic sits on that path. In cluster mode a request
+//! for a worker another node owns is first relayed to that node over HTTP
+//! (`http::peer`), and whole-pool views ask every node for its part.
 
+pub mod cluster;
 pub mod config;
 pub(crate) mod events;
 pub mod history;

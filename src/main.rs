@@ -185,6 +185,16 @@ options! {
     proxy_ca_file: PathBuf, env = "PROXY_CA_FILE";
     /// Proxy: networks workers may be reached in, comma-separated CIDRs (e.g. 10.0.0.0/8,fd00::/8); link-local, 0.0.0.0/:: and our own address are always refused [default: any]
     worker_networks: String, env = "WORKER_NETWORKS";
+    /// Cluster mode: etcd client URLs, comma separated (e.g. http://10.0.0.5:2379,http://10.0.0.6:2379); without it the node runs alone [default: none]
+    cluster_etcd: String, env = "CLUSTER_ETCD";
+    /// Cluster mode: this node's name, unique in the cluster [default: the host name]
+    node_id: String, env = "NODE_ID";
+    /// Cluster mode: the URL other nodes reach this one at, http://host:port [default: --public-url, else http://HOST:PORT]
+    advertise_url: String, env = "ADVERTISE_URL";
+    /// Cluster mode: prefix of every etcd key, so clusters can share an etcd [default: coordinator]
+    cluster_name: String, env = "CLUSTER_NAME";
+    /// Cluster mode: TTL of this node's etcd lease, 2..=60 seconds; a dead node's workers move after it [default: 5]
+    cluster_lease_seconds: u64, env = "CLUSTER_LEASE_SECONDS";
     /// Log filter, e.g. info or coordinator=debug [default: info]
     log_level: String, env = "RUST_LOG";
     /// Access-log lines (one per request, at info) per second per shard at most; the rest are counted in one line per second; 0 turns the access log off [default: 100]
@@ -405,6 +415,7 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
             cli.worker_networks.as_deref().unwrap_or(""),
         )
         .map_err(|e| format!("--worker-networks: {e}"))?,
+        cluster: cluster_settings(cli)?,
         history: !cli.no_history,
         history_interval: cli
             .history_interval
@@ -421,6 +432,49 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     };
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Cluster mode when `--cluster-etcd` is given; the other cluster flags
+/// need it.
+fn cluster_settings(cli: &Cli) -> Result<Option<coordinator::cluster::Settings>, String> {
+    let Some(etcd) = cli.cluster_etcd.as_deref() else {
+        if cli.node_id.is_some() || cli.advertise_url.is_some() || cli.cluster_name.is_some() {
+            return Err("--node-id, --advertise-url and --cluster-name need --cluster-etcd".into());
+        }
+        return Ok(None);
+    };
+    let host = cli.host.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let host = if host.is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        host
+    };
+    let port = cli.port.unwrap_or(Config::default().listen.port());
+    let node_id = match &cli.node_id {
+        Some(id) => id.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .map_err(|e| format!("--node-id not given and the host name is unreadable: {e}"))?,
+    };
+    Ok(Some(coordinator::cluster::Settings {
+        endpoints: etcd
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        node_id,
+        advertise_url: cli
+            .advertise_url
+            .clone()
+            .or_else(|| cli.public_url.clone())
+            .unwrap_or_else(|| format!("http://{}", SocketAddr::new(host, port))),
+        name: cli
+            .cluster_name
+            .clone()
+            .unwrap_or_else(|| "coordinator".into()),
+        lease_ttl: Duration::from_secs(cli.cluster_lease_seconds.unwrap_or(5)),
+    }))
 }
 
 fn init_logging(cli: &Cli) {

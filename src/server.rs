@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::cluster::{self, Cluster, Update};
 use crate::config::Config;
 use crate::history;
 use crate::http;
@@ -34,6 +35,8 @@ pub enum StartError {
     #[error(transparent)]
     History(#[from] history::HistoryError),
     #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    #[error(transparent)]
     ProxyTls(#[from] crate::proxy::tls::TlsSetupError),
 }
 
@@ -49,6 +52,9 @@ pub struct Server {
     writer: Option<(Store, Writer)>,
     /// The history thread, closed and joined with the writer.
     history: Option<(history::Handle, history::Thread)>,
+    /// Cluster mode: the etcd threads and the store they write, closed and
+    /// left after the shards have stopped.
+    cluster: Option<(Store, Cluster)>,
 }
 
 impl Server {
@@ -83,8 +89,17 @@ impl Server {
         let stop_limit = cfg.shutdown_timeout + std::time::Duration::from_secs(5);
         // Bound before the store is opened so a busy port fails fast; the
         // shards only accept once they hold their recovered state.
-        let (boot, writer) = match &cfg.database_path {
-            Some(path) => {
+        let mut cluster = None;
+        let (boot, writer) = match (&cfg.cluster, &cfg.database_path) {
+            // Cluster mode: etcd is the truth; shards start empty and
+            // adopt their share once the node has joined.
+            (Some(settings), _) => {
+                let (c, store) = cluster::start(settings.clone(), n)?;
+                let boot = Boot::with_store(store.clone());
+                cluster = Some((store, c));
+                (boot, None)
+            }
+            (None, Some(path)) => {
                 let (store, writer, recovered) = Store::open(path, cfg.sync)?;
                 match Boot::recover(store.clone(), recovered, n, cfg.worker_timeout, cfg.catalog) {
                     Ok(boot) => (boot, Some((store, writer))),
@@ -95,7 +110,7 @@ impl Server {
                     }
                 }
             }
-            None => (Boot::in_memory(), None),
+            (None, None) => (Boot::in_memory(), None),
         };
         let history = if cfg.history {
             let settings = history::Settings {
@@ -117,6 +132,8 @@ impl Server {
             None
         };
         let handle = history.as_ref().map(|(h, _)| h.clone());
+        let inboxes = cluster.as_ref().map(|(_, c)| c.inboxes());
+        let lease_ttl = cfg.cluster.as_ref().map(|c| c.lease_ttl);
         let cfg = Arc::new(cfg);
         let spec = PoolSpec {
             cpus: cpus.clone(),
@@ -125,12 +142,17 @@ impl Server {
             name: "shard".into(),
         };
         let pool = runtime::start_pool(spec, move |env| {
+            let inbox = inboxes.as_ref().and_then(|i| {
+                let mut g = i.lock().ok()?;
+                g.get_mut(env.id)?.take()
+            });
             shard_main(
                 env,
                 cfg.clone(),
                 boot.clone(),
                 proxy.clone(),
                 handle.clone(),
+                inbox,
             )
         })
         .map_err(StartError::Spawn)?;
@@ -139,6 +161,13 @@ impl Server {
             let ids: Vec<String> = missing.iter().map(usize::to_string).collect();
             tracing::warn!(shards = %ids.join(","), waited_s = waited.as_secs(), "shards still starting");
         })?;
+        if let (Some((_, c)), Some(ttl)) = (&cluster, lease_ttl) {
+            // Serve only once this node's share is in memory, if etcd lets
+            // it join in time; otherwise start fenced and keep trying.
+            if !c.wait_joined(ttl * 2) {
+                tracing::warn!("not joined to the cluster yet: refusing writes until it has");
+            }
+        }
         let pinned: Vec<String> = cpus.iter().flatten().map(usize::to_string).collect();
         tracing::info!(
             %addr,
@@ -153,6 +182,7 @@ impl Server {
             stop_limit,
             writer,
             history,
+            cluster,
         })
     }
 
@@ -187,6 +217,10 @@ impl Server {
             handle.close();
             thread.join();
         }
+        if let Some((store, cluster)) = self.cluster.take() {
+            store.close();
+            cluster.stop();
+        }
     }
 
     /// A handle another thread (a signal handler) can use to request shutdown.
@@ -219,9 +253,10 @@ async fn shard_main(
     boot: Arc<Boot>,
     proxy: ProxySetup,
     history: Option<history::Handle>,
+    cluster: Option<futures::channel::mpsc::UnboundedReceiver<Update>>,
 ) {
     let (shard, listener, shutdown) =
-        shard::start(env, cfg, boot, proxy, &http::ROUTE_NAMES, history);
+        shard::start(env, cfg, boot, proxy, &http::ROUTE_NAMES, history, cluster);
     http::serve(shard.clone(), listener, shutdown).await;
     shard.finish().await;
 }

@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["metrics"],
     &["tasks", "proxy", "events", "history"],
     &["store"],
+    &["cluster"],
     &["config"],
     &["shard"],
     &["http"],

@@ -17,6 +17,7 @@ pub(crate) mod auth;
 mod cors;
 pub(crate) mod error;
 mod handlers;
+pub(crate) mod peer;
 pub mod request;
 pub(crate) mod router;
 pub(crate) mod ws;
@@ -533,6 +534,14 @@ async fn dispatch(mut ctx: Ctx, req: Request<Incoming>) -> Response<Body> {
         });
     }
     let h = resp.headers_mut();
+    if let Some(me) = shard.node_id() {
+        // A relayed answer keeps the owner's name.
+        if !h.contains_key(peer::NODE) {
+            if let Ok(v) = HeaderValue::from_str(me) {
+                h.insert(peer::NODE, v);
+            }
+        }
+    }
     h.insert(SHARD_HEADER, HeaderValue::from(shard.id as u64));
     h.insert(accesslog::REQUEST_ID, request_id);
     shard

@@ -65,8 +65,8 @@ use balance::Balancer;
 pub(crate) use endpoint::{parse_endpoint, Endpoint};
 pub(crate) use forward::forward;
 use guard::AddrGuard;
-pub(crate) use headers::{append_forwarded_for, upstream_headers};
-use pool::Pool;
+pub(crate) use headers::{append_forwarded_for, strip_hop_by_hop, upstream_headers};
+pub(crate) use pool::Pool;
 
 use crate::model::worker::WorkerRecord;
 

@@ -17,6 +17,7 @@
 //! answers), `durable` (what a mutation writes to the store, and waiting
 //! for it), `scrape` (metrics snapshot and families).
 
+pub(crate) mod cluster;
 mod durable;
 mod events;
 pub(crate) mod history;
@@ -110,6 +111,8 @@ pub(crate) struct Shard {
     reported: RefCell<HashMap<String, u8, ahash::RandomState>>,
     /// Levels to send to other owners (the sending task drains it).
     levels_out: RefCell<Option<futures::channel::mpsc::UnboundedSender<(usize, String, u8)>>>,
+    /// Cluster mode: the view, handover and connections to other nodes.
+    cluster: Option<cluster::Node>,
 }
 
 impl Shard {
@@ -127,7 +130,12 @@ impl Shard {
             heartbeat_timeout: cfg.heartbeat_timeout,
             worker_timeout: cfg.worker_timeout,
         };
+        let cluster = cfg
+            .cluster
+            .as_ref()
+            .map(|c| cluster::Node::new(&c.node_id, proxy.tls.clone(), cfg.listen));
         Self {
+            cluster,
             id,
             count,
             live,
@@ -493,6 +501,7 @@ pub(crate) fn start(
     proxy: ProxySetup,
     route_names: &'static [&'static str],
     history: Option<crate::history::Handle>,
+    cluster_inbox: Option<futures::channel::mpsc::UnboundedReceiver<crate::cluster::Update>>,
 ) -> (Rc<Shard>, runtime::Listener, runtime::Shutdown) {
     let ShardEnv {
         id,
@@ -557,6 +566,9 @@ pub(crate) fn start(
         });
     }
     ops::spawn_housekeeping(shard.clone(), shutdown.clone());
+    if let Some(inbox) = cluster_inbox {
+        cluster::spawn(shard.clone(), inbox);
+    }
     if let Some(h) = history {
         history::spawn(shard.clone(), h, shutdown.clone());
     }

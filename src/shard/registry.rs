@@ -708,6 +708,18 @@ impl Registry {
         self.emit = emit;
     }
 
+    /// Removes a worker another node owns now (cluster mode). Not news
+    /// either: the worker lives on, elsewhere.
+    pub(crate) fn hand_over(&mut self, id: &str) -> Option<WorkerRecord> {
+        let emit = std::mem::replace(&mut self.emit, false);
+        let rec = self.remove_for(id, Removal::Unregistered);
+        self.emit = emit;
+        if let Some(r) = &rec {
+            self.tasks_completed = self.tasks_completed.saturating_sub(r.tasks_completed);
+        }
+        rec
+    }
+
     /// Removes a worker that unregistered.
     pub(crate) fn remove(&mut self, id: &str) -> Option<WorkerRecord> {
         self.remove_for(id, Removal::Unregistered)

@@ -62,7 +62,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 pub use schema::SCHEMA_VERSION;
 pub(crate) use stats::StoreSnapshot;
-use stats::WriterStats;
+pub(crate) use stats::WriterStats;
 
 /// Most operations written in one transaction; the rest wait for the next.
 pub(crate) const MAX_BATCH_OPS: usize = 4096;
@@ -212,7 +212,7 @@ pub(crate) struct Recovered {
     pub took: Duration,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct RecoveredWorker {
     pub id: String,
     pub record: String,
@@ -221,7 +221,7 @@ pub(crate) struct RecoveredWorker {
     pub state: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct RecoveredTask {
     pub id: String,
     pub owner_key: String,
@@ -284,6 +284,27 @@ impl Store {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A store whose batches another thread makes durable (cluster mode:
+    /// etcd). `label` names it in metrics and errors. The caller runs the
+    /// consumer of the returned receiver, which must answer every ack and
+    /// stop at a `close` message, and updates the returned stats.
+    pub(crate) fn remote(
+        label: &Path,
+    ) -> (
+        Store,
+        crossbeam_channel::Receiver<Msg>,
+        Arc<Mutex<WriterStats>>,
+    ) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(Mutex::new(WriterStats::new(label)));
+        let store = Store {
+            tx,
+            stats: stats.clone(),
+            path: Arc::new(label.to_path_buf()),
+        };
+        (store, rx, stats)
     }
 
     /// Makes `ops` durable together; await the ack before replying.

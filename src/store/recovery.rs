@@ -45,6 +45,16 @@ impl Boot {
         })
     }
 
+    /// A store but nothing to recover from it (cluster mode: shards adopt
+    /// their share from etcd once the node has joined).
+    pub(crate) fn with_store(store: Store) -> Arc<Boot> {
+        Arc::new(Boot {
+            store: Some(store),
+            epoch: run_epoch(),
+            slices: Mutex::new(Vec::new()),
+        })
+    }
+
     /// Rebuilds records and splits them over `shards` shards. Workers whose
     /// last heartbeat is older than `worker_timeout` are not restored (the
     /// sweeper would remove them at once); their rows are deleted.

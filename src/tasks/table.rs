@@ -320,6 +320,43 @@ impl TaskTable {
         (self.counters.lease_expiries - before) as usize
     }
 
+    /// Drops, without events, every task whose queue key `keep` refuses
+    /// (cluster mode: its queue moved to another node, which reads it from
+    /// etcd); returns how many. Waiters on dropped queues are woken, so a
+    /// long-poll looks again where the queue is now.
+    pub(crate) fn hand_over(&mut self, keep: impl Fn(&str) -> bool) -> usize {
+        let gone: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|t| !keep(&t.target.queue_key()))
+            .map(|t| t.id.clone())
+            .collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        let dropped: std::collections::HashSet<&str> = gone.iter().map(String::as_str).collect();
+        let mut keys = Vec::new();
+        for id in &gone {
+            if let Some(t) = self.tasks.remove(id) {
+                self.counters.by_state[t.state.index()] =
+                    self.counters.by_state[t.state.index()].saturating_sub(1);
+                keys.push(t.target.queue_key());
+            }
+        }
+        self.queues.retain(|_, q| {
+            q.retain(|id| !dropped.contains(id.as_str()));
+            !q.is_empty()
+        });
+        self.leases.retain(|(_, id)| !dropped.contains(id.as_str()));
+        self.finished.retain(|id| !dropped.contains(id.as_str()));
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            self.wake(&k);
+        }
+        gone.len()
+    }
+
     /// Fires every waiter parked on `key` (all of them: a woken poller may
     /// find the task taken, or may already be answering with tasks from
     /// another shard, so waking just one could strand the task).

@@ -132,6 +132,12 @@ pub(crate) fn new_task_id(queue_key: &str) -> String {
 
 /// The shard holding task `id`; None when `id` is not one of ours.
 pub(crate) fn shard_of_task(id: &str, shards: usize) -> Option<usize> {
+    task_hash(id).map(|h| (h % shards.max(1) as u64) as usize)
+}
+
+/// The placement hash of task `id`'s queue key (the id embeds it); None
+/// when `id` is not one of ours.
+pub(crate) fn task_hash(id: &str) -> Option<u64> {
     let rest = id.strip_prefix("t-")?;
     let (hash, tail) = rest.split_once('-')?;
     if hash.len() != 16 || tail.len() != 16 {
@@ -139,7 +145,7 @@ pub(crate) fn shard_of_task(id: &str, shards: usize) -> Option<usize> {
     }
     let h = u64::from_str_radix(hash, 16).ok()?;
     u64::from_str_radix(tail, 16).ok()?;
-    Some((h % shards.max(1) as u64) as usize)
+    Some(h)
 }
 
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde_json::json as j;
+use serde_json::{json as j, Value};
 
 use super::super::error::ApiError;
 use super::super::{json, Body, Ctx};
@@ -100,6 +100,43 @@ pub(super) async fn stats(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         "timestamp": now_iso8601(),
     });
     Ok(json(StatusCode::OK, out.to_string().into_bytes()))
+}
+
+/// Cluster mode: the load averages of a merged `/api/admin/stats`,
+/// weighted by each node's workers of the tier.
+pub(super) fn fix_stats(all: &mut Value, each: &[Value]) {
+    let Some(tiers) = all["average_load_by_tier"]
+        .as_object()
+        .map(|o| o.keys().cloned().collect::<Vec<_>>())
+    else {
+        return;
+    };
+    for t in tiers {
+        let (mut sum, mut n) = (0.0, 0.0);
+        for part in each {
+            let count = part["workers_by_tier"][&t].as_f64().unwrap_or(0.0);
+            sum += part["average_load_by_tier"][&t].as_f64().unwrap_or(0.0) * count;
+            n += count;
+        }
+        let avg = if n > 0.0 { sum / n } else { 0.0 };
+        all["average_load_by_tier"][&t] = Value::from(avg);
+    }
+}
+
+/// Cluster mode: a merged `/api/admin/health` has the minimum workers
+/// when any node has them.
+pub(super) fn fix_health(all: &mut Value, each: &[Value]) {
+    let any = |k: &str| {
+        each.iter()
+            .any(|p| p["has_minimum_workers"][k].as_bool() == Some(true))
+    };
+    let (gpu, service) = (any("gpu_workers"), any("service_workers"));
+    all["has_minimum_workers"] = j!({"gpu_workers": gpu, "service_workers": service});
+    all["overall_status"] = j!(if gpu && service {
+        "healthy"
+    } else {
+        "degraded"
+    });
 }
 
 #[utoipa::path(

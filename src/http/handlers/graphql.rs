@@ -265,7 +265,7 @@ async fn answer(ctx: &Ctx, ask: Ask) -> Answer {
         Ask::Health => super::admin::health(ctx).await?,
         Ask::Pins => super::inference::pins_view(ctx),
         Ask::Tasks(q) => tasks::admin_list_query(ctx, Some(&q)).await?,
-        Ask::Task(id) => match tasks::get(ctx, id).await {
+        Ask::Task(id) => match tasks::get_task(ctx, id).await {
             Err(ApiError::NotFound(_)) => return Ok(Bytes::from_static(b"null")),
             other => other?,
         },

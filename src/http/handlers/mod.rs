@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use super::error::ApiError;
-use super::{Body, Ctx, Route};
+use super::{peer, Body, Ctx, Route};
 use crate::shard::msg::{Reply, Request as ShardRequest, Summary};
 
 pub(super) async fn handle(
@@ -37,11 +37,11 @@ pub(super) async fn handle(
     match route {
         Route::Register => worker::register(ctx, req).await,
         Route::Heartbeat => worker::heartbeat(ctx, req).await,
-        Route::Unregister => worker::unregister(ctx, param.unwrap_or_default()).await,
+        Route::Unregister => worker::unregister(ctx, param.unwrap_or_default(), req).await,
         Route::Tasks => tasks::pull(ctx, req).await,
         Route::TaskComplete => tasks::complete(ctx, req).await,
         Route::TaskSubmit => tasks::submit(ctx, req).await,
-        Route::TaskGet => tasks::get(&ctx, param.unwrap_or_default()).await,
+        Route::TaskGet => tasks::get(&ctx, param.unwrap_or_default(), req).await,
         Route::AdminTasks => tasks::admin_list(ctx, req).await,
         Route::InferenceLlm => inference::llm(ctx, req).await,
         Route::InferenceVision => inference::vision(ctx, req).await,
@@ -50,13 +50,25 @@ pub(super) async fn handle(
         Route::ServiceProxy => inference::service(ctx, param.unwrap_or_default(), req).await,
         Route::ApiServiceProxy => inference::api_service(ctx, param.unwrap_or_default(), req).await,
         Route::AdminPins => inference::pins(ctx, req).await,
-        Route::CoordinatorWorkers => coordinator::workers(ctx, req).await,
+        Route::CoordinatorWorkers => peer::whole_pool(ctx, req, None, coordinator::workers).await,
         Route::Events => events::stream(ctx, req).await,
         Route::Broadcast => coordinator::broadcast(ctx, req).await,
-        Route::AdminWorkers => admin::workers(ctx, req).await,
+        Route::AdminWorkers => peer::whole_pool(ctx, req, None, admin::workers).await,
         Route::AdminServices => admin::services(&ctx).await,
-        Route::AdminStats => admin::stats(&ctx).await,
-        Route::AdminHealth => admin::health(&ctx).await,
+        Route::AdminStats => {
+            let fix: peer::Fix = admin::fix_stats;
+            peer::whole_pool(ctx, req, Some(fix), |ctx, _| async move {
+                admin::stats(&ctx).await
+            })
+            .await
+        }
+        Route::AdminHealth => {
+            let fix: peer::Fix = admin::fix_health;
+            peer::whole_pool(ctx, req, Some(fix), |ctx, _| async move {
+                admin::health(&ctx).await
+            })
+            .await
+        }
         Route::AdminGaps => admin::gaps(&ctx).await,
         Route::Discover => services::discover(ctx, param.unwrap_or_default(), req).await,
         Route::ServicesList => services::list(ctx).await,
@@ -72,11 +84,11 @@ pub(super) async fn handle(
         Route::Redoc => Ok(docs::redoc()),
         Route::DocsAsset => docs::asset(param.as_deref().unwrap_or_default()),
         Route::GraphQl => graphql::serve_request(ctx, req).await,
-        Route::WorkerDrain => worker::drain(&ctx, &param.unwrap_or_default(), true).await,
-        Route::WorkerUndrain => worker::drain(&ctx, &param.unwrap_or_default(), false).await,
+        Route::WorkerDrain => worker::drain(&ctx, &param.unwrap_or_default(), true, req).await,
+        Route::WorkerUndrain => worker::drain(&ctx, &param.unwrap_or_default(), false, req).await,
         Route::History => history::query(ctx, req).await,
         Route::HistorySeries => history::list(&ctx),
-        Route::TaskRequeue => tasks::requeue(&ctx, &param.unwrap_or_default()).await,
+        Route::TaskRequeue => tasks::requeue(&ctx, &param.unwrap_or_default(), req).await,
         Route::Ui => ui::serve(param.as_deref()),
         Route::NotFound => Err(ApiError::NotFound("Not Found".into())),
         Route::MethodNotAllowed | Route::Preflight => Err(ApiError::MethodNotAllowed { allow }),

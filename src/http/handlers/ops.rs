@@ -24,7 +24,7 @@ use crate::shard::scrape::{encode, Gauges};
 pub(super) async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let s = summary(ctx).await?;
     let cfg = &ctx.shard.cfg;
-    let out = j!({
+    let mut out = j!({
         "status": "healthy",
         "coordinator": "rma-coordinator-rs",
         "version": env!("CARGO_PKG_VERSION"),
@@ -33,6 +33,16 @@ pub(super) async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         "timestamp": now_iso8601(),
         "workers": {"total": s.total, "active": s.healthy, "stale": s.stale},
     });
+    // Cluster mode: this node's view (its workers above are its own share).
+    if let (Some(view), Some(me)) = (ctx.shard.view(), ctx.shard.node_id()) {
+        out["cluster"] = j!({
+            "node_id": me,
+            "members": view.members.iter().map(|m| j!({"node_id": m.node_id, "url": m.url, "shards": m.shards})).collect::<Vec<_>>(),
+            "fenced": view.fenced,
+            "epoch": view.epoch,
+            "settled": ctx.shard.is_settled(),
+        });
+    }
     Ok(json(StatusCode::OK, out.to_string().into_bytes()))
 }
 

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::super::error::ApiError;
 use super::super::request::{parse_object, query_param, valid_id};
-use super::super::{json, Body, Ctx};
+use super::super::{json, peer, Body, Ctx};
 use super::lists;
 use crate::runtime;
 use crate::shard::msg::{Reply, Request as ShardRequest};
@@ -82,14 +82,38 @@ fn str_field(o: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiEr
     )
 )]
 pub(super) async fn submit(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let head = peer::Head::of(&ctx, &req);
     let body = ctx.body(req).await?;
-    submit_object(&ctx, parse_object(&body)?).await
+    let o = parse_object(&body)?;
+    submit_relayed(&ctx, o, head.map(|h| (h, body))).await
 }
 
-/// A task submit from its body object (REST and GraphQL `submitTask`).
+/// A task submit from its body object (GraphQL `submitTask`). In cluster
+/// mode a task whose queue another node owns is refused here (503): the
+/// REST route relays it, this one has no request to relay.
 pub(super) async fn submit_object(
     ctx: &Ctx,
     o: Map<String, Value>,
+) -> Result<Response<Body>, ApiError> {
+    submit_relayed(ctx, o, None).await
+}
+
+/// How long a relayed task request may take on its owner node, besides
+/// a long-poll's wait.
+const RELAY_WAIT: Duration = Duration::from_secs(10);
+
+/// The node owning task `id`'s queue, when it is another one.
+fn remote_task(ctx: &Ctx, id: &str) -> Option<crate::shard::cluster::Peer> {
+    ctx.shard.node()?;
+    ctx.shard.remote_node(crate::tasks::task::task_hash(id)?)
+}
+
+/// A task submit from its body object; `relay` is the request to send on
+/// when another node owns the task's queue (cluster mode).
+async fn submit_relayed(
+    ctx: &Ctx,
+    o: Map<String, Value>,
+    relay: Option<(peer::Head, bytes::Bytes)>,
 ) -> Result<Response<Body>, ApiError> {
     let cfg = &ctx.shard.cfg;
     let task_type = match str_field(&o, "type")?
@@ -132,6 +156,16 @@ pub(super) async fn submit_object(
         },
     };
     let key = target.queue_key();
+    if let Some(owner) = ctx.shard.remote_queue(&key) {
+        let Some((head, body)) = relay else {
+            return Err(ApiError::Unavailable(format!(
+                "queue {key} lives on node {}: submit through POST /api/tasks",
+                owner.node_id
+            )));
+        };
+        return peer::relay(ctx, &owner, head, body, RELAY_WAIT).await;
+    }
+    super::worker::writable(ctx)?;
     let id = new_task_id(&key);
     let shard = shard_of_key(&key, ctx.shard.count);
     let task = Task::new(id.clone(), task_type, payload, target.clone(), max_attempts);
@@ -162,9 +196,21 @@ pub(super) async fn submit_object(
         (status = 404, description = "Unknown, or finished and evicted", body = super::openapi::Detail),
     )
 )]
-pub(super) async fn get(ctx: &Ctx, raw: String) -> Result<Response<Body>, ApiError> {
+pub(super) async fn get(
+    ctx: &Ctx,
+    raw: String,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let id = super::super::request::percent_decode(&raw, false)
         .ok_or_else(|| ApiError::field("task_id", "invalid percent-encoding"))?;
+    if let (Some(head), Some(owner)) = (peer::Head::of(ctx, &req), remote_task(ctx, &id)) {
+        return peer::relay(ctx, &owner, head, bytes::Bytes::new(), RELAY_WAIT).await;
+    }
+    get_task(ctx, id).await
+}
+
+/// Task `id` from its owner shard on this node (GraphQL `task`).
+pub(super) async fn get_task(ctx: &Ctx, id: String) -> Result<Response<Body>, ApiError> {
     let not_found = || ApiError::NotFound("Task not found".into());
     let shard = shard_of_task(&id, ctx.shard.count).ok_or_else(not_found)?;
     match task_op(ctx, shard, TaskOp::Get(id), Reply::task).await? {
@@ -189,8 +235,16 @@ pub(super) async fn get(ctx: &Ctx, raw: String) -> Result<Response<Body>, ApiErr
         (status = 422, description = "Not a task id (empty, too long, control or invisible characters)", body = super::openapi::Detail),
     )
 )]
-pub(super) async fn requeue(ctx: &Ctx, raw: &str) -> Result<Response<Body>, ApiError> {
+pub(super) async fn requeue(
+    ctx: &Ctx,
+    raw: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let id = super::super::request::path_id("task_id", raw)?;
+    if let (Some(head), Some(owner)) = (peer::Head::of(ctx, &req), remote_task(ctx, &id)) {
+        return peer::relay(ctx, &owner, head, bytes::Bytes::new(), RELAY_WAIT).await;
+    }
+    super::worker::writable(ctx)?;
     let not_found = || ApiError::NotFound("Task not found".into());
     let shard = shard_of_task(&id, ctx.shard.count).ok_or_else(not_found)?;
     match task_op(ctx, shard, TaskOp::Requeue(id), Reply::requeued).await? {
@@ -428,6 +482,12 @@ pub(super) async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bo
             })? as usize
         }
     };
+    if let (Some(head), Some(owner)) = (
+        peer::Head::of(&ctx, &req),
+        ctx.shard.remote_worker(&worker_id),
+    ) {
+        return peer::relay(&ctx, &owner, head, bytes::Bytes::new(), wait + RELAY_WAIT).await;
+    }
     drop(req);
     let owner = ctx.shard.owner_of(&worker_id);
     let keys = task_op(&ctx, owner, TaskOp::Keys(worker_id.clone()), Reply::keys)
@@ -534,6 +594,7 @@ pub(super) async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Respons
     let q_worker = query_param(q, "worker_id");
     let q_task = query_param(q, "task_id");
     let q_status = query_param(q, "status");
+    let head = peer::Head::of(&ctx, &req);
     let body = ctx.body(req).await?;
     // The service original's shape names both ids in the query; anything
     // else is the agent's (a body object, the query filling in what the
@@ -572,6 +633,10 @@ pub(super) async fn complete(ctx: Ctx, req: Request<Incoming>) -> Result<Respons
         _ => Outcome::Done(result),
     };
     let not_found = || ApiError::NotFound("Task not found".into());
+    if let (Some(head), Some(owner)) = (head, remote_task(&ctx, &task_id)) {
+        return peer::relay(&ctx, &owner, head, body, RELAY_WAIT).await;
+    }
+    super::worker::writable(&ctx)?;
     let shard = shard_of_task(&task_id, ctx.shard.count).ok_or_else(not_found)?;
     let op = TaskOp::Complete {
         task_id: task_id.clone(),

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::super::error::ApiError;
 use super::super::request::{parse_object, path_id, valid_id};
-use super::super::{json, json_static, Body, Ctx};
+use super::super::{json, json_static, peer, Body, Ctx};
 use crate::model::wire::{HeartbeatRequest, RegisterRequest};
 use crate::model::worker::{Assigned, Containers, Registration, ServiceConfigView, WorkerRecord};
 use crate::model::{classify, Classification, ServiceSpec};
@@ -82,6 +82,7 @@ pub(super) async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Respons
         .get(HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string);
+    let head = peer::Head::of(&ctx, &req);
     let body = ctx.body(req).await?;
     let r: RegisterRequest = parse_object(&body)?;
     let generated = r.worker_id.is_none();
@@ -90,8 +91,12 @@ pub(super) async fn register(ctx: Ctx, req: Request<Incoming>) -> Result<Respons
             valid_id("worker_id", &id)?;
             id
         }
-        None => generate_id(),
+        None => generate_id(&ctx),
     };
+    if let (Some(head), Some(owner)) = (head, ctx.shard.remote_worker(&worker_id)) {
+        return peer::relay(&ctx, &owner, head, body, RELAY_WAIT).await;
+    }
+    writable(&ctx)?;
     // A key limited to id patterns registers only ids it matches (a
     // generated id is `worker-` + hex, matched by `worker-*`).
     ctx.may_act_for(&worker_id)?;
@@ -214,7 +219,7 @@ async fn place(
         {
             Reply::IdTaken(back) => {
                 rec = back;
-                rec.worker_id = generate_id();
+                rec.worker_id = generate_id(ctx);
             }
             reply => return Ok((id, reply.registered()?)),
         }
@@ -254,9 +259,35 @@ fn check_worker_size(
     Ok(())
 }
 
-/// `worker-` + 8 hex digits, the service original's format.
-fn generate_id() -> String {
+/// `worker-` + 8 hex digits, the service original's format. In cluster
+/// mode, one this node owns (about one draw in N), so the registration
+/// stays here.
+fn generate_id(ctx: &Ctx) -> String {
+    loop {
+        let id = random_id();
+        if ctx.shard.remote_worker(&id).is_none() {
+            return id;
+        }
+    }
+}
+
+fn random_id() -> String {
     format!("worker-{:08x}", fastrand::u32(..))
+}
+
+/// How long a relayed worker request may take on its owner node.
+const RELAY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// 503 when this node may not write (cluster mode without a lease).
+pub(super) fn writable(ctx: &Ctx) -> Result<(), ApiError> {
+    if ctx.shard.fenced() {
+        return Err(ApiError::Unavailable(
+            "this coordinator has no cluster lease (etcd unreachable or without quorum): it \
+             refuses changes until it has rejoined; retry shortly"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 #[utoipa::path(
@@ -278,11 +309,21 @@ pub(super) async fn heartbeat(
     // A heartbeat replaces the worker's reported state: its size bounds
     // what one worker can make us hold (a real one is ~300 bytes).
     let cfg = &ctx.shard.cfg;
+    let head = peer::Head::of(&ctx, &req);
     let body = ctx.body_within(req, cfg.max_capabilities_bytes).await?;
     let mut hb: HeartbeatRequest = parse_object(&body)?;
     valid_id("worker_id", &hb.worker_id)?;
     ctx.may_act_for(&hb.worker_id)?;
+    if let (Some(head), Some(owner)) = (head, ctx.shard.remote_worker(&hb.worker_id)) {
+        return peer::relay(&ctx, &owner, head, body, RELAY_WAIT).await;
+    }
     let owner = ctx.shard.owner_of(&hb.worker_id);
+    if !ctx.shard.is_settled() {
+        // Ownership just moved here: the worker's record may still be on
+        // its way from etcd. Wait for it rather than answer 404 (which
+        // would make the agent register again).
+        ctx.shard.settled(RELAY_WAIT).await;
+    }
     // Only a heartbeat carrying progress needs its id after the call.
     let progress = match hb.task_ids.take().or(hb.active_tasks.take()) {
         Some(ids) if !ids.is_empty() => Some((hb.worker_id.clone(), ids)),
@@ -334,9 +375,17 @@ async fn refresh_routing(ctx: &Ctx) {
         (status = 422, description = "Not a valid id", body = super::openapi::Detail),
     )
 )]
-pub(super) async fn unregister(ctx: Ctx, raw_id: String) -> Result<Response<Body>, ApiError> {
+pub(super) async fn unregister(
+    ctx: Ctx,
+    raw_id: String,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let id = path_id("worker_id", &raw_id)?;
     ctx.may_act_for(&id)?;
+    if let (Some(head), Some(owner)) = (peer::Head::of(&ctx, &req), ctx.shard.remote_worker(&id)) {
+        return peer::relay(&ctx, &owner, head, bytes::Bytes::new(), RELAY_WAIT).await;
+    }
+    writable(&ctx)?;
     let owner = ctx.shard.owner_of(&id);
     let found = ctx
         .shard
@@ -370,8 +419,13 @@ pub(super) async fn drain(
     ctx: &Ctx,
     raw_id: &str,
     drained: bool,
+    req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    set_drained(ctx, path_id("worker_id", raw_id)?, drained).await
+    let id = path_id("worker_id", raw_id)?;
+    if let (Some(head), Some(owner)) = (peer::Head::of(ctx, &req), ctx.shard.remote_worker(&id)) {
+        return peer::relay(ctx, &owner, head, bytes::Bytes::new(), RELAY_WAIT).await;
+    }
+    set_drained(ctx, id, drained).await
 }
 
 /// Drains or undrains worker `id` on its owner shard (REST and GraphQL);
@@ -382,6 +436,7 @@ pub(super) async fn set_drained(
     drained: bool,
 ) -> Result<Response<Body>, ApiError> {
     valid_id("worker_id", &id)?;
+    writable(ctx)?;
     let owner = ctx.shard.owner_of(&id);
     tracing::info!(worker_id = id, drained, "worker drain requested");
     let request = ShardRequest::Drain { id, drained };
@@ -421,7 +476,7 @@ mod tests {
     #[test]
     fn generated_ids_have_the_original_format() {
         for _ in 0..100 {
-            let id = generate_id();
+            let id = random_id();
             assert_eq!(id.len(), 15);
             assert!(id.starts_with("worker-"));
             assert!(id[7..].bytes().all(|b| b.is_ascii_hexdigit()));

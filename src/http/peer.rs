@@ -1,0 +1,365 @@
+//! Cluster mode: relaying a request to the node that owns it, and asking
+//! every node for its part of a whole-pool view.
+//!
+//! A relayed request is the client's own (method, path, query, headers
+//! with its credentials, body), sent over a keep-alive connection from the
+//! shard's pool of peer connections, marked with [`RELAYED`] naming this
+//! node. A node never relays a request that carries the mark: it answers
+//! it itself, so two nodes whose views briefly disagree cannot bounce a
+//! request between them. The owner's answer is relayed back as it came
+//! (status, headers minus hop-by-hop, body).
+//!
+//! A whole-pool view asks every other node for its own part with
+//! [`SCOPE`]` = node` (such a request is answered from that node alone and
+//! never fans out again); the handler merges the parts. Peers that do not
+//! answer are left out and named, so a view during a failover is partial
+//! rather than failed.
+//!
+//! This file must not decide ownership (`shard::cluster`) or merge views
+//! (the handlers).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::join_all;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::{full, Body, Ctx};
+use crate::proxy::strip_hop_by_hop;
+use crate::shard::cluster::Peer;
+
+/// Request header of a relayed request: the relaying node's id.
+pub(crate) const RELAYED: &str = "x-coordinator-relayed-by";
+/// Request header asking for this node's part of a whole-pool view only.
+pub(crate) const SCOPE: &str = "x-coordinator-scope";
+/// Response header: the node that answered (cluster mode).
+pub(crate) const NODE: &str = "x-coordinator-node";
+
+/// Largest answer taken from another node (whole-pool parts included).
+const MAX_ANSWER: usize = 256 << 20;
+/// Connecting to another node: it is on the same network.
+const CONNECT: Duration = Duration::from_secs(2);
+
+/// What is needed to relay a request once its body has been read.
+pub(crate) struct Head {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+}
+
+impl Head {
+    /// The request's head, in cluster mode only and when it may still be
+    /// relayed (no [`RELAYED`] mark).
+    pub(crate) fn of<B>(ctx: &Ctx, req: &Request<B>) -> Option<Head> {
+        ctx.shard.node()?;
+        if req.headers().contains_key(RELAYED) {
+            return None;
+        }
+        Some(Head {
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            headers: req.headers().clone(),
+        })
+    }
+}
+
+/// Whether the request asks for this node's part only.
+pub(crate) fn node_scope<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(SCOPE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"node"))
+}
+
+/// Sends the request to `peer` and relays its answer. `wait` bounds the
+/// exchange (a task long-poll waits longer than a heartbeat).
+pub(crate) async fn relay(
+    ctx: &Ctx,
+    peer: &Peer,
+    head: Head,
+    body: Bytes,
+    wait: Duration,
+) -> Result<Response<Body>, ApiError> {
+    let (status, headers, body) = exchange(ctx, peer, head, body, wait, false).await?;
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+async fn exchange(
+    ctx: &Ctx,
+    peer: &Peer,
+    head: Head,
+    body: Bytes,
+    wait: Duration,
+    scoped: bool,
+) -> Result<(StatusCode, HeaderMap, Bytes), ApiError> {
+    let node = ctx
+        .shard
+        .node()
+        .ok_or_else(|| ApiError::Unavailable("not in cluster mode".into()))?;
+    let unreachable = |why: String| {
+        ApiError::Unavailable(format!(
+            "node {} (owner of this request) is unreachable: {why}; retry shortly",
+            peer.node_id
+        ))
+    };
+    let started = Instant::now();
+    let (mut sender, _) = node
+        .pool
+        .checkout(&peer.endpoint, CONNECT)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let mut headers = head.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(HOST);
+    headers.remove(CONTENT_LENGTH);
+    headers.insert(
+        HOST,
+        HeaderValue::from_str(&peer.endpoint.authority)
+            .unwrap_or(HeaderValue::from_static("localhost")),
+    );
+    if let Some(me) = ctx.shard.node_id() {
+        if let Ok(v) = HeaderValue::from_str(me) {
+            headers.insert(HeaderName::from_static(RELAYED), v);
+        }
+    }
+    if scoped {
+        headers.insert(
+            HeaderName::from_static(SCOPE),
+            HeaderValue::from_static("node"),
+        );
+    }
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = head.method;
+    *req.uri_mut() = head
+        .path
+        .parse()
+        .map_err(|_| ApiError::BadRequest("unrelayable request path".into()))?;
+    *req.headers_mut() = headers;
+    let left = wait.saturating_sub(started.elapsed());
+    let resp = match crate::runtime::timeout(left, sender.send_request(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Err(_) => {
+            return Err(ApiError::GatewayTimeout(format!(
+                "node {} did not answer within {wait:?}",
+                peer.node_id
+            )))
+        }
+    };
+    let (parts, incoming) = resp.into_parts();
+    let left = wait.saturating_sub(started.elapsed());
+    let bytes =
+        match crate::runtime::timeout(left, Limited::new(incoming, MAX_ANSWER).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) => return Err(unreachable(format!("reading its answer: {e}"))),
+            Err(_) => {
+                return Err(ApiError::GatewayTimeout(format!(
+                    "node {} did not finish its answer within {wait:?}",
+                    peer.node_id
+                )))
+            }
+        };
+    node.pool.checkin(&peer.endpoint.origin, sender);
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(CONTENT_LENGTH);
+    Ok((parts.status, headers, bytes))
+}
+
+/// Asks every other node for its part of the view `req` names and returns
+/// the JSON answers that came back with 200, and the ids of the nodes
+/// that gave none.
+pub(crate) async fn gather<B>(ctx: &Ctx, req: &Request<B>) -> (Vec<Value>, Vec<String>) {
+    let peers = ctx.shard.peers();
+    if peers.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let wait = ctx.shard.cfg.gather_timeout.max(Duration::from_secs(2));
+    let asks = peers.iter().map(|p| {
+        let head = Head {
+            method: Method::GET,
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            headers: req.headers().clone(),
+        };
+        exchange(ctx, p, head, Bytes::new(), wait, true)
+    });
+    let mut parts = Vec::new();
+    let mut missing = Vec::new();
+    for (p, r) in peers.iter().zip(join_all(asks).await) {
+        match r {
+            Ok((StatusCode::OK, _, body)) => match serde_json::from_slice(&body) {
+                Ok(v) => parts.push(v),
+                Err(_) => missing.push(p.node_id.clone()),
+            },
+            Ok((status, _, _)) => {
+                tracing::debug!(node = %p.node_id, %status, "peer refused its part of a view");
+                missing.push(p.node_id.clone());
+            }
+            Err(e) => {
+                tracing::debug!(node = %p.node_id, error = %e, "peer gave no part of a view");
+                missing.push(p.node_id.clone());
+            }
+        }
+    }
+    (parts, missing)
+}
+
+/// Recomputes, in a merged whole-pool answer, what summing got wrong.
+pub(crate) type Fix = fn(&mut Value, &[Value]);
+
+/// A list view may be merged across nodes: no paging, no change feed, no
+/// blocking query (those carry per-node cursors and indexes and stay
+/// node-local, see docs/cluster.md).
+pub(crate) fn mergeable_list<B>(req: &Request<B>) -> bool {
+    let q = req.uri().query().unwrap_or("");
+    !q.split('&').any(|kv| {
+        let k = kv.split('=').next().unwrap_or("");
+        matches!(k, "after" | "limit" | "since" | "index" | "wait")
+    })
+}
+
+/// Merges whole-pool answers of one shape: arrays are concatenated,
+/// integers summed, objects merged key by key the same way; any other
+/// value (a timestamp, a status word) is this node's.
+pub(crate) fn merge(mut local: Value, parts: Vec<Value>) -> Value {
+    for p in parts {
+        merge_into(&mut local, p);
+    }
+    local
+}
+
+fn merge_into(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Array(a), Value::Array(b)) => a.extend(b),
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    Some(slot) => merge_into(slot, v),
+                    None => {
+                        a.insert(k, v);
+                    }
+                }
+            }
+        }
+        (Value::Number(a), Value::Number(b)) => {
+            if let (Some(x), Some(y)) = (a.as_u64(), b.as_u64()) {
+                *a = (x + y).into();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Collects a response of this node into JSON (to merge other nodes'
+/// parts into it); None when it is not a JSON 200.
+pub(crate) async fn local_json(resp: Response<Body>) -> Result<Value, Response<Body>> {
+    if resp.status() != StatusCode::OK {
+        return Err(resp);
+    }
+    let (parts, body) = resp.into_parts();
+    match body.collect().await {
+        Ok(b) => serde_json::from_slice(&b.to_bytes()).map_err(|_| {
+            Response::from_parts(
+                parts,
+                full(Bytes::from_static(b"{\"detail\":\"unmergeable answer\"}")),
+            )
+        }),
+        Err(_) => Err(Response::from_parts(
+            parts,
+            full(Bytes::from_static(b"{\"detail\":\"unreadable answer\"}")),
+        )),
+    }
+}
+
+/// Runs a whole-pool view handler and, in cluster mode (unless the
+/// request asks for this node's part only), merges every other node's
+/// part into its answer with [`merge`]; `fix` recomputes what a plain
+/// merge gets wrong (averages, status words) from the merged answer and
+/// every node's own part. Nodes that gave no part are named in
+/// `nodes_missing`.
+pub(crate) async fn whole_pool<F, Fut>(
+    ctx: Ctx,
+    req: Request<hyper::body::Incoming>,
+    fix: Option<Fix>,
+    local: F,
+) -> Result<Response<Body>, ApiError>
+where
+    F: FnOnce(Ctx, Request<hyper::body::Incoming>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<Body>, ApiError>>,
+{
+    if ctx.shard.node().is_none() || node_scope(&req) || !mergeable_list(&req) {
+        return local(ctx, req).await;
+    }
+    let (parts, missing) = gather(&ctx, &req).await;
+    let shard = ctx.shard.clone();
+    let resp = local(ctx, req).await?;
+    let mine = match local_json(resp).await {
+        Ok(v) => v,
+        Err(resp) => return Ok(resp),
+    };
+    let each = fix.map(|_| {
+        let mut v = parts.clone();
+        v.push(mine.clone());
+        v
+    });
+    let mut all = merge(mine, parts);
+    if let (Some(fix), Some(each)) = (fix, each) {
+        fix(&mut all, &each);
+    }
+    if let Value::Object(o) = &mut all {
+        if !missing.is_empty() {
+            o.insert("nodes_missing".into(), Value::from(missing));
+        }
+        if let Some(view) = shard.view() {
+            o.insert("nodes".into(), Value::from(view.members.len()));
+        }
+    }
+    Ok(super::json(
+        StatusCode::OK,
+        serde_json::to_vec(&all).unwrap_or_default(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_concatenates_sums_and_keeps_the_rest() {
+        let a = json!({"workers": [1], "count": 1, "by": {"x": 2, "s": "a"}, "timestamp": "t1"});
+        let b = json!({"workers": [2, 3], "count": 2, "by": {"x": 1, "y": 4, "s": "b"}, "timestamp": "t2"});
+        let m = merge(a, vec![b]);
+        assert_eq!(
+            m,
+            json!({"workers": [1, 2, 3], "count": 3, "by": {"x": 3, "y": 4, "s": "a"}, "timestamp": "t1"})
+        );
+    }
+
+    #[test]
+    fn paged_and_blocking_lists_stay_local() {
+        let r = |q: &str| {
+            Request::get(format!("/api/admin/workers{q}"))
+                .body(())
+                .unwrap()
+        };
+        assert!(mergeable_list(&r("")));
+        assert!(mergeable_list(&r("?status=healthy")));
+        assert!(!mergeable_list(&r("?limit=5")));
+        assert!(!mergeable_list(&r("?status=x&index=3&wait=5")));
+    }
+}
