@@ -17,6 +17,13 @@
 
 FROM rust:1.98.0-bookworm@sha256:82150a52ec202c1b14d7817e14516c392bb7f5cfebd88f1ed531cb37ebd39922 AS build
 WORKDIR /src
+# etcd-client (cluster mode) compiles etcd's protobuf definitions at build
+# time with protoc. The base image is pinned by digest, so its Debian
+# snapshot fixes the version.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends protobuf-compiler \
+    && rm -rf /var/lib/apt/lists/*
 # No debug info and a stripped binary for the image only; the repository's
 # release profile keeps line tables for profiling on a developer machine.
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
