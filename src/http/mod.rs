@@ -140,6 +140,9 @@ pub(crate) struct Ctx {
     /// The request's id (`X-Request-Id`): the client's, or one made by
     /// the dispatcher; the proxy passes it to workers.
     pub request_id: HeaderValue,
+    /// Cluster mode, proxied routes: the request as another node would
+    /// take it, for when no worker of this node serves it.
+    pub relay: std::cell::RefCell<Option<peer::Head>>,
 }
 
 impl Ctx {
@@ -300,6 +303,7 @@ async fn connection(
                 log: log.clone(),
                 note: None,
                 request_id: HeaderValue::from_static(""),
+                relay: Default::default(),
             };
             let activity = activity.clone();
             async move {
@@ -345,6 +349,7 @@ async fn connection(
                 log,
                 note: None,
                 request_id: HeaderValue::from_static(""),
+                relay: Default::default(),
             };
             let read_buf = parts.read_buf.to_vec();
             runtime::in_background(async move {

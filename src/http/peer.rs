@@ -45,6 +45,7 @@ const MAX_ANSWER: usize = 256 << 20;
 const CONNECT: Duration = Duration::from_secs(2);
 
 /// What is needed to relay a request once its body has been read.
+#[derive(Clone)]
 pub(crate) struct Head {
     method: Method,
     path: String,
@@ -71,6 +72,12 @@ impl Head {
     }
 }
 
+/// A request another node sent for its part (relayed and node-scoped):
+/// only those carry internal parameters (a pull's `keys`).
+pub(crate) fn from_node<B>(ctx: &Ctx, req: &Request<B>) -> bool {
+    ctx.shard.node().is_some() && req.headers().contains_key(RELAYED) && node_scope(req)
+}
+
 /// Whether the request asks for this node's part only.
 pub(crate) fn node_scope<B>(req: &Request<B>) -> bool {
     req.headers()
@@ -92,6 +99,30 @@ pub(crate) async fn relay(
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
+}
+
+/// Sends the request to the other nodes in turn until one answers with
+/// anything but "no worker here" (404/503); None when none does. For a
+/// proxied request no worker of this node can serve.
+pub(crate) async fn relay_to_any(
+    ctx: &Ctx,
+    head: Head,
+    body: Bytes,
+    wait: Duration,
+) -> Option<Response<Body>> {
+    for p in ctx.shard.peers() {
+        match relay(ctx, &p, head.clone(), body.clone(), wait).await {
+            Ok(r)
+                if r.status() != StatusCode::NOT_FOUND
+                    && r.status() != StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                return Some(r)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(node = %p.node_id, error = %e, "relaying a proxied request"),
+        }
+    }
+    None
 }
 
 async fn exchange(
@@ -174,6 +205,113 @@ async fn exchange(
     strip_hop_by_hop(&mut headers);
     headers.remove(CONTENT_LENGTH);
     Ok((parts.status, headers, bytes))
+}
+
+/// Leases for `worker_id` from queues other nodes own (`remote`: each
+/// node and its keys), at most `max` in all, asked in turn without
+/// waiting, with the worker's own credentials. A node that fails is
+/// skipped (its tasks are there at the next pull).
+pub(crate) async fn remote_leases(
+    ctx: &Ctx,
+    worker_id: &str,
+    remote: &[(Peer, Vec<String>)],
+    max: usize,
+    creds: &HeaderMap,
+) -> Vec<Value> {
+    let mut got = Vec::new();
+    for (peer, keys) in remote {
+        if got.len() >= max {
+            break;
+        }
+        let head = Head {
+            method: Method::GET,
+            path: format!(
+                "/api/worker/tasks?worker_id={}&wait=0&max={}&keys={}",
+                encode(worker_id),
+                max - got.len(),
+                encode(&keys.join(","))
+            ),
+            headers: creds.clone(),
+        };
+        let wait = Duration::from_secs(10);
+        match exchange(ctx, peer, head, Bytes::new(), wait, true).await {
+            Ok((StatusCode::OK, _, body)) => {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if let Some(tasks) = v["tasks"].as_array() {
+                    got.extend(tasks.iter().cloned());
+                }
+            }
+            Ok((status, _, _)) => {
+                tracing::debug!(node = %peer.node_id, %status, "remote queues refused a pull")
+            }
+            Err(e) => {
+                tracing::debug!(node = %peer.node_id, error = %e, "remote queues unreachable")
+            }
+        }
+    }
+    got
+}
+
+/// The request's headers (its credentials) for calls this node makes to
+/// others on its behalf, in cluster mode.
+pub(crate) fn creds<B>(ctx: &Ctx, req: &Request<B>) -> Option<HeaderMap> {
+    ctx.shard.node()?;
+    let mut h = req.headers().clone();
+    h.remove(RELAYED);
+    h.remove(SCOPE);
+    Some(h)
+}
+
+/// Extends the leases `worker_id` holds on tasks other nodes own
+/// (`remote`: each node and its task ids) by a node-scoped heartbeat
+/// there. Best effort, like every lease extension.
+pub(crate) async fn extend_remote(
+    ctx: &Ctx,
+    worker_id: &str,
+    remote: Vec<(Peer, Vec<String>)>,
+    creds: &HeaderMap,
+) {
+    let asks = remote.into_iter().map(|(peer, ids)| {
+        let body = serde_json::json!({"worker_id": worker_id, "task_ids": ids});
+        let mut headers = creds.clone();
+        headers.insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let head = Head {
+            method: Method::POST,
+            path: "/api/worker/heartbeat".into(),
+            headers,
+        };
+        async move {
+            let r = exchange(
+                ctx,
+                &peer,
+                head,
+                Bytes::from(body.to_string()),
+                Duration::from_secs(10),
+                true,
+            )
+            .await;
+            if let Err(e) = r {
+                tracing::debug!(node = %peer.node_id, error = %e, "extending remote leases");
+            }
+        }
+    });
+    join_all(asks).await;
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Asks every other node for its part of the view `req` names and returns

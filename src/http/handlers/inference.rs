@@ -78,12 +78,28 @@ async fn forward_known(
 ) -> Result<Response<Body>, ApiError> {
     let cfg = ctx.shard.cfg.proxy();
     let candidates = |service| fetch(ctx, service, known);
+    let body = out.body.clone();
     match proxy::forward(&ctx.shard.proxy, &cfg, out, candidates).await? {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
             Ok(Response::from_parts(parts, crate::http::streamed(body)))
         }
         Err(failed) => {
+            // Cluster mode: no worker of this node serves it; a worker
+            // another node owns may.
+            if matches!(
+                failed.error,
+                proxy::ProxyError::NoWorker(_) | proxy::ProxyError::UnknownService(_)
+            ) {
+                let head = ctx.relay.borrow_mut().take();
+                if let Some(head) = head {
+                    if let Some(resp) =
+                        crate::http::peer::relay_to_any(ctx, head, body, cfg.request_timeout).await
+                    {
+                        return Ok(resp);
+                    }
+                }
+            }
             if let Some(worker) = &failed.worker {
                 tracing::warn!(worker = %worker, error = %failed.error, "proxied request failed");
             }

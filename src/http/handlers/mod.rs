@@ -34,6 +34,17 @@ pub(super) async fn handle(
     allow: &'static str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    if matches!(
+        route,
+        Route::InferenceLlm
+            | Route::InferenceVision
+            | Route::InferenceRag
+            | Route::InferenceGraph
+            | Route::ServiceProxy
+            | Route::ApiServiceProxy
+    ) {
+        *ctx.relay.borrow_mut() = peer::Head::of(&ctx, &req);
+    }
     match route {
         Route::Register => worker::register(ctx, req).await,
         Route::Heartbeat => worker::heartbeat(ctx, req).await,

@@ -16,6 +16,7 @@ use super::super::request::{parse_object, query_param, valid_id};
 use super::super::{json, peer, Body, Ctx};
 use super::lists;
 use crate::runtime;
+use crate::shard::cluster::Peer;
 use crate::shard::msg::{Reply, Request as ShardRequest};
 use crate::shard::ShardError;
 use crate::tasks::task::{new_task_id, shard_of_key, shard_of_task};
@@ -102,8 +103,31 @@ pub(super) async fn submit_object(
 /// a long-poll's wait.
 const RELAY_WAIT: Duration = Duration::from_secs(10);
 
+/// How often a long-poll looks again at queues other nodes own.
+const REMOTE_POLL: Duration = Duration::from_secs(1);
+
+/// `items` this node owns, and the others grouped by the node `remote`
+/// names (nodes in order of first appearance, items in order).
+fn by_node(
+    items: Vec<String>,
+    remote: impl Fn(&str) -> Option<Peer>,
+) -> (Vec<String>, Vec<(Peer, Vec<String>)>) {
+    let mut local = Vec::new();
+    let mut others: Vec<(Peer, Vec<String>)> = Vec::new();
+    for item in items {
+        match remote(&item) {
+            None => local.push(item),
+            Some(p) => match others.iter_mut().find(|(q, _)| q.node_id == p.node_id) {
+                Some((_, v)) => v.push(item),
+                None => others.push((p, vec![item])),
+            },
+        }
+    }
+    (local, others)
+}
+
 /// The node owning task `id`'s queue, when it is another one.
-fn remote_task(ctx: &Ctx, id: &str) -> Option<crate::shard::cluster::Peer> {
+fn remote_task(ctx: &Ctx, id: &str) -> Option<Peer> {
     ctx.shard.node()?;
     ctx.shard.remote_node(crate::tasks::task::task_hash(id)?)
 }
@@ -482,17 +506,42 @@ pub(super) async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bo
             })? as usize
         }
     };
-    if let (Some(head), Some(owner)) = (
-        peer::Head::of(&ctx, &req),
-        ctx.shard.remote_worker(&worker_id),
-    ) {
-        return peer::relay(&ctx, &owner, head, bytes::Bytes::new(), wait + RELAY_WAIT).await;
+    // Cluster mode: another node asking for the leases its worker may
+    // take from queues this node owns (service and capability queues
+    // live on the node their key hashes to, not the worker's).
+    let asked = peer::from_node(&ctx, &req)
+        .then(|| query_param(q, "keys"))
+        .flatten();
+    if asked.is_none() {
+        if let (Some(head), Some(owner)) = (
+            peer::Head::of(&ctx, &req),
+            ctx.shard.remote_worker(&worker_id),
+        ) {
+            return peer::relay(&ctx, &owner, head, bytes::Bytes::new(), wait + RELAY_WAIT).await;
+        }
     }
+    let (wait, keys) = match asked {
+        Some(keys) => (
+            Duration::ZERO,
+            keys.split(',')
+                .filter(|k| !k.is_empty() && ctx.shard.remote_queue(k).is_none())
+                .map(str::to_string)
+                .collect(),
+        ),
+        None => {
+            let owner = ctx.shard.owner_of(&worker_id);
+            let keys = task_op(&ctx, owner, TaskOp::Keys(worker_id.clone()), Reply::keys)
+                .await?
+                .ok_or_else(|| ApiError::NotFound("Worker not found".into()))?;
+            (wait, keys)
+        }
+    };
+    let creds = ctx.shard.node().map(|_| req.headers().clone());
     drop(req);
-    let owner = ctx.shard.owner_of(&worker_id);
-    let keys = task_op(&ctx, owner, TaskOp::Keys(worker_id.clone()), Reply::keys)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("Worker not found".into()))?;
+    // Keys of queues other nodes own are asked there, without waiting,
+    // for what the local queues leave of `max` (so nothing comes back in
+    // surplus); a long-poll looks again at least every REMOTE_POLL.
+    let (keys, remote) = by_node(keys, |k| ctx.shard.remote_queue(k));
     // Keys keep their priority order: the owner (own queue) first, other
     // shards in the order their first key appears.
     let groups = by_shard(keys, |k| Some(shard_of_key(k, ctx.shard.count)));
@@ -545,14 +594,26 @@ pub(super) async fn pull(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Bo
             return Err(e);
         }
         release(&ctx, &worker_id, surplus).await;
+        if got.len() < max && !remote.is_empty() {
+            if let Some(creds) = &creds {
+                let more =
+                    peer::remote_leases(&ctx, &worker_id, &remote, max - got.len(), creds).await;
+                got.extend(more);
+            }
+        }
         if !got.is_empty() || !waiting || wakeups.is_empty() {
             return Ok(ok_json(StatusCode::OK, &json!({ "tasks": got })));
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let mut left = deadline.saturating_duration_since(Instant::now());
+        if !remote.is_empty() {
+            left = left.min(REMOTE_POLL);
+        }
         let woken = pin!(runtime::timeout(left, select_all(wakeups)));
         let stopping = pin!(ctx.stopping.wait());
         match select(woken, stopping).await {
             Either::Left((Ok(_), _)) => {}
+            // Only a look at other nodes' queues is due.
+            Either::Left((Err(_), _)) if Instant::now() < deadline => {}
             // The wait ran out, or the server is shutting down: a worker's
             // long-poll ends with "nothing for you", never a dropped
             // connection (agents retry a pull; a reset looks like a fault).
@@ -699,14 +760,27 @@ async fn release(ctx: &Ctx, worker_id: &str, ids: Vec<String>) {
 /// Heartbeat progress: extends the leases `worker_id` holds on `ids`
 /// (the heartbeat's `task_ids`, or `active_tasks`). The shards holding
 /// them are asked at once.
+/// In cluster mode, ids of tasks other nodes own are extended there with
+/// the caller's credentials `creds` (None: local ones only).
 pub(super) async fn extend_leases(
     ctx: &Ctx,
     worker_id: &str,
     ids: Vec<String>,
+    creds: Option<&hyper::HeaderMap>,
 ) -> Result<(), ApiError> {
     let extend = |worker_id, task_ids| TaskOp::Extend {
         worker_id,
         task_ids,
+    };
+    let ids = match creds {
+        Some(creds) => {
+            let (local, remote) = by_node(ids, |id| remote_task(ctx, id));
+            if !remote.is_empty() {
+                peer::extend_remote(ctx, worker_id, remote, creds).await;
+            }
+            local
+        }
+        None => ids,
     };
     on_task_shards(ctx, worker_id, ids, extend).await
 }

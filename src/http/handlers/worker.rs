@@ -310,10 +310,23 @@ pub(super) async fn heartbeat(
     // what one worker can make us hold (a real one is ~300 bytes).
     let cfg = &ctx.shard.cfg;
     let head = peer::Head::of(&ctx, &req);
+    // Cluster mode: another node extending its worker's leases on tasks
+    // this node owns; the worker itself lives there.
+    let leases_only = peer::from_node(&ctx, &req);
+    let creds = peer::creds(&ctx, &req);
     let body = ctx.body_within(req, cfg.max_capabilities_bytes).await?;
     let mut hb: HeartbeatRequest = parse_object(&body)?;
     valid_id("worker_id", &hb.worker_id)?;
     ctx.may_act_for(&hb.worker_id)?;
+    if leases_only {
+        let ids = hb
+            .task_ids
+            .take()
+            .or(hb.active_tasks.take())
+            .unwrap_or_default();
+        super::tasks::extend_leases(&ctx, &hb.worker_id, ids, None).await?;
+        return Ok(json_static(HEARTBEAT_OK));
+    }
     if let (Some(head), Some(owner)) = (head, ctx.shard.remote_worker(&hb.worker_id)) {
         return peer::relay(&ctx, &owner, head, body, RELAY_WAIT).await;
     }
@@ -343,7 +356,7 @@ pub(super) async fn heartbeat(
         refresh_routing(&ctx).await;
     }
     if let Some((worker_id, ids)) = progress {
-        super::tasks::extend_leases(&ctx, &worker_id, ids).await?;
+        super::tasks::extend_leases(&ctx, &worker_id, ids, creds.as_ref()).await?;
     }
     Ok(json_static(HEARTBEAT_OK))
 }
