@@ -102,6 +102,10 @@ pub(super) fn run(
 }
 
 /// Writes `writes` in fenced transactions; any failure fails the whole.
+/// A transport error (the etcd member this client talked to went away)
+/// is retried once on a new connection, which picks a live member: every
+/// write here is idempotent (puts of whole values, deletes), and the lease
+/// compare still fences the retry.
 async fn commit(
     client: &mut Option<Client>,
     settings: &Settings,
@@ -109,17 +113,52 @@ async fn commit(
     lease_id: i64,
     writes: &[Write],
 ) -> Result<(), StoreError> {
+    match try_commit(client, settings, node_key, lease_id, writes).await {
+        Err(Failure::Transport(e)) => {
+            tracing::debug!(error = %e, "etcd connection lost; retrying on a new one");
+            *client = None;
+            try_commit(client, settings, node_key, lease_id, writes)
+                .await
+                .map_err(Failure::into_store)
+        }
+        r => r.map_err(Failure::into_store),
+    }
+}
+
+enum Failure {
+    Transport(String),
+    Other(StoreError),
+}
+
+impl Failure {
+    fn into_store(self) -> StoreError {
+        match self {
+            Failure::Transport(e) => StoreError::Write(format!("etcd write failed: {e}")),
+            Failure::Other(e) => e,
+        }
+    }
+}
+
+async fn try_commit(
+    client: &mut Option<Client>,
+    settings: &Settings,
+    node_key: &str,
+    lease_id: i64,
+    writes: &[Write],
+) -> Result<(), Failure> {
     if lease_id == 0 {
-        return Err(StoreError::Write(
+        return Err(Failure::Other(StoreError::Write(
             "this node holds no cluster lease (not joined, or fenced); try again shortly".into(),
-        ));
+        )));
     }
     let limit = settings.lease_ttl.max(Duration::from_secs(2));
     if client.is_none() {
         let c = tokio::time::timeout(limit, Client::connect(&settings.endpoints, None))
             .await
-            .map_err(|_| StoreError::Write("cannot reach etcd (connect timed out)".into()))?
-            .map_err(|e| StoreError::Write(format!("cannot reach etcd: {e}")))?;
+            .map_err(|_| {
+                Failure::Other(StoreError::Write("cannot reach etcd (connect timed out)".into()))
+            })?
+            .map_err(|e| Failure::Other(StoreError::Write(format!("cannot reach etcd: {e}"))))?;
         *client = Some(c);
     }
     let c = client.as_ref().expect("connected above");
@@ -140,21 +179,21 @@ async fn commit(
     let results = tokio::time::timeout(limit, futures::future::join_all(txns))
         .await
         .map_err(|_| {
-            StoreError::Write(format!(
+            Failure::Other(StoreError::Write(format!(
                 "etcd did not commit within {limit:?} (no quorum?); try again"
-            ))
+            )))
         })?;
     for r in results {
         match r {
             Ok(resp) if resp.succeeded() => {}
             Ok(_) => {
-                return Err(StoreError::Write(
+                return Err(Failure::Other(StoreError::Write(
                     "this node's cluster lease is gone (fenced); try again shortly".into(),
-                ))
+                )))
             }
             Err(e) => {
                 *client = None;
-                return Err(StoreError::Write(format!("etcd write failed: {e}")));
+                return Err(Failure::Transport(e.to_string()));
             }
         }
     }

@@ -98,7 +98,9 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
         | Route::TaskRequeue
         | Route::History
         | Route::HistorySeries => Need::Role(Admin),
-        Route::Health | Route::Metrics => {
+        // A node's own counts, which other nodes merge into their /health
+        // and pool views: as public as /health.
+        Route::Health | Route::Metrics | Route::ClusterSummary => {
             if protect_metrics {
                 Need::Role(Admin)
             } else {
@@ -130,7 +132,7 @@ pub fn need(route: Route, protect_metrics: bool) -> Need {
 
 /// Every route with a sample method and path that the router maps to it
 /// (used by the unit test below and by the whole-table HTTP test).
-pub const SAMPLES: [(Route, &str, &str); 46] = [
+pub const SAMPLES: [(Route, &str, &str); 47] = [
     (Route::Events, "GET", "/api/events"),
     (Route::Register, "POST", "/api/worker/register"),
     (Route::Heartbeat, "POST", "/api/worker/heartbeat"),
@@ -185,6 +187,7 @@ pub const SAMPLES: [(Route, &str, &str); 46] = [
     (Route::HistorySeries, "GET", "/api/history/series"),
     (Route::TaskRequeue, "POST", "/api/admin/tasks/t-1/requeue"),
     (Route::Ui, "GET", "/ui/app.js"),
+    (Route::ClusterSummary, "GET", "/api/cluster/summary"),
 ];
 
 #[cfg(test)]
@@ -223,7 +226,7 @@ mod tests {
             ("worker", "register heartbeat unregister tasks task_complete"),
             ("client", "inference_llm inference_vision inference_rag inference_graph service_proxy api_service_proxy discover services_list task_submit task_get coordinator_workers events events_ws"),
             ("admin", "broadcast admin_workers admin_services admin_stats admin_health admin_gaps admin_tasks admin_pins worker_drain worker_undrain task_requeue history history_series"),
-            ("public", "health metrics preflight auth_login session_create session_delete openapi docs redoc docs_asset ui"),
+            ("public", "health metrics cluster_summary preflight auth_login session_create session_delete openapi docs redoc docs_asset ui"),
             ("any", "auth_verify not_found method_not_allowed graphql"),
         ];
         let mut seen = 0;

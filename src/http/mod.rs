@@ -143,6 +143,9 @@ pub(crate) struct Ctx {
     /// Cluster mode, proxied routes: the request as another node would
     /// take it, for when no worker of this node serves it.
     pub relay: std::cell::RefCell<Option<peer::Head>>,
+    /// Cluster mode, pool views: the caller's headers (its credentials)
+    /// for asking the other nodes for their parts.
+    pub creds: Option<hyper::HeaderMap>,
 }
 
 impl Ctx {
@@ -304,6 +307,7 @@ async fn connection(
                 note: None,
                 request_id: HeaderValue::from_static(""),
                 relay: Default::default(),
+                creds: None,
             };
             let activity = activity.clone();
             async move {
@@ -350,6 +354,7 @@ async fn connection(
                 note: None,
                 request_id: HeaderValue::from_static(""),
                 relay: Default::default(),
+                creds: None,
             };
             let read_buf = parts.read_buf.to_vec();
             runtime::in_background(async move {

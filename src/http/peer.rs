@@ -314,6 +314,38 @@ fn encode(s: &str) -> String {
     out
 }
 
+/// Every other node's aggregates (`GET /api/cluster/summary`), with the
+/// caller's credentials when it gave any; nodes that do not answer are
+/// left out (a pool view during a failover counts the live nodes).
+pub(crate) async fn summaries(ctx: &Ctx) -> Vec<crate::shard::msg::Summary> {
+    let peers = ctx.shard.peers();
+    if peers.is_empty() {
+        return Vec::new();
+    }
+    let creds = ctx.creds.clone().unwrap_or_default();
+    let wait = ctx.shard.cfg.gather_timeout.max(Duration::from_secs(2));
+    let asks = peers.iter().map(|p| {
+        let head = Head {
+            method: Method::GET,
+            path: "/api/cluster/summary".into(),
+            headers: creds.clone(),
+        };
+        exchange(ctx, p, head, Bytes::new(), wait, true)
+    });
+    let mut out = Vec::new();
+    for (p, r) in peers.iter().zip(join_all(asks).await) {
+        match r {
+            Ok((StatusCode::OK, _, body)) => match serde_json::from_slice(&body) {
+                Ok(s) => out.push(s),
+                Err(e) => tracing::debug!(node = %p.node_id, error = %e, "unreadable summary"),
+            },
+            Ok((status, _, _)) => tracing::debug!(node = %p.node_id, %status, "summary refused"),
+            Err(e) => tracing::debug!(node = %p.node_id, error = %e, "no summary"),
+        }
+    }
+    out
+}
+
 /// Asks every other node for its part of the view `req` names and returns
 /// the JSON answers that came back with 200, and the ids of the nodes
 /// that gave none.
@@ -444,10 +476,17 @@ where
     }
     let (parts, missing) = gather(&ctx, &req).await;
     let shard = ctx.shard.clone();
-    let resp = local(ctx, req).await?;
-    let mine = match local_json(resp).await {
-        Ok(v) => v,
-        Err(resp) => return Ok(resp),
+    let mine = match local(ctx, req).await {
+        Ok(resp) => match local_json(resp).await {
+            Ok(v) => v,
+            Err(resp) => return Ok(resp),
+        },
+        // Nothing here (a discovery without a local worker): the others'
+        // parts may still have some.
+        Err(e) if e.status() == StatusCode::SERVICE_UNAVAILABLE && !parts.is_empty() => {
+            Value::Object(Default::default())
+        }
+        Err(e) => return Err(e),
     };
     let each = fix.map(|_| {
         let mut v = parts.clone();

@@ -53,10 +53,11 @@ pub enum Route {
     HistorySeries,
     TaskRequeue,
     Ui,
+    ClusterSummary,
 }
 
 /// Metric labels, indexed by `Route as usize`.
-pub(crate) const ROUTE_NAMES: [&str; 46] = [
+pub(crate) const ROUTE_NAMES: [&str; 47] = [
     "register",
     "heartbeat",
     "unregister",
@@ -103,6 +104,7 @@ pub(crate) const ROUTE_NAMES: [&str; 46] = [
     "history_series",
     "task_requeue",
     "ui",
+    "cluster_summary",
 ];
 
 impl Route {
@@ -215,6 +217,7 @@ pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         "/redoc" => ("GET", Route::Redoc, None),
         "/api/history" => ("GET", Route::History, None),
         "/api/history/series" => ("GET", Route::HistorySeries, None),
+        "/api/cluster/summary" => ("GET", Route::ClusterSummary, None),
         // `/ui` (no parameter) redirects to the page, whose relative
         // asset URLs need the slash.
         "/ui" => ("GET", Route::Ui, None),

@@ -208,8 +208,9 @@ pub(crate) struct Listing {
     pub rest: Rest,
 }
 
-/// Aggregates for stats / health / services / gaps, mergeable by addition.
-#[derive(Debug, Default, Clone)]
+/// Aggregates for stats / health / services / gaps, mergeable by addition
+/// (in cluster mode also across nodes, as JSON).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Summary {
     pub total: u64,
     pub healthy: u64,

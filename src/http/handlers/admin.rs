@@ -102,41 +102,28 @@ pub(super) async fn stats(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     Ok(json(StatusCode::OK, out.to_string().into_bytes()))
 }
 
-/// Cluster mode: the load averages of a merged `/api/admin/stats`,
-/// weighted by each node's workers of the tier.
-pub(super) fn fix_stats(all: &mut Value, each: &[Value]) {
-    let Some(tiers) = all["average_load_by_tier"]
-        .as_object()
-        .map(|o| o.keys().cloned().collect::<Vec<_>>())
-    else {
-        return;
-    };
-    for t in tiers {
-        let (mut sum, mut n) = (0.0, 0.0);
-        for part in each {
-            let count = part["workers_by_tier"][&t].as_f64().unwrap_or(0.0);
-            sum += part["average_load_by_tier"][&t].as_f64().unwrap_or(0.0) * count;
-            n += count;
+/// Cluster mode: a merged `/api/admin/services` has each service once,
+/// with the workers every node listed for it.
+pub(super) fn fix_services(all: &mut Value, each: &[Value]) {
+    let mut by: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for part in each {
+        for svc in part["services"].as_array().into_iter().flatten() {
+            let Some(name) = svc["name"].as_str() else {
+                continue;
+            };
+            let ids = svc["workers"].as_array().cloned().unwrap_or_default();
+            by.entry(name.to_string()).or_default().extend(ids);
         }
-        let avg = if n > 0.0 { sum / n } else { 0.0 };
-        all["average_load_by_tier"][&t] = Value::from(avg);
     }
-}
-
-/// Cluster mode: a merged `/api/admin/health` has the minimum workers
-/// when any node has them.
-pub(super) fn fix_health(all: &mut Value, each: &[Value]) {
-    let any = |k: &str| {
-        each.iter()
-            .any(|p| p["has_minimum_workers"][k].as_bool() == Some(true))
-    };
-    let (gpu, service) = (any("gpu_workers"), any("service_workers"));
-    all["has_minimum_workers"] = j!({"gpu_workers": gpu, "service_workers": service});
-    all["overall_status"] = j!(if gpu && service {
-        "healthy"
-    } else {
-        "degraded"
-    });
+    let list: Vec<Value> = by
+        .into_iter()
+        .map(|(name, mut ids)| {
+            ids.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            j!({"name": name, "worker_count": ids.len(), "workers": ids})
+        })
+        .collect();
+    all["total_services"] = j!(list.len());
+    all["services"] = Value::Array(list);
 }
 
 #[utoipa::path(

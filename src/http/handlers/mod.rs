@@ -28,7 +28,7 @@ use super::{peer, Body, Ctx, Route};
 use crate::shard::msg::{Reply, Request as ShardRequest, Summary};
 
 pub(super) async fn handle(
-    ctx: Ctx,
+    mut ctx: Ctx,
     route: Route,
     param: Option<String>,
     allow: &'static str,
@@ -44,6 +44,16 @@ pub(super) async fn handle(
             | Route::ApiServiceProxy
     ) {
         *ctx.relay.borrow_mut() = peer::Head::of(&ctx, &req);
+    }
+    if matches!(
+        route,
+        Route::AdminStats
+            | Route::AdminHealth
+            | Route::AdminGaps
+            | Route::ServicesList
+            | Route::GraphQl
+    ) {
+        ctx.creds = peer::creds(&ctx, &req);
     }
     match route {
         Route::Register => worker::register(ctx, req).await,
@@ -65,23 +75,24 @@ pub(super) async fn handle(
         Route::Events => events::stream(ctx, req).await,
         Route::Broadcast => coordinator::broadcast(ctx, req).await,
         Route::AdminWorkers => peer::whole_pool(ctx, req, None, admin::workers).await,
-        Route::AdminServices => admin::services(&ctx).await,
-        Route::AdminStats => {
-            let fix: peer::Fix = admin::fix_stats;
+        Route::AdminServices => {
+            let fix: peer::Fix = admin::fix_services;
             peer::whole_pool(ctx, req, Some(fix), |ctx, _| async move {
-                admin::stats(&ctx).await
+                admin::services(&ctx).await
             })
             .await
         }
-        Route::AdminHealth => {
-            let fix: peer::Fix = admin::fix_health;
-            peer::whole_pool(ctx, req, Some(fix), |ctx, _| async move {
-                admin::health(&ctx).await
-            })
-            .await
-        }
+        Route::AdminStats => admin::stats(&ctx).await,
+        Route::AdminHealth => admin::health(&ctx).await,
         Route::AdminGaps => admin::gaps(&ctx).await,
-        Route::Discover => services::discover(ctx, param.unwrap_or_default(), req).await,
+        Route::Discover => {
+            let fix: peer::Fix = services::fix_discover;
+            let param = param.unwrap_or_default();
+            peer::whole_pool(ctx, req, Some(fix), |ctx, req| {
+                services::discover(ctx, param, req)
+            })
+            .await
+        }
         Route::ServicesList => services::list(ctx).await,
         Route::Health => ops::health(&ctx).await,
         Route::Metrics => ops::metrics(ctx).await,
@@ -101,13 +112,22 @@ pub(super) async fn handle(
         Route::HistorySeries => history::list(&ctx),
         Route::TaskRequeue => tasks::requeue(&ctx, &param.unwrap_or_default(), req).await,
         Route::Ui => ui::serve(param.as_deref()),
+        Route::ClusterSummary => ops::cluster_summary(&ctx).await,
         Route::NotFound => Err(ApiError::NotFound("Not Found".into())),
         Route::MethodNotAllowed | Route::Preflight => Err(ApiError::MethodNotAllowed { allow }),
     }
 }
 
 /// Registry-wide aggregates, merged from every shard.
+/// The pool's aggregates: this node's shards, and in cluster mode every
+/// other node's (`GET /api/cluster/summary`), merged.
 async fn summary(ctx: &Ctx) -> Result<Summary, ApiError> {
+    let (local, parts) = futures::join!(node_summary(ctx), peer::summaries(ctx));
+    Ok(parts.into_iter().fold(local?, Summary::merge))
+}
+
+/// This node's aggregates (its shards).
+async fn node_summary(ctx: &Ctx) -> Result<Summary, ApiError> {
     let total = ctx
         .shard
         .map_reduce(

@@ -130,6 +130,7 @@ cookie of `POST /api/session`. Every error is `{\"detail\": \"...\"}`.",
         super::session::create,
         super::session::delete,
         super::ops::health,
+        super::ops::cluster_summary,
         super::ops::metrics,
         super::docs::openapi_json,
         super::docs::swagger,
@@ -390,6 +391,25 @@ fn error(description: &str) -> RefOr<utoipa::openapi::Response> {
 
 // ---------------------------------------------------------------------------
 // Shapes of replies the handlers write from parts (never constructed).
+
+/// One node's aggregates (`GET /api/cluster/summary`), summed across
+/// nodes by the others.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct NodeSummary {
+    total: u64,
+    healthy: u64,
+    stale: u64,
+    /// Healthy workers per tier, index = tier (0 unused).
+    tier_count: [u64; 5],
+    /// Summed reported load of those workers, per tier.
+    tier_load: [f64; 5],
+    /// Workers by reported status (`stale` for the rest).
+    by_status: std::collections::HashMap<String, u64>,
+    /// Healthy workers per service.
+    services: std::collections::HashMap<String, u64>,
+    tasks_completed: u64,
+}
 
 /// Every error: `{"detail": "..."}`.
 #[derive(ToSchema)]

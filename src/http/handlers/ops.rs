@@ -22,7 +22,8 @@ use crate::shard::scrape::{encode, Gauges};
     responses((status = 200, description = "Alive", body = super::openapi::Health))
 )]
 pub(super) async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
-    let s = summary(ctx).await?;
+    // This node's own counts: a liveness probe must not wait for others.
+    let s = super::node_summary(ctx).await?;
     let cfg = &ctx.shard.cfg;
     let mut out = j!({
         "status": "healthy",
@@ -44,6 +45,21 @@ pub(super) async fn health(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         });
     }
     Ok(json(StatusCode::OK, out.to_string().into_bytes()))
+}
+
+/// `GET /api/cluster/summary`: this node's own aggregates, which the
+/// other nodes of a cluster merge into their pool views.
+#[utoipa::path(
+    get, path = "/api/cluster/summary", tag = "ops", summary = "This node's aggregates (cluster mode)",
+    description = "What `/health`, `/api/admin/stats`, `/api/admin/health`, `/api/admin/gaps` and `/api/services/list` are computed from, for this node's workers only. The nodes of a cluster ask each other for it; outside cluster mode it is the whole pool.",
+    responses((status = 200, description = "Counts by status, tier and service", body = super::openapi::NodeSummary))
+)]
+pub(super) async fn cluster_summary(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+    let s = super::node_summary(ctx).await?;
+    Ok(json(
+        StatusCode::OK,
+        serde_json::to_vec(&s).unwrap_or_default(),
+    ))
 }
 
 #[utoipa::path(

@@ -3,6 +3,7 @@
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::json as j;
+use serde_json::Value;
 
 use super::super::error::ApiError;
 use super::super::request::percent_decode;
@@ -11,6 +12,23 @@ use super::lists;
 use super::{put, put_raw, summary};
 use crate::model::time::now_iso8601;
 use crate::shard::msg::{ListKind, ListQuery};
+
+/// Cluster mode: the least loaded of every node's workers is the
+/// recommended one of a merged discovery.
+pub(super) fn fix_discover(all: &mut Value, _each: &[Value]) {
+    let best = all["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .min_by(|a, b| {
+            let load = |w: &Value| w["current_load"].as_f64().unwrap_or(f64::MAX);
+            load(a).total_cmp(&load(b))
+        })
+        .cloned();
+    if let Some(b) = best {
+        all["recommended"] = b;
+    }
+}
 
 /// `GET /api/services/discover/{service}`: the service's healthy workers
 /// (filtered) and the least loaded of them, whole (streamed when large) or
