@@ -294,6 +294,61 @@ fn listed(addr: SocketAddr) -> BTreeSet<String> {
         .collect()
 }
 
+/// An SSE subscription to `/api/events` on `addr`, resuming after
+/// `last_id` when given.
+struct Sse {
+    s: TcpStream,
+    text: String,
+}
+
+impl Sse {
+    fn open(addr: SocketAddr, last_id: Option<&str>) -> Sse {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let resume = last_id
+            .map(|c| format!("Last-Event-ID: {c}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{resume}\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut sse = Sse {
+            s,
+            text: String::new(),
+        };
+        sse.read_until("\r\n\r\n", Duration::from_secs(10));
+        assert!(sse.text.starts_with("HTTP/1.1 200"), "{}", sse.text);
+        sse
+    }
+
+    /// Reads until `needle` has arrived; panics after `within`.
+    fn read_until(&mut self, needle: &str, within: Duration) {
+        let start = Instant::now();
+        let mut buf = [0u8; 8192];
+        while !self.text.contains(needle) {
+            assert!(
+                start.elapsed() < within,
+                "{needle:?} not in the stream: {}",
+                self.text
+            );
+            match self.s.read(&mut buf) {
+                Ok(0) => panic!("stream closed: {}", self.text),
+                Ok(n) => self.text.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The id of the last event read whose data names `needle`.
+    fn id_of(&self, needle: &str) -> String {
+        let at = self.text.find(needle).unwrap();
+        let before = &self.text[..at];
+        let line = before.rfind("id: ").unwrap();
+        before[line + 4..].lines().next().unwrap().to_string()
+    }
+}
+
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while start.elapsed() < within {
@@ -347,6 +402,40 @@ fn any_node_serves_every_worker_and_a_killed_node_loses_nothing() {
     }
     let stats = call(addrs[2], "GET", "/api/admin/stats", None);
     assert_eq!(stats.json["total_workers"], 30, "{stats:?}");
+
+    // One change stream for the whole cluster: a subscriber on node 0
+    // sees a registration another node owns, and resumes on another node
+    // from the composite cursor without a reset.
+    let mut sse = Sse::open(addrs[0], None);
+    let far_id = (0..100)
+        .map(|i| format!("ev-{i}"))
+        .find(|id| {
+            let a = register(addrs[2], id);
+            assert_eq!(a.status, 200);
+            a.node != "n0"
+        })
+        .unwrap();
+    sse.read_until(&format!("\"{far_id}\""), Duration::from_secs(10));
+    let cursor = sse.id_of(&format!("\"{far_id}\""));
+    assert!(
+        cursor.contains("n0~") && cursor.contains('~'),
+        "composite cursor: {cursor}"
+    );
+    drop(sse);
+    let mut resumed = Sse::open(addrs[1], Some(&cursor));
+    assert_eq!(
+        call(
+            addrs[0],
+            "DELETE",
+            &format!("/api/worker/unregister/{far_id}"),
+            None
+        )
+        .status,
+        200
+    );
+    resumed.read_until("worker.removed", Duration::from_secs(10));
+    assert!(!resumed.text.contains("event: reset"), "{}", resumed.text);
+    drop(resumed);
 
     // Tasks submitted through node 1 are pulled through node 2 by the
     // right worker; one is leased and left unanswered.

@@ -156,7 +156,9 @@ async fn try_commit(
         let c = tokio::time::timeout(limit, Client::connect(&settings.endpoints, None))
             .await
             .map_err(|_| {
-                Failure::Other(StoreError::Write("cannot reach etcd (connect timed out)".into()))
+                Failure::Other(StoreError::Write(
+                    "cannot reach etcd (connect timed out)".into(),
+                ))
             })?
             .map_err(|e| Failure::Other(StoreError::Write(format!("cannot reach etcd: {e}"))))?;
         *client = Some(c);

@@ -53,6 +53,14 @@ pub(crate) struct Head {
 }
 
 impl Head {
+    pub(crate) fn new(method: Method, path: String, headers: HeaderMap) -> Head {
+        Head {
+            method,
+            path,
+            headers,
+        }
+    }
+
     /// The request's head, in cluster mode only and when it may still be
     /// relayed (no [`RELAYED`] mark).
     pub(crate) fn of<B>(ctx: &Ctx, req: &Request<B>) -> Option<Head> {
@@ -125,6 +133,95 @@ pub(crate) async fn relay_to_any(
     None
 }
 
+/// Opens a node-scoped streaming request to `peer` (an event stream) and
+/// returns its answer with the body still streaming; the connection is not
+/// pooled again (it lives as long as the stream).
+pub(crate) async fn open_stream(
+    ctx: &Ctx,
+    peer: &Peer,
+    head: Head,
+) -> Result<Response<hyper::body::Incoming>, ApiError> {
+    let node = ctx
+        .shard
+        .node()
+        .ok_or_else(|| ApiError::Unavailable("not in cluster mode".into()))?;
+    let unreachable = |why: String| {
+        ApiError::Unavailable(format!(
+            "node {} is unreachable: {why}; retry shortly",
+            peer.node_id
+        ))
+    };
+    let (mut sender, _) = node
+        .pool
+        .checkout(&peer.endpoint, CONNECT)
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let mut req = Request::new(Full::new(Bytes::new()));
+    *req.method_mut() = head.method;
+    *req.uri_mut() = head
+        .path
+        .parse()
+        .map_err(|_| ApiError::BadRequest("unrelayable request path".into()))?;
+    *req.headers_mut() = outbound_headers(ctx, peer, head.headers, true);
+    match crate::runtime::timeout(CONNECT * 5, sender.send_request(req)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable("no answer".into())),
+    }
+}
+
+/// `peer`'s event cursor of now (the index its worker list carries), so
+/// a merged stream knows every node's position from its start.
+pub(crate) async fn head_cursor(
+    ctx: &Ctx,
+    peer: &Peer,
+    creds: &HeaderMap,
+) -> Result<String, ApiError> {
+    let head = Head::new(
+        Method::GET,
+        "/api/coordinator/workers?limit=1".into(),
+        creds.clone(),
+    );
+    let (status, headers, _) =
+        exchange(ctx, peer, head, Bytes::new(), Duration::from_secs(10), true).await?;
+    headers
+        .get("x-coordinator-index")
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| status == StatusCode::OK)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ApiError::Unavailable(format!(
+                "node {} gave no stream position ({status}); retry shortly",
+                peer.node_id
+            ))
+        })
+}
+
+/// The headers of a request to `peer`: the caller's minus hop-by-hop ones,
+/// `Host` of the peer, the relay mark and, when `scoped`, the node scope.
+fn outbound_headers(ctx: &Ctx, peer: &Peer, mut headers: HeaderMap, scoped: bool) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    headers.remove(HOST);
+    headers.remove(CONTENT_LENGTH);
+    headers.insert(
+        HOST,
+        HeaderValue::from_str(&peer.endpoint.authority)
+            .unwrap_or(HeaderValue::from_static("localhost")),
+    );
+    if let Some(me) = ctx.shard.node_id() {
+        if let Ok(v) = HeaderValue::from_str(me) {
+            headers.insert(HeaderName::from_static(RELAYED), v);
+        }
+    }
+    if scoped {
+        headers.insert(
+            HeaderName::from_static(SCOPE),
+            HeaderValue::from_static("node"),
+        );
+    }
+    headers
+}
+
 async fn exchange(
     ctx: &Ctx,
     peer: &Peer,
@@ -149,26 +246,7 @@ async fn exchange(
         .checkout(&peer.endpoint, CONNECT)
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    let mut headers = head.headers;
-    strip_hop_by_hop(&mut headers);
-    headers.remove(HOST);
-    headers.remove(CONTENT_LENGTH);
-    headers.insert(
-        HOST,
-        HeaderValue::from_str(&peer.endpoint.authority)
-            .unwrap_or(HeaderValue::from_static("localhost")),
-    );
-    if let Some(me) = ctx.shard.node_id() {
-        if let Ok(v) = HeaderValue::from_str(me) {
-            headers.insert(HeaderName::from_static(RELAYED), v);
-        }
-    }
-    if scoped {
-        headers.insert(
-            HeaderName::from_static(SCOPE),
-            HeaderValue::from_static("node"),
-        );
-    }
+    let headers = outbound_headers(ctx, peer, head.headers, scoped);
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = head.method;
     *req.uri_mut() = head

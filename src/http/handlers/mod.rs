@@ -9,6 +9,7 @@ mod events;
 mod graphql;
 mod history;
 pub(super) use graphql::{sdl as graphql_sdl, ws_session as graphql_ws_session};
+mod events_cluster;
 pub(super) mod events_ws;
 mod inference;
 mod lists;
@@ -72,7 +73,7 @@ pub(super) async fn handle(
         Route::ApiServiceProxy => inference::api_service(ctx, param.unwrap_or_default(), req).await,
         Route::AdminPins => inference::pins(ctx, req).await,
         Route::CoordinatorWorkers => peer::whole_pool(ctx, req, None, coordinator::workers).await,
-        Route::Events => events::stream(ctx, req).await,
+        Route::Events => events_cluster::stream(ctx, req).await,
         Route::Broadcast => coordinator::broadcast(ctx, req).await,
         Route::AdminWorkers => peer::whole_pool(ctx, req, None, admin::workers).await,
         Route::AdminServices => {

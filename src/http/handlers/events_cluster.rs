@@ -1,0 +1,339 @@
+//! Cluster mode: one change stream for the whole cluster.
+//!
+//! `GET /api/events` on a node of a cluster streams its own events and
+//! every other node's, merged as they come: the node opens a node-scoped
+//! stream to each other node (same filters, the caller's credentials) and
+//! interleaves their frames with its own, frame by frame.
+//!
+//! Each node's cursors only mean something to that node, so the merged
+//! stream's cursor is composite: `<node>~<cursor>` for every node, joined
+//! with `,` (node ids cannot hold either character). Every frame's id (SSE
+//! `id:` and the `index` of its object) is rewritten to the composite
+//! position after it. A client resumes with it on any node: each node's
+//! part resumes from its own cursor, a node that joined since starts from
+//! now, and a node that left is dropped (its workers' events now come from
+//! their new owners, after the reset their adoption does not send: see
+//! docs/cluster.md). When any part ends (a node stopped, its connection
+//! broke), the merged stream ends and the client resumes.
+//!
+//! The WebSocket stream (`/api/events/ws`) and NDJSON follow the same
+//! rules only for the node they are opened on (the WebSocket is
+//! node-local); SSE and NDJSON are merged.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::stream::{self, Stream, StreamExt};
+use http_body_util::{BodyStream, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::super::error::ApiError;
+use super::super::peer::{self, Head};
+use super::super::{streamed, Body, Ctx};
+
+const LAST_EVENT_ID: &str = "last-event-id";
+
+/// How frames are delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// `id: ..\nevent: ..\ndata: {"index":".."..}\n\n`
+    Sse,
+    /// `{"index":"..",..}\n`
+    Ndjson,
+}
+
+/// `GET /api/events` in cluster mode (anything else goes to the node's own
+/// stream unchanged).
+pub(super) async fn stream(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    if ctx.shard.node().is_none() || peer::node_scope(&req) {
+        return super::events::stream(ctx, req).await;
+    }
+    let me = ctx.shard.node_id().unwrap_or_default().to_string();
+    let q = req.uri().query().unwrap_or("");
+    let since = req
+        .headers()
+        .get(LAST_EVENT_ID)
+        .map(|v| v.to_str().map(str::to_string))
+        .transpose()
+        .map_err(|_| ApiError::BadRequest("Last-Event-ID: not a cursor".into()))?
+        .or_else(|| super::super::request::query_param(Some(q), "since"));
+    let peers = ctx.shard.peers();
+    let mut resume = match since {
+        None => BTreeMap::new(),
+        Some(c) => parse(&c, &me)?,
+    };
+    // Nodes that left are dropped from the position; every other starts
+    // from where the cursor says, or from its position now, so that the
+    // composite cursor names every node from the first event on.
+    resume.retain(|node, _| *node == me || peers.iter().any(|p| p.node_id == *node));
+    if !resume.contains_key(&me) {
+        let heads = ctx.shard.heads().await?;
+        let now = crate::events::Cursor {
+            epoch: ctx.shard.epoch,
+            pos: heads,
+        };
+        resume.insert(me.clone(), now.encode());
+    }
+    for p in &peers {
+        if !resume.contains_key(&p.node_id) {
+            let now = peer::head_cursor(&ctx, p, req.headers()).await?;
+            resume.insert(p.node_id.clone(), now);
+        }
+    }
+    let rest: Vec<&str> = q
+        .split('&')
+        .filter(|kv| !kv.is_empty() && !kv.starts_with("since="))
+        .collect();
+    let path = if rest.is_empty() {
+        "/api/events".to_string()
+    } else {
+        format!("/api/events?{}", rest.join("&"))
+    };
+    let with_cursor = |headers: &hyper::HeaderMap, node: &str| {
+        let mut h = headers.clone();
+        h.remove(LAST_EVENT_ID);
+        if let Some(c) = resume.get(node).and_then(|c| HeaderValue::from_str(c).ok()) {
+            h.insert(HeaderName::from_static(LAST_EVENT_ID), c);
+        }
+        h
+    };
+    let mut sources: Vec<(String, Part)> = Vec::new();
+    for p in &peers {
+        let head = Head::new(
+            Method::GET,
+            path.clone(),
+            with_cursor(req.headers(), &p.node_id),
+        );
+        let resp = peer::open_stream(&ctx, p, head).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(ApiError::Unavailable(format!(
+                "node {} did not open its part of the stream ({}); retry shortly",
+                p.node_id,
+                resp.status()
+            )));
+        }
+        let body = BodyStream::new(resp.into_body()).filter_map(|f| async move {
+            match f {
+                Ok(f) => f.into_data().ok().map(Ok),
+                Err(e) => {
+                    tracing::debug!(error = %e, "a node's part of the stream broke");
+                    Some(Err(()))
+                }
+            }
+        });
+        sources.push((p.node_id.clone(), Box::pin(body)));
+    }
+    let (mut parts, body) = req.into_parts();
+    parts.headers = with_cursor(&parts.headers, &me);
+    parts.uri = path
+        .parse()
+        .map_err(|_| ApiError::BadRequest("bad query".into()))?;
+    let local = super::events::stream(ctx, Request::from_parts(parts, body)).await?;
+    let wire = match local.headers().get(CONTENT_TYPE) {
+        Some(v) if v.as_bytes().starts_with(b"application/x-ndjson") => Wire::Ndjson,
+        _ => Wire::Sse,
+    };
+    let (head, local_body) = local.into_parts();
+    let local_body = BodyStream::new(local_body).filter_map(|f| async move {
+        match f {
+            Ok(f) => f.into_data().ok().map(Ok),
+            Err(_) => Some(Err(())),
+        }
+    });
+    sources.push((me, Box::pin(local_body)));
+    let merged = Merge::new(sources, resume, wire);
+    let body = StreamBody::new(
+        merged
+            .into_stream()
+            .map(|b| Ok::<_, Infallible>(Frame::data(b))),
+    );
+    Ok(Response::from_parts(head, streamed(body)))
+}
+
+type Part = Pin<Box<dyn Stream<Item = Result<Bytes, ()>>>>;
+
+/// The merge's state: each part's unfinished frame and every node's last
+/// cursor.
+struct Merge {
+    names: Vec<String>,
+    bufs: Vec<Vec<u8>>,
+    positions: BTreeMap<String, String>,
+    wire: Wire,
+    parts: stream::SelectAll<Pin<Box<dyn Stream<Item = (usize, Option<Bytes>)>>>>,
+}
+
+impl Merge {
+    fn new(sources: Vec<(String, Part)>, positions: BTreeMap<String, String>, wire: Wire) -> Merge {
+        let mut names = Vec::new();
+        let mut parts = stream::SelectAll::new();
+        for (i, (name, part)) in sources.into_iter().enumerate() {
+            names.push(name);
+            // A part ends with `None` (ended or broke): the merge ends then.
+            let tagged = part
+                .map(move |r| (i, r.ok()))
+                .chain(stream::once(async move { (i, None) }));
+            let tagged: Pin<Box<dyn Stream<Item = (usize, Option<Bytes>)>>> = Box::pin(tagged);
+            parts.push(tagged);
+        }
+        Merge {
+            bufs: vec![Vec::new(); names.len()],
+            names,
+            positions,
+            wire,
+            parts,
+        }
+    }
+
+    fn into_stream(self) -> impl Stream<Item = Bytes> {
+        stream::unfold(Some(self), |state| async move {
+            let mut m = state?;
+            loop {
+                match m.parts.next().await {
+                    Some((i, Some(chunk))) => {
+                        m.bufs[i].extend_from_slice(&chunk);
+                        let mut out = Vec::new();
+                        let mut buf = std::mem::take(&mut m.bufs[i]);
+                        rewrite(&mut buf, &m.names[i], &mut m.positions, m.wire, &mut out);
+                        m.bufs[i] = buf;
+                        if !out.is_empty() {
+                            return Some((Bytes::from(out), Some(m)));
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+        })
+    }
+}
+
+/// A composite cursor back as node -> cursor; a plain cursor is this
+/// node's (`me`). Malformed is a 400.
+fn parse(c: &str, me: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut out = BTreeMap::new();
+    if !c.contains('~') {
+        out.insert(me.to_string(), c.to_string());
+        return Ok(out);
+    }
+    if c.len() > 64 * 1024 {
+        return Err(ApiError::BadRequest("since: cursor too long".into()));
+    }
+    for pair in c.split(',') {
+        let (node, cur) = pair
+            .split_once('~')
+            .filter(|(n, c)| !n.is_empty() && !c.is_empty())
+            .ok_or_else(|| ApiError::BadRequest("since: not a cursor of this cluster".into()))?;
+        out.insert(node.to_string(), cur.to_string());
+    }
+    Ok(out)
+}
+
+fn composite(positions: &BTreeMap<String, String>) -> String {
+    let mut s = String::new();
+    for (node, cur) in positions {
+        if !s.is_empty() {
+            s.push(',');
+        }
+        s.push_str(node);
+        s.push('~');
+        s.push_str(cur);
+    }
+    s
+}
+
+/// Moves every complete frame of `buf` (from `node`) to `out`, its id
+/// rewritten to the composite position after it; keeps the incomplete rest.
+fn rewrite(
+    buf: &mut Vec<u8>,
+    node: &str,
+    positions: &mut BTreeMap<String, String>,
+    wire: Wire,
+    out: &mut Vec<u8>,
+) {
+    let delim: &[u8] = match wire {
+        Wire::Sse => b"\n\n",
+        Wire::Ndjson => b"\n",
+    };
+    let mut start = 0;
+    while let Some(at) = find(&buf[start..], delim) {
+        let end = start + at + delim.len();
+        let frame = &buf[start..end];
+        match frame_id(frame, wire) {
+            Some(id) => {
+                positions.insert(node.to_string(), id.to_string());
+                let comp = composite(positions);
+                let text = String::from_utf8_lossy(frame);
+                let text = text.replacen(
+                    &format!("\"index\":\"{id}\""),
+                    &format!("\"index\":\"{comp}\""),
+                    1,
+                );
+                let text = if wire == Wire::Sse {
+                    text.replacen(&format!("id: {id}\n"), &format!("id: {comp}\n"), 1)
+                } else {
+                    text
+                };
+                out.extend_from_slice(text.as_bytes());
+            }
+            None => out.extend_from_slice(frame),
+        }
+        start = end;
+    }
+    buf.drain(..start);
+}
+
+/// The cursor a frame carries (`{"index":"<cursor>"`), if any.
+fn frame_id(frame: &[u8], wire: Wire) -> Option<&str> {
+    let text = std::str::from_utf8(frame).ok()?;
+    let body = match wire {
+        Wire::Sse => text.lines().find_map(|l| l.strip_prefix("data: "))?,
+        Wire::Ndjson => text,
+    };
+    let rest = body.strip_prefix("{\"index\":\"")?;
+    let end = rest.find('"')?;
+    Some(&rest[..end])
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_get_the_composite_id_and_partial_frames_wait() {
+        let mut pos = BTreeMap::new();
+        pos.insert("b".to_string(), "9-1".to_string());
+        let mut buf = b"id: 5-2\nevent: worker.registered\ndata: {\"index\":\"5-2\",\"type\":\"x\"}\n\n: keepalive\n\nid: 5-3\nev".to_vec();
+        let mut out = Vec::new();
+        rewrite(&mut buf, "a", &mut pos, Wire::Sse, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "id: a~5-2,b~9-1\nevent: worker.registered\ndata: {\"index\":\"a~5-2,b~9-1\",\"type\":\"x\"}\n\n: keepalive\n\n"
+        );
+        assert_eq!(buf, b"id: 5-3\nev".to_vec());
+        let mut out = Vec::new();
+        let mut nd = b"{\"index\":\"7-7\",\"type\":\"y\"}\n\n{\"ind".to_vec();
+        rewrite(&mut nd, "b", &mut pos, Wire::Ndjson, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"index\":\"a~5-2,b~7-7\",\"type\":\"y\"}\n\n"
+        );
+    }
+
+    #[test]
+    fn cursors_parse_plain_or_composite() {
+        let m = parse("5-2", "a").unwrap();
+        assert_eq!(m.get("a").map(String::as_str), Some("5-2"));
+        let m = parse("a~5-2,b~9-1", "a").unwrap();
+        assert_eq!(composite(&m), "a~5-2,b~9-1");
+        assert!(parse("a~,b~1", "a").is_err());
+        assert!(parse("~1", "a").is_err());
+    }
+}
