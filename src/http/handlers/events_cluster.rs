@@ -155,6 +155,8 @@ pub(super) async fn stream(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
 }
 
 type Part = Pin<Box<dyn Stream<Item = Result<Bytes, ()>>>>;
+/// A part's chunks tagged with its index; `None` once it has ended.
+type Tagged = Pin<Box<dyn Stream<Item = (usize, Option<Bytes>)>>>;
 
 /// The merge's state: each part's unfinished frame and every node's last
 /// cursor.
@@ -163,7 +165,7 @@ struct Merge {
     bufs: Vec<Vec<u8>>,
     positions: BTreeMap<String, String>,
     wire: Wire,
-    parts: stream::SelectAll<Pin<Box<dyn Stream<Item = (usize, Option<Bytes>)>>>>,
+    parts: stream::SelectAll<Tagged>,
 }
 
 impl Merge {
@@ -176,7 +178,7 @@ impl Merge {
             let tagged = part
                 .map(move |r| (i, r.ok()))
                 .chain(stream::once(async move { (i, None) }));
-            let tagged: Pin<Box<dyn Stream<Item = (usize, Option<Bytes>)>>> = Box::pin(tagged);
+            let tagged: Tagged = Box::pin(tagged);
             parts.push(tagged);
         }
         Merge {
