@@ -262,7 +262,8 @@ fn register(addr: SocketAddr, id: &str) -> Answer {
     let body = json!({
         "worker_id": id,
         "tunnel_url": "http://127.0.0.1:9",
-        "capabilities": {"gpu_count": 1, "gpu_memory": "24GB", "gpu_model": "RTX 4090"},
+        "capabilities": {"hostname": id, "cpu_cores": 16, "has_gpu": true, "gpu_type": "RTX 4090",
+                         "gpu_memory": "24GB", "worker_type": "gpu", "ram": "64GB"},
     });
     call(addr, "POST", "/api/worker/register", Some(&body))
 }
@@ -402,6 +403,10 @@ fn any_node_serves_every_worker_and_a_killed_node_loses_nothing() {
     }
     let stats = call(addrs[2], "GET", "/api/admin/stats", None);
     assert_eq!(stats.json["total_workers"], 30, "{stats:?}");
+    assert_eq!(
+        stats.json["workers_by_tier"]["gpu_workers"], 30,
+        "{stats:?}"
+    );
 
     // One change stream for the whole cluster: a subscriber on node 0
     // sees a registration another node owns, and resumes on another node
@@ -627,6 +632,15 @@ fn any_node_serves_every_worker_and_a_killed_node_loses_nothing() {
         assert!(listed(*a).is_superset(&all));
     }
     nodes[victim] = back;
+    // A broadcast through one node reaches every capable worker.
+    let job = json!({"job_type": "reload", "job_data": {"m": 1}});
+    let b = call(
+        addrs[1],
+        "POST",
+        "/api/coordinator/broadcast-job",
+        Some(&job),
+    );
+    assert_eq!(b.json["broadcasted_to"], ids.len(), "{b:?}");
 }
 
 #[test]

@@ -424,6 +424,36 @@ pub(crate) async fn summaries(ctx: &Ctx) -> Vec<crate::shard::msg::Summary> {
     out
 }
 
+/// Sends the request (`head` and `body`) to every other node, node-scoped,
+/// and returns the JSON of the answers that came back 200 (a node with
+/// nothing to do answers otherwise and is left out).
+pub(crate) fn gather_with<'a>(
+    ctx: &'a Ctx,
+    head: Head,
+    body: Bytes,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Value>> + 'a>> {
+    Box::pin(async move {
+        let peers = ctx.shard.peers();
+        let wait = ctx.shard.cfg.gather_timeout.max(Duration::from_secs(2));
+        let asks = peers
+            .iter()
+            .map(|p| exchange(ctx, p, head.clone(), body.clone(), wait, true));
+        let mut out = Vec::new();
+        for (p, r) in peers.iter().zip(join_all(asks).await) {
+            match r {
+                Ok((StatusCode::OK, _, b)) => {
+                    if let Ok(v) = serde_json::from_slice(&b) {
+                        out.push(v);
+                    }
+                }
+                Ok((status, _, _)) => tracing::debug!(node = %p.node_id, %status, "no part"),
+                Err(e) => tracing::debug!(node = %p.node_id, error = %e, "no part"),
+            }
+        }
+        out
+    })
+}
+
 /// Asks every other node for its part of the view `req` names and returns
 /// the JSON answers that came back with 200, and the ids of the nodes
 /// that gave none.

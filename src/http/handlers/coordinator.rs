@@ -7,7 +7,7 @@ use hyper::{Request, Response, StatusCode};
 
 use super::super::error::ApiError;
 use super::super::request::parse_object;
-use super::super::{json, Body, Ctx};
+use super::super::{json, peer, Body, Ctx};
 use super::put;
 use super::{events, lists};
 use crate::model::time::now_iso8601;
@@ -50,25 +50,38 @@ pub(super) async fn broadcast(
     ctx: Ctx,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    // Cluster mode: every other node queues the job for its own workers.
+    let head = peer::Head::of(&ctx, &req);
     let body = ctx.body(req).await?;
     let b: BroadcastRequest = parse_object(&body)?;
+    super::worker::writable(&ctx)?;
+    let others = match head {
+        Some(head) => peer::gather_with(&ctx, head, body.clone()),
+        None => Box::pin(async { Vec::new() }),
+    };
     let job = Arc::new(BroadcastJob {
         job_type: b.job_type,
         job_data: b.job_data,
         required_capability: b.required_capability,
     });
-    let mut delivered = ctx
-        .shard
-        .map_reduce(
-            || ShardRequest::Broadcast(job.clone()),
-            Reply::delivered,
-            Vec::new(),
-            |mut all, part| {
-                all.extend(part);
-                all
-            },
-        )
-        .await?;
+    let local = ctx.shard.map_reduce(
+        || ShardRequest::Broadcast(job.clone()),
+        Reply::delivered,
+        Vec::new(),
+        |mut all, part| {
+            all.extend(part);
+            all
+        },
+    );
+    let (local, others) = futures::join!(local, others);
+    let mut delivered = local?;
+    for part in others {
+        for w in part["workers"].as_array().into_iter().flatten() {
+            if let (Some(id), Some(t)) = (w["worker_id"].as_str(), w["task_id"].as_str()) {
+                delivered.push((id.to_string(), t.to_string()));
+            }
+        }
+    }
     if delivered.is_empty() {
         return Err(ApiError::Unavailable(format!(
             "No capable workers available for job type: {}",
