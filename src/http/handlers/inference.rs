@@ -497,6 +497,7 @@ pub(super) async fn set_pin(
     workers: Option<Vec<String>>,
 ) -> Result<Response<Body>, ApiError> {
     let key = pin_key(service, model, ctx)?;
+    super::worker::writable(ctx)?;
     if workers.is_none() && !ctx.shard.proxy.pins().contains_key(&key) {
         return Err(ApiError::NotFound("Pin not found".into()));
     }
