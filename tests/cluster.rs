@@ -350,6 +350,26 @@ impl Sse {
     }
 }
 
+/// `coordinator_cluster_fenced` of a node's `/metrics` (a valid
+/// exposition, or the test fails).
+fn fenced_gauge(addr: SocketAddr) -> f64 {
+    let text = common::get(addr, "/metrics").text();
+    let scrape = common::parse_metrics(&text);
+    assert_eq!(
+        common::sum_samples(&text, "coordinator_cluster_members"),
+        2.0
+    );
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "coordinator_cluster_fenced")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) => v,
+            _ => -1.0,
+        })
+        .unwrap()
+}
+
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while start.elapsed() < within {
@@ -589,6 +609,11 @@ fn any_node_serves_every_worker_and_a_killed_node_loses_nothing() {
     for a in &survivors {
         assert_eq!(members(*a), 2);
     }
+    // A stream resumed from a position that names the dead node starts
+    // with a reset: what that node had not sent yet is gone.
+    let mut after = Sse::open(survivors[0], Some(&cursor));
+    after.read_until("event: reset", Duration::from_secs(10));
+    drop(after);
 
     // Every acknowledged task is still there and completes; the one the
     // dead node had leased completes too (its worker still holds it).
@@ -688,6 +713,9 @@ fn without_etcd_quorum_writes_are_refused_and_heartbeats_go_on() {
         let a = heartbeat(addrs[i % 2], id).unwrap();
         assert_eq!(a.status, 200, "heartbeat of {id} without quorum: {a:?}");
     }
+    wait_for("fenced in /metrics", Duration::from_secs(30), || {
+        fenced_gauge(addrs[0]) == 1.0
+    });
     let listed_now = listed(addrs[1]);
     for id in &ids {
         assert!(listed_now.contains(id), "{id} listed without quorum");
@@ -707,5 +735,8 @@ fn without_etcd_quorum_writes_are_refused_and_heartbeats_go_on() {
     for id in &ids {
         assert_eq!(heartbeat(addrs[1], id).unwrap().status, 200, "{id}");
     }
+    wait_for("unfenced in /metrics", Duration::from_secs(30), || {
+        fenced_gauge(addrs[0]) == 0.0
+    });
     drop(nodes);
 }

@@ -150,7 +150,7 @@ impl Shard {
     /// outside cluster mode), or after `limit`.
     pub(crate) async fn settled(&self, limit: Duration) {
         let Some(node) = &self.cluster else { return };
-        if node.settled.get() >= node.view.borrow().epoch {
+        if self.is_settled() {
             return;
         }
         let (tx, rx) = oneshot::channel();
@@ -158,11 +158,13 @@ impl Shard {
         let _ = runtime::timeout(limit, rx).await;
     }
 
-    /// Whether the current view's adoption has finished.
+    /// Whether the current view's adoption has finished (never before
+    /// the node's first join).
     pub(crate) fn is_settled(&self) -> bool {
-        self.cluster
-            .as_ref()
-            .is_none_or(|n| n.settled.get() >= n.view.borrow().epoch)
+        self.cluster.as_ref().is_none_or(|n| {
+            let epoch = n.view.borrow().epoch;
+            epoch > 0 && n.settled.get() >= epoch
+        })
     }
 }
 

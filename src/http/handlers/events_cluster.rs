@@ -11,10 +11,11 @@
 //! `id:` and the `index` of its object) is rewritten to the composite
 //! position after it. A client resumes with it on any node: each node's
 //! part resumes from its own cursor, a node that joined since starts from
-//! now, and a node that left is dropped (its workers' events now come from
-//! their new owners, after the reset their adoption does not send: see
-//! docs/cluster.md). When any part ends (a node stopped, its connection
-//! broke), the merged stream ends and the client resumes.
+//! now, and a node that left is dropped: the events it had not yet sent
+//! went with it, so the resumed stream starts with a `reset` (re-list, as
+//! after any reset); its workers are on their new owners by then. When any
+//! part ends (a node stopped, its connection broke), the merged stream
+//! ends and the client resumes.
 //!
 //! The WebSocket stream (`/api/events/ws`) and NDJSON follow the same
 //! rules only for the node they are opened on (the WebSocket is
@@ -69,7 +70,9 @@ pub(super) async fn stream(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
     // Nodes that left are dropped from the position; every other starts
     // from where the cursor says, or from its position now, so that the
     // composite cursor names every node from the first event on.
+    let before = resume.len();
     resume.retain(|node, _| *node == me || peers.iter().any(|p| p.node_id == *node));
+    let lost_nodes = resume.len() < before;
     if !resume.contains_key(&me) {
         let heads = ctx.shard.heads().await?;
         let now = crate::events::Cursor {
@@ -145,12 +148,10 @@ pub(super) async fn stream(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
         }
     });
     sources.push((me, Box::pin(local_body)));
+    let first = lost_nodes.then(|| reset_frame(&composite(&resume), wire));
     let merged = Merge::new(sources, resume, wire);
-    let body = StreamBody::new(
-        merged
-            .into_stream()
-            .map(|b| Ok::<_, Infallible>(Frame::data(b))),
-    );
+    let frames = stream::iter(first).chain(merged.into_stream());
+    let body = StreamBody::new(frames.map(|b| Ok::<_, Infallible>(Frame::data(b))));
     Ok(Response::from_parts(head, streamed(body)))
 }
 
@@ -231,6 +232,21 @@ fn parse(c: &str, me: &str) -> Result<BTreeMap<String, String>, ApiError> {
         out.insert(node.to_string(), cur.to_string());
     }
     Ok(out)
+}
+
+/// A `reset` at `cursor`: the reader must re-list, then follow from it.
+fn reset_frame(cursor: &str, wire: Wire) -> Bytes {
+    let event = serde_json::json!({
+        "index": cursor,
+        "type": "reset",
+        "key": "",
+        "time": crate::model::time::now_iso8601(),
+        "data": {"reason": "a node of the cluster left; its unsent events are gone"},
+    });
+    Bytes::from(match wire {
+        Wire::Sse => format!("id: {cursor}\nevent: reset\ndata: {event}\n\n"),
+        Wire::Ndjson => format!("{event}\n"),
+    })
 }
 
 fn composite(positions: &BTreeMap<String, String>) -> String {

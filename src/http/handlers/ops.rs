@@ -10,7 +10,6 @@ use serde_json::json as j;
 
 use super::super::error::ApiError;
 use super::super::{json, Body, Ctx, ROUTE_NAMES};
-use super::summary;
 use crate::metrics;
 use crate::model::time::now_iso8601;
 use crate::runtime;
@@ -79,7 +78,9 @@ pub(super) async fn metrics(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     // /proc/self/fd lists every descriptor (tens of thousands at full
     // connection caps): read off the shard, while the fan-out runs.
     let process = runtime::off_shard("process-metrics", metrics::process_families);
-    let (s, shards, process) = futures::join!(summary(&ctx), snapshots, process);
+    // This node's own workers: Prometheus scrapes every node of a cluster
+    // and sums, so a node must not count another's.
+    let (s, shards, process) = futures::join!(super::node_summary(&ctx), snapshots, process);
     let (s, shards) = (s?, shards?);
     let catalog_services = ctx
         .shard
@@ -107,6 +108,26 @@ pub(super) async fn metrics(ctx: Ctx) -> Result<Response<Body>, ApiError> {
     }
     if let Some(history) = ctx.shard.history() {
         text.push_str(&metrics::encode_text(&history.families()));
+    }
+    if let Some(view) = ctx.shard.view() {
+        let families = [
+            metrics::gauge(
+                "coordinator_cluster_members",
+                "Live nodes of the cluster as this node sees them (itself included when joined).",
+                metrics::unlabelled(view.members.len() as u64),
+            ),
+            metrics::gauge(
+                "coordinator_cluster_fenced",
+                "1 while this node holds no cluster lease and refuses writes.",
+                metrics::unlabelled(view.fenced as u64),
+            ),
+            metrics::counter(
+                "coordinator_cluster_views_total",
+                "Cluster views this node has seen (membership changes, fencing and rejoins).",
+                metrics::unlabelled(view.epoch),
+            ),
+        ];
+        text.push_str(&metrics::encode_text(&families));
     }
     let mut process = process.unwrap_or_default();
     process.insert(0, metrics::build_info());

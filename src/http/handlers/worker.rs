@@ -348,6 +348,13 @@ pub(super) async fn heartbeat(
         .await?
         .beat()?
     else {
+        if !ctx.shard.is_settled() {
+            // Not joined yet (etcd unreachable at start): the worker may
+            // well be registered; a 404 would make its agent re-register.
+            return Err(ApiError::Unavailable(
+                "this coordinator has not joined its cluster yet; retry shortly".into(),
+            ));
+        }
         return Err(worker_not_found());
     };
     if routing {
