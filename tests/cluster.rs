@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
@@ -157,7 +157,8 @@ impl Node {
     fn start(id: &str, port: u16, etcd: &Etcd) -> Node {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
         cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--shards", "2", "--no-pin", "--no-history"])
+            .args(["--shards", "2", "--no-pin", "--in-memory"])
+            .args(["--history-interval", "1"])
             .args(["--cluster-etcd", &etcd.endpoints()])
             .args(["--node-id", id])
             .args(["--cluster-lease-seconds", &LEASE.to_string()])
@@ -350,24 +351,27 @@ impl Sse {
     }
 }
 
-/// `coordinator_cluster_fenced` of a node's `/metrics` (a valid
-/// exposition, or the test fails).
-fn fenced_gauge(addr: SocketAddr) -> f64 {
+/// `(coordinator_cluster_members, coordinator_cluster_fenced)` of a node's
+/// `/metrics` (a valid exposition, or the test fails). Members may dip
+/// while nodes rejoin one after the other, so callers wait for a pair.
+fn cluster_gauges(addr: SocketAddr) -> (f64, f64) {
     let text = common::get(addr, "/metrics").text();
     let scrape = common::parse_metrics(&text);
-    assert_eq!(
-        common::sum_samples(&text, "coordinator_cluster_members"),
-        2.0
-    );
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == "coordinator_cluster_fenced")
-        .map(|s| match s.value {
-            prometheus_parse::Value::Gauge(v) => v,
-            _ => -1.0,
-        })
-        .unwrap()
+    let gauge = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) => v,
+                _ => -1.0,
+            })
+            .unwrap()
+    };
+    (
+        gauge("coordinator_cluster_members"),
+        gauge("coordinator_cluster_fenced"),
+    )
 }
 
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
@@ -426,6 +430,37 @@ fn any_node_serves_every_worker_and_a_killed_node_loses_nothing() {
     assert_eq!(
         stats.json["workers_by_tier"]["gpu_workers"], 30,
         "{stats:?}"
+    );
+    // History: each node samples only its own share (about 10); any node
+    // answers for the whole cluster, so once every node has sampled the
+    // 30 in one bucket, that bucket counts all of them.
+    let from = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 120;
+    wait_for(
+        "history of the whole cluster",
+        Duration::from_secs(20),
+        || {
+            let h = call(
+                addrs[1],
+                "GET",
+                &format!("/api/history?series=workers&from={from}&step=1"),
+                None,
+            );
+            assert_eq!(h.status, 200, "{h:?}");
+            assert_eq!(h.json["nodes"], 3, "{h:?}");
+            let lines = h.json["lines"].as_array().unwrap();
+            let buckets = h.json["timestamps"].as_array().unwrap().len();
+            (0..buckets).any(|i| {
+                lines
+                    .iter()
+                    .map(|l| l["last"][i].as_f64().unwrap_or(0.0))
+                    .sum::<f64>()
+                    == 30.0
+            })
+        },
     );
 
     // One change stream for the whole cluster: a subscriber on node 0
@@ -714,7 +749,7 @@ fn without_etcd_quorum_writes_are_refused_and_heartbeats_go_on() {
         assert_eq!(a.status, 200, "heartbeat of {id} without quorum: {a:?}");
     }
     wait_for("fenced in /metrics", Duration::from_secs(30), || {
-        fenced_gauge(addrs[0]) == 1.0
+        cluster_gauges(addrs[0]).1 == 1.0
     });
     let listed_now = listed(addrs[1]);
     for id in &ids {
@@ -736,7 +771,7 @@ fn without_etcd_quorum_writes_are_refused_and_heartbeats_go_on() {
         assert_eq!(heartbeat(addrs[1], id).unwrap().status, 200, "{id}");
     }
     wait_for("unfenced in /metrics", Duration::from_secs(30), || {
-        fenced_gauge(addrs[0]) == 0.0
+        cluster_gauges(addrs[0]) == (2.0, 0.0)
     });
     drop(nodes);
 }

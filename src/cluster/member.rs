@@ -3,25 +3,33 @@
 //!
 //! A session is: connect, grant a lease (`--cluster-lease-seconds`), put
 //! `/<cluster>/nodes/<id>` on it, read the member list, watch it from the
-//! next revision, then keep the lease alive every third of its TTL. Any
-//! failure ends the session: the node is fenced (its view keeps the last
-//! members, so heartbeats keep reaching the same owners, but writes are
-//! refused) and a new session starts after a short backoff. When the
-//! node's own key disappears (its lease expired in etcd), that too ends
-//! the session.
+//! next revision, then keep the lease alive every third of its TTL. A
+//! stream that breaks (its etcd member went down) is opened again on
+//! another member, the watches resuming after the last revision seen, as
+//! long as the lease cannot have expired: one etcd member going away
+//! fences nobody. Once the lease is not renewed for its TTL, expired in
+//! etcd, or the node's own key disappears, the session ends: the node is
+//! fenced (its view keeps the last members, so heartbeats keep reaching
+//! the same owners, but writes are refused) and a new session starts
+//! after a short backoff. Calls that failed on the way are made again
+//! (`retrying`): the client may pick a dead member until it notices.
 //!
 //! Every change of the member set publishes a new view and starts an
 //! adoption: the workers and tasks this node owns under the view are read
 //! from etcd in pages, off the keep-alive loop (a spawned task, so a large
 //! registry cannot starve the lease), and sent to their shards, followed by
-//! [`Update::Settled`]. A newer view aborts an adoption still running.
+//! [`Update::Settled`]. A failed adoption is tried again until it succeeds;
+//! a newer view aborts one still running.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
+    WatchOptions, WatchStream,
+};
 use futures::channel::mpsc::UnboundedSender;
 
 use super::keys::{prefix_end, Layout};
@@ -142,14 +150,15 @@ async fn session(ctx: &Arc<Ctx>, st: &mut State) -> Result<(), String> {
     )
     .await?;
     ctx.lease.store(lease, Ordering::Release);
-    let (mut keeper, mut alive) =
-        within(step, "lease keep-alive", client.lease_keep_alive(lease)).await?;
     let nodes = ctx.layout.nodes();
-    let resp = within(
-        step,
-        "read members",
-        client.get(nodes.as_str(), Some(GetOptions::new().with_prefix())),
-    )
+    let resp = super::retrying(step, "read members", || {
+        let mut c = client.clone();
+        let nodes = nodes.clone();
+        async move {
+            c.get(nodes.as_str(), Some(GetOptions::new().with_prefix()))
+                .await
+        }
+    })
     .await?;
     let rev = resp.header().map_or(0, |h| h.revision());
     let mut members: BTreeMap<String, Member> = BTreeMap::new();
@@ -158,33 +167,9 @@ async fn session(ctx: &Arc<Ctx>, st: &mut State) -> Result<(), String> {
             members.insert(m.node_id.clone(), m);
         }
     }
-    let mut watch = within(
-        step,
-        "watch members",
-        client.watch(
-            nodes.as_str(),
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(rev + 1),
-            ),
-        ),
-    )
-    .await?;
-    let pins = ctx.layout.pins();
-    let mut pin_watch = within(
-        step,
-        "watch pins",
-        client.watch(
-            pins.as_str(),
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(rev + 1),
-            ),
-        ),
-    )
-    .await?;
+    // The revisions seen so far: a stream opened again resumes after them.
+    let (mut member_rev, mut pin_rev) = (rev, rev);
+    let mut streams = Streams::open(ctx, &client, lease, member_rev, pin_rev, step).await?;
     st.fenced = false;
     st.members = members.values().cloned().collect();
     tracing::info!(node = %s.node_id, lease, members = st.members.len(), "joined the cluster");
@@ -201,69 +186,152 @@ async fn session(ctx: &Arc<Ctx>, st: &mut State) -> Result<(), String> {
             tracing::info!(node = %s.node_id, "left the cluster");
             return Ok(());
         }
-        tokio::select! {
+        // A stream that broke (its etcd member went away) is opened again
+        // on another member while the lease may still be alive; the node
+        // is fenced only once it cannot be sure of its lease any more.
+        let broken = tokio::select! {
             _ = tick.tick() => {
                 if last_ok.elapsed() >= ttl {
                     return Err(format!("lease not renewed for {ttl:?}"));
                 }
-                within(step, "keep-alive", keeper.keep_alive()).await?;
+                within(step, "keep-alive", streams.keeper.keep_alive()).await.err()
             }
-            m = alive.message() => match m.map_err(err("keep-alive"))? {
-                Some(r) if r.ttl() > 0 => last_ok = Instant::now(),
-                Some(_) => return Err("the lease expired in etcd".into()),
-                None => return Err("keep-alive stream ended".into()),
+            m = streams.alive.message() => match m {
+                Ok(Some(r)) if r.ttl() > 0 => {
+                    last_ok = Instant::now();
+                    None
+                }
+                Ok(Some(_)) => return Err("the lease expired in etcd".into()),
+                Ok(None) => Some("keep-alive stream ended".into()),
+                Err(e) => Some(format!("keep-alive: {e}")),
             },
-            m = watch.message() => {
-                let r = m.map_err(err("member watch"))?.ok_or("member watch ended")?;
-                if r.canceled() {
-                    return Err(format!("member watch canceled: {}", r.cancel_reason()));
-                }
-                let before: Vec<String> = members.keys().cloned().collect();
-                for ev in r.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    match ev.event_type() {
-                        EventType::Put => {
-                            if let Some(m) = parse_member(&ctx.layout, kv.key(), kv.value()) {
-                                members.insert(m.node_id.clone(), m);
-                            }
-                        }
-                        EventType::Delete => {
-                            if let Some(id) = ctx.layout.node_id(kv.key()) {
-                                if id == s.node_id {
-                                    return Err("this node's key was deleted (lease expired)".into());
+            m = streams.watch.message() => match m {
+                Ok(Some(r)) => {
+                    if r.canceled() {
+                        return Err(format!("member watch canceled: {}", r.cancel_reason()));
+                    }
+                    let before: Vec<String> = members.keys().cloned().collect();
+                    for ev in r.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        member_rev = member_rev.max(kv.mod_revision());
+                        match ev.event_type() {
+                            EventType::Put => {
+                                if let Some(m) = parse_member(&ctx.layout, kv.key(), kv.value()) {
+                                    members.insert(m.node_id.clone(), m);
                                 }
-                                members.remove(id);
+                            }
+                            EventType::Delete => {
+                                if let Some(id) = ctx.layout.node_id(kv.key()) {
+                                    if id == s.node_id {
+                                        return Err("this node's key was deleted (lease expired)".into());
+                                    }
+                                    members.remove(id);
+                                }
                             }
                         }
                     }
-                }
-                let after: Vec<&String> = members.keys().collect();
-                if after.iter().copied().ne(before.iter()) {
-                    st.members = members.values().cloned().collect();
-                    tracing::info!(node = %s.node_id, members = %after.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","), "cluster membership changed");
-                    publish(ctx, st);
-                    start_adoption(ctx, st, &client, false);
-                }
-            }
-            m = pin_watch.message() => {
-                let r = m.map_err(err("pin watch"))?.ok_or("pin watch ended")?;
-                let mut changes = Vec::new();
-                for ev in r.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let Some(key) = ctx.layout.pin(kv.key()) else { continue };
-                    let value = match ev.event_type() {
-                        EventType::Put => Some(String::from_utf8_lossy(kv.value()).into_owned()),
-                        EventType::Delete => None,
-                    };
-                    changes.push((key.to_string(), value));
-                }
-                if !changes.is_empty() {
-                    for tx in &ctx.out {
-                        let _ = tx.unbounded_send(Update::Pins(changes.clone()));
+                    let after: Vec<&String> = members.keys().collect();
+                    if after.iter().copied().ne(before.iter()) {
+                        st.members = members.values().cloned().collect();
+                        tracing::info!(node = %s.node_id, members = %after.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","), "cluster membership changed");
+                        publish(ctx, st);
+                        start_adoption(ctx, st, &client, false);
                     }
+                    None
                 }
-            }
+                Ok(None) => Some("member watch ended".into()),
+                Err(e) => Some(format!("member watch: {e}")),
+            },
+            m = streams.pin_watch.message() => match m {
+                Ok(Some(r)) => {
+                    if r.canceled() {
+                        return Err(format!("pin watch canceled: {}", r.cancel_reason()));
+                    }
+                    let mut changes = Vec::new();
+                    for ev in r.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        pin_rev = pin_rev.max(kv.mod_revision());
+                        let Some(key) = ctx.layout.pin(kv.key()) else { continue };
+                        let value = match ev.event_type() {
+                            EventType::Put => Some(String::from_utf8_lossy(kv.value()).into_owned()),
+                            EventType::Delete => None,
+                        };
+                        changes.push((key.to_string(), value));
+                    }
+                    if !changes.is_empty() {
+                        for tx in &ctx.out {
+                            let _ = tx.unbounded_send(Update::Pins(changes.clone()));
+                        }
+                    }
+                    None
+                }
+                Ok(None) => Some("pin watch ended".into()),
+                Err(e) => Some(format!("pin watch: {e}")),
+            },
+        };
+        if let Some(why) = broken {
+            tracing::info!(node = %s.node_id, error = %why, "an etcd stream broke; opening it again");
+            let left = ttl.saturating_sub(last_ok.elapsed());
+            streams = Streams::open(ctx, &client, lease, member_rev, pin_rev, left)
+                .await
+                .map_err(|e| format!("{why}; then {e}"))?;
         }
+    }
+}
+
+/// The streams a session holds open: the lease's keep-alive and the
+/// watches on the member list and the pins.
+struct Streams {
+    keeper: LeaseKeeper,
+    alive: LeaseKeepAliveStream,
+    watch: WatchStream,
+    pin_watch: WatchStream,
+}
+
+impl Streams {
+    /// Opens all three (again), the watches after the revisions already
+    /// seen, trying for at most `limit`.
+    async fn open(
+        ctx: &Ctx,
+        client: &Client,
+        lease: i64,
+        member_rev: i64,
+        pin_rev: i64,
+        limit: Duration,
+    ) -> Result<Streams, String> {
+        let (keeper, alive) = super::retrying(limit, "lease keep-alive", || {
+            let mut c = client.clone();
+            async move { c.lease_keep_alive(lease).await }
+        })
+        .await?;
+        let watch_from = |prefix: String, rev: i64| {
+            let mut c = client.clone();
+            async move {
+                c.watch(
+                    prefix.as_str(),
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(rev + 1),
+                    ),
+                )
+                .await
+            }
+        };
+        let watch = super::retrying(limit, "watch members", || {
+            watch_from(ctx.layout.nodes(), member_rev)
+        })
+        .await?;
+        let pin_watch = super::retrying(limit, "watch pins", || {
+            watch_from(ctx.layout.pins(), pin_rev)
+        })
+        .await?;
+        Ok(Streams {
+            keeper,
+            alive,
+            watch,
+            pin_watch,
+        })
     }
 }
 
@@ -300,21 +368,31 @@ fn start_adoption(ctx: &Arc<Ctx>, st: &mut State, client: &Client, first: bool) 
     let (ctx, client) = (ctx.clone(), client.clone());
     st.adoption = Some(tokio::spawn(async move {
         let started = Instant::now();
-        match adopt(&ctx, client, &view).await {
-            Ok((workers, tasks)) => {
-                tracing::info!(
-                    node = %ctx.settings.node_id,
-                    epoch = view.epoch,
-                    workers,
-                    tasks,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "adopted this node's share from etcd"
-                );
-                if first {
-                    let _ = ctx.joined.try_send(());
+        let mut pause = Duration::from_millis(200);
+        // Until it succeeds or a newer view aborts it: until then the
+        // shards answer 503 (not 404) for workers they have not got yet.
+        loop {
+            match adopt(&ctx, client.clone(), &view).await {
+                Ok((workers, tasks)) => {
+                    tracing::info!(
+                        node = %ctx.settings.node_id,
+                        epoch = view.epoch,
+                        workers,
+                        tasks,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "adopted this node's share from etcd"
+                    );
+                    if first {
+                        let _ = ctx.joined.try_send(());
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "adoption failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "adoption failed; the next view retries it"),
         }
     }));
 }
@@ -417,7 +495,11 @@ async fn scan_rev(
     let mut from = prefix.as_bytes().to_vec();
     loop {
         let opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-        let resp = within(limit, "read state", client.get(from.clone(), Some(opts))).await?;
+        let resp = super::retrying(limit, "read state", || {
+            let (mut c, from, opts) = (client.clone(), from.clone(), opts.clone());
+            async move { c.get(from, Some(opts)).await }
+        })
+        .await?;
         for kv in resp.kvs() {
             each(kv.key(), kv.value(), kv.create_revision());
         }

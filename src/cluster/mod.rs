@@ -268,6 +268,47 @@ pub(crate) fn start(settings: Settings, shards: usize) -> Result<(Cluster, Store
     Ok((cluster, store))
 }
 
+/// Whether an etcd call may succeed when made again: the member it went to
+/// is down or restarting, or lost its leader. The client balances over
+/// every endpoint but may pick a dead member again until it notices, so a
+/// call that failed this way is simply made again.
+fn transient(e: &etcd_client::Error) -> bool {
+    // gRPC codes: CANCELLED 1, UNKNOWN 2 (a broken HTTP/2 stream),
+    // DEADLINE_EXCEEDED 4, ABORTED 10, UNAVAILABLE 14 ("leader changed",
+    // "tcp connect error").
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(s.code() as i32, 1 | 2 | 4 | 10 | 14),
+        _ => false,
+    }
+}
+
+/// Makes the call `op` makes until it succeeds, fails for a reason that
+/// will not pass ([`transient`]), or `limit` has gone by. Only for calls
+/// that are safe to repeat: reads, and writes of whole values.
+async fn retrying<T, F, Fut>(limit: Duration, what: &str, mut op: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(25);
+    loop {
+        let last = match tokio::time::timeout_at(deadline, op()).await {
+            Err(_) => return Err(format!("{what}: no answer within {limit:?}")),
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if transient(&e) => e,
+            Ok(Err(e)) => return Err(format!("{what}: {e}")),
+        };
+        if tokio::time::Instant::now() + pause >= deadline {
+            return Err(format!("{what}: {last}"));
+        }
+        tracing::debug!(error = %last, "{what}: retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(400));
+    }
+}
+
 /// A current-thread tokio runtime for one cluster thread.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

@@ -10,9 +10,9 @@
 //! Each transaction only succeeds while this node's key still holds this
 //! node's lease (`Compare::lease`): a node whose lease expired, and whose
 //! share another node may already own, can never overwrite the new owner's
-//! writes. A failed batch is answered with an error (the client gets 503)
-//! and is not retried: by the time it could be, its keys may belong to
-//! another node.
+//! writes. A batch is sent again while its failure is one of the way
+//! (a member down, an election) and the lease compare holds; one that
+//! still fails is answered with an error (the client gets 503).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -102,10 +102,11 @@ pub(super) fn run(
 }
 
 /// Writes `writes` in fenced transactions; any failure fails the whole.
-/// A transport error (the etcd member this client talked to went away)
-/// is retried once on a new connection, which picks a live member: every
-/// write here is idempotent (puts of whole values, deletes), and the lease
-/// compare still fences the retry.
+/// A batch whose call failed on the way (the etcd member this client
+/// talked to went away, a leader election) is sent again until `limit`:
+/// every write here is idempotent (puts of whole values, deletes), the
+/// writer sends nothing else meanwhile, and the lease compare still fences
+/// every attempt.
 async fn commit(
     client: &mut Option<Client>,
     settings: &Settings,
@@ -113,91 +114,54 @@ async fn commit(
     lease_id: i64,
     writes: &[Write],
 ) -> Result<(), StoreError> {
-    match try_commit(client, settings, node_key, lease_id, writes).await {
-        Err(Failure::Transport(e)) => {
-            tracing::debug!(error = %e, "etcd connection lost; retrying on a new one");
-            *client = None;
-            try_commit(client, settings, node_key, lease_id, writes)
-                .await
-                .map_err(Failure::into_store)
-        }
-        r => r.map_err(Failure::into_store),
-    }
-}
-
-enum Failure {
-    Transport(String),
-    Other(StoreError),
-}
-
-impl Failure {
-    fn into_store(self) -> StoreError {
-        match self {
-            Failure::Transport(e) => StoreError::Write(format!("etcd write failed: {e}")),
-            Failure::Other(e) => e,
-        }
-    }
-}
-
-async fn try_commit(
-    client: &mut Option<Client>,
-    settings: &Settings,
-    node_key: &str,
-    lease_id: i64,
-    writes: &[Write],
-) -> Result<(), Failure> {
     if lease_id == 0 {
-        return Err(Failure::Other(StoreError::Write(
+        return Err(StoreError::Write(
             "this node holds no cluster lease (not joined, or fenced); try again shortly".into(),
-        )));
+        ));
     }
     let limit = settings.lease_ttl.max(Duration::from_secs(2));
     if client.is_none() {
-        let c = tokio::time::timeout(limit, Client::connect(&settings.endpoints, None))
-            .await
-            .map_err(|_| {
-                Failure::Other(StoreError::Write(
-                    "cannot reach etcd (connect timed out)".into(),
-                ))
-            })?
-            .map_err(|e| Failure::Other(StoreError::Write(format!("cannot reach etcd: {e}"))))?;
+        let c = super::retrying(limit, "cannot reach etcd", || {
+            Client::connect(&settings.endpoints, None)
+        })
+        .await
+        .map_err(StoreError::Write)?;
         *client = Some(c);
     }
     let c = client.as_ref().expect("connected above");
-    let txns = writes.chunks(TXN_OPS).map(|chunk| {
-        let ops: Vec<TxnOp> = chunk
-            .iter()
-            .map(|w| match w {
-                Write::Put(k, v) => TxnOp::put(k.as_str(), v.as_str(), None),
-                Write::Delete(k) => TxnOp::delete(k.as_str(), None),
+    let committed = super::retrying(limit, "etcd did not commit", || {
+        let txns: Vec<_> = writes
+            .chunks(TXN_OPS)
+            .map(|chunk| {
+                let ops: Vec<TxnOp> = chunk
+                    .iter()
+                    .map(|w| match w {
+                        Write::Put(k, v) => TxnOp::put(k.as_str(), v.as_str(), None),
+                        Write::Delete(k) => TxnOp::delete(k.as_str(), None),
+                    })
+                    .collect();
+                let txn = Txn::new()
+                    .when([Compare::lease(node_key, CompareOp::Equal, lease_id)])
+                    .and_then(ops);
+                let mut c = c.clone();
+                async move { c.txn(txn).await }
             })
             .collect();
-        let txn = Txn::new()
-            .when([Compare::lease(node_key, CompareOp::Equal, lease_id)])
-            .and_then(ops);
-        let mut c = c.clone();
-        async move { c.txn(txn).await }
-    });
-    let results = tokio::time::timeout(limit, futures::future::join_all(txns))
-        .await
-        .map_err(|_| {
-            Failure::Other(StoreError::Write(format!(
-                "etcd did not commit within {limit:?} (no quorum?); try again"
-            )))
-        })?;
-    for r in results {
-        match r {
-            Ok(resp) if resp.succeeded() => {}
-            Ok(_) => {
-                return Err(Failure::Other(StoreError::Write(
-                    "this node's cluster lease is gone (fenced); try again shortly".into(),
-                )))
+        async move {
+            let mut all = true;
+            for r in futures::future::join_all(txns).await {
+                all &= r?.succeeded();
             }
-            Err(e) => {
-                *client = None;
-                return Err(Failure::Transport(e.to_string()));
-            }
+            Ok(all)
         }
+    })
+    .await
+    .map_err(|e| StoreError::Write(format!("{e} (no quorum?); try again")))?;
+    if committed {
+        Ok(())
+    } else {
+        Err(StoreError::Write(
+            "this node's cluster lease is gone (fenced); try again shortly".into(),
+        ))
     }
-    Ok(())
 }

@@ -29,7 +29,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::{full, Body, Ctx};
-use crate::proxy::strip_hop_by_hop;
+use crate::proxy::{strip_hop_by_hop, PoolSender};
 use crate::shard::cluster::Peer;
 
 /// Request header of a relayed request: the relaying node's id.
@@ -141,6 +141,21 @@ pub(crate) async fn open_stream(
     peer: &Peer,
     head: Head,
 ) -> Result<Response<hyper::body::Incoming>, ApiError> {
+    let (resp, _) = send(ctx, peer, head, Bytes::new(), CONNECT * 5, true).await?;
+    Ok(resp)
+}
+
+/// Sends one request to `peer` over a pooled connection and waits up to
+/// `wait` for the answer's head; returns it with the connection, which
+/// goes back to the pool once the body has been read.
+async fn send(
+    ctx: &Ctx,
+    peer: &Peer,
+    head: Head,
+    body: Bytes,
+    wait: Duration,
+    scoped: bool,
+) -> Result<(Response<hyper::body::Incoming>, PoolSender), ApiError> {
     let node = ctx
         .shard
         .node()
@@ -151,22 +166,27 @@ pub(crate) async fn open_stream(
             peer.node_id
         ))
     };
+    let started = Instant::now();
     let (mut sender, _) = node
         .pool
         .checkout(&peer.endpoint, CONNECT)
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    let mut req = Request::new(Full::new(Bytes::new()));
+    let mut req = Request::new(Full::new(body));
     *req.method_mut() = head.method;
     *req.uri_mut() = head
         .path
         .parse()
         .map_err(|_| ApiError::BadRequest("unrelayable request path".into()))?;
-    *req.headers_mut() = outbound_headers(ctx, peer, head.headers, true);
-    match crate::runtime::timeout(CONNECT * 5, sender.send_request(req)).await {
-        Ok(Ok(r)) => Ok(r),
+    *req.headers_mut() = outbound_headers(ctx, peer, head.headers, scoped);
+    let left = wait.saturating_sub(started.elapsed());
+    match crate::runtime::timeout(left, sender.send_request(req)).await {
+        Ok(Ok(r)) => Ok((r, sender)),
         Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable("no answer".into())),
+        Err(_) => Err(ApiError::GatewayTimeout(format!(
+            "node {} did not answer within {wait:?}",
+            peer.node_id
+        ))),
     }
 }
 
@@ -230,47 +250,19 @@ async fn exchange(
     wait: Duration,
     scoped: bool,
 ) -> Result<(StatusCode, HeaderMap, Bytes), ApiError> {
-    let node = ctx
-        .shard
-        .node()
-        .ok_or_else(|| ApiError::Unavailable("not in cluster mode".into()))?;
-    let unreachable = |why: String| {
-        ApiError::Unavailable(format!(
-            "node {} (owner of this request) is unreachable: {why}; retry shortly",
-            peer.node_id
-        ))
-    };
     let started = Instant::now();
-    let (mut sender, _) = node
-        .pool
-        .checkout(&peer.endpoint, CONNECT)
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let headers = outbound_headers(ctx, peer, head.headers, scoped);
-    let mut req = Request::new(Full::new(body));
-    *req.method_mut() = head.method;
-    *req.uri_mut() = head
-        .path
-        .parse()
-        .map_err(|_| ApiError::BadRequest("unrelayable request path".into()))?;
-    *req.headers_mut() = headers;
-    let left = wait.saturating_sub(started.elapsed());
-    let resp = match crate::runtime::timeout(left, sender.send_request(req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Err(unreachable(e.to_string())),
-        Err(_) => {
-            return Err(ApiError::GatewayTimeout(format!(
-                "node {} did not answer within {wait:?}",
-                peer.node_id
-            )))
-        }
-    };
+    let (resp, sender) = send(ctx, peer, head, body, wait, scoped).await?;
     let (parts, incoming) = resp.into_parts();
     let left = wait.saturating_sub(started.elapsed());
     let bytes =
         match crate::runtime::timeout(left, Limited::new(incoming, MAX_ANSWER).collect()).await {
             Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(e)) => return Err(unreachable(format!("reading its answer: {e}"))),
+            Ok(Err(e)) => {
+                return Err(ApiError::Unavailable(format!(
+                    "node {} broke off its answer: {e}; retry shortly",
+                    peer.node_id
+                )))
+            }
             Err(_) => {
                 return Err(ApiError::GatewayTimeout(format!(
                     "node {} did not finish its answer within {wait:?}",
@@ -278,7 +270,9 @@ async fn exchange(
                 )))
             }
         };
-    node.pool.checkin(&peer.endpoint.origin, sender);
+    if let Some(node) = ctx.shard.node() {
+        node.pool.checkin(&peer.endpoint.origin, sender);
+    }
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     headers.remove(CONTENT_LENGTH);
@@ -380,7 +374,7 @@ pub(crate) async fn extend_remote(
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986).
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -458,6 +452,20 @@ pub(crate) fn gather_with<'a>(
 /// the JSON answers that came back with 200, and the ids of the nodes
 /// that gave none.
 pub(crate) async fn gather<B>(ctx: &Ctx, req: &Request<B>) -> (Vec<Value>, Vec<String>) {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    gather_path(ctx, path, req.headers()).await
+}
+
+/// [`gather`] of `GET path` with the caller's `headers`.
+pub(crate) async fn gather_path(
+    ctx: &Ctx,
+    path: String,
+    headers: &HeaderMap,
+) -> (Vec<Value>, Vec<String>) {
     let peers = ctx.shard.peers();
     if peers.is_empty() {
         return (Vec::new(), Vec::new());
@@ -466,12 +474,8 @@ pub(crate) async fn gather<B>(ctx: &Ctx, req: &Request<B>) -> (Vec<Value>, Vec<S
     let asks = peers.iter().map(|p| {
         let head = Head {
             method: Method::GET,
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
-            headers: req.headers().clone(),
+            path: path.clone(),
+            headers: headers.clone(),
         };
         exchange(ctx, p, head, Bytes::new(), wait, true)
     });
@@ -494,6 +498,19 @@ pub(crate) async fn gather<B>(ctx: &Ctx, req: &Request<B>) -> (Vec<Value>, Vec<S
         }
     }
     (parts, missing)
+}
+
+/// Names, in a merged answer, how many nodes there are and which gave no
+/// part.
+pub(crate) fn mark_nodes(shard: &crate::shard::Shard, all: &mut Value, missing: Vec<String>) {
+    if let Value::Object(o) = all {
+        if !missing.is_empty() {
+            o.insert("nodes_missing".into(), Value::from(missing));
+        }
+        if let Some(view) = shard.view() {
+            o.insert("nodes".into(), Value::from(view.members.len()));
+        }
+    }
 }
 
 /// Recomputes, in a merged whole-pool answer, what summing got wrong.
@@ -605,14 +622,7 @@ where
     if let (Some(fix), Some(each)) = (fix, each) {
         fix(&mut all, &each);
     }
-    if let Value::Object(o) = &mut all {
-        if !missing.is_empty() {
-            o.insert("nodes_missing".into(), Value::from(missing));
-        }
-        if let Some(view) = shard.view() {
-            o.insert("nodes".into(), Value::from(view.members.len()));
-        }
-    }
+    mark_nodes(&shard, &mut all, missing);
     Ok(super::json(
         StatusCode::OK,
         serde_json::to_vec(&all).unwrap_or_default(),

@@ -112,6 +112,19 @@ impl Route {
         self as usize
     }
 
+    /// The route forwards to a worker (inference and the generic proxies).
+    pub(crate) fn is_proxied(self) -> bool {
+        matches!(
+            self,
+            Route::InferenceLlm
+                | Route::InferenceVision
+                | Route::InferenceRag
+                | Route::InferenceGraph
+                | Route::ServiceProxy
+                | Route::ApiServiceProxy
+        )
+    }
+
     /// The route's name, as metrics and the access log give it.
     pub fn name(self) -> &'static str {
         ROUTE_NAMES[self.index()]

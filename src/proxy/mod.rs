@@ -66,7 +66,7 @@ pub(crate) use endpoint::{parse_endpoint, Endpoint};
 pub(crate) use forward::forward;
 use guard::AddrGuard;
 pub(crate) use headers::{append_forwarded_for, strip_hop_by_hop, upstream_headers};
-pub(crate) use pool::Pool;
+pub(crate) use pool::{Pool, Sender as PoolSender};
 
 use crate::model::worker::WorkerRecord;
 

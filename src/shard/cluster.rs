@@ -208,11 +208,16 @@ fn settle(node: &Node, epoch: u64) {
 
 async fn install_view(shard: &Rc<Shard>, view: Arc<View>) {
     let Some(node) = &shard.cluster else { return };
-    let fenced = view.fenced;
+    let was_settled = shard.is_settled();
     *node.view.borrow_mut() = view.clone();
-    if fenced {
-        // Fenced views keep the members: nothing moves, nothing to adopt.
-        settle(node, view.epoch);
+    if view.fenced {
+        // Fenced views keep the members: nothing moves, and nothing can
+        // be adopted until the node rejoins. What was adopted stays so;
+        // an adoption cut off stays unfinished (503s, not 404s, for the
+        // workers it had not brought yet).
+        if was_settled {
+            settle(node, view.epoch);
+        }
         return;
     }
     // Workers another node owns now.

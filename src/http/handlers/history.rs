@@ -2,18 +2,22 @@
 //!
 //! Owns: reading and clamping the query, and shaping the answer. The
 //! samples, tiers and arithmetic are `crate::history`'s; the query runs on
-//! the history thread (the shard only awaits its answer).
+//! the history thread (the shard only awaits its answer). In cluster mode
+//! each node samples its own share; a query merges the other nodes' answers
+//! to the same range bucket by bucket ([`merge`]).
 //! Must not: read samples itself or block the shard.
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde_json::json;
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
 
 use super::super::error::ApiError;
 use super::super::request::{clamp_integer, valid_id};
-use super::super::{json, Body, Ctx};
+use super::super::{json, peer, Body, Ctx};
 use super::lists::{bad, param};
-use crate::history::series::{self, SERIES};
+use crate::history::series::{self, SeriesDef, SERIES};
 use crate::history::Query;
 
 /// Longest range one query may span (the longest a tier may be kept).
@@ -48,6 +52,10 @@ fn seconds(q: Option<&str>, name: &str, lo: u64, hi: u64) -> Result<Option<u64>,
 )]
 pub(super) async fn query(ctx: Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = req.uri().query().map(str::to_string);
+    // In cluster mode every node samples its own share: the others' parts
+    // are asked for (node-scoped) and merged below.
+    let gather =
+        (ctx.shard.node().is_some() && !peer::node_scope(&req)).then(|| req.headers().clone());
     drop(req);
     let q = q.as_deref();
     let name = param(q, "series")?.ok_or_else(|| bad("series", "is required"))?;
@@ -95,8 +103,100 @@ pub(super) async fn query(ctx: Ctx, req: Request<Incoming>) -> Result<Response<B
         })
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let body = serde_json::to_vec(&answer).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let body = match gather {
+        None => serde_json::to_vec(&answer),
+        Some(headers) => {
+            // The others fold the same range into the same buckets.
+            let mut path = format!(
+                "/api/history?series={}&from={}&to={}&step={}",
+                def.name, answer.from, answer.to, answer.step
+            );
+            if let Some(w) = &answer.worker_id {
+                path.push_str(&format!("&worker_id={}", peer::encode(w)));
+            }
+            let (parts, missing) = peer::gather_path(&ctx, path, &headers).await;
+            let mut all = serde_json::to_value(&answer).unwrap_or_default();
+            merge(&mut all, &parts, combiner(def));
+            peer::mark_nodes(&ctx.shard, &mut all, missing);
+            serde_json::to_vec(&all)
+        }
+    }
+    .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(json(StatusCode::OK, body))
+}
+
+/// How two nodes' values of one bucket make the cluster's: counts and
+/// rates of each node's share add up; a latency percentile cannot be
+/// added, and the largest is an upper bound of the cluster's; a worker is
+/// sampled by one node at a time, and where two overlap (a handover inside
+/// one bucket) the larger stands.
+fn combiner(def: &SeriesDef) -> fn(f64, f64) -> f64 {
+    if def.per_worker || def.unit == "ms" {
+        f64::max
+    } else {
+        |a, b| a + b
+    }
+}
+
+/// Merges other nodes' answers to the same query into `into`: buckets
+/// are matched by timestamp (one the local answer lacks is dropped), lines
+/// by their labels (a line only another node has is added), and each of
+/// `avg`, `min`, `max` and `last` is combined where both have a value.
+fn merge(into: &mut Value, parts: &[Value], combine: fn(f64, f64) -> f64) {
+    let stamps: Vec<i64> = into["timestamps"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default();
+    let at: HashMap<i64, usize> = stamps.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+    let Some(lines) = into.get_mut("lines").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for part in parts {
+        let Some(theirs) = part["lines"].as_array() else {
+            continue;
+        };
+        let their_stamps: Vec<Option<usize>> = part["timestamps"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| t.as_i64().and_then(|t| at.get(&t).copied()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for line in theirs {
+            let pos = match lines.iter().position(|l| l["labels"] == line["labels"]) {
+                Some(p) => p,
+                None => {
+                    let empty = Value::Array(vec![Value::Null; stamps.len()]);
+                    lines.push(json!({"labels": line["labels"].clone(), "avg": empty,
+                        "min": empty, "max": empty, "last": empty}));
+                    lines.len() - 1
+                }
+            };
+            for field in ["avg", "min", "max", "last"] {
+                let (Some(src), Some(dst)) = (
+                    line[field].as_array(),
+                    lines[pos].get_mut(field).and_then(Value::as_array_mut),
+                ) else {
+                    continue;
+                };
+                for (j, v) in src.iter().enumerate() {
+                    let (Some(Some(i)), Some(v)) = (their_stamps.get(j), v.as_f64()) else {
+                        continue;
+                    };
+                    if let Some(slot) = dst.get_mut(*i) {
+                        let merged = match slot.as_f64() {
+                            Some(x) => combine(x, v),
+                            None => v,
+                        };
+                        *slot =
+                            serde_json::Number::from_f64(merged).map_or(Value::Null, Value::Number);
+                    }
+                }
+            }
+        }
+    }
+    lines.sort_by_key(|l| l["labels"].to_string());
 }
 
 #[utoipa::path(
@@ -118,4 +218,82 @@ pub(super) fn list(ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         "series": &SERIES[..],
     });
     Ok(json(StatusCode::OK, body.to_string().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(stamps: &[i64], lines: Value) -> Value {
+        json!({"series": "workers", "timestamps": stamps, "lines": lines})
+    }
+
+    #[test]
+    fn counts_add_up_bucket_by_bucket_and_new_lines_join_in_order() {
+        let mut mine = answer(
+            &[10, 20, 30],
+            json!([{"labels": {"status": "healthy"}, "avg": [1.0, null, 3.0],
+                "min": [1.0, null, 3.0], "max": [1.0, null, 3.0], "last": [1.0, null, 3.0]}]),
+        );
+        // The other node's buckets are offset by one (20 and 30 match, 40
+        // does not) and it has a line this node lacks.
+        let theirs = answer(
+            &[20, 30, 40],
+            json!([
+                {"labels": {"status": "healthy"}, "avg": [5.0, 2.0, 9.0],
+                    "min": [5.0, 2.0, 9.0], "max": [5.0, 2.0, 9.0], "last": [5.0, 2.0, 9.0]},
+                {"labels": {"status": "busy"}, "avg": [1.0, null, 7.0],
+                    "min": [1.0, null, 7.0], "max": [1.0, null, 7.0], "last": [1.0, null, 7.0]}
+            ]),
+        );
+        merge(&mut mine, &[theirs], combiner(&SERIES[0]));
+        let lines = mine["lines"].as_array().unwrap();
+        assert_eq!(lines[0]["labels"], json!({"status": "busy"}));
+        assert_eq!(lines[0]["avg"], json!([null, 1.0, null]));
+        assert_eq!(lines[1]["labels"], json!({"status": "healthy"}));
+        assert_eq!(lines[1]["avg"], json!([1.0, 5.0, 5.0]));
+        assert_eq!(lines[1]["last"], json!([1.0, 5.0, 5.0]));
+    }
+
+    #[test]
+    fn percentiles_and_per_worker_series_take_the_larger() {
+        let p99 = &SERIES[series::find("latency_p99_ms").unwrap()];
+        let load = &SERIES[series::find("worker_load").unwrap()];
+        let requests = &SERIES[series::find("requests").unwrap()];
+        assert_eq!(combiner(p99)(2.0, 7.0), 7.0);
+        assert_eq!(combiner(load)(0.5, 0.25), 0.5);
+        assert_eq!(combiner(requests)(2.0, 7.0), 9.0);
+        let mut mine = answer(
+            &[10],
+            json!([{"labels": {"route": "all"}, "avg": [2.0], "min": [1.0], "max": [3.0], "last": [2.0]}]),
+        );
+        let theirs = answer(
+            &[10],
+            json!([{"labels": {"route": "all"}, "avg": [4.0], "min": [0.5], "max": [6.0], "last": [1.0]}]),
+        );
+        merge(&mut mine, &[theirs], combiner(p99));
+        let line = &mine["lines"][0];
+        assert_eq!(
+            (
+                line["avg"][0].clone(),
+                line["min"][0].clone(),
+                line["max"][0].clone(),
+                line["last"][0].clone()
+            ),
+            (json!(4.0), json!(1.0), json!(6.0), json!(2.0))
+        );
+    }
+
+    #[test]
+    fn a_malformed_part_changes_nothing() {
+        let lines =
+            json!([{"labels": {}, "avg": [1.0], "min": [1.0], "max": [1.0], "last": [1.0]}]);
+        let mut mine = answer(&[10], lines.clone());
+        merge(
+            &mut mine,
+            &[json!({"detail": "no"}), json!([1, 2])],
+            combiner(&SERIES[0]),
+        );
+        assert_eq!(mine["lines"], lines);
+    }
 }

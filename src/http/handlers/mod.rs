@@ -35,15 +35,7 @@ pub(super) async fn handle(
     allow: &'static str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    if matches!(
-        route,
-        Route::InferenceLlm
-            | Route::InferenceVision
-            | Route::InferenceRag
-            | Route::InferenceGraph
-            | Route::ServiceProxy
-            | Route::ApiServiceProxy
-    ) {
+    if route.is_proxied() {
         *ctx.relay.borrow_mut() = peer::Head::of(&ctx, &req);
     }
     if matches!(

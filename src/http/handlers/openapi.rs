@@ -976,6 +976,11 @@ pub(super) struct HistoryAnswer {
     /// Bucket starts, Unix seconds.
     timestamps: Vec<i64>,
     lines: Vec<HistoryLine>,
+    /// Cluster mode: the live nodes whose samples were merged (counts and
+    /// rates summed, percentiles and per-worker values the largest).
+    nodes: Option<u64>,
+    /// Cluster mode: nodes that gave no part.
+    nodes_missing: Option<Vec<String>>,
 }
 
 #[derive(ToSchema)]

@@ -349,10 +349,11 @@ pub(super) async fn heartbeat(
         .beat()?
     else {
         if !ctx.shard.is_settled() {
-            // Not joined yet (etcd unreachable at start): the worker may
-            // well be registered; a 404 would make its agent re-register.
+            // Not joined yet (etcd unreachable at start), or its share not
+            // read from etcd yet: the worker may well be registered; a 404
+            // would make its agent re-register.
             return Err(ApiError::Unavailable(
-                "this coordinator has not joined its cluster yet; retry shortly".into(),
+                "this coordinator has not yet taken over its share of the cluster's workers; retry shortly".into(),
             ));
         }
         return Err(worker_not_found());
