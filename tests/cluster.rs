@@ -351,6 +351,32 @@ impl Sse {
     }
 }
 
+/// A WebSocket subscription to `/api/events/ws` on `addr`.
+fn ws_open(addr: SocketAddr) -> tungstenite::WebSocket<TcpStream> {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (ws, resp) = tungstenite::client(format!("ws://{addr}/api/events/ws"), tcp).unwrap();
+    assert_eq!(resp.status().as_u16(), 101);
+    ws
+}
+
+/// The first text message holding `needle` (each is one event).
+fn ws_read_until(ws: &mut tungstenite::WebSocket<TcpStream>, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{needle:?} not on the WebSocket"
+        );
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) if t.contains(needle) => return t.to_string(),
+            Ok(tungstenite::Message::Close(c)) => panic!("closed: {c:?}"),
+            Ok(_) => {}
+            Err(e) => panic!("WebSocket: {e}"),
+        }
+    }
+}
+
 /// `(coordinator_cluster_members, coordinator_cluster_fenced)` of a node's
 /// `/metrics` (a valid exposition, or the test fails). Members may dip
 /// while nodes rejoin one after the other, so callers wait for a pair.
@@ -496,6 +522,38 @@ fn any_node_serves_every_worker_and_a_killed_node_loses_nothing() {
     resumed.read_until("worker.removed", Duration::from_secs(10));
     assert!(!resumed.text.contains("event: reset"), "{}", resumed.text);
     drop(resumed);
+
+    // The WebSocket stream is the whole cluster's as well, and a new
+    // filter applies to every node's part.
+    let mut ws = ws_open(addrs[1]);
+    let others: Vec<String> = (0..100)
+        .map(|i| format!("ws-{i}"))
+        .filter(|id| {
+            let a = register(addrs[1], id);
+            assert_eq!(a.status, 200);
+            a.node != "n1"
+        })
+        .take(2)
+        .collect();
+    let text = ws_read_until(&mut ws, &format!("\"{}\"", others[1]));
+    let event: Value = serde_json::from_str(&text).unwrap();
+    let index = event["index"].as_str().unwrap();
+    assert!(
+        ["n0~", "n1~", "n2~"].iter().all(|n| index.contains(n)),
+        "composite index: {index}"
+    );
+    let sub = json!({"subscribe": {"worker_id": others[1]}});
+    ws.send(tungstenite::Message::text(sub.to_string()))
+        .unwrap();
+    // Its part re-opened, the stream skips the other worker's removal.
+    std::thread::sleep(Duration::from_millis(300));
+    for id in &others {
+        let path = format!("/api/worker/unregister/{id}");
+        assert_eq!(call(addrs[0], "DELETE", &path, None).status, 200);
+    }
+    let text = ws_read_until(&mut ws, "worker.removed");
+    assert!(text.contains(&others[1]), "{text}");
+    drop(ws);
 
     // Tasks submitted through node 1 are pulled through node 2 by the
     // right worker; one is leased and left unanswered.

@@ -363,7 +363,7 @@ async fn connection(
                 let shard = ctx.shard.clone();
                 match sw.session {
                     ws::Session::Events => {
-                        handlers::events_ws::session(ctx, sw.query, socket).await
+                        handlers::events_ws::session(ctx, sw.query, sw.creds, socket).await
                     }
                     ws::Session::GraphQl => handlers::graphql_ws_session(ctx, socket).await,
                 }

@@ -147,6 +147,22 @@ fn cursor(shard: &Shard, text: &str, field: &str) -> Result<Result<Cursor, Curso
 }
 
 /// A subscription being written as a response body.
+/// A subscription's frames as NDJSON, keep-alive lines included, ending
+/// after a reset or when the shard stops: this node's part of a merged
+/// stream (cluster mode).
+pub(super) fn ndjson_part(
+    sub: Subscription,
+    stopping: LocalShutdown,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
+    let state = Streaming {
+        sub,
+        stopping,
+        format: Format::Ndjson,
+        done: false,
+    };
+    futures::stream::unfold(state, Streaming::step)
+}
+
 struct Streaming {
     sub: Subscription,
     stopping: LocalShutdown,

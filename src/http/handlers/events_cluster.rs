@@ -17,9 +17,8 @@
 //! part ends (a node stopped, its connection broke), the merged stream
 //! ends and the client resumes.
 //!
-//! The WebSocket stream (`/api/events/ws`) and NDJSON follow the same
-//! rules only for the node they are opened on (the WebSocket is
-//! node-local); SSE and NDJSON are merged.
+//! SSE, NDJSON and the WebSocket stream (`/api/events/ws`, through
+//! [`open_merged`]) are all merged this way.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -29,8 +28,8 @@ use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
 use http_body_util::{BodyStream, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 
 use super::super::error::ApiError;
 use super::super::peer::{self, Head};
@@ -62,76 +61,11 @@ pub(super) async fn stream(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
         .transpose()
         .map_err(|_| ApiError::BadRequest("Last-Event-ID: not a cursor".into()))?
         .or_else(|| super::super::request::query_param(Some(q), "since"));
-    let peers = ctx.shard.peers();
-    let mut resume = match since {
-        None => BTreeMap::new(),
-        Some(c) => parse(&c, &me)?,
-    };
-    // Nodes that left are dropped from the position; every other starts
-    // from where the cursor says, or from its position now, so that the
-    // composite cursor names every node from the first event on.
-    let before = resume.len();
-    resume.retain(|node, _| *node == me || peers.iter().any(|p| p.node_id == *node));
-    let lost_nodes = resume.len() < before;
-    if !resume.contains_key(&me) {
-        let heads = ctx.shard.heads().await?;
-        let now = crate::events::Cursor {
-            epoch: ctx.shard.epoch,
-            pos: heads,
-        };
-        resume.insert(me.clone(), now.encode());
-    }
-    for p in &peers {
-        if !resume.contains_key(&p.node_id) {
-            let now = peer::head_cursor(&ctx, p, req.headers()).await?;
-            resume.insert(p.node_id.clone(), now);
-        }
-    }
-    let rest: Vec<&str> = q
-        .split('&')
-        .filter(|kv| !kv.is_empty() && !kv.starts_with("since="))
-        .collect();
-    let path = if rest.is_empty() {
-        "/api/events".to_string()
-    } else {
-        format!("/api/events?{}", rest.join("&"))
-    };
-    let with_cursor = |headers: &hyper::HeaderMap, node: &str| {
-        let mut h = headers.clone();
-        h.remove(LAST_EVENT_ID);
-        if let Some(c) = resume.get(node).and_then(|c| HeaderValue::from_str(c).ok()) {
-            h.insert(HeaderName::from_static(LAST_EVENT_ID), c);
-        }
-        h
-    };
-    let mut sources: Vec<(String, Part)> = Vec::new();
-    for p in &peers {
-        let head = Head::new(
-            Method::GET,
-            path.clone(),
-            with_cursor(req.headers(), &p.node_id),
-        );
-        let resp = peer::open_stream(&ctx, p, head).await?;
-        if resp.status() != StatusCode::OK {
-            return Err(ApiError::Unavailable(format!(
-                "node {} did not open its part of the stream ({}); retry shortly",
-                p.node_id,
-                resp.status()
-            )));
-        }
-        let body = BodyStream::new(resp.into_body()).filter_map(|f| async move {
-            match f {
-                Ok(f) => f.into_data().ok().map(Ok),
-                Err(e) => {
-                    tracing::debug!(error = %e, "a node's part of the stream broke");
-                    Some(Err(()))
-                }
-            }
-        });
-        sources.push((p.node_id.clone(), Box::pin(body)));
-    }
+    let (resume, lost_nodes) = positions(&ctx, since, req.headers()).await?;
+    let path = events_path(q);
+    let mut sources = peer_parts(&ctx, &path, req.headers(), &resume).await?;
     let (mut parts, body) = req.into_parts();
-    parts.headers = with_cursor(&parts.headers, &me);
+    parts.headers = with_cursor(&parts.headers, &resume, &me);
     parts.uri = path
         .parse()
         .map_err(|_| ApiError::BadRequest("bad query".into()))?;
@@ -153,6 +87,140 @@ pub(super) async fn stream(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
     let frames = stream::iter(first).chain(merged.into_stream());
     let body = StreamBody::new(frames.map(|b| Ok::<_, Infallible>(Frame::data(b))));
     Ok(Response::from_parts(head, streamed(body)))
+}
+
+/// Merged NDJSON frames, complete ones only, each with its composite index.
+pub(crate) type Frames = Pin<Box<dyn Stream<Item = Bytes>>>;
+
+/// The whole cluster's stream for a WebSocket session: its filter is
+/// `query` (`topics`, `worker_id`, `service`, `task_id`), it starts after
+/// `since` (a composite or plain cursor; None: now), and the other nodes'
+/// parts are asked for with the caller's `headers`. Returns the composite
+/// position it starts at, and its frames.
+pub(crate) async fn open_merged(
+    ctx: &Ctx,
+    query: &str,
+    since: Option<String>,
+    headers: &HeaderMap,
+) -> Result<(String, Frames), ApiError> {
+    let me = ctx.shard.node_id().unwrap_or_default().to_string();
+    let (resume, lost_nodes) = positions(ctx, since, headers).await?;
+    let mut headers = headers.clone();
+    headers.insert(ACCEPT, HeaderValue::from_static("application/x-ndjson"));
+    let mut sources = peer_parts(ctx, &events_path(query), &headers, &resume).await?;
+    let mine = resume.get(&me).and_then(|c| HeaderValue::from_str(c).ok());
+    let (filter, from) = super::events::subscription(&ctx.shard, Some(query), mine.as_ref())?;
+    let sub = ctx.shard.subscribe(filter, from, None).await?;
+    let local = super::events::ndjson_part(sub, ctx.stopping.clone()).map(|r| r.map_err(|_| ()));
+    sources.push((me, Box::pin(local)));
+    let start = composite(&resume);
+    let first = lost_nodes.then(|| reset_frame(&start, Wire::Ndjson));
+    let merged = Merge::new(sources, resume, Wire::Ndjson);
+    Ok((
+        start,
+        Box::pin(stream::iter(first).chain(merged.into_stream())),
+    ))
+}
+
+/// The position a merged stream starts from: every live node's cursor
+/// (from `since` where it names the node, else the node's position now, so
+/// that the composite cursor names every node from the first event on),
+/// and whether `since` named a node that has left since.
+async fn positions(
+    ctx: &Ctx,
+    since: Option<String>,
+    headers: &HeaderMap,
+) -> Result<(BTreeMap<String, String>, bool), ApiError> {
+    let me = ctx.shard.node_id().unwrap_or_default().to_string();
+    let peers = ctx.shard.peers();
+    let mut resume = match since {
+        None => BTreeMap::new(),
+        Some(c) => parse(&c, &me)?,
+    };
+    let before = resume.len();
+    resume.retain(|node, _| *node == me || peers.iter().any(|p| p.node_id == *node));
+    let lost_nodes = resume.len() < before;
+    if !resume.contains_key(&me) {
+        let heads = ctx.shard.heads().await?;
+        let now = crate::events::Cursor {
+            epoch: ctx.shard.epoch,
+            pos: heads,
+        };
+        resume.insert(me.clone(), now.encode());
+    }
+    for p in &peers {
+        if !resume.contains_key(&p.node_id) {
+            let now = peer::head_cursor(ctx, p, headers).await?;
+            resume.insert(p.node_id.clone(), now);
+        }
+    }
+    Ok((resume, lost_nodes))
+}
+
+/// `/api/events` with the filters of `query` (its `since` dropped: each
+/// part gets its own cursor).
+fn events_path(query: &str) -> String {
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty() && !kv.starts_with("since="))
+        .collect();
+    if rest.is_empty() {
+        "/api/events".to_string()
+    } else {
+        format!("/api/events?{}", rest.join("&"))
+    }
+}
+
+/// `headers` with `Last-Event-ID` set to `node`'s cursor in `resume`.
+fn with_cursor(headers: &HeaderMap, resume: &BTreeMap<String, String>, node: &str) -> HeaderMap {
+    let mut h = headers.clone();
+    h.remove(LAST_EVENT_ID);
+    if let Some(c) = resume.get(node).and_then(|c| HeaderValue::from_str(c).ok()) {
+        h.insert(HeaderName::from_static(LAST_EVENT_ID), c);
+    }
+    h
+}
+
+/// Opens every other node's part: a node-scoped `GET path` from its
+/// cursor in `resume`.
+async fn peer_parts(
+    ctx: &Ctx,
+    path: &str,
+    headers: &HeaderMap,
+    resume: &BTreeMap<String, String>,
+) -> Result<Vec<(String, Part)>, ApiError> {
+    let mut sources: Vec<(String, Part)> = Vec::new();
+    for p in &ctx.shard.peers() {
+        let head = Head::new(
+            Method::GET,
+            path.to_string(),
+            with_cursor(headers, resume, &p.node_id),
+        );
+        let resp = peer::open_stream(ctx, p, head).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(ApiError::Unavailable(format!(
+                "node {} did not open its part of the stream ({}); retry shortly",
+                p.node_id,
+                resp.status()
+            )));
+        }
+        let body = BodyStream::new(resp.into_body()).filter_map(|f| async move {
+            match f {
+                Ok(f) => f.into_data().ok().map(Ok),
+                Err(e) => {
+                    tracing::debug!(error = %e, "a node's part of the stream broke");
+                    Some(Err(()))
+                }
+            }
+        });
+        sources.push((p.node_id.clone(), Box::pin(body)));
+    }
+    Ok(sources)
+}
+
+/// The cursor an NDJSON line of a merged stream carries.
+pub(crate) fn line_index(line: &[u8]) -> Option<&str> {
+    frame_id(line, Wire::Ndjson)
 }
 
 type Part = Pin<Box<dyn Stream<Item = Result<Bytes, ()>>>>;

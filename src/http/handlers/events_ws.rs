@@ -1,5 +1,8 @@
 //! `GET /api/events/ws`: registry events over a WebSocket.
 //!
+//! In cluster mode the session follows the whole cluster's stream
+//! (`events_cluster::open_merged`), with composite indexes.
+//!
 //! Owns: the session after the handshake: keep-alive pings, what a client
 //! may send (`{"subscribe": {...}}`), which close code ends a session for
 //! which reason, and sending event batches one text frame per event.
@@ -9,18 +12,21 @@
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::future::{select, Either};
+use futures::StreamExt;
 use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::{HeaderMap, Request, Response};
 use serde_json::{Map, Value};
 
 use super::events::{write_events, write_reset};
+use super::events_cluster::Frames;
 use crate::events::frame::Format;
 use crate::events::Filter;
 use crate::http::ws::{self, code, Received, Socket};
 use crate::http::{ApiError, Body, Ctx};
 use crate::runtime;
-use crate::shard::Next;
+use crate::shard::{Next, Subscription};
 
 /// A ping goes out this long after the last one.
 pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(15);
@@ -60,18 +66,181 @@ enum Wake {
     Stop,
     Tick,
     Client(Received),
-    Events(Next),
+    Events(Raw),
 }
 
-/// One client's session, from after the `101` until it closes.
-pub(crate) async fn session(ctx: Ctx, query: Option<String>, mut ws: Socket) {
-    // Checked by `upgrade` already; a failure here can only be a shard
-    // that does not answer.
-    let Ok((filter, from)) = super::events::subscription(&ctx.shard, query.as_deref(), None) else {
-        return ws.close(code::POLICY, "bad subscription").await;
-    };
-    let Ok(mut source) = ctx.shard.subscribe(filter, from, None).await else {
-        return ws.close(code::INTERNAL, "events unavailable").await;
+/// Where a session's events come from: this node's shards, or, in
+/// cluster mode, every node's merged (`events_cluster`).
+enum Feed {
+    Local(Subscription),
+    Merged {
+        frames: Frames,
+        /// The composite index after the last frame read: where a new
+        /// filter resumes.
+        at: String,
+        /// The caller's credentials, for the other nodes' parts.
+        headers: HeaderMap,
+    },
+}
+
+/// What a feed gave, before it is framed.
+enum Raw {
+    Local(Next),
+    Merged(Option<Bytes>),
+}
+
+/// Text frames to send, and the close that follows them, if any.
+struct Out {
+    texts: Vec<String>,
+    close: Option<(u16, &'static str)>,
+}
+
+const RESET: (u16, &str) = (code::RESET, "reset: list again, then subscribe");
+
+impl Feed {
+    async fn open(
+        ctx: &Ctx,
+        query: &str,
+        since: Option<String>,
+        headers: Option<HeaderMap>,
+    ) -> Result<Feed, ApiError> {
+        match headers {
+            Some(headers) if ctx.shard.node().is_some() => {
+                let (at, frames) =
+                    super::events_cluster::open_merged(ctx, query, since, &headers).await?;
+                Ok(Feed::Merged {
+                    frames,
+                    at,
+                    headers,
+                })
+            }
+            _ => {
+                let (filter, from) = super::events::subscription(&ctx.shard, Some(query), None)?;
+                Ok(Feed::Local(ctx.shard.subscribe(filter, from, None).await?))
+            }
+        }
+    }
+
+    /// The next batch (cancel-safe: nothing is lost when another wake
+    /// comes first).
+    async fn next(&mut self) -> Raw {
+        match self {
+            Feed::Local(sub) => Raw::Local(sub.next().await),
+            Feed::Merged { frames, .. } => Raw::Merged(frames.next().await),
+        }
+    }
+
+    /// One text frame per event.
+    async fn render(&mut self, raw: Raw) -> Out {
+        let mut out = Out {
+            texts: Vec::new(),
+            close: None,
+        };
+        match (self, raw) {
+            (Feed::Local(sub), Raw::Local(Next::Reset(why))) => {
+                let mut text = Vec::new();
+                write_reset(sub, Format::Object, why, &mut text).await;
+                out.texts.push(String::from_utf8_lossy(&text).into_owned());
+                out.close = Some(RESET);
+            }
+            (Feed::Local(sub), Raw::Local(Next::Events { source, events })) => {
+                let mut buf = Vec::new();
+                write_events(sub, source, &events, Format::Object, &mut buf, |o| {
+                    out.texts.push(String::from_utf8_lossy(o).into_owned());
+                    o.clear();
+                });
+            }
+            (Feed::Merged { at, .. }, Raw::Merged(Some(chunk))) => {
+                for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    if let Some(index) = super::events_cluster::line_index(line) {
+                        at.clear();
+                        at.push_str(index);
+                    }
+                    let text = String::from_utf8_lossy(line).into_owned();
+                    let reset = text.contains("\"type\":\"reset\"");
+                    out.texts.push(text);
+                    if reset {
+                        out.close = Some(RESET);
+                        break;
+                    }
+                }
+            }
+            // A node's part ended (it stopped, its connection broke).
+            (Feed::Merged { .. }, Raw::Merged(None)) => {
+                out.close = Some((
+                    code::GOING_AWAY,
+                    "a node's part of the stream ended: resume from the last index",
+                ));
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Same place in the stream, the filter of `o`.
+    async fn resubscribe(&mut self, ctx: &Ctx, o: &Map<String, Value>) -> Result<(), ApiError> {
+        let filter = Filter::from_json(o).map_err(ApiError::BadRequest)?;
+        match self {
+            Feed::Local(sub) => {
+                let from = Some(Ok(sub.cursor()));
+                *sub = ctx.shard.subscribe(filter, from, None).await?;
+            }
+            Feed::Merged {
+                frames,
+                at,
+                headers,
+            } => {
+                let (start, next) = super::events_cluster::open_merged(
+                    ctx,
+                    &filter_query(o),
+                    Some(at.clone()),
+                    headers,
+                )
+                .await?;
+                *frames = next;
+                *at = start;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A subscribe object as the query of `/api/events` (`topics` may be an
+/// array or a comma-separated string; both become the latter).
+fn filter_query(o: &Map<String, Value>) -> String {
+    let mut q = Vec::new();
+    for (k, v) in o {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Array(a) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => continue,
+        };
+        q.push(format!("{k}={}", crate::http::peer::encode(&text)));
+    }
+    q.join("&")
+}
+
+/// One client's session, from after the `101` until it closes. `headers`
+/// are the caller's credentials in cluster mode (the stream is then the
+/// whole cluster's).
+pub(crate) async fn session(
+    ctx: Ctx,
+    query: Option<String>,
+    headers: Option<HeaderMap>,
+    mut ws: Socket,
+) {
+    // Checked by `upgrade` already; a failure here can only be a shard or
+    // a node that does not answer.
+    let query = query.unwrap_or_default();
+    let since = crate::http::request::query_param(Some(&query), "since");
+    let mut feed = match Feed::open(&ctx, &query, since, headers).await {
+        Ok(f) => f,
+        Err(ApiError::BadRequest(_)) => return ws.close(code::POLICY, "bad subscription").await,
+        Err(_) => return ws.close(code::INTERNAL, "events unavailable").await,
     };
 
     let mut ping_at = Instant::now() + PING_INTERVAL;
@@ -87,7 +256,7 @@ pub(crate) async fn session(ctx: Ctx, query: Option<String>, mut ws: Socket) {
             let stop = pin!(ctx.stopping.wait());
             let tick = pin!(runtime::sleep(wake_at.saturating_duration_since(now)));
             let recv = pin!(ws.recv());
-            let events = pin!(source.next());
+            let events = pin!(feed.next());
             match select(select(stop, tick), select(recv, events)).await {
                 Either::Left((Either::Left(_), _)) => Wake::Stop,
                 Either::Left((Either::Right(_), _)) => Wake::Tick,
@@ -116,15 +285,15 @@ pub(crate) async fn session(ctx: Ctx, query: Option<String>, mut ws: Socket) {
                 match m {
                     Received::Alive => {}
                     Received::Text(t) => {
-                        let filter = match parse_subscribe(&t).map(|o| Filter::from_json(&o)) {
-                            Ok(Ok(f)) => f,
-                            Ok(Err(_)) => break (code::POLICY, "bad subscribe filter"),
+                        let o = match parse_subscribe(&t) {
+                            Ok(o) => o,
                             Err(reason) => break (code::POLICY, reason),
                         };
-                        // Same place in the stream, new filter.
-                        let from = Some(Ok(source.cursor()));
-                        match ctx.shard.subscribe(filter, from, None).await {
-                            Ok(s) => source = s,
+                        match feed.resubscribe(&ctx, &o).await {
+                            Ok(()) => {}
+                            Err(ApiError::BadRequest(_)) => {
+                                break (code::POLICY, "bad subscribe filter")
+                            }
                             Err(_) => break (code::INTERNAL, "events unavailable"),
                         }
                     }
@@ -139,29 +308,16 @@ pub(crate) async fn session(ctx: Ctx, query: Option<String>, mut ws: Socket) {
                     runtime::breathe().await;
                 }
             }
-            Wake::Events(Next::Reset(why)) => {
-                let mut out = Vec::new();
-                write_reset(&source, Format::Object, why, &mut out).await;
-                let _ = ws
-                    .send_text(String::from_utf8_lossy(&out).into_owned())
-                    .await;
-                break (code::RESET, "reset: list again, then subscribe");
-            }
-            Wake::Events(Next::Events {
-                source: from,
-                events,
-            }) => {
+            Wake::Events(raw) => {
                 // Framed first (the positions are borrowed), sent after.
-                let mut texts = Vec::with_capacity(events.len());
-                let mut out = Vec::new();
-                write_events(&source, from, &events, Format::Object, &mut out, |o| {
-                    texts.push(String::from_utf8_lossy(o).into_owned());
-                    o.clear();
-                });
-                for text in texts {
+                let out = feed.render(raw).await;
+                for text in out.texts {
                     if ws.send_text(text).await.is_err() {
                         return;
                     }
+                }
+                if let Some(close) = out.close {
+                    break close;
                 }
             }
         }
@@ -210,6 +366,17 @@ mod tests {
         }
         // Reasons fit a close frame (123 bytes).
         assert!(parse_subscribe("[]").unwrap_err().len() <= 123);
+    }
+
+    #[test]
+    fn a_subscribe_object_becomes_the_stream_query() {
+        let o = parse_subscribe(
+            r#"{"subscribe": {"topics": ["workers", "tasks"], "worker_id": "gpu 1", "n": 3}}"#,
+        )
+        .unwrap();
+        assert_eq!(filter_query(&o), "topics=workers%2Ctasks&worker_id=gpu%201");
+        let o = parse_subscribe(r#"{"subscribe": {"topics": "workers"}}"#).unwrap();
+        assert_eq!(filter_query(&o), "topics=workers");
     }
 
     #[test]

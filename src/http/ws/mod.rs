@@ -36,6 +36,9 @@ pub(crate) struct Switch {
     pub grant: auth::Grant,
     pub query: Option<String>,
     pub session: Session,
+    /// Cluster mode: the handshake's headers (its credentials), for the
+    /// other nodes' parts of a merged stream.
+    pub creds: Option<hyper::HeaderMap>,
 }
 
 /// Which session runs on the socket.
@@ -126,6 +129,7 @@ pub(crate) fn accept(
         grant: ctx.grant,
         query: req.uri().query().map(str::to_string),
         session,
+        creds: super::peer::creds(ctx, req),
     }));
     let mut r = Response::new(full(bytes::Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
