@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
-    WatchOptions, WatchStream,
+    WatchOptions, WatchResponse, WatchStream,
 };
 use futures::channel::mpsc::UnboundedSender;
 
@@ -205,59 +205,22 @@ async fn session(ctx: &Arc<Ctx>, st: &mut State) -> Result<(), String> {
                 Ok(None) => Some("keep-alive stream ended".into()),
                 Err(e) => Some(format!("keep-alive: {e}")),
             },
-            m = streams.watch.message() => match m {
-                Ok(Some(r)) => {
-                    if r.canceled() {
-                        return Err(format!("member watch canceled: {}", r.cancel_reason()));
-                    }
-                    let before: Vec<String> = members.keys().cloned().collect();
-                    for ev in r.events() {
-                        let Some(kv) = ev.kv() else { continue };
-                        member_rev = member_rev.max(kv.mod_revision());
-                        match ev.event_type() {
-                            EventType::Put => {
-                                if let Some(m) = parse_member(&ctx.layout, kv.key(), kv.value()) {
-                                    members.insert(m.node_id.clone(), m);
-                                }
-                            }
-                            EventType::Delete => {
-                                if let Some(id) = ctx.layout.node_id(kv.key()) {
-                                    if id == s.node_id {
-                                        return Err("this node's key was deleted (lease expired)".into());
-                                    }
-                                    members.remove(id);
-                                }
-                            }
-                        }
-                    }
-                    let after: Vec<&String> = members.keys().collect();
-                    if after.iter().copied().ne(before.iter()) {
+            m = streams.watch.message() => match watched(m, "member watch")? {
+                Ok(r) => {
+                    if apply_members(&ctx.layout, &s.node_id, &mut members, &mut member_rev, &r)? {
                         st.members = members.values().cloned().collect();
-                        tracing::info!(node = %s.node_id, members = %after.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","), "cluster membership changed");
+                        let ids: Vec<&str> = members.keys().map(String::as_str).collect();
+                        tracing::info!(node = %s.node_id, members = %ids.join(","), "cluster membership changed");
                         publish(ctx, st);
                         start_adoption(ctx, st, &client, false);
                     }
                     None
                 }
-                Ok(None) => Some("member watch ended".into()),
-                Err(e) => Some(format!("member watch: {e}")),
+                Err(why) => Some(why),
             },
-            m = streams.pin_watch.message() => match m {
-                Ok(Some(r)) => {
-                    if r.canceled() {
-                        return Err(format!("pin watch canceled: {}", r.cancel_reason()));
-                    }
-                    let mut changes = Vec::new();
-                    for ev in r.events() {
-                        let Some(kv) = ev.kv() else { continue };
-                        pin_rev = pin_rev.max(kv.mod_revision());
-                        let Some(key) = ctx.layout.pin(kv.key()) else { continue };
-                        let value = match ev.event_type() {
-                            EventType::Put => Some(String::from_utf8_lossy(kv.value()).into_owned()),
-                            EventType::Delete => None,
-                        };
-                        changes.push((key.to_string(), value));
-                    }
+            m = streams.pin_watch.message() => match watched(m, "pin watch")? {
+                Ok(r) => {
+                    let changes = pin_changes(&ctx.layout, &mut pin_rev, &r);
                     if !changes.is_empty() {
                         for tx in &ctx.out {
                             let _ = tx.unbounded_send(Update::Pins(changes.clone()));
@@ -265,8 +228,7 @@ async fn session(ctx: &Arc<Ctx>, st: &mut State) -> Result<(), String> {
                     }
                     None
                 }
-                Ok(None) => Some("pin watch ended".into()),
-                Err(e) => Some(format!("pin watch: {e}")),
+                Err(why) => Some(why),
             },
         };
         if let Some(why) = broken {
@@ -277,6 +239,74 @@ async fn session(ctx: &Arc<Ctx>, st: &mut State) -> Result<(), String> {
                 .map_err(|e| format!("{why}; then {e}"))?;
         }
     }
+}
+
+/// A watch's next message: its response, or why its stream broke (it is
+/// opened again). A canceled watch (e.g. its revision was compacted) ends
+/// the session: the next one reads everything afresh.
+fn watched(
+    m: Result<Option<WatchResponse>, etcd_client::Error>,
+    what: &str,
+) -> Result<Result<WatchResponse, String>, String> {
+    match m {
+        Ok(Some(r)) if r.canceled() => Err(format!("{what} canceled: {}", r.cancel_reason())),
+        Ok(Some(r)) => Ok(Ok(r)),
+        Ok(None) => Ok(Err(format!("{what} ended"))),
+        Err(e) => Ok(Err(format!("{what}: {e}"))),
+    }
+}
+
+/// Applies a member watch response to `members` (node id -> member) and
+/// moves `rev` past it; whether the set of members changed. Err when this
+/// node's own key was deleted (its lease expired).
+fn apply_members(
+    layout: &Layout,
+    me: &str,
+    members: &mut BTreeMap<String, Member>,
+    rev: &mut i64,
+    r: &WatchResponse,
+) -> Result<bool, String> {
+    let before: Vec<String> = members.keys().cloned().collect();
+    for ev in r.events() {
+        let Some(kv) = ev.kv() else { continue };
+        *rev = (*rev).max(kv.mod_revision());
+        match ev.event_type() {
+            EventType::Put => {
+                if let Some(m) = parse_member(layout, kv.key(), kv.value()) {
+                    members.insert(m.node_id.clone(), m);
+                }
+            }
+            EventType::Delete => {
+                let Some(id) = layout.node_id(kv.key()) else {
+                    continue;
+                };
+                if id == me {
+                    return Err("this node's key was deleted (lease expired)".into());
+                }
+                members.remove(id);
+            }
+        }
+    }
+    Ok(members.keys().ne(before.iter()))
+}
+
+/// The pins a pin watch response sets (Some) or removes (None); moves
+/// `rev` past it.
+fn pin_changes(layout: &Layout, rev: &mut i64, r: &WatchResponse) -> Vec<(String, Option<String>)> {
+    let mut changes = Vec::new();
+    for ev in r.events() {
+        let Some(kv) = ev.kv() else { continue };
+        *rev = (*rev).max(kv.mod_revision());
+        let Some(key) = layout.pin(kv.key()) else {
+            continue;
+        };
+        let value = match ev.event_type() {
+            EventType::Put => Some(String::from_utf8_lossy(kv.value()).into_owned()),
+            EventType::Delete => None,
+        };
+        changes.push((key.to_string(), value));
+    }
+    changes
 }
 
 /// The streams a session holds open: the lease's keep-alive and the

@@ -146,7 +146,6 @@ fn cursor(shard: &Shard, text: &str, field: &str) -> Result<Result<Cursor, Curso
     }
 }
 
-/// A subscription being written as a response body.
 /// A subscription's frames as NDJSON, keep-alive lines included, ending
 /// after a reset or when the shard stops: this node's part of a merged
 /// stream (cluster mode).
@@ -163,6 +162,7 @@ pub(super) fn ndjson_part(
     futures::stream::unfold(state, Streaming::step)
 }
 
+/// A subscription being written as a response body.
 struct Streaming {
     sub: Subscription,
     stopping: LocalShutdown,

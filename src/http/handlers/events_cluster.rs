@@ -82,9 +82,7 @@ pub(super) async fn stream(ctx: Ctx, req: Request<Incoming>) -> Result<Response<
         }
     });
     sources.push((me, Box::pin(local_body)));
-    let first = lost_nodes.then(|| reset_frame(&composite(&resume), wire));
-    let merged = Merge::new(sources, resume, wire);
-    let frames = stream::iter(first).chain(merged.into_stream());
+    let (_, frames) = merged(sources, resume, lost_nodes, wire);
     let body = StreamBody::new(frames.map(|b| Ok::<_, Infallible>(Frame::data(b))));
     Ok(Response::from_parts(head, streamed(body)))
 }
@@ -113,13 +111,22 @@ pub(crate) async fn open_merged(
     let sub = ctx.shard.subscribe(filter, from, None).await?;
     let local = super::events::ndjson_part(sub, ctx.stopping.clone()).map(|r| r.map_err(|_| ()));
     sources.push((me, Box::pin(local)));
+    Ok(merged(sources, resume, lost_nodes, Wire::Ndjson))
+}
+
+/// The parts merged from `resume` on, led by a reset when a node named
+/// by the resume position has left; and the composite position they start
+/// at.
+fn merged(
+    sources: Vec<(String, Part)>,
+    resume: BTreeMap<String, String>,
+    lost_nodes: bool,
+    wire: Wire,
+) -> (String, Frames) {
     let start = composite(&resume);
-    let first = lost_nodes.then(|| reset_frame(&start, Wire::Ndjson));
-    let merged = Merge::new(sources, resume, Wire::Ndjson);
-    Ok((
-        start,
-        Box::pin(stream::iter(first).chain(merged.into_stream())),
-    ))
+    let first = lost_nodes.then(|| reset_frame(&start, wire));
+    let frames = Merge::new(sources, resume, wire).into_stream();
+    (start, Box::pin(stream::iter(first).chain(frames)))
 }
 
 /// The position a merged stream starts from: every live node's cursor
@@ -218,9 +225,11 @@ async fn peer_parts(
     Ok(sources)
 }
 
-/// The cursor an NDJSON line of a merged stream carries.
-pub(crate) fn line_index(line: &[u8]) -> Option<&str> {
-    frame_id(line, Wire::Ndjson)
+/// The composite index and the event type of an NDJSON line of a merged
+/// stream.
+pub(crate) fn line_event(line: &[u8]) -> Option<(&str, &str)> {
+    let text = std::str::from_utf8(line).ok()?;
+    event_head(text)
 }
 
 type Part = Pin<Box<dyn Stream<Item = Result<Bytes, ()>>>>;
@@ -304,13 +313,14 @@ fn parse(c: &str, me: &str) -> Result<BTreeMap<String, String>, ApiError> {
 
 /// A `reset` at `cursor`: the reader must re-list, then follow from it.
 fn reset_frame(cursor: &str, wire: Wire) -> Bytes {
-    let event = serde_json::json!({
-        "index": cursor,
-        "type": "reset",
-        "key": "",
-        "time": crate::model::time::now_iso8601(),
-        "data": {"reason": "a node of the cluster left; its unsent events are gone"},
-    });
+    // In the order of every other event (`crate::events::frame::reset`):
+    // readers find the index and type at the start.
+    let event = format!(
+        "{{\"index\":{},\"type\":\"reset\",\"key\":\"\",\"time\":{},\"data\":{}}}",
+        serde_json::Value::from(cursor),
+        serde_json::Value::from(crate::model::time::now_iso8601()),
+        serde_json::json!({"reason": "a node of the cluster left; its unsent events are gone"}),
+    );
     Bytes::from(match wire {
         Wire::Sse => format!("id: {cursor}\nevent: reset\ndata: {event}\n\n"),
         Wire::Ndjson => format!("{event}\n"),
@@ -371,16 +381,27 @@ fn rewrite(
     buf.drain(..start);
 }
 
-/// The cursor a frame carries (`{"index":"<cursor>"`), if any.
+/// The cursor a frame carries, if any.
 fn frame_id(frame: &[u8], wire: Wire) -> Option<&str> {
     let text = std::str::from_utf8(frame).ok()?;
     let body = match wire {
         Wire::Sse => text.lines().find_map(|l| l.strip_prefix("data: "))?,
         Wire::Ndjson => text,
     };
-    let rest = body.strip_prefix("{\"index\":\"")?;
-    let end = rest.find('"')?;
-    Some(&rest[..end])
+    event_head(body).map(|(index, _)| index)
+}
+
+/// The `index` and `type` an event object starts with: every event and
+/// reset is written `{"index":"<cursor>","type":"<type>",...` (cursors and
+/// type names hold no quote), so neither needs the object parsed.
+fn event_head(object: &str) -> Option<(&str, &str)> {
+    let rest = object.strip_prefix("{\"index\":\"")?;
+    let (index, rest) = rest.split_once('"')?;
+    let kind = rest
+        .strip_prefix(",\"type\":\"")
+        .and_then(|r| r.split_once('"'))
+        .map_or("", |(kind, _)| kind);
+    Some((index, kind))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -411,6 +432,20 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "{\"index\":\"a~5-2,b~7-7\",\"type\":\"y\"}\n\n"
         );
+    }
+
+    #[test]
+    fn index_and_type_are_read_from_the_start_of_the_object() {
+        let line = br#"{"index":"a~1,b~2","type":"task.state","key":"t","data":{"type":"reset"}}"#;
+        assert_eq!(line_event(line), Some(("a~1,b~2", "task.state")));
+        let reset = reset_frame("a~1,b~2", Wire::Ndjson);
+        assert_eq!(
+            line_event(reset.trim_ascii_end()),
+            Some(("a~1,b~2", "reset"))
+        );
+        let sse = reset_frame("a~1", Wire::Sse);
+        assert_eq!(frame_id(&sse, Wire::Sse), Some("a~1"));
+        assert_eq!(line_event(b"not json"), None);
     }
 
     #[test]

@@ -98,14 +98,11 @@ struct Out {
 const RESET: (u16, &str) = (code::RESET, "reset: list again, then subscribe");
 
 impl Feed {
-    async fn open(
-        ctx: &Ctx,
-        query: &str,
-        since: Option<String>,
-        headers: Option<HeaderMap>,
-    ) -> Result<Feed, ApiError> {
+    /// The feed of a session opened with `query` (its filter and `since`).
+    async fn open(ctx: &Ctx, query: &str, headers: Option<HeaderMap>) -> Result<Feed, ApiError> {
         match headers {
             Some(headers) if ctx.shard.node().is_some() => {
+                let since = crate::http::request::query_param(Some(query), "since");
                 let (at, frames) =
                     super::events_cluster::open_merged(ctx, query, since, &headers).await?;
                 Ok(Feed::Merged {
@@ -152,14 +149,13 @@ impl Feed {
             }
             (Feed::Merged { at, .. }, Raw::Merged(Some(chunk))) => {
                 for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    if let Some(index) = super::events_cluster::line_index(line) {
+                    let kind = super::events_cluster::line_event(line).map(|(index, kind)| {
                         at.clear();
                         at.push_str(index);
-                    }
-                    let text = String::from_utf8_lossy(line).into_owned();
-                    let reset = text.contains("\"type\":\"reset\"");
-                    out.texts.push(text);
-                    if reset {
+                        kind == "reset"
+                    });
+                    out.texts.push(String::from_utf8_lossy(line).into_owned());
+                    if kind == Some(true) {
                         out.close = Some(RESET);
                         break;
                     }
@@ -236,8 +232,7 @@ pub(crate) async fn session(
     // Checked by `upgrade` already; a failure here can only be a shard or
     // a node that does not answer.
     let query = query.unwrap_or_default();
-    let since = crate::http::request::query_param(Some(&query), "since");
-    let mut feed = match Feed::open(&ctx, &query, since, headers).await {
+    let mut feed = match Feed::open(&ctx, &query, headers).await {
         Ok(f) => f,
         Err(ApiError::BadRequest(_)) => return ws.close(code::POLICY, "bad subscription").await,
         Err(_) => return ws.close(code::INTERNAL, "events unavailable").await,

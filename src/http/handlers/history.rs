@@ -7,10 +7,10 @@
 //! to the same range bucket by bucket ([`merge`]).
 //! Must not: read samples itself or block the shard.
 
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
 use std::collections::HashMap;
 
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::super::error::ApiError;
@@ -173,30 +173,35 @@ fn merge(into: &mut Value, parts: &[Value], combine: fn(f64, f64) -> f64) {
                     lines.len() - 1
                 }
             };
-            for field in ["avg", "min", "max", "last"] {
-                let (Some(src), Some(dst)) = (
-                    line[field].as_array(),
-                    lines[pos].get_mut(field).and_then(Value::as_array_mut),
-                ) else {
-                    continue;
-                };
-                for (j, v) in src.iter().enumerate() {
-                    let (Some(Some(i)), Some(v)) = (their_stamps.get(j), v.as_f64()) else {
-                        continue;
-                    };
-                    if let Some(slot) = dst.get_mut(*i) {
-                        let merged = match slot.as_f64() {
-                            Some(x) => combine(x, v),
-                            None => v,
-                        };
-                        *slot =
-                            serde_json::Number::from_f64(merged).map_or(Value::Null, Value::Number);
-                    }
-                }
-            }
+            fold_line(&mut lines[pos], line, &their_stamps, combine);
         }
     }
     lines.sort_by_key(|l| l["labels"].to_string());
+}
+
+/// Combines another node's `line` into `into`, the same line of this
+/// node's answer; `slots` maps each of its buckets to one of ours.
+fn fold_line(
+    into: &mut Value,
+    line: &Value,
+    slots: &[Option<usize>],
+    combine: fn(f64, f64) -> f64,
+) {
+    for field in ["avg", "min", "max", "last"] {
+        let (Some(src), Some(dst)) = (
+            line[field].as_array(),
+            into.get_mut(field).and_then(Value::as_array_mut),
+        ) else {
+            continue;
+        };
+        for (slot, v) in slots.iter().zip(src) {
+            let (Some(Some(slot)), Some(v)) = (slot.map(|i| dst.get_mut(i)), v.as_f64()) else {
+                continue;
+            };
+            let merged = slot.as_f64().map_or(v, |x| combine(x, v));
+            *slot = serde_json::Number::from_f64(merged).map_or(Value::Null, Value::Number);
+        }
+    }
 }
 
 #[utoipa::path(
